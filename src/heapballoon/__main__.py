@@ -1,0 +1,3 @@
+from heapballoon.cli import main
+
+raise SystemExit(main())

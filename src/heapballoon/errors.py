@@ -1,0 +1,82 @@
+"""The exception hierarchy of heapballoon: every error the project raises on purpose.
+
+One root, so the CLI can turn any of them into a one-line message and a non-zero exit::
+
+    HeapballoonError
+     ├── UsageError            bad user input (sizes, PIDs, names); exit 2
+     ├── ProtocolError         a peer sent something that is not protocol v1
+     │    └── MessageTooLarge  a line over the size limit
+     ├── DaemonUnavailable     no daemon answers on the socket
+     ├── RemoteError           the daemon answered with an error reply
+     ├── NotAJVM               a PID that is not a (HotSpot) JVM
+     ├── AttachError           the HotSpot attach protocol failed
+     ├── AgentBuildError       the Java agent could not be built
+     ├── KernelError           a /proc, /sys or syscall operation failed
+     ├── VMError               a QEMU virtual machine could not be started or driven
+     │    └── ImageError       the guest image could not be built
+     └── ReclaimError          the host could not reclaim guest pages
+"""
+
+from __future__ import annotations
+
+
+class HeapballoonError(Exception):
+    """Root of every heapballoon error. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class UsageError(HeapballoonError):
+    exit_code = 2
+
+
+class ProtocolError(HeapballoonError):
+    """A message that is not valid protocol v1. ``raw`` keeps what was received."""
+
+    def __init__(self, message: str, raw: bytes | str | None = None) -> None:
+        super().__init__(message)
+        self.raw = raw
+
+
+class MessageTooLarge(ProtocolError):
+    pass
+
+
+class DaemonUnavailable(HeapballoonError):
+    pass
+
+
+class RemoteError(HeapballoonError):
+    """The daemon replied with an error. ``request`` keeps what was sent."""
+
+    def __init__(self, message: str, request: dict | None = None) -> None:
+        super().__init__(message)
+        self.request = request
+
+
+class NotAJVM(HeapballoonError):
+    pass
+
+
+class AttachError(HeapballoonError):
+    pass
+
+
+class AgentBuildError(HeapballoonError):
+    pass
+
+
+class KernelError(HeapballoonError):
+    pass
+
+
+class VMError(HeapballoonError):
+    pass
+
+
+class ImageError(VMError):
+    pass
+
+
+class ReclaimError(HeapballoonError):
+    pass

@@ -1,0 +1,313 @@
+"""Wire messages of protocol v1 (docs/protocol.md): typed, frozen, validated at the boundary.
+
+This module owns the *shape* of every message: ``decode(line)`` turns one NDJSON line into a
+frozen dataclass or raises :class:`ProtocolError` (keeping the raw line); ``encode(msg)`` turns
+a dataclass back into one line. Transport (sockets, reconnects) lives elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from heapballoon.errors import MessageTooLarge, ProtocolError
+
+VERSION = 1
+MAX_LINE_BYTES = 1 << 20
+MAX_CHUNKS = 65536
+MAX_U64 = (1 << 64) - 1
+GCS = ("G1", "Parallel", "Serial", "ZGC", "Shenandoah", "unknown")
+RECLAIM_MODES = ("direct", "ksm", "report")
+ADDRESS_MODES = ("jni", "unsafe", "none")
+
+_REGISTRY: dict[str, type[Message]] = {}
+
+
+def _msg(type_name: str):
+    def wrap(cls):
+        cls = dataclass(frozen=True)(cls)
+        cls.TYPE = type_name
+        _REGISTRY[type_name] = cls
+        return cls
+
+    return wrap
+
+
+class Message:
+    TYPE: ClassVar[str] = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"v": VERSION, "type": self.TYPE}
+        d.update(dataclasses.asdict(self))  # type: ignore[call-overload]
+        return d
+
+
+# ---------------------------------------------------------------- field checks
+
+def _int(d: dict, key: str, default: int | None = None, lo: int = 0, hi: int = MAX_U64) -> int:
+    if key not in d or d[key] is None:
+        if default is None:
+            raise ProtocolError(f"missing field {key!r}")
+        return default
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ProtocolError(f"field {key!r} must be an integer, got {type(v).__name__}")
+    if not lo <= v <= hi:
+        raise ProtocolError(f"field {key!r} out of range: {v}")
+    return v
+
+
+def _str(d: dict, key: str, default: str | None = None, choices: tuple[str, ...] | None = None,
+         max_len: int = 256) -> str:
+    if key not in d or d[key] is None:
+        if default is None:
+            raise ProtocolError(f"missing field {key!r}")
+        return default
+    v = d[key]
+    if not isinstance(v, str):
+        raise ProtocolError(f"field {key!r} must be a string")
+    if len(v) > max_len:
+        raise ProtocolError(f"field {key!r} longer than {max_len} characters")
+    if choices is not None and v not in choices:
+        raise ProtocolError(f"field {key!r} must be one of {', '.join(choices)}, got {v!r}")
+    return v
+
+
+# ---------------------------------------------------------------- agent → driver
+
+@dataclass(frozen=True)
+class Chunk:
+    id: int
+    addr: int
+    len: int
+    released: bool = False
+
+    @classmethod
+    def parse(cls, d: Any) -> Chunk:
+        if not isinstance(d, dict):
+            raise ProtocolError("chunk must be an object")
+        c = cls(_int(d, "id"), _int(d, "addr", hi=(1 << 63) - 1), _int(d, "len", hi=1 << 40),
+                bool(d.get("released", False)))
+        if c.addr + c.len > (1 << 63):
+            raise ProtocolError("chunk range overflows the address space")
+        return c
+
+
+@_msg("state")
+class State(Message):
+    heap_max_bytes: int = 0
+    heap_committed_bytes: int = 0
+    heap_used_bytes: int = 0
+    live_bytes: int = 0
+    gc_count: int = 0
+    gc_time_ms: int = 0
+    balloon_bytes: int = 0
+    target_bytes: int = 0
+    reclaim: str = "ksm"
+    chunks_epoch: int = 0
+    chunks: tuple[Chunk, ...] = ()
+
+    @classmethod
+    def parse(cls, d: dict) -> State:
+        raw_chunks = d.get("chunks", [])
+        if not isinstance(raw_chunks, list):
+            raise ProtocolError("field 'chunks' must be a list")
+        if len(raw_chunks) > MAX_CHUNKS:
+            raise ProtocolError(f"too many chunks: {len(raw_chunks)} > {MAX_CHUNKS}")
+        return cls(
+            heap_max_bytes=_int(d, "heap_max_bytes", 0),
+            heap_committed_bytes=_int(d, "heap_committed_bytes", 0),
+            heap_used_bytes=_int(d, "heap_used_bytes", 0),
+            live_bytes=_int(d, "live_bytes", 0),
+            gc_count=_int(d, "gc_count", 0),
+            gc_time_ms=_int(d, "gc_time_ms", 0),
+            balloon_bytes=_int(d, "balloon_bytes", 0),
+            target_bytes=_int(d, "target_bytes", 0),
+            reclaim=_str(d, "reclaim", "ksm", RECLAIM_MODES),
+            chunks_epoch=_int(d, "chunks_epoch", 0),
+            chunks=tuple(Chunk.parse(c) for c in raw_chunks),
+        )
+
+
+@_msg("hello")
+class Hello(Message):
+    pid: int
+    name: str
+    agent_version: str
+    jvm_version: str
+    jvm_vendor: str
+    gc: str
+    region_bytes: int
+    address_mode: str
+    reclaim_modes: tuple[str, ...]
+    target_bytes: int
+    state: State = field(default_factory=State)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d.update(self.state.to_dict())
+        d["type"] = self.TYPE
+        del d["state"]
+        return d
+
+    @classmethod
+    def parse(cls, d: dict) -> Hello:
+        modes = d.get("reclaim_modes", [])
+        if not isinstance(modes, list) or not all(isinstance(m, str) for m in modes):
+            raise ProtocolError("field 'reclaim_modes' must be a list of strings")
+        return cls(
+            pid=_int(d, "pid", lo=1, hi=1 << 31),
+            name=_str(d, "name", ""),
+            agent_version=_str(d, "agent_version", ""),
+            jvm_version=_str(d, "jvm_version", ""),
+            jvm_vendor=_str(d, "jvm_vendor", ""),
+            gc=_str(d, "gc", "unknown", GCS),
+            region_bytes=_int(d, "region_bytes", 0, hi=1 << 36),
+            address_mode=_str(d, "address_mode", "none", ADDRESS_MODES),
+            reclaim_modes=tuple(m for m in modes if m in RECLAIM_MODES),
+            target_bytes=_int(d, "target_bytes", 0),
+            state=State.parse(d),
+        )
+
+
+@_msg("event")
+class Event(Message):
+    kind: str
+    released_bytes: int = 0
+    reason: str = ""
+    latency_ms: int = 0
+
+    @classmethod
+    def parse(cls, d: dict) -> Event:
+        return cls(_str(d, "kind"), _int(d, "released_bytes", 0), _str(d, "reason", "", max_len=1024),
+                   _int(d, "latency_ms", 0))
+
+
+@_msg("pong")
+class Pong(Message):
+    id: int = 0
+
+    @classmethod
+    def parse(cls, d: dict) -> Pong:
+        return cls(_int(d, "id", 0))
+
+
+# ---------------------------------------------------------------- driver → agent
+
+@_msg("target")
+class Target(Message):
+    target_bytes: int
+    reclaim: str = "ksm"
+    headroom_bytes: int = 0
+
+    @classmethod
+    def parse(cls, d: dict) -> Target:
+        return cls(_int(d, "target_bytes"), _str(d, "reclaim", "ksm", RECLAIM_MODES), _int(d, "headroom_bytes", 0))
+
+
+@_msg("ping")
+class Ping(Message):
+    id: int = 0
+
+    @classmethod
+    def parse(cls, d: dict) -> Ping:
+        return cls(_int(d, "id", 0))
+
+
+# ---------------------------------------------------------------- CLI ↔ daemon
+
+@_msg("status_request")
+class StatusRequest(Message):
+    id: int = 0
+
+    @classmethod
+    def parse(cls, d: dict) -> StatusRequest:
+        return cls(_int(d, "id", 0))
+
+
+@_msg("set_target")
+class SetTarget(Message):
+    pid: int | None
+    target_bytes: int
+    id: int = 0
+
+    @classmethod
+    def parse(cls, d: dict) -> SetTarget:
+        pid = None if d.get("pid") is None else _int(d, "pid", lo=1, hi=1 << 31)
+        return cls(pid, _int(d, "target_bytes", hi=1 << 50), _int(d, "id", 0))
+
+
+@_msg("vm_target")
+class VMTarget(Message):
+    vm: str
+    target_bytes: int
+    id: int = 0
+
+    @classmethod
+    def parse(cls, d: dict) -> VMTarget:
+        return cls(_str(d, "vm", max_len=64), _int(d, "target_bytes", hi=1 << 50), _int(d, "id", 0))
+
+
+@_msg("reply")
+class Reply(Message):
+    """A successful answer to a control request; ``body`` holds the payload."""
+
+    id: int = 0
+    body: dict = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, d: dict) -> Reply:
+        body = d.get("body", {})
+        if not isinstance(body, dict):
+            raise ProtocolError("field 'body' must be an object")
+        return cls(_int(d, "id", 0), body)
+
+
+@_msg("error")
+class Error(Message):
+    error: str
+    id: int = 0
+
+    @classmethod
+    def parse(cls, d: dict) -> Error:
+        return cls(_str(d, "error", max_len=4096), _int(d, "id", 0))
+
+
+def register(cls: type[Message]) -> type[Message]:
+    """Register a message class defined elsewhere (VM-mode messages live with hostd)."""
+    _REGISTRY[cls.TYPE] = cls
+    return cls
+
+
+# ---------------------------------------------------------------- codec
+
+def encode(msg: Message) -> bytes:
+    return json.dumps(msg.to_dict(), separators=(",", ":")).encode() + b"\n"
+
+
+def decode(line: bytes | str) -> Message:
+    """Parse one line into its message dataclass; ProtocolError (with ``raw``) if invalid."""
+    raw = line
+    if isinstance(line, str):
+        line = line.encode()
+    if len(line) > MAX_LINE_BYTES:
+        raise MessageTooLarge(f"message of {len(line)} bytes exceeds {MAX_LINE_BYTES}", raw[:200])
+    try:
+        d = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ProtocolError(f"not JSON: {err}", raw[:200]) from err
+    if not isinstance(d, dict):
+        raise ProtocolError("message must be a JSON object", raw[:200])
+    if d.get("v") != VERSION:
+        raise ProtocolError(f"unsupported protocol version {d.get('v')!r} (this side speaks v{VERSION})", raw[:200])
+    kind = d.get("type")
+    cls = _REGISTRY.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(f"unknown message type {kind!r}", raw[:200])
+    try:
+        return cls.parse(d)  # type: ignore[attr-defined]
+    except ProtocolError as err:
+        err.raw = raw[:200]
+        raise
