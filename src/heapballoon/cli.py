@@ -1,10 +1,214 @@
-"""Command line: `heapballoon daemon|run|attach|status|target|vm|image|hostd` (filled in below)."""
+"""The `heapballoon` command line. Parses arguments, calls the library, prints results.
+
+Every error heapballoon raises on purpose becomes one line on stderr and a non-zero exit
+(:class:`~heapballoon.errors.HeapballoonError.exit_code`); no traceback reaches a user.
+Sizes are converted from text to bytes here and nowhere else.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
+import os
 import sys
+
+from heapballoon import __version__, protocol, transport
+from heapballoon.errors import HeapballoonError, UsageError
+from heapballoon.units import format_size, parse_size
+
+
+def _pid(text: str) -> int:
+    try:
+        pid = int(text)
+    except ValueError:
+        raise UsageError(f"invalid PID {text!r}: expected a process number or 'all'") from None
+    if pid <= 0 or pid > (1 << 22):
+        raise UsageError(f"invalid PID {text!r}: out of range")
+    return pid
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+
+
+# ---------------------------------------------------------------------- process mode
+
+def cmd_daemon(args) -> int:
+    from heapballoon.driver.daemon import Driver, serve
+
+    _setup_logging(args.log_level)
+    driver = Driver(transport.socket_path(args.socket), ksm_mode=args.ksm, reclaim=args.reclaim,
+                    interval_s=args.interval_s, socket_mode=int(args.socket_mode, 8))
+    if args.metrics:
+        from heapballoon.driver.metrics import start_metrics
+
+        start_metrics(driver, args.metrics)
+    return serve(driver)
+
+
+def cmd_run(args) -> int:
+    from heapballoon.agent import build
+    from heapballoon.errors import KernelError
+    from heapballoon.linux import prctl
+
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise UsageError("run needs a command after --, e.g.: heapballoon run -- java -Xmx1g -jar app.jar")
+    agent_arg = build.javaagent_arg(transport.socket_path(args.socket), args.name)
+    env = dict(os.environ)
+    if os.path.basename(cmd[0]) == "java":
+        cmd.insert(1, agent_arg)
+    else:  # a wrapper script: every JVM it starts picks the agent up
+        env["JAVA_TOOL_OPTIONS"] = (env.get("JAVA_TOOL_OPTIONS", "") + " " + agent_arg).strip()
+    if args.ksm_merge:
+        try:
+            prctl.set_memory_merge(True)  # inherited through exec: KSM may merge the JVM's pages
+        except KernelError as err:
+            print(f"heapballoon: warning: KSM merging not enabled for this process: {err}", file=sys.stderr)
+    try:
+        os.execvpe(cmd[0], cmd, env)
+    except FileNotFoundError:
+        raise UsageError(f"command not found: {cmd[0]}") from None
+    except PermissionError:
+        raise UsageError(f"command not executable: {cmd[0]}") from None
+    return 127  # not reached
+
+
+def cmd_attach(args) -> int:
+    from heapballoon.agent import build
+    from heapballoon.agent.attach import attach_agent
+
+    pid = _pid(args.pid)
+    options = build.agent_options(transport.socket_path(args.socket), args.name, build.native_lib())
+    out = attach_agent(pid, str(build.agent_jar()), options)
+    print(f"agent loaded into JVM {pid}" + (f": {out.strip()}" if out.strip() else ""))
+    return 0
+
+
+def _status_body(args) -> dict:
+    body = transport.request(transport.socket_path(args.socket), protocol.StatusRequest(id=1)).body
+    return body
+
+
+def cmd_status(args) -> int:
+    body: dict = {}
+    errors = []
+    try:
+        body = _status_body(args)
+    except HeapballoonError as err:
+        if not args.vms:
+            raise
+        errors.append(str(err))
+    if args.vms or os.path.exists(transport.host_socket_path(args.host_socket)):
+        try:
+            host = transport.request(transport.host_socket_path(args.host_socket), protocol.StatusRequest(id=1)).body
+            body["vms"] = host.get("vms", [])
+        except HeapballoonError as err:
+            if args.vms:
+                raise
+    body.setdefault("jvms", [])
+    if args.json:
+        print(json.dumps(body, indent=2, sort_keys=True))
+        return 0
+    from heapballoon.render import render_status
+
+    render_status(body)
+    return 0
+
+
+def cmd_target(args) -> int:
+    size_bytes = parse_size(args.size)
+    if args.vm:
+        if args.what is not None:
+            raise UsageError("give either --vm NAME or a PID/'all', not both")
+        reply = transport.request(transport.host_socket_path(args.host_socket),
+                                  protocol.VMTarget(vm=args.vm, target_bytes=size_bytes, id=1))
+        print(f"target of VM {args.vm} set to {format_size(size_bytes)}")
+        return 0
+    if args.what is None:
+        raise UsageError("target needs a PID or 'all' (or --vm NAME) and a SIZE, e.g.: heapballoon target all 512M")
+    pid = None if args.what == "all" else _pid(args.what)
+    reply = transport.request(transport.socket_path(args.socket),
+                              protocol.SetTarget(pid=pid, target_bytes=size_bytes, id=1))
+    who = "all JVMs" if pid is None else f"JVM {pid}"
+    print(f"target of {who} set to {format_size(size_bytes)}")
+    if pid is None and reply.body.get("targets"):
+        for p, t in sorted(reply.body["targets"].items()):
+            print(f"  JVM {p}: {format_size(t)}")
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="heapballoon", description="Reclaim idle JVM heap memory on overcommitted hosts.")
+    p.add_argument("--version", action="version", version=f"heapballoon {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def with_socket(sp):
+        sp.add_argument("--socket", help="driver socket (default $HEAPBALLOON_SOCKET or %s)" % transport.DEFAULT_SOCKET)
+        return sp
+
+    d = with_socket(sub.add_parser("daemon", help="run the balloon driver daemon"))
+    d.add_argument("--ksm", choices=("auto", "on", "off"), default="auto", help="configure KSM (default auto)")
+    d.add_argument("--reclaim", choices=("auto", "direct", "ksm"), default="auto",
+                   help="how balloon pages are freed: direct (agent madvise, default when available) or ksm")
+    d.add_argument("--interval-s", type=float, default=1.0, help="control loop period in seconds")
+    d.add_argument("--socket-mode", default="600", help="octal mode of the socket (default 600: root only)")
+    d.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics, e.g. 127.0.0.1:9477")
+    d.add_argument("--log-level", default="info")
+    d.set_defaults(func=cmd_daemon)
+
+    r = with_socket(sub.add_parser("run", help="run a command with the agent loaded into its JVMs"))
+    r.add_argument("--name", help="name shown in status (default: the main class)")
+    r.add_argument("--no-ksm-merge", dest="ksm_merge", action="store_false",
+                   help="do not enable KSM merging (PR_SET_MEMORY_MERGE) for the process")
+    r.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    r.set_defaults(func=cmd_run)
+
+    a = with_socket(sub.add_parser("attach", help="load the agent into a running JVM"))
+    a.add_argument("pid")
+    a.add_argument("--name")
+    a.set_defaults(func=cmd_attach)
+
+    s = with_socket(sub.add_parser("status", help="show JVMs (and VMs) and their balloons"))
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--vms", action="store_true", help="require hostd (VM mode) to answer too")
+    s.add_argument("--host-socket", help="hostd socket (default $HEAPBALLOON_HOST_SOCKET or %s)" % transport.DEFAULT_HOST_SOCKET)
+    s.set_defaults(func=cmd_status)
+
+    t = with_socket(sub.add_parser("target", help="set a balloon target: PID, all, or --vm NAME"))
+    t.add_argument("what", nargs="?", metavar="PID|all")
+    t.add_argument("size", metavar="SIZE", help="e.g. 512M, 1G; 0 deflates")
+    t.add_argument("--vm", metavar="NAME", help="target a VM (through hostd)")
+    t.add_argument("--host-socket")
+    t.set_defaults(func=cmd_target)
+
+    try:
+        from heapballoon.vm import cli as vm_cli  # VM mode: image, vm, hostd
+    except ImportError:
+        vm_cli = None
+    if vm_cli is not None:
+        vm_cli.add_commands(sub)
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("heapballoon: not yet implemented", file=sys.stderr)
-    return 1
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except HeapballoonError as err:
+        print(f"heapballoon: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1

@@ -146,10 +146,10 @@ class Hello(Message):
     state: State = field(default_factory=State)
 
     def to_dict(self) -> dict[str, Any]:
-        d = super().to_dict()
-        d.update(self.state.to_dict())
-        d["type"] = self.TYPE
-        del d["state"]
+        d = self.state.to_dict()  # state fields travel flat in the hello
+        own = super().to_dict()
+        del own["state"]
+        d.update(own)
         return d
 
     @classmethod
@@ -273,6 +273,104 @@ class Error(Message):
     @classmethod
     def parse(cls, d: dict) -> Error:
         return cls(_str(d, "error", max_len=4096), _int(d, "id", 0))
+
+
+# ---------------------------------------------------------------- guest driver ↔ hostd (VM mode)
+
+MAX_RANGES = 65536
+PAGE_OPS = ("add", "remove")
+
+
+def _ranges(d: dict, key: str = "ranges") -> tuple[tuple[int, int], ...]:
+    raw = d.get(key, [])
+    if not isinstance(raw, list):
+        raise ProtocolError(f"field {key!r} must be a list")
+    if len(raw) > MAX_RANGES:
+        raise ProtocolError(f"too many ranges: {len(raw)} > {MAX_RANGES}")
+    out = []
+    for r in raw:
+        if (not isinstance(r, list) or len(r) != 2 or
+                any(isinstance(x, bool) or not isinstance(x, int) for x in r)):
+            raise ProtocolError("a range must be [first_pfn, count] integers")
+        first, count = r
+        if first < 0 or count < 1 or first + count > (1 << 52):
+            raise ProtocolError(f"range out of bounds: {r}")
+        out.append((first, count))
+    return tuple(out)
+
+
+@_msg("guest_hello")
+class GuestHello(Message):
+    """Guest driver → hostd, first message on the channel."""
+
+    guest_ram_bytes: int
+    page_bytes: int = 4096
+    boot_id: str = ""
+
+    @classmethod
+    def parse(cls, d: dict) -> GuestHello:
+        return cls(_int(d, "guest_ram_bytes", hi=1 << 48), _int(d, "page_bytes", 4096, lo=4096, hi=1 << 30),
+                   _str(d, "boot_id", ""))
+
+
+@_msg("guest_target")
+class GuestTarget(Message):
+    """hostd → guest driver: how much the VM's JVMs must give, in bytes."""
+
+    target_bytes: int
+
+    @classmethod
+    def parse(cls, d: dict) -> GuestTarget:
+        return cls(_int(d, "target_bytes", hi=1 << 50))
+
+
+@_msg("pages")
+class Pages(Message):
+    """Guest driver → hostd: guest page frame ranges that hold balloon pages (``add``: reclaim
+    them; ``remove``: the guest released them). ``key`` names the owner (``pid:chunk``)."""
+
+    seq: int
+    op: str
+    ranges: tuple[tuple[int, int], ...]
+    key: str = ""
+
+    @classmethod
+    def parse(cls, d: dict) -> Pages:
+        return cls(_int(d, "seq"), _str(d, "op", choices=PAGE_OPS), _ranges(d), _str(d, "key", ""))
+
+
+@_msg("pages_ack")
+class PagesAck(Message):
+    """hostd → guest driver: what happened to a ``pages`` message."""
+
+    seq: int
+    punched: int = 0
+    already: int = 0
+    skipped_nonzero: int = 0
+    rejected: int = 0
+    error: str = ""
+
+    @classmethod
+    def parse(cls, d: dict) -> PagesAck:
+        return cls(_int(d, "seq"), _int(d, "punched", 0), _int(d, "already", 0),
+                   _int(d, "skipped_nonzero", 0), _int(d, "rejected", 0), _str(d, "error", "", max_len=1024))
+
+
+@_msg("guest_status")
+class GuestStatus(Message):
+    """Guest driver → hostd: the guest's balloon, JVM by JVM (``jvms`` entries as in status)."""
+
+    target_bytes: int = 0
+    balloon_bytes: int = 0
+    drift_pages: int = 0
+    jvms: tuple = ()
+
+    @classmethod
+    def parse(cls, d: dict) -> GuestStatus:
+        jvms = d.get("jvms", [])
+        if not isinstance(jvms, list) or len(jvms) > 4096 or not all(isinstance(j, dict) for j in jvms):
+            raise ProtocolError("field 'jvms' must be a list of objects")
+        return cls(_int(d, "target_bytes", 0), _int(d, "balloon_bytes", 0), _int(d, "drift_pages", 0), tuple(jvms))
 
 
 def register(cls: type[Message]) -> type[Message]:

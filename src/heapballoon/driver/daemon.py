@@ -1,0 +1,371 @@
+"""The balloon driver daemon (`heapballoon daemon`): agents, targets, verification, control.
+
+One asyncio process per node (process mode) or per guest (VM mode, see ``guest.driver``).
+
+* Agents connect to the Unix socket and say ``hello``; CLI clients send a control request on
+  the same socket. The pid of an agent is taken from SO_PEERCRED, never from what it claims.
+* :meth:`Driver.tick` is the controller: from the registry and the targets it decides what
+  each agent must be told; :meth:`Driver.run` drives it every ``interval_s`` and does the I/O
+  (sending targets, verifying reclaim through pagemap, steering KSM), logging one line per
+  tick with the whole state.
+* Targets survive a daemon restart twice over: they are saved to a state file next to the
+  socket, and agents report the target they still hold in their ``hello``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+
+from heapballoon import protocol, transport
+from heapballoon.driver import policy
+from heapballoon.driver.ksmctl import KsmController
+from heapballoon.driver.registry import JVMRecord, Registry
+from heapballoon.driver.verify import Verification, verify_chunks
+from heapballoon.errors import KernelError, MessageTooLarge, ProtocolError
+from heapballoon.linux import pagemap
+from heapballoon.linux.ksm import KSM
+from heapballoon.linux.procfs import ProcFS
+from heapballoon.units import format_size
+
+log = logging.getLogger("heapballoon.driver")
+MAX_BAD_LINES = 16
+DISCONNECTED_GRACE_S = 60.0
+
+
+class Driver:
+    """Registry + policy + I/O of one balloon driver."""
+
+    def __init__(self, socket_path: str, *, procfs: ProcFS | None = None, ksm: KSM | None = None,
+                 ksm_mode: str = "auto", reclaim: str = "auto", interval_s: float = 1.0,
+                 socket_mode: int = 0o600, clock=time.monotonic) -> None:
+        self.socket_path = socket_path
+        self.state_path = socket_path + ".state.json"
+        self.procfs = procfs or ProcFS()
+        self.reclaim_pref = reclaim
+        self.interval_s = interval_s
+        self.socket_mode = socket_mode
+        self.clock = clock
+        self.registry = Registry()
+        self.channels: dict[int, transport.LineChannel] = {}
+        self.node_target_bytes: int | None = None
+        self.saved_explicit: dict[str, int] = {}
+        self.ksmctl = KsmController(ksm or KSM(), ksm_mode, socket_path + ".ksm.json", clock=clock)
+        self.zero_pfn: int | None = None
+        self.bad_messages = 0
+        self.ticks = 0
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._last_log = ""
+
+    # ------------------------------------------------------------------ persistence
+
+    def load_state(self) -> None:
+        try:
+            with open(self.state_path) as f:
+                saved = json.load(f)
+            self.node_target_bytes = saved.get("node_target_bytes")
+            self.saved_explicit = {str(k): int(v) for k, v in saved.get("explicit", {}).items()}
+            log.info("loaded targets from %s: node=%s, %d per-JVM", self.state_path,
+                     self.node_target_bytes, len(self.saved_explicit))
+        except FileNotFoundError:
+            pass
+        except (ValueError, OSError, AttributeError, TypeError) as err:
+            log.error("ignoring unreadable state file %s: %s", self.state_path, err)
+
+    def save_state(self) -> None:
+        explicit = {f"{r.pid}:{r.starttime}": r.explicit_target_bytes
+                    for r in self.registry if r.explicit_target_bytes is not None}
+        # Keep targets of JVMs that are disconnected right now but may come back.
+        for key, value in self.saved_explicit.items():
+            pid = int(key.split(":")[0])
+            if self.registry.get(pid) is None and self.procfs.exists(pid):
+                explicit.setdefault(key, value)
+        self.saved_explicit = explicit
+        tmp = self.state_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"node_target_bytes": self.node_target_bytes, "explicit": explicit}, f)
+        os.replace(tmp, self.state_path)
+
+    # ------------------------------------------------------------------ policy
+
+    def reclaim_mode(self, rec: JVMRecord) -> str:
+        modes = rec.hello.reclaim_modes
+        if self.reclaim_pref == "report":
+            return "report"
+        if self.reclaim_pref in ("auto", "direct") and "direct" in modes:
+            return "direct"
+        return "ksm"
+
+    def targets(self) -> dict[int, int]:
+        connected = [r for r in self.registry if r.connected]
+        return policy.effective_targets(
+            self.node_target_bytes,
+            {r.pid: r.explicit_target_bytes for r in connected},
+            {r.pid: r.excess_bytes for r in connected},
+        )
+
+    def tick(self) -> list[tuple[JVMRecord, protocol.Target]]:
+        """Decide which agents must be sent a new target. Pure: reads only the registry."""
+        out = []
+        for pid, target_bytes in self.targets().items():
+            rec = self.registry.get(pid)
+            want = protocol.Target(target_bytes=target_bytes, reclaim=self.reclaim_mode(rec))
+            if rec.sent != want:
+                out.append((rec, want))
+        return out
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict:
+        targets = self.targets()
+        jvms = [r.status(targets.get(r.pid, r.explicit_target_bytes or 0)) for r in self.registry]
+        return {
+            "jvms": sorted(jvms, key=lambda j: j["pid"]),
+            "node": {
+                "target_bytes": self.node_target_bytes or 0,
+                "balloon_bytes": sum(j["balloon_bytes"] for j in jvms),
+                "reclaimed_bytes": sum(j["reclaimed_bytes"] for j in jvms),
+                "ksm": self.ksmctl.reason, "ksm_boosted": self.ksmctl.boosted,
+                "zero_pfn_known": self.zero_pfn is not None,
+                "bad_messages": self.bad_messages,
+            },
+        }
+
+    # ------------------------------------------------------------------ connections
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        chan = transport.LineChannel(reader, writer)
+        try:
+            first = await self._recv_valid(chan)
+            if first is None:
+                return
+            if isinstance(first, protocol.Hello):
+                await self._agent_session(chan, first)
+            else:
+                await self._control_session(chan, first)
+        except (ConnectionError, MessageTooLarge) as err:
+            log.warning("dropping connection: %s", err)
+        except Exception:  # noqa: BLE001 - one bad peer must never take the daemon down
+            log.exception("unexpected error on a connection; dropped it")
+        finally:
+            chan.close()
+
+    async def _recv_valid(self, chan: transport.LineChannel) -> protocol.Message | None:
+        """Next valid message; bad lines get an error reply, and too many drop the peer."""
+        bad = 0
+        while True:
+            try:
+                return await chan.recv()
+            except MessageTooLarge:
+                self.bad_messages += 1
+                raise
+            except ProtocolError as err:
+                self.bad_messages += 1
+                bad += 1
+                log.warning("rejected message: %s (raw: %r)", err, (err.raw or b"")[:80])
+                with contextlib.suppress(ConnectionError):
+                    await chan.send(protocol.Error(error=str(err)))
+                if bad >= MAX_BAD_LINES:
+                    raise ConnectionError(f"{bad} bad messages in a row") from err
+
+    async def _agent_session(self, chan: transport.LineChannel, hello: protocol.Hello) -> None:
+        pid = transport.peer_pid(chan.writer) or hello.pid
+        if pid != hello.pid:
+            log.info("agent says pid %d, socket peer is pid %d (pid namespace?): using %d", hello.pid, pid, pid)
+        try:
+            starttime = self.procfs.starttime(pid)
+        except KernelError:
+            log.warning("agent pid %d vanished before registering", pid)
+            return
+        rec = self.registry.upsert(pid, starttime, hello)
+        saved = self.saved_explicit.get(f"{pid}:{starttime}")
+        if rec.explicit_target_bytes is None:
+            if saved is not None:
+                rec.explicit_target_bytes = saved
+            elif hello.target_bytes and not self.node_target_bytes:
+                rec.explicit_target_bytes = hello.target_bytes  # the balloon survives our restart
+        self.channels[pid] = chan
+        log.info("agent connected: pid=%d name=%s gc=%s jvm=%s address_mode=%s balloon=%s target=%s",
+                 pid, rec.name, hello.gc, hello.jvm_version, hello.address_mode,
+                 format_size(hello.state.balloon_bytes), format_size(hello.target_bytes))
+        self._wake.set()
+        try:
+            while True:
+                msg = await self._recv_valid(chan)
+                if msg is None:
+                    break
+                rec.last_seen_s = self.clock()
+                if isinstance(msg, protocol.State):
+                    if msg.chunks_epoch != rec.state.chunks_epoch or msg.chunks != rec.state.chunks:
+                        self._wake.set()
+                    rec.state = msg
+                elif isinstance(msg, protocol.Event):
+                    rec.events[msg.kind] = rec.events.get(msg.kind, 0) + 1
+                    if msg.kind == "moved":
+                        rec.moved_chunks += 1
+                    log.info("pid %d event %s: released %s in %d ms (%s)", pid, msg.kind,
+                             format_size(msg.released_bytes), msg.latency_ms, msg.reason)
+                    self._wake.set()
+                elif isinstance(msg, (protocol.Pong,)):
+                    pass
+                else:
+                    await chan.send(protocol.Error(error=f"unexpected {msg.TYPE!r} from an agent"))
+        finally:
+            if self.channels.get(pid) is chan:
+                del self.channels[pid]
+                rec.connected = False
+                rec.sent = None
+                log.info("agent disconnected: pid=%d", pid)
+                self._wake.set()
+
+    async def _control_session(self, chan: transport.LineChannel, msg: protocol.Message) -> None:
+        while msg is not None:
+            await chan.send(self.control(msg))
+            msg = await self._recv_valid(chan)
+
+    def control(self, msg: protocol.Message) -> protocol.Message:
+        """Answer one control request."""
+        req_id = getattr(msg, "id", 0)
+        if isinstance(msg, protocol.StatusRequest):
+            return protocol.Reply(id=req_id, body=self.status())
+        if isinstance(msg, protocol.SetTarget):
+            if msg.pid is None:
+                self.node_target_bytes = msg.target_bytes
+                if msg.target_bytes == 0:
+                    for rec in self.registry:
+                        rec.explicit_target_bytes = None
+            else:
+                rec = self.registry.get(msg.pid)
+                if rec is None or not rec.connected:
+                    return protocol.Error(id=req_id, error=f"no JVM with PID {msg.pid} is registered with this daemon")
+                rec.explicit_target_bytes = msg.target_bytes
+            self.save_state()
+            self._wake.set()
+            log.info("target set: %s → %s", "all" if msg.pid is None else f"pid {msg.pid}", format_size(msg.target_bytes))
+            return protocol.Reply(id=req_id, body={"targets": {str(k): v for k, v in self.targets().items()}})
+        return protocol.Error(id=req_id, error=f"{msg.TYPE!r} is not a request this daemon answers")
+
+    # ------------------------------------------------------------------ the loop
+
+    def _reap(self) -> None:
+        """Forget JVMs whose process is gone (or whose pid now belongs to another process)."""
+        now = self.clock()
+        for rec in self.registry:
+            try:
+                alive = self.procfs.starttime(rec.pid) == rec.starttime
+            except KernelError:
+                alive = False
+            if not alive or (not rec.connected and now - rec.last_seen_s > DISCONNECTED_GRACE_S):
+                self.registry.remove(rec.pid)
+                log.info("forgot JVM pid=%d (%s)", rec.pid, "exited" if not alive else "gone quiet")
+                if not alive:
+                    self.saved_explicit.pop(f"{rec.pid}:{rec.starttime}", None)
+
+    async def _send_targets(self) -> None:
+        for rec, want in self.tick():
+            chan = self.channels.get(rec.pid)
+            if chan is None:
+                continue
+            try:
+                await chan.send(want)
+                rec.sent = want
+            except (ConnectionError, OSError) as err:
+                log.warning("could not send target to pid %d: %s", rec.pid, err)
+
+    def _verify(self) -> None:
+        """Count reclaimed balloon pages of every JVM through pagemap (runs in a thread)."""
+        for rec in self.registry:
+            chunks = rec.state.chunks
+            if not chunks or rec.hello.address_mode == "none":
+                rec.reclaimed_bytes, rec.balloon_pages = 0, 0
+                continue
+            try:
+                v: Verification = verify_chunks(self.procfs, rec.pid, chunks, self.zero_pfn)
+            except KernelError as err:
+                log.debug("pagemap of pid %d unreadable: %s", rec.pid, err)
+                continue
+            rec.reclaimed_bytes = v.reclaimed_bytes
+            rec.balloon_pages = v.balloon_pages
+            self.after_verify(rec, v)
+
+    def after_verify(self, rec: JVMRecord, v: Verification) -> None:
+        """Hook for the guest driver (VM mode), which reports page numbers to the host."""
+
+    def _log_tick(self) -> None:
+        parts = [f"target={format_size(self.node_target_bytes or 0)}",
+                 f"ksm={'boost' if self.ksmctl.boosted else self.ksmctl.reason}"]
+        targets = self.targets()
+        for rec in self.registry:
+            s = rec.state
+            parts.append(f"[{rec.pid} {rec.name} {'up' if rec.connected else 'down'} "
+                         f"live={format_size(s.live_bytes)} committed={format_size(s.heap_committed_bytes)} "
+                         f"target={format_size(targets.get(rec.pid, 0))} balloon={format_size(s.balloon_bytes)} "
+                         f"reclaimed={format_size(rec.reclaimed_bytes)} {s.reclaim}]")
+        line = " ".join(parts)
+        if line != self._last_log or self.ticks % 60 == 0:
+            log.info("tick %d %s", self.ticks, line)
+            self._last_log = line
+
+    async def step(self) -> None:
+        self.ticks += 1
+        self._reap()
+        await self._send_targets()
+        await asyncio.to_thread(self._verify)
+        waiting = sum(max(0, r.balloon_pages - r.reclaimed_bytes // pagemap.PAGE_SIZE)
+                      for r in self.registry if r.state.reclaim == "ksm")
+        try:
+            self.ksmctl.tick(waiting)
+        except KernelError as err:
+            log.error("KSM control failed: %s", err)
+        self._log_tick()
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        self.load_state()
+        self.zero_pfn = await asyncio.to_thread(pagemap.zero_pfn, self.procfs)
+        if self.zero_pfn is None:
+            log.warning("the zero page's frame number is hidden (not root?): KSM-merged pages will not count as reclaimed")
+        if self.ksmctl.setup():
+            log.info("KSM: use_zero_pages on, scanning; originals saved: %s", self.ksmctl.original)
+        else:
+            log.info("KSM untouched: %s", self.ksmctl.reason)
+        server = await transport.listen(self.socket_path, self.handle, self.socket_mode)
+        log.info("listening on %s (reclaim=%s, interval=%.1fs)", self.socket_path, self.reclaim_pref, self.interval_s)
+        if ready is not None:
+            ready.set()
+        try:
+            while not self._stop.is_set():
+                await self.step()
+                self._wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.interval_s)
+        finally:
+            server.close()
+            for chan in list(self.channels.values()):
+                chan.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.socket_path)
+            self.ksmctl.close()
+            log.info("stopped")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+
+def serve(driver: Driver) -> int:
+    """Run a driver until SIGTERM/SIGINT; the CLI's `heapballoon daemon`."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, driver.stop)
+        await driver.run()
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,57 @@
+"""Prometheus metrics of a driver, served with prometheus_client (`daemon --metrics ADDR:PORT`).
+
+A custom collector reads the driver's status on every scrape, so metrics are never stale and
+there is no second copy of the state to keep in step.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import start_http_server
+from prometheus_client.core import GaugeMetricFamily, REGISTRY
+
+from heapballoon.errors import UsageError
+
+JVM_GAUGES = (
+    ("heap_max_bytes", "Maximum heap size"),
+    ("heap_committed_bytes", "Committed heap"),
+    ("live_bytes", "Live data after the last GC, balloon excluded"),
+    ("target_bytes", "Balloon target"),
+    ("balloon_bytes", "Balloon held in the heap"),
+    ("reclaimed_bytes", "Balloon memory verified reclaimed through pagemap"),
+)
+
+
+class DriverCollector:
+    def __init__(self, driver) -> None:
+        self.driver = driver
+
+    def collect(self):
+        status = self.driver.status()
+        for key, doc in JVM_GAUGES:
+            g = GaugeMetricFamily(f"heapballoon_jvm_{key}", doc, labels=["pid", "name"])
+            for j in status["jvms"]:
+                g.add_metric([str(j["pid"]), j["name"]], j[key])
+            yield g
+        node = status["node"]
+        yield GaugeMetricFamily("heapballoon_node_target_bytes", "Node balloon target", value=node["target_bytes"])
+        yield GaugeMetricFamily("heapballoon_bad_messages", "Rejected protocol messages", value=node["bad_messages"])
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    try:
+        port_num = int(port)
+    except ValueError:
+        raise UsageError(f"invalid --metrics {text!r}: expected ADDR:PORT, e.g. 127.0.0.1:9477") from None
+    if not 0 < port_num < 65536:
+        raise UsageError(f"invalid --metrics port {port_num}")
+    return host or "127.0.0.1", port_num
+
+
+def start_metrics(driver, listen: str) -> None:
+    host, port = parse_listen(listen)
+    REGISTRY.register(DriverCollector(driver))
+    try:
+        start_http_server(port, addr=host)
+    except OSError as err:
+        raise UsageError(f"cannot serve metrics on {listen}: {err.strerror or err}") from err

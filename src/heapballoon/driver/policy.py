@@ -1,0 +1,72 @@
+"""Target policy: how much each JVM's balloon should hold. Pure functions, no I/O.
+
+A JVM's *excess* is heap it holds but does not need::
+
+    excess = committed − live − headroom          (never below 0)
+
+``live`` is the application's data right after the last GC (the agent subtracts its own
+balloon), ``headroom`` the slack the application keeps for allocation between collections.
+A node target (``heapballoon target all SIZE``) is split among JVMs in proportion to their
+excess — the JVM with the most idle heap gives the most — and no JVM is asked for more than
+its excess; what a capped JVM cannot give is handed on to the others (water-filling). A
+per-JVM target (``heapballoon target PID SIZE``) overrides the split for that JVM and is not
+capped here: the agent itself never inflates past its headroom.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+MIB = 1 << 20
+MIN_HEADROOM_BYTES = 64 * MIB
+HEADROOM_FRACTION = 0.05
+
+
+def headroom_bytes(heap_max_bytes: int) -> int:
+    """Slack kept free in a heap: 5 % of its maximum, at least 64 MiB."""
+    return max(MIN_HEADROOM_BYTES, int(heap_max_bytes * HEADROOM_FRACTION))
+
+
+def excess_bytes(heap_committed_bytes: int, live_bytes: int, heap_max_bytes: int) -> int:
+    return max(0, heap_committed_bytes - live_bytes - headroom_bytes(heap_max_bytes))
+
+
+def split_target(node_target_bytes: int, excess_by_pid: Mapping[int, int]) -> dict[int, int]:
+    """Split ``node_target_bytes`` among pids in proportion to excess, capped at each excess.
+
+    Water-filling: give each uncapped JVM its proportional share; JVMs whose share exceeds
+    their excess are capped and the remainder is split again among the rest. Whatever no
+    JVM can give stays unassigned (the node target is then not fully met, and status says
+    so).
+    """
+    shares = {pid: 0 for pid in excess_by_pid}
+    remaining = max(0, node_target_bytes)
+    open_pids = {pid for pid, excess in excess_by_pid.items() if excess > 0}
+    while remaining > 0 and open_pids:
+        total_excess = sum(excess_by_pid[pid] for pid in open_pids)
+        handed = 0
+        for pid in sorted(open_pids):
+            room = excess_by_pid[pid] - shares[pid]
+            give = min(room, remaining * excess_by_pid[pid] // total_excess)
+            shares[pid] += give
+            handed += give
+        if handed == 0:  # less than one byte per JVM left: the roomiest JVM takes it
+            pid = max(open_pids, key=lambda p: excess_by_pid[p] - shares[p])
+            handed = min(remaining, excess_by_pid[pid] - shares[pid])
+            shares[pid] += handed
+        remaining -= handed
+        open_pids = {pid for pid in open_pids if shares[pid] < excess_by_pid[pid]}
+    return shares
+
+
+def effective_targets(node_target_bytes: int | None, explicit: Mapping[int, int | None],
+                      excess_by_pid: Mapping[int, int]) -> dict[int, int]:
+    """Each JVM's target: its explicit one if set, else its share of the node target."""
+    out = {pid: t for pid, t in explicit.items() if t is not None and pid in excess_by_pid}
+    rest = {pid: e for pid, e in excess_by_pid.items() if pid not in out}
+    if node_target_bytes:
+        wanted = max(0, node_target_bytes - sum(out.values()))
+        out.update(split_target(wanted, rest))
+    else:
+        out.update({pid: 0 for pid in rest})
+    return out

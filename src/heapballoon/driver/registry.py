@@ -1,0 +1,81 @@
+"""The driver's registry of JVMs: one record per connected (or recently connected) agent.
+
+The registry owns who is known and what each said last; it does no I/O. Records are keyed by
+pid and carry the process start time, so a recycled pid is never mistaken for the old JVM.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from heapballoon import protocol
+from heapballoon.driver import policy
+
+
+@dataclass
+class JVMRecord:
+    pid: int
+    starttime: int
+    hello: protocol.Hello
+    state: protocol.State
+    connected: bool = True
+    explicit_target_bytes: int | None = None
+    sent: protocol.Target | None = None
+    reclaimed_bytes: int = 0
+    balloon_pages: int = 0
+    verified_epoch: int = -1
+    moved_chunks: int = 0
+    drift_pages: int = 0
+    events: dict[str, int] = field(default_factory=dict)
+    last_seen_s: float = field(default_factory=time.monotonic)
+
+    @property
+    def name(self) -> str:
+        return self.hello.name or f"pid-{self.pid}"
+
+    @property
+    def excess_bytes(self) -> int:
+        s = self.state
+        return policy.excess_bytes(s.heap_committed_bytes, s.live_bytes, s.heap_max_bytes)
+
+    def status(self, target_bytes: int) -> dict:
+        s = self.state
+        return {
+            "pid": self.pid, "name": self.name, "gc": self.hello.gc,
+            "jvm_version": self.hello.jvm_version, "connected": self.connected,
+            "heap_max_bytes": s.heap_max_bytes, "heap_committed_bytes": s.heap_committed_bytes,
+            "heap_used_bytes": s.heap_used_bytes, "live_bytes": s.live_bytes,
+            "excess_bytes": self.excess_bytes, "target_bytes": target_bytes,
+            "balloon_bytes": s.balloon_bytes, "reclaimed_bytes": self.reclaimed_bytes,
+            "reclaim": s.reclaim, "address_mode": self.hello.address_mode,
+            "chunks": len(s.chunks), "gc_count": s.gc_count, "gc_time_ms": s.gc_time_ms,
+            "moved_chunks": self.moved_chunks, "drift_pages": self.drift_pages,
+            "events": dict(self.events),
+        }
+
+
+class Registry:
+    def __init__(self) -> None:
+        self.jvms: dict[int, JVMRecord] = {}
+
+    def upsert(self, pid: int, starttime: int, hello: protocol.Hello) -> JVMRecord:
+        old = self.jvms.get(pid)
+        rec = JVMRecord(pid=pid, starttime=starttime, hello=hello, state=hello.state)
+        if old is not None and old.starttime == starttime:
+            rec.explicit_target_bytes = old.explicit_target_bytes
+            rec.events = old.events
+        self.jvms[pid] = rec
+        return rec
+
+    def get(self, pid: int) -> JVMRecord | None:
+        return self.jvms.get(pid)
+
+    def remove(self, pid: int) -> JVMRecord | None:
+        return self.jvms.pop(pid, None)
+
+    def __iter__(self):
+        return iter(list(self.jvms.values()))
+
+    def __len__(self) -> int:
+        return len(self.jvms)

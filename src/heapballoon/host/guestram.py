@@ -1,0 +1,224 @@
+"""The guest-RAM file of one QEMU VM: find it, check pages for zero, punch holes, count blocks.
+
+This module owns the *bytes* of guest RAM as the host sees them: QEMU's RAM backend is a
+memfd (``-object memory-backend-memfd,id=ram0,share=on``); :meth:`GuestRam.open` finds it
+through ``/proc/PID/fd`` (a ``/memfd:`` link whose size is the VM's RAM size) and opens its
+own file description on it. :meth:`GuestRam.check_and_punch` reads page runs with ``preadv``
+into one reusable buffer, compares them with zeros (``bytes ==`` is a memcmp), skips holes
+with ``SEEK_DATA``/``SEEK_HOLE`` (a hole is already reclaimed) and punches each run of
+all-zero pages with one ``fallocate(PUNCH_HOLE|KEEP_SIZE)``. It knows nothing about guest
+page numbers (see layout.py) or about pausing the VM (see reclaim.py): callers must hold
+the VM stopped while they call :meth:`check_and_punch`, or a page the guest writes between
+the check and the punch would be lost.
+
+The file helpers (punch_hole, data_runs) are private here because heapballoon.linux.memfd
+did not exist when this was written; they can move there without changing this API.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from dataclasses import dataclass
+
+from heapballoon.errors import ReclaimError
+
+PAGE_BYTES = 4096
+CHUNK_BYTES = 1 << 20  # one read; a whole zero chunk is one memcmp
+_ZERO_PAGE = bytes(PAGE_BYTES)
+_ZERO_CHUNK = bytes(CHUNK_BYTES)
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+_libc.fallocate.restype = ctypes.c_int
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> None:
+    """Free the blocks of [offset, offset+length) (reads return zeros afterwards)."""
+    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"fallocate(PUNCH_HOLE, offset={offset:#x}, length={length:#x}): {os.strerror(e)}")
+
+
+def _data_runs(fd: int, offset: int, length: int) -> list[tuple[int, int]]:
+    """The allocated (data) parts of [offset, offset+length) as ``[(offset, length)]``."""
+    runs = []
+    pos, end = offset, offset + length
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as err:
+            if err.errno == errno.ENXIO:  # no data at or after pos
+                break
+            raise
+        if data >= end:
+            break
+        hole = os.lseek(fd, data, os.SEEK_HOLE)
+        runs.append((data, min(hole, end) - data))
+        pos = hole
+    return runs
+
+
+@dataclass
+class PunchResult:
+    """Pages of one check-and-punch pass, each counted exactly once."""
+
+    punched_pages: int = 0
+    already_pages: int = 0
+    skipped_nonzero_pages: int = 0
+
+    def add(self, other: PunchResult) -> None:
+        self.punched_pages += other.punched_pages
+        self.already_pages += other.already_pages
+        self.skipped_nonzero_pages += other.skipped_nonzero_pages
+
+
+def _is_qemu(pid: int) -> bool:
+    try:
+        exe = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+    except OSError:
+        return False
+    return exe.startswith("qemu")
+
+
+def find_ram_fds(qemu_pid: int, size_bytes: int, backend: str = "ram0") -> list[int]:
+    """fd numbers in QEMU ``qemu_pid`` that are memfds of exactly ``size_bytes`` (one per
+    distinct file; a name ``memfd:<backend>`` is preferred when several match)."""
+    fd_dir = f"/proc/{qemu_pid}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError as err:
+        raise ReclaimError(f"cannot list {fd_dir}: {err.strerror}") from err
+    found: dict[tuple[int, int], tuple[int, str]] = {}
+    for n in names:
+        try:
+            target = os.readlink(f"{fd_dir}/{n}")
+            if not target.startswith("/memfd:"):
+                continue
+            st = os.stat(f"{fd_dir}/{n}")
+        except OSError:
+            continue  # closed meanwhile
+        if st.st_size == size_bytes:
+            found.setdefault((st.st_dev, st.st_ino), (int(n), target))
+    named = [fd for fd, target in found.values() if target.split(" ")[0] == f"/memfd:{backend}"]
+    return named or [fd for fd, _ in found.values()]
+
+
+class GuestRam:
+    """One VM's guest-RAM memfd, opened read-write by hostd."""
+
+    def __init__(self, fd: int, size_bytes: int, qemu_pid: int | None = None, name: str = "") -> None:
+        self.fd = fd
+        self.size_bytes = size_bytes
+        self.qemu_pid = qemu_pid
+        self.name = name or f"fd {fd}"
+        self._buf = bytearray(CHUNK_BYTES)
+
+    @classmethod
+    def open(cls, qemu_pid: int, size_bytes: int, backend: str = "ram0") -> GuestRam:
+        """Open the guest-RAM memfd of QEMU ``qemu_pid`` (a memfd of exactly ``size_bytes``)."""
+        if not _is_qemu(qemu_pid):
+            raise ReclaimError(f"process {qemu_pid} is not a QEMU process (or is gone)")
+        fds = find_ram_fds(qemu_pid, size_bytes, backend)
+        if not fds:
+            raise ReclaimError(
+                f"QEMU {qemu_pid} has no {size_bytes}-byte memfd: start it with "
+                f"-object memory-backend-memfd,id={backend},size=...,share=on -machine memory-backend={backend}")
+        if len(fds) > 1:
+            raise ReclaimError(f"QEMU {qemu_pid} has {len(fds)} memfds of {size_bytes} bytes "
+                               f"(fds {fds}); refusing to guess which one is guest RAM")
+        path = f"/proc/{qemu_pid}/fd/{fds[0]}"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as err:
+            raise ReclaimError(f"cannot open {path}: {err.strerror}") from err
+        st = os.fstat(fd)
+        if st.st_size != size_bytes:
+            os.close(fd)
+            raise ReclaimError(f"{path} changed size under us ({st.st_size} != {size_bytes})")
+        return cls(fd, size_bytes, qemu_pid, f"qemu {qemu_pid} {path}")
+
+    def close(self) -> None:
+        """Close our fd (while it is open it keeps the guest RAM alive even after QEMU exits)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> GuestRam:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ measurements
+
+    def resident_bytes(self) -> int:
+        """Bytes of guest RAM the host has allocated (st_blocks; holes cost nothing)."""
+        return os.fstat(self.fd).st_blocks * 512
+
+    def data_runs(self, offset: int, length: int) -> list[tuple[int, int]]:
+        return _data_runs(self.fd, offset, length)
+
+    def hole_bytes(self, extents: list[tuple[int, int]]) -> int:
+        """How many bytes of ``extents`` (offset, length) are holes, i.e. not allocated."""
+        total = 0
+        for off, length in extents:
+            total += length - sum(n for _, n in _data_runs(self.fd, off, length))
+        return total
+
+    # ------------------------------------------------------------ the reclaim step
+
+    def _check_extent(self, offset: int, length: int) -> tuple[list[tuple[int, int]], int]:
+        """Zero runs to punch and the non-zero page count inside allocated [offset, +length)."""
+        fd, buf, zero_runs, nonzero = self.fd, self._buf, [], 0
+        run_start = -1
+        pos, end = offset, offset + length
+        while pos < end:
+            n = min(CHUNK_BYTES, end - pos)
+            view = buf if n == CHUNK_BYTES else memoryview(buf)[:n]
+            got = os.preadv(fd, [view], pos)
+            if got != n:
+                raise ReclaimError(f"short read of guest RAM at {pos:#x}: {got} of {n} bytes")
+            if n == CHUNK_BYTES and buf == _ZERO_CHUNK:
+                if run_start < 0:
+                    run_start = pos
+            else:
+                for i in range(0, n, PAGE_BYTES):
+                    if buf[i:i + PAGE_BYTES] == _ZERO_PAGE:
+                        if run_start < 0:
+                            run_start = pos + i
+                    else:
+                        nonzero += 1
+                        if run_start >= 0:
+                            zero_runs.append((run_start, pos + i - run_start))
+                            run_start = -1
+            pos += n
+        if run_start >= 0:
+            zero_runs.append((run_start, end - run_start))
+        return zero_runs, nonzero
+
+    def check_and_punch(self, extents: list[tuple[int, int]], punch: bool = True) -> PunchResult:
+        """For each page of ``extents`` ((offset, length), page aligned): a hole counts as
+        already reclaimed, an all-zero page is punched, any other page is left untouched and
+        counted as skipped. The VM must be stopped (see module docstring)."""
+        result = PunchResult()
+        for off, length in extents:
+            if off % PAGE_BYTES or length % PAGE_BYTES or off < 0 or off + length > self.size_bytes:
+                raise ReclaimError(f"extent ({off:#x}, {length:#x}) is not page aligned inside "
+                                   f"the {self.size_bytes}-byte guest RAM")
+            data_bytes = 0
+            for doff, dlen in _data_runs(self.fd, off, length):
+                data_bytes += dlen
+                zero_runs, nonzero = self._check_extent(doff, dlen)
+                result.skipped_nonzero_pages += nonzero
+                for zoff, zlen in zero_runs:
+                    if punch:
+                        _punch_hole(self.fd, zoff, zlen)
+                    result.punched_pages += zlen // PAGE_BYTES
+            result.already_pages += (length - data_bytes) // PAGE_BYTES
+        return result

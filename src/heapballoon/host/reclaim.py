@@ -1,0 +1,174 @@
+"""Reclaim guest pages of one VM: batch, pause the VM, check-and-punch, resume.
+
+This module owns the *pause protocol* around guest RAM writes. :class:`Reclaimer` turns a
+guest's page-frame ranges into RAM-file extents (layout.py), cuts them into batches of at
+most ``batch_pages`` and, per batch, runs QMP ``stop`` → :meth:`GuestRam.check_and_punch`
+→ QMP ``cont``. ``cont`` is always attempted in a ``finally`` — but only if this reclaim
+paused the VM: a VM someone else paused (``paused``, ``prelaunch``) is left paused, and a VM
+in any other state (migrating, shut down, crashed) is not touched at all.
+
+It also holds the baselines that do not punch: the virtio-balloon device (QMP ``balloon`` /
+``query-balloon``); KSM lives in ksm.py. ``qmp`` is anything with ``async execute(cmd,
+arguments=None)`` — a connected :class:`qemu.qmp.QMPClient`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from heapballoon.errors import ReclaimError
+from heapballoon.host.guestram import PAGE_BYTES, GuestRam, PunchResult
+from heapballoon.host.layout import GuestLayout
+
+log = logging.getLogger("heapballoon.host.reclaim")
+
+# 8192 pages = 32 MiB a pause: ~8-10 ms of check+punch when every page is zero-but-allocated
+# (benchmarks/host_punch.py, see reclaim_benchmark below), and a batch of holes is ~free.
+DEFAULT_BATCH_PAGES = 8192
+# QMP RunState values: a VM in one of these we may pause ourselves / may work on while
+# someone else holds it paused. Anything else (inmigrate, postmigrate, finish-migrate,
+# save-vm, restore-vm, shutdown, guest-panicked, internal-error, io-error, ...) is refused.
+_RUNNING = ("running",)
+_PAUSED_BY_OTHERS = ("paused", "prelaunch", "suspended")
+
+
+@dataclass
+class ReclaimResult:
+    """What one ``reclaim`` did. Every reported page is in exactly one counter, except when
+    ``error`` is set: then ``unprocessed_pages`` were not looked at."""
+
+    punched_pages: int = 0
+    already_pages: int = 0
+    skipped_nonzero_pages: int = 0
+    rejected_pages: int = 0
+    unprocessed_pages: int = 0
+    pauses_ms: list[float] = field(default_factory=list)
+    batches: int = 0
+    error: str = ""
+
+    def add(self, r: PunchResult) -> None:
+        self.punched_pages += r.punched_pages
+        self.already_pages += r.already_pages
+        self.skipped_nonzero_pages += r.skipped_nonzero_pages
+
+    @property
+    def reported_pages(self) -> int:
+        return (self.punched_pages + self.already_pages + self.skipped_nonzero_pages
+                + self.rejected_pages + self.unprocessed_pages)
+
+
+def split_batches(extents: list[tuple[int, int]], batch_pages: int) -> list[list[tuple[int, int]]]:
+    """Cut ``[(offset, length)]`` into batches of at most ``batch_pages`` pages each."""
+    limit = batch_pages * PAGE_BYTES
+    batches: list[list[tuple[int, int]]] = []
+    cur: list[tuple[int, int]] = []
+    room = limit
+    for off, length in extents:
+        while length:
+            take = min(length, room)
+            cur.append((off, take))
+            off, length, room = off + take, length - take, room - take
+            if room == 0:
+                batches.append(cur)
+                cur, room = [], limit
+    if cur:
+        batches.append(cur)
+    return batches
+
+
+async def _qmp(qmp, cmd: str, arguments: dict | None = None):
+    try:
+        return await qmp.execute(cmd, arguments) if arguments else await qmp.execute(cmd)
+    except Exception as err:  # noqa: BLE001 - qemu.qmp raises ExecuteError, StateError, OSError...
+        raise ReclaimError(f"QMP {cmd} {arguments or ''} failed: {type(err).__name__}: {err}") from err
+
+
+class Reclaimer:
+    """Punches a VM's zero guest pages, a short pause at a time."""
+
+    def __init__(self, guest_ram: GuestRam, layout: GuestLayout, qmp,
+                 batch_pages: int = DEFAULT_BATCH_PAGES, name: str = "") -> None:
+        if batch_pages < 1:
+            raise ValueError("batch_pages must be >= 1")
+        self.guest_ram = guest_ram
+        self.layout = layout
+        self.qmp = qmp
+        self.batch_pages = batch_pages
+        self.name = name or guest_ram.name
+        self._lock = asyncio.Lock()  # one reclaim at a time per VM: pauses never nest
+
+    async def _pause(self) -> bool:
+        """Stop the VM if it runs; True if we stopped it (so we must resume it)."""
+        status = (await _qmp(self.qmp, "query-status")).get("status", "?")
+        if status in _RUNNING:
+            await _qmp(self.qmp, "stop")
+            return True
+        if status in _PAUSED_BY_OTHERS:
+            return False
+        raise ReclaimError(f"VM {self.name} is in state {status!r}; not reclaiming")
+
+    async def _resume(self) -> None:
+        await _qmp(self.qmp, "cont")
+
+    async def run_batch(self, extents: list[tuple[int, int]], result: ReclaimResult) -> None:
+        """One pause: stop → check and punch ``extents`` → cont (cont always attempted)."""
+        t0 = time.perf_counter()
+        paused_by_us = await self._pause()
+        try:
+            punched = await asyncio.to_thread(self.guest_ram.check_and_punch, extents)
+            result.add(punched)
+        finally:
+            if paused_by_us:
+                try:
+                    await self._resume()
+                finally:
+                    result.pauses_ms.append((time.perf_counter() - t0) * 1000.0)
+            result.batches += 1
+
+    async def reclaim(self, ranges: Iterable[tuple[int, int]]) -> ReclaimResult:
+        """Reclaim the zero pages among ``ranges`` (``[(first_pfn, count)]``).
+
+        Never raises for VM trouble: an error (QMP gone, VM in a state we must not touch,
+        I/O error) stops the work, lands in ``result.error`` and leaves the remaining pages
+        in ``unprocessed_pages``."""
+        result = ReclaimResult()
+        extents, result.rejected_pages = self.layout.ranges_to_offsets(ranges)
+        batches = split_batches(extents, self.batch_pages)
+        async with self._lock:
+            for i, batch in enumerate(batches):
+                try:
+                    await self.run_batch(batch, result)
+                except (ReclaimError, OSError) as err:
+                    result.error = str(err)
+                    # pages of a batch that failed half way count as unprocessed
+                    done = result.punched_pages + result.already_pages + result.skipped_nonzero_pages
+                    mapped = sum(n for b in batches for _, n in b) // PAGE_BYTES
+                    result.unprocessed_pages = mapped - done
+                    log.warning("reclaim %s: batch %d/%d failed: %s", self.name, i + 1, len(batches), err)
+                    break
+        return result
+
+
+# ---------------------------------------------------------------- virtio-balloon baseline
+
+async def balloon_set(qmp, guest_bytes_after: int) -> None:
+    """Baseline: ask the virtio-balloon device to leave the guest ``guest_bytes_after``."""
+    await _qmp(qmp, "balloon", {"value": int(guest_bytes_after)})
+
+
+async def balloon_query(qmp) -> int:
+    """The guest's current size by the balloon (``query-balloon`` ``actual``, bytes)."""
+    return int((await _qmp(qmp, "query-balloon"))["actual"])
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); 0.0 for no values."""
+    if not values:
+        return 0.0
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(-(-q * len(s) // 100)) - 1))
+    return s[k]

@@ -1,0 +1,57 @@
+"""``prctl(2)`` calls heapballoon needs, through ctypes (no compiled extension).
+
+Owns: ``PR_SET_MEMORY_MERGE`` / ``PR_GET_MEMORY_MERGE`` (Linux 6.4+), which make KSM consider
+*every* anonymous mapping of the calling process mergeable, present and future, without
+``madvise(MADV_MERGEABLE)`` per region. The setting belongs to the process (its mm), so it
+must be called by the process whose memory should merge (e.g. the JVM's native agent, or a
+test's child process); it is inherited across fork. Older kernels return EINVAL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+
+from heapballoon.errors import KernelError
+
+PR_SET_MEMORY_MERGE = 67  # Linux 6.4+
+PR_GET_MEMORY_MERGE = 68  # Linux 6.4+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_prctl = _libc.prctl
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_prctl.restype = ctypes.c_int
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    """Raw prctl; returns its result or raises OSError with errno."""
+    result = _prctl(option, arg2, arg3, arg4, arg5)
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return result
+
+
+def _memory_merge_error(what: str, exc: OSError) -> KernelError:
+    if exc.errno == errno.EINVAL:
+        return KernelError("kernel too old for PR_SET_MEMORY_MERGE (needs 6.4)")
+    if exc.errno == errno.EPERM:
+        return KernelError(f"{what}: permission denied (needs CAP_SYS_RESOURCE)")
+    return KernelError(f"{what}: {exc.strerror}")
+
+
+def set_memory_merge(enable: bool = True) -> None:
+    """Make all anonymous memory of this process KSM-mergeable (or stop, unmerging it)."""
+    try:
+        prctl(PR_SET_MEMORY_MERGE, 1 if enable else 0)
+    except OSError as exc:
+        raise _memory_merge_error("prctl(PR_SET_MEMORY_MERGE)", exc) from None
+
+
+def get_memory_merge() -> bool:
+    try:
+        return bool(prctl(PR_GET_MEMORY_MERGE))
+    except OSError as exc:
+        raise _memory_merge_error("prctl(PR_GET_MEMORY_MERGE)", exc) from None

@@ -1,0 +1,185 @@
+"""The one adapter for ``/proc``: every read of a process's procfs files goes through here.
+
+Controllers never open ``/proc`` themselves; they take a :class:`ProcFS` and tests hand them one
+whose ``root`` points at a directory of fixture text (``tests/fixtures/proc``). The model is
+psutil's ``_pslinux.py``: small parsers over the kernel's text formats, failures turned into
+one-line :class:`~heapballoon.errors.KernelError` messages, a vanished process into
+:class:`ProcessGone`.
+
+Kernel differences handled here:
+
+* ``NSpid:`` in ``/proc/PID/status`` exists since Linux 4.1; older kernels get ``[pid]``.
+* Reading a file of a process that exits mid-read fails with ``ESRCH`` rather than ``ENOENT``;
+  both mean :class:`ProcessGone`.
+* A ``libjvm.so`` replaced by a package upgrade shows as ``libjvm.so (deleted)`` in maps.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from heapballoon.errors import KernelError
+
+Pid = int | str  # an int, or "self"
+
+
+class ProcessGone(KernelError):
+    """The process does not exist (any more)."""
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """One line of ``/proc/PID/maps``."""
+
+    start: int
+    end: int
+    perms: str
+    offset: int
+    path: str
+
+    @property
+    def size_bytes(self) -> int:
+        return self.end - self.start
+
+
+def _one_line(exc: OSError) -> str:
+    return exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
+
+
+class ProcFS:
+    """``/proc`` (or a fixture tree laid out like it) at ``root``."""
+
+    def __init__(self, root: str = "/proc") -> None:
+        self.root = root.rstrip("/") or "/"
+
+    def __repr__(self) -> str:
+        return f"ProcFS({self.root!r})"
+
+    # -- raw access -------------------------------------------------------------------------
+
+    def path(self, *parts: object) -> str:
+        """``path(1234, "root", "tmp")`` → ``/proc/1234/root/tmp`` (for sockets, magic links)."""
+        return os.path.join(self.root, *(str(p) for p in parts))
+
+    def _error(self, relpath: str, exc: OSError) -> KernelError:
+        first = relpath.split("/", 1)[0]
+        if isinstance(exc, (FileNotFoundError, ProcessLookupError)) and (first.isdigit() or first == "self"):
+            return ProcessGone(f"no process with PID {first}")
+        return KernelError(f"cannot read {self.path(relpath)}: {_one_line(exc)}")
+
+    def read_text(self, relpath: str) -> str:
+        """The whole text of ``root/relpath``; ProcessGone / KernelError on failure."""
+        try:
+            with open(self.path(relpath), "rb") as f:
+                return f.read().decode("utf-8", "surrogateescape")
+        except OSError as exc:
+            raise self._error(relpath, exc) from None
+
+    def exists(self, pid: Pid) -> bool:
+        return os.path.isdir(self.path(pid))
+
+    # -- per-process parsers ----------------------------------------------------------------
+
+    def status(self, pid: Pid) -> dict[str, str]:
+        """``/proc/PID/status`` as ``{"VmRSS": "1234 kB", "Uid": "0\\t0\\t0\\t0", ...}``."""
+        out: dict[str, str] = {}
+        for line in self.read_text(f"{pid}/status").splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                out[key] = value.strip()
+        return out
+
+    def rss_bytes(self, pid: Pid) -> int:
+        """Resident set size (``VmRSS``); 0 for kernel threads, which have none."""
+        return _kb_to_bytes(self.status(pid).get("VmRSS", "0 kB"))
+
+    def cmdline(self, pid: Pid) -> list[str]:
+        text = self.read_text(f"{pid}/cmdline")
+        parts = text.split("\0")
+        if parts and parts[-1] == "":
+            parts.pop()
+        return parts
+
+    def maps(self, pid: Pid) -> list[Mapping]:
+        """``/proc/PID/maps``; ``path`` is "" for anonymous mappings, ``[heap]`` etc. kept."""
+        out = []
+        for line in self.read_text(f"{pid}/maps").splitlines():
+            fields = line.split(None, 5)
+            if len(fields) < 5:
+                continue
+            start, _, end = fields[0].partition("-")
+            out.append(Mapping(
+                start=int(start, 16),
+                end=int(end, 16),
+                perms=fields[1],
+                offset=int(fields[2], 16),
+                path=fields[5] if len(fields) > 5 else "",
+            ))
+        return out
+
+    def is_jvm(self, pid: Pid) -> bool:
+        """True when the process maps HotSpot's ``libjvm.so`` (a HotSpot JVM)."""
+        for m in self.maps(pid):
+            path = m.path.removesuffix(" (deleted)")
+            if path.rsplit("/", 1)[-1] == "libjvm.so":
+                return True
+        return False
+
+    def nspid(self, pid: Pid) -> list[int]:
+        """The PID in each nested pid namespace, outermost first (``NSpid``, Linux 4.1+)."""
+        st = self.status(pid)
+        value = st.get("NSpid")
+        if not value:  # kernel < 4.1: no pid namespace information
+            return [int(st.get("Pid", pid))]
+        return [int(x) for x in value.split()]
+
+    def euid_egid(self, pid: Pid) -> tuple[int, int]:
+        """Effective uid and gid (second field of ``Uid:`` / ``Gid:``)."""
+        st = self.status(pid)
+        try:
+            return int(st["Uid"].split()[1]), int(st["Gid"].split()[1])
+        except (KeyError, IndexError, ValueError):
+            raise KernelError(f"cannot parse Uid/Gid in {self.path(pid, 'status')}") from None
+
+    def catches_signal(self, pid: Pid, signum: int) -> bool:
+        """Whether the process has a handler installed for ``signum`` (``SigCgt`` mask)."""
+        mask = int(self.status(pid).get("SigCgt", "0"), 16)
+        return bool(mask >> (signum - 1) & 1)
+
+    def starttime(self, pid: Pid) -> int:
+        """Start time in clock ticks after boot (``stat`` field 22): (pid, starttime) is unique."""
+        text = self.read_text(f"{pid}/stat")
+        # comm (field 2) may contain spaces and parentheses: split after the last ')'.
+        rest = text[text.rfind(")") + 2:].split()
+        try:
+            return int(rest[19])  # rest[0] is field 3 (state)
+        except (IndexError, ValueError):
+            raise KernelError(f"cannot parse {self.path(pid, 'stat')}") from None
+
+    def open_pagemap(self, pid: Pid) -> BinaryIO:
+        """``/proc/PID/pagemap`` opened unbuffered for ``os.pread``; the caller closes it."""
+        relpath = f"{pid}/pagemap"
+        try:
+            return open(self.path(relpath), "rb", buffering=0)
+        except OSError as exc:
+            if isinstance(exc, PermissionError):
+                raise KernelError(
+                    f"cannot open {self.path(relpath)}: permission denied (needs ptrace access to PID {pid})"
+                ) from None
+            raise self._error(relpath, exc) from None
+
+    # -- system-wide ------------------------------------------------------------------------
+
+    def uptime_s(self) -> float:
+        return float(self.read_text("uptime").split()[0])
+
+
+def _kb_to_bytes(value: str) -> int:
+    number, _, unit = value.partition(" ")
+    scale = {"kB": 1024, "": 1}.get(unit.strip())
+    if scale is None:
+        raise KernelError(f"unexpected unit in {value!r}")
+    return int(number) * scale

@@ -1,0 +1,131 @@
+"""Transport of protocol v1 over Unix stream sockets: framing, size limits and the CLI client.
+
+This module owns bytes on sockets, nothing about what messages mean:
+
+* :class:`LineChannel` wraps an asyncio stream pair: ``recv()`` returns the next decoded
+  message (``None`` at EOF), raising :class:`MessageTooLarge` for an over-long line and
+  :class:`ProtocolError` for a bad one; ``send()`` writes one message.
+* :func:`request` is the synchronous one-shot client the CLI uses: connect, send one control
+  request, return the reply or raise :class:`DaemonUnavailable` / :class:`RemoteError`.
+* :func:`socket_path` resolves ``--socket`` / ``HEAPBALLOON_SOCKET`` / the default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+
+from heapballoon import protocol
+from heapballoon.errors import DaemonUnavailable, MessageTooLarge, ProtocolError, RemoteError
+
+DEFAULT_SOCKET = "/run/heapballoon/heapballoon.sock"
+DEFAULT_HOST_SOCKET = "/run/heapballoon/hostd.sock"
+STREAM_LIMIT = protocol.MAX_LINE_BYTES + 1
+
+
+def socket_path(cli_value: str | None = None) -> str:
+    return cli_value or os.environ.get("HEAPBALLOON_SOCKET") or DEFAULT_SOCKET
+
+
+def host_socket_path(cli_value: str | None = None) -> str:
+    return cli_value or os.environ.get("HEAPBALLOON_HOST_SOCKET") or DEFAULT_HOST_SOCKET
+
+
+def peer_pid(writer: asyncio.StreamWriter) -> int | None:
+    """The connecting process's pid from SO_PEERCRED (trusted, unlike what a peer claims)."""
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return None
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except OSError:
+        return None
+    pid, _uid, _gid = struct.unpack("3i", creds)
+    return pid or None
+
+
+class LineChannel:
+    """One NDJSON connection: decoded messages in, encoded messages out."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def recv_line(self) -> bytes | None:
+        """Next raw line without its newline; None at EOF; MessageTooLarge if over the limit."""
+        try:
+            line = await self.reader.readuntil(b"\n")
+        except asyncio.IncompleteReadError as err:
+            return err.partial.rstrip(b"\n") or None
+        except asyncio.LimitOverrunError as err:
+            raise MessageTooLarge(f"line longer than {protocol.MAX_LINE_BYTES} bytes") from err
+        return line.rstrip(b"\n")
+
+    async def recv(self) -> protocol.Message | None:
+        while True:
+            line = await self.recv_line()
+            if line is None:
+                return None
+            if line.strip():
+                return protocol.decode(line)
+
+    async def send(self, msg: protocol.Message) -> None:
+        self.writer.write(protocol.encode(msg))
+        await self.writer.drain()
+
+    def close(self) -> None:
+        try:
+            self.writer.close()
+        except Exception:  # noqa: BLE001 - closing a dead transport must never raise
+            pass
+
+
+async def listen(path: str, handler, mode: int = 0o600) -> asyncio.AbstractServer:
+    """Start a Unix-socket server at ``path`` (stale socket replaced, parent dir created)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    server = await asyncio.start_unix_server(handler, path=path, limit=STREAM_LIMIT)
+    os.chmod(path, mode)
+    return server
+
+
+def request(path: str, msg: protocol.Message, timeout_s: float = 10.0) -> protocol.Reply:
+    """Send one control request and return the reply (synchronous, for the CLI)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
+    try:
+        sock.connect(path)
+    except (FileNotFoundError, ConnectionRefusedError) as err:
+        sock.close()
+        raise DaemonUnavailable(f"no daemon is listening on {path} (start one with `heapballoon daemon`)") from err
+    except PermissionError as err:
+        sock.close()
+        raise DaemonUnavailable(f"permission denied connecting to {path} (the socket is root-only by default)") from err
+    except OSError as err:
+        sock.close()
+        raise DaemonUnavailable(f"cannot connect to {path}: {err.strerror or err}") from err
+    try:
+        sock.sendall(protocol.encode(msg))
+        buf = b""
+        while not buf.endswith(b"\n"):
+            part = sock.recv(1 << 16)
+            if not part:
+                raise DaemonUnavailable(f"the daemon on {path} closed the connection without answering")
+            buf += part
+            if len(buf) > 64 * protocol.MAX_LINE_BYTES:
+                raise ProtocolError("reply too large", buf[:200])
+    except socket.timeout as err:
+        raise DaemonUnavailable(f"the daemon on {path} did not answer within {timeout_s:g} s") from err
+    finally:
+        sock.close()
+    reply = protocol.decode(buf.rstrip(b"\n"))
+    if isinstance(reply, protocol.Error):
+        raise RemoteError(reply.error, msg.to_dict())
+    if not isinstance(reply, protocol.Reply):
+        raise ProtocolError(f"unexpected reply type {reply.TYPE!r}", buf[:200])
+    return reply

@@ -1,0 +1,198 @@
+"""The driver daemon over a real Unix socket, with this test process playing the agent.
+
+The "balloon chunk" is an mmap of this very process, so the daemon's pagemap verification
+reads real kernel state: untouched pages count as reclaimed, written ones do not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import mmap
+import os
+import socket
+import time
+
+import pytest
+
+from heapballoon import protocol, transport
+from heapballoon.driver.daemon import Driver
+from heapballoon.errors import DaemonUnavailable, RemoteError
+
+MIB = 1 << 20
+
+
+def hello(target_bytes=0, chunks=(), modes=("ksm",)):
+    state = protocol.State(heap_max_bytes=1024 * MIB, heap_committed_bytes=1024 * MIB, heap_used_bytes=300 * MIB,
+                           live_bytes=200 * MIB, balloon_bytes=sum(c.len for c in chunks), target_bytes=target_bytes,
+                           chunks=tuple(chunks), chunks_epoch=1)
+    return protocol.Hello(pid=os.getpid(), name="fake", agent_version="test", jvm_version="17", jvm_vendor="t",
+                          gc="G1", region_bytes=MIB, address_mode="jni", reclaim_modes=modes,
+                          target_bytes=target_bytes, state=state)
+
+
+class FakeAgent:
+    def __init__(self, path):
+        self.path = path
+        self.targets: list[protocol.Target] = []
+
+    async def connect(self, msg: protocol.Hello):
+        self.reader, self.writer = await asyncio.open_unix_connection(self.path)
+        self.writer.write(protocol.encode(msg))
+        await self.writer.drain()
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self):
+        while line := await self.reader.readline():
+            msg = protocol.decode(line)
+            if isinstance(msg, protocol.Target):
+                self.targets.append(msg)
+
+    async def close(self):
+        self.writer.close()
+        self.task.cancel()
+
+
+async def until(pred, timeout_s=5.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+async def ask(path, msg):
+    return await asyncio.to_thread(transport.request, path, msg, 5.0)
+
+
+@pytest.fixture
+def sock_path(tmp_path):
+    return str(tmp_path / "hb.sock")
+
+
+async def start(sock_path):
+    driver = Driver(sock_path, ksm_mode="off", interval_s=0.1)
+    ready = asyncio.Event()
+    task = asyncio.create_task(driver.run(ready))
+    await asyncio.wait_for(ready.wait(), 5)
+    return driver, task
+
+
+async def stop(driver, task):
+    driver.stop()
+    await asyncio.wait_for(task, 5)
+
+
+def test_target_status_and_verification(sock_path):
+    region = mmap.mmap(-1, 4 * MIB)
+
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    chunk = protocol.Chunk(id=1, addr=addr, len=4 * MIB)
+
+    async def scenario():
+        driver, task = await start(sock_path)
+        agent = FakeAgent(sock_path)
+        await agent.connect(hello(chunks=[chunk]))
+        await until(lambda: driver.registry.get(os.getpid()) is not None)
+        reply = await ask(sock_path, protocol.SetTarget(pid=os.getpid(), target_bytes=512 * MIB, id=7))
+        assert reply.id == 7
+        await until(lambda: agent.targets and agent.targets[-1].target_bytes == 512 * MIB)
+        assert agent.targets[-1].reclaim == "ksm"
+        # Untouched anonymous pages are not present: all 1024 count as reclaimed.
+        await until(lambda: driver.registry.get(os.getpid()).reclaimed_bytes == 4 * MIB)
+        region[:2 * MIB] = b"\x01" * (2 * MIB)  # the "application" dirties half of it
+        await until(lambda: driver.registry.get(os.getpid()).reclaimed_bytes == 2 * MIB)
+        status = (await ask(sock_path, protocol.StatusRequest(id=1))).body
+        [jvm] = status["jvms"]
+        assert jvm["pid"] == os.getpid() and jvm["target_bytes"] == 512 * MIB
+        assert jvm["reclaimed_bytes"] == 2 * MIB and jvm["name"] == "fake"
+        await agent.close()
+        await stop(driver, task)
+
+    asyncio.run(scenario())
+
+
+def test_node_target_split_and_deflate_all(sock_path):
+    async def scenario():
+        driver, task = await start(sock_path)
+        agent = FakeAgent(sock_path)
+        await agent.connect(hello())
+        await until(lambda: driver.registry.get(os.getpid()) is not None)
+        await ask(sock_path, protocol.SetTarget(pid=None, target_bytes=300 * MIB))
+        await until(lambda: agent.targets and agent.targets[-1].target_bytes == 300 * MIB)
+        await ask(sock_path, protocol.SetTarget(pid=None, target_bytes=0))
+        await until(lambda: agent.targets[-1].target_bytes == 0)
+        await agent.close()
+        await stop(driver, task)
+
+    asyncio.run(scenario())
+
+
+def test_unknown_pid_is_a_clear_error(sock_path):
+    async def scenario():
+        driver, task = await start(sock_path)
+        with pytest.raises(RemoteError, match="no JVM with PID 999999"):
+            await ask(sock_path, protocol.SetTarget(pid=999999, target_bytes=1))
+        await stop(driver, task)
+
+    asyncio.run(scenario())
+
+
+def test_garbage_and_oversized_lines_do_not_hurt(sock_path):
+    def raw_exchange(payload: bytes) -> bytes:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(5)
+        s.connect(sock_path)
+        try:
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+            return out
+        except (BrokenPipeError, ConnectionResetError):
+            return b""
+        finally:
+            s.close()
+
+    async def scenario():
+        driver, task = await start(sock_path)
+        out = await asyncio.to_thread(raw_exchange, b"garbage\n{\"v\":1}\n\xff\xfe\n[1,2]\n")
+        replies = [json.loads(line) for line in out.splitlines()]
+        assert len(replies) == 4 and all(r["type"] == "error" for r in replies)
+        await asyncio.to_thread(raw_exchange, b"x" * (2 * protocol.MAX_LINE_BYTES) + b"\n")
+        await asyncio.to_thread(raw_exchange, b"\n".join([b"junk"] * 100) + b"\n")
+        status = (await ask(sock_path, protocol.StatusRequest())).body
+        assert status["node"]["bad_messages"] >= 4 + 1 + 16
+        await stop(driver, task)
+
+    asyncio.run(scenario())
+
+
+def test_restart_adopts_balloons_agents_still_hold(sock_path):
+    async def scenario():
+        driver, task = await start(sock_path)
+        agent = FakeAgent(sock_path)
+        await agent.connect(hello())
+        await until(lambda: driver.registry.get(os.getpid()) is not None)
+        await ask(sock_path, protocol.SetTarget(pid=os.getpid(), target_bytes=256 * MIB))
+        await until(lambda: agent.targets and agent.targets[-1].target_bytes == 256 * MIB)
+        await stop(driver, task)
+        await agent.close()
+        os.unlink(sock_path + ".state.json")  # only the agent remembers now
+        driver, task = await start(sock_path)
+        agent = FakeAgent(sock_path)
+        await agent.connect(hello(target_bytes=256 * MIB))
+        await until(lambda: agent.targets and agent.targets[-1].target_bytes == 256 * MIB)
+        assert driver.status()["jvms"][0]["target_bytes"] == 256 * MIB
+        await agent.close()
+        await stop(driver, task)
+
+    asyncio.run(scenario())
+
+
+def test_no_daemon_is_a_clear_error(sock_path):
+    with pytest.raises(DaemonUnavailable, match="no daemon is listening"):
+        transport.request(sock_path, protocol.StatusRequest())

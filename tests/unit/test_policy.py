@@ -1,0 +1,38 @@
+from hypothesis import given, strategies as st
+
+from heapballoon.driver import policy
+
+MIB = 1 << 20
+
+
+def test_excess_subtracts_live_and_headroom():
+    # 1 GiB committed, 200 MiB live, headroom max(64 MiB, 5%) = 64 MiB
+    assert policy.excess_bytes(1024 * MIB, 200 * MIB, 1024 * MIB) == 760 * MIB
+    assert policy.excess_bytes(100 * MIB, 90 * MIB, 1024 * MIB) == 0
+
+
+def test_split_is_proportional_to_excess():
+    shares = policy.split_target(300 * MIB, {1: 100 * MIB, 2: 200 * MIB, 3: 300 * MIB})
+    assert shares == {1: 50 * MIB, 2: 100 * MIB, 3: 150 * MIB}
+
+
+def test_split_caps_at_excess_and_hands_rest_on():
+    shares = policy.split_target(5000 * MIB, {1: 10 * MIB, 2: 1000 * MIB})
+    assert shares == {1: 10 * MIB, 2: 1000 * MIB}
+
+
+def test_explicit_target_overrides_split():
+    t = policy.effective_targets(600, {1: None, 2: 500}, {1: 300, 2: 100, 3: 300})
+    assert t[2] == 500 and t[1] + t[3] == 100
+
+
+def test_no_node_target_means_zero_for_unpinned():
+    assert policy.effective_targets(None, {1: None, 2: 7}, {1: 50, 2: 50}) == {1: 0, 2: 7}
+
+
+@given(st.integers(0, 1 << 40), st.dictionaries(st.integers(1, 50), st.integers(0, 1 << 36), max_size=8))
+def test_split_invariants(target, excess):
+    shares = policy.split_target(target, excess)
+    assert set(shares) == set(excess)
+    assert all(0 <= shares[p] <= excess[p] for p in excess)
+    assert sum(shares.values()) == min(target, sum(excess.values()))

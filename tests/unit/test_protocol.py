@@ -1,0 +1,75 @@
+import json
+
+import pytest
+from hypothesis import given, strategies as st
+
+from heapballoon import protocol
+from heapballoon.errors import MessageTooLarge, ProtocolError
+
+u63 = st.integers(min_value=0, max_value=(1 << 40))
+chunks = st.builds(protocol.Chunk, id=st.integers(0, 1 << 30), addr=st.integers(0, 1 << 47),
+                   len=st.integers(0, 1 << 30), released=st.booleans())
+states = st.builds(protocol.State, heap_max_bytes=u63, heap_committed_bytes=u63, heap_used_bytes=u63,
+                   live_bytes=u63, gc_count=u63, gc_time_ms=u63, balloon_bytes=u63, target_bytes=u63,
+                   reclaim=st.sampled_from(protocol.RECLAIM_MODES), chunks_epoch=u63,
+                   chunks=st.lists(chunks, max_size=5).map(tuple))
+
+
+@given(states)
+def test_state_roundtrip(state):
+    assert protocol.decode(protocol.encode(state)) == state
+
+
+@given(states, st.text(max_size=20), st.sampled_from(protocol.GCS))
+def test_hello_roundtrip(state, name, gc):
+    hello = protocol.Hello(pid=42, name=name, agent_version="0.1", jvm_version="17", jvm_vendor="x", gc=gc,
+                           region_bytes=1 << 20, address_mode="jni", reclaim_modes=("direct", "ksm"),
+                           target_bytes=state.target_bytes, state=state)
+    assert protocol.decode(protocol.encode(hello)) == hello
+
+
+@given(st.integers(0, 1 << 40), st.lists(st.tuples(st.integers(0, 1 << 40), st.integers(1, 1 << 20)), max_size=20))
+def test_pages_roundtrip(seq, ranges):
+    msg = protocol.Pages(seq=seq, op="add", ranges=tuple(ranges), key="1:2")
+    assert protocol.decode(protocol.encode(msg)) == msg
+
+
+@pytest.mark.parametrize("line", [
+    b"garbage", b"[]", b"{}", b'{"v":2,"type":"state"}', b'{"v":1,"type":"nope"}',
+    b'{"v":1,"type":"target"}', b'{"v":1,"type":"target","target_bytes":-1}',
+    b'{"v":1,"type":"target","target_bytes":"1G"}', b'{"v":1,"type":"target","target_bytes":true}',
+    b'{"v":1,"type":"state","chunks":{}}', b'{"v":1,"type":"state","chunks":[{"id":1}]}',
+    b'{"v":1,"type":"pages","seq":1,"op":"add","ranges":[[1,0]]}',
+    b'{"v":1,"type":"pages","seq":1,"op":"add","ranges":[[-5,2]]}',
+    b'{"v":1,"type":"pages","seq":1,"op":"steal","ranges":[]}',
+    b'\xff\xfe', b'{"v":1,"type":"set_target","pid":0,"target_bytes":1}',
+])
+def test_decode_rejects(line):
+    with pytest.raises(ProtocolError) as err:
+        protocol.decode(line)
+    assert err.value.raw is not None
+
+
+def test_decode_rejects_oversized():
+    with pytest.raises(MessageTooLarge):
+        protocol.decode(b"x" * (protocol.MAX_LINE_BYTES + 1))
+
+
+def test_too_many_ranges_rejected():
+    line = json.dumps({"v": 1, "type": "pages", "seq": 1, "op": "add",
+                       "ranges": [[i, 1] for i in range(protocol.MAX_RANGES + 1)]})
+    with pytest.raises(ProtocolError, match="too many ranges"):
+        protocol.decode(line)
+
+
+@given(st.binary(max_size=200))
+def test_decode_never_crashes_on_garbage(data):
+    try:
+        protocol.decode(data)
+    except ProtocolError:
+        pass
+
+
+def test_unknown_fields_ignored():
+    msg = protocol.decode(b'{"v":1,"type":"target","target_bytes":5,"future":"x"}')
+    assert msg == protocol.Target(target_bytes=5)
