@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 
 from heapballoon import __version__, protocol, transport
@@ -58,6 +59,8 @@ def cmd_run(args) -> int:
         cmd = cmd[1:]
     if not cmd:
         raise UsageError("run needs a command after --, e.g.: heapballoon run -- java -Xmx1g -jar app.jar")
+    if shutil.which(cmd[0]) is None:
+        raise UsageError(f"command not found: {cmd[0]}")
     agent_arg = build.javaagent_arg(transport.socket_path(args.socket), args.name)
     env = dict(os.environ)
     if os.path.basename(cmd[0]) == "java":
@@ -144,8 +147,15 @@ def cmd_target(args) -> int:
 
 # ---------------------------------------------------------------------- parser
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="heapballoon", description="Reclaim idle JVM heap memory on overcommitted hosts.")
+    p = _Parser(prog="heapballoon", description="Reclaim idle JVM heap memory on overcommitted hosts.")
     p.add_argument("--version", action="version", version=f"heapballoon {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 

@@ -101,14 +101,24 @@ class Reclaimer:
         self.name = name or guest_ram.name
         self._lock = asyncio.Lock()  # one reclaim at a time per VM: pauses never nest
 
-    async def _pause(self) -> bool:
-        """Stop the VM if it runs; True if we stopped it (so we must resume it)."""
+    async def _pause(self) -> tuple[bool, float]:
+        """Stop the VM if it runs: (True if we stopped it so we must resume it, when the
+        pause began by perf_counter)."""
         status = (await _qmp(self.qmp, "query-status")).get("status", "?")
+        t0 = time.perf_counter()
         if status in _RUNNING:
-            await _qmp(self.qmp, "stop")
-            return True
+            try:
+                await _qmp(self.qmp, "stop")
+            except ReclaimError:
+                # the stop may have landed before the failure was seen: never leave it paused
+                try:
+                    await self._resume()
+                except ReclaimError as err:
+                    log.warning("VM %s: cont after a failed stop failed too: %s", self.name, err)
+                raise
+            return True, t0
         if status in _PAUSED_BY_OTHERS:
-            return False
+            return False, t0
         raise ReclaimError(f"VM {self.name} is in state {status!r}; not reclaiming")
 
     async def _resume(self) -> None:
@@ -116,8 +126,7 @@ class Reclaimer:
 
     async def run_batch(self, extents: list[tuple[int, int]], result: ReclaimResult) -> None:
         """One pause: stop → check and punch ``extents`` → cont (cont always attempted)."""
-        t0 = time.perf_counter()
-        paused_by_us = await self._pause()
+        paused_by_us, t0 = await self._pause()  # the pause: from sending stop to the cont reply
         try:
             punched = await asyncio.to_thread(self.guest_ram.check_and_punch, extents)
             result.add(punched)

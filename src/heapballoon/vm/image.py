@@ -457,7 +457,11 @@ def _staged_python(root: Path, args: list[str], what: str) -> subprocess.Complet
     """Run the guest's python3.11 against the staging tree (chroot when root, else its own ld.so)."""
     env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
     if os.geteuid() == 0:
-        return _run(["chroot", str(root), "/usr/bin/python3.11", *args], what, env=env)
+        def enter() -> None:
+            os.chroot(root)
+            os.chdir("/")
+
+        return _run(["/usr/bin/python3.11", *args], what, env=env, preexec_fn=enter)
     libpath = f"{root}/lib/x86_64-linux-gnu:{root}/usr/lib/x86_64-linux-gnu"
     env["PYTHONHOME"] = f"{root}/usr"
     return _run([f"{root}/lib64/ld-linux-x86-64.so.2", "--inhibit-cache", "--library-path", libpath,

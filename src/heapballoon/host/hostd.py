@@ -1,0 +1,543 @@
+"""``heapballoon hostd``: the host memory manager daemon (asyncio).
+
+This module owns the *daemon*: the registry of VMs (scanned from the VM run dir, each
+``NAME/vm.json`` with ``pid``, ``memory_bytes``, ``reclaim``), one guest channel per VM
+(hostd connects to ``NAME/channel.sock`` as a client, reconnecting with backoff), the control
+socket for the CLI (``vm_target``, ``status_request``) and the state file that keeps targets
+across restarts (``RUN_DIR/.hostd-state.json``). Reclaiming itself is reclaim.py's.
+
+Guest channel, per VM::
+
+    hostd → guest   guest_target        on connect, after guest_hello, on every change
+    guest → hostd   guest_hello         first; resets the balloon accounting on a new boot_id
+    guest → hostd   pages op=add        → reclaim → pages_ack (every page in one counter)
+    guest → hostd   pages op=remove     → accounting only (pages fault back in as zeros)
+    guest → hostd   guest_status        stored, shown by status
+
+Status figures, per VM (all measured by hostd, not taken from the guest):
+
+* ``balloon_bytes``: pages the guest reported (add) and has not taken back (remove).
+* ``reclaimed_bytes``: of those, the bytes that are holes in the RAM memfd right now — i.e.
+  machine memory the host does not spend on the balloon. Pages hostd punched that the guest
+  has since touched again are not counted. (ksm VMs: the smaps ``KSM`` figure.)
+* ``drift_pages``: balloon pages that are *not* holes (skipped non-zero, touched again, or
+  not yet processed).
+* ``host_resident_bytes``: allocated blocks of the memfd (ksm VMs: Rss of the RAM mapping).
+
+Safety: a VM's memfd is found from its own QEMU process (pid from vm.json, confirmed by the
+process start time and its command line naming the VM dir), page numbers are mapped through
+that VM's own layout, and pages are punched only while QEMU is stopped and only if zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from heapballoon import protocol, transport
+from heapballoon.errors import HeapballoonError, MessageTooLarge, ProtocolError, ReclaimError
+from heapballoon.host.guestram import PAGE_BYTES, GuestRam
+from heapballoon.host.ksm import KsmBoost, guest_rss_bytes
+from heapballoon.host.layout import GuestLayout
+from heapballoon.host.pageset import PageSet
+from heapballoon.host.reclaim import Reclaimer, percentile
+
+log = logging.getLogger("heapballoon.hostd")
+
+DEFAULT_RUN_DIR = "/run/heapballoon/vms"
+STATE_FILE = ".hostd-state.json"
+SCAN_INTERVAL_S = 2.0
+MAX_BAD_LINES = 16
+MAX_BALLOON_INTERVALS = 1 << 20
+QMP_CONNECT_TIMEOUT_S = 5.0
+RECONNECT_MIN_S, RECONNECT_MAX_S = 0.1, 5.0
+KSM_BOOST_S = 30.0
+
+
+def run_dir_path(cli_value: str | None = None) -> str:
+    return cli_value or os.environ.get("HEAPBALLOON_RUN_DIR") or DEFAULT_RUN_DIR
+
+
+def _proc_starttime(pid: int) -> int | None:
+    """Start time (clock ticks after boot) of ``pid``: with the pid, a process identity."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(b")") + 2:].split()[19])
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@dataclass
+class VM:
+    """One VM as hostd knows it."""
+
+    name: str
+    dir: str
+    pid: int
+    starttime: int
+    memory_bytes: int
+    reclaim: str
+    target_bytes: int = 0
+    guest_ram: GuestRam | None = None
+    layout: GuestLayout | None = None
+    hello: protocol.GuestHello | None = None
+    guest_status: protocol.GuestStatus | None = None
+    balloon: PageSet = field(default_factory=PageSet)  # RAM-file page numbers
+    pauses_ms: deque = field(default_factory=lambda: deque(maxlen=4096))
+    totals: dict = field(default_factory=lambda: dict(punched=0, already=0, skipped_nonzero=0, rejected=0))
+    channel: transport.LineChannel | None = None
+    task: asyncio.Task | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def qmp_path(self) -> str:
+        own = os.path.join(self.dir, "hostd-qmp.sock")  # a monitor only hostd uses, if present
+        return own if os.path.exists(own) else os.path.join(self.dir, "qmp.sock")
+
+    @property
+    def channel_path(self) -> str:
+        return os.path.join(self.dir, "channel.sock")
+
+    def alive(self) -> bool:
+        return _proc_starttime(self.pid) == self.starttime
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self.channel is not None:
+            self.channel.close()
+        if self.guest_ram is not None:
+            self.guest_ram.close()  # our fd would keep the dead VM's RAM allocated
+            self.guest_ram = None
+
+
+def load_vm(vm_dir: str) -> VM | None:
+    """The VM described by ``vm_dir/vm.json`` if its QEMU is alive and is really that VM."""
+    try:
+        with open(os.path.join(vm_dir, "vm.json")) as f:
+            info = json.load(f)
+        name, pid, mem = str(info["name"]), int(info["pid"]), int(info["memory_bytes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    starttime = _proc_starttime(pid)
+    if starttime is None:
+        return None
+    cmd = _cmdline(pid)
+    if os.path.realpath(vm_dir) not in cmd and vm_dir not in cmd:
+        log.warning("VM %s: process %d does not name %s on its command line; ignoring it",
+                    name, pid, vm_dir)
+        return None
+    return VM(name, vm_dir, pid, starttime, mem, str(info.get("reclaim", "report")))
+
+
+class HostDaemon:
+    """The state and tasks of one hostd."""
+
+    def __init__(self, socket_path: str, run_dir: str, batch_pages: int | None = None) -> None:
+        self.socket_path = socket_path
+        self.run_dir = run_dir
+        self.batch_pages = batch_pages
+        self.vms: dict[str, VM] = {}
+        self.targets: dict[str, int] = {}
+        self.state_path = os.path.join(run_dir, STATE_FILE)
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._ksm_boost: KsmBoost | None = None
+        self._ksm_until = 0.0
+
+    # ------------------------------------------------------------ state file
+
+    def load_state(self) -> None:
+        try:
+            with open(self.state_path) as f:
+                raw = json.load(f)
+            self.targets = {str(k): int(v) for k, v in raw.get("targets", {}).items() if int(v) >= 0}
+        except FileNotFoundError:
+            self.targets = {}
+        except (OSError, ValueError, TypeError, AttributeError) as err:
+            log.warning("ignoring unreadable state file %s: %s", self.state_path, err)
+            self.targets = {}
+
+    def save_state(self) -> None:
+        os.makedirs(self.run_dir, exist_ok=True)
+        tmp = f"{self.state_path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"targets": self.targets}, f)
+        os.replace(tmp, self.state_path)
+
+    # ------------------------------------------------------------ registry
+
+    def scan(self) -> None:
+        """Bring the registry in line with the run dir: add new VMs, drop dead ones."""
+        seen = set()
+        try:
+            entries = sorted(os.scandir(self.run_dir), key=lambda e: e.name)
+        except OSError:
+            entries = []
+        for entry in entries:
+            if not entry.is_dir():
+                continue
+            known = next((v for v in self.vms.values() if v.dir == entry.path), None)
+            if known is not None and known.alive():
+                seen.add(known.name)
+                continue
+            vm = load_vm(entry.path)
+            if vm is None or vm.name in seen:
+                continue
+            if known is not None:
+                self._drop(known, "its QEMU exited")
+            seen.add(vm.name)
+            vm.target_bytes = self.targets.get(vm.name, 0)
+            self.vms[vm.name] = vm
+            vm.task = asyncio.get_running_loop().create_task(self._channel_loop(vm), name=f"channel-{vm.name}")
+            log.info("VM %s: QEMU pid %d, %d bytes of RAM, reclaim %s, target %d bytes",
+                     vm.name, vm.pid, vm.memory_bytes, vm.reclaim, vm.target_bytes)
+        for name in [n for n in self.vms if n not in seen]:
+            self._drop(self.vms[name], "gone")
+
+    def _drop(self, vm: VM, why: str) -> None:
+        log.info("VM %s: %s; forgetting it", vm.name, why)
+        vm.close()
+        if self.vms.get(vm.name) is vm:
+            del self.vms[vm.name]
+
+    async def _scan_loop(self) -> None:
+        while True:
+            try:
+                self.scan()
+            except Exception:  # noqa: BLE001 - the registry loop must survive anything
+                log.exception("VM scan failed")
+            if self._ksm_boost is not None and time.monotonic() > self._ksm_until:
+                self._ksm_boost.__exit__(None, None, None)
+                self._ksm_boost = None
+            await asyncio.sleep(SCAN_INTERVAL_S)
+
+    # ------------------------------------------------------------ guest channel
+
+    async def _send_target(self, vm: VM) -> None:
+        if vm.channel is not None:
+            try:
+                await vm.channel.send(protocol.GuestTarget(vm.target_bytes))
+            except (OSError, ConnectionError) as err:
+                log.info("VM %s: cannot send target: %s", vm.name, err)
+
+    async def _channel_loop(self, vm: VM) -> None:
+        delay = RECONNECT_MIN_S
+        while vm.alive():
+            try:
+                reader, writer = await asyncio.open_unix_connection(vm.channel_path, limit=transport.STREAM_LIMIT)
+            except OSError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_S)
+                continue
+            delay = RECONNECT_MIN_S
+            vm.channel = transport.LineChannel(reader, writer)
+            log.info("VM %s: guest channel connected", vm.name)
+            try:
+                await self._send_target(vm)
+                await self._serve_guest(vm, vm.channel)
+            except (OSError, ConnectionError) as err:
+                log.info("VM %s: guest channel lost: %s", vm.name, err)
+            except Exception:  # noqa: BLE001 - one VM's trouble must not end hostd
+                log.exception("VM %s: guest channel handler failed", vm.name)
+            finally:
+                vm.channel.close()
+                vm.channel = None
+            await asyncio.sleep(RECONNECT_MIN_S)
+
+    async def _serve_guest(self, vm: VM, ch: transport.LineChannel) -> None:
+        bad = 0
+        while True:
+            try:
+                msg = await ch.recv()
+            except MessageTooLarge as err:
+                log.warning("VM %s: %s; dropping the guest connection", vm.name, err)
+                return
+            except ProtocolError as err:
+                bad += 1
+                log.warning("VM %s: bad guest message (%s): %r", vm.name, err, err.raw)
+                await ch.send(protocol.Error(str(err)))
+                if bad >= MAX_BAD_LINES:
+                    log.warning("VM %s: %d bad lines in a row; dropping the guest connection", vm.name, bad)
+                    return
+                continue
+            if msg is None:
+                log.info("VM %s: guest channel closed", vm.name)
+                return
+            bad = 0
+            reply = await self._guest_message(vm, msg)
+            if reply is not None:
+                await ch.send(reply)
+
+    async def _guest_message(self, vm: VM, msg: protocol.Message) -> protocol.Message | None:
+        if isinstance(msg, protocol.GuestHello):
+            if msg.page_bytes != PAGE_BYTES:
+                return protocol.Error(f"page_bytes {msg.page_bytes} unsupported (hostd handles {PAGE_BYTES})")
+            if vm.hello is None or msg.boot_id != vm.hello.boot_id or not msg.boot_id:
+                vm.balloon.clear()  # a new boot: the old balloon's pages mean nothing now
+                vm.layout = None  # and re-read the memory map
+            if msg.guest_ram_bytes != vm.memory_bytes:
+                log.info("VM %s: guest sees %d bytes of RAM, QEMU was given %d",
+                         vm.name, msg.guest_ram_bytes, vm.memory_bytes)
+            vm.hello = msg
+            await self._send_target(vm)
+            return None
+        if isinstance(msg, protocol.GuestStatus):
+            vm.guest_status = msg
+            return None
+        if isinstance(msg, protocol.Pages):
+            if vm.hello is None:
+                return protocol.PagesAck(msg.seq, rejected=sum(c for _, c in msg.ranges),
+                                         error="guest_hello must come first")
+            if msg.op == "remove":
+                return await self._pages_remove(vm, msg)
+            return await self._pages_add(vm, msg)
+        return protocol.Error(f"unexpected message {msg.TYPE!r} on the guest channel")
+
+    async def _qmp(self, vm: VM):
+        from qemu.qmp import QMPClient  # heavy import, only when a VM needs it
+
+        qmp = QMPClient(f"hostd-{vm.name}")
+        try:
+            await asyncio.wait_for(qmp.connect(vm.qmp_path), QMP_CONNECT_TIMEOUT_S)
+        except Exception as err:  # noqa: BLE001
+            try:
+                await qmp.disconnect()
+            except Exception:  # noqa: BLE001
+                pass
+            raise ReclaimError(f"cannot connect to QMP at {vm.qmp_path}: {type(err).__name__}: {err}") from err
+        return qmp
+
+    async def _ensure_ram(self, vm: VM, qmp) -> None:
+        if vm.guest_ram is None:
+            vm.guest_ram = await asyncio.to_thread(GuestRam.open, vm.pid, vm.memory_bytes)
+            if _proc_starttime(vm.pid) != vm.starttime:  # pid reused between scan and open
+                vm.guest_ram.close()
+                vm.guest_ram = None
+                raise ReclaimError(f"QEMU {vm.pid} of VM {vm.name} exited")
+        if vm.layout is None:
+            vm.layout = await GuestLayout.from_qmp(qmp, ram_bytes=vm.memory_bytes)
+            log.info("VM %s: guest RAM layout %r", vm.name, vm.layout)
+
+    async def _pages_add(self, vm: VM, msg: protocol.Pages) -> protocol.PagesAck:
+        reported = sum(c for _, c in msg.ranges)
+        if vm.reclaim == "ksm":
+            self._boost_ksm()
+            return protocol.PagesAck(msg.seq)  # pages stay mapped for KSM to merge
+        async with vm.lock:
+            qmp = None
+            try:
+                qmp = await self._qmp(vm)
+                await self._ensure_ram(vm, qmp)
+                assert vm.guest_ram is not None and vm.layout is not None
+                extents, _ = vm.layout.ranges_to_offsets(msg.ranges)
+                if len(vm.balloon) + len(extents) > MAX_BALLOON_INTERVALS:
+                    raise ReclaimError(f"balloon too fragmented (> {MAX_BALLOON_INTERVALS} intervals)")
+                rec = Reclaimer(vm.guest_ram, vm.layout, qmp, name=vm.name,
+                                **({"batch_pages": self.batch_pages} if self.batch_pages else {}))
+                res = await rec.reclaim(msg.ranges)
+                for off, length in extents:
+                    vm.balloon.add(off // PAGE_BYTES, length // PAGE_BYTES)
+            except (ReclaimError, OSError) as err:
+                log.warning("VM %s: pages seq %d (%d pages) not reclaimed: %s", vm.name, msg.seq, reported, err)
+                if not vm.alive():
+                    self._drop(vm, "its QEMU exited during a reclaim")
+                return protocol.PagesAck(msg.seq, error=str(err)[:1000])
+            finally:
+                if qmp is not None:
+                    try:
+                        await qmp.disconnect()
+                    except Exception:  # noqa: BLE001
+                        pass
+        vm.pauses_ms.extend(res.pauses_ms)
+        for k, v in (("punched", res.punched_pages), ("already", res.already_pages),
+                     ("skipped_nonzero", res.skipped_nonzero_pages), ("rejected", res.rejected_pages)):
+            vm.totals[k] += v
+        pause_max = max(res.pauses_ms, default=0.0)
+        log.info("VM %s: pages seq %d key %s: %d reported, %d punched, %d already, %d non-zero skipped, "
+                 "%d rejected in %d batches, pause max %.1f ms%s", vm.name, msg.seq, msg.key or "-",
+                 reported, res.punched_pages, res.already_pages, res.skipped_nonzero_pages,
+                 res.rejected_pages, res.batches, pause_max, f", error: {res.error}" if res.error else "")
+        if res.error and not vm.alive():
+            self._drop(vm, "its QEMU exited during a reclaim")
+        return protocol.PagesAck(msg.seq, res.punched_pages, res.already_pages, res.skipped_nonzero_pages,
+                                 res.rejected_pages, res.error[:1000])
+
+    async def _pages_remove(self, vm: VM, msg: protocol.Pages) -> protocol.PagesAck:
+        if vm.layout is None:
+            return protocol.PagesAck(msg.seq, rejected=sum(c for _, c in msg.ranges))
+        extents, rejected = vm.layout.ranges_to_offsets(msg.ranges)
+        removed = 0
+        for off, length in extents:
+            removed += vm.balloon.remove(off // PAGE_BYTES, length // PAGE_BYTES)
+        return protocol.PagesAck(msg.seq, rejected=rejected)
+
+    def _boost_ksm(self) -> None:
+        self._ksm_until = time.monotonic() + KSM_BOOST_S
+        if self._ksm_boost is None:
+            self._ksm_boost = KsmBoost().__enter__()
+
+    # ------------------------------------------------------------ control socket
+
+    def vm_status(self, vm: VM) -> dict:
+        balloon_bytes = vm.balloon.pages * PAGE_BYTES
+        reclaimed = resident = None
+        if vm.reclaim == "ksm":
+            try:
+                smaps = guest_rss_bytes(vm.pid, vm.memory_bytes)
+                resident, reclaimed = smaps["rss_bytes"], smaps["ksm_bytes"]
+            except ReclaimError as err:
+                log.info("VM %s: %s", vm.name, err)
+        else:
+            try:
+                if vm.guest_ram is None and vm.alive():
+                    vm.guest_ram = GuestRam.open(vm.pid, vm.memory_bytes)
+                if vm.guest_ram is not None:
+                    resident = vm.guest_ram.resident_bytes()
+                    reclaimed = vm.guest_ram.hole_bytes(
+                        [(p * PAGE_BYTES, n * PAGE_BYTES) for p, n in vm.balloon])
+            except (ReclaimError, OSError) as err:
+                log.info("VM %s: cannot measure guest RAM: %s", vm.name, err)
+        gs = vm.guest_status
+        drift = (vm.balloon.pages - (reclaimed or 0) // PAGE_BYTES) if vm.reclaim != "ksm" else (
+            gs.drift_pages if gs else 0)
+        return {
+            "name": vm.name, "pid": vm.pid, "memory_bytes": vm.memory_bytes, "reclaim": vm.reclaim,
+            "target_bytes": vm.target_bytes, "balloon_bytes": balloon_bytes,
+            "reclaimed_bytes": reclaimed, "host_resident_bytes": resident,
+            "pause_ms_p99": round(percentile(list(vm.pauses_ms), 99), 3),
+            "pause_ms_p50": round(percentile(list(vm.pauses_ms), 50), 3),
+            "drift_pages": drift, "connected": vm.channel is not None, "guest_hello": vm.hello is not None,
+            "guest_balloon_bytes": gs.balloon_bytes if gs else None,
+            "guest_target_bytes": gs.target_bytes if gs else None,
+            "totals_pages": dict(vm.totals),
+            "jvms": list(gs.jvms) if gs else [],
+        }
+
+    async def control_message(self, msg: protocol.Message) -> protocol.Message:
+        if isinstance(msg, protocol.StatusRequest):
+            self.scan()
+            vms = await asyncio.to_thread(lambda: [self.vm_status(v) for v in sorted(self.vms.values(), key=lambda v: v.name)])
+            return protocol.Reply(msg.id, {"vms": vms})
+        if isinstance(msg, protocol.VMTarget):
+            vm = self.vms.get(msg.vm)
+            if vm is None:
+                self.scan()
+                vm = self.vms.get(msg.vm)
+            if vm is None:
+                return protocol.Error(f"no VM named {msg.vm}", msg.id)
+            if msg.target_bytes > vm.memory_bytes:
+                return protocol.Error(f"target {msg.target_bytes} bytes exceeds VM {vm.name}'s "
+                                      f"{vm.memory_bytes} bytes of RAM", msg.id)
+            vm.target_bytes = msg.target_bytes
+            self.targets[vm.name] = msg.target_bytes
+            self.save_state()
+            await self._send_target(vm)
+            log.info("VM %s: target %d bytes", vm.name, msg.target_bytes)
+            return protocol.Reply(msg.id, {"vm": vm.name, "target_bytes": vm.target_bytes})
+        return protocol.Error(f"hostd does not handle {msg.TYPE!r} requests", getattr(msg, "id", 0))
+
+    async def _control_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ch = transport.LineChannel(reader, writer)
+        bad = 0
+        try:
+            while True:
+                try:
+                    msg = await ch.recv()
+                except MessageTooLarge as err:
+                    log.warning("control client: %s; dropping it", err)
+                    return
+                except ProtocolError as err:
+                    bad += 1
+                    await ch.send(protocol.Error(str(err)))
+                    if bad >= MAX_BAD_LINES:
+                        return
+                    continue
+                if msg is None:
+                    return
+                bad = 0
+                try:
+                    reply = await self.control_message(msg)
+                except HeapballoonError as err:
+                    reply = protocol.Error(str(err), getattr(msg, "id", 0))
+                await ch.send(reply)
+        except (OSError, ConnectionError):
+            pass
+        except Exception:  # noqa: BLE001
+            log.exception("control client handler failed")
+        finally:
+            ch.close()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.load_state()
+        self._server = await transport.listen(self.socket_path, self._control_client)
+        self.scan()
+        t = asyncio.get_running_loop().create_task(self._scan_loop(), name="hostd-scan")
+        self._tasks.add(t)
+        log.info("hostd listening on %s, VMs from %s", self.socket_path, self.run_dir)
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for vm in list(self.vms.values()):
+            vm.close()
+        self.vms.clear()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        if self._ksm_boost is not None:
+            self._ksm_boost.__exit__(None, None, None)
+            self._ksm_boost = None
+
+
+async def serve(socket_path: str, run_dir: str, batch_pages: int | None = None,
+                ready: asyncio.Event | None = None) -> None:
+    """Run hostd until cancelled."""
+    d = HostDaemon(socket_path, run_dir, batch_pages)
+    await d.start()
+    if ready is not None:
+        ready.set()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await d.stop()
+
+
+def request(socket_path: str, msg: protocol.Message, timeout_s: float = 10.0) -> protocol.Reply:
+    """One control request to hostd (synchronous); RemoteError on an error reply."""
+    return transport.request(socket_path, msg, timeout_s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="heapballoon hostd", description="host memory manager for heapballoon VMs")
+    p.add_argument("--socket", help="control socket (default $HEAPBALLOON_HOST_SOCKET or "
+                   f"{transport.DEFAULT_HOST_SOCKET})")
+    p.add_argument("--run-dir", help=f"VM state dirs (default $HEAPBALLOON_RUN_DIR or {DEFAULT_RUN_DIR})")
+    p.add_argument("--batch-pages", type=int, default=None, help="pages per VM pause (default 8192)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        asyncio.run(serve(transport.host_socket_path(args.socket), run_dir_path(args.run_dir), args.batch_pages))
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
