@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from conftest import run_cli
+from hbtest import run_cli
 
 
 def one_line_error(proc, needle: str, code: int | None = None):

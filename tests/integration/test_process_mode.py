@@ -10,7 +10,7 @@ import signal
 
 import pytest
 
-from conftest import MIB, rss_bytes, require_java, require_ksm, require_root, run_cli, wait_for
+from hbtest import MIB, rss_bytes, require_java, require_ksm, require_root, run_cli, wait_for
 
 pytestmark = pytest.mark.jvm
 

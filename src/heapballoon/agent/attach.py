@@ -46,6 +46,10 @@ JPLIS_ERRORS = {
 _MAX_REPLY_BYTES = 1 << 20
 
 
+class _Refused(AttachError):
+    """connect() got ECONNREFUSED: a socket file with no listener (left by a dead JVM)."""
+
+
 def attach_agent(pid: int, jar_path: str, options: str = "", timeout_s: float = 10.0,
                  procfs: ProcFS | None = None) -> str:
     """Load ``jar_path`` as a Java agent into JVM ``pid``; returns the JVM's reply text.
@@ -77,12 +81,26 @@ def _attach(procfs: ProcFS, pid: int, jar_path: str, options: str, deadline: flo
     _check_jar_visible(procfs, pid, jar_path)
 
     socket_path = procfs.path(pid, "root", "tmp", f".java_pid{ns_pid}")
+    started = False
     if not _is_socket(socket_path):
         _start_listener(procfs, pid, ns_pid, euid, egid, socket_path, deadline, timeout_s)
+        started = True
 
     request = b"\0".join([PROTOCOL_VERSION, b"load", b"instrument", b"false",
                           f"{jar_path}={options}".encode()]) + b"\0"
-    sock = _connect(socket_path, pid, euid, egid, deadline)
+    try:
+        sock = _connect(socket_path, pid, euid, egid, deadline)
+    except _Refused:
+        if started:
+            raise
+        # A stale socket of an earlier process with the same PID (killed with SIGKILL, or pid
+        # reuse): the JVM re-creates it when its listener starts. Remove it and trigger.
+        try:
+            os.unlink(socket_path)
+        except OSError:
+            pass
+        _start_listener(procfs, pid, ns_pid, euid, egid, socket_path, deadline, timeout_s)
+        sock = _connect(socket_path, pid, euid, egid, deadline)
     try:
         sock.settimeout(max(0.1, deadline - time.monotonic()))
         try:
@@ -182,7 +200,8 @@ def _connect(path: str, pid: int, euid: int, egid: int, deadline: float) -> sock
         sock.connect(path)
     except OSError as exc:
         sock.close()
-        raise AttachError(f"cannot connect to the attach socket of PID {pid}: {exc.strerror or exc}") from None
+        cls = _Refused if isinstance(exc, ConnectionRefusedError) else AttachError
+        raise cls(f"cannot connect to the attach socket of PID {pid}: {exc.strerror or exc}") from None
     return sock
 
 
@@ -205,7 +224,8 @@ def _connect_as(path: str, pid: int, euid: int, egid: int, deadline: float) -> s
         except BaseException as exc:  # noqa: BLE001 - report anything, then exit
             try:
                 msg = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-                child_end.sendall(b"error:" + msg.encode(errors="replace")[:500])
+                refused = b"refused:" if isinstance(exc, ConnectionRefusedError) else b"error:"
+                child_end.sendall(refused + msg.encode(errors="replace")[:500])
             except BaseException:  # noqa: BLE001
                 pass
         finally:
@@ -221,8 +241,10 @@ def _connect_as(path: str, pid: int, euid: int, egid: int, deadline: float) -> s
         parent_end.close()
         os.waitpid(child, 0)
     if not fds:
-        text = msg.decode(errors="replace").removeprefix("error:") or "helper process failed"
-        raise AttachError(f"cannot connect to the attach socket of PID {pid} as uid {euid}: {text}")
+        text = msg.decode(errors="replace")
+        cls = _Refused if text.startswith("refused:") else AttachError
+        text = text.partition(":")[2] or "helper process failed"
+        raise cls(f"cannot connect to the attach socket of PID {pid} as uid {euid}: {text}")
     for extra in fds[1:]:
         os.close(extra)
     return socket.socket(fileno=fds[0])

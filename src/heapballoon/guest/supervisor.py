@@ -1,1 +1,328 @@
-print("placeholder")
+"""The guest supervisor: the one long-lived service /init runs inside a heapballoon VM.
+
+Pure standard library (the guest has Debian's python3.11 and nothing from PyPI). It
+
+* finds the virtio-serial ports by name (``/sys/class/virtio-ports/*/name``; device nodes are
+  created from ``.../dev`` if devtmpfs has not made them);
+* serves ``org.heapballoon.exec``: newline-delimited JSON requests
+  ``{"v":1,"type":"exec","id":N,"argv":[...],"timeout_s":60}`` answered by
+  ``{"v":1,"type":"exec_result","id":N,"rc":0,"stdout":"...","stderr":"..."}`` (UTF-8 text with
+  replacement characters, or base64 when the request says ``"encoding":"base64"``);
+* starts the guest balloon driver (``python3 -m heapballoon.guest.driver --uplink <port>
+  --socket /run/heapballoon/heapballoon.sock``) when that module exists, restarting it if it dies;
+* sets ``JAVA_TOOL_OPTIONS`` so every JVM loads the heapballoon agent (when the image has it);
+* runs the VM's command (``/heapballoon/cmd.json``) once, its output prefixed ``[cmd]`` on the
+  console and copied to ``/var/log/cmd.log``;
+* prints markers on the console: ``HEAPBALLOON-READY``, ``HEAPBALLOON-CMD-START``,
+  ``HEAPBALLOON-CMD-EXIT rc=N``.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import stat
+import subprocess
+import sys
+import threading
+import time
+
+CHANNEL_PORT = "org.heapballoon.0"
+EXEC_PORT = "org.heapballoon.exec"
+SOCKET = "/run/heapballoon/heapballoon.sock"
+CMD_FILE = "/heapballoon/cmd.json"
+CMD_STARTED = "/run/heapballoon/cmd.started"
+CMD_LOG = "/var/log/cmd.log"
+DRIVER_LOG = "/var/log/driver.log"
+AGENT_JAR = "/opt/heapballoon/heapballoon-agent.jar"
+AGENT_NATIVE = "/opt/heapballoon/libheapballoon.so"
+MAX_LINE = 1 << 20          # protocol v1 line limit
+MAX_OUTPUT = 256 << 10      # per stream in an exec_result, before encoding
+
+_console_lock = threading.Lock()
+
+
+def console(msg: str) -> None:
+    with _console_lock:
+        try:
+            sys.stdout.write(msg.rstrip("\n") + "\n")
+            sys.stdout.flush()
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------------------------------
+# virtio ports
+
+def find_ports(wanted: tuple[str, ...], timeout_s: float = 10.0) -> dict[str, str]:
+    """Port name → device path for the names in ``wanted`` that show up within ``timeout_s``."""
+    found: dict[str, str] = {}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        base = "/sys/class/virtio-ports"
+        for entry in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+            try:
+                with open(f"{base}/{entry}/name") as f:
+                    name = f.read().strip()
+            except OSError:
+                continue
+            if name in wanted and name not in found:
+                found[name] = ensure_node(entry, f"{base}/{entry}/dev")
+        if len(found) == len(wanted) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def ensure_node(entry: str, devfile: str) -> str:
+    path = f"/dev/{entry}"
+    if not os.path.exists(path):
+        with open(devfile) as f:
+            major, minor = (int(x) for x in f.read().strip().split(":"))
+        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(major, minor))
+    return path
+
+
+class Port:
+    """A virtio-serial port: line reads that survive the host side (dis)connecting."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR)
+        self.wlock = threading.Lock()
+
+    def lines(self):
+        buf = b""
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except InterruptedError:
+                continue
+            if not chunk:
+                # host side not connected: drop any partial line, wait for a (re)connect
+                buf = b""
+                time.sleep(0.05)
+                continue
+            buf += chunk
+            while True:
+                nl = buf.find(b"\n")
+                if nl < 0:
+                    if len(buf) > MAX_LINE:
+                        yield None  # oversized: report once, discard until the next newline
+                        buf = b""
+                        self._skip_to_newline()
+                    break
+                line, buf = buf[:nl], buf[nl + 1:]
+                yield line
+
+    def _skip_to_newline(self) -> None:
+        while True:
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                return
+            nl = chunk.find(b"\n")
+            if nl >= 0:
+                return  # the rest of this chunk is dropped too; the peer re-sends on error
+
+    def send(self, obj: dict) -> None:
+        data = json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+        with self.wlock:
+            view = memoryview(data)
+            while view:
+                try:
+                    n = os.write(self.fd, view)
+                except InterruptedError:
+                    continue
+                except OSError:
+                    return  # host went away; the reply is lost, the host side times out
+                view = view[n:]
+
+
+# ---------------------------------------------------------------------------------------------
+# exec service
+
+def _encode(data: bytes, encoding: str, limit: int) -> tuple[str, bool]:
+    truncated = len(data) > limit
+    data = data[:limit]
+    if encoding == "base64":
+        return base64.b64encode(data).decode(), truncated
+    return data.decode("utf-8", errors="replace"), truncated
+
+
+def run_exec(req: dict) -> dict:
+    rid = req.get("id")
+    argv = req.get("argv")
+    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+        return {"v": 1, "type": "error", "id": rid, "error": "exec: argv must be a non-empty list of strings"}
+    timeout = req.get("timeout_s", 60)
+    if not isinstance(timeout, (int, float)) or timeout <= 0:
+        timeout = 60
+    encoding = "base64" if req.get("encoding") == "base64" else "text"
+    stdin = req.get("stdin")
+    env = dict(os.environ)
+    if isinstance(req.get("env"), dict):
+        env.update({str(k): str(v) for k, v in req["env"].items()})
+    cwd = req.get("cwd") if isinstance(req.get("cwd"), str) else "/root"
+    t0 = time.monotonic()
+    extra: dict = {}
+    try:
+        proc = subprocess.run(argv, input=stdin.encode() if isinstance(stdin, str) else None,
+                              stdin=None if isinstance(stdin, str) else subprocess.DEVNULL,
+                              capture_output=True, timeout=timeout, env=env, cwd=cwd,
+                              start_new_session=True)
+        rc, out, err = proc.returncode, proc.stdout, proc.stderr
+        if rc < 0:
+            rc = 128 - rc
+    except subprocess.TimeoutExpired as e:
+        rc, out, err = 124, e.stdout or b"", (e.stderr or b"") + f"\ntimed out after {timeout}s\n".encode()
+        extra["timed_out"] = True
+    except FileNotFoundError:
+        rc, out, err = 127, b"", f"{argv[0]}: command not found\n".encode()
+    except PermissionError:
+        rc, out, err = 126, b"", f"{argv[0]}: permission denied\n".encode()
+    except OSError as e:
+        rc, out, err = 126, b"", f"{argv[0]}: {e}\n".encode()
+    limit = MAX_OUTPUT
+    while True:
+        so, t1 = _encode(out, encoding, limit)
+        se, t2 = _encode(err, encoding, limit)
+        reply = {"v": 1, "type": "exec_result", "id": rid, "rc": rc, "stdout": so, "stderr": se,
+                 "encoding": encoding, "elapsed_ms": int((time.monotonic() - t0) * 1000), **extra}
+        if t1 or t2:
+            reply["truncated"] = True
+        if len(json.dumps(reply)) < MAX_LINE - 1024 or limit < 1024:
+            return reply
+        limit //= 2
+
+
+def serve_exec(port: Port) -> None:
+    bad = 0
+    for line in port.lines():
+        if line is None:
+            port.send({"v": 1, "type": "error", "id": None, "error": "line too long"})
+            continue
+        if not line.strip():
+            continue
+        try:
+            req = json.loads(line)
+            if not isinstance(req, dict):
+                raise ValueError("not a JSON object")
+        except (ValueError, UnicodeDecodeError) as e:
+            bad += 1
+            port.send({"v": 1, "type": "error", "id": None, "error": f"bad request: {e}"[:200]})
+            continue
+        bad = 0
+        if req.get("v") != 1:
+            port.send({"v": 1, "type": "error", "id": req.get("id"), "error": "unsupported protocol version"})
+        elif req.get("type") == "ping":
+            port.send({"v": 1, "type": "pong", "id": req.get("id")})
+        elif req.get("type") == "exec":
+            threading.Thread(target=lambda r=req: port.send(run_exec(r)), daemon=True).start()
+        else:
+            port.send({"v": 1, "type": "error", "id": req.get("id"),
+                       "error": f"unknown type {str(req.get('type'))[:40]!r}"})
+
+
+# ---------------------------------------------------------------------------------------------
+# guest driver
+
+def java_tool_options() -> str | None:
+    if not os.path.exists(AGENT_JAR):
+        return None
+    opts = f"socket={SOCKET}"
+    if os.path.exists(AGENT_NATIVE):
+        opts += f",native={AGENT_NATIVE}"
+    return f"-javaagent:{AGENT_JAR}={opts}"
+
+
+def driver_available() -> bool:
+    try:
+        return importlib.util.find_spec("heapballoon.guest.driver") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def supervise_driver(uplink: str | None) -> None:
+    backoff = 1.0
+    while True:
+        argv = [sys.executable, "-m", "heapballoon.guest.driver", "--socket", SOCKET]
+        if uplink:
+            argv += ["--uplink", uplink]
+        t0 = time.monotonic()
+        with open(DRIVER_LOG, "ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            console(f"HEAPBALLOON-DRIVER-START pid={proc.pid}")
+            rc = proc.wait()
+        console(f"HEAPBALLOON-DRIVER-EXIT rc={rc} (see {DRIVER_LOG}); restarting")
+        backoff = 1.0 if time.monotonic() - t0 > 30 else min(backoff * 2, 30.0)
+        time.sleep(backoff)
+
+
+# ---------------------------------------------------------------------------------------------
+# the VM's command
+
+def load_cmd() -> dict:
+    try:
+        with open(CMD_FILE) as f:
+            spec = json.load(f)
+        return spec if isinstance(spec, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def run_cmd(spec: dict) -> None:
+    argv = spec.get("argv") or []
+    if not argv or os.path.exists(CMD_STARTED):
+        return
+    with open(CMD_STARTED, "w") as f:
+        f.write(str(os.getpid()))
+    env = dict(os.environ)
+    env.update({str(k): str(v) for k, v in (spec.get("env") or {}).items()})
+    console(f"HEAPBALLOON-CMD-START {json.dumps(argv)}")
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, env=env, cwd=spec.get("cwd") or "/root")
+    except OSError as e:
+        console(f"[cmd] {argv[0]}: {e}")
+        console("HEAPBALLOON-CMD-EXIT rc=127")
+        return
+    with open(CMD_LOG, "ab", buffering=0) as log:
+        for line in iter(proc.stdout.readline, b""):
+            log.write(line)
+            console("[cmd] " + line.decode("utf-8", errors="replace"))
+    rc = proc.wait()
+    if rc < 0:
+        rc = 128 - rc
+    console(f"HEAPBALLOON-CMD-EXIT rc={rc}")
+
+
+def main() -> int:
+    os.makedirs("/run/heapballoon", exist_ok=True)
+    os.makedirs("/var/log", exist_ok=True)
+    spec = load_cmd()
+    jto = spec.get("java_tool_options", java_tool_options())
+    if jto:
+        os.environ["JAVA_TOOL_OPTIONS"] = jto
+    os.environ.setdefault("JAVA_HOME", "/opt/heapballoon/jre")
+
+    ports = find_ports((CHANNEL_PORT, EXEC_PORT))
+    missing = [p for p in (CHANNEL_PORT, EXEC_PORT) if p not in ports]
+    if missing:
+        console(f"heapballoon-supervisor: virtio ports missing: {', '.join(missing)}")
+    if EXEC_PORT in ports:
+        threading.Thread(target=serve_exec, args=(Port(ports[EXEC_PORT]),), daemon=True,
+                         name="exec").start()
+    if driver_available():
+        threading.Thread(target=supervise_driver, args=(ports.get(CHANNEL_PORT),), daemon=True,
+                         name="driver").start()
+    else:
+        console("heapballoon-supervisor: no heapballoon.guest.driver in this image; balloon driver not started")
+    console(f"HEAPBALLOON-READY ports={','.join(sorted(ports))} agent={'yes' if jto else 'no'}")
+    threading.Thread(target=run_cmd, args=(spec,), daemon=True, name="cmd").start()
+    while True:
+        time.sleep(3600)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

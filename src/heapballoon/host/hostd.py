@@ -1,10 +1,13 @@
 """``heapballoon hostd``: the host memory manager daemon (asyncio).
 
-This module owns the *daemon*: the registry of VMs (scanned from the VM run dir, each
-``NAME/vm.json`` with ``pid``, ``memory_bytes``, ``reclaim``), one guest channel per VM
-(hostd connects to ``NAME/channel.sock`` as a client, reconnecting with backoff), the control
-socket for the CLI (``vm_target``, ``status_request``) and the state file that keeps targets
-across restarts (``RUN_DIR/.hostd-state.json``). Reclaiming itself is reclaim.py's.
+This module owns the *daemon*: the registry of VMs (scanned from ``RUN_DIR/vms/NAME/``, as
+heapballoon.vm lays them out: ``vm.json`` with ``pid``, ``memory_bytes``, ``reclaim``
+(``pfn``: memfd RAM hostd punches; ``ksm``: private RAM left to KSM)), one guest channel per
+VM (hostd connects to ``channel.sock`` as a client, reconnecting with backoff), QMP through the
+VM's ``qmp-hostd.sock`` (``qmp.sock`` if absent; one short connection per reclaim), the
+control socket for the CLI (``vm_target``, ``status_request``) and the state file that keeps
+targets across restarts (``RUN_DIR/hostd-state.json``). Reclaiming itself is reclaim.py's.
+RUN_DIR is ``--run-dir``, ``$HEAPBALLOON_RUN_DIR`` or ``/run/heapballoon``.
 
 Guest channel, per VM::
 
@@ -36,6 +39,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -50,8 +54,9 @@ from heapballoon.host.reclaim import Reclaimer, percentile
 
 log = logging.getLogger("heapballoon.hostd")
 
-DEFAULT_RUN_DIR = "/run/heapballoon/vms"
-STATE_FILE = ".hostd-state.json"
+DEFAULT_RUN_DIR = "/run/heapballoon"
+VMS_SUBDIR = "vms"
+STATE_FILE = "hostd-state.json"
 SCAN_INTERVAL_S = 2.0
 MAX_BAD_LINES = 16
 MAX_BALLOON_INTERVALS = 1 << 20
@@ -106,7 +111,7 @@ class VM:
 
     @property
     def qmp_path(self) -> str:
-        own = os.path.join(self.dir, "hostd-qmp.sock")  # a monitor only hostd uses, if present
+        own = os.path.join(self.dir, "qmp-hostd.sock")  # a monitor only hostd uses, if present
         return own if os.path.exists(own) else os.path.join(self.dir, "qmp.sock")
 
     @property
@@ -142,7 +147,7 @@ def load_vm(vm_dir: str) -> VM | None:
         log.warning("VM %s: process %d does not name %s on its command line; ignoring it",
                     name, pid, vm_dir)
         return None
-    return VM(name, vm_dir, pid, starttime, mem, str(info.get("reclaim", "report")))
+    return VM(name, vm_dir, pid, starttime, mem, str(info.get("reclaim", "pfn")))
 
 
 class HostDaemon:
@@ -151,6 +156,7 @@ class HostDaemon:
     def __init__(self, socket_path: str, run_dir: str, batch_pages: int | None = None) -> None:
         self.socket_path = socket_path
         self.run_dir = run_dir
+        self.vms_dir = os.path.join(run_dir, VMS_SUBDIR)
         self.batch_pages = batch_pages
         self.vms: dict[str, VM] = {}
         self.targets: dict[str, int] = {}
@@ -186,7 +192,7 @@ class HostDaemon:
         """Bring the registry in line with the run dir: add new VMs, drop dead ones."""
         seen = set()
         try:
-            entries = sorted(os.scandir(self.run_dir), key=lambda e: e.name)
+            entries = sorted(os.scandir(self.vms_dir), key=lambda e: e.name)
         except OSError:
             entries = []
         for entry in entries:
@@ -249,6 +255,9 @@ class HostDaemon:
             vm.channel = transport.LineChannel(reader, writer)
             log.info("VM %s: guest channel connected", vm.name)
             try:
+                # The guest cannot see us connect: a ping makes it re-announce itself and resend
+                # its whole balloon (what is already a hole is answered as "already").
+                await vm.channel.send(protocol.Ping(id=1))
                 await self._send_target(vm)
                 await self._serve_guest(vm, vm.channel)
             except (OSError, ConnectionError) as err:
@@ -299,6 +308,8 @@ class HostDaemon:
             return None
         if isinstance(msg, protocol.GuestStatus):
             vm.guest_status = msg
+            return None
+        if isinstance(msg, protocol.Pong):
             return None
         if isinstance(msg, protocol.Pages):
             if vm.hello is None:
@@ -385,6 +396,8 @@ class HostDaemon:
         removed = 0
         for off, length in extents:
             removed += vm.balloon.remove(off // PAGE_BYTES, length // PAGE_BYTES)
+        log.info("VM %s: pages seq %d key %s: guest took back %d pages (%d were in the balloon, %d rejected)",
+                 vm.name, msg.seq, msg.key or "-", sum(c for _, c in msg.ranges), removed, rejected)
         return protocol.PagesAck(msg.seq, rejected=rejected)
 
     def _boost_ksm(self) -> None:
@@ -491,7 +504,7 @@ class HostDaemon:
         self.scan()
         t = asyncio.get_running_loop().create_task(self._scan_loop(), name="hostd-scan")
         self._tasks.add(t)
-        log.info("hostd listening on %s, VMs from %s", self.socket_path, self.run_dir)
+        log.info("hostd listening on %s, VMs from %s", self.socket_path, self.vms_dir)
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -501,7 +514,10 @@ class HostDaemon:
         self.vms.clear()
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
+            try:
+                os.unlink(self.socket_path)
+            except OSError:
+                pass
         if self._ksm_boost is not None:
             self._ksm_boost.__exit__(None, None, None)
             self._ksm_boost = None
@@ -529,15 +545,23 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="heapballoon hostd", description="host memory manager for heapballoon VMs")
     p.add_argument("--socket", help="control socket (default $HEAPBALLOON_HOST_SOCKET or "
                    f"{transport.DEFAULT_HOST_SOCKET})")
-    p.add_argument("--run-dir", help=f"VM state dirs (default $HEAPBALLOON_RUN_DIR or {DEFAULT_RUN_DIR})")
+    p.add_argument("--run-dir", help=f"heapballoon run dir; VMs are RUN_DIR/vms/NAME (default $HEAPBALLOON_RUN_DIR or {DEFAULT_RUN_DIR})")
     p.add_argument("--batch-pages", type=int, default=None, help="pages per VM pause (default 8192)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        asyncio.run(serve(transport.host_socket_path(args.socket), run_dir_path(args.run_dir), args.batch_pages))
-    except KeyboardInterrupt:
-        return 0
+
+    async def run() -> None:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await serve(transport.host_socket_path(args.socket), run_dir_path(args.run_dir), args.batch_pages)
+        except asyncio.CancelledError:
+            log.info("hostd stopping")
+
+    asyncio.run(run())
     return 0
 

@@ -13,6 +13,10 @@ A pagemap entry is one little-endian u64 per virtual page
 * bit 55 soft-dirty (3.11+), 56 exclusively mapped (4.2+), 57 uffd-wp (5.13+),
   58 guard region (6.15+), 61 file page or shared anon (3.5+), 62 swapped, 63 present.
 
+Limitation: only the 4 KiB zero page is recognised. A read fault in a THP-enabled region may
+map the *huge* zero page instead (``transparent_hugepage/use_zero_page``); those pages count
+as present, not reclaimed (an under-count, never an over-count).
+
 Counting is done on byte lanes (``bytes.translate`` + big-int AND), not a Python loop per
 entry, so 262,144 entries (1 GiB of 4 KiB pages) take a few milliseconds.
 """

@@ -4,7 +4,10 @@ Owns: ``PR_SET_MEMORY_MERGE`` / ``PR_GET_MEMORY_MERGE`` (Linux 6.4+), which make
 *every* anonymous mapping of the calling process mergeable, present and future, without
 ``madvise(MADV_MERGEABLE)`` per region. The setting belongs to the process (its mm), so it
 must be called by the process whose memory should merge (e.g. the JVM's native agent, or a
-test's child process); it is inherited across fork. Older kernels return EINVAL.
+test's child process). It is inherited across fork, and kept across execve since the 6.7 fix
+"mm/ksm: fix ksm exec support for prctl" (on 6.4-6.6 without it, exec drops it), which lets
+``heapballoon run`` set it and exec the JVM; ``tests/integration/test_linux_real.py`` checks
+both on the running kernel. Kernels before 6.4 return EINVAL.
 """
 
 from __future__ import annotations

@@ -144,6 +144,21 @@ def test_trigger_file_falls_back_to_target_tmp(jvm, monkeypatch):
     assert not (jvm.pid_dir / "root" / "tmp" / ".attach_pid1").exists()
 
 
+def test_stale_socket_of_a_dead_jvm_is_replaced(jvm, monkeypatch):
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(jvm.socket_path)  # bound, never listening: connect() gets ECONNREFUSED
+    stale.close()
+    sent = []
+
+    def fake_kill(pid, sig):
+        sent.append(sig)
+        jvm.listen()  # would fail with EADDRINUSE had the stale file been left in place
+
+    monkeypatch.setattr(attach_mod.os, "kill", fake_kill)
+    assert attach_agent(PID, JAR, procfs=jvm.procfs) == "return code: 0\n"
+    assert sent == [signal.SIGQUIT] and len(jvm.requests) == 1
+
+
 def test_listener_that_never_starts_times_out(jvm, no_kill):
     with pytest.raises(AttachError, match="did not start its attach listener within 0.3 s"):
         attach_agent(PID, JAR, timeout_s=0.3, procfs=jvm.procfs)
@@ -151,18 +166,12 @@ def test_listener_that_never_starts_times_out(jvm, no_kill):
     assert not (jvm.pid_dir / "cwd" / ".attach_pid1").exists()
 
 
-def test_never_sigquits_a_jvm_without_handler():
+def test_never_sigquits_a_jvm_without_handler(no_kill):
     fake = FakeJVM(sigcgt="0000000000000000")  # -Xrs, or still starting
     try:
-        sent = []
-        orig = attach_mod.os.kill
-        attach_mod.os.kill = lambda pid, sig: sent.append(sig)
-        try:
-            with pytest.raises(AttachError, match="does not handle SIGQUIT"):
-                attach_agent(PID, JAR, timeout_s=0.2, procfs=fake.procfs)
-        finally:
-            attach_mod.os.kill = orig
-        assert sent == []
+        with pytest.raises(AttachError, match="does not handle SIGQUIT"):
+            attach_agent(PID, JAR, timeout_s=0.2, procfs=fake.procfs)
+        assert no_kill == []
     finally:
         fake.close()
 

@@ -1,0 +1,271 @@
+"""The guest balloon driver (VM mode): the node driver plus an uplink to the host's hostd.
+
+Runs inside the guest (pure standard library: the guest has no PyPI packages). It is the
+process-mode :class:`~heapballoon.driver.daemon.Driver` with three differences:
+
+* the node target comes from the host (``guest_target`` on the virtio-serial port), not from
+  a CLI;
+* agents are told ``reclaim: report``: balloon pages stay zeroed and mapped in the guest;
+* after each verification it translates every chunk's pages to *guest physical* frame numbers
+  (the guest's /proc/PID/pagemap) and reports changes to the host as compact ranges — ``add``
+  for new frames, ``remove`` for frames a chunk no longer owns (deflate, or drift: a GC moved
+  the array or the guest kernel migrated a page). The host reclaims what it is told to add,
+  after checking each page is zero.
+
+The port is a character device (/dev/vportNpM). Host connects and disconnects are invisible
+to the guest, so the guest re-announces itself (``guest_hello`` and a full resync) whenever
+hostd pings it, and repeats its hello until the host answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import queue
+import threading
+import time
+
+from heapballoon import protocol
+from heapballoon.driver.daemon import Driver
+from heapballoon.driver.registry import JVMRecord
+from heapballoon.driver.verify import Verification, chunk_frames
+from heapballoon.errors import KernelError, ProtocolError
+from heapballoon.linux import pagemap
+
+log = logging.getLogger("heapballoon.guest")
+DRIFT_RESCAN_S = 10.0
+HELLO_RETRY_S = 2.0
+
+
+class Uplink:
+    """Line I/O on the virtio-serial port, with a reader thread feeding the asyncio loop."""
+
+    MAX_QUEUED = 4096
+
+    def __init__(self, path: str, loop: asyncio.AbstractEventLoop, on_message) -> None:
+        self.path = path
+        self.loop = loop
+        self.on_message = on_message
+        self.fd = os.open(path, os.O_RDWR)
+        # A write blocks while no host is connected: a writer thread keeps the loop free, and
+        # what cannot be queued is dropped (hostd pings on connect and the guest resyncs).
+        self.queue: queue.Queue[bytes] = queue.Queue(self.MAX_QUEUED)
+        self.dropped = 0
+        threading.Thread(target=self._read_loop, name="uplink-reader", daemon=True).start()
+        threading.Thread(target=self._write_loop, name="uplink-writer", daemon=True).start()
+
+    def _read_loop(self) -> None:
+        buf = b""
+        while True:
+            try:
+                data = os.read(self.fd, 65536)
+            except OSError as err:
+                log.error("uplink read failed: %s", err)
+                time.sleep(1)
+                continue
+            if not data:  # host side not connected: the port reads EOF; poll gently
+                time.sleep(0.2)
+                continue
+            buf += data
+            if len(buf) > protocol.MAX_LINE_BYTES and b"\n" not in buf:
+                log.warning("dropping an over-long line from the host")
+                buf = b""
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                if line.strip():
+                    self.loop.call_soon_threadsafe(self.on_message, line)
+
+    def _write_loop(self) -> None:
+        while True:
+            view = memoryview(self.queue.get())
+            while view:
+                try:
+                    view = view[os.write(self.fd, view):]
+                except OSError as err:
+                    log.error("uplink write failed: %s", err)
+                    time.sleep(1)
+
+    def send(self, msg: protocol.Message) -> None:
+        try:
+            self.queue.put_nowait(protocol.encode(msg))
+        except queue.Full:
+            self.dropped += 1
+
+
+class GuestDriver(Driver):
+    def __init__(self, socket_path: str, uplink_path: str | None, **kw) -> None:
+        super().__init__(socket_path, ksm_mode="off", reclaim="report", **kw)
+        self.uplink_path = uplink_path
+        self.uplink: Uplink | None = None
+        self.reported: dict[str, set[int]] = {}   # "pid:chunk" → guest frames the host was told
+        self.acked_pages: dict[str, int] = {}      # "pid:chunk" → pages the host holds reclaimed
+        self.pending: dict[int, str] = {}          # seq → key
+        self.seq = 0
+        self.host_target_seen = False
+        self.last_hello_s = 0.0
+        self.last_rescan_s: dict[int, float] = {}
+        self.drift_pages_total = 0
+        self.guest_ram_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+    # ------------------------------------------------------------------ host link
+
+    def _send_up(self, msg: protocol.Message) -> None:
+        if self.uplink is None:
+            return
+        try:
+            self.uplink.send(msg)
+        except OSError as err:
+            log.warning("uplink write failed: %s", err)
+
+    def _hello_up(self) -> None:
+        self.last_hello_s = self.clock()
+        self._send_up(protocol.GuestHello(guest_ram_bytes=self.guest_ram_bytes, page_bytes=pagemap.PAGE_SIZE,
+                                          boot_id=_boot_id()))
+
+    def _on_host_line(self, line: bytes) -> None:
+        try:
+            msg = protocol.decode(line)
+        except ProtocolError as err:
+            log.warning("rejected message from the host: %s", err)
+            return
+        if isinstance(msg, protocol.GuestTarget):
+            self.host_target_seen = True
+            if msg.target_bytes != self.node_target_bytes:
+                log.info("host target: %d bytes", msg.target_bytes)
+            self.node_target_bytes = msg.target_bytes
+            self._wake.set()
+        elif isinstance(msg, protocol.Ping):
+            self._send_up(protocol.Pong(id=msg.id))
+            self._hello_up()
+            self.reported.clear()  # a (new) hostd: report every page again
+            self.acked_pages.clear()
+            self._wake.set()
+        elif isinstance(msg, protocol.PagesAck):
+            key = self.pending.pop(msg.seq, None)
+            if key is not None:
+                self.acked_pages[key] = self.acked_pages.get(key, 0) + msg.punched + msg.already
+            if msg.skipped_nonzero or msg.rejected or msg.error:
+                log.warning("host ack %d: punched=%d already=%d nonzero=%d rejected=%d %s", msg.seq, msg.punched,
+                            msg.already, msg.skipped_nonzero, msg.rejected, msg.error)
+
+    def _pages(self, op: str, key: str, frames: set[int]) -> None:
+        ranges = pagemap.compact_ranges(frames)
+        for i in range(0, len(ranges), protocol.MAX_RANGES):
+            self.seq += 1
+            if op == "add":
+                self.pending[self.seq] = key
+            self._send_up(protocol.Pages(seq=self.seq, op=op, ranges=tuple(ranges[i:i + protocol.MAX_RANGES]), key=key))
+
+    # ------------------------------------------------------------------ verification hook
+
+    def after_verify(self, rec: JVMRecord, v: Verification) -> None:
+        """Translate chunks to guest frames and tell the host what changed (runs in a thread)."""
+        now = self.clock()
+        keys_now = {f"{rec.pid}:{c.id}" for c in rec.state.chunks}
+        rescan = now - self.last_rescan_s.get(rec.pid, 0.0) >= DRIFT_RESCAN_S
+        for chunk in rec.state.chunks:
+            key = f"{rec.pid}:{chunk.id}"
+            if key in self.reported and not rescan and rec.verified_epoch == rec.state.chunks_epoch:
+                continue
+            try:
+                frames = {f for f in chunk_frames(self.procfs, rec.pid, chunk) if f}
+            except KernelError:
+                continue
+            old = self.reported.get(key, set())
+            added, removed = frames - old, old - frames
+            if key in self.reported and (added or removed):
+                rec.drift_pages += len(added)
+                self.drift_pages_total += len(added)
+                log.info("drift: chunk %s moved %d pages", key, len(added))
+            if removed:
+                self.loop.call_soon_threadsafe(self._pages, "remove", key, removed)
+                self.acked_pages[key] = max(0, self.acked_pages.get(key, 0) - len(removed))
+            if added:
+                self.loop.call_soon_threadsafe(self._pages, "add", key, added)
+            self.reported[key] = frames
+        for key in [k for k in self.reported if k.startswith(f"{rec.pid}:") and k not in keys_now]:
+            self.loop.call_soon_threadsafe(self._pages, "remove", key, self.reported.pop(key))
+            self.acked_pages.pop(key, None)
+        if rescan:
+            self.last_rescan_s[rec.pid] = now
+        rec.verified_epoch = rec.state.chunks_epoch
+        rec.reclaimed_bytes = sum(n for k, n in self.acked_pages.items() if k.startswith(f"{rec.pid}:")) * pagemap.PAGE_SIZE
+
+    def _forget_gone(self) -> None:
+        live = {str(r.pid) for r in self.registry}
+        for key in [k for k in self.reported if k.split(":")[0] not in live]:
+            self._pages("remove", key, self.reported.pop(key))
+            self.acked_pages.pop(key, None)
+
+    async def step(self) -> None:
+        await super().step()
+        self._forget_gone()
+        if not self.host_target_seen and self.clock() - self.last_hello_s >= HELLO_RETRY_S:
+            self._hello_up()
+        status = self.status()
+        self._send_up(protocol.GuestStatus(target_bytes=self.node_target_bytes or 0,
+                                           balloon_bytes=status["node"]["balloon_bytes"],
+                                           drift_pages=self.drift_pages_total, jvms=tuple(status["jvms"])))
+
+    def _verify(self) -> None:
+        # The base class counts pages the guest itself freed; in VM mode pages stay mapped and the
+        # host reclaims them, so the figure is what the host acknowledged (set in after_verify).
+        for rec in self.registry:
+            self.after_verify(rec, Verification(0, 0, 0))
+
+    async def run(self, ready: asyncio.Event | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        if self.uplink_path:
+            try:
+                self.uplink = Uplink(self.uplink_path, self.loop, self._on_host_line)
+                self._hello_up()
+            except OSError as err:
+                log.error("no uplink to the host (%s): running without one", err)
+        await super().run(ready)
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def find_port(name: str = "org.heapballoon.0", sys_root: str = "/sys/class/virtio-ports") -> str | None:
+    """The /dev path of the virtio-serial port called ``name`` (no udev in our guest)."""
+    try:
+        entries = os.listdir(sys_root)
+    except FileNotFoundError:
+        return None
+    for entry in entries:
+        try:
+            with open(os.path.join(sys_root, entry, "name")) as f:
+                if f.read().strip() == name:
+                    return f"/dev/{entry}"
+        except OSError:
+            continue
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    from heapballoon.driver.daemon import serve
+
+    p = argparse.ArgumentParser(prog="heapballoon-guest-driver")
+    p.add_argument("--socket", default="/run/heapballoon/heapballoon.sock")
+    p.add_argument("--uplink", help="virtio-serial port device (default: found by name)")
+    p.add_argument("--interval-s", type=float, default=1.0)
+    p.add_argument("--log-level", default="info")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    uplink = args.uplink or find_port()
+    if uplink is None:
+        log.error("virtio-serial port org.heapballoon.0 not found: running without a host uplink")
+    return serve(GuestDriver(args.socket, uplink, interval_s=args.interval_s))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,198 @@
+"""hostd end to end: a real paused QEMU's memfd, a fake guest driver on the channel socket,
+the CLI control socket, hostile guest input and a hostd restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+
+import pytest
+
+from heapballoon import protocol
+from heapballoon.errors import RemoteError
+from heapballoon.host import hostd
+from heapballoon.host.guestram import PAGE_BYTES as P, GuestRam
+from heapballoon.host.scratchvm import ScratchVM
+
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(120),
+              pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 not installed")]
+M = 1 << 20
+RAM = 256 * M
+
+
+class FakeGuest:
+    """Plays the guest driver: a Unix-socket server at channel.sock that hostd connects to."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.conns: asyncio.Queue = asyncio.Queue()
+
+    async def start(self) -> None:
+        async def accept(reader, writer):
+            await self.conns.put((reader, writer))
+        self.server = await asyncio.start_unix_server(accept, path=self.path, limit=4 * M)
+
+    async def next_conn(self, timeout_s: float = 10.0):
+        reader, writer = await asyncio.wait_for(self.conns.get(), timeout_s)
+        return Peer(reader, writer)
+
+    async def stop(self) -> None:
+        self.server.close()
+
+
+class Peer:
+    def __init__(self, reader, writer) -> None:
+        self.reader, self.writer = reader, writer
+
+    async def send(self, msg) -> None:
+        self.writer.write(msg if isinstance(msg, bytes) else protocol.encode(msg))
+        await self.writer.drain()
+
+    async def recv(self, timeout_s: float = 10.0):
+        line = await asyncio.wait_for(self.reader.readline(), timeout_s)
+        return protocol.decode(line) if line else None
+
+    async def recv_type(self, cls, timeout_s: float = 10.0):
+        while True:
+            msg = await self.recv(timeout_s)
+            if msg is None or isinstance(msg, cls):
+                return msg
+
+
+async def control(sock: str, msg) -> protocol.Reply:
+    return await asyncio.to_thread(hostd.request, sock, msg)
+
+
+def test_hostd_with_fake_guest(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="heapballoon")
+    run_dir = str(tmp_path / "run")
+    vm_dir = os.path.join(run_dir, "vms", "vm1")
+    os.makedirs(vm_dir)
+    sock = str(tmp_path / "hostd.sock")
+
+    async def main():
+        extra = ("-qmp", f"unix:{vm_dir}/qmp-hostd.sock,server=on,wait=off")
+        async with ScratchVM(RAM, vm_dir=vm_dir, extra_args=extra) as vm:
+            with open(os.path.join(vm_dir, "vm.json"), "w") as f:
+                json.dump({"name": "vm1", "pid": vm.pid, "memory_bytes": RAM, "cpus": 1, "reclaim": "pfn"}, f)
+            guest = FakeGuest(os.path.join(vm_dir, "channel.sock"))
+            await guest.start()
+            ram = GuestRam.open(vm.pid, RAM)
+            base = (64 * M) // P
+            os.pwrite(ram.fd, bytes(1024 * P), base * P)  # ram0 offset == gpa below 2 GiB
+            os.pwrite(ram.fd, b"keep me", (base + 5) * P + 9)
+            for _ in range(200):  # bounded wait for QEMU's second QMP socket
+                if os.path.exists(os.path.join(vm_dir, "qmp-hostd.sock")):
+                    break
+                await asyncio.sleep(0.01)
+
+            await vm.qmp.execute("cont")  # a running VM: hostd must stop/cont around punches
+            task = asyncio.create_task(hostd.serve(sock, run_dir))
+            try:
+                peer = await guest.next_conn()
+                assert await peer.recv() == protocol.GuestTarget(0)
+                assert oct(os.stat(sock).st_mode & 0o777) == "0o600"
+
+                # pages before hello are refused
+                await peer.send(protocol.Pages(1, "add", ((base, 4),)))
+                ack = await peer.recv_type(protocol.PagesAck)
+                assert ack.rejected == 4 and "hello" in ack.error
+
+                await peer.send(protocol.GuestHello(RAM, 4096, "boot-1"))
+                assert await peer.recv() == protocol.GuestTarget(0)
+                before = ram.resident_bytes()
+                await peer.send(protocol.Pages(2, "add", ((base, 1024), (base, 10), (1 << 40, 1 << 20)), "42:1"))
+                ack = await peer.recv_type(protocol.PagesAck)
+                assert (ack.seq, ack.punched, ack.skipped_nonzero, ack.already, ack.error) == (2, 1023, 1, 0, "")
+                assert ack.rejected == 10 + (1 << 20)
+                assert ram.hole_bytes([(base * P, 1024 * P)]) == 1023 * P  # firmware runs too
+                assert ram.resident_bytes() <= before - 1023 * P + 4 * M
+                assert os.pread(ram.fd, 7, (base + 5) * P + 9) == b"keep me"
+
+                # garbage, then a hostile but well-formed list: errors, no crash
+                await peer.send(b"this is not json\n")
+                assert isinstance(await peer.recv(), protocol.Error)
+                await peer.send(b'{"v":1,"type":"pages","seq":3,"op":"add","ranges":[[1,-5]]}\n')
+                assert isinstance(await peer.recv(), protocol.Error)
+                await peer.send(b'{"v":1,"type":"pages","seq":3,"op":"add","ranges":' +
+                                json.dumps([[i * 7, 3] for i in range(65537)]).encode() + b"}\n")
+                assert isinstance(await peer.recv(), protocol.Error)
+                await peer.send(protocol.GuestStatus(8 * M, 4 * M, 0, ({"pid": 42, "name": "app"},)))
+                await peer.send(protocol.Pages(4, "remove", ((base + 1000, 24),), "42:1"))
+                ack = await peer.recv_type(protocol.PagesAck)
+                assert ack.seq == 4 and ack.rejected == 0
+
+                # control socket
+                reply = await control(sock, protocol.VMTarget("vm1", 64 * M, id=7))
+                assert reply.id == 7
+                assert await peer.recv_type(protocol.GuestTarget) == protocol.GuestTarget(64 * M)
+                with pytest.raises(RemoteError, match="no VM named nope"):
+                    await control(sock, protocol.VMTarget("nope", 1, id=8))
+                status = (await control(sock, protocol.StatusRequest(id=9))).body
+                (s,) = status["vms"]
+                assert s["name"] == "vm1" and s["memory_bytes"] == RAM and s["target_bytes"] == 64 * M
+                assert s["balloon_bytes"] == 1000 * P
+                assert s["reclaimed_bytes"] == 999 * P and s["drift_pages"] == 1
+                assert abs(s["host_resident_bytes"] - ram.resident_bytes()) < 4 * M
+                assert s["pause_ms_p99"] > 0 and s["jvms"] == [{"pid": 42, "name": "app"}]
+                assert (await vm.qmp.execute("query-status"))["status"] == "running"
+
+                # an oversized line drops the connection; hostd reconnects and resends the target
+                await peer.send(b"x" * (protocol.MAX_LINE_BYTES + 10) + b"\n")
+                assert await peer.recv_type(protocol.GuestTarget) is None  # EOF
+                peer = await guest.next_conn()
+                assert await peer.recv() == protocol.GuestTarget(64 * M)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+            # restart: the target survives in the run dir
+            task = asyncio.create_task(hostd.serve(sock, run_dir))
+            try:
+                peer = await guest.next_conn()
+                assert await peer.recv() == protocol.GuestTarget(64 * M)
+                status = (await control(sock, protocol.StatusRequest(id=1))).body
+                assert status["vms"][0]["target_bytes"] == 64 * M
+
+                # QEMU dies: the VM goes away, hostd stays up
+                vm.proc.kill()
+                vm.proc.wait()
+                status = (await control(sock, protocol.StatusRequest(id=2))).body
+                assert status["vms"] == []
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                ram.close()
+                await guest.stop()
+
+    asyncio.run(main())
+    assert any("punched" in r.getMessage() and "seq 2" in r.getMessage() for r in caplog.records)
+
+
+def test_vm_json_pid_of_another_process_is_ignored(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "vms" / "x").mkdir(parents=True)
+    (run_dir / "vms" / "x" / "vm.json").write_text(json.dumps({"name": "x", "pid": os.getpid(), "memory_bytes": RAM}))
+    (run_dir / "vms" / "junk").mkdir()
+    (run_dir / "vms" / "junk" / "vm.json").write_text("{not json")
+    sock = str(tmp_path / "h.sock")
+
+    async def main():
+        task = asyncio.create_task(hostd.serve(sock, str(run_dir)))
+        try:
+            for _ in range(200):
+                if os.path.exists(sock):
+                    break
+                await asyncio.sleep(0.01)
+            status = (await control(sock, protocol.StatusRequest(id=1))).body
+            assert status == {"vms": []}
+            with pytest.raises(RemoteError, match="no VM named x"):
+                await control(sock, protocol.VMTarget("x", 1))
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
