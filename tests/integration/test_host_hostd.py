@@ -93,6 +93,7 @@ def test_hostd_with_fake_guest(tmp_path, caplog):
             task = asyncio.create_task(hostd.serve(sock, run_dir))
             try:
                 peer = await guest.next_conn()
+                assert await peer.recv() == protocol.Ping(id=1)  # "re-announce yourself"
                 assert await peer.recv() == protocol.GuestTarget(0)
                 assert oct(os.stat(sock).st_mode & 0o777) == "0o600"
 
@@ -144,6 +145,7 @@ def test_hostd_with_fake_guest(tmp_path, caplog):
                 await peer.send(b"x" * (protocol.MAX_LINE_BYTES + 10) + b"\n")
                 assert await peer.recv_type(protocol.GuestTarget) is None  # EOF
                 peer = await guest.next_conn()
+                assert await peer.recv() == protocol.Ping(id=1)
                 assert await peer.recv() == protocol.GuestTarget(64 * M)
             finally:
                 task.cancel()
@@ -153,6 +155,7 @@ def test_hostd_with_fake_guest(tmp_path, caplog):
             task = asyncio.create_task(hostd.serve(sock, run_dir))
             try:
                 peer = await guest.next_conn()
+                assert await peer.recv() == protocol.Ping(id=1)
                 assert await peer.recv() == protocol.GuestTarget(64 * M)
                 status = (await control(sock, protocol.StatusRequest(id=1))).body
                 assert status["vms"][0]["target_bytes"] == 64 * M

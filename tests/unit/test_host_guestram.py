@@ -181,7 +181,7 @@ def test_ksm_boost_restores(tmp_path):
 
 def test_guest_rss_from_smaps():
     import mmap
-    size = 8 << 20
+    size = (24 << 20) + 7 * P  # an unusual size: 8 MiB thread stacks must not match
     m = mmap.mmap(-1, size)
     m[: 3 * P] = b"x" * (3 * P)
     got = guest_rss_bytes(os.getpid(), size)
