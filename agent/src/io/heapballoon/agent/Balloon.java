@@ -3,6 +3,7 @@ package io.heapballoon.agent;
 import java.lang.ref.Reference;
 import java.lang.ref.ReferenceQueue;
 import java.lang.ref.SoftReference;
+import java.lang.ref.WeakReference;
 import java.util.ArrayList;
 import java.util.Iterator;
 import java.util.List;
@@ -37,6 +38,8 @@ final class Balloon {
     private final AddressSource addresses;
     private final List<Chunk> chunks = new ArrayList<>();
     private final ReferenceQueue<byte[]> queue = new ReferenceQueue<>();
+    /** Chunks dropped but maybe not yet collected: still counted in "heap used after GC". */
+    private final List<WeakReference<byte[]>> dropped = new ArrayList<>();
     private long nextId = 1;
     private long epoch;
     private long footprintBytes;
@@ -100,10 +103,24 @@ final class Balloon {
 
     private long drop(int index) {
         Chunk c = chunks.remove(index);
+        byte[] array = c.get();
+        if (array != null) {
+            dropped.add(new WeakReference<>(array));
+        }
+        array = null;
         c.clear();
         footprintBytes -= c.footprintBytes;
         epoch++;
         return c.footprintBytes;
+    }
+
+    /**
+     * Bytes of dropped chunks that the last GC has not yet collected (checked with refersTo, which
+     * keeps nothing alive), so they are not mistaken for application data.
+     */
+    synchronized long droppedNotCollectedBytes() {
+        dropped.removeIf(ref -> ref.refersTo(null));
+        return dropped.size() * geometry.footprintBytes;
     }
 
     /**

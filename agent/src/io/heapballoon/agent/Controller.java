@@ -96,8 +96,9 @@ final class Controller {
         }
         long used = stats.heapUsedAfter(info.getGcInfo());
         long footprint = balloon.footprintBytes();
-        stats.recordAfterGc(used, footprint);
-        long live = Math.max(0, used - footprint);
+        long notOurs = footprint + balloon.droppedNotCollectedBytes();
+        stats.recordAfterGc(used, notOurs);
+        long live = Math.max(0, used - notOurs);
         long max = stats.maxBytes();
         long headroom = headroomBytes();
         if (footprint > 0 && live + footprint + headroom > max) {

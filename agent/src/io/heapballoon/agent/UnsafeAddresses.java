@@ -47,10 +47,9 @@ final class UnsafeAddresses implements AddressSource {
         }
     }
 
-    /** The byte[] header size (ARRAY_BYTE_BASE_OFFSET), 16 if Unsafe is unavailable. */
+    /** The byte[] header size (ARRAY_BYTE_BASE_OFFSET; a static field, so no Unsafe call warns). */
     static int byteArrayHeaderBytes() {
-        Unsafe u = theUnsafe();
-        return u == null ? 16 : u.arrayBaseOffset(byte[].class);
+        return Unsafe.ARRAY_BYTE_BASE_OFFSET;
     }
 
     /** An unsafe source when this JVM's reference encoding is understood, else null. */
