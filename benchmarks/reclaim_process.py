@@ -86,9 +86,9 @@ def wait(pred, timeout_s, what):
 
 
 class App:
-    def __init__(self, env, heap, live_mib, churn, extra=()):
+    def __init__(self, env, heap, live_mib, churn, extra=(), spike=0):
         java = ["java", f"-Xms{heap}", f"-Xmx{heap}", "-XX:+UseG1GC", *extra, "-jar", str(build.demo_jar()),
-                "--live-mib", str(live_mib), "--churn-mib-per-s", str(churn)]
+                "--live-mib", str(live_mib), "--churn-mib-per-s", str(churn), "--spike-mib", str(spike)]
         self.proc = subprocess.Popen([PY, "-m", "heapballoon", "run", "--", *java], env=env, text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         self.pid = self.proc.pid
@@ -125,7 +125,7 @@ class Daemon:
 
 def reclaim_once(tmp, reclaim):
     d = Daemon(tmp, reclaim)
-    app = App(d.env, "2g", 200, 300)
+    app = App(d.env, "2g", 200, 300, spike=1600)
     try:
         wait(lambda: status(d.env, app.pid), 30, "agent")
         wait(lambda: app.last().get("allocated_mib", 0) > 3000, 90, "warm-up")
@@ -167,7 +167,7 @@ def p99(values):
 def balloon_cost(tmp, phases, phase_s):
     d = Daemon(tmp, "direct")
     gclog = os.path.join(tmp, "gc.log")
-    app = App(d.env, "1g", 200, 0, extra=(f"-Xlog:gc:file={gclog}:timemillis",))
+    app = App(d.env, "1g", 200, 4000, extra=(f"-Xlog:gc:file={gclog}:timemillis",), spike=700)
     rows = []
     try:
         wait(lambda: status(d.env, app.pid), 30, "agent")

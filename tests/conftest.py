@@ -13,7 +13,7 @@ def daemons(tmp_path):
 
 
 @pytest.fixture
-def jvms():
+def apps():
     f = JVMFactory()
     yield f
     f.teardown()

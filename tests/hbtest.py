@@ -134,11 +134,12 @@ class JVMFactory:
         self.jvms: list[JVM] = []
 
     def run(self, daemon: Daemon | None, heap: str = "1g", live_mib: int = 200, churn_mib_per_s: int = 100,
-            gc: str = "G1", extra_jvm: tuple = (), name: str = "churn", wrapper: tuple | None = None) -> JVM:
+            gc: str = "G1", extra_jvm: tuple = (), name: str = "churn", wrapper: tuple | None = None,
+            spike_mib: int = 0) -> JVM:
         from heapballoon.agent import build
 
         java = ["java", f"-Xms{heap}", f"-Xmx{heap}", f"-XX:+Use{gc}GC", *extra_jvm, "-jar", str(build.demo_jar()),
-                "--live-mib", str(live_mib), "--churn-mib-per-s", str(churn_mib_per_s)]
+                "--live-mib", str(live_mib), "--churn-mib-per-s", str(churn_mib_per_s), "--spike-mib", str(spike_mib)]
         if wrapper is not None:
             cmd = [*wrapper, *java]
         else:

@@ -93,9 +93,9 @@ def process_demo(env: dict) -> None:
     app = None
     try:
         wait(lambda: os.path.exists(env["HEAPBALLOON_SOCKET"]), 20, "the daemon's socket")
-        say("Starting a JVM: 1 GiB heap, 200 MiB of live data, churning 200 MiB/s")
+        say("Starting a JVM: 1 GiB heap, 200 MiB of live data, churning 200 MiB/s, after a 700 MiB load spike")
         java = ["java", "-Xms1g", "-Xmx1g", "-XX:+UseG1GC", "-jar", str(build.demo_jar()),
-                "--live-mib", "200", "--churn-mib-per-s", "200"]
+                "--live-mib", "200", "--churn-mib-per-s", "200", "--spike-mib", "700"]
         show_cmd(["run", "--name", "orders", "--", *java])
         app = subprocess.Popen([PY, "-m", "heapballoon", "run", "--name", "orders", "--", *java], env=env,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

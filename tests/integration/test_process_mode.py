@@ -26,13 +26,14 @@ def warmed_up(jvm, live_mib, timeout_s=60):
 
 
 @pytest.mark.parametrize("reclaim", ["direct", "ksm"])
-def test_acceptance_1g_heap_512m_target(daemons, jvms, reclaim):
+def test_acceptance_1g_heap_512m_target(daemons, apps, reclaim):
     require_java()
     require_root()
     if reclaim == "ksm":
         require_ksm()
     d = daemons.start("--reclaim", reclaim)
-    j = jvms.run(d, heap="1g", live_mib=200, churn_mib_per_s=200)
+    # A load spike dirtied the whole heap: it holds far more memory than its 200 MiB of data.
+    j = apps.run(d, heap="1g", live_mib=200, churn_mib_per_s=200, spike_mib=700)
     registered(d, j)
     warmed_up(j, 200)
     rss_before = rss_bytes(j.pid)
@@ -69,11 +70,11 @@ def test_acceptance_1g_heap_512m_target(daemons, jvms, reclaim):
 
 
 @pytest.mark.parametrize("gc", ["Parallel", "Serial", "Z"])
-def test_other_collectors_inflate_verify_deflate(daemons, jvms, gc):
+def test_other_collectors_inflate_verify_deflate(daemons, apps, gc):
     require_java()
     require_root()
     d = daemons.start()
-    j = jvms.run(d, heap="512m", live_mib=64, churn_mib_per_s=50, gc=gc)
+    j = apps.run(d, heap="512m", live_mib=64, churn_mib_per_s=50, gc=gc)
     s = registered(d, j)
     assert s["gc"] == {"Z": "ZGC"}.get(gc, gc)
     run_cli("target", j.pid, "192M", sock=d.sock, check=True)
@@ -88,11 +89,11 @@ def test_other_collectors_inflate_verify_deflate(daemons, jvms, gc):
     assert not j.errors()
 
 
-def test_node_target_is_split_among_jvms_by_excess(daemons, jvms):
+def test_node_target_is_split_among_jvms_by_excess(daemons, apps):
     require_java()
     d = daemons.start()
-    small = jvms.run(d, heap="256m", live_mib=32, churn_mib_per_s=20, name="small")
-    big = jvms.run(d, heap="768m", live_mib=64, churn_mib_per_s=20, name="big")
+    small = apps.run(d, heap="256m", live_mib=32, churn_mib_per_s=20, name="small")
+    big = apps.run(d, heap="768m", live_mib=64, churn_mib_per_s=20, name="big")
     registered(d, small)
     registered(d, big)
     wait_for(lambda: all(j["excess_bytes"] > 0 for j in d.status()["jvms"]), 20, what="excess estimates")
@@ -106,10 +107,10 @@ def test_node_target_is_split_among_jvms_by_excess(daemons, jvms):
     wait_for(lambda: all(j["balloon_bytes"] == 0 for j in d.status()["jvms"]), 15, what="deflate all")
 
 
-def test_daemon_restart_keeps_balloons(daemons, jvms):
+def test_daemon_restart_keeps_balloons(daemons, apps):
     require_java()
     d = daemons.start()
-    j = jvms.run(d, heap="512m", live_mib=64, churn_mib_per_s=50)
+    j = apps.run(d, heap="512m", live_mib=64, churn_mib_per_s=50)
     registered(d, j)
     run_cli("target", j.pid, "256M", sock=d.sock, check=True)
     wait_for(lambda: d.jvm(j.pid)["balloon_bytes"] >= 240 * MIB, 20, what="inflate")
@@ -127,10 +128,10 @@ def test_daemon_restart_keeps_balloons(daemons, jvms):
     assert not j.errors()
 
 
-def test_jvm_dying_mid_inflation_is_cleaned_up(daemons, jvms):
+def test_jvm_dying_mid_inflation_is_cleaned_up(daemons, apps):
     require_java()
     d = daemons.start()
-    j = jvms.run(d, heap="1g", live_mib=32, churn_mib_per_s=20)
+    j = apps.run(d, heap="1g", live_mib=32, churn_mib_per_s=20)
     registered(d, j)
     run_cli("target", j.pid, "900M", sock=d.sock, check=True)
     wait_for(lambda: d.jvm(j.pid)["balloon_bytes"] > 0, 20, 0.05, what="inflation started")
@@ -140,10 +141,10 @@ def test_jvm_dying_mid_inflation_is_cleaned_up(daemons, jvms):
     assert d.proc.poll() is None
 
 
-def test_attach_to_a_running_jvm(daemons, jvms):
+def test_attach_to_a_running_jvm(daemons, apps):
     require_java()
     d = daemons.start()
-    j = jvms.run(None, heap="256m", live_mib=16, churn_mib_per_s=10, wrapper=())
+    j = apps.run(None, heap="256m", live_mib=16, churn_mib_per_s=10, wrapper=())
     wait_for(lambda: j.lines, 30, what="plain JVM running")
     out = run_cli("attach", j.pid, "--name", "attached", sock=d.sock)
     assert out.returncode == 0, out.stderr

@@ -411,6 +411,24 @@ def cached_image() -> Image | None:
     return _image_from_dir(best.parent, best.parent.name) if best else None
 
 
+KEEP_IMAGES = 3
+
+
+def _prune_images(keep: set[str]) -> None:
+    """Delete all but the newest KEEP_IMAGES images (and stale half-built directories)."""
+    d = images_dir()
+    done = sorted((m.parent for m in d.glob("*/manifest.json")), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in done[KEEP_IMAGES:]:
+        if old.name not in keep:
+            shutil.rmtree(old, ignore_errors=True)
+    for tmp in d.glob(".build-*"):
+        try:
+            if time.time() - tmp.stat().st_mtime > 3600:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def build_image(progress: bool = True, force: bool = False) -> Image:
     """Return the guest image for the current inputs, building it if it is not cached."""
     prog = _Progress(progress)
@@ -441,6 +459,7 @@ def build_image(progress: bool = True, force: bool = False) -> Image:
             finally:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
+            _prune_images(keep={key})
             img = _image_from_dir(out, key)
             prog.step(f"image {key} ready: initrd {img.initrd_bytes / 2**20:.1f} MiB "
                       f"in {time.monotonic() - t0:.0f}s")

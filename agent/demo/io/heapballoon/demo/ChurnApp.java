@@ -11,8 +11,8 @@ import java.util.List;
  * churns short-lived garbage at M MiB/s.
  *
  * <pre>
- * java ChurnApp --live-mib N --churn-mib-per-s M [--check-interval-s 1]
- * stdin:  "live N" (grow/shrink the live set), "check" (verify now), "quit"
+ * java ChurnApp --live-mib N --churn-mib-per-s M [--check-interval-s 1] [--spike-mib S]
+ * stdin:  "live N" (grow/shrink the live set), "check" (verify now), "gc" (System.gc()), "quit"
  * stdout: one JSON line per second {"live_mib":..,"checks":..,"errors":..,"allocated_mib":..};
  *         {"error":"corrupt",...} on a mismatch; {"error":"oom"} and exit 3 on OutOfMemoryError.
  * </pre>
@@ -39,17 +39,21 @@ public final class ChurnApp {
     public static void main(String[] args) throws Exception {
         int liveMib = 0;
         int churnMibPerS = 0;
+        int spikeMib = 0;
         int checkIntervalS = 1;
         for (int i = 0; i + 1 < args.length; i += 2) {
             switch (args[i]) {
                 case "--live-mib": liveMib = Integer.parseInt(args[i + 1]); break;
                 case "--churn-mib-per-s": churnMibPerS = Integer.parseInt(args[i + 1]); break;
                 case "--check-interval-s": checkIntervalS = Integer.parseInt(args[i + 1]); break;
+                case "--spike-mib": spikeMib = Integer.parseInt(args[i + 1]); break;
                 default: throw new IllegalArgumentException("unknown argument " + args[i]);
             }
         }
         try {
-            new ChurnApp().run(liveMib, churnMibPerS, checkIntervalS);
+            ChurnApp app = new ChurnApp();
+            app.spikeMib = spikeMib;
+            app.run(liveMib, churnMibPerS, checkIntervalS);
         } catch (OutOfMemoryError e) {
             sink = null;
             System.out.println("{\"error\":\"oom\"}");
@@ -94,8 +98,26 @@ public final class ChurnApp {
         return m >= 0 ? head + m : -1;
     }
 
+    /** A load spike at start: this much short-lived data, then a full GC. Leaves the heap dirty
+     *  but mostly empty, as a service's heap looks after a burst of traffic. */
+    private int spikeMib;
+
+    private void spike() {
+        java.util.List<byte[]> burst = new java.util.ArrayList<>();
+        for (long done = 0; done < ((long) spikeMib << 20); done += 64 << 10) {
+            burst.add(new byte[64 << 10]);
+        }
+        allocatedBytes += (long) spikeMib << 20;
+        burst.clear();
+        System.gc();
+    }
+
     private void run(int liveMib, int churnMibPerS, int checkIntervalS) throws Exception {
         wantedLiveMib = liveMib;
+        resizeLiveSet();
+        if (spikeMib > 0) {
+            spike();
+        }
         Thread input = new Thread(this::readCommands, "churn-input");
         input.setDaemon(true);
         input.start();
@@ -175,6 +197,8 @@ public final class ChurnApp {
                     wantedLiveMib = Math.max(0, Integer.parseInt(words[1]));
                 } else if (words[0].equals("check")) {
                     checkRequested = true;
+                } else if (words[0].equals("gc")) {
+                    System.gc();
                 } else if (words[0].equals("quit")) {
                     quit = true;
                     return;

@@ -1,0 +1,214 @@
+"""CLI commands of VM mode, added to ``heapballoon``'s parser by :func:`add_commands`::
+
+    heapballoon image build [--force] [--quiet]
+    heapballoon image show
+    heapballoon vm accel [--reprobe]
+    heapballoon vm start NAME [--memory 1G] [--cpus 1] [--reclaim pfn|ksm] [--copy HOST:GUEST]...
+                              [--env K=V]... [--no-wait] [-- CMD...]
+    heapballoon vm stop NAME
+    heapballoon vm list [--json]
+    heapballoon vm logs NAME [--follow]
+    heapballoon vm exec NAME [--timeout-s 60] -- CMD...     (exit code = the guest command's)
+    heapballoon hostd [...]                                  (heapballoon.host.hostd.main)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from heapballoon.errors import UsageError, VMError
+
+
+def _cmd_argv(rest: list[str]) -> list[str]:
+    return rest[1:] if rest and rest[0] == "--" else rest
+
+
+def cmd_image_build(args) -> int:
+    from heapballoon.vm.image import build_image
+
+    img = build_image(progress=not args.quiet, force=args.force)
+    print(f"image {img.key}: kernel {img.kernel_version}, initrd {img.initrd_bytes / 2**20:.1f} MiB")
+    print(f"  {img.kernel_path}\n  {img.initrd_path}")
+    return 0
+
+
+def cmd_image_show(args) -> int:
+    from heapballoon.vm.image import cached_image
+
+    img = cached_image()
+    if img is None:
+        print("no guest image built yet (heapballoon image build)")
+        return 1
+    print(json.dumps({"key": img.key, "kernel": str(img.kernel_path), "initrd": str(img.initrd_path),
+                      "kernel_version": img.kernel_version, "initrd_bytes": img.initrd_bytes}, indent=2))
+    return 0
+
+
+def cmd_vm_accel(args) -> int:
+    from heapballoon.vm.accel import accel_verdict, forget_verdict
+
+    if args.reprobe:
+        forget_verdict()
+    accel, reason = accel_verdict()
+    print(f"{accel}: {reason}")
+    return 0
+
+
+def _parse_copy(text: str) -> tuple[str, str]:
+    host, sep, guest = text.rpartition(":")
+    if not sep or not host or not guest:
+        raise UsageError(f"invalid --copy {text!r}: expected HOST_PATH:GUEST_PATH")
+    return host, guest
+
+
+def cmd_vm_start(args) -> int:
+    from heapballoon.units import format_size, parse_size
+    from heapballoon.vm.qemu import start_vm
+
+    env = {}
+    for kv in args.env or []:
+        k, sep, v = kv.partition("=")
+        if not sep or not k:
+            raise UsageError(f"invalid --env {kv!r}: expected KEY=VALUE")
+        env[k] = v
+    t0 = time.monotonic()
+    info = start_vm(args.name, parse_size(args.memory), cpus=args.cpus,
+                    copies=[_parse_copy(c) for c in args.copy or []], reclaim=args.reclaim,
+                    cmd=_cmd_argv(args.cmd), env=env, wait=not args.no_wait, progress=True)
+    state = "ready" if not args.no_wait else "started"
+    print(f"vm {info.name} {state} in {time.monotonic() - t0:.1f}s: pid {info.pid}, "
+          f"{format_size(info.memory_bytes)}, {info.cpus} cpu, accel {info.accel}, reclaim {info.reclaim}")
+    print(f"  state dir {info.state_dir}")
+    return 0
+
+
+def cmd_vm_stop(args) -> int:
+    from heapballoon.vm.qemu import stop_vm
+
+    stop_vm(args.name)
+    print(f"vm {args.name} stopped")
+    return 0
+
+
+def cmd_vm_list(args) -> int:
+    from dataclasses import asdict
+
+    from heapballoon.units import format_size
+    from heapballoon.vm.qemu import list_vms
+
+    vms = list_vms()
+    if args.json:
+        print(json.dumps([asdict(v) for v in vms], indent=2))
+        return 0
+    if not vms:
+        print("no VMs")
+        return 0
+    print(f"{'NAME':<20} {'STATE':<8} {'PID':>8} {'MEMORY':>10} {'CPUS':>4} {'ACCEL':<5} {'RECLAIM':<7} CMD")
+    for v in vms:
+        print(f"{v.name:<20} {v.state:<8} {v.pid:>8} {format_size(v.memory_bytes):>10} {v.cpus:>4} "
+              f"{v.accel:<5} {v.reclaim:<7} {' '.join(v.cmd)}")
+    return 0
+
+
+def cmd_vm_logs(args) -> int:
+    from heapballoon.vm.qemu import get_vm, vm_logs
+
+    text = vm_logs(args.name)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    if not args.follow:
+        return 0
+    pos = len(text.encode())
+    info = get_vm(args.name)
+    try:
+        while True:
+            with open(info.console_log, "rb") as f:
+                f.seek(pos)
+                chunk = f.read()
+            if chunk:
+                pos += len(chunk)
+                sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+                sys.stdout.flush()
+            elif get_vm(args.name).state != "running":
+                return 0
+            else:
+                time.sleep(0.2)
+    except VMError:
+        return 0
+
+
+def cmd_vm_exec(args) -> int:
+    from heapballoon.vm.qemu import vm_exec
+
+    argv = _cmd_argv(args.cmd)
+    if not argv:
+        raise UsageError("vm exec: no command given (heapballoon vm exec NAME -- CMD...)")
+    rc, out, err = vm_exec(args.name, argv, timeout_s=args.timeout_s)
+    sys.stdout.write(out)
+    sys.stderr.write(err)
+    return rc
+
+
+def cmd_hostd(args) -> int:
+    from heapballoon.host import hostd
+
+    return hostd.main(_cmd_argv(args.args))
+
+
+def add_commands(sub) -> None:
+    """Add ``image``, ``vm`` and ``hostd`` to the top-level subparsers ``sub``."""
+    parser_class = type(sub._name_parser_map.get("status")) if getattr(sub, "_name_parser_map", None) else None
+    kw = {"parser_class": parser_class} if parser_class else {}
+
+    img = sub.add_parser("image", help="build or show the guest image (VM mode)")
+    isub = img.add_subparsers(dest="image_command", metavar="build|show", **kw)
+    b = isub.add_parser("build", help="build the guest image (cached; rebuilt when inputs change)")
+    b.add_argument("--force", action="store_true", help="rebuild even if cached")
+    b.add_argument("--quiet", action="store_true", help="no progress output")
+    b.set_defaults(func=cmd_image_build)
+    isub.add_parser("show", help="show the newest cached image").set_defaults(func=cmd_image_show)
+
+    vm = sub.add_parser("vm", help="QEMU guests: start, stop, list, logs, exec")
+    vsub = vm.add_subparsers(dest="vm_command", metavar="start|stop|list|logs|exec|accel", **kw)
+    s = vsub.add_parser("start", help="boot a VM (waits until the guest is ready)")
+    s.add_argument("name")
+    s.add_argument("--memory", default="1G", help="guest RAM (default 1G)")
+    s.add_argument("--cpus", type=int, default=1)
+    s.add_argument("--reclaim", choices=("pfn", "ksm"), default="pfn",
+                   help="pfn: shared memfd RAM reclaimed by page number (default); ksm: mergeable private RAM")
+    s.add_argument("--copy", action="append", metavar="HOST:GUEST", help="put a file or directory into the guest")
+    s.add_argument("--env", action="append", metavar="KEY=VALUE", help="environment of CMD")
+    s.add_argument("--no-wait", action="store_true", help="return once QEMU runs, before the guest is ready")
+    s.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    s.set_defaults(func=cmd_vm_start)
+
+    st = vsub.add_parser("stop", help="stop a VM and remove its state")
+    st.add_argument("name")
+    st.set_defaults(func=cmd_vm_stop)
+
+    ls = vsub.add_parser("list", help="list VMs")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_vm_list)
+
+    lg = vsub.add_parser("logs", help="print a VM's console")
+    lg.add_argument("name")
+    lg.add_argument("-f", "--follow", action="store_true")
+    lg.set_defaults(func=cmd_vm_logs)
+
+    ex = vsub.add_parser("exec", help="run a command in a VM; exits with its exit code")
+    ex.add_argument("name")
+    ex.add_argument("--timeout-s", type=float, default=60.0)
+    ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    ex.set_defaults(func=cmd_vm_exec)
+
+    ac = vsub.add_parser("accel", help="show (or --reprobe) the accelerator verdict: kvm or tcg")
+    ac.add_argument("--reprobe", action="store_true")
+    ac.set_defaults(func=cmd_vm_accel)
+
+    if "hostd" not in getattr(sub, "_name_parser_map", {}):
+        h = sub.add_parser("hostd", help="run the host memory manager (VM mode)", add_help=False)
+        h.add_argument("args", nargs=argparse.REMAINDER)
+        h.set_defaults(func=cmd_hostd)
