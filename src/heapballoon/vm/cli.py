@@ -64,9 +64,36 @@ def _parse_copy(text: str) -> tuple[str, str]:
     return host, guest
 
 
+def _start_options(p: argparse.ArgumentParser, defaults: bool = True) -> argparse.ArgumentParser:
+    d = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
+    p.add_argument("--memory", default=d("1G"), help="guest RAM (default 1G)")
+    p.add_argument("--cpus", type=int, default=d(1))
+    p.add_argument("--reclaim", choices=("pfn", "ksm"), default=d("pfn"),
+                   help="pfn: shared memfd RAM reclaimed by page number (default); ksm: mergeable private RAM")
+    p.add_argument("--copy", action="append", metavar="HOST:GUEST", help="put a file or directory into the guest")
+    p.add_argument("--env", action="append", metavar="KEY=VALUE", help="environment of CMD")
+    p.add_argument("--no-wait", action="store_true", default=d(False), help="return once QEMU runs, before the guest is ready")
+    return p
+
+
+class _OptionsParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(f"vm start: {message}")
+
+
 def cmd_vm_start(args) -> int:
     from heapballoon.units import format_size, parse_size
     from heapballoon.vm.qemu import start_vm
+
+    # options may also follow NAME (argparse hands them over with the command): re-parse them
+    rest = list(args.rest)
+    cut = rest.index("--") if "--" in rest else len(rest)
+    opts, args.cmd = rest[:cut], rest[cut + 1:]
+    if opts:
+        if not all(o.startswith("-") for o in opts[:1]):
+            raise UsageError(f"vm start: put the command after --: heapballoon vm start NAME [OPTIONS] -- {' '.join(opts)}")
+        _start_options(_OptionsParser(prog="heapballoon vm start", add_help=False), defaults=False
+                       ).parse_args(opts, namespace=args)
 
     env = {}
     for kv in args.env or []:
@@ -160,11 +187,8 @@ def cmd_hostd(args) -> int:
 
 def add_commands(sub) -> None:
     """Add ``image``, ``vm`` and ``hostd`` to the top-level subparsers ``sub``."""
-    parser_class = type(sub._name_parser_map.get("status")) if getattr(sub, "_name_parser_map", None) else None
-    kw = {"parser_class": parser_class} if parser_class else {}
-
     img = sub.add_parser("image", help="build or show the guest image (VM mode)")
-    isub = img.add_subparsers(dest="image_command", metavar="build|show", **kw)
+    isub = img.add_subparsers(dest="image_command", metavar="build|show")
     b = isub.add_parser("build", help="build the guest image (cached; rebuilt when inputs change)")
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
     b.add_argument("--quiet", action="store_true", help="no progress output")
@@ -172,17 +196,12 @@ def add_commands(sub) -> None:
     isub.add_parser("show", help="show the newest cached image").set_defaults(func=cmd_image_show)
 
     vm = sub.add_parser("vm", help="QEMU guests: start, stop, list, logs, exec")
-    vsub = vm.add_subparsers(dest="vm_command", metavar="start|stop|list|logs|exec|accel", **kw)
+    vsub = vm.add_subparsers(dest="vm_command", metavar="start|stop|list|logs|exec|accel")
     s = vsub.add_parser("start", help="boot a VM (waits until the guest is ready)")
     s.add_argument("name")
-    s.add_argument("--memory", default="1G", help="guest RAM (default 1G)")
-    s.add_argument("--cpus", type=int, default=1)
-    s.add_argument("--reclaim", choices=("pfn", "ksm"), default="pfn",
-                   help="pfn: shared memfd RAM reclaimed by page number (default); ksm: mergeable private RAM")
-    s.add_argument("--copy", action="append", metavar="HOST:GUEST", help="put a file or directory into the guest")
-    s.add_argument("--env", action="append", metavar="KEY=VALUE", help="environment of CMD")
-    s.add_argument("--no-wait", action="store_true", help="return once QEMU runs, before the guest is ready")
-    s.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    _start_options(s)
+    s.add_argument("rest", nargs=argparse.REMAINDER, metavar="[OPTIONS] -- CMD...",
+                   help="command the guest runs once it is up")
     s.set_defaults(func=cmd_vm_start)
 
     st = vsub.add_parser("stop", help="stop a VM and remove its state")
@@ -201,7 +220,7 @@ def add_commands(sub) -> None:
     ex = vsub.add_parser("exec", help="run a command in a VM; exits with its exit code")
     ex.add_argument("name")
     ex.add_argument("--timeout-s", type=float, default=60.0)
-    ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    ex.add_argument("cmd", nargs="*", metavar="-- CMD...")
     ex.set_defaults(func=cmd_vm_exec)
 
     ac = vsub.add_parser("accel", help="show (or --reprobe) the accelerator verdict: kvm or tcg")
@@ -209,6 +228,8 @@ def add_commands(sub) -> None:
     ac.set_defaults(func=cmd_vm_accel)
 
     if "hostd" not in getattr(sub, "_name_parser_map", {}):
-        h = sub.add_parser("hostd", help="run the host memory manager (VM mode)", add_help=False)
+        # every argument goes to hostd's own parser (prefix_chars: nothing here is an option)
+        h = sub.add_parser("hostd", help="run the host memory manager (VM mode)", add_help=False,
+                           prefix_chars="\x01")
         h.add_argument("args", nargs=argparse.REMAINDER)
         h.set_defaults(func=cmd_hostd)

@@ -57,7 +57,7 @@ class VMInfo:
     reclaim: str = "pfn"
     cmd: list[str] = field(default_factory=list)
     accel: str = ""
-    state: str = "running"          # running | stopped | dead
+    state: str = "running"          # running | stopped | dead (| starting while start_vm runs)
     state_dir: str = ""
     copies: list[list[str]] = field(default_factory=list)
     image_key: str = ""
@@ -174,14 +174,25 @@ def _read_pidfile(sdir: Path) -> int:
         return 0
 
 
+STARTING_GRACE_S = 120.0
+
+
+def _starting(sdir: Path) -> bool:
+    """A state dir another start_vm is still filling in (no pidfile yet, created just now)."""
+    try:
+        return not (sdir / "qemu.pid").exists() and time.time() - sdir.stat().st_mtime < STARTING_GRACE_S
+    except OSError:
+        return False
+
+
 def _load(sdir: Path) -> VMInfo:
     name = sdir.name
     try:
         data = json.loads((sdir / "vm.json").read_text())
     except (OSError, ValueError):
         pid = _read_pidfile(sdir)
-        return VMInfo(name=name, pid=pid, memory_bytes=0,
-                      state="running" if _pid_alive(pid, sdir) else "dead", state_dir=str(sdir))
+        state = "running" if _pid_alive(pid, sdir) else "starting" if _starting(sdir) else "dead"
+        return VMInfo(name=name, pid=pid, memory_bytes=0, state=state, state_dir=str(sdir))
     known = {f for f in VMInfo.__dataclass_fields__}
     data = {k: v for k, v in data.items() if k in known}
     data["state_dir"] = str(sdir)
@@ -189,6 +200,8 @@ def _load(sdir: Path) -> VMInfo:
     data["pid"] = pid
     if _pid_alive(pid, sdir):
         data["state"] = "running"
+    elif _starting(sdir):
+        data["state"] = "starting"
     else:
         data["state"] = "stopped" if _powered_off(sdir) else "dead"
     return VMInfo(**data)
@@ -256,7 +269,8 @@ def _check_copies(copies) -> list[tuple[str, str]]:
             raise VMError(f"copy: {host} does not exist")
         if not guest.startswith("/") or ".." in guest.split("/") or guest.rstrip("/") in ("", "/"):
             raise VMError(f"copy: guest path {guest!r} must be absolute, without '..', and not /")
-        out.append((os.path.abspath(host), "/" + guest.strip("/")))
+        # a symlink given as the source is copied as what it points to
+        out.append((os.path.realpath(host), "/" + guest.strip("/")))
     return out
 
 
@@ -333,6 +347,8 @@ def start_vm(name: str, memory_bytes: int, cpus: int = 1, copies=(), reclaim: st
         existing = _load(sdir)
         if existing.state == "running":
             raise VMError(f"VM {name!r} already exists (pid {existing.pid}); stop it first") from None
+        if existing.state == "starting":
+            raise VMError(f"VM {name!r} is being started right now") from None
         shutil.rmtree(sdir, ignore_errors=True)  # stale: QEMU is gone
         try:
             sdir.mkdir(mode=0o700)
