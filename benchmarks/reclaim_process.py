@@ -5,7 +5,7 @@ Run: `.venv/bin/python benchmarks/reclaim_process.py [--rounds 3]` (root, for KS
 
 Part 1 — reclaim 1 GiB from a JVM (-Xms2g -Xmx2g, 200 MiB live, churning), interleaving the
 paths round by round so both see the same machine noise: wall time from `target` until the
-JVM's RSS is down by 1 GiB (95 %), and the CPU it cost (JVM + daemon + ksmd).
+JVM's RSS is down by 0.9 GiB (90 %), and the CPU it cost (JVM + daemon + ksmd).
 
 Part 2 — what an inflated balloon costs the application: one JVM (-Xms1g -Xmx1g, 200 MiB
 live, churning as fast as it can) alternates 15 s phases without and with a 512 MiB balloon;
@@ -134,7 +134,7 @@ def reclaim_once(tmp, reclaim):
         cpu0 = cpu_s(app.pid) + cpu_s(d.proc.pid) + (cpu_s(ksmd) if ksmd else 0)
         t0 = time.monotonic()
         cli(d.env, "target", app.pid, "1G")
-        wait(lambda: rss0 - rss(app.pid) >= 0.95 * GIB, 120, f"RSS down by 1 GiB ({reclaim})")
+        wait(lambda: rss0 - rss(app.pid) >= 0.9 * GIB, 120, f"RSS down by 0.9 GiB ({reclaim})")
         wall = time.monotonic() - t0
         cpu = cpu_s(app.pid) + cpu_s(d.proc.pid) + (cpu_s(ksmd) if ksmd else 0) - cpu0
         s = wait(lambda: (s := status(d.env, app.pid)) and s["reclaimed_bytes"] >= 0.95 * GIB and s, 30, "verified")
@@ -214,7 +214,7 @@ def main():
 
     med = {k: {m: statistics.median(x[m] for x in v) for m in ("wall_s", "cpu_s")} for k, v in results.items()}
     print(f"### Reclaim 1 GiB from a JVM (-Xms2g, 200 MiB live): {args.rounds} rounds, interleaved\n")
-    print("| path | wall to RSS −1 GiB, median | CPU (JVM+daemon+ksmd), median | rounds (wall s) |")
+    print("| path | wall to RSS −0.9 GiB, median | CPU (JVM+daemon+ksmd), median | rounds (wall s) |")
     print("|---|---|---|---|")
     for k in ("direct", "ksm"):
         walls = ", ".join(f"{x['wall_s']:.2f}" for x in results[k])

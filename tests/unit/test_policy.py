@@ -36,3 +36,12 @@ def test_split_invariants(target, excess):
     assert set(shares) == set(excess)
     assert all(0 <= shares[p] <= excess[p] for p in excess)
     assert sum(shares.values()) == min(target, sum(excess.values()))
+
+
+def test_node_target_beyond_excess_uses_room_up_to_max_heap():
+    # excess 100 each, room (max-based) 300 each: 400 = 100+100 by excess, then 100+100 by room
+    t = policy.effective_targets(400, {1: None, 2: None}, {1: 100, 2: 100}, {1: 300, 2: 300})
+    assert t == {1: 200, 2: 200}
+    # never beyond room
+    t = policy.effective_targets(10_000, {1: None}, {1: 100}, {1: 300})
+    assert t == {1: 300}

@@ -108,7 +108,13 @@ class Driver:
             self.node_target_bytes,
             {r.pid: r.explicit_target_bytes for r in connected},
             {r.pid: r.excess_bytes for r in connected},
+            {r.pid: self.room_bytes(r) for r in connected},
         )
+
+    def room_bytes(self, rec: JVMRecord) -> int:
+        """Most a balloon may hold in this JVM: up to its maximum heap, since here the kernel
+        frees balloon pages (direct or KSM) and a heap that grows to hold them costs nothing."""
+        return policy.room_bytes(rec.state.heap_max_bytes, rec.state.live_bytes)
 
     def tick(self) -> list[tuple[JVMRecord, protocol.Target]]:
         """Decide which agents must be sent a new target. Pure: reads only the registry."""

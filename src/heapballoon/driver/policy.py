@@ -59,14 +59,30 @@ def split_target(node_target_bytes: int, excess_by_pid: Mapping[int, int]) -> di
     return shares
 
 
+def room_bytes(heap_max_bytes: int, live_bytes: int) -> int:
+    """The most a balloon can hold if the heap grows to its maximum: max − live − headroom."""
+    return max(0, heap_max_bytes - live_bytes - headroom_bytes(heap_max_bytes))
+
+
 def effective_targets(node_target_bytes: int | None, explicit: Mapping[int, int | None],
-                      excess_by_pid: Mapping[int, int]) -> dict[int, int]:
-    """Each JVM's target: its explicit one if set, else its share of the node target."""
+                      excess_by_pid: Mapping[int, int],
+                      room_by_pid: Mapping[int, int] | None = None) -> dict[int, int]:
+    """Each JVM's target: its explicit one if set, else its share of the node target.
+
+    The node target is split by excess first (idle committed heap, the cheapest to give).
+    What excess cannot cover is split by the room left up to each heap's maximum: the heap
+    grows to hold the balloon, and the machine gets those pages back all the same.
+    """
     out = {pid: t for pid, t in explicit.items() if t is not None and pid in excess_by_pid}
     rest = {pid: e for pid, e in excess_by_pid.items() if pid not in out}
     if node_target_bytes:
         wanted = max(0, node_target_bytes - sum(out.values()))
-        out.update(split_target(wanted, rest))
+        shares = split_target(wanted, rest)
+        left = wanted - sum(shares.values())
+        if left > 0 and room_by_pid:
+            extra = split_target(left, {pid: max(0, room_by_pid.get(pid, 0) - shares[pid]) for pid in rest})
+            shares = {pid: shares[pid] + extra[pid] for pid in shares}
+        out.update(shares)
     else:
         out.update({pid: 0 for pid in rest})
     return out

@@ -109,6 +109,21 @@ class GuestDriver(Driver):
         self.drift_pages_total = 0
         self.guest_ram_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
+    # ------------------------------------------------------------------ policy
+
+    GUEST_RESERVE_BYTES = 96 << 20
+
+    def room_bytes(self, rec: JVMRecord) -> int:
+        """In a guest, balloon pages stay allocated (the host frees them behind the guest's back):
+        a heap that grows to hold the balloon costs guest memory. So past the committed heap's
+        excess, a balloon may only grow into what the guest has available, less a reserve."""
+        try:
+            available = self.procfs.meminfo().get("MemAvailable", 0)
+        except KernelError:
+            available = 0
+        spare = max(0, available - self.GUEST_RESERVE_BYTES)
+        return min(super().room_bytes(rec), rec.excess_bytes + spare)
+
     # ------------------------------------------------------------------ host link
 
     def _send_up(self, msg: protocol.Message) -> None:

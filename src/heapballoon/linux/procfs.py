@@ -70,6 +70,16 @@ class ProcFS:
             return ProcessGone(f"no process with PID {first}")
         return KernelError(f"cannot read {self.path(relpath)}: {_one_line(exc)}")
 
+    def meminfo(self) -> dict[str, int]:
+        """/proc/meminfo in bytes (``MemAvailable`` needs Linux 3.14+)."""
+        out = {}
+        for line in self.read_text("meminfo").splitlines():
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts and parts[0].isdigit():
+                out[key] = int(parts[0]) * (1024 if parts[1:] == ["kB"] else 1)
+        return out
+
     def read_text(self, relpath: str) -> str:
         """The whole text of ``root/relpath``; ProcessGone / KernelError on failure."""
         try:
