@@ -58,8 +58,9 @@ class KsmBoost:
 
     def __init__(self, pages_to_scan: int = 4096, sleep_millisecs: int = 10,
                  ksm_dir: str = KSM_DIR) -> None:
+        # use_zero_pages: zeroed balloon pages map the kernel zero page and leave Rss (4.14+)
         self.wanted = {"run": "1", "pages_to_scan": str(pages_to_scan),
-                       "sleep_millisecs": str(sleep_millisecs)}
+                       "sleep_millisecs": str(sleep_millisecs), "use_zero_pages": "1"}
         self.ksm_dir = ksm_dir
         self.saved: dict[str, str] = {}
 
