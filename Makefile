@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEB_PKGS := openjdk-17-jdk-headless gcc libc6-dev qemu-system-x86 busybox-static cpio xz-utils zstd
+DEB_PKGS := openjdk-17-jdk-headless gcc libc6-dev qemu-system-x86 busybox-static cpio xz-utils zstd e2fsprogs
 
 .PHONY: demo test deps venv clean bench
 

@@ -195,6 +195,31 @@ def balloon_cost(tmp, phases, phase_s):
     return rows
 
 
+def pressure_once(tmp, idx):
+    """Balloon 512 MiB in a 1 GiB heap, then the app grows its live set 200 → 700 MiB: how fast
+    does the balloon give way (agent-measured: GC end → chunks dropped), and does the app live?"""
+    d = Daemon(tmp, "direct")
+    app = App(d.env, "1g", 200, 200, spike=700)
+    try:
+        wait(lambda: status(d.env, app.pid), 30, "agent")
+        cli(d.env, "target", app.pid, "512M")
+        wait(lambda: status(d.env, app.pid)["balloon_bytes"] >= 500 * MIB, 30, "inflate")
+        t0 = time.monotonic()
+        app.proc.stdin.write("live 700\n")
+        app.proc.stdin.flush()
+        wait(lambda: app.last().get("live_mib") == 700 or app.proc.poll() is not None, 90, "live set growth")
+        grow_s = time.monotonic() - t0
+        time.sleep(1)
+        with open(d.log.name) as f:
+            lat = [int(m.group(1)) for m in re.finditer(r"event (?:pressure_release|soft_cleared): released .*? in (\d+) ms", f.read())]
+        ok = app.proc.poll() is None and not [x for _, x in app.samples if "error" in x]
+        return {"latencies_ms": lat, "grow_s": grow_s, "ok": ok,
+                "balloon_after": status(d.env, app.pid)["balloon_bytes"] if ok else -1}
+    finally:
+        app.stop()
+        d.stop()
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=3)
@@ -211,6 +236,7 @@ def main():
                 results[path].append(res)
                 print(f"round {r} {path}: {res['wall_s']:.2f} s wall, {res['cpu_s']:.2f} s CPU", file=sys.stderr)
         cost = balloon_cost(tmp, args.phases, args.phase_s)
+        pressure = [pressure_once(tmp, i) for i in range(args.rounds)]
 
     med = {k: {m: statistics.median(x[m] for x in v) for m in ("wall_s", "cpu_s")} for k, v in results.items()}
     print(f"### Reclaim 1 GiB from a JVM (-Xms2g, 200 MiB live): {args.rounds} rounds, interleaved\n")
@@ -227,6 +253,15 @@ def main():
     for i, row in enumerate(cost):
         print(f"| {i} | {'512 MiB' if row['balloon'] else 'none'} | {row['mib_per_s']:.0f} | {row['pauses']} | "
               f"{row['p50']:.2f} ms | {row['p99']:.2f} ms |")
+    lat = [x for p in pressure for x in p["latencies_ms"]]
+    print(f"\n### Pressure give-back: live set 200 → 700 MiB under a 512 MiB balloon (-Xms1g), {args.rounds} runs\n")
+    print("| run | releases | latency per release (GC end → chunks dropped) | balloon after | app alive, data intact |")
+    print("|---|---|---|---|---|")
+    for i, pr in enumerate(pressure):
+        print(f"| {i} | {len(pr['latencies_ms'])} | {', '.join(f'{x} ms' for x in pr['latencies_ms'])} | "
+              f"{pr['balloon_after'] / MIB:.0f} MiB | {pr['ok']} |")
+    if lat:
+        print(f"\nrelease latency: median {statistics.median(lat):.0f} ms, max {max(lat)} ms over {len(lat)} releases")
     on = [r for r in cost if r["balloon"]]
     off = [r for r in cost if not r["balloon"]]
     if on and off:

@@ -57,6 +57,18 @@ def run_cli(*args, sock: str | None = None, timeout_s: float = 60.0, check: bool
     return proc
 
 
+def answers(sock: str) -> bool:
+    """True once a daemon answers on ``sock`` (a stale socket file is not enough)."""
+    from heapballoon import protocol, transport
+    from heapballoon.errors import HeapballoonError
+
+    try:
+        transport.request(sock, protocol.StatusRequest(), timeout_s=2)
+        return True
+    except HeapballoonError:
+        return False
+
+
 @dataclass
 class Daemon:
     sock: str
@@ -87,7 +99,7 @@ class DaemonFactory:
                                     stdout=log, stderr=subprocess.STDOUT, env=cli_env())
         d = Daemon(sock, proc, log_path)
         self.daemons.append(d)
-        wait_for(lambda: os.path.exists(sock) or proc.poll() is not None, 20, what="daemon socket")
+        wait_for(lambda: answers(sock) or proc.poll() is not None, 20, what="daemon answering")
         assert proc.poll() is None, f"daemon exited early:\n{d.log()}"
         return d
 

@@ -152,3 +152,20 @@ def test_attach_to_a_running_jvm(daemons, apps):
     assert s["name"] == "attached"
     run_cli("target", j.pid, "96M", sock=d.sock, check=True)
     wait_for(lambda: d.jvm(j.pid)["balloon_bytes"] >= 80 * MIB, 20, what="inflate after attach")
+
+
+def test_inflate_deflate_cycles_keep_data_intact(daemons, apps):
+    require_java()
+    d = daemons.start()
+    j = apps.run(d, heap="512m", live_mib=100, churn_mib_per_s=100)
+    registered(d, j)
+    for cycle in range(4):
+        run_cli("target", j.pid, "256M", sock=d.sock, check=True)
+        wait_for(lambda: d.jvm(j.pid)["balloon_bytes"] >= 240 * MIB, 20, what=f"inflate {cycle}")
+        run_cli("target", j.pid, "0", sock=d.sock, check=True)
+        wait_for(lambda: d.jvm(j.pid)["balloon_bytes"] == 0, 20, what=f"deflate {cycle}")
+        j.send("check")
+    checks = j.last().get("checks", 0)
+    wait_for(lambda: j.last().get("checks", 0) > checks, 10, what="a final data check")
+    assert not j.errors() and j.last()["errors"] == 0
+    assert j.proc.poll() is None

@@ -247,3 +247,55 @@ def test_dead_vm_is_detected_and_cleaned(vms):
     # a dead VM's name can be reused; stop cleans the stale dir
     stop_vm("doomed")
     assert not os.path.exists(info.state_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# the root filesystem lives on the shared read-only disk, not in guest RAM
+
+def _meminfo_kib(name: str) -> dict[str, int]:
+    from heapballoon.vm.qemu import vm_exec
+
+    rc, out, err = vm_exec(name, ["cat", "/proc/meminfo"])
+    assert rc == 0, err
+    return {k.strip(): int(v.split()[0]) for k, v in (l.split(":", 1) for l in out.splitlines() if ":" in l)}
+
+
+def test_root_disk_is_shared_read_only(vm_image, shared_vm):
+    from heapballoon.vm.qemu import vm_exec
+
+    assert vm_image.rootdisk_path is not None and vm_image.rootdisk_path.exists()
+    assert vm_image.initrd_bytes < 8 * MIB, "the initramfs should only hold what mounts the root disk"
+    with open(f"/proc/{shared_vm.pid}/cmdline", "rb") as f:
+        argv = f.read().split(b"\0")
+    assert f"file={vm_image.rootdisk_path},if=none,id=rootdisk,format=raw,readonly=on".encode() in argv
+    rc, out, _ = vm_exec("shared", ["cat", "/proc/mounts"])
+    mounts = {line.split()[1]: line.split() for line in out.splitlines()}
+    assert mounts["/"][2] == "overlay"
+    assert mounts["/media/root-ro"][0] == "/dev/vda" and mounts["/media/root-ro"][2] == "ext4"
+    assert "ro" in mounts["/media/root-ro"][3].split(",")
+    for d in ("/tmp", "/run"):
+        assert mounts[d][2] == "tmpfs", d
+    # the root is writable (overlay upper in RAM); the disk is not
+    rc, _, err = vm_exec("shared", ["sh", "-c", "echo x > /opt/heapballoon/written && cat /opt/heapballoon/written"])
+    assert rc == 0, err
+    rc, _, _ = vm_exec("shared", ["sh", "-c", "echo x > /media/root-ro/nope"])
+    assert rc != 0
+
+
+def test_fresh_1g_guest_has_room_for_a_768m_jvm(vms):
+    from heapballoon.vm.qemu import vm_exec, vm_logs
+
+    vms.start("big", 1024 * MIB)
+    mem = _meminfo_kib("big")
+    avail_mib = mem["MemAvailable"] >> 10
+    print(f"1 GiB guest after boot: MemTotal {mem['MemTotal'] >> 10} MiB, MemAvailable {avail_mib} MiB")
+    assert avail_mib >= 800, mem
+    # commit (touch) a 640 MiB heap; the page cache of the root disk must give way, no OOM kill
+    rc, out, err = vm_exec("big", ["java", "-Xms640m", "-Xmx768m", "-XX:+AlwaysPreTouch", "-version"], timeout_s=300)
+    assert rc == 0, (rc, err[-2000:])
+    assert 'version "17' in err
+    logs = vm_logs("big")
+    assert "Out of memory" not in logs and "oom-kill" not in logs, logs[-3000:]
+    # and it still works afterwards (evicted root-disk pages come back from the disk)
+    rc, out, err = vm_exec("big", ["python3", "-c", "import json, ssl; print('ok')"])
+    assert (rc, out) == (0, "ok\n"), err

@@ -30,8 +30,9 @@ def cmd_image_build(args) -> int:
     from heapballoon.vm.image import build_image
 
     img = build_image(progress=not args.quiet, force=args.force)
-    print(f"image {img.key}: kernel {img.kernel_version}, initrd {img.initrd_bytes / 2**20:.1f} MiB")
-    print(f"  {img.kernel_path}\n  {img.initrd_path}")
+    print(f"image {img.key}: kernel {img.kernel_version}, initrd {img.initrd_bytes / 2**20:.1f} MiB, "
+          f"root disk {img.rootdisk_bytes / 2**20:.1f} MiB")
+    print(f"  {img.kernel_path}\n  {img.initrd_path}\n  {img.rootdisk_path}")
     return 0
 
 
@@ -43,7 +44,9 @@ def cmd_image_show(args) -> int:
         print("no guest image built yet (heapballoon image build)")
         return 1
     print(json.dumps({"key": img.key, "kernel": str(img.kernel_path), "initrd": str(img.initrd_path),
-                      "kernel_version": img.kernel_version, "initrd_bytes": img.initrd_bytes}, indent=2))
+                      "rootdisk": str(img.rootdisk_path) if img.rootdisk_path else None,
+                      "kernel_version": img.kernel_version, "initrd_bytes": img.initrd_bytes,
+                      "rootdisk_bytes": img.rootdisk_bytes}, indent=2))
     return 0
 
 

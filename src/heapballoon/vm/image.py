@@ -720,7 +720,7 @@ def _make_rootdisk(root: Path, img: Path, key: str) -> int:
     _run([mke2fs, "-q", "-F", "-t", "ext4", "-b", "4096", "-m", "0", "-N", str(inodes + 2048),
           "-O", "^has_journal,^resize_inode", "-L", ROOTDISK_LABEL, "-U", uuid,
           "-E", f"hash_seed={uuid},root_owner=0:0", "-d", str(root), str(img)],
-         "mke2fs -d (e2fsprogs)", env={**os.environ, "E2FSPROGS_FAKE_TIME": "0"})
+         "mke2fs -d (e2fsprogs)")
     e2fsck = shutil.which("e2fsck") or shutil.which("fsck.ext4")
     if e2fsck:
         _run([e2fsck, "-fn", str(img)], "e2fsck -fn of the root disk")

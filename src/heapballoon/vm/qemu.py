@@ -235,8 +235,16 @@ def list_vms() -> list[VMInfo]:
 # ---------------------------------------------------------------------------------------------
 # start
 
-def _extra_initrd(spec: dict, copies: list[tuple[str, str]], name: str) -> bytes:
-    """An uncompressed newc archive layered on the image: cmd.json, hostname, copied files."""
+COPIES_DIR = ".heapballoon-copies"
+
+
+def _extra_initrd(spec: dict, copies: list[tuple[str, str]], name: str, copies_prefix: str = "") -> bytes:
+    """An uncompressed newc archive layered on the image: cmd.json, hostname, copied files.
+
+    ``copies_prefix``: where copied files go in the archive (``GUEST`` → ``prefix/GUEST``). Images
+    with a root disk use :data:`COPIES_DIR`; their stage-1 ``/init`` copies that tree (and
+    ``/heapballoon``) into the overlay root before ``switch_root``.
+    """
     import io
 
     from heapballoon.vm.cpio import CpioWriter
@@ -247,7 +255,7 @@ def _extra_initrd(spec: dict, copies: list[tuple[str, str]], name: str) -> bytes
     w.file("heapballoon/cmd.json", json.dumps(spec).encode(), 0o644, int(time.time()))
     w.file("heapballoon/hostname", name.encode() + b"\n", 0o644)
     for host, guest in copies:
-        gname = guest.strip("/")
+        gname = "/".join(p for p in (copies_prefix.strip("/"), guest.strip("/")) if p)
         w.parents(gname)
         if os.path.isdir(host):
             w.tree(Path(host), gname)
@@ -275,7 +283,7 @@ def _check_copies(copies) -> list[tuple[str, str]]:
 
 
 def qemu_command(info_dir: Path, name: str, memory_bytes: int, cpus: int, reclaim: str, accel: str,
-                 kernel: Path, initrd: Path) -> list[str]:
+                 kernel: Path, initrd: Path, rootdisk: Path | None = None) -> list[str]:
     from heapballoon.vm.accel import qemu_binary
 
     mib = memory_bytes >> 20
@@ -288,6 +296,9 @@ def qemu_command(info_dir: Path, name: str, memory_bytes: int, cpus: int, reclai
         # no KPTI & co.: every syscall's CR3 switch is very expensive under TCG
         append += " mitigations=off"
     d = info_dir
+    # the read-only root disk, shared by every VM of the image (page cache in the guest and the host)
+    disk = ["-drive", f"file={rootdisk},if=none,id=rootdisk,format=raw,readonly=on",
+            "-device", "virtio-blk-pci,drive=rootdisk"] if rootdisk else []
     return [
         qemu_binary(),
         "-name", f"heapballoon-{name},process=hb-{name}",
@@ -307,6 +318,7 @@ def qemu_command(info_dir: Path, name: str, memory_bytes: int, cpus: int, reclai
         "-device", f"virtserialport,bus=vser0.0,chardev=exec,name={EXEC_PORT}",
         "-device", "virtio-balloon-pci,id=balloon0,deflate-on-oom=on",
         "-device", "virtio-rng-pci",
+        *disk,
         "-qmp", f"unix:{d}/qmp.sock,server=on,wait=off",
         "-qmp", f"unix:{d}/qmp-hostd.sock,server=on,wait=off",
         "-kernel", str(kernel), "-initrd", str(initrd), "-append", append,
@@ -368,14 +380,15 @@ def start_vm(name: str, memory_bytes: int, cpus: int = 1, copies=(), reclaim: st
             raise VMError(f"invalid accel {accel!r}: kvm or tcg")
 
         spec = {"argv": cmd, "env": dict(env or {}), "name": name}
-        extra = _extra_initrd(spec, copies, name)
+        rootdisk = getattr(image, "rootdisk_path", None)
+        extra = _extra_initrd(spec, copies, name, COPIES_DIR if rootdisk else "")
         initrd = sdir / "initrd.img"
         with open(image.initrd_path, "rb") as src, open(initrd, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
             pad = (-dst.tell()) % 512   # the kernel needs the next archive 4-byte aligned
             dst.write(b"\0" * pad + extra)
 
-        argv = qemu_command(sdir, name, memory_bytes, cpus, reclaim, accel, image.kernel_path, initrd)
+        argv = qemu_command(sdir, name, memory_bytes, cpus, reclaim, accel, image.kernel_path, initrd, rootdisk)
         info = VMInfo(name=name, pid=0, memory_bytes=memory_bytes, cpus=cpus, reclaim=reclaim, cmd=cmd,
                       accel=accel, state="starting", state_dir=str(sdir), copies=[list(c) for c in copies],
                       image_key=image.key, started_at=time.time(), ram_layout=ram_layout(memory_bytes))
