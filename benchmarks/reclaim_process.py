@@ -30,6 +30,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from heapballoon.agent import build  # noqa: E402
+from heapballoon.poll import Timeout, wait_until  # noqa: E402
 
 PY = sys.executable
 MIB = 1 << 20
@@ -76,13 +77,10 @@ def status(env, pid):
 
 
 def wait(pred, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise SystemExit(f"benchmark: timed out waiting for {what}")
+    try:
+        return wait_until(pred, timeout_s, what, interval_s=0.05)
+    except Timeout as err:
+        raise SystemExit(f"benchmark: {err}") from None
 
 
 class App:

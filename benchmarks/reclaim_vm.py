@@ -32,6 +32,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from heapballoon.agent import build  # noqa: E402
+from heapballoon.poll import Timeout, wait_until  # noqa: E402
 
 PY = sys.executable
 MIB = 1 << 20
@@ -67,13 +68,10 @@ def resident_bytes(env, name, reclaim):
 
 
 def wait(pred, timeout_s, what):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.25)
-    raise SystemExit(f"benchmark: timed out waiting for {what}")
+    try:
+        return wait_until(pred, timeout_s, what, interval_s=0.05)
+    except Timeout as err:
+        raise SystemExit(f"benchmark: {err}") from None
 
 
 def one(env, way, idx):

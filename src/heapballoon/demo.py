@@ -27,6 +27,7 @@ import time
 
 from rich.console import Console
 
+from heapballoon.poll import Timeout, wait_until
 from heapballoon.render import render_status
 from heapballoon.units import format_size
 
@@ -70,13 +71,10 @@ def rss_bytes(pid: int) -> int:
 
 
 def wait(pred, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise SystemExit(f"demo: timed out after {timeout_s:g} s waiting for {what}")
+    try:
+        return wait_until(pred, timeout_s, what)
+    except Timeout as err:
+        raise SystemExit(f"demo: {err}") from None
 
 
 def process_demo(env: dict) -> None:

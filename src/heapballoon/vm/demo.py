@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 
+from heapballoon.demo import wait as _wait
 from heapballoon.render import render_status
 from heapballoon.units import format_size
 
@@ -37,14 +38,6 @@ def _resident_bytes(name: str) -> int:
         os.close(fd)
 
 
-def _wait(pred, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise SystemExit(f"demo: timed out after {timeout_s:g} s waiting for {what}")
 
 
 def run(env: dict, *, say, cli, console) -> None:
