@@ -100,6 +100,7 @@ class GuestDriver(Driver):
         self.uplink_path = uplink_path
         self.uplink: Uplink | None = None
         self.reported: dict[str, set[int]] = {}   # "pid:chunk" → guest frames the host was told
+        self.reported_addr: dict[str, int] = {}   # "pid:chunk" → chunk address when last reported
         self.acked_pages: dict[str, int] = {}      # "pid:chunk" → pages the host holds reclaimed
         self.pending: dict[int, str] = {}          # seq → key
         self.seq = 0
@@ -155,12 +156,14 @@ class GuestDriver(Driver):
             self._send_up(protocol.Pong(id=msg.id))
             self._hello_up()
             self.reported.clear()  # a (new) hostd: report every page again
+            self.reported_addr.clear()
             self.acked_pages.clear()
             self._wake.set()
         elif isinstance(msg, protocol.PagesAck):
             key = self.pending.pop(msg.seq, None)
             if key is not None:
-                self.acked_pages[key] = self.acked_pages.get(key, 0) + msg.punched + msg.already
+                owned = len(self.reported.get(key, ()))  # a re-report must not count twice
+                self.acked_pages[key] = min(owned, self.acked_pages.get(key, 0) + msg.punched + msg.already)
             if msg.skipped_nonzero or msg.rejected or msg.error:
                 log.warning("host ack %d: punched=%d already=%d nonzero=%d rejected=%d %s", msg.seq, msg.punched,
                             msg.already, msg.skipped_nonzero, msg.rejected, msg.error)
@@ -190,6 +193,11 @@ class GuestDriver(Driver):
                 continue
             old = self.reported.get(key, set())
             added, removed = frames - old, old - frames
+            if self.reported_addr.get(key, chunk.addr) != chunk.addr:
+                # A GC moved the array: the copy wrote every destination page, including frames
+                # the chunk owned before (and the host had punched). All of them go back.
+                added = set(frames)
+            self.reported_addr[key] = chunk.addr
             if key in self.reported and (added or removed):
                 rec.drift_pages += len(added)
                 self.drift_pages_total += len(added)
@@ -201,6 +209,7 @@ class GuestDriver(Driver):
                 self.loop.call_soon_threadsafe(self._pages, "add", key, added)
             self.reported[key] = frames
         for key in [k for k in self.reported if k.startswith(f"{rec.pid}:") and k not in keys_now]:
+            self.reported_addr.pop(key, None)
             self.loop.call_soon_threadsafe(self._pages, "remove", key, self.reported.pop(key))
             self.acked_pages.pop(key, None)
         if rescan:
@@ -213,6 +222,7 @@ class GuestDriver(Driver):
         for key in [k for k in self.reported if k.split(":")[0] not in live]:
             self._pages("remove", key, self.reported.pop(key))
             self.acked_pages.pop(key, None)
+            self.reported_addr.pop(key, None)
 
     async def step(self) -> None:
         await super().step()

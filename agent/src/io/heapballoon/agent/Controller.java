@@ -99,7 +99,7 @@ final class Controller {
         long notOurs = footprint + balloon.droppedNotCollectedBytes();
         stats.recordAfterGc(used, notOurs);
         long live = Math.max(0, used - notOurs);
-        long max = stats.maxBytes();
+        long max = stats.balloonCapacityBytes();
         long headroom = headroomBytes();
         if (footprint > 0 && live + footprint + headroom > max) {
             long released = balloon.shrinkTo(Math.max(0, max - headroom - live));
@@ -159,7 +159,7 @@ final class Controller {
         while (balloon.footprintBytes() + chunkBytes <= target && balloon.chunkCount() < Balloon.MAX_CHUNKS
                 && System.nanoTime() < deadline) {
             long footprint = balloon.footprintBytes();
-            if (stats.liveBytes(footprint) + footprint + chunkBytes + headroomBytes() > stats.maxBytes()) {
+            if (stats.liveBytes(footprint) + footprint + chunkBytes + headroomBytes() > stats.balloonCapacityBytes()) {
                 break;
             }
             byte[] array;

@@ -77,6 +77,26 @@ final class HeapStats {
         return max > 0 ? max : Runtime.getRuntime().maxMemory();
     }
 
+    /**
+     * What a balloon can grow into: the whole heap for region-based collectors (G1, ZGC,
+     * Shenandoah); for Serial and Parallel the old generation, where arrays this large end up
+     * (promoted, or allocated there directly), so the whole heap would overstate it.
+     */
+    long balloonCapacityBytes() {
+        if ("Serial".equals(gc) || "Parallel".equals(gc)) {
+            for (MemoryPoolMXBean pool : ManagementFactory.getMemoryPoolMXBeans()) {
+                String name = pool.getName();
+                if (pool.getType() == MemoryType.HEAP && (name.equals("Tenured Gen") || name.equals("PS Old Gen"))) {
+                    long max = pool.getUsage().getMax();
+                    if (max > 0) {
+                        return max;
+                    }
+                }
+            }
+        }
+        return maxBytes();
+    }
+
     long committedBytes() {
         return memory.getHeapMemoryUsage().getCommitted();
     }
