@@ -12,6 +12,7 @@ import java.util.List;
  *
  * <pre>
  * java ChurnApp --live-mib N --churn-mib-per-s M [--check-interval-s 1] [--spike-mib S]
+ *                [--rotate-mib-per-s R] [--gc-interval-s G]
  * stdin:  "live N" (grow/shrink the live set), "check" (verify now), "gc" (System.gc()), "quit"
  * stdout: one JSON line per second {"live_mib":..,"checks":..,"errors":..,"allocated_mib":..};
  *         {"error":"corrupt",...} on a mismatch; {"error":"oom"} and exit 3 on OutOfMemoryError.
@@ -40,6 +41,8 @@ public final class ChurnApp {
         int liveMib = 0;
         int churnMibPerS = 0;
         int spikeMib = 0;
+        int rotateMibPerS = 0;
+        int gcIntervalS = 0;
         int checkIntervalS = 1;
         for (int i = 0; i + 1 < args.length; i += 2) {
             switch (args[i]) {
@@ -47,12 +50,16 @@ public final class ChurnApp {
                 case "--churn-mib-per-s": churnMibPerS = Integer.parseInt(args[i + 1]); break;
                 case "--check-interval-s": checkIntervalS = Integer.parseInt(args[i + 1]); break;
                 case "--spike-mib": spikeMib = Integer.parseInt(args[i + 1]); break;
+                case "--rotate-mib-per-s": rotateMibPerS = Integer.parseInt(args[i + 1]); break;
+                case "--gc-interval-s": gcIntervalS = Integer.parseInt(args[i + 1]); break;
                 default: throw new IllegalArgumentException("unknown argument " + args[i]);
             }
         }
         try {
             ChurnApp app = new ChurnApp();
             app.spikeMib = spikeMib;
+            app.rotateMibPerS = rotateMibPerS;
+            app.gcIntervalS = gcIntervalS;
             app.run(liveMib, churnMibPerS, checkIntervalS);
         } catch (OutOfMemoryError e) {
             sink = null;
@@ -101,6 +108,23 @@ public final class ChurnApp {
     /** A load spike at start: this much short-lived data, then a full GC. Leaves the heap dirty
      *  but mostly empty, as a service's heap looks after a burst of traffic. */
     private int spikeMib;
+    /** Live-set turnover: this many 1 MiB blocks a second are rebuilt (same content), so old
+     *  data dies below younger objects, as in a cache with churn. */
+    private int rotateMibPerS;
+    /** System.gc() this often (0: never): with Serial or Parallel a full GC compacts the heap. */
+    private int gcIntervalS;
+    private int rotateNext;
+
+    private void rotate() {
+        synchronized (lock) {
+            for (int i = 0; i < rotateMibPerS && !blocks.isEmpty(); i++) {
+                rotateNext %= blocks.size();
+                blocks.set(rotateNext, makeBlock(rotateNext));
+                allocatedBytes += BLOCK_BYTES;
+                rotateNext++;
+            }
+        }
+    }
 
     private void spike() {
         java.util.List<byte[]> burst = new java.util.ArrayList<>();
@@ -124,6 +148,8 @@ public final class ChurnApp {
         long nextReportNs = System.nanoTime();
         long nextCheckNs = System.nanoTime() + checkIntervalS * 1_000_000_000L;
         long churnStartNs = System.nanoTime();
+        long nextRotateNs = System.nanoTime() + 1_000_000_000L;
+        long nextGcNs = System.nanoTime() + gcIntervalS * 1_000_000_000L;
         long churnedBytes = 0;
         while (!quit) {
             resizeLiveSet();
@@ -139,6 +165,14 @@ public final class ChurnApp {
                 checkRequested = false;
                 verify();
                 nextCheckNs = now + checkIntervalS * 1_000_000_000L;
+            }
+            if (rotateMibPerS > 0 && now >= nextRotateNs) {
+                rotate();
+                nextRotateNs = now + 1_000_000_000L;
+            }
+            if (gcIntervalS > 0 && now >= nextGcNs) {
+                System.gc();
+                nextGcNs = now + gcIntervalS * 1_000_000_000L;
             }
             if (now >= nextReportNs) {
                 report();
