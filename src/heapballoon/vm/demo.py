@@ -62,8 +62,8 @@ def run(env: dict, *, say, cli, console) -> None:
         _wait(lambda: os.path.exists(env["HEAPBALLOON_HOST_SOCKET"]), 20, "hostd")
         say("Booting a 1 GiB guest whose JVM (-Xmx768m) holds 150 MiB of data (the guest image is built once, then cached)")
         cli(["vm", "start", "demo", "--memory", "1G", "--copy", f"{build.demo_jar()}:/opt/churn.jar", "--",
-             "java", "-Xmx768m", "-XX:+UseG1GC", "-XX:+AlwaysPreTouch", "-jar", "/opt/churn.jar",
-             "--live-mib", "150", "--churn-mib-per-s", "100", "--spike-mib", "300"], env)
+             "java", "-Xms768m", "-Xmx768m", "-XX:+UseG1GC", "-XX:+AlwaysPreTouch", "-jar", "/opt/churn.jar",
+             "--live-mib", "150", "--churn-mib-per-s", "100"], env)
         started = True
         _wait(lambda: (v := vm_status()) and v.get("jvms") and v["jvms"][0]["heap_committed_bytes"] >= 600 * MIB,
               180, "the guest JVM to register with hostd")
