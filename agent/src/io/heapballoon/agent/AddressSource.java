@@ -14,10 +14,15 @@ interface AddressSource {
      */
     long payloadAddress(byte[] array, long knownAddr);
 
-    boolean canRelease();
+    /** Only the JNI source can release pages (it pins the array while it does). */
+    default boolean canRelease() {
+        return false;
+    }
 
     /** Gives the payload's whole pages back to the kernel; bytes released, or -errno. */
-    long release(byte[] array);
+    default long release(byte[] array) {
+        return -95; // EOPNOTSUPP
+    }
 
     /** The source used when no address is available. */
     AddressSource NONE = new AddressSource() {
@@ -31,14 +36,5 @@ interface AddressSource {
             return 0;
         }
 
-        @Override
-        public boolean canRelease() {
-            return false;
-        }
-
-        @Override
-        public long release(byte[] array) {
-            return -95; // EOPNOTSUPP
-        }
     };
 }

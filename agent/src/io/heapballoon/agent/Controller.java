@@ -16,6 +16,8 @@ final class Controller {
     static final long COOLDOWN_MS = 5000;
     static final long GC_WINDOW_MS = 5000;
     static final double GC_TIME_LIMIT = 0.25;
+    /** After a release for GC time, the balloon stays at most that size this long. */
+    static final long GC_CEILING_MS = 60_000;
     static final long INFLATE_BUDGET_NS = 30_000_000L;
     static final int MAX_PENDING_EVENTS = 64;
 
@@ -36,6 +38,10 @@ final class Controller {
     private volatile boolean inflating;
     private final ArrayDeque<long[]> gcSamples = new ArrayDeque<>();
     private long gcTimeReleaseAllowedMs;
+    /** GC time share measured over a window with no balloon; -1 until measured. */
+    private double baselineGcFraction = -1;
+    private long gcCeilingBytes = Long.MAX_VALUE;
+    private long gcCeilingUntilMs;
 
     Controller(HeapStats stats, Balloon balloon, Options options) {
         this.stats = stats;
@@ -130,7 +136,7 @@ final class Controller {
             balloon.shrinkTo(target);
             changed.set(true);
         } else if (now >= cooldownUntilMs) {
-            inflate(target);
+            inflate(now < gcCeilingUntilMs ? Math.min(target, gcCeilingBytes) : target);
         }
     }
 
@@ -143,12 +149,27 @@ final class Controller {
         long[] oldest = gcSamples.peekFirst();
         long windowMs = now - oldest[0];
         long footprint = balloon.footprintBytes();
-        if (windowMs >= GC_WINDOW_MS - 1000 && footprint > 0 && now >= gcTimeReleaseAllowedMs
-                && gcMs - oldest[1] > GC_TIME_LIMIT * windowMs) {
+        if (windowMs < GC_WINDOW_MS - 1000) {
+            return;
+        }
+        double fraction = (double) (gcMs - oldest[1]) / windowMs;
+        if (footprint == 0) {
+            baselineGcFraction = fraction;
+            return;
+        }
+        // Give memory back only when the balloon made collection expensive: GC time above the
+        // limit AND well above what it was without a balloon. A JVM that always spends a lot of
+        // time in GC (a slow machine, an emulated guest) would otherwise release and re-inflate
+        // forever.
+        double limit = baselineGcFraction < 0 ? GC_TIME_LIMIT : Math.max(GC_TIME_LIMIT, 2 * baselineGcFraction);
+        if (now >= gcTimeReleaseAllowedMs && fraction > limit) {
             long released = balloon.shrinkTo(footprint - Math.max(footprint / 4, balloon.geometry.footprintBytes));
             gcTimeReleaseAllowedMs = now + COOLDOWN_MS;
+            gcCeilingBytes = balloon.footprintBytes();
+            gcCeilingUntilMs = now + GC_CEILING_MS;
             cooldown();
-            event("pressure_release", released, "gc time > 25% of the last 5 s", 0);
+            event("pressure_release", released, String.format("gc time %.0f%% of the last 5 s (limit %.0f%%)",
+                    fraction * 100, limit * 100), 0);
         }
     }
 

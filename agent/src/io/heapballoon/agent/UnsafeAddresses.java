@@ -100,16 +100,6 @@ final class UnsafeAddresses implements AddressSource {
     }
 
     @Override
-    public boolean canRelease() {
-        return false;
-    }
-
-    @Override
-    public long release(byte[] array) {
-        return -95; // EOPNOTSUPP
-    }
-
-    @Override
     public synchronized long payloadAddress(byte[] array, long knownAddr) {
         for (int attempt = 0; attempt < 3 && !broken; attempt++) {
             long gcBefore = stats.gcCount();
