@@ -180,7 +180,11 @@ final class Controller {
         while (balloon.footprintBytes() + chunkBytes <= target && balloon.chunkCount() < Balloon.MAX_CHUNKS
                 && System.nanoTime() < deadline) {
             long footprint = balloon.footprintBytes();
-            if (stats.liveBytes(footprint) + footprint + chunkBytes + headroomBytes() > stats.balloonCapacityBytes()) {
+            // Inflate only with a quarter headroom to spare beyond what the release rule needs, so
+            // live data moving a few MiB cannot make the balloon release and re-inflate in a loop.
+            long hysteresis = headroomBytes() / 4;
+            if (stats.liveBytes(footprint) + footprint + chunkBytes + headroomBytes() + hysteresis
+                    > stats.balloonCapacityBytes()) {
                 break;
             }
             byte[] array;
