@@ -60,7 +60,7 @@ def run(env: dict, *, say, cli, console) -> None:
     started = False
     try:
         _wait(lambda: os.path.exists(env["HEAPBALLOON_HOST_SOCKET"]), 20, "hostd")
-        say("Booting a 1 GiB guest whose JVM (-Xmx768m) holds 150 MiB of data (the guest image is built once, then cached)")
+        say("Booting a 1 GiB guest whose JVM (G1, -Xms768m -Xmx768m, pre-touched) holds 150 MiB of data (the guest image is built once, then cached)")
         cli(["vm", "start", "demo", "--memory", "1G", "--copy", f"{build.demo_jar()}:/opt/churn.jar", "--",
              "java", "-Xms768m", "-Xmx768m", "-XX:+UseG1GC", "-XX:+AlwaysPreTouch", "-jar", "/opt/churn.jar",
              "--live-mib", "150", "--churn-mib-per-s", "100"], env)
