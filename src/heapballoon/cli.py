@@ -63,10 +63,14 @@ def cmd_run(args) -> int:
         raise UsageError(f"command not found: {cmd[0]}")
     agent_arg = build.javaagent_arg(transport.socket_path(args.socket), args.name)
     env = dict(os.environ)
+    # The agent's JNI library is a restricted method call on JDK 24+ (JEP 472): allow it, so the
+    # JVM prints no warning. JDK 17 to 23 accept the option silently.
+    native_access = "--enable-native-access=ALL-UNNAMED"
     if os.path.basename(cmd[0]) == "java":
-        cmd.insert(1, agent_arg)
+        cmd[1:1] = [native_access, agent_arg]
     else:  # a wrapper script: every JVM it starts picks the agent up
         env["JAVA_TOOL_OPTIONS"] = (env.get("JAVA_TOOL_OPTIONS", "") + " " + agent_arg).strip()
+        env["JDK_JAVA_OPTIONS"] = (env.get("JDK_JAVA_OPTIONS", "") + " " + native_access).strip()
     if args.ksm_merge:
         try:
             prctl.set_memory_merge(True)  # inherited through exec: KSM may merge the JVM's pages

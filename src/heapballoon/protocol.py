@@ -108,6 +108,10 @@ class State(Message):
     reclaim: str = "ksm"
     chunks_epoch: int = 0
     chunks: tuple[Chunk, ...] = ()
+    # -1: an agent that does not say (older than balloon_max_bytes); the driver then estimates.
+    balloon_max_bytes: int = -1
+    flaps: int = 0
+    live_source: str = ""
 
     @classmethod
     def parse(cls, d: dict) -> State:
@@ -128,6 +132,9 @@ class State(Message):
             reclaim=_str(d, "reclaim", "ksm", RECLAIM_MODES),
             chunks_epoch=_int(d, "chunks_epoch", 0),
             chunks=tuple(Chunk.parse(c) for c in raw_chunks),
+            balloon_max_bytes=_int(d, "balloon_max_bytes", -1, lo=-1),
+            flaps=_int(d, "flaps", 0),
+            live_source=_str(d, "live_source", "", max_len=128),
         )
 
 

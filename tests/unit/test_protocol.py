@@ -12,7 +12,9 @@ chunks = st.builds(protocol.Chunk, id=st.integers(0, 1 << 30), addr=st.integers(
 states = st.builds(protocol.State, heap_max_bytes=u63, heap_committed_bytes=u63, heap_used_bytes=u63,
                    live_bytes=u63, gc_count=u63, gc_time_ms=u63, balloon_bytes=u63, target_bytes=u63,
                    reclaim=st.sampled_from(protocol.RECLAIM_MODES), chunks_epoch=u63,
-                   chunks=st.lists(chunks, max_size=5).map(tuple))
+                   chunks=st.lists(chunks, max_size=5).map(tuple),
+                   balloon_max_bytes=st.integers(-1, 1 << 40), flaps=u63,
+                   live_source=st.sampled_from(["", "MarkSweepCompact", "G1 concurrent cycle (inferred)"]))
 
 
 @given(states)
@@ -73,3 +75,16 @@ def test_decode_never_crashes_on_garbage(data):
 def test_unknown_fields_ignored():
     msg = protocol.decode(b'{"v":1,"type":"target","target_bytes":5,"future":"x"}')
     assert msg == protocol.Target(target_bytes=5)
+
+
+def test_state_from_an_older_agent_has_unknown_balloon_max():
+    line = b'{"v":1,"type":"state","heap_max_bytes":1,"heap_committed_bytes":1,"heap_used_bytes":1,"live_bytes":1}\n'
+    state = protocol.decode(line)
+    assert state.balloon_max_bytes == -1 and state.flaps == 0 and state.live_source == ""
+
+
+@pytest.mark.parametrize("field,value", [("balloon_max_bytes", -2), ("balloon_max_bytes", "1"), ("flaps", -1)])
+def test_state_rejects_bad_new_fields(field, value):
+    line = json.dumps({"v": 1, "type": "state", field: value}).encode() + b"\n"
+    with pytest.raises(ProtocolError, match=field):
+        protocol.decode(line)

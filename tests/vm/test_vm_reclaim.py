@@ -175,3 +175,58 @@ def test_ksm_path_merges_guest_balloon(host, vms):
     host.cli("target", "--vm", name, "0")
     wait_for(lambda: host.vm(name)["jvms"][0]["balloon_bytes"] == 0, 60, 0.5, what="deflate")
     assert not KERNEL_ERRORS.search(host.cli("vm", "logs", name).stdout)
+
+
+def test_default_collector_in_a_small_guest_holds_its_balloon(host, vms):
+    """Issue 6: a 1 GiB, 1-vCPU guest where the JVM picks its own collector (Serial there), heap
+    not pre-touched. The balloon is sized by what the old generation can hold, the memfd falls
+    by ≥ 80 % of that and ≥ 200 MiB within 60 s, and stays down for another minute with no
+    pause except for chunks that really moved."""
+    from heapballoon.agent import build
+
+    name = "default-gc"
+    vms.names.append(name)
+    host.cli("vm", "start", name, "--memory", "1G", "--cpus", "1", "--copy", f"{build.demo_jar()}:/opt/churn.jar",
+             "--", "java", "-Xms768m", "-Xmx768m", "-jar", "/opt/churn.jar", "--live-mib", "150",
+             "--churn-mib-per-s", "50")
+    v = wait_for(lambda: (v := host.vm(name)) and v["jvms"] and v, 180, 1.0, what="guest JVM registered")
+    assert v["jvms"][0]["gc"] == "Serial", v["jvms"][0]  # what the JVM picks with 1 CPU
+    wait_for(lambda: (lines := app_lines(host, name)) and lines[-1].get("allocated_mib", 0) >= 150 + 300,
+             180, 1.0, what="the guest application running")
+    resident_before = memfd_resident_bytes(name)
+
+    host.cli("target", "--vm", name, "400M")
+    t0 = time.monotonic()
+
+    def fallen():
+        v = host.vm(name)
+        wanted = max(200 * MIB, int(0.8 * (v["balloon_max_bytes"] or 0)))
+        return resident_before - memfd_resident_bytes(name) >= wanted and v
+
+    try:
+        v = wait_for(fallen, 60, 1.0, what=f"memfd resident down (before: {resident_before >> 20} MiB)")
+    except AssertionError:
+        print("hostd's view:", json.dumps(host.vm(name), indent=1)[:3000])
+        raise
+    print(f"fell by {(resident_before - memfd_resident_bytes(name)) >> 20} MiB in {time.monotonic() - t0:.1f} s; "
+          f"balloon_max {v['balloon_max_bytes'] >> 20} MiB")
+    assert 300 * MIB >= v["balloon_max_bytes"] >= 250 * MIB  # old generation 512 MiB − 150 live − headroom
+
+    # After the first minute: it stays down, and hostd pauses the VM only for chunks that moved.
+    time.sleep(max(0.0, 60 - (time.monotonic() - t0)))
+    v1 = host.vm(name)
+    low_water = memfd_resident_bytes(name)
+    samples = []
+    for _ in range(30):
+        time.sleep(2)
+        samples.append(memfd_resident_bytes(name))
+    v2 = host.vm(name)
+    assert max(samples) - low_water <= 32 * MIB, [s >> 20 for s in samples]
+    assert resident_before - max(samples) >= 200 * MIB
+    moved = v2["jvms"][0]["moved_chunks"] - v1["jvms"][0]["moved_chunks"]
+    if moved == 0:
+        assert v2["pause_count"] == v1["pause_count"], (v1["pause_count"], v2["pause_count"])
+    assert v2["jvms"][0]["flaps"] == 0
+    lines = app_lines(host, name)
+    assert lines and lines[-1]["errors"] == 0 and all("error" not in line for line in lines)
+    assert not KERNEL_ERRORS.search(host.cli("vm", "logs", name).stdout)

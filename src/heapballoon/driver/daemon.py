@@ -112,9 +112,10 @@ class Driver:
         )
 
     def room_bytes(self, rec: JVMRecord) -> int:
-        """Most a balloon may hold in this JVM: up to its maximum heap, since here the kernel
+        """Most a balloon may hold in this JVM: what its agent says it can hold (up to the
+        maximum heap, or the old generation for Serial and Parallel), since here the kernel
         frees balloon pages (direct or KSM) and a heap that grows to hold them costs nothing."""
-        return policy.room_bytes(rec.state.heap_max_bytes, rec.state.live_bytes)
+        return rec.balloon_max_bytes
 
     def tick(self) -> list[tuple[JVMRecord, protocol.Target]]:
         """Decide which agents must be sent a new target. Pure: reads only the registry."""

@@ -7,14 +7,15 @@ there is no second copy of the state to keep in step.
 from __future__ import annotations
 
 from prometheus_client import start_http_server
-from prometheus_client.core import GaugeMetricFamily, REGISTRY
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, REGISTRY
 
 from heapballoon.errors import UsageError
 
 JVM_GAUGES = (
     ("heap_max_bytes", "Maximum heap size"),
     ("heap_committed_bytes", "Committed heap"),
-    ("live_bytes", "Live data after the last GC, balloon excluded"),
+    ("live_bytes", "Live data after the last complete collection, balloon excluded"),
+    ("balloon_max_bytes", "The largest balloon the JVM can hold now"),
     ("target_bytes", "Balloon target"),
     ("balloon_bytes", "Balloon held in the heap"),
     ("reclaimed_bytes", "Balloon memory verified reclaimed through pagemap"),
@@ -32,6 +33,11 @@ class DriverCollector:
             for j in status["jvms"]:
                 g.add_metric([str(j["pid"]), j["name"]], j[key])
             yield g
+        flaps = CounterMetricFamily("heapballoon_jvm_flaps", "Give-backs followed by re-inflation with no rise of the live set",
+                                    labels=["pid", "name"])
+        for j in status["jvms"]:
+            flaps.add_metric([str(j["pid"]), j["name"]], j["flaps"])
+        yield flaps
         node = status["node"]
         yield GaugeMetricFamily("heapballoon_node_target_bytes", "Node balloon target", value=node["target_bytes"])
         yield GaugeMetricFamily("heapballoon_bad_messages", "Rejected protocol messages", value=node["bad_messages"])

@@ -36,8 +36,19 @@ class JVMRecord:
 
     @property
     def excess_bytes(self) -> int:
+        """Idle committed heap, never more than the agent says a balloon can hold."""
         s = self.state
-        return policy.excess_bytes(s.heap_committed_bytes, s.live_bytes, s.heap_max_bytes)
+        excess = policy.excess_bytes(s.heap_committed_bytes, s.live_bytes, s.heap_max_bytes)
+        return min(excess, s.balloon_max_bytes) if s.balloon_max_bytes >= 0 else excess
+
+    @property
+    def balloon_max_bytes(self) -> int:
+        """The largest balloon this JVM can hold now: the agent's figure (which knows when the
+        old generation is the limit), else estimated from the heap's maximum."""
+        s = self.state
+        if s.balloon_max_bytes >= 0:
+            return s.balloon_max_bytes
+        return policy.room_bytes(s.heap_max_bytes, s.live_bytes)
 
     def status(self, target_bytes: int) -> dict:
         s = self.state
@@ -46,7 +57,8 @@ class JVMRecord:
             "jvm_version": self.hello.jvm_version, "connected": self.connected,
             "heap_max_bytes": s.heap_max_bytes, "heap_committed_bytes": s.heap_committed_bytes,
             "heap_used_bytes": s.heap_used_bytes, "live_bytes": s.live_bytes,
-            "excess_bytes": self.excess_bytes, "target_bytes": target_bytes,
+            "excess_bytes": self.excess_bytes, "balloon_max_bytes": self.balloon_max_bytes,
+            "target_bytes": target_bytes, "flaps": s.flaps, "live_source": s.live_source,
             "balloon_bytes": s.balloon_bytes, "reclaimed_bytes": self.reclaimed_bytes,
             "reclaim": s.reclaim, "address_mode": self.hello.address_mode,
             "chunks": len(s.chunks), "gc_count": s.gc_count, "gc_time_ms": s.gc_time_ms,

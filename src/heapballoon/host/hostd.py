@@ -105,6 +105,7 @@ class VM:
     balloon: PageSet = field(default_factory=PageSet)  # RAM-file page numbers
     pauses_ms: deque = field(default_factory=lambda: deque(maxlen=4096))
     totals: dict = field(default_factory=lambda: dict(punched=0, already=0, skipped_nonzero=0, rejected=0))
+    pause_count: int = 0  # every pause since hostd started (pauses_ms keeps only the newest)
     channel: transport.LineChannel | None = None
     task: asyncio.Task | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -148,6 +149,12 @@ def load_vm(vm_dir: str) -> VM | None:
                     name, pid, vm_dir)
         return None
     return VM(name, vm_dir, pid, starttime, mem, str(info.get("reclaim", "pfn")))
+
+
+def _guest_balloon_max_bytes(jvms) -> int:
+    """The VM's largest balloon: the sum of its JVMs' (as the guest reported; bad values count 0)."""
+    values = (j.get("balloon_max_bytes") for j in jvms)
+    return sum(v for v in values if isinstance(v, int) and not isinstance(v, bool) and v > 0)
 
 
 class HostDaemon:
@@ -376,6 +383,7 @@ class HostDaemon:
                     except Exception:  # noqa: BLE001
                         pass
         vm.pauses_ms.extend(res.pauses_ms)
+        vm.pause_count += len(res.pauses_ms)
         for k, v in (("punched", res.punched_pages), ("already", res.already_pages),
                      ("skipped_nonzero", res.skipped_nonzero_pages), ("rejected", res.rejected_pages)):
             vm.totals[k] += v
@@ -438,8 +446,9 @@ class HostDaemon:
             "drift_pages": drift, "connected": vm.channel is not None, "guest_hello": vm.hello is not None,
             "guest_balloon_bytes": gs.balloon_bytes if gs else None,
             "guest_target_bytes": gs.target_bytes if gs else None,
-            "totals_pages": dict(vm.totals),
+            "totals_pages": dict(vm.totals), "pause_count": vm.pause_count,
             "jvms": list(gs.jvms) if gs else [],
+            "balloon_max_bytes": _guest_balloon_max_bytes(gs.jvms) if gs else None,
         }
 
     async def control_message(self, msg: protocol.Message) -> protocol.Message:

@@ -2,27 +2,61 @@ package io.heapballoon.agent;
 
 import com.sun.management.GarbageCollectionNotificationInfo;
 import java.lang.management.ManagementFactory;
-import java.util.ArrayDeque;
 import java.util.concurrent.ConcurrentLinkedQueue;
 import java.util.concurrent.atomic.AtomicBoolean;
 
 /**
- * Owns the balloon policy: the target and reclaim mode from the driver, the headroom, inflating
- * only while the application's live data plus the balloon plus headroom fit the heap, giving
- * memory back under pressure (after a GC, or when GC time is high), cooldowns, and the events
- * this produces. Called from the agent thread (tick) and the GC-notification thread (afterGc).
+ * Owns the balloon's control law: the target and reclaim mode from the driver, the headroom,
+ * when to inflate, when to give memory back, and the back-off that keeps the balloon from
+ * flapping. Called from the agent thread (tick) and the GC-notification thread (afterGc);
+ * every field below is either volatile or touched under {@code this}.
+ *
+ * <p>The law, with C the balloon's capacity (the heap; the old generation for Serial and
+ * Parallel), L the live-set estimate (LiveSet: complete collections only), B the balloon and
+ * H the headroom:
+ * <ul>
+ *   <li><b>Give back</b> when a complete collection shows L + B + H &gt; C: shrink to C − H − L.
+ *       A young collection never triggers it: when the old generation fills with garbage the
+ *       collector cleans up, and the balloon stays. Second rule, GC cost: when the share of
+ *       wall time spent in GC pauses over {@value #GC_WINDOW_MS} ms exceeds what it was without
+ *       a balloon by more than {@value #GC_EXTRA_SHARE} (10 percentage points: a tenth of the
+ *       application's time; a balloon that costs more than that is not worth its memory), a
+ *       quarter of the balloon is given back.</li>
+ *   <li><b>Inflate</b> while L + B + chunk + H + H/4 &le; C (the H/4 is hysteresis), and never
+ *       during a back-off. After a give-back the balloon may not grow past its new size until
+ *       a complete collection <em>after</em> the give-back shows a live set that leaves room;
+ *       the back-off ({@value #BACKOFF_MIN_MS} ms) doubles, up to {@value #BACKOFF_MAX_MS} ms,
+ *       with every give-back that no rise of the live set explains and that comes within
+ *       {@value #BACKOFF_RESET_MS} ms of the previous one.
+ *       With region-based collectors a chunk is allocated only while the heap has a chunk plus
+ *       H/2 free, so inflation goes at the collector's pace instead of forcing emergency
+ *       collections (which clear soft references).</li>
+ *   <li><b>Probe</b>: when the estimate is what holds the balloon below its target and no
+ *       complete collection (nor growth) has happened for a while (Serial and Parallel may go minutes
+ *       without one), ask for one with System.gc(), at most once per {@value #PROBE_MIN_MS} ms
+ *       and never more often than keeps its pauses under 2% of wall time.</li>
+ *   <li><b>Flaps</b>: a give-back whose trigger shows no rise of the live set since the balloon
+ *       last grew, followed by re-inflation, is counted as a flap.</li>
+ * </ul>
+ * The guarantee underneath all of this: chunks are held only through SoftReferences, so the JVM
+ * clears them before it would throw OutOfMemoryError, whatever this law decides.
  */
 final class Controller {
-    static final long COOLDOWN_MS = 5000;
-    static final long GC_WINDOW_MS = 5000;
-    static final double GC_TIME_LIMIT = 0.25;
-    /** After a release for GC time, the balloon stays at most that size this long. */
-    static final long GC_CEILING_MS = 60_000;
+    static final long BACKOFF_MIN_MS = 5_000;
+    static final long BACKOFF_MAX_MS = 160_000;
+    static final long BACKOFF_RESET_MS = 300_000;
+    static final long GC_WINDOW_MS = 10_000;
+    static final double GC_EXTRA_SHARE = 0.10;
+    static final long PROBE_MIN_MS = 10_000;
+    /** After the balloon grew, collections that move its chunks are still the growth's cost. */
+    static final long SETTLE_MS = 30_000;
     static final long INFLATE_BUDGET_NS = 30_000_000L;
     static final int MAX_PENDING_EVENTS = 64;
 
     final HeapStats stats;
     final Balloon balloon;
+    final LiveSet live;
+    final GcCost gcCost;
     private final Options options;
     private final long jvmStartMs = ManagementFactory.getRuntimeMXBean().getStartTime();
 
@@ -34,23 +68,39 @@ final class Controller {
     private volatile long targetBytes;
     private volatile String requestedReclaim = "ksm";
     private volatile long driverHeadroomBytes;
-    private volatile long cooldownUntilMs;
     private volatile boolean inflating;
-    private final ArrayDeque<long[]> gcSamples = new ArrayDeque<>();
-    private long gcTimeReleaseAllowedMs;
-    /** GC time share measured over a window with no balloon; -1 until measured. */
-    private double baselineGcFraction = -1;
-    private long gcCeilingBytes = Long.MAX_VALUE;
-    private long gcCeilingUntilMs;
+    private volatile long flaps;
+
+    // Back-off state, guarded by this.
+    private long holdUntilMs;
+    private long backoffMs = BACKOFF_MIN_MS;
+    private long lastReleaseMs;
+    /** After a give-back: the balloon stays at most this big until a newer complete collection. */
+    private long ceilingBytes = Long.MAX_VALUE;
+    private long ceilingCompleteCount = -1;
+    private boolean flapCandidate;
+    /** The live estimate when the balloon last grew. */
+    private long liveAtGrowthBytes = -1;
+    /** When the balloon last grew (currentTimeMillis). */
+    private volatile long lastGrowthMs;
+    // Probe state: agent thread only.
+    private long lastProbeMs;
+    private long lastProbeCostMs;
 
     Controller(HeapStats stats, Balloon balloon, Options options) {
         this.stats = stats;
         this.balloon = balloon;
         this.options = options;
+        this.live = new LiveSet(stats.gc, stats.hasG1ConcurrentBean(), stats.regionBytes);
+        this.gcCost = new GcCost(stats, GC_WINDOW_MS);
     }
 
     long targetBytes() {
         return targetBytes;
+    }
+
+    long flaps() {
+        return flaps;
     }
 
     /** The reclaim mode in effect: "direct" needs native release, else it falls back to "ksm". */
@@ -67,6 +117,19 @@ final class Controller {
             return options.headroomBytes;
         }
         return Math.max(64L << 20, stats.maxBytes() / 20);
+    }
+
+    /** The application's live bytes: the estimate, or heap used less the balloon before any GC. */
+    long liveBytes() {
+        long estimate = live.estimateBytes();
+        return estimate >= 0 ? estimate : Math.max(0, stats.usedBytes() - balloon.footprintBytes());
+    }
+
+    /** The largest balloon this JVM can hold now: C − L − H − H/4, in whole chunks. */
+    long balloonMaxBytes() {
+        long chunk = balloon.geometry.footprintBytes;
+        long room = stats.balloonCapacityBytes() - liveBytes() - headroomBytes() - headroomBytes() / 4;
+        return Math.max(0, room / chunk * chunk);
     }
 
     /** A {@code target} message from the driver. */
@@ -89,123 +152,174 @@ final class Controller {
         changed.set(true);
     }
 
-    private void cooldown() {
-        cooldownUntilMs = System.currentTimeMillis() + COOLDOWN_MS;
+    /** A give-back happened: start (or lengthen) the back-off and cap re-inflation. */
+    private synchronized void backOff(long now, long liveBytes) {
+        long tolerance = Math.max(headroomBytes() / 4, balloon.geometry.footprintBytes);
+        flapCandidate = liveAtGrowthBytes >= 0 && liveBytes <= liveAtGrowthBytes + tolerance;
+        // A give-back that a rising live set explains is the balloon doing its job: the back-off
+        // stays short. One that nothing explains may repeat: each doubles the back-off.
+        boolean repeated = now - lastReleaseMs < BACKOFF_RESET_MS;
+        backoffMs = flapCandidate && repeated ? Math.min(BACKOFF_MAX_MS, backoffMs * 2) : BACKOFF_MIN_MS;
+        lastReleaseMs = now;
+        holdUntilMs = now + backoffMs;
+        ceilingBytes = balloon.footprintBytes();
+        ceilingCompleteCount = live.completeCount();
     }
 
-    /** GC-notification thread: record live data, give memory back if it no longer fits, re-address. */
+    /** GC-notification thread: fold the collection into the live set; give back on real pressure. */
     void afterGc(GarbageCollectionNotificationInfo info) {
         long gcEndMs = jvmStartMs + info.getGcInfo().getEndTime();
         noteCleared(balloon.touchAndCollectCleared());
-        if (info.getGcName().endsWith("Pauses")) {
-            return; // ZGC/Shenandoah pauses: the matching "Cycles" notification carries the figures
+        LiveSet.Sample[] samples = live.samples(info.getGcName(), info.getGcInfo().getMemoryUsageBeforeGc(),
+                info.getGcInfo().getMemoryUsageAfterGc(), stats.heapPools());
+        if (samples.length == 0) {
+            return; // a "Pauses" bean: the matching "Cycles" notification carries the figures
         }
-        long used = stats.heapUsedAfter(info.getGcInfo());
-        long footprint = balloon.footprintBytes();
-        long notOurs = footprint + balloon.droppedNotCollectedBytes();
-        stats.recordAfterGc(used, notOurs);
-        long live = Math.max(0, used - notOurs);
-        long max = stats.balloonCapacityBytes();
-        long headroom = headroomBytes();
-        if (footprint > 0 && live + footprint + headroom > max) {
-            long released = balloon.shrinkTo(Math.max(0, max - headroom - live));
-            long latencyMs = Math.max(0, System.currentTimeMillis() - gcEndMs);
-            cooldown();
-            event("pressure_release", released, "live+balloon+headroom > max", latencyMs);
+        long notOurs = balloon.footprintBytes() + balloon.droppedNotCollectedBytes();
+        for (LiveSet.Sample sample : samples) {
+            long liveBytes = live.record(sample, notOurs, System.currentTimeMillis());
+            if (liveBytes >= 0) {
+                judgePressure(liveBytes, sample.source, gcEndMs);
+            }
         }
         if (balloon.refreshAddresses()) {
             event("moved", 0, info.getGcName(), 0);
+            if (System.currentTimeMillis() - lastGrowthMs < SETTLE_MS) {
+                gcCost.restart(System.currentTimeMillis()); // settling in after growth, not running cost
+            }
         }
         changed.set(true);
     }
 
+    /** The give-back rule, judged only on complete collections. */
+    private void judgePressure(long liveBytes, String source, long gcEndMs) {
+        long footprint = balloon.footprintBytes();
+        long capacity = stats.balloonCapacityBytes();
+        long headroom = headroomBytes();
+        if (footprint > 0 && liveBytes + footprint + headroom > capacity) {
+            long released = balloon.shrinkTo(Math.max(0, capacity - headroom - liveBytes));
+            long now = System.currentTimeMillis();
+            backOff(now, liveBytes);
+            event("pressure_release", released, String.format("%s: live %d MiB + balloon %d MiB + headroom %d MiB > %d MiB",
+                    source, liveBytes >> 20, footprint >> 20, headroom >> 20, capacity >> 20),
+                    Math.max(0, now - gcEndMs));
+        }
+    }
+
     private void noteCleared(long clearedBytes) {
         if (clearedBytes > 0) {
-            cooldown();
+            backOff(System.currentTimeMillis(), liveBytes());
             event("soft_cleared", clearedBytes, "JVM cleared balloon soft references", 0);
         }
     }
 
-    /** Agent thread, every tick: keep chunks fresh, watch GC time, move towards the target. */
+    /** Agent thread, every tick: keep chunks fresh, watch GC cost, move towards the target. */
     void tick() {
         long now = System.currentTimeMillis();
         noteCleared(balloon.touchAndCollectCleared());
-        watchGcTime(now);
+        watchGcCost(now);
         long target = targetBytes;
         if (balloon.footprintBytes() > target) {
             balloon.shrinkTo(target);
             changed.set(true);
-        } else if (now >= cooldownUntilMs) {
-            inflate(now < gcCeilingUntilMs ? Math.min(target, gcCeilingBytes) : target);
+            return;
+        }
+        long limit;
+        synchronized (this) {
+            if (now < holdUntilMs) {
+                return;
+            }
+            if (ceilingBytes != Long.MAX_VALUE && live.completeCount() > ceilingCompleteCount) {
+                ceilingBytes = Long.MAX_VALUE; // fresh information since the give-back
+            }
+            limit = Math.min(target, ceilingBytes);
+        }
+        boolean blockedByEstimate = inflate(limit);
+        if (blockedByEstimate || limit < target) {
+            maybeProbe(now);
         }
     }
 
-    private void watchGcTime(long now) {
-        long gcMs = stats.pauseTimeMs();
-        gcSamples.addLast(new long[] {now, gcMs});
-        while (gcSamples.size() > 2 && now - gcSamples.peekFirst()[0] > GC_WINDOW_MS) {
-            gcSamples.pollFirst();
-        }
-        long[] oldest = gcSamples.peekFirst();
-        long windowMs = now - oldest[0];
+    private void watchGcCost(long now) {
+        double share = gcCost.sample(now, balloon.footprintBytes() > 0);
+        double baseline = gcCost.baselineShare();
         long footprint = balloon.footprintBytes();
-        if (windowMs < GC_WINDOW_MS - 1000) {
+        if (footprint == 0 || share < 0 || share <= baseline + GC_EXTRA_SHARE) {
             return;
         }
-        double fraction = (double) (gcMs - oldest[1]) / windowMs;
-        if (footprint == 0) {
-            baselineGcFraction = fraction;
-            return;
-        }
-        // Give memory back only when the balloon made collection expensive: GC time above the
-        // limit AND well above what it was without a balloon. A JVM that always spends a lot of
-        // time in GC (a slow machine, an emulated guest) would otherwise release and re-inflate
-        // forever.
-        double limit = baselineGcFraction < 0 ? GC_TIME_LIMIT : Math.max(GC_TIME_LIMIT, 2 * baselineGcFraction);
-        if (now >= gcTimeReleaseAllowedMs && fraction > limit) {
-            long released = balloon.shrinkTo(footprint - Math.max(footprint / 4, balloon.geometry.footprintBytes));
-            gcTimeReleaseAllowedMs = now + COOLDOWN_MS;
-            gcCeilingBytes = balloon.footprintBytes();
-            gcCeilingUntilMs = now + GC_CEILING_MS;
-            cooldown();
-            event("pressure_release", released, String.format("gc time %.0f%% of the last 5 s (limit %.0f%%)",
-                    fraction * 100, limit * 100), 0);
-        }
+        long released = balloon.shrinkTo(footprint - Math.max(footprint / 4, balloon.geometry.footprintBytes));
+        gcCost.restart(now);
+        backOff(now, liveBytes());
+        event("pressure_release", released, String.format("gc pauses %.0f%% of the last %d s (%.0f%% without a balloon)",
+                share * 100, GC_WINDOW_MS / 1000, baseline * 100), 0);
     }
 
-    private void inflate(long target) {
+    /** Grows the balloon towards {@code limit}; true when the live-set estimate stopped it. */
+    private boolean inflate(long limit) {
         long chunkBytes = balloon.geometry.footprintBytes;
         long deadline = System.nanoTime() + INFLATE_BUDGET_NS;
         boolean grew = false;
-        while (balloon.footprintBytes() + chunkBytes <= target && balloon.chunkCount() < Balloon.MAX_CHUNKS
+        boolean blocked = false;
+        while (balloon.footprintBytes() + chunkBytes <= limit && balloon.chunkCount() < Balloon.MAX_CHUNKS
                 && System.nanoTime() < deadline) {
-            long footprint = balloon.footprintBytes();
-            // Inflate only with a quarter headroom to spare beyond what the release rule needs, so
-            // live data moving a few MiB cannot make the balloon release and re-inflate in a loop.
-            long hysteresis = headroomBytes() / 4;
-            if (stats.liveBytes(footprint) + footprint + chunkBytes + headroomBytes() + hysteresis
-                    > stats.balloonCapacityBytes()) {
+            if (balloon.footprintBytes() + chunkBytes > balloonMaxBytes()) {
+                blocked = true;
                 break;
+            }
+            if (stats.regionBased() && stats.usedBytes() + chunkBytes + headroomBytes() / 2 > stats.maxBytes()) {
+                break; // no free regions to spare: let the collector free garbage first
             }
             byte[] array;
             try {
                 array = new byte[balloon.geometry.payloadBytes];
             } catch (OutOfMemoryError e) {
                 long dropped = balloon.dropNewest(1);
-                cooldown();
+                backOff(System.currentTimeMillis(), liveBytes());
                 inflating = false;
                 event("oom_avoided", dropped, "OutOfMemoryError while inflating", 0);
-                return;
+                return false;
             }
             balloon.add(array);
             grew = true;
         }
         if (grew) {
+            lastGrowthMs = System.currentTimeMillis();
+            gcCost.restart(lastGrowthMs); // growing costs GC time once: judge only what follows
+            synchronized (this) {
+                if (flapCandidate) {
+                    flapCandidate = false;
+                    flaps++;
+                    Log.info("flap: re-inflating after a give-back that no rise of the live set explained");
+                }
+                liveAtGrowthBytes = liveBytes();
+            }
             changed.set(true);
         }
-        if (inflating && (balloon.footprintBytes() + chunkBytes > target || balloon.chunkCount() >= Balloon.MAX_CHUNKS)) {
+        if (inflating && (balloon.footprintBytes() + chunkBytes > targetBytes || balloon.chunkCount() >= Balloon.MAX_CHUNKS)) {
             inflating = false;
             event("inflate_done", 0, "", 0);
         }
+        return blocked;
+    }
+
+    /**
+     * Asks for a complete collection when a stale estimate is what holds the balloon back:
+     * the last complete collection (or probe) is at least PROBE_MIN_MS old, and the last
+     * probe's pause, repeated at this interval, would cost under 2% of wall time.
+     */
+    private void maybeProbe(long now) {
+        if (targetBytes - balloon.footprintBytes() < balloon.geometry.footprintBytes) {
+            return;
+        }
+        long interval = Math.max(PROBE_MIN_MS, 50 * lastProbeCostMs);
+        if (now - Math.max(Math.max(live.completeAtMs(), lastProbeMs), lastGrowthMs) < interval) {
+            return;
+        }
+        lastProbeMs = now;
+        long t0 = System.nanoTime();
+        System.gc();
+        lastProbeCostMs = (System.nanoTime() - t0) / 1_000_000;
+        lastProbeMs = System.currentTimeMillis();
+        Log.debug("probe collection took " + lastProbeCostMs + " ms; live set now " + (liveBytes() >> 20) + " MiB");
     }
 }

@@ -1,22 +1,19 @@
 package io.heapballoon.agent;
 
-import com.sun.management.GcInfo;
 import com.sun.management.HotSpotDiagnosticMXBean;
 import java.lang.management.GarbageCollectorMXBean;
 import java.lang.management.ManagementFactory;
 import java.lang.management.MemoryMXBean;
 import java.lang.management.MemoryPoolMXBean;
 import java.lang.management.MemoryType;
-import java.lang.management.MemoryUsage;
 import java.util.ArrayList;
 import java.util.HashSet;
 import java.util.List;
-import java.util.Map;
 import java.util.Set;
 
 /**
  * Owns the JVM's memory and GC figures: heap sizes, GC counts and times, which collector runs,
- * its region size, and the heap usage right after the last collection (for live_bytes).
+ * its region size, and what a balloon can grow into. The live set is LiveSet's.
  */
 final class HeapStats {
     final String gc;
@@ -26,8 +23,6 @@ final class HeapStats {
 
     private final MemoryMXBean memory = ManagementFactory.getMemoryMXBean();
     private final Set<String> heapPools = new HashSet<>();
-    private long usedAfterGcBytes = -1;
-    private long balloonAtGcBytes;
 
     HeapStats() {
         collectors = ManagementFactory.getGarbageCollectorMXBeans();
@@ -83,7 +78,7 @@ final class HeapStats {
      * (promoted, or allocated there directly), so the whole heap would overstate it.
      */
     long balloonCapacityBytes() {
-        if ("Serial".equals(gc) || "Parallel".equals(gc)) {
+        if (!regionBased()) {
             for (MemoryPoolMXBean pool : ManagementFactory.getMemoryPoolMXBeans()) {
                 String name = pool.getName();
                 if (pool.getType() == MemoryType.HEAP && (name.equals("Tenured Gen") || name.equals("PS Old Gen"))) {
@@ -95,6 +90,11 @@ final class HeapStats {
             }
         }
         return maxBytes();
+    }
+
+    /** G1, ZGC and Shenandoah: the balloon can use the whole heap, which fills region by region. */
+    boolean regionBased() {
+        return "G1".equals(gc) || "ZGC".equals(gc) || "Shenandoah".equals(gc);
     }
 
     long committedBytes() {
@@ -132,27 +132,18 @@ final class HeapStats {
         return t;
     }
 
-    /** Heap bytes in use at the end of the collection described by {@code info}. */
-    long heapUsedAfter(GcInfo info) {
-        long used = 0;
-        for (Map.Entry<String, MemoryUsage> e : info.getMemoryUsageAfterGc().entrySet()) {
-            if (heapPools.contains(e.getKey())) {
-                used += e.getValue().getUsed();
+    /** The names of the heap's memory pools (what LiveSet samples). */
+    Set<String> heapPools() {
+        return heapPools;
+    }
+
+    /** True when this JVM has JDK 20+'s "G1 Concurrent GC" bean (Remark and Cleanup pauses). */
+    boolean hasG1ConcurrentBean() {
+        for (GarbageCollectorMXBean bean : collectors) {
+            if (bean.getName().equals("G1 Concurrent GC")) {
+                return true;
             }
         }
-        return used;
-    }
-
-    synchronized void recordAfterGc(long usedBytes, long balloonFootprintBytes) {
-        usedAfterGcBytes = usedBytes;
-        balloonAtGcBytes = balloonFootprintBytes;
-    }
-
-    /** The application's live data: used after the last GC minus the balloon at that time. */
-    synchronized long liveBytes(long balloonFootprintNowBytes) {
-        if (usedAfterGcBytes < 0) {
-            return Math.max(0, usedBytes() - balloonFootprintNowBytes);
-        }
-        return Math.max(0, usedAfterGcBytes - balloonAtGcBytes);
+        return false;
     }
 }

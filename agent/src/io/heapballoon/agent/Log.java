@@ -7,6 +7,15 @@ final class Log {
     private Log() {
     }
 
+    /** Debug lines only with {@code HEAPBALLOON_AGENT_DEBUG=1} in the environment. */
+    private static final boolean DEBUG = "1".equals(System.getenv("HEAPBALLOON_AGENT_DEBUG"));
+
+    static void debug(String message) {
+        if (DEBUG) {
+            System.err.println(PREFIX + "debug " + message);
+        }
+    }
+
     static void info(String message) {
         System.err.println(PREFIX + message);
     }

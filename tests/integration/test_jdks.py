@@ -1,0 +1,50 @@
+"""The agent on every JDK: one jar (built once with --release 17) loads through `heapballoon run`
+(-javaagent) and through `heapballoon attach` on JDK 17, 21 and 25, and a JVM started with
+`heapballoon run` prints no warning about native access or Unsafe."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import jdks
+from hbtest import MIB, run_cli, wait_for
+
+pytestmark = pytest.mark.jvm
+WARNING = re.compile(r"WARNING|restricted method|sun\.misc\.Unsafe|--enable-native-access")
+
+
+def _java(jdk: int) -> str:
+    java = jdks.java(jdk)
+    if java is None:
+        print(f"SKIP reason: {jdks.missing(jdk)}")
+        pytest.skip(jdks.missing(jdk))
+    return java
+
+
+@pytest.mark.parametrize("jdk", sorted(jdks.COLLECTORS))
+def test_run_loads_the_agent_quietly(daemons, apps, jdk):
+    java = _java(jdk)
+    d = daemons.start()
+    j = apps.run(d, heap="256m", live_mib=16, churn_mib_per_s=10, gc="G1", java_bin=java, name=f"run{jdk}")
+    s = wait_for(lambda: d.jvm(j.pid), 40, 0.2, what=f"JDK {jdk} agent registered")
+    assert s["jvm_version"].split(".")[0] == str(jdk)
+    assert s["address_mode"] == "jni" and s["reclaim"] == "direct"
+    run_cli("target", j.pid, "96M", sock=d.sock, check=True)
+    wait_for(lambda: d.jvm(j.pid)["reclaimed_bytes"] >= 80 * MIB, 30, 0.25, what="reclaim")
+    assert not WARNING.search(j.stderr()), j.stderr()
+
+
+@pytest.mark.parametrize("jdk", sorted(jdks.COLLECTORS))
+def test_attach_loads_the_agent(daemons, apps, jdk):
+    java = _java(jdk)
+    d = daemons.start()
+    j = apps.run(None, heap="256m", live_mib=16, churn_mib_per_s=10, gc="G1", java_bin=java, wrapper=())
+    wait_for(lambda: j.lines, 30, what="plain JVM running")
+    out = run_cli("attach", j.pid, "--name", f"attached{jdk}", sock=d.sock)
+    assert out.returncode == 0, out.stderr
+    s = wait_for(lambda: d.jvm(j.pid), 30, 0.2, what=f"JDK {jdk} attached agent registered")
+    assert s["name"] == f"attached{jdk}" and s["jvm_version"].split(".")[0] == str(jdk)
+    run_cli("target", j.pid, "96M", sock=d.sock, check=True)
+    wait_for(lambda: d.jvm(j.pid)["balloon_bytes"] >= 80 * MIB, 30, 0.25, what="inflate after attach")

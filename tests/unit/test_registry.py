@@ -1,0 +1,46 @@
+"""The registry's sizing of each JVM: excess and balloon_max from what the agent reports."""
+
+from heapballoon import protocol
+from heapballoon.driver import policy
+from heapballoon.driver.registry import JVMRecord
+
+MIB = 1 << 20
+
+
+def record(pid, *, committed_mib, live_mib, balloon_max_mib=None, gc="Serial"):
+    state = protocol.State(heap_max_bytes=committed_mib * MIB, heap_committed_bytes=committed_mib * MIB,
+                           live_bytes=live_mib * MIB,
+                           balloon_max_bytes=-1 if balloon_max_mib is None else balloon_max_mib * MIB)
+    hello = protocol.Hello(pid=pid, name=f"j{pid}", agent_version="t", jvm_version="17", jvm_vendor="t", gc=gc,
+                           region_bytes=0, address_mode="jni", reclaim_modes=("direct",), target_bytes=0, state=state)
+    return JVMRecord(pid=pid, starttime=1, hello=hello, state=state)
+
+
+def test_excess_is_capped_by_what_the_agent_can_hold():
+    # Serial, 1 GiB heap, 200 MiB live: 760 MiB idle, but the old generation holds only 400
+    rec = record(1, committed_mib=1024, live_mib=200, balloon_max_mib=400)
+    assert rec.excess_bytes == 400 * MIB
+    assert rec.balloon_max_bytes == 400 * MIB
+
+
+def test_an_older_agent_falls_back_to_the_heap_estimate():
+    rec = record(1, committed_mib=1024, live_mib=200)
+    assert rec.balloon_max_bytes == policy.room_bytes(1024 * MIB, 200 * MIB)
+    assert rec.excess_bytes == policy.excess_bytes(1024 * MIB, 200 * MIB, 1024 * MIB)
+
+
+def test_node_split_hands_no_jvm_more_than_it_can_hold():
+    serial = record(1, committed_mib=1024, live_mib=200, balloon_max_mib=100)
+    g1 = record(2, committed_mib=1024, live_mib=200, balloon_max_mib=700, gc="G1")
+    recs = [serial, g1]
+    targets = policy.effective_targets(600 * MIB, {r.pid: None for r in recs}, {r.pid: r.excess_bytes for r in recs},
+                                       {r.pid: r.balloon_max_bytes for r in recs})
+    assert targets[1] <= 100 * MIB
+    assert targets[1] + targets[2] == 600 * MIB
+
+
+def test_status_shows_balloon_max_and_flaps():
+    rec = record(1, committed_mib=1024, live_mib=200, balloon_max_mib=400)
+    status = rec.status(0)
+    assert status["balloon_max_bytes"] == 400 * MIB
+    assert status["flaps"] == 0
