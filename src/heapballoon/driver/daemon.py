@@ -219,8 +219,10 @@ class Driver:
                     log.info("pid %d event %s: released %s in %d ms (%s)", pid, msg.kind,
                              format_size(msg.released_bytes), msg.latency_ms, msg.reason)
                     self._wake.set()
-                elif isinstance(msg, (protocol.Pong,)):
+                elif isinstance(msg, protocol.Pong):
                     pass
+                elif isinstance(msg, protocol.Error):  # the agent rejected something we sent
+                    log.warning("agent pid %d rejected a message: %s", pid, msg.error)
                 else:
                     await chan.send(protocol.Error(error=f"unexpected {msg.TYPE!r} from an agent"))
         finally:

@@ -3,13 +3,13 @@ package io.heapballoon.agent;
 import com.sun.management.GarbageCollectionNotificationInfo;
 import java.io.IOException;
 import java.lang.management.GarbageCollectorMXBean;
-import java.util.Map;
 import javax.management.NotificationEmitter;
 import javax.management.openmbean.CompositeData;
 
 /**
  * Owns the "heapballoon-agent" thread: sets everything up, keeps a connection to the driver
- * (reconnecting forever with backoff), speaks the protocol (hello, state, events; target, ping),
+ * (reconnecting forever with backoff), speaks the protocol through Wire (hello, state, events;
+ * target, ping; an error reply to a bad line),
  * and ticks the Controller every {@value #TICK_MS} ms whether connected or not.
  */
 final class AgentLoop implements Runnable {
@@ -109,33 +109,26 @@ final class AgentLoop implements Runnable {
             }
             long now = System.currentTimeMillis();
             if (controller.changed.getAndSet(false) || now - lastStateMs >= options.intervalMs) {
-                link.send(stateJson("state").toString());
+                link.send(Wire.state(stateFields()));
                 lastStateMs = now;
             }
         }
     }
 
     private void handle(DriverLink link, String line) throws IOException {
-        Map<String, Object> msg;
-        try {
-            msg = Json.parseObject(line);
-        } catch (IllegalArgumentException e) {
-            return;
-        }
-        if (Json.getLong(msg, "v", 0) != 1) {
-            return;
-        }
-        String type = Json.getString(msg, "type", "");
-        if (type.equals("target")) {
-            String reclaim = Json.getString(msg, "reclaim", "ksm");
-            if (!reclaim.equals("direct") && !reclaim.equals("report")) {
-                reclaim = "ksm";
-            }
-            controller.onTarget(Json.getLong(msg, "target_bytes", 0), reclaim, Json.getLong(msg, "headroom_bytes", 0));
-        } else if (type.equals("ping")) {
-            link.send(new Json.Obj().put("v", 1).put("type", "pong").put("id", Json.getLong(msg, "id", 0)).toString());
-        } else if (type.equals("error")) {
-            Log.info("driver reported: " + Json.getString(msg, "error", "?"));
+        Wire.Incoming msg = Wire.parse(line);
+        switch (msg.kind) {
+            case TARGET:
+                controller.onTarget(msg.targetBytes, msg.reclaim, msg.headroomBytes);
+                break;
+            case PING:
+                link.send(Wire.pong(msg.id));
+                break;
+            case ERROR:
+                Log.info("driver reported: " + msg.text);
+                break;
+            default:
+                link.send(Wire.error("rejected: " + msg.text));
         }
     }
 
@@ -149,48 +142,39 @@ final class AgentLoop implements Runnable {
 
     private String hello() {
         Balloon balloon = controller.balloon;
-        String reclaimModes = balloon.canRelease() ? "[\"direct\",\"ksm\",\"report\"]" : "[\"ksm\",\"report\"]";
-        Json.Obj hello = new Json.Obj().put("v", 1).put("type", "hello")
-                .put("pid", ProcessHandle.current().pid())
-                .put("name", options.name)
-                .put("agent_version", AGENT_VERSION)
-                .put("jvm_version", System.getProperty("java.version", ""))
-                .put("jvm_vendor", System.getProperty("java.vm.vendor", ""))
-                .put("gc", stats.gc)
-                .put("region_bytes", stats.regionBytes)
-                .put("address_mode", balloon.addressMode())
-                .raw("reclaim_modes", reclaimModes);
-        return stateFields(hello).toString();
+        Wire.Identity id = new Wire.Identity();
+        id.pid = ProcessHandle.current().pid();
+        id.name = options.name;
+        id.agentVersion = AGENT_VERSION;
+        id.jvmVersion = System.getProperty("java.version", "");
+        id.jvmVendor = System.getProperty("java.vm.vendor", "");
+        id.gc = stats.gc;
+        id.regionBytes = stats.regionBytes;
+        id.addressMode = balloon.addressMode();
+        id.canRelease = balloon.canRelease();
+        return Wire.hello(id, stateFields());
     }
 
-    private Json.Obj stateJson(String type) {
-        return stateFields(new Json.Obj().put("v", 1).put("type", type));
-    }
-
-    private Json.Obj stateFields(Json.Obj obj) {
+    private Wire.StateFields stateFields() {
         Balloon balloon = controller.balloon;
-        String chunks;
-        long footprint;
-        long epoch;
+        Wire.StateFields s = new Wire.StateFields();
         synchronized (balloon) {
-            chunks = balloon.chunksJson();
-            footprint = balloon.footprintBytes();
-            epoch = balloon.epoch();
+            s.chunksJson = balloon.chunksJson();
+            s.balloonBytes = balloon.footprintBytes();
+            s.chunksEpoch = balloon.epoch();
         }
-        return obj.put("heap_max_bytes", stats.maxBytes())
-                .put("heap_committed_bytes", stats.committedBytes())
-                .put("heap_used_bytes", stats.usedBytes())
-                .put("live_bytes", controller.liveBytes())
-                .put("live_source", controller.live.source())
-                .put("balloon_max_bytes", controller.balloonMaxBytes())
-                .put("flaps", controller.flaps())
-                .put("gc_count", stats.gcCount())
-                .put("gc_time_ms", stats.gcTimeMs())
-                .put("balloon_bytes", footprint)
-                .put("target_bytes", controller.targetBytes())
-                .put("reclaim", controller.reclaim())
-                .put("chunks_epoch", epoch)
-                .raw("chunks", chunks);
+        s.heapMaxBytes = stats.maxBytes();
+        s.heapCommittedBytes = stats.committedBytes();
+        s.heapUsedBytes = stats.usedBytes();
+        s.liveBytes = controller.liveBytes();
+        s.liveSource = controller.live.source();
+        s.balloonMaxBytes = controller.balloonMaxBytes();
+        s.flaps = controller.flaps();
+        s.gcCount = stats.gcCount();
+        s.gcTimeMs = stats.gcTimeMs();
+        s.targetBytes = controller.targetBytes();
+        s.reclaim = controller.reclaim();
+        return s;
     }
 
     private static void sleep(long ms) {

@@ -205,8 +205,7 @@ final class Balloon {
             if (i > 0) {
                 out.append(',');
             }
-            out.append("{\"id\":").append(c.id).append(",\"addr\":").append(c.addr).append(",\"len\":").append(c.len)
-                    .append(",\"released\":").append(c.released).append('}');
+            Wire.chunk(out, c.id, c.addr, c.len, c.released);
         }
         return out.append(']').toString();
     }

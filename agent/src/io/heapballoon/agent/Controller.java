@@ -143,9 +143,7 @@ final class Controller {
     }
 
     void event(String kind, long releasedBytes, String reason, long latencyMs) {
-        String line = new Json.Obj().put("v", 1).put("type", "event").put("kind", kind)
-                .put("released_bytes", releasedBytes).put("reason", reason).put("latency_ms", latencyMs).toString();
-        events.add(line);
+        events.add(Wire.event(kind, releasedBytes, reason, latencyMs));
         while (events.size() > MAX_PENDING_EVENTS) {
             events.poll();
         }

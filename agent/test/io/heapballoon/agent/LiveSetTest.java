@@ -1,0 +1,93 @@
+package io.heapballoon.agent;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+
+import java.lang.management.MemoryUsage;
+import java.util.LinkedHashMap;
+import java.util.Map;
+import java.util.Set;
+import org.junit.jupiter.api.Test;
+
+/** The live-set estimate: which collections count, per collector, and how samples fold in. */
+class LiveSetTest {
+    static final long MIB = 1L << 20;
+
+    static Map<String, MemoryUsage> pools(Object... nameAndMib) {
+        Map<String, MemoryUsage> m = new LinkedHashMap<>();
+        for (int i = 0; i < nameAndMib.length; i += 2) {
+            long used = ((Integer) nameAndMib[i + 1]) * MIB;
+            m.put((String) nameAndMib[i], new MemoryUsage(0, used, used, -1));
+        }
+        return m;
+    }
+
+    @Test
+    void classifiesEveryCollectorsBeans() {
+        for (String complete : new String[] {"MarkSweepCompact", "PS MarkSweep", "G1 Old Generation"}) {
+            assertEquals(LiveSet.Kind.COMPLETE, LiveSet.classify(complete), complete);
+        }
+        for (String cycle : new String[] {"G1 Concurrent GC", "ZGC Cycles", "ZGC Major Cycles", "Shenandoah Cycles"}) {
+            assertEquals(LiveSet.Kind.CONCURRENT, LiveSet.classify(cycle), cycle);
+        }
+        for (String young : new String[] {"Copy", "PS Scavenge", "G1 Young Generation", "ZGC Minor Cycles"}) {
+            assertEquals(LiveSet.Kind.PARTIAL, LiveSet.classify(young), young);
+        }
+        for (String pause : new String[] {"ZGC Pauses", "ZGC Minor Pauses", "ZGC Major Pauses", "Shenandoah Pauses"}) {
+            assertEquals(LiveSet.Kind.IGNORE, LiveSet.classify(pause), pause);
+        }
+        assertEquals(LiveSet.Kind.COMPLETE, LiveSet.classify("Some Future Collector"));
+    }
+
+    @Test
+    void youngCollectionsNeverRaiseTheEstimate() {
+        Set<String> heap = Set.of("Eden Space", "Survivor Space", "Tenured Gen");
+        LiveSet live = new LiveSet("Serial", false, 0);
+        LiveSet.Sample full = live.samples("MarkSweepCompact", pools(), pools("Eden Space", 0, "Survivor Space", 0,
+                "Tenured Gen", 300), heap)[0];
+        assertEquals(300 * MIB - 100 * MIB, live.record(full, 100 * MIB, 1));  // balloon subtracted
+        // promoted garbage: the old generation grows, the estimate does not
+        LiveSet.Sample young = live.samples("Copy", pools(), pools("Survivor Space", 5, "Tenured Gen", 500), heap)[0];
+        assertEquals(-1, live.record(young, 100 * MIB, 2));
+        assertEquals(200 * MIB, live.estimateBytes());
+        // ...but an upper bound below it lowers it
+        LiveSet.Sample lower = live.samples("Copy", pools(), pools("Survivor Space", 0, "Tenured Gen", 250), heap)[0];
+        live.record(lower, 100 * MIB, 3);
+        assertEquals(150 * MIB, live.estimateBytes());
+        assertEquals(1, live.completeCount());
+    }
+
+    @Test
+    void concurrentCyclesTakeTheSmallerOfTheLastTwo() {
+        Set<String> heap = Set.of("Shenandoah");
+        LiveSet live = new LiveSet("Shenandoah", false, 0);
+        assertEquals(300 * MIB, live.record(live.samples("Shenandoah Cycles", pools(), pools("Shenandoah", 300), heap)[0], 0, 1));
+        assertEquals(220 * MIB, live.record(live.samples("Shenandoah Cycles", pools(), pools("Shenandoah", 220), heap)[0], 0, 2));
+        assertEquals(220 * MIB, live.record(live.samples("Shenandoah Cycles", pools(), pools("Shenandoah", 400), heap)[0], 0, 3));
+        assertEquals(400 * MIB, live.record(live.samples("Shenandoah Cycles", pools(), pools("Shenandoah", 410), heap)[0], 0, 4));
+        assertEquals(0, live.samples("Shenandoah Pauses", pools(), pools("Shenandoah", 1), heap).length);
+    }
+
+    @Test
+    void g1OnJdk17InfersAConcurrentCycleFromOldGenFallingBetweenCollections() {
+        Set<String> heap = Set.of("G1 Eden Space", "G1 Survivor Space", "G1 Old Gen");
+        LiveSet live = new LiveSet("G1", false, MIB);
+        LiveSet.Sample[] first = live.samples("G1 Young Generation", pools("G1 Old Gen", 400),
+                pools("G1 Eden Space", 0, "G1 Survivor Space", 10, "G1 Old Gen", 600), heap);
+        assertEquals(1, first.length);
+        // Remark freed old regions between the two young collections: 600 → 250 before this one
+        LiveSet.Sample[] next = live.samples("G1 Young Generation",
+                pools("G1 Eden Space", 300, "G1 Survivor Space", 10, "G1 Old Gen", 250),
+                pools("G1 Eden Space", 0, "G1 Survivor Space", 12, "G1 Old Gen", 260), heap);
+        assertEquals(2, next.length);
+        assertEquals(LiveSet.Kind.CONCURRENT, next[0].kind);
+        assertEquals(260 * MIB, next[0].usedBytes);  // old + survivors before, eden left out
+        assertEquals(LiveSet.Kind.PARTIAL, next[1].kind);
+        // JDK 20+: the G1 Concurrent GC bean reports the cycle itself; nothing is inferred
+        LiveSet modern = new LiveSet("G1", true, MIB);
+        modern.samples("G1 Young Generation", pools("G1 Old Gen", 400), pools("G1 Old Gen", 600), heap);
+        assertEquals(1, modern.samples("G1 Young Generation", pools("G1 Old Gen", 250), pools("G1 Old Gen", 260), heap).length);
+        LiveSet.Sample remark = modern.samples("G1 Concurrent GC", pools(),
+                pools("G1 Eden Space", 40, "G1 Survivor Space", 10, "G1 Old Gen", 240), heap)[0];
+        assertEquals(250 * MIB, remark.usedBytes);  // eden (new allocations) left out
+    }
+}
