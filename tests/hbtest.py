@@ -14,24 +14,36 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
+
+from heapballoon.poll import Timeout, wait_until
 
 PY = sys.executable
 MIB = 1 << 20
 
 
 def wait_for(pred, timeout_s: float = 10.0, interval_s: float = 0.1, what: str = "condition"):
-    """Bounded polling: return pred()'s first truthy value, or fail after timeout_s."""
+    """The tests' one bounded-polling helper: ``pred()``'s first truthy value, or an
+    AssertionError (a test failure naming ``what``) after ``timeout_s``. Built on the product's
+    own :func:`heapballoon.poll.wait_until`."""
+    try:
+        return wait_until(pred, timeout_s, what, interval_s)
+    except Timeout as err:
+        raise AssertionError(f"{what} not reached within {timeout_s} s (last: {err.last!r})") from None
+
+
+async def until(pred, timeout_s: float = 5.0, interval_s: float = 0.02, what: str = "condition"):
+    """wait_for for asyncio tests: the same deadline rule, sleeping on the event loop."""
+    import asyncio
+
     deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(interval_s)
-    raise AssertionError(f"{what} not reached within {timeout_s} s (last: {last!r})")
+    while not (last := pred()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout_s} s (last: {last!r})")
+        await asyncio.sleep(interval_s)
+    return last
 
 
 def rss_bytes(pid: int) -> int:
@@ -115,11 +127,29 @@ class DaemonFactory:
             assert d.proc.returncode in (0, -signal.SIGKILL), f"daemon exited with {d.proc.returncode}:\n{d.log()[-3000:]}"
 
 
-@dataclass
 class JVM:
-    proc: subprocess.Popen
-    lines: list = field(default_factory=list)
-    stderr_lines: list = field(default_factory=list)
+    """One JVM child process (the tests' only JVM wrapper): its stdout as raw lines and, where
+    they are JSON (ChurnApp's reports), parsed into ``lines``; its stderr; the /proc views."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.lines: list[dict] = []
+        self.stdout_lines: list[str] = []
+        self.stderr_lines: list[str] = []
+        threading.Thread(target=self._pump_out, daemon=True).start()
+        threading.Thread(target=self._pump_err, daemon=True).start()
+
+    def _pump_out(self) -> None:
+        for line in self.proc.stdout:
+            self.stdout_lines.append(line.rstrip("\n"))
+            try:
+                self.lines.append(json.loads(line))
+            except ValueError:
+                self.lines.append({"raw": line})
+
+    def _pump_err(self) -> None:
+        for line in self.proc.stderr:
+            self.stderr_lines.append(line)
 
     @property
     def pid(self) -> int:
@@ -137,6 +167,37 @@ class JVM:
 
     def stderr(self) -> str:
         return "".join(self.stderr_lines)
+
+    def rss_bytes(self) -> int:
+        return rss_bytes(self.pid)
+
+    def maps(self) -> list[tuple[int, int, str, str]]:
+        """(start, end, perms, path) of every mapping."""
+        out = []
+        with open(f"/proc/{self.pid}/maps") as f:
+            for line in f:
+                fields = line.split(None, 5)
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                out.append((start, end, fields[1], fields[5].strip() if len(fields) > 5 else ""))
+        return out
+
+    def read_mem(self, addr: int, size: int) -> bytes:
+        with open(f"/proc/{self.pid}/mem", "rb") as f:
+            f.seek(addr)
+            return f.read(size)
+
+    def diagnostics(self) -> str:
+        return ("\n--- JVM stderr ---\n" + "".join(self.stderr_lines[-30:])
+                + "\n--- JVM stdout ---\n" + "\n".join(self.stdout_lines[-10:]))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
 
 
 class JVMFactory:
@@ -158,31 +219,19 @@ class JVMFactory:
             cmd = [*wrapper, *java]
         else:
             cmd = [PY, "-m", "heapballoon", "run", "--name", name, "--", *java]
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=cli_env(daemon.sock if daemon else None), bufsize=1)
+        return self.start(cmd, stdin=True, env=cli_env(daemon.sock if daemon else None))
+
+    def start(self, args: list[str], stdin: bool = False, env: dict | None = None) -> JVM:
+        """Any JVM command line, as given; stopped at teardown."""
+        proc = subprocess.Popen(args, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=env or cli_env(), bufsize=1)
         jvm = JVM(proc)
         self.jvms.append(jvm)
-
-        def pump_out():
-            for line in proc.stdout:
-                try:
-                    jvm.lines.append(json.loads(line))
-                except ValueError:
-                    jvm.lines.append({"raw": line})
-
-        def pump_err():
-            for line in proc.stderr:
-                jvm.stderr_lines.append(line)
-
-        threading.Thread(target=pump_out, daemon=True).start()
-        threading.Thread(target=pump_err, daemon=True).start()
         return jvm
 
     def teardown(self):
         for j in self.jvms:
-            if j.proc.poll() is None:
-                j.proc.kill()
-            j.proc.wait(timeout=10)
+            j.stop()
 
 
 def require_java():

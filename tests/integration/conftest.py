@@ -3,7 +3,7 @@
 ``FakeDriver`` owns a Unix socket server in a thread: it accepts agent connections, decodes
 every line with ``heapballoon.protocol.decode`` (so a malformed agent message fails the test),
 records hellos, states and events, and can send ``target`` messages.
-``Jvm`` owns one JVM child process: start with the agent, read /proc figures, stop.
+JVMs are hbtest's (``jvms`` fixture: a JVMFactory), and polling is hbtest's ``wait_for``.
 """
 
 from __future__ import annotations
@@ -22,20 +22,9 @@ import pytest
 
 from heapballoon import protocol
 from heapballoon.protocol import Event, Hello, State
+from hbtest import JVMFactory, wait_for
 
 MiB = 1 << 20
-
-
-def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.05):
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(interval_s)
 
 
 class FakeDriver:
@@ -142,67 +131,7 @@ class FakeDriver:
             s = self.last_state()
             return s if s is not None and predicate(s) else None
 
-        return wait_for(check, timeout_s, what)
-
-
-class Jvm:
-    """One JVM child process with the agent, plus the /proc views the tests need."""
-
-    def __init__(self, args: list[str], stdin: bool = False) -> None:
-        self.args = args
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
-        self.stdout_lines: list[str] = []
-        self.stderr_lines: list[str] = []
-        for stream, sink in ((self.proc.stdout, self.stdout_lines), (self.proc.stderr, self.stderr_lines)):
-            threading.Thread(target=self._pump, args=(stream, sink), daemon=True).start()
-
-    @staticmethod
-    def _pump(stream, sink: list[str]) -> None:
-        for line in stream:
-            sink.append(line.rstrip("\n"))
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def send(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
-
-    def maps(self) -> list[tuple[int, int, str, str]]:
-        """(start, end, perms, path) of every mapping."""
-        out = []
-        for line in Path(f"/proc/{self.pid}/maps").read_text().splitlines():
-            fields = line.split(None, 5)
-            start, end = (int(x, 16) for x in fields[0].split("-"))
-            out.append((start, end, fields[1], fields[5] if len(fields) > 5 else ""))
-        return out
-
-    def read_mem(self, addr: int, size: int) -> bytes:
-        with open(f"/proc/{self.pid}/mem", "rb") as f:
-            f.seek(addr)
-            return f.read(size)
-
-    def diagnostics(self) -> str:
-        return ("\n--- JVM stderr ---\n" + "\n".join(self.stderr_lines[-30:])
-                + "\n--- JVM stdout ---\n" + "\n".join(self.stdout_lines[-10:]))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        return wait_for(check, timeout_s, 0.05, what=what)
 
 
 @pytest.fixture(scope="session")
@@ -239,15 +168,7 @@ def driver(tmp_path):
 
 @pytest.fixture
 def jvms():
-    """Start JVMs through this list's ``start``; all are stopped at teardown."""
-    started: list[Jvm] = []
-
-    class Starter:
-        def start(self, args: list[str], stdin: bool = False) -> Jvm:
-            jvm = Jvm(args, stdin)
-            started.append(jvm)
-            return jvm
-
-    yield Starter()
-    for jvm in started:
-        jvm.stop()
+    """Start JVMs with ``jvms.start(args)``; all are stopped at teardown."""
+    factory = JVMFactory()
+    yield factory
+    factory.teardown()

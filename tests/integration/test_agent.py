@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from conftest import MiB, FakeDriver, wait_for
+from conftest import MiB, FakeDriver
+from hbtest import wait_for
 from heapballoon.agent import build
 
 pytestmark = [pytest.mark.jvm, pytest.mark.timeout(120)]
@@ -34,7 +35,7 @@ def start_jvm(jvms, artifacts, driver: FakeDriver, *jvm_flags: str, native: str 
 
 def hello_of(driver: FakeDriver, jvm, timeout_s: float = 20):
     return wait_for(lambda: driver.hellos[-1] if driver.hellos else None, timeout_s,
-                    "the agent's hello" + jvm.diagnostics())
+                    what="the agent's hello" + jvm.diagnostics())
 
 
 def check_chunk_addresses(jvm, state, gc: str) -> None:
@@ -73,7 +74,7 @@ def test_hello_ping_garbage_and_driver_restart(jvms, artifacts, driver):
     driver.stop()
     driver.start()
     again = wait_for(lambda: driver.hellos[1] if len(driver.hellos) > 1 else None, 10,
-                     "a second hello after the driver restarted" + jvm.diagnostics())
+                     what="a second hello after the driver restarted" + jvm.diagnostics())
     assert again.target_bytes == 128 * MiB
     assert [c.id for c in again.state.chunks] == ids
     assert again.state.balloon_bytes == 128 * MiB
@@ -144,17 +145,17 @@ def test_pressure_gives_memory_back(jvms, artifacts, driver):
     driver.wait_state(lambda s: s.balloon_bytes == 512 * MiB, 30, "512 MiB balloon" + jvm.diagnostics())
     jvm.send("live 700")
     wait_for(lambda: any('"live_mib":700' in line for line in jvm.stdout_lines) or jvm.proc.poll() is not None,
-             60, "the app to grow to 700 MiB" + jvm.diagnostics())
+             60, what="the app to grow to 700 MiB" + jvm.diagnostics())
     assert jvm.proc.poll() is None, "the app died" + jvm.diagnostics()
     checks_before = max(json.loads(line).get("checks", 0) for line in jvm.stdout_lines if line.startswith('{"live'))
     jvm.send("check")
     wait_for(lambda: any(json.loads(line).get("checks", 0) > checks_before
-                         for line in jvm.stdout_lines if line.startswith('{"live')), 10, "a verification pass")
+                         for line in jvm.stdout_lines if line.startswith('{"live')), 10, what="a verification pass")
     assert not any('"error"' in line for line in jvm.stdout_lines), jvm.diagnostics()
     state = driver.last_state()
     assert state.balloon_bytes <= (1024 - 700) * MiB, f"balloon still {state.balloon_bytes / MiB:.0f} MiB"
     kinds = driver.event_kinds()
     assert "pressure_release" in kinds or "soft_cleared" in kinds, kinds
-    latencies = [e.latency_ms for e in driver.events if e.kind == "pressure_release" and e.reason.startswith("live")]
+    latencies = [e.latency_ms for e in driver.events if e.kind == "pressure_release" and "live" in e.reason]
     print(f"pressure releases: {len(latencies)}, latency_ms max {max(latencies, default=-1)}")
     assert not driver.bad_lines, driver.bad_lines

@@ -22,6 +22,7 @@ import pytest
 from heapballoon.agent import attach as attach_mod
 from heapballoon.agent.attach import attach_agent
 from heapballoon.errors import AttachError, NotAJVM
+from hbtest import wait_for
 
 pytestmark = pytest.mark.jvm
 
@@ -97,13 +98,8 @@ def jvm(workdir):
     j.stop()
 
 
-def wait_for(path: Path, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not path.exists():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+def appeared(path: Path, timeout_s: float = 5.0) -> bool:
+    return wait_for(path.exists, timeout_s, 0.01, what=f"{path} to appear")
 
 
 def test_attach_runs_agentmain_in_the_jvm(jvm, workdir):
@@ -113,7 +109,7 @@ def test_attach_runs_agentmain_in_the_jvm(jvm, workdir):
     elapsed = time.monotonic() - t0
     print(f"first attach (SIGQUIT + listener start + load) took {elapsed * 1000:.0f} ms")
     assert out.startswith("return code: 0")
-    assert wait_for(marker) and marker.read_text() == "attached"
+    assert appeared(marker) and marker.read_text() == "attached"
     assert not (workdir / f".attach_pid{jvm.pid}").exists()  # trigger file cleaned up
     assert jvm.alive()
 
@@ -124,7 +120,7 @@ def test_second_attach_reuses_the_listener(jvm, workdir, monkeypatch):
     monkeypatch.setattr(attach_mod.os, "kill", lambda pid, sig: sent.append(sig))
     marker = workdir / "marker-again"
     attach_agent(jvm.pid, str(workdir / "agent.jar"), str(marker))
-    assert wait_for(marker)
+    assert appeared(marker)
     assert sent == []  # socket already present: no second SIGQUIT
 
 
@@ -149,7 +145,7 @@ def test_sigquit_did_not_dump_threads(workdir):
     j = JVM(workdir)
     try:
         attach_agent(j.pid, str(workdir / "agent.jar"), str(workdir / "marker-fresh"))
-        assert wait_for(workdir / "marker-fresh")
+        assert appeared(workdir / "marker-fresh")
     finally:
         out = j.stop()
     assert "Full thread dump" not in out  # the JVM took SIGQUIT as an attach request
@@ -179,7 +175,7 @@ def test_jvm_with_xrs_is_refused_without_killing_it(workdir):
     j = JVM(workdir, extra=["-Xrs"])
     try:
         socket_path = Path(f"/tmp/.java_pid{j.pid}")
-        assert wait_for(socket_path)
+        assert appeared(socket_path)
         socket_path.unlink()
         with pytest.raises(AttachError, match="does not handle SIGQUIT"):
             attach_agent(j.pid, str(workdir / "agent.jar"), "x", timeout_s=0.5)
@@ -197,7 +193,7 @@ def test_root_attaches_to_a_jvm_of_another_user(workdir):
     try:
         marker = workdir / "marker-nobody"
         attach_agent(j.pid, str(workdir / "agent.jar"), str(marker))
-        assert wait_for(marker)
+        assert appeared(marker)
         assert marker.stat().st_uid == 65534  # written by the JVM's agent, as nobody
     finally:
         j.stop()

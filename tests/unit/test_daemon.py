@@ -19,6 +19,7 @@ import pytest
 from heapballoon import protocol, transport
 from heapballoon.driver.daemon import Driver
 from heapballoon.errors import DaemonUnavailable, RemoteError
+from hbtest import until
 
 MIB = 1 << 20
 
@@ -52,15 +53,6 @@ class FakeAgent:
     async def close(self):
         self.writer.close()
         self.task.cancel()
-
-
-async def until(pred, timeout_s=5.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached in time")
 
 
 async def ask(path, msg):
@@ -114,7 +106,7 @@ def test_target_status_and_verification(sock_path):
     asyncio.run(scenario())
 
 
-def test_node_target_split_and_deflate_all(sock_path):
+def test_node_target_reaches_the_agent_and_deflate_all(sock_path):
     async def scenario():
         driver, task = await start(sock_path)
         agent = FakeAgent(sock_path)
@@ -196,3 +188,22 @@ def test_restart_adopts_balloons_agents_still_hold(sock_path):
 def test_no_daemon_is_a_clear_error(sock_path):
     with pytest.raises(DaemonUnavailable, match="no daemon is listening"):
         transport.request(sock_path, protocol.StatusRequest())
+
+
+def test_tick_splits_a_node_target_among_jvms_by_what_each_can_hold(tmp_path):
+    """Three JVMs in the registry (no sockets): the node target is split by idle heap, and the
+    Serial JVM, whose old generation holds at most 100 MiB, is never handed more."""
+    from heapballoon.driver.registry import JVMRecord  # noqa: F401 - the records tick() reads
+
+    driver = Driver(str(tmp_path / "hb.sock"), ksm_mode="off")
+    for pid, gc, live_mib, max_mib in ((1001, "G1", 200, 700), (1002, "G1", 600, 300), (1003, "Serial", 200, 100)):
+        h = hello()
+        state = protocol.State(heap_max_bytes=1024 * MIB, heap_committed_bytes=1024 * MIB, live_bytes=live_mib * MIB,
+                               balloon_max_bytes=max_mib * MIB)
+        driver.registry.upsert(pid, 1, protocol.Hello(**{**h.__dict__, "pid": pid, "gc": gc, "state": state}))
+    driver.node_target_bytes = 900 * MIB
+    sent = {rec.pid: t.target_bytes for rec, t in driver.tick()}
+    assert sum(sent.values()) == 900 * MIB
+    assert sent[1003] <= 100 * MIB
+    assert sent[1001] > sent[1002] > 0  # more idle heap gives more
+    assert all(sent[p] <= m * MIB for p, m in ((1001, 700), (1002, 300), (1003, 100)))
