@@ -97,8 +97,11 @@ def cmd_attach(args) -> int:
 
 
 def _status_body(args) -> dict:
+    """The driver's status, validated at the boundary (a malformed reply is a clear error)."""
+    from heapballoon.status import DriverStatus
+
     body = transport.request(transport.socket_path(args.socket), protocol.StatusRequest(id=1)).body
-    return body
+    return DriverStatus.from_dict(body).to_dict()
 
 
 def cmd_status(args) -> int:
@@ -143,8 +146,10 @@ def cmd_target(args) -> int:
                               protocol.SetTarget(pid=pid, target_bytes=size_bytes, id=1))
     who = "all JVMs" if pid is None else f"JVM {pid}"
     print(f"target of {who} set to {format_size(size_bytes)}")
-    if pid is None and reply.body.get("targets"):
-        for p, t in sorted(reply.body["targets"].items()):
+    if pid is None:
+        from heapballoon.status import TargetsReply
+
+        for p, t in sorted(TargetsReply.from_dict(reply.body).targets.items()):
             print(f"  JVM {p}: {format_size(t)}")
     return 0
 

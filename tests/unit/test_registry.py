@@ -42,5 +42,6 @@ def test_node_split_hands_no_jvm_more_than_it_can_hold():
 def test_status_shows_balloon_max_and_flaps():
     rec = record(1, committed_mib=1024, live_mib=200, balloon_max_mib=400)
     status = rec.status(0)
-    assert status["balloon_max_bytes"] == 400 * MIB
-    assert status["flaps"] == 0
+    assert status.balloon_max_bytes == 400 * MIB
+    assert status.flaps == 0
+    assert status.to_dict()["balloon_max_bytes"] == 400 * MIB

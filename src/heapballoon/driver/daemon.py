@@ -31,6 +31,7 @@ from heapballoon.errors import KernelError, MessageTooLarge, ProtocolError
 from heapballoon.linux import pagemap
 from heapballoon.linux.ksm import KSM
 from heapballoon.linux.procfs import ProcFS
+from heapballoon.status import DriverStatus, NodeStatus, TargetsReply
 from heapballoon.units import format_size
 
 log = logging.getLogger("heapballoon.driver")
@@ -129,20 +130,22 @@ class Driver:
 
     # ------------------------------------------------------------------ status
 
-    def status(self) -> dict:
+    def status_typed(self) -> DriverStatus:
         targets = self.targets()
-        jvms = [r.status(targets.get(r.pid, r.explicit_target_bytes or 0)) for r in self.registry]
-        return {
-            "jvms": sorted(jvms, key=lambda j: j["pid"]),
-            "node": {
-                "target_bytes": self.node_target_bytes or 0,
-                "balloon_bytes": sum(j["balloon_bytes"] for j in jvms),
-                "reclaimed_bytes": sum(j["reclaimed_bytes"] for j in jvms),
-                "ksm": self.ksmctl.reason, "ksm_boosted": self.ksmctl.boosted,
-                "zero_pfn_known": self.zero_pfn is not None,
-                "bad_messages": self.bad_messages,
-            },
-        }
+        jvms = sorted((r.status(targets.get(r.pid, r.explicit_target_bytes or 0)) for r in self.registry),
+                      key=lambda j: j.pid)
+        node = NodeStatus(
+            target_bytes=self.node_target_bytes or 0,
+            balloon_bytes=sum(j.balloon_bytes for j in jvms),
+            reclaimed_bytes=sum(j.reclaimed_bytes for j in jvms),
+            ksm=self.ksmctl.reason, ksm_boosted=self.ksmctl.boosted,
+            zero_pfn_known=self.zero_pfn is not None, bad_messages=self.bad_messages,
+        )
+        return DriverStatus(tuple(jvms), node)
+
+    def status(self) -> dict:
+        """The ``status`` reply's body (docs/protocol.md), built from the typed payload."""
+        return self.status_typed().to_dict()
 
     # ------------------------------------------------------------------ connections
 
@@ -257,7 +260,7 @@ class Driver:
             self.save_state()
             self._wake.set()
             log.info("target set: %s → %s", "all" if msg.pid is None else f"pid {msg.pid}", format_size(msg.target_bytes))
-            return protocol.Reply(id=req_id, body={"targets": {str(k): v for k, v in self.targets().items()}})
+            return protocol.Reply(id=req_id, body=TargetsReply(self.targets()).to_dict())
         return protocol.Error(id=req_id, error=f"{msg.TYPE!r} is not a request this daemon answers")
 
     # ------------------------------------------------------------------ the loop

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from heapballoon import protocol
 from heapballoon.driver import policy
+from heapballoon.status import JvmStatus
 
 
 @dataclass
@@ -50,21 +52,17 @@ class JVMRecord:
             return s.balloon_max_bytes
         return policy.room_bytes(s.heap_max_bytes, s.live_bytes)
 
-    def status(self, target_bytes: int) -> dict:
+    def status(self, target_bytes: int) -> JvmStatus:
         s = self.state
-        return {
-            "pid": self.pid, "name": self.name, "gc": self.hello.gc,
-            "jvm_version": self.hello.jvm_version, "connected": self.connected,
-            "heap_max_bytes": s.heap_max_bytes, "heap_committed_bytes": s.heap_committed_bytes,
-            "heap_used_bytes": s.heap_used_bytes, "live_bytes": s.live_bytes,
-            "excess_bytes": self.excess_bytes, "balloon_max_bytes": self.balloon_max_bytes,
-            "target_bytes": target_bytes, "flaps": s.flaps, "live_source": s.live_source,
-            "balloon_bytes": s.balloon_bytes, "reclaimed_bytes": self.reclaimed_bytes,
-            "reclaim": s.reclaim, "address_mode": self.hello.address_mode,
-            "chunks": len(s.chunks), "gc_count": s.gc_count, "gc_time_ms": s.gc_time_ms,
-            "moved_chunks": self.moved_chunks, "drift_pages": self.drift_pages,
-            "events": dict(self.events),
-        }
+        return JvmStatus(
+            pid=self.pid, name=self.name, gc=self.hello.gc, jvm_version=self.hello.jvm_version,
+            connected=self.connected, heap_max_bytes=s.heap_max_bytes, heap_committed_bytes=s.heap_committed_bytes,
+            heap_used_bytes=s.heap_used_bytes, live_bytes=s.live_bytes, live_source=s.live_source,
+            excess_bytes=self.excess_bytes, balloon_max_bytes=self.balloon_max_bytes, target_bytes=target_bytes,
+            flaps=s.flaps, balloon_bytes=s.balloon_bytes, reclaimed_bytes=self.reclaimed_bytes, reclaim=s.reclaim,
+            address_mode=self.hello.address_mode, chunks=len(s.chunks), gc_count=s.gc_count, gc_time_ms=s.gc_time_ms,
+            moved_chunks=self.moved_chunks, drift_pages=self.drift_pages, events=MappingProxyType(dict(self.events)),
+        )
 
 
 class Registry:

@@ -1,0 +1,51 @@
+"""The typed status payloads: what the daemon sends round-trips, and a malformed body is refused
+with an error naming the field (never a traceback in the CLI)."""
+
+import pytest
+from hypothesis import given, strategies as st
+
+from heapballoon.errors import ProtocolError
+from heapballoon.status import DriverStatus, JvmStatus, NodeStatus, TargetsReply
+
+u = st.integers(0, 1 << 40)
+jvm = st.builds(JvmStatus, pid=st.integers(1, 1 << 22), name=st.text(max_size=20), gc=st.sampled_from(["G1", "Serial"]),
+                jvm_version=st.just("21.0.8"), connected=st.booleans(), heap_max_bytes=u, heap_committed_bytes=u,
+                heap_used_bytes=u, live_bytes=u, live_source=st.text(max_size=30), excess_bytes=u, balloon_max_bytes=u,
+                target_bytes=u, flaps=u, balloon_bytes=u, reclaimed_bytes=u, reclaim=st.sampled_from(["direct", "ksm"]),
+                address_mode=st.just("jni"), chunks=u, gc_count=u, gc_time_ms=u, moved_chunks=u, drift_pages=u,
+                events=st.dictionaries(st.sampled_from(["moved", "pressure_release"]), u))
+node = st.builds(NodeStatus, target_bytes=u, balloon_bytes=u, reclaimed_bytes=u, ksm=st.just("active"),
+                 ksm_boosted=st.booleans(), zero_pfn_known=st.booleans(), bad_messages=u)
+
+
+@given(st.lists(jvm, max_size=4).map(tuple), node)
+def test_status_roundtrips(jvms, node_status):
+    status = DriverStatus(jvms, node_status)
+    again = DriverStatus.from_dict(status.to_dict())
+    assert again.to_dict() == status.to_dict()
+
+
+def _valid() -> dict:
+    return DriverStatus((), NodeStatus(0, 0, 0, "off", False, True, 0)).to_dict()
+
+
+@pytest.mark.parametrize("mutate,field", [
+    (lambda d: d.update(jvms="no"), "jvms"),
+    (lambda d: d["node"].update(bad_messages="7"), "bad_messages"),
+    (lambda d: d["node"].update(ksm_boosted=1), "ksm_boosted"),
+    (lambda d: d["node"].pop("ksm"), "ksm"),
+    (lambda d: d.update(jvms=[{"pid": 1}]), "name"),
+])
+def test_a_malformed_body_names_the_field(mutate, field):
+    body = _valid()
+    mutate(body)
+    with pytest.raises(ProtocolError, match=field):
+        DriverStatus.from_dict(body)
+
+
+def test_targets_reply():
+    assert dict(TargetsReply.from_dict({"targets": {"12": 5}}).targets) == {12: 5}
+    assert TargetsReply({12: 5}).to_dict() == {"targets": {"12": 5}}
+    for bad in ({"targets": {"x": 1}}, {"targets": {"1": -1}}, {"targets": []}, "nope"):
+        with pytest.raises(ProtocolError):
+            TargetsReply.from_dict(bad)
