@@ -169,6 +169,61 @@ class ProcFS:
         except (IndexError, ValueError):
             raise KernelError(f"cannot parse {self.path(pid, 'stat')}") from None
 
+    def state(self, pid: Pid) -> str:
+        """The one-letter state of ``stat`` field 3 (``R``, ``S``, ``Z`` zombie, ``X`` dead, ...)."""
+        text = self.read_text(f"{pid}/stat")
+        try:
+            return text[text.rindex(")") + 2]
+        except (ValueError, IndexError):
+            raise KernelError(f"cannot parse {self.path(pid, 'stat')}") from None
+
+    def alive(self, pid: Pid) -> bool:
+        """True when ``pid`` exists and is neither a zombie nor dead (no exception: gone is False)."""
+        if isinstance(pid, int) and pid <= 0:
+            return False
+        try:
+            return self.state(pid) not in "ZX"
+        except KernelError:
+            return False
+
+    # -- open files (/proc/PID/fd) -----------------------------------------------------------
+
+    def fds(self, pid: Pid) -> list[int]:
+        """The open file descriptor numbers of ``pid`` (needs ptrace access: same user or root)."""
+        relpath = f"{pid}/fd"
+        try:
+            names = os.listdir(self.path(relpath))
+        except OSError as exc:
+            if isinstance(exc, PermissionError):
+                raise KernelError(f"cannot read {self.path(relpath)}: permission denied "
+                                  "(need the same user as the process, or root)") from exc
+            raise self._error(relpath, exc) from exc
+        return sorted(int(n) for n in names if n.isdigit())
+
+    def fd_target(self, pid: Pid, fd: int) -> str:
+        """What descriptor ``fd`` of ``pid`` refers to (``/memfd:ram0 (deleted)``, a path, ...)."""
+        relpath = f"{pid}/fd/{fd}"
+        try:
+            return os.readlink(self.path(relpath))
+        except OSError as exc:
+            raise self._error(relpath, exc) from exc
+
+    def fd_stat(self, pid: Pid, fd: int) -> os.stat_result:
+        """``stat`` of the file behind descriptor ``fd`` of ``pid`` (size, device, inode)."""
+        relpath = f"{pid}/fd/{fd}"
+        try:
+            return os.stat(self.path(relpath))
+        except OSError as exc:
+            raise self._error(relpath, exc) from exc
+
+    def open_fd(self, pid: Pid, fd: int, flags: int) -> int:
+        """A new file description on the file behind ``fd`` of ``pid`` (the caller closes it)."""
+        relpath = f"{pid}/fd/{fd}"
+        try:
+            return os.open(self.path(relpath), flags | os.O_CLOEXEC)
+        except OSError as exc:
+            raise KernelError(f"cannot open {self.path(relpath)}: {_one_line(exc)}") from exc
+
     def open_pagemap(self, pid: Pid) -> BinaryIO:
         """``/proc/PID/pagemap`` opened unbuffered for ``os.pread``; the caller closes it."""
         relpath = f"{pid}/pagemap"
@@ -185,6 +240,10 @@ class ProcFS:
 
     def uptime_s(self) -> float:
         return float(self.read_text("uptime").split()[0])
+
+    def boot_id(self) -> str:
+        """This boot's random id (``sys/kernel/random/boot_id``): new on every (re)boot."""
+        return self.read_text("sys/kernel/random/boot_id").strip()
 
 
 def _kb_to_bytes(value: str) -> int:
