@@ -23,11 +23,13 @@ import base64
 import importlib.util
 import json
 import os
-import stat
 import subprocess
 import sys
 import threading
 import time
+
+from heapballoon.errors import KernelError
+from heapballoon.linux.virtio import VirtioPorts
 
 CHANNEL_PORT = "org.heapballoon.0"
 EXEC_PORT = "org.heapballoon.exec"
@@ -56,32 +58,27 @@ def console(msg: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # virtio ports
 
-def find_ports(wanted: tuple[str, ...], timeout_s: float = 10.0) -> dict[str, str]:
+def find_ports(wanted: tuple[str, ...], timeout_s: float = 10.0,
+               ports: VirtioPorts | None = None) -> dict[str, str]:
     """Port name → device path for the names in ``wanted`` that show up within ``timeout_s``."""
+    ports = ports or VirtioPorts()
     found: dict[str, str] = {}
     deadline = time.monotonic() + timeout_s
     while True:
-        base = "/sys/class/virtio-ports"
-        for entry in sorted(os.listdir(base)) if os.path.isdir(base) else []:
-            try:
-                with open(f"{base}/{entry}/name") as f:
-                    name = f.read().strip()
-            except OSError:
-                continue
+        try:
+            names = ports.names()
+        except KernelError as err:
+            console(f"heapballoon-supervisor: {err}")
+            names = {}
+        for name, entry in names.items():
             if name in wanted and name not in found:
-                found[name] = ensure_node(entry, f"{base}/{entry}/dev")
+                try:
+                    found[name] = ports.ensure_node(entry)
+                except KernelError as err:
+                    console(f"heapballoon-supervisor: {err}")
         if len(found) == len(wanted) or time.monotonic() > deadline:
             return found
         time.sleep(0.05)
-
-
-def ensure_node(entry: str, devfile: str) -> str:
-    path = f"/dev/{entry}"
-    if not os.path.exists(path):
-        with open(devfile) as f:
-            major, minor = (int(x) for x in f.read().strip().split(":"))
-        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(major, minor))
-    return path
 
 
 class Port:
