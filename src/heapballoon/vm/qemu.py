@@ -247,7 +247,7 @@ def _extra_initrd(spec: dict, copies: list[tuple[str, str]], name: str, copies_p
     """
     import io
 
-    from heapballoon.vm.cpio import CpioWriter
+    from heapballoon.vm.image.cpio import CpioWriter
 
     buf = io.BytesIO()
     w = CpioWriter(buf)
