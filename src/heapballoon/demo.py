@@ -65,7 +65,7 @@ class Narrator:
         try:
             return wait_until(pred, timeout_s, what)
         except Timeout as err:
-            raise SystemExit(f"demo: {err}") from None
+            raise SystemExit(f"demo: {err}") from err
 
 
 def status(env: dict) -> dict:

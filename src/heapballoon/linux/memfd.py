@@ -42,7 +42,7 @@ def allocated_bytes(fd: int) -> int:
     try:
         return os.fstat(fd).st_blocks * 512
     except OSError as exc:
-        raise KernelError(f"fstat(fd {fd}): {exc.strerror}") from None
+        raise KernelError(f"fstat(fd {fd}): {exc.strerror}") from exc
 
 
 @dataclass(frozen=True)

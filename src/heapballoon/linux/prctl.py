@@ -46,11 +46,11 @@ def set_memory_merge(enable: bool = True) -> None:
     try:
         prctl(PR_SET_MEMORY_MERGE, 1 if enable else 0)
     except OSError as exc:
-        raise _memory_merge_error("prctl(PR_SET_MEMORY_MERGE)", exc) from None
+        raise _memory_merge_error("prctl(PR_SET_MEMORY_MERGE)", exc) from exc
 
 
 def get_memory_merge() -> bool:
     try:
         return bool(prctl(PR_GET_MEMORY_MERGE))
     except OSError as exc:
-        raise _memory_merge_error("prctl(PR_GET_MEMORY_MERGE)", exc) from None
+        raise _memory_merge_error("prctl(PR_GET_MEMORY_MERGE)", exc) from exc

@@ -86,7 +86,7 @@ class ProcFS:
             with open(self.path(relpath), "rb") as f:
                 return f.read().decode("utf-8", "surrogateescape")
         except OSError as exc:
-            raise self._error(relpath, exc) from None
+            raise self._error(relpath, exc) from exc
 
     def exists(self, pid: Pid) -> bool:
         return os.path.isdir(self.path(pid))
@@ -151,8 +151,8 @@ class ProcFS:
         st = self.status(pid)
         try:
             return int(st["Uid"].split()[1]), int(st["Gid"].split()[1])
-        except (KeyError, IndexError, ValueError):
-            raise KernelError(f"cannot parse Uid/Gid in {self.path(pid, 'status')}") from None
+        except (KeyError, IndexError, ValueError) as err:
+            raise KernelError(f"cannot parse Uid/Gid in {self.path(pid, 'status')}") from err
 
     def catches_signal(self, pid: Pid, signum: int) -> bool:
         """Whether the process has a handler installed for ``signum`` (``SigCgt`` mask)."""
@@ -166,16 +166,16 @@ class ProcFS:
         rest = text[text.rfind(")") + 2:].split()
         try:
             return int(rest[19])  # rest[0] is field 3 (state)
-        except (IndexError, ValueError):
-            raise KernelError(f"cannot parse {self.path(pid, 'stat')}") from None
+        except (IndexError, ValueError) as err:
+            raise KernelError(f"cannot parse {self.path(pid, 'stat')}") from err
 
     def state(self, pid: Pid) -> str:
         """The one-letter state of ``stat`` field 3 (``R``, ``S``, ``Z`` zombie, ``X`` dead, ...)."""
         text = self.read_text(f"{pid}/stat")
         try:
             return text[text.rindex(")") + 2]
-        except (ValueError, IndexError):
-            raise KernelError(f"cannot parse {self.path(pid, 'stat')}") from None
+        except (ValueError, IndexError) as err:
+            raise KernelError(f"cannot parse {self.path(pid, 'stat')}") from err
 
     def alive(self, pid: Pid) -> bool:
         """True when ``pid`` exists and is neither a zombie nor dead (no exception: gone is False)."""
@@ -233,8 +233,8 @@ class ProcFS:
             if isinstance(exc, PermissionError):
                 raise KernelError(
                     f"cannot open {self.path(relpath)}: permission denied (needs ptrace access to PID {pid})"
-                ) from None
-            raise self._error(relpath, exc) from None
+                ) from exc
+            raise self._error(relpath, exc) from exc
 
     # -- system-wide ------------------------------------------------------------------------
 

@@ -58,8 +58,8 @@ class Progress:
 def run(cmd: list[str], what: str, **kw) -> subprocess.CompletedProcess:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
-    except FileNotFoundError:
-        raise ImageError(f"{what}: {cmd[0]} not found (install it, e.g. apt-get install {cmd[0]})") from None
+    except FileNotFoundError as err:
+        raise ImageError(f"{what}: {cmd[0]} not found (install it, e.g. apt-get install {cmd[0]})") from err
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
         raise ImageError(f"{what} failed (exit {proc.returncode}): {' | '.join(tail) or 'no output'}")
