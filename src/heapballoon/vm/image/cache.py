@@ -29,6 +29,8 @@ KEEP_IMAGES = 3
 
 @dataclass(frozen=True)
 class Image:
+    """A built image: its files under ``images/<key>/`` and their sizes in bytes."""
+
     kernel_path: Path
     initrd_path: Path
     key: str

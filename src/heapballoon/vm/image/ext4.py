@@ -9,7 +9,6 @@ from pathlib import Path
 
 from heapballoon.vm.image.progress import run
 
-ROOTDISK_NAME = "rootfs.img"
 ROOTDISK_LABEL = "hbroot"
 
 
