@@ -45,7 +45,7 @@ def qemu_version() -> str:
 
 
 def _cache_file() -> Path:
-    from heapballoon.vm.image import cache_root
+    from heapballoon.vm.image.cache import cache_root
 
     return cache_root() / "accel.json"
 

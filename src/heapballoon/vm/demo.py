@@ -28,7 +28,7 @@ MIB = 1 << 20
 
 
 def _resident_bytes(name: str) -> int:
-    from heapballoon.vm.qemu import open_guest_ram
+    from heapballoon.vm.ramfile import open_guest_ram
 
     fd, _size = open_guest_ram(name, writable=False)
     try:
