@@ -203,21 +203,21 @@ class VMHandles(Protocol):
 def _int(d: dict, key: str, lo: int, hi: int, default: int | None = None) -> int:
     v = d.get(key, default)
     if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        raise VMDirError(f"vm.json: {key} must be an integer in [{lo}, {hi}], not {v!r}")
+        raise VMDirError(f"{key} must be an integer in [{lo}, {hi}], not {v!r}")
     return v
 
 
 def _str(d: dict, key: str, default: str = "") -> str:
     v = d.get(key, default)
     if not isinstance(v, str):
-        raise VMDirError(f"vm.json: {key} must be a string, not {v!r}")
+        raise VMDirError(f"{key} must be a string, not {v!r}")
     return v
 
 
 def _strs(d: dict, key: str) -> tuple[str, ...]:
     v = d.get(key, [])
     if not isinstance(v, list) or not all(isinstance(a, str) for a in v):
-        raise VMDirError(f"vm.json: {key} must be a list of strings")
+        raise VMDirError(f"{key} must be a list of strings")
     return tuple(v)
 
 
@@ -321,9 +321,7 @@ class VMDir:
                 ram_layout=tuple(RamRangeRecord(_int(r, "gpa", 0, 1 << 62), _int(r, "size", 1, 1 << 62),
                                                 _int(r, "offset", 0, 1 << 62)) for r in layout),
                 qemu_argv=_strs(data, "qemu_argv"))
-        except VMDirError as err:
-            raise VMDirError(f"{paths.vm_json}: {err}") from err
-        except VMError as err:  # a field validator's message
+        except VMError as err:  # a field's message (VMDirError is a VMError too)
             raise VMDirError(f"{paths.vm_json}: {err}") from err
 
     @classmethod
