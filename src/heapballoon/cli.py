@@ -207,16 +207,39 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--host-socket")
     t.set_defaults(func=cmd_target)
 
-    try:
-        from heapballoon.vm import cli as vm_cli  # VM mode: image, vm, hostd
-    except ImportError:
-        vm_cli = None
-    if vm_cli is not None:
-        vm_cli.add_commands(sub)
+    from heapballoon.vm import cli as vm_cli  # VM mode: image, vm
+
+    vm_cli.add_commands(sub)
+    for name, (help_text, _run) in PASSTHROUGH.items():
+        # listed in --help; the arguments are parsed by the command itself (see main)
+        sub.add_parser(name, help=help_text, add_help=False)
     return p
 
 
+def _hostd(argv: list[str]) -> int:
+    from heapballoon.host import hostd
+
+    return hostd.main(argv)
+
+
+# Commands that parse their own arguments (every word after the command name is theirs,
+# --help included): name → (help, run(argv) → exit code). main() dispatches them before
+# argparse sees the command line, so no parser internals are involved.
+PASSTHROUGH = {
+    "hostd": ("run the host memory manager (VM mode)", _hostd),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in PASSTHROUGH:
+        try:
+            return PASSTHROUGH[argv[0]][1](argv[1:])
+        except HeapballoonError as err:
+            print(f"heapballoon: error: {err}", file=sys.stderr)
+            return err.exit_code
+        except KeyboardInterrupt:
+            return 130
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

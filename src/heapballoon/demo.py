@@ -25,33 +25,47 @@ import tempfile
 import threading
 import time
 
-from rich.console import Console
-
+from heapballoon.errors import KernelError
+from heapballoon.linux.procfs import ProcFS
 from heapballoon.poll import Timeout, wait_until
 from heapballoon.render import render_status
 from heapballoon.units import format_size
 
-console = Console()
 PY = sys.executable
 MIB = 1 << 20
 
 
-def say(text: str) -> None:
-    console.print(f"\n[bold cyan]▶ {text}[/]")
+class Narrator:
+    """What the demo shows: headings, the commands it runs and their output, on one rich console.
 
+    Made in :func:`main` (nothing is created at import time) and handed to each part of the
+    demo, the VM part included (``heapballoon.vm.demo`` never imports this module).
+    """
 
-def show_cmd(args: list[str]) -> None:
-    console.print(f"[dim]$ heapballoon {shlex.join(map(str, args))}[/]")
+    def __init__(self, console) -> None:
+        self.console = console
 
+    def say(self, text: str) -> None:
+        self.console.print(f"\n[bold cyan]▶ {text}[/]")
 
-def cli(args: list, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    show_cmd(args)
-    proc = subprocess.run([PY, "-m", "heapballoon", *map(str, args)], env=env, capture_output=True, text=True)
-    if proc.stdout.strip() and "--json" not in args:
-        console.print(proc.stdout.rstrip())
-    if check and proc.returncode != 0:
-        raise SystemExit(f"demo: `heapballoon {' '.join(map(str, args))}` failed: {proc.stderr.strip()}")
-    return proc
+    def show_cmd(self, args: list[str]) -> None:
+        self.console.print(f"[dim]$ heapballoon {shlex.join(map(str, args))}[/]")
+
+    def cli(self, args: list, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+        self.show_cmd(args)
+        proc = subprocess.run([PY, "-m", "heapballoon", *map(str, args)], env=env, capture_output=True, text=True)
+        if proc.stdout.strip() and "--json" not in args:
+            self.console.print(proc.stdout.rstrip())
+        if check and proc.returncode != 0:
+            raise SystemExit(f"demo: `heapballoon {' '.join(map(str, args))}` failed: {proc.stderr.strip()}")
+        return proc
+
+    @staticmethod
+    def wait(pred, timeout_s: float, what: str):
+        try:
+            return wait_until(pred, timeout_s, what)
+        except Timeout as err:
+            raise SystemExit(f"demo: {err}") from err
 
 
 def status(env: dict) -> dict:
@@ -59,26 +73,17 @@ def status(env: dict) -> dict:
     return json.loads(proc.stdout) if proc.returncode == 0 else {"jvms": []}
 
 
-def rss_bytes(pid: int) -> int:
+def rss_bytes(pid: int, procfs: ProcFS | None = None) -> int:
     try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except FileNotFoundError:
-        pass
-    return 0
+        return (procfs or ProcFS()).rss_bytes(pid)
+    except KernelError:
+        return 0
 
 
-def wait(pred, timeout_s: float, what: str):
-    try:
-        return wait_until(pred, timeout_s, what)
-    except Timeout as err:
-        raise SystemExit(f"demo: {err}") from None
-
-
-def process_demo(env: dict) -> None:
+def process_demo(env: dict, ui: Narrator) -> None:
     from heapballoon.agent import build
+
+    say, show_cmd, cli, wait, console = ui.say, ui.show_cmd, ui.cli, ui.wait, ui.console
 
     say("Building the Java balloon agent (cached after the first run)")
     console.print(f"agent jar: {build.agent_jar()}\nnative library: {build.native_lib() or 'unavailable (KSM path only)'}")
@@ -152,13 +157,13 @@ def process_demo(env: dict) -> None:
         daemon.wait(15)
 
 
-def vm_demo(env: dict) -> None:
+def vm_demo(env: dict, ui: Narrator) -> None:
     try:
         from heapballoon.vm import demo as vmdemo
     except ImportError:
-        console.print("[yellow]VM mode is not available in this build; skipped.[/]")
+        ui.console.print("[yellow]VM mode is not available in this build; skipped.[/]")
         return
-    vmdemo.run(env, say=say, cli=cli, console=console)
+    vmdemo.run(env, ui)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,12 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("java") is None:
         print("demo: java is not installed (make demo installs openjdk-17-jdk-headless)", file=sys.stderr)
         return 1
+    from rich.console import Console
+
+    ui = Narrator(Console())
     with tempfile.TemporaryDirectory(prefix="heapballoon-demo-") as tmp:
         env = dict(os.environ, HEAPBALLOON_SOCKET=os.path.join(tmp, "hb.sock"), HEAPBALLOON_DEMO_DIR=tmp)
-        process_demo(env)
+        process_demo(env, ui)
         if not args.no_vm and shutil.which("qemu-system-x86_64"):
-            vm_demo(env)
-    console.print("\n[bold green]demo finished[/]")
+            vm_demo(env, ui)
+    ui.console.print("\n[bold green]demo finished[/]")
     return 0
 
 

@@ -13,7 +13,9 @@ One root, so the CLI can turn any of them into a one-line message and a non-zero
      ├── AgentBuildError       the Java agent could not be built
      ├── KernelError           a /proc, /sys or syscall operation failed
      ├── VMError               a QEMU virtual machine could not be started or driven
-     │    └── ImageError       the guest image could not be built
+     │    ├── ImageError       the guest image could not be built
+     │    ├── VMDirError       a VM directory (vm.json, its files) is missing or invalid
+     │    └── GuestRamError    the guest's RAM file cannot be found (not exactly one memfd)
      └── ReclaimError          the host could not reclaim guest pages
 """
 
@@ -75,6 +77,14 @@ class VMError(HeapballoonError):
 
 
 class ImageError(VMError):
+    pass
+
+
+class VMDirError(VMError):
+    pass
+
+
+class GuestRamError(VMError):
     pass
 
 

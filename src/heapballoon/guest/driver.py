@@ -15,6 +15,13 @@ process-mode :class:`~heapballoon.driver.daemon.Driver` with three differences:
 The port is a character device (/dev/vportNpM). Host connects and disconnects are invisible
 to the guest, so the guest re-announces itself (``guest_hello`` and a full resync) whenever
 hostd pings it, and repeats its hello until the host answers.
+
+Threads: the event loop thread owns every piece of mutable state of :class:`GuestDriver` (see
+the comments where it is declared). Reading pagemap is the only work done in a worker thread,
+by :func:`read_frames`, a pure function that takes a snapshot of the chunks and returns what it
+read; the loop thread then applies the result. :class:`Uplink`'s reader and writer threads own
+only the port's file descriptor and their buffers, and hand lines to the loop with
+``call_soon_threadsafe`` or take them from a thread-safe queue.
 """
 
 from __future__ import annotations
@@ -26,17 +33,59 @@ import os
 import queue
 import threading
 import time
+from dataclasses import dataclass
 
 from heapballoon import protocol
 from heapballoon.driver.daemon import Driver
 from heapballoon.driver.registry import JVMRecord
-from heapballoon.driver.verify import Verification, chunk_frames
+from heapballoon.driver.verify import chunk_frames
 from heapballoon.errors import KernelError, ProtocolError
 from heapballoon.linux import pagemap
+from heapballoon.linux.procfs import ProcFS
+from heapballoon.linux.virtio import VirtioPorts
 
 log = logging.getLogger("heapballoon.guest")
 DRIFT_RESCAN_S = 10.0
 HELLO_RETRY_S = 2.0
+
+
+@dataclass(frozen=True)
+class ScanPlan:
+    """What to read for one JVM, decided on the loop thread from a snapshot of its chunks."""
+
+    pid: int
+    starttime: int
+    epoch: int
+    keys: frozenset[str]                          # every "pid:chunk" the JVM has now
+    jobs: tuple[tuple[str, protocol.Chunk], ...]  # the chunks to read: (key, chunk)
+    rescan: bool
+    now_s: float
+
+
+@dataclass(frozen=True)
+class FrameScan:
+    """One chunk's guest frames as read from pagemap (``frames`` None: unreadable now)."""
+
+    key: str
+    addr: int
+    frames: frozenset[int] | None
+
+
+def read_frames(procfs: ProcFS, pid: int, jobs: tuple[tuple[str, protocol.Chunk], ...]) -> tuple[FrameScan, ...]:
+    """Guest frames behind each chunk of ``jobs``. Pure: reads pagemap, touches no driver state,
+    so it is what runs in a worker thread."""
+    out = []
+    for key, chunk in jobs:
+        try:
+            frames: frozenset[int] | None = frozenset(f for f in chunk_frames(procfs, pid, chunk) if f)
+        except KernelError:
+            frames = None
+        out.append(FrameScan(key, chunk.addr, frames))
+    return tuple(out)
+
+
+def read_plans(procfs: ProcFS, plans: tuple[ScanPlan, ...]) -> tuple[tuple[FrameScan, ...], ...]:
+    return tuple(read_frames(procfs, p.pid, p.jobs) for p in plans)
 
 
 class Uplink:
@@ -99,14 +148,15 @@ class GuestDriver(Driver):
         super().__init__(socket_path, ksm_mode="off", reclaim="report", **kw)
         self.uplink_path = uplink_path
         self.uplink: Uplink | None = None
-        self.reported: dict[str, set[int]] = {}   # "pid:chunk" → guest frames the host was told
+        # Owned by the event loop thread: read and written only there (never in to_thread work).
+        self.reported: dict[str, frozenset[int]] = {}  # "pid:chunk" → guest frames the host was told
         self.reported_addr: dict[str, int] = {}   # "pid:chunk" → chunk address when last reported
         self.acked_pages: dict[str, int] = {}      # "pid:chunk" → pages the host holds reclaimed
         self.pending: dict[int, str] = {}          # seq → key
         self.seq = 0
         self.host_target_seen = False
         self.last_hello_s = 0.0
-        self.last_rescan_s: dict[int, float] = {}
+        self.last_rescan_s: dict[int, float] = {}  # pid → clock() of its last full re-read
         self.drift_pages_total = 0
         self.guest_ram_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
@@ -138,7 +188,7 @@ class GuestDriver(Driver):
     def _hello_up(self) -> None:
         self.last_hello_s = self.clock()
         self._send_up(protocol.GuestHello(guest_ram_bytes=self.guest_ram_bytes, page_bytes=pagemap.PAGE_SIZE,
-                                          boot_id=_boot_id()))
+                                          boot_id=_boot_id(self.procfs)))
 
     def _on_host_line(self, line: bytes) -> None:
         try:
@@ -176,56 +226,71 @@ class GuestDriver(Driver):
                 self.pending[self.seq] = key
             self._send_up(protocol.Pages(seq=self.seq, op=op, ranges=tuple(ranges[i:i + protocol.MAX_RANGES]), key=key))
 
-    # ------------------------------------------------------------------ verification hook
+    # ------------------------------------------------------------------ host report
 
-    def after_verify(self, rec: JVMRecord, v: Verification) -> None:
-        """Translate chunks to guest frames and tell the host what changed (runs in a thread)."""
+    def _plan(self, rec: JVMRecord) -> ScanPlan:
+        """Which chunks of ``rec`` to read now (loop thread: reads the report state)."""
         now = self.clock()
-        keys_now = {f"{rec.pid}:{c.id}" for c in rec.state.chunks}
+        epoch = rec.state.chunks_epoch
         rescan = now - self.last_rescan_s.get(rec.pid, 0.0) >= DRIFT_RESCAN_S
-        for chunk in rec.state.chunks:
-            key = f"{rec.pid}:{chunk.id}"
-            if key in self.reported and not rescan and rec.verified_epoch == rec.state.chunks_epoch:
-                continue
-            try:
-                frames = {f for f in chunk_frames(self.procfs, rec.pid, chunk) if f}
-            except KernelError:
-                continue
-            old = self.reported.get(key, set())
+        unchanged = not rescan and rec.verified_epoch == epoch
+        jobs = tuple((key, c) for c in rec.state.chunks
+                     if not ((key := f"{rec.pid}:{c.id}") in self.reported and unchanged))
+        keys = frozenset(f"{rec.pid}:{c.id}" for c in rec.state.chunks)
+        return ScanPlan(rec.pid, rec.starttime, epoch, keys, jobs, rescan, now)
+
+    def _apply(self, rec: JVMRecord, plan: ScanPlan, scans: tuple[FrameScan, ...]) -> None:
+        """Tell the host what changed since the last report (loop thread: owns the report state)."""
+        for scan in scans:
+            if scan.frames is None:
+                continue  # pagemap unreadable now: try again next time
+            key, frames = scan.key, scan.frames
+            old = self.reported.get(key, frozenset())
             added, removed = frames - old, old - frames
-            if self.reported_addr.get(key, chunk.addr) != chunk.addr:
+            if self.reported_addr.get(key, scan.addr) != scan.addr:
                 # A GC moved the array: the copy wrote every destination page, including frames
                 # the chunk owned before (and the host had punched). All of them go back.
-                added = set(frames)
-            self.reported_addr[key] = chunk.addr
+                added = frames
+            self.reported_addr[key] = scan.addr
             if key in self.reported and (added or removed):
                 rec.drift_pages += len(added)
                 self.drift_pages_total += len(added)
                 log.info("drift: chunk %s moved %d pages", key, len(added))
             if removed:
-                self.loop.call_soon_threadsafe(self._pages, "remove", key, removed)
+                self._pages("remove", key, set(removed))
                 self.acked_pages[key] = max(0, self.acked_pages.get(key, 0) - len(removed))
             if added:
-                self.loop.call_soon_threadsafe(self._pages, "add", key, added)
+                self._pages("add", key, set(added))
             self.reported[key] = frames
-        for key in [k for k in self.reported if k.startswith(f"{rec.pid}:") and k not in keys_now]:
+        prefix = f"{rec.pid}:"
+        for key in [k for k in self.reported if k.startswith(prefix) and k not in plan.keys]:
             self.reported_addr.pop(key, None)
-            self.loop.call_soon_threadsafe(self._pages, "remove", key, self.reported.pop(key))
+            self._pages("remove", key, set(self.reported.pop(key)))
             self.acked_pages.pop(key, None)
-        if rescan:
-            self.last_rescan_s[rec.pid] = now
-        rec.verified_epoch = rec.state.chunks_epoch
-        rec.reclaimed_bytes = sum(n for k, n in self.acked_pages.items() if k.startswith(f"{rec.pid}:")) * pagemap.PAGE_SIZE
+        if plan.rescan:
+            self.last_rescan_s[rec.pid] = plan.now_s
+        rec.verified_epoch = plan.epoch
+        rec.reclaimed_bytes = sum(n for k, n in self.acked_pages.items() if k.startswith(prefix)) * pagemap.PAGE_SIZE
+
+    async def report_to_host(self) -> None:
+        """Plan on the loop, read pagemap in a worker thread, apply the result on the loop."""
+        plans = [self._plan(rec) for rec in self.registry]
+        results = await asyncio.to_thread(read_plans, self.procfs, tuple(plans))
+        for plan, scans in zip(plans, results):
+            rec = self.registry.get(plan.pid)
+            if rec is not None and rec.starttime == plan.starttime:  # still the same JVM
+                self._apply(rec, plan, scans)
 
     def _forget_gone(self) -> None:
         live = {str(r.pid) for r in self.registry}
         for key in [k for k in self.reported if k.split(":")[0] not in live]:
-            self._pages("remove", key, self.reported.pop(key))
+            self._pages("remove", key, set(self.reported.pop(key)))
             self.acked_pages.pop(key, None)
             self.reported_addr.pop(key, None)
 
     async def step(self) -> None:
         await super().step()
+        await self.report_to_host()
         self._forget_gone()
         if not self.host_target_seen and self.clock() - self.last_hello_s >= HELLO_RETRY_S:
             self._hello_up()
@@ -235,10 +300,12 @@ class GuestDriver(Driver):
                                            drift_pages=self.drift_pages_total, jvms=tuple(status["jvms"])))
 
     def _verify(self) -> None:
-        # The base class counts pages the guest itself freed; in VM mode pages stay mapped and the
-        # host reclaims them, so the figure is what the host acknowledged (set in after_verify).
-        for rec in self.registry:
-            self.after_verify(rec, Verification(0, 0, 0))
+        """Nothing to count here (the base class runs this in a worker thread).
+
+        The base class counts pages the guest itself freed; in VM mode pages stay mapped and
+        the host reclaims them, so the figure is what the host acknowledged, set on the loop
+        thread by :meth:`report_to_host`.
+        """
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         self.loop = asyncio.get_running_loop()
@@ -251,28 +318,19 @@ class GuestDriver(Driver):
         await super().run(ready)
 
 
-def _boot_id() -> str:
+def _boot_id(procfs: ProcFS) -> str:
     try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
+        return procfs.boot_id()
+    except KernelError:
         return ""
 
 
-def find_port(name: str = "org.heapballoon.0", sys_root: str = "/sys/class/virtio-ports") -> str | None:
+def find_port(name: str = "org.heapballoon.0", ports: VirtioPorts | None = None) -> str | None:
     """The /dev path of the virtio-serial port called ``name`` (no udev in our guest)."""
     try:
-        entries = os.listdir(sys_root)
-    except FileNotFoundError:
+        return (ports or VirtioPorts()).find(name)
+    except KernelError:
         return None
-    for entry in entries:
-        try:
-            with open(os.path.join(sys_root, entry, "name")) as f:
-                if f.read().strip() == name:
-                    return f"/dev/{entry}"
-        except OSError:
-            continue
-    return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,10 +4,9 @@ Pure standard library (the guest has Debian's python3.11 and nothing from PyPI).
 
 * finds the virtio-serial ports by name (``/sys/class/virtio-ports/*/name``; device nodes are
   created from ``.../dev`` if devtmpfs has not made them);
-* serves ``org.heapballoon.exec``: newline-delimited JSON requests
-  ``{"v":1,"type":"exec","id":N,"argv":[...],"timeout_s":60}`` answered by
-  ``{"v":1,"type":"exec_result","id":N,"rc":0,"stdout":"...","stderr":"..."}`` (UTF-8 text with
-  replacement characters, or base64 when the request says ``"encoding":"base64"``);
+* serves ``org.heapballoon.exec``: each line is validated into a typed request by
+  :mod:`heapballoon.vm.execproto` (the wire format lives there) and answered with an
+  ``exec_result``, a ``pong`` or an ``error`` naming the request id when it could be read;
 * starts the guest balloon driver (``python3 -m heapballoon.guest.driver --uplink <port>
   --socket /run/heapballoon/heapballoon.sock``) when that module exists, restarting it if it dies;
 * sets ``JAVA_TOOL_OPTIONS`` so every JVM loads the heapballoon agent (when the image has it);
@@ -23,11 +22,15 @@ import base64
 import importlib.util
 import json
 import os
-import stat
 import subprocess
 import sys
 import threading
 import time
+
+from heapballoon.errors import KernelError
+from heapballoon.linux.virtio import VirtioPorts
+from heapballoon.vm import execproto
+from heapballoon.vm.execproto import ExecError, ExecProtocolError, ExecRequest, ExecResult, Ping, Pong
 
 CHANNEL_PORT = "org.heapballoon.0"
 EXEC_PORT = "org.heapballoon.exec"
@@ -56,32 +59,27 @@ def console(msg: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # virtio ports
 
-def find_ports(wanted: tuple[str, ...], timeout_s: float = 10.0) -> dict[str, str]:
+def find_ports(wanted: tuple[str, ...], timeout_s: float = 10.0,
+               ports: VirtioPorts | None = None) -> dict[str, str]:
     """Port name → device path for the names in ``wanted`` that show up within ``timeout_s``."""
+    ports = ports or VirtioPorts()
     found: dict[str, str] = {}
     deadline = time.monotonic() + timeout_s
     while True:
-        base = "/sys/class/virtio-ports"
-        for entry in sorted(os.listdir(base)) if os.path.isdir(base) else []:
-            try:
-                with open(f"{base}/{entry}/name") as f:
-                    name = f.read().strip()
-            except OSError:
-                continue
+        try:
+            names = ports.names()
+        except KernelError as err:
+            console(f"heapballoon-supervisor: {err}")
+            names = {}
+        for name, entry in names.items():
             if name in wanted and name not in found:
-                found[name] = ensure_node(entry, f"{base}/{entry}/dev")
+                try:
+                    found[name] = ports.ensure_node(entry)
+                except KernelError as err:
+                    console(f"heapballoon-supervisor: {err}")
         if len(found) == len(wanted) or time.monotonic() > deadline:
             return found
         time.sleep(0.05)
-
-
-def ensure_node(entry: str, devfile: str) -> str:
-    path = f"/dev/{entry}"
-    if not os.path.exists(path):
-        with open(devfile) as f:
-            major, minor = (int(x) for x in f.read().strip().split(":"))
-        os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(major, minor))
-    return path
 
 
 class Port:
@@ -125,8 +123,8 @@ class Port:
             if nl >= 0:
                 return  # the rest of this chunk is dropped too; the peer re-sends on error
 
-    def send(self, obj: dict) -> None:
-        data = json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+    def send(self, msg: execproto.Reply) -> None:
+        data = execproto.encode(msg)
         with self.wlock:
             view = memoryview(data)
             while view:
@@ -150,33 +148,24 @@ def _encode(data: bytes, encoding: str, limit: int) -> tuple[str, bool]:
     return data.decode("utf-8", errors="replace"), truncated
 
 
-def run_exec(req: dict) -> dict:
-    rid = req.get("id")
-    argv = req.get("argv")
-    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-        return {"v": 1, "type": "error", "id": rid, "error": "exec: argv must be a non-empty list of strings"}
-    timeout = req.get("timeout_s", 60)
-    if not isinstance(timeout, (int, float)) or timeout <= 0:
-        timeout = 60
-    encoding = "base64" if req.get("encoding") == "base64" else "text"
-    stdin = req.get("stdin")
+def run_exec(req: ExecRequest) -> ExecResult:
+    """Run one validated request; its result, output cut so the reply fits one line."""
+    argv = list(req.argv)
     env = dict(os.environ)
-    if isinstance(req.get("env"), dict):
-        env.update({str(k): str(v) for k, v in req["env"].items()})
-    cwd = req.get("cwd") if isinstance(req.get("cwd"), str) else "/root"
+    env.update(dict(req.env))
     t0 = time.monotonic()
-    extra: dict = {}
+    timed_out = False
     try:
-        proc = subprocess.run(argv, input=stdin.encode() if isinstance(stdin, str) else None,
-                              stdin=None if isinstance(stdin, str) else subprocess.DEVNULL,
-                              capture_output=True, timeout=timeout, env=env, cwd=cwd,
+        proc = subprocess.run(argv, input=req.stdin.encode() if req.stdin is not None else None,
+                              stdin=None if req.stdin is not None else subprocess.DEVNULL,
+                              capture_output=True, timeout=req.timeout_s, env=env, cwd=req.cwd,
                               start_new_session=True)
         rc, out, err = proc.returncode, proc.stdout, proc.stderr
         if rc < 0:
             rc = 128 - rc
     except subprocess.TimeoutExpired as e:
-        rc, out, err = 124, e.stdout or b"", (e.stderr or b"") + f"\ntimed out after {timeout}s\n".encode()
-        extra["timed_out"] = True
+        rc, out, err = 124, e.stdout or b"", (e.stderr or b"") + f"\ntimed out after {req.timeout_s}s\n".encode()
+        timed_out = True
     except FileNotFoundError:
         rc, out, err = 127, b"", f"{argv[0]}: command not found\n".encode()
     except PermissionError:
@@ -185,43 +174,38 @@ def run_exec(req: dict) -> dict:
         rc, out, err = 126, b"", f"{argv[0]}: {e}\n".encode()
     limit = MAX_OUTPUT
     while True:
-        so, t1 = _encode(out, encoding, limit)
-        se, t2 = _encode(err, encoding, limit)
-        reply = {"v": 1, "type": "exec_result", "id": rid, "rc": rc, "stdout": so, "stderr": se,
-                 "encoding": encoding, "elapsed_ms": int((time.monotonic() - t0) * 1000), **extra}
-        if t1 or t2:
-            reply["truncated"] = True
-        if len(json.dumps(reply)) < MAX_LINE - 1024 or limit < 1024:
-            return reply
+        so, t1 = _encode(out, req.encoding, limit)
+        se, t2 = _encode(err, req.encoding, limit)
+        result = ExecResult(id=req.id, rc=rc, stdout=so, stderr=se, encoding=req.encoding,
+                            elapsed_ms=int((time.monotonic() - t0) * 1000), timed_out=timed_out,
+                            truncated=t1 or t2)
+        if len(execproto.encode(result)) < MAX_LINE - 1024 or limit < 1024:
+            return result
         limit //= 2
 
 
+def handle_line(line: bytes | None) -> execproto.Reply | ExecRequest:
+    """The answer to one line from the host, or the request to run (validated here)."""
+    if line is None:
+        return ExecError(None, "line too long")
+    try:
+        req = execproto.parse_request(line)
+    except ExecProtocolError as err:
+        return ExecError(err.id, str(err)[:200])
+    if isinstance(req, Ping):
+        return Pong(req.id)
+    return req
+
+
 def serve_exec(port: Port) -> None:
-    bad = 0
     for line in port.lines():
-        if line is None:
-            port.send({"v": 1, "type": "error", "id": None, "error": "line too long"})
+        if line is not None and not line.strip():
             continue
-        if not line.strip():
-            continue
-        try:
-            req = json.loads(line)
-            if not isinstance(req, dict):
-                raise ValueError("not a JSON object")
-        except (ValueError, UnicodeDecodeError) as e:
-            bad += 1
-            port.send({"v": 1, "type": "error", "id": None, "error": f"bad request: {e}"[:200]})
-            continue
-        bad = 0
-        if req.get("v") != 1:
-            port.send({"v": 1, "type": "error", "id": req.get("id"), "error": "unsupported protocol version"})
-        elif req.get("type") == "ping":
-            port.send({"v": 1, "type": "pong", "id": req.get("id")})
-        elif req.get("type") == "exec":
-            threading.Thread(target=lambda r=req: port.send(run_exec(r)), daemon=True).start()
+        answer = handle_line(line)
+        if isinstance(answer, ExecRequest):
+            threading.Thread(target=lambda r=answer: port.send(run_exec(r)), daemon=True).start()
         else:
-            port.send({"v": 1, "type": "error", "id": req.get("id"),
-                       "error": f"unknown type {str(req.get('type'))[:40]!r}"})
+            port.send(answer)
 
 
 # ---------------------------------------------------------------------------------------------

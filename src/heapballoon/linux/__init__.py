@@ -1,0 +1,16 @@
+"""The only code that touches the kernel: ``/proc``, ``/sys`` (cgroupfs included), ctypes, syscalls.
+
+Each adapter takes an overridable root so tests run on fixture trees; failures are
+:class:`~heapballoon.errors.KernelError` one-liners. Standard library only (the guest imports it).
+
+* ``procfs``  – ``/proc``: status, maps, cmdline, stat (state, start time), open files, meminfo, boot_id
+* ``pagemap`` – virtual → physical translation, reclaim accounting
+* ``memfd``   – memfds a process holds, punching holes, allocated bytes, zero checks
+* ``ksm``     – ``/sys/kernel/mm/ksm`` knobs and counters
+* ``prctl``   – ``PR_SET_MEMORY_MERGE``
+* ``virtio``  – virtio-serial ports by name (``/sys/class/virtio-ports``), device nodes
+* ``libc``    – the one ctypes loader of the C library, used by the modules above
+
+tests/unit/test_linux_boundary.py fails when code outside this package imports ctypes or names
+a ``/proc`` or ``/sys`` path (host/ files still doing so are listed there, to be moved here).
+"""

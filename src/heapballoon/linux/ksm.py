@@ -56,28 +56,28 @@ class KSM:
         try:
             with open(path) as f:
                 text = f.read().strip()
-        except FileNotFoundError:
-            raise KernelError(f"KSM knob {name} not found in {self.root} (KSM not built in, or kernel too old)") from None
+        except FileNotFoundError as err:
+            raise KernelError(f"KSM knob {name} not found in {self.root} (KSM not built in, or kernel too old)") from err
         except OSError as exc:
-            raise KernelError(f"cannot read {path}: {exc.strerror}") from None
+            raise KernelError(f"cannot read {path}: {exc.strerror}") from exc
         try:
             return int(text)
-        except ValueError:
-            raise KernelError(f"{path} holds {text!r}, not an integer") from None
+        except ValueError as err:
+            raise KernelError(f"{path} holds {text!r}, not an integer") from err
 
     def write(self, name: str, value: int) -> None:
         path = self._path(name)
         try:
             # sysfs wants one write(2) of the whole value; no O_CREAT, no truncation games.
             fd = os.open(path, os.O_WRONLY)
-        except FileNotFoundError:
-            raise KernelError(f"KSM knob {name} not found in {self.root} (KSM not built in, or kernel too old)") from None
+        except FileNotFoundError as err:
+            raise KernelError(f"KSM knob {name} not found in {self.root} (KSM not built in, or kernel too old)") from err
         except OSError as exc:
-            raise KernelError(f"cannot write {path}: {exc.strerror}") from None
+            raise KernelError(f"cannot write {path}: {exc.strerror}") from exc
         try:
             os.write(fd, f"{int(value)}\n".encode())
         except OSError as exc:
-            raise KernelError(f"cannot write {value} to {path}: {exc.strerror}") from None
+            raise KernelError(f"cannot write {value} to {path}: {exc.strerror}") from exc
         finally:
             os.close(fd)
 

@@ -84,7 +84,7 @@ def read_entries(procfs: ProcFS, pid: Pid, start_addr: int, npages: int, *, file
             try:
                 chunk = os.pread(f.fileno(), want - got, offset + got)
             except OSError as exc:
-                raise KernelError(f"cannot read pagemap of PID {pid} at {start_addr:#x}: {exc.strerror}") from None
+                raise KernelError(f"cannot read pagemap of PID {pid} at {start_addr:#x}: {exc.strerror}") from exc
             if not chunk:
                 raise KernelError(
                     f"short read of pagemap of PID {pid}: {got // ENTRY_BYTES} of {npages} pages from {start_addr:#x}"

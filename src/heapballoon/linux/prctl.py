@@ -12,27 +12,23 @@ both on the running kernel. Kernels before 6.4 return EINVAL.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 
 from heapballoon.errors import KernelError
+from heapballoon.linux import libc
 
 PR_SET_MEMORY_MERGE = 67  # Linux 6.4+
 PR_GET_MEMORY_MERGE = 68  # Linux 6.4+
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_prctl = _libc.prctl
-_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-_prctl.restype = ctypes.c_int
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     """Raw prctl; returns its result or raises OSError with errno."""
-    result = _prctl(option, arg2, arg3, arg4, arg5)
+    fn = libc.function("prctl", (libc.c_int, libc.c_ulong, libc.c_ulong, libc.c_ulong, libc.c_ulong))
+    result = fn(option, arg2, arg3, arg4, arg5)
     if result < 0:
-        err = ctypes.get_errno()
+        err = libc.get_errno()
         raise OSError(err, os.strerror(err))
     return result
 
@@ -50,11 +46,11 @@ def set_memory_merge(enable: bool = True) -> None:
     try:
         prctl(PR_SET_MEMORY_MERGE, 1 if enable else 0)
     except OSError as exc:
-        raise _memory_merge_error("prctl(PR_SET_MEMORY_MERGE)", exc) from None
+        raise _memory_merge_error("prctl(PR_SET_MEMORY_MERGE)", exc) from exc
 
 
 def get_memory_merge() -> bool:
     try:
         return bool(prctl(PR_GET_MEMORY_MERGE))
     except OSError as exc:
-        raise _memory_merge_error("prctl(PR_GET_MEMORY_MERGE)", exc) from None
+        raise _memory_merge_error("prctl(PR_GET_MEMORY_MERGE)", exc) from exc

@@ -86,7 +86,7 @@ class ProcFS:
             with open(self.path(relpath), "rb") as f:
                 return f.read().decode("utf-8", "surrogateescape")
         except OSError as exc:
-            raise self._error(relpath, exc) from None
+            raise self._error(relpath, exc) from exc
 
     def exists(self, pid: Pid) -> bool:
         return os.path.isdir(self.path(pid))
@@ -151,8 +151,8 @@ class ProcFS:
         st = self.status(pid)
         try:
             return int(st["Uid"].split()[1]), int(st["Gid"].split()[1])
-        except (KeyError, IndexError, ValueError):
-            raise KernelError(f"cannot parse Uid/Gid in {self.path(pid, 'status')}") from None
+        except (KeyError, IndexError, ValueError) as err:
+            raise KernelError(f"cannot parse Uid/Gid in {self.path(pid, 'status')}") from err
 
     def catches_signal(self, pid: Pid, signum: int) -> bool:
         """Whether the process has a handler installed for ``signum`` (``SigCgt`` mask)."""
@@ -166,8 +166,63 @@ class ProcFS:
         rest = text[text.rfind(")") + 2:].split()
         try:
             return int(rest[19])  # rest[0] is field 3 (state)
-        except (IndexError, ValueError):
-            raise KernelError(f"cannot parse {self.path(pid, 'stat')}") from None
+        except (IndexError, ValueError) as err:
+            raise KernelError(f"cannot parse {self.path(pid, 'stat')}") from err
+
+    def state(self, pid: Pid) -> str:
+        """The one-letter state of ``stat`` field 3 (``R``, ``S``, ``Z`` zombie, ``X`` dead, ...)."""
+        text = self.read_text(f"{pid}/stat")
+        try:
+            return text[text.rindex(")") + 2]
+        except (ValueError, IndexError) as err:
+            raise KernelError(f"cannot parse {self.path(pid, 'stat')}") from err
+
+    def alive(self, pid: Pid) -> bool:
+        """True when ``pid`` exists and is neither a zombie nor dead (no exception: gone is False)."""
+        if isinstance(pid, int) and pid <= 0:
+            return False
+        try:
+            return self.state(pid) not in "ZX"
+        except KernelError:
+            return False
+
+    # -- open files (/proc/PID/fd) -----------------------------------------------------------
+
+    def fds(self, pid: Pid) -> list[int]:
+        """The open file descriptor numbers of ``pid`` (needs ptrace access: same user or root)."""
+        relpath = f"{pid}/fd"
+        try:
+            names = os.listdir(self.path(relpath))
+        except OSError as exc:
+            if isinstance(exc, PermissionError):
+                raise KernelError(f"cannot read {self.path(relpath)}: permission denied "
+                                  "(need the same user as the process, or root)") from exc
+            raise self._error(relpath, exc) from exc
+        return sorted(int(n) for n in names if n.isdigit())
+
+    def fd_target(self, pid: Pid, fd: int) -> str:
+        """What descriptor ``fd`` of ``pid`` refers to (``/memfd:ram0 (deleted)``, a path, ...)."""
+        relpath = f"{pid}/fd/{fd}"
+        try:
+            return os.readlink(self.path(relpath))
+        except OSError as exc:
+            raise self._error(relpath, exc) from exc
+
+    def fd_stat(self, pid: Pid, fd: int) -> os.stat_result:
+        """``stat`` of the file behind descriptor ``fd`` of ``pid`` (size, device, inode)."""
+        relpath = f"{pid}/fd/{fd}"
+        try:
+            return os.stat(self.path(relpath))
+        except OSError as exc:
+            raise self._error(relpath, exc) from exc
+
+    def open_fd(self, pid: Pid, fd: int, flags: int) -> int:
+        """A new file description on the file behind ``fd`` of ``pid`` (the caller closes it)."""
+        relpath = f"{pid}/fd/{fd}"
+        try:
+            return os.open(self.path(relpath), flags | os.O_CLOEXEC)
+        except OSError as exc:
+            raise KernelError(f"cannot open {self.path(relpath)}: {_one_line(exc)}") from exc
 
     def open_pagemap(self, pid: Pid) -> BinaryIO:
         """``/proc/PID/pagemap`` opened unbuffered for ``os.pread``; the caller closes it."""
@@ -178,13 +233,17 @@ class ProcFS:
             if isinstance(exc, PermissionError):
                 raise KernelError(
                     f"cannot open {self.path(relpath)}: permission denied (needs ptrace access to PID {pid})"
-                ) from None
-            raise self._error(relpath, exc) from None
+                ) from exc
+            raise self._error(relpath, exc) from exc
 
     # -- system-wide ------------------------------------------------------------------------
 
     def uptime_s(self) -> float:
         return float(self.read_text("uptime").split()[0])
+
+    def boot_id(self) -> str:
+        """This boot's random id (``sys/kernel/random/boot_id``): new on every (re)boot."""
+        return self.read_text("sys/kernel/random/boot_id").strip()
 
 
 def _kb_to_bytes(value: str) -> int:

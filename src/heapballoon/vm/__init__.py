@@ -1,9 +1,20 @@
-"""Guest images and QEMU virtual machines (VM mode).
+"""VM mode, host side: guest images and QEMU virtual machines (everything but hostd).
 
-* :mod:`heapballoon.vm.image` – ``build_image()``: Debian kernel + initramfs, cached.
-* :mod:`heapballoon.vm.accel` – ``probe_accel()``: KVM if a guest really boots, else TCG.
-* :mod:`heapballoon.vm.qemu`  – ``start_vm``/``stop_vm``/``list_vms``/``vm_logs``/``vm_exec``/
-  ``open_guest_ram``.
+One module per role:
 
-Import the submodules directly; this package imports nothing heavy.
+* :mod:`heapballoon.vm.vmdir`      – the VM-directory contract: paths, ``vm.json`` (:class:`VMDir`),
+  :class:`VMHandles` (what any backend's VM offers hostd and the CLI).
+* :mod:`heapballoon.vm.registry`   – which VMs exist and their state (``VMInfo``, ``list_vms``, console).
+* :mod:`heapballoon.vm.launcher`   – QEMU argv, ``start_vm``/``stop_vm``, the RAM layout read from QEMU.
+* :mod:`heapballoon.vm.execclient` – ``vm_exec`` over the exec port; :mod:`heapballoon.vm.execproto`
+  its typed messages (shared with the guest supervisor, standard library only).
+* :mod:`heapballoon.vm.ramfile`    – the one guest-RAM rule (exactly one memfd of the RAM size).
+* :mod:`heapballoon.vm.image`      – the guest image, built in named stages (package).
+* :mod:`heapballoon.vm.accel`      – KVM if a guest really boots under it, else TCG.
+* :mod:`heapballoon.vm.qmp`        – one QMP command (qemu.qmp), synchronously.
+* :mod:`heapballoon.vm.cli`        – the ``image`` and ``vm`` subcommands; :mod:`heapballoon.vm.demo`
+  the VM part of ``make demo``.
+* :mod:`heapballoon.vm.qemu`       – re-exports the public functions above under their old home.
+
+Import the submodules directly; this package imports nothing.
 """

@@ -39,13 +39,13 @@ def qemu_version() -> str:
         try:
             out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
         except (OSError, subprocess.TimeoutExpired) as e:
-            raise VMError(f"{binary} not usable: {e} (install qemu-system-x86)") from None
+            raise VMError(f"{binary} not usable: {e} (install qemu-system-x86)") from e
         _qemu_version_cache[binary] = out.splitlines()[0].strip() if out else "unknown"
     return _qemu_version_cache[binary]
 
 
 def _cache_file() -> Path:
-    from heapballoon.vm.image import cache_root
+    from heapballoon.vm.image.cache import cache_root
 
     return cache_root() / "accel.json"
 

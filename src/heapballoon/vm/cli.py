@@ -9,7 +9,9 @@
     heapballoon vm list [--json]
     heapballoon vm logs NAME [--follow]
     heapballoon vm exec NAME [--timeout-s 60] -- CMD...     (exit code = the guest command's)
-    heapballoon hostd [...]                                  (heapballoon.host.hostd.main)
+
+``heapballoon hostd`` is registered by heapballoon.cli (it hands every argument to hostd's
+own parser).
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ class _OptionsParser(argparse.ArgumentParser):
 
 def cmd_vm_start(args) -> int:
     from heapballoon.units import format_size, parse_size
-    from heapballoon.vm.qemu import start_vm
+    from heapballoon.vm.launcher import start_vm
 
     # options may also follow NAME (argparse hands them over with the command): re-parse them
     rest = list(args.rest)
@@ -116,7 +118,7 @@ def cmd_vm_start(args) -> int:
 
 
 def cmd_vm_stop(args) -> int:
-    from heapballoon.vm.qemu import stop_vm
+    from heapballoon.vm.launcher import stop_vm
 
     stop_vm(args.name)
     print(f"vm {args.name} stopped")
@@ -127,7 +129,7 @@ def cmd_vm_list(args) -> int:
     from dataclasses import asdict
 
     from heapballoon.units import format_size
-    from heapballoon.vm.qemu import list_vms
+    from heapballoon.vm.registry import list_vms
 
     vms = list_vms()
     if args.json:
@@ -144,7 +146,7 @@ def cmd_vm_list(args) -> int:
 
 
 def cmd_vm_logs(args) -> int:
-    from heapballoon.vm.qemu import get_vm, vm_logs
+    from heapballoon.vm.registry import get_vm, vm_logs
 
     text = vm_logs(args.name)
     sys.stdout.write(text)
@@ -171,7 +173,7 @@ def cmd_vm_logs(args) -> int:
 
 
 def cmd_vm_exec(args) -> int:
-    from heapballoon.vm.qemu import vm_exec
+    from heapballoon.vm.execclient import vm_exec
 
     argv = _cmd_argv(args.cmd)
     if not argv:
@@ -182,14 +184,8 @@ def cmd_vm_exec(args) -> int:
     return rc
 
 
-def cmd_hostd(args) -> int:
-    from heapballoon.host import hostd
-
-    return hostd.main(_cmd_argv(args.args))
-
-
 def add_commands(sub) -> None:
-    """Add ``image``, ``vm`` and ``hostd`` to the top-level subparsers ``sub``."""
+    """Add ``image`` and ``vm`` to the top-level subparsers ``sub``."""
     img = sub.add_parser("image", help="build or show the guest image (VM mode)")
     isub = img.add_subparsers(dest="image_command", metavar="build|show")
     b = isub.add_parser("build", help="build the guest image (cached; rebuilt when inputs change)")
@@ -229,10 +225,3 @@ def add_commands(sub) -> None:
     ac = vsub.add_parser("accel", help="show (or --reprobe) the accelerator verdict: kvm or tcg")
     ac.add_argument("--reprobe", action="store_true")
     ac.set_defaults(func=cmd_vm_accel)
-
-    if "hostd" not in getattr(sub, "_name_parser_map", {}):
-        # every argument goes to hostd's own parser (prefix_chars: nothing here is an option)
-        h = sub.add_parser("hostd", help="run the host memory manager (VM mode)", add_help=False,
-                           prefix_chars="\x01")
-        h.add_argument("args", nargs=argparse.REMAINDER)
-        h.set_defaults(func=cmd_hostd)

@@ -20,7 +20,6 @@ import sys
 import tempfile
 import time
 
-from heapballoon.demo import wait as _wait
 from heapballoon.render import render_status
 from heapballoon.units import format_size
 
@@ -29,7 +28,7 @@ MIB = 1 << 20
 
 
 def _resident_bytes(name: str) -> int:
-    from heapballoon.vm.qemu import open_guest_ram
+    from heapballoon.vm.ramfile import open_guest_ram
 
     fd, _size = open_guest_ram(name, writable=False)
     try:
@@ -40,8 +39,12 @@ def _resident_bytes(name: str) -> int:
 
 
 
-def run(env: dict, *, say, cli, console) -> None:
+def run(env: dict, ui) -> None:
+    """The VM part; ``ui`` is the process demo's :class:`heapballoon.demo.Narrator` (passed in,
+    never imported: this module does not depend on heapballoon.demo)."""
     from heapballoon.agent import build
+
+    say, cli, console, _wait = ui.say, ui.cli, ui.console, ui.wait
 
     run_dir = tempfile.mkdtemp(prefix="hbdemo-", dir="/tmp")  # short: socket paths max 108 bytes
     env = dict(env, HEAPBALLOON_RUN_DIR=run_dir, HEAPBALLOON_HOST_SOCKET=os.path.join(run_dir, "hostd.sock"))

@@ -23,13 +23,13 @@ async def qmp_execute_async(socket_path: str | Path, cmd: str, args: Mapping[str
     try:
         await asyncio.wait_for(client.connect(str(socket_path)), timeout_s)
     except (OSError, QMPError, asyncio.TimeoutError) as e:
-        raise VMError(f"QMP connect to {socket_path} failed: {e or type(e).__name__}") from None
+        raise VMError(f"QMP connect to {socket_path} failed: {e or type(e).__name__}") from e
     try:
         return await asyncio.wait_for(client.execute(cmd, args), timeout_s)
     except (OSError, QMPError, asyncio.TimeoutError, EOFError) as e:
         if cmd == "quit":
             return {}
-        raise VMError(f"QMP {cmd} failed: {e or type(e).__name__}") from None
+        raise VMError(f"QMP {cmd} failed: {e or type(e).__name__}") from e
     finally:
         try:
             await asyncio.wait_for(client.disconnect(), timeout_s)
