@@ -40,7 +40,16 @@ DISCONNECTED_GRACE_S = 60.0
 
 
 class Driver:
-    """Registry + policy + I/O of one balloon driver."""
+    """Registry + policy + I/O of one balloon driver.
+
+    Thread confinement: every attribute below, and every JVMRecord in the registry, is owned
+    by the event loop thread. Work sent to a thread (pagemap reads, the zero page probe) gets
+    copies of what it needs and returns results that the loop applies.
+    """
+
+    # Whether balloon pages are verified here through pagemap (the guest driver: no, the
+    # host acknowledges them).
+    VERIFY_PAGEMAP = True
 
     def __init__(self, socket_path: str, *, procfs: ProcFS | None = None, ksm: KSM | None = None,
                  ksm_mode: str = "auto", reclaim: str = "auto", interval_s: float = 1.0,
@@ -290,18 +299,24 @@ class Driver:
             except (ConnectionError, OSError) as err:
                 log.warning("could not send target to pid %d: %s", rec.pid, err)
 
-    def _verify(self) -> None:
-        """Count reclaimed balloon pages of every JVM through pagemap (runs in a thread)."""
+    async def _verify_all(self) -> None:
+        """Count reclaimed balloon pages of every JVM through pagemap: the pagemap reads run in a
+        worker thread as a pure function of (pid, chunks); the records are updated back here,
+        on the event loop, which owns them. Off where VERIFY_PAGEMAP is False (the guest)."""
+        if not self.VERIFY_PAGEMAP:
+            return
+        plans = [(rec.pid, rec.state.chunks) for rec in self.registry
+                 if rec.state.chunks and rec.hello.address_mode != "none"]
         for rec in self.registry:
-            chunks = rec.state.chunks
-            if not chunks or rec.hello.address_mode == "none":
+            if not rec.state.chunks or rec.hello.address_mode == "none":
                 rec.reclaimed_bytes, rec.balloon_pages = 0, 0
-                continue
-            try:
-                v: Verification = verify_chunks(self.procfs, rec.pid, chunks, self.zero_pfn)
-            except KernelError as err:
-                log.debug("pagemap of pid %d unreadable: %s", rec.pid, err)
-                continue
+        if not plans:
+            return
+        results = await asyncio.to_thread(_read_verifications, self.procfs, plans, self.zero_pfn)
+        for pid, chunks, v in results:
+            rec = self.registry.get(pid)
+            if rec is None or rec.state.chunks != chunks or v is None:
+                continue  # gone, or its balloon changed while we read: the next tick counts it
             rec.reclaimed_bytes = v.reclaimed_bytes
             rec.balloon_pages = v.balloon_pages
             self.after_verify(rec, v)
@@ -328,7 +343,7 @@ class Driver:
         self.ticks += 1
         self._reap()
         await self._send_targets()
-        await asyncio.to_thread(self._verify)
+        await self._verify_all()
         waiting = sum(max(0, r.balloon_pages - r.reclaimed_bytes // pagemap.PAGE_SIZE)
                       for r in self.registry if r.state.reclaim == "ksm")
         try:
@@ -368,6 +383,18 @@ class Driver:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+
+
+def _read_verifications(procfs: ProcFS, plans, zero_pfn):
+    """Worker thread: pagemap verification of each (pid, chunks); touches no daemon state."""
+    out = []
+    for pid, chunks in plans:
+        try:
+            out.append((pid, chunks, verify_chunks(procfs, pid, chunks, zero_pfn)))
+        except KernelError as err:
+            log.debug("pagemap of pid %d unreadable: %s", pid, err)
+            out.append((pid, chunks, None))
+    return out
 
 
 def serve(driver: Driver) -> int:
