@@ -37,6 +37,7 @@ from heapballoon.units import format_size
 log = logging.getLogger("heapballoon.driver")
 MAX_BAD_LINES = 16
 DISCONNECTED_GRACE_S = 60.0
+MOVE_GRACE_S = 1.5
 
 
 class Driver:
@@ -313,10 +314,22 @@ class Driver:
         if not plans:
             return
         results = await asyncio.to_thread(_read_verifications, self.procfs, plans, self.zero_pfn)
+        now = self.clock()
         for pid, chunks, v in results:
             rec = self.registry.get(pid)
             if rec is None or rec.state.chunks != chunks or v is None:
                 continue  # gone, or its balloon changed while we read: the next tick counts it
+            if v.reclaimed_bytes < rec.reclaimed_bytes and rec.verified_epoch == rec.state.chunks_epoch:
+                # Fewer pages reclaimed at the same addresses: either the JVM wrote to its
+                # balloon, or a collection moved the chunks and the agent's new addresses are
+                # on their way (the GC notification runs after the collection). Publish the drop
+                # only if no new state came within MOVE_GRACE_S.
+                if rec.drop_seen_s is None:
+                    rec.drop_seen_s = now
+                if now - rec.drop_seen_s < MOVE_GRACE_S:
+                    continue
+            rec.drop_seen_s = None
+            rec.verified_epoch = rec.state.chunks_epoch
             rec.reclaimed_bytes = v.reclaimed_bytes
             rec.balloon_pages = v.balloon_pages
             self.after_verify(rec, v)

@@ -26,7 +26,8 @@ class JVMRecord:
     sent: protocol.Target | None = None
     reclaimed_bytes: int = 0
     balloon_pages: int = 0
-    verified_epoch: int = -1
+    verified_epoch: int = -1  # chunks_epoch of the state the last published verification used
+    drop_seen_s: float | None = None  # when a verification first showed fewer pages reclaimed
     moved_chunks: int = 0
     drift_pages: int = 0
     events: dict[str, int] = field(default_factory=dict)

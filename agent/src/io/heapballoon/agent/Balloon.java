@@ -36,7 +36,9 @@ final class Balloon {
 
     final ChunkGeometry geometry;
     private final AddressSource addresses;
-    private final List<Chunk> chunks = new ArrayList<>();
+    // Sized once: a growing list leaves its old arrays as garbage among the chunks, and Serial
+    // then slides the chunks above them at its next full compaction.
+    private final List<Chunk> chunks = new ArrayList<>(MAX_CHUNKS);
     private final ReferenceQueue<byte[]> queue = new ReferenceQueue<>();
     /** Chunks dropped but maybe not yet collected: still counted in "heap used after GC". */
     private final List<WeakReference<byte[]>> dropped = new ArrayList<>();

@@ -19,7 +19,8 @@ import java.util.concurrent.atomic.AtomicBoolean;
  *       A young collection never triggers it: when the old generation fills with garbage the
  *       collector cleans up, and the balloon stays. Second rule, GC cost: when the share of
  *       wall time spent in GC pauses over {@value #GC_WINDOW_MS} ms exceeds what it was without
- *       a balloon by more than {@value #GC_EXTRA_SHARE} (10 percentage points: a tenth of the
+ *       a balloon by more than {@value #GC_EXTRA_SHARE}, for {@value #GC_SUSTAIN_MS} ms without a
+ *       break (10 percentage points: a tenth of the
  *       application's time; a balloon that costs more than that is not worth its memory), a
  *       quarter of the balloon is given back.</li>
  *   <li><b>Inflate</b> while L + B + chunk + H + H/4 &le; C (the H/4 is hysteresis), and never
@@ -35,6 +36,9 @@ import java.util.concurrent.atomic.AtomicBoolean;
  *       complete collection (nor growth) has happened for a while (Serial and Parallel may go minutes
  *       without one), ask for one with System.gc(), at most once per {@value #PROBE_MIN_MS} ms
  *       and never more often than keeps its pauses under 2% of wall time.</li>
+ *   <li><b>Settle</b> (Serial, Parallel): when growth stops, {@value #SETTLE_COLLECTIONS}
+ *       explicit collections, one a tick, so full compaction moves the new chunks now rather
+ *       than at some later collection.</li>
  *   <li><b>Flaps</b>: a give-back whose trigger shows no rise of the live set since the balloon
  *       last grew, followed by re-inflation, is counted as a flap.</li>
  * </ul>
@@ -45,7 +49,11 @@ final class Controller {
     static final long BACKOFF_MIN_MS = 5_000;
     static final long BACKOFF_MAX_MS = 160_000;
     static final long BACKOFF_RESET_MS = 300_000;
-    static final long GC_WINDOW_MS = 10_000;
+    static final long GC_WINDOW_MS = 20_000;
+    /** The GC-cost bound must be exceeded this long without a break before it acts. */
+    static final long GC_SUSTAIN_MS = 10_000;
+    /** Serial's full collection compacts fully every 4th time (MarkSweepAlwaysCompactCount). */
+    static final int SETTLE_COLLECTIONS = 4;
     static final double GC_EXTRA_SHARE = 0.10;
     static final long PROBE_MIN_MS = 10_000;
     /** After the balloon grew, collections that move its chunks are still the growth's cost. */
@@ -83,6 +91,10 @@ final class Controller {
     private long liveAtGrowthBytes = -1;
     /** When the balloon last grew (currentTimeMillis). */
     private volatile long lastGrowthMs;
+    /** Since when the GC cost has been over its bound without a break (0: it is not). Agent thread. */
+    private long overBoundSinceMs;
+    /** Settling collections still to run after inflation (Serial, Parallel). Agent thread. */
+    private int settleLeft;
     // Probe state: agent thread only.
     private long lastProbeMs;
     private long lastProbeCostMs;
@@ -243,8 +255,16 @@ final class Controller {
         double baseline = gcCost.baselineShare();
         long footprint = balloon.footprintBytes();
         if (footprint == 0 || share < 0 || share <= baseline + GC_EXTRA_SHARE) {
+            overBoundSinceMs = 0;
             return;
         }
+        if (overBoundSinceMs == 0) {
+            overBoundSinceMs = now;
+        }
+        if (now - overBoundSinceMs < GC_SUSTAIN_MS) {
+            return; // a burst of slow collections (a busy machine) is not the balloon's running cost
+        }
+        overBoundSinceMs = 0;
         long released = balloon.shrinkTo(footprint - Math.max(footprint / 4, balloon.geometry.footprintBytes));
         gcCost.restart(now);
         backOff(now, liveBytes());
@@ -297,7 +317,27 @@ final class Controller {
             inflating = false;
             event("inflate_done", 0, "", 0);
         }
+        if (grew && !stats.regionBased()) {
+            settleLeft = SETTLE_COLLECTIONS;
+        } else if (!grew && settleLeft > 0) {
+            settle();
+        }
         return blocked;
+    }
+
+    /**
+     * Serial and Parallel keep the new chunks where promotion put them, with dead space below,
+     * and move them at a later full compaction, which rewrites their pages (and, in a guest,
+     * makes the host reclaim them again). Once growth stops, a few explicit collections settle
+     * the balloon at once (Parallel compacts fully on System.gc(); Serial every 4th time), one a
+     * tick: a one-time cost per inflation, instead of moves at some later moment.
+     */
+    private void settle() {
+        settleLeft--;
+        long t0 = System.nanoTime();
+        System.gc();
+        lastProbeMs = System.currentTimeMillis();
+        Log.debug("settling collection took " + (System.nanoTime() - t0) / 1_000_000 + " ms");
     }
 
     /**
