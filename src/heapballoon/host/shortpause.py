@@ -1,0 +1,175 @@
+"""The short-pause reclaim engine: check on the running guest, pause briefly to re-check and punch.
+
+This module owns the *pause protocol* of the second engine (the first, one pause per fixed
+batch of pages with everything inside it, is reclaim.Reclaimer). Per reclaim:
+
+1. ``precheck`` on the running VM (guestram): holes are already reclaimed, non-zero pages are
+   skipped, allocated all-zero runs become candidates. Nothing is written, so no pause.
+2. The candidates are cut into pauses bounded in *time*, not pages: :class:`PauseModel`
+   learns what ``stop``, ``cont`` and a byte of re-check+punch cost on this VM and hands out
+   as many bytes as fit in ``pause_budget_ms``.
+3. Per pause, in the calling (worker) thread, with a blocking QMP socket (qmpsync) and no
+   awaits, no logging and no other VM's pause in between (one process-wide lock, taken
+   *before* ``stop``): ``query-status``; ``stop``; re-check the candidates in place and punch
+   what is still zero; ``cont`` (always attempted, in a ``finally``). Each part is timed.
+
+The guarantee is the first engine's: a page is punched only if it was all zero while the guest
+was stopped (re-checked under this very pause). A page the guest wrote after the pre-check is
+seen non-zero under the pause and skipped. A VM paused by someone else (``paused``,
+``prelaunch``, ``suspended``) is worked on without stop/cont and left paused; any other state
+is refused.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Iterable
+
+from heapballoon.errors import HeapballoonError, ReclaimError
+from heapballoon.host.guestram import PAGE_BYTES, GuestRam
+from heapballoon.host.layout import GuestLayout
+from heapballoon.host.pausestats import PauseSample
+from heapballoon.host.reclaim import ReclaimResult
+
+DEFAULT_PAUSE_BUDGET_MS = 5.0
+MIN_PAUSE_BYTES = 64 * PAGE_BYTES  # progress even when the model says nothing fits
+MAX_PAUSE_BYTES = 256 << 20
+_RUNNING = ("running",)
+_PAUSED_BY_OTHERS = ("paused", "prelaunch", "suspended")
+# one VM paused at a time in this process: a pause never waits on another VM's pause (the lock
+# is taken before stop), and two pause paths never compete for the GIL or the memory bus
+PAUSE_LOCK = threading.Lock()
+
+
+class PauseModel:
+    """What a pause costs on one VM, learnt from its pauses (exponential averages), and how
+    many candidate bytes fit in ``budget_ms``. Starts pessimistic; a VM's model is kept
+    across reclaims."""
+
+    ALPHA = 0.3
+
+    def __init__(self, budget_ms: float = DEFAULT_PAUSE_BUDGET_MS, stop_ms: float = 1.0,
+                 cont_ms: float = 0.5, work_ns_per_byte: float = 0.5, margin: float = 0.8) -> None:
+        if budget_ms <= 0:
+            raise ValueError("pause budget must be > 0 ms")
+        self.budget_ms = budget_ms
+        self.stop_ms = stop_ms
+        self.cont_ms = cont_ms
+        self.work_ns_per_byte = work_ns_per_byte
+        self.margin = margin  # plan for this share of the budget: room for noise
+
+    def pause_bytes(self) -> int:
+        """Candidate bytes to re-check and punch in the next pause."""
+        room_ms = self.budget_ms * self.margin - self.stop_ms - self.cont_ms
+        n = int(room_ms * 1e6 / max(self.work_ns_per_byte, 1e-3)) // PAGE_BYTES * PAGE_BYTES
+        return max(MIN_PAUSE_BYTES, min(MAX_PAUSE_BYTES, n))
+
+    def learn(self, sample: PauseSample, work_bytes: int) -> None:
+        a = self.ALPHA
+        self.stop_ms += a * (sample.stop_ms - self.stop_ms)
+        self.cont_ms += a * (sample.cont_ms - self.cont_ms)
+        if work_bytes >= MIN_PAUSE_BYTES:  # tiny pauses say little about the rate
+            work_ms = sample.total_ms - sample.stop_ms - sample.cont_ms  # check and punch may overlap
+            rate = work_ms * 1e6 / work_bytes
+            # cost rises fast (a slow pause pushes the estimate up at once), falls slowly
+            self.work_ns_per_byte = rate if rate > self.work_ns_per_byte else (
+                self.work_ns_per_byte + a * (rate - self.work_ns_per_byte))
+
+
+def take_bytes(runs: list[tuple[int, int]], limit: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Split ``runs`` into (first ``limit`` bytes, the rest); runs are cut at page bounds."""
+    head: list[tuple[int, int]] = []
+    room = limit
+    i = 0
+    while i < len(runs) and room > 0:
+        off, length = runs[i]
+        if length <= room:
+            head.append((off, length))
+            room -= length
+            i += 1
+        else:
+            cut = room // PAGE_BYTES * PAGE_BYTES
+            if cut:
+                head.append((off, cut))
+            return head, [(off + cut, length - cut)] + runs[i + 1:]
+    return head, runs[i:]
+
+
+class ShortPauseReclaimer:
+    """Reclaims a VM's zero guest pages with short pauses. ``qmp``: anything with a blocking
+    ``execute(cmd, arguments=None)`` (qmpsync.SyncQMP). Call :meth:`reclaim` from a worker
+    thread, never from the event loop."""
+
+    def __init__(self, guest_ram: GuestRam, layout: GuestLayout, qmp, model: PauseModel | None = None,
+                 name: str = "", clock=time.perf_counter) -> None:
+        self.guest_ram = guest_ram
+        self.layout = layout
+        self.qmp = qmp
+        self.model = model or PauseModel()
+        self.name = name or guest_ram.name
+        self.clock = clock
+
+    def _status(self) -> str:
+        return str((self.qmp.execute("query-status") or {}).get("status", "?"))
+
+    def run_pause(self, runs: list[tuple[int, int]], result: ReclaimResult) -> None:
+        """One pause over candidate ``runs``: stop → re-check and punch → cont."""
+        status = self._status()
+        if status not in _RUNNING and status not in _PAUSED_BY_OTHERS:
+            raise ReclaimError(f"VM {self.name} is in state {status!r}; not reclaiming")
+        ours = status in _RUNNING
+        clock = self.clock
+        with PAUSE_LOCK:
+            t0 = clock()
+            t1 = t2 = t0
+            work = None
+            try:
+                if ours:
+                    try:
+                        self.qmp.execute("stop")
+                    finally:  # even a failed stop may have landed: cont below
+                        t1 = clock()
+                work = self.guest_ram.recheck_and_punch(runs, clock)
+            finally:
+                t2 = clock()
+                if ours:
+                    try:
+                        self.qmp.execute("cont")
+                    finally:
+                        t3 = clock()
+                        ms = 1000.0
+                        sample = PauseSample(
+                            (t1 - t0) * ms, (work.check_s if work else 0.0) * ms,
+                            (work.punch_s if work else 0.0) * ms, (t3 - t2) * ms, (t3 - t0) * ms,
+                            sum(n for _, n in runs) // PAGE_BYTES)
+                        result.pauses.append(sample)
+                        result.pauses_ms.append(sample.total_ms)
+                result.batches += 1
+        if ours and work is not None:
+            self.model.learn(result.pauses[-1], sum(n for _, n in runs))
+        result.punched_pages += work.punched_pages
+        result.skipped_nonzero_pages += work.skipped_nonzero_pages
+
+    def reclaim(self, ranges: Iterable[tuple[int, int]]) -> ReclaimResult:
+        """Reclaim the zero pages among ``ranges`` (``[(first_pfn, count)]``). Never raises for
+        VM trouble: the error lands in ``result.error``, the pages not dealt with in
+        ``unprocessed_pages``."""
+        result = ReclaimResult()
+        extents, result.rejected_pages = self.layout.ranges_to_offsets(ranges)
+        mapped = sum(n for _, n in extents) // PAGE_BYTES
+        try:
+            t0 = self.clock()
+            pre = self.guest_ram.precheck(extents)
+            result.precheck_ms = (self.clock() - t0) * 1000.0
+            result.already_pages += pre.already_pages
+            result.skipped_nonzero_pages += pre.skipped_nonzero_pages
+            rest = list(pre.candidates)
+            while rest:
+                runs, rest = take_bytes(rest, self.model.pause_bytes())
+                self.run_pause(runs, result)
+        except (HeapballoonError, OSError) as err:
+            result.error = str(err) or type(err).__name__
+            done = result.punched_pages + result.already_pages + result.skipped_nonzero_pages
+            result.unprocessed_pages = mapped - done
+        return result

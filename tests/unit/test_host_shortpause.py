@@ -1,0 +1,217 @@
+"""The short-pause engine on a real memfd with a fake (synchronous) QMP: pre-check, re-check
+under the pause, time-budgeted pauses, pause parts, and fault injection — a guest write that
+lands between the pre-check and the pause must never be lost."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from heapballoon.errors import ReclaimError
+from heapballoon.host.guestram import PAGE_BYTES as P, GuestRam
+from heapballoon.host.layout import GuestLayout, RamRange
+from heapballoon.host.pausestats import PauseSample, PauseStats, breakdown
+from heapballoon.host.shortpause import MIN_PAUSE_BYTES, PauseModel, ShortPauseReclaimer, take_bytes
+
+PAGES = 4096
+BASE_PFN = 0x100  # gpa 1 MiB maps to offset 0 (lay_for)
+
+
+@pytest.fixture
+def ram():
+    fd = os.memfd_create("hb-test-ram")
+    os.ftruncate(fd, PAGES * P)
+    r = GuestRam(fd, PAGES * P)
+    yield r
+    r.close()
+
+
+def fill(ram: GuestRam, page: int, count: int, byte: int = 0) -> None:
+    os.pwrite(ram.fd, bytes([byte]) * (count * P), page * P)
+
+
+def lay_for(ram: GuestRam) -> GuestLayout:
+    return GuestLayout([RamRange(0x100000, ram.size_bytes, 0)], ram_bytes=ram.size_bytes)
+
+
+class SyncFakeQMP:
+    """A VM's QMP as the engine sees it; ``on_stop`` runs when the VM is paused (the fault
+    injection point: the guest's last write before the pause)."""
+
+    def __init__(self, status="running", on_stop=None, fail_on=None):
+        self.status = status
+        self.calls: list[str] = []
+        self.on_stop = on_stop
+        self.fail_on = fail_on
+
+    def execute(self, cmd, arguments=None):
+        self.calls.append(cmd)
+        if cmd == self.fail_on:
+            raise ReclaimError(f"QMP {cmd} failed: injected")
+        if cmd == "query-status":
+            return {"status": self.status, "running": self.status == "running"}
+        if cmd == "stop":
+            if self.on_stop is not None:
+                self.on_stop()
+            self.status = "paused"
+        if cmd == "cont":
+            self.status = "running"
+        return {}
+
+
+def test_precheck_classifies_holes_data_and_zero(ram):
+    fill(ram, 0, 300)               # dirty zeros
+    fill(ram, 7, 1, 0x41)           # data
+    os.pwrite(ram.fd, b"\x01", 260 * P + P - 1)  # one byte at a page's end
+    pre = ram.precheck([(0, 1000 * P)])
+    assert (pre.already_pages, pre.skipped_nonzero_pages, pre.candidate_pages) == (700, 2, 298)
+    assert pre.candidates == ((0, 7 * P), (8 * P, 252 * P), (261 * P, 39 * P))
+    assert ram.resident_bytes() == 300 * P  # looking allocates nothing, punches nothing
+    work = ram.recheck_and_punch(list(pre.candidates))
+    assert (work.punched_pages, work.skipped_nonzero_pages) == (298, 0)
+    assert ram.resident_bytes() == 2 * P
+    assert os.pread(ram.fd, P, 7 * P) == b"\x41" * P
+
+
+def test_recheck_skips_pages_written_after_the_precheck(ram):
+    fill(ram, 0, 512)
+    pre = ram.precheck([(0, 512 * P)])
+    assert pre.candidates == ((0, 512 * P),)
+    os.pwrite(ram.fd, b"late", 300 * P + 17)        # the guest writes after the look
+    work = ram.recheck_and_punch(list(pre.candidates))
+    assert (work.punched_pages, work.skipped_nonzero_pages) == (511, 1)
+    assert os.pread(ram.fd, 4, 300 * P + 17) == b"late"
+    assert work.check_s > 0 and work.punch_s > 0
+
+
+def test_engine_pauses_in_parts_and_counts_every_page_once(ram):
+    fill(ram, 0, 2048)
+    fill(ram, 100, 3, 0x22)
+    qmp = SyncFakeQMP()
+    model = PauseModel(budget_ms=5.0, stop_ms=0.0, cont_ms=0.0, work_ns_per_byte=4e6 / (256 * P))
+    rec = ShortPauseReclaimer(ram, lay_for(ram), qmp, model)
+    assert model.pause_bytes() == 256 * P  # 4 ms of the 5 ms budget at that rate
+    res = rec.reclaim([(BASE_PFN, 3000), (BASE_PFN + 5, 5), (BASE_PFN + PAGES, 9)])
+    assert res.error == ""
+    assert (res.punched_pages, res.skipped_nonzero_pages, res.already_pages, res.rejected_pages) == (2045, 3, 952, 14)
+    assert res.reported_pages == 3000 + 5 + 9
+    assert len(res.pauses) == res.batches == len(res.pauses_ms) >= 2
+    assert res.pauses[0].pages == 256  # the budget, not a page count, cut the first pause
+    assert sum(s.pages for s in res.pauses) == 2045  # only candidates are re-checked under pauses
+    assert qmp.calls == ["query-status", "stop", "cont"] * res.batches and qmp.status == "running"
+    for s in res.pauses:
+        assert s.total_ms >= s.stop_ms + s.check_ms + s.punch_ms + s.cont_ms - 1e-6
+        assert s.check_ms > 0 and s.punch_ms > 0 and s.pages > 0
+    assert ram.resident_bytes() == 3 * P
+
+
+def _reclaim_with_writer(ram, writes: dict[int, bytes], pages: int):
+    """Fault injection: the guest writes ``writes`` {byte offset: data} after the pre-check,
+    just before the VM stops. Returns the result."""
+    def inject():
+        for off, data in writes.items():
+            os.pwrite(ram.fd, data, off)
+    qmp = SyncFakeQMP(on_stop=inject)
+    res = ShortPauseReclaimer(ram, lay_for(ram), qmp).reclaim([(BASE_PFN, pages)])
+    assert qmp.status == "running" and res.error == ""
+    return res
+
+
+def test_fault_injection_a_write_between_precheck_and_pause_is_never_lost(ram):
+    fill(ram, 0, 1024)
+    writes = {0: b"first byte", 513 * P + P - 1: b"\x7f", 1023 * P + 100: b"tail"}
+    res = _reclaim_with_writer(ram, writes, 1024)
+    for off, data in writes.items():
+        assert os.pread(ram.fd, len(data), off) == data
+    assert res.skipped_nonzero_pages == 3 and res.punched_pages == 1021
+    assert ram.resident_bytes() == 3 * P
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sets(st.integers(0, 767), max_size=12), st.integers(1, 255))
+def test_fault_injection_property_no_write_is_ever_lost(pages_written, byte):
+    fd = os.memfd_create("hb-prop")
+    os.ftruncate(fd, 1024 * P)
+    ram = GuestRam(fd, 1024 * P)
+    try:
+        fill(ram, 0, 768)
+        writes = {p * P + (p * 37) % P: bytes([byte]) for p in pages_written}
+        res = _reclaim_with_writer(ram, writes, 1024)
+        for off, data in writes.items():
+            assert os.pread(fd, 1, off) == data
+        assert res.skipped_nonzero_pages == len(pages_written)
+        assert res.punched_pages == 768 - len(pages_written) and res.already_pages == 256
+    finally:
+        ram.close()
+
+
+def test_vm_paused_by_others_is_worked_on_and_left_paused(ram):
+    fill(ram, 0, 16)
+    qmp = SyncFakeQMP("paused")
+    res = ShortPauseReclaimer(ram, lay_for(ram), qmp).reclaim([(BASE_PFN, 16)])
+    assert res.punched_pages == 16 and res.pauses == [] and qmp.calls == ["query-status"]
+    assert qmp.status == "paused"
+
+
+def test_refuses_a_migrating_vm_and_punches_nothing(ram):
+    fill(ram, 0, 16)
+    res = ShortPauseReclaimer(ram, lay_for(ram), SyncFakeQMP("inmigrate")).reclaim([(BASE_PFN, 16)])
+    assert "inmigrate" in res.error and res.unprocessed_pages == 16 and res.punched_pages == 0
+    assert ram.resident_bytes() == 16 * P
+
+
+def test_failed_stop_still_conts_and_punches_nothing(ram):
+    fill(ram, 0, 16)
+    qmp = SyncFakeQMP(fail_on="stop")
+    res = ShortPauseReclaimer(ram, lay_for(ram), qmp).reclaim([(BASE_PFN, 16)])
+    assert "stop" in res.error and qmp.calls == ["query-status", "stop", "cont"]
+    assert res.unprocessed_pages == 16 and ram.resident_bytes() == 16 * P
+    assert len(res.pauses) == 1 and res.pauses[0].check_ms == 0.0
+
+
+def test_error_under_the_pause_conts(ram, monkeypatch):
+    fill(ram, 0, 64)
+    qmp = SyncFakeQMP()
+
+    def boom(runs, clock=None):
+        raise ReclaimError("fallocate: injected I/O error")
+
+    monkeypatch.setattr(ram, "recheck_and_punch", boom)
+    res = ShortPauseReclaimer(ram, lay_for(ram), qmp).reclaim([(BASE_PFN, 64)])
+    assert "injected" in res.error and qmp.calls[-1] == "cont" and qmp.status == "running"
+    assert res.unprocessed_pages == 64
+
+
+def test_take_bytes_cuts_at_pages():
+    runs = [(0, 3 * P), (10 * P, 5 * P)]
+    assert take_bytes(runs, 4 * P) == ([(0, 3 * P), (10 * P, P)], [(11 * P, 4 * P)])
+    assert take_bytes(runs, 100 * P) == (runs, [])
+    assert take_bytes(runs, 3 * P) == ([(0, 3 * P)], [(10 * P, 5 * P)])
+
+
+def test_pause_model_learns_and_stays_bounded():
+    m = PauseModel(budget_ms=5.0, stop_ms=1.0, cont_ms=0.5, work_ns_per_byte=1.0)
+    first = m.pause_bytes()
+    assert first == int(2.5e6) // P * P
+    # a slow pause (work twice as costly) shrinks the next one at once
+    m.learn(PauseSample(1.0, 3.0, 2.0, 0.5, 6.5, 0), first // 2 // P * P)
+    assert m.work_ns_per_byte > 1.9 and m.pause_bytes() < first
+    # nothing fits: still some progress
+    m.stop_ms = 10.0
+    assert m.pause_bytes() == MIN_PAUSE_BYTES
+    with pytest.raises(ValueError):
+        PauseModel(budget_ms=0)
+
+
+def test_pause_breakdown_and_totals():
+    stats = PauseStats(window=3)
+    samples = [PauseSample(1.0, 2.0, 3.0, 0.5, 7.0 + i, 10) for i in range(4)]
+    stats.add(samples, punched_bytes=1 << 29)
+    b = stats.breakdown()
+    assert set(b) == {"stop", "check", "punch", "cont", "total"}
+    assert b["total"] == {"p50": 9.0, "p99": 10.0, "max": 10.0}  # the window keeps the last 3
+    assert stats.pauses == 4 and stats.pause_ms_sum == 7 + 8 + 9 + 10
+    assert stats.pause_ms_per_gib == pytest.approx(68.0)
+    assert breakdown([])["stop"] == {"p50": 0.0, "p99": 0.0, "max": 0.0}
