@@ -26,6 +26,14 @@ Status figures, per VM (all measured by hostd, not taken from the guest):
 * ``drift_pages``: balloon pages that are *not* holes (skipped non-zero, touched again, or
   not yet processed).
 * ``host_resident_bytes``: allocated blocks of the memfd (ksm VMs: Rss of the RAM mapping).
+* ``pause_breakdown_ms``: p50/p99/max of each pause part (``stop``, ``check``, ``punch``,
+  ``cont``, ``total``) over the VM's recent pauses; ``pause_ms_per_gib``: all pause time over
+  all bytes punched. Built in vmstatus.py, which also serves them to Prometheus (``--metrics``).
+
+Engines (``--engine``): ``short`` (default; shortpause.py: pre-check on the running guest,
+pauses bounded in time by ``--pause-budget-ms``, the pause path in one worker thread with its
+own blocking QMP socket) or ``batch`` (reclaim.Reclaimer: fixed batches, check and punch all
+under the pause; kept for comparison).
 
 Safety: a VM's memfd is found from its own QEMU process (pid from vm.json, confirmed by the
 process start time and its command line naming the VM dir), page numbers are mapped through
@@ -41,16 +49,19 @@ import logging
 import os
 import signal
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 from heapballoon import protocol, transport
 from heapballoon.errors import HeapballoonError, MessageTooLarge, ProtocolError, ReclaimError
 from heapballoon.host.guestram import PAGE_BYTES, GuestRam
-from heapballoon.host.ksm import KsmBoost, guest_rss_bytes
+from heapballoon.host.ksm import KsmBoost
 from heapballoon.host.layout import GuestLayout
 from heapballoon.host.pageset import PageSet
-from heapballoon.host.reclaim import Reclaimer, percentile
+from heapballoon.host.pausestats import PauseStats
+from heapballoon.host.qmpsync import SyncQMP
+from heapballoon.host.reclaim import Reclaimer
+from heapballoon.host.shortpause import DEFAULT_PAUSE_BUDGET_MS, PauseModel, ShortPauseReclaimer
+from heapballoon.host import vmstatus
 
 log = logging.getLogger("heapballoon.hostd")
 
@@ -103,7 +114,10 @@ class VM:
     hello: protocol.GuestHello | None = None
     guest_status: protocol.GuestStatus | None = None
     balloon: PageSet = field(default_factory=PageSet)  # RAM-file page numbers
-    pauses_ms: deque = field(default_factory=lambda: deque(maxlen=4096))
+    pause_stats: PauseStats = field(default_factory=PauseStats)
+    pause_model: PauseModel | None = None  # short engine: what a pause costs on this VM
+    engine: str = "short"
+    soft_dirty: bool = False  # detected on the host (not used by the engines yet)
     totals: dict = field(default_factory=lambda: dict(punched=0, already=0, skipped_nonzero=0, rejected=0))
     channel: transport.LineChannel | None = None
     task: asyncio.Task | None = None
@@ -153,11 +167,17 @@ def load_vm(vm_dir: str) -> VM | None:
 class HostDaemon:
     """The state and tasks of one hostd."""
 
-    def __init__(self, socket_path: str, run_dir: str, batch_pages: int | None = None) -> None:
+    def __init__(self, socket_path: str, run_dir: str, batch_pages: int | None = None,
+                 engine: str = "short", pause_budget_ms: float | None = None) -> None:
+        if engine not in ("short", "batch"):
+            raise ValueError(f"unknown reclaim engine {engine!r}")
         self.socket_path = socket_path
         self.run_dir = run_dir
         self.vms_dir = os.path.join(run_dir, VMS_SUBDIR)
         self.batch_pages = batch_pages
+        self.engine = engine
+        self.pause_budget_ms = pause_budget_ms or DEFAULT_PAUSE_BUDGET_MS
+        self.soft_dirty = False
         self.vms: dict[str, VM] = {}
         self.targets: dict[str, int] = {}
         self.state_path = os.path.join(run_dir, STATE_FILE)
@@ -209,6 +229,8 @@ class HostDaemon:
                 self._drop(known, "its QEMU exited")
             seen.add(vm.name)
             vm.target_bytes = self.targets.get(vm.name, 0)
+            vm.engine, vm.soft_dirty = self.engine, self.soft_dirty
+            vm.pause_model = PauseModel(self.pause_budget_ms)
             self.vms[vm.name] = vm
             vm.task = asyncio.get_running_loop().create_task(self._channel_loop(vm), name=f"channel-{vm.name}")
             log.info("VM %s: QEMU pid %d, %d bytes of RAM, reclaim %s, target %d bytes",
@@ -350,6 +372,18 @@ class HostDaemon:
         if vm.reclaim == "ksm":
             self._boost_ksm()
             return protocol.PagesAck(msg.seq)  # pages stay mapped for KSM to merge
+        if self.engine == "short":
+            async with vm.lock:
+                try:
+                    extents, res = await asyncio.to_thread(self._reclaim_short, vm, msg.ranges)
+                    for off, length in extents:
+                        vm.balloon.add(off // PAGE_BYTES, length // PAGE_BYTES)
+                except (HeapballoonError, OSError) as err:
+                    log.warning("VM %s: pages seq %d (%d pages) not reclaimed: %s", vm.name, msg.seq, reported, err)
+                    if not vm.alive():
+                        self._drop(vm, "its QEMU exited during a reclaim")
+                    return protocol.PagesAck(msg.seq, error=str(err)[:1000])
+            return self._account(vm, msg, reported, res)
         async with vm.lock:
             qmp = None
             try:
@@ -375,15 +409,39 @@ class HostDaemon:
                         await qmp.disconnect()
                     except Exception:  # noqa: BLE001
                         pass
-        vm.pauses_ms.extend(res.pauses_ms)
+        return self._account(vm, msg, reported, res)
+
+    def _reclaim_short(self, vm: VM, ranges) -> tuple[list[tuple[int, int]], object]:
+        """The short engine, all in this worker thread: a blocking QMP socket of our own, the
+        RAM file and layout if not known yet, then pre-check and short pauses."""
+        with SyncQMP(vm.qmp_path, QMP_CONNECT_TIMEOUT_S) as qmp:
+            if vm.guest_ram is None:
+                ram = GuestRam.open(vm.pid, vm.memory_bytes)
+                if _proc_starttime(vm.pid) != vm.starttime:  # pid reused between scan and open
+                    ram.close()
+                    raise ReclaimError(f"QEMU {vm.pid} of VM {vm.name} exited")
+                vm.guest_ram = ram
+            if vm.layout is None:
+                text = qmp.execute("human-monitor-command", {"command-line": "info mtree -f"})
+                vm.layout = GuestLayout.from_mtree(str(text), ram_bytes=vm.memory_bytes)
+                log.info("VM %s: guest RAM layout %r", vm.name, vm.layout)
+            extents, _ = vm.layout.ranges_to_offsets(ranges)
+            if len(vm.balloon) + len(extents) > MAX_BALLOON_INTERVALS:
+                raise ReclaimError(f"balloon too fragmented (> {MAX_BALLOON_INTERVALS} intervals)")
+            model = vm.pause_model or PauseModel(self.pause_budget_ms)
+            return extents, ShortPauseReclaimer(vm.guest_ram, vm.layout, qmp, model, vm.name).reclaim(ranges)
+
+    def _account(self, vm: VM, msg: protocol.Pages, reported: int, res) -> protocol.PagesAck:
+        vm.pause_stats.add(res.pauses, res.punched_pages * PAGE_BYTES)
         for k, v in (("punched", res.punched_pages), ("already", res.already_pages),
                      ("skipped_nonzero", res.skipped_nonzero_pages), ("rejected", res.rejected_pages)):
             vm.totals[k] += v
         pause_max = max(res.pauses_ms, default=0.0)
         log.info("VM %s: pages seq %d key %s: %d reported, %d punched, %d already, %d non-zero skipped, "
-                 "%d rejected in %d batches, pause max %.1f ms%s", vm.name, msg.seq, msg.key or "-",
-                 reported, res.punched_pages, res.already_pages, res.skipped_nonzero_pages,
-                 res.rejected_pages, res.batches, pause_max, f", error: {res.error}" if res.error else "")
+                 "%d rejected in %d pauses (pre-check %.1f ms), pause max %.1f ms, sum %.1f ms%s", vm.name,
+                 msg.seq, msg.key or "-", reported, res.punched_pages, res.already_pages,
+                 res.skipped_nonzero_pages, res.rejected_pages, res.batches, res.precheck_ms, pause_max,
+                 sum(res.pauses_ms), f", error: {res.error}" if res.error else "")
         if res.error and not vm.alive():
             self._drop(vm, "its QEMU exited during a reclaim")
         return protocol.PagesAck(msg.seq, res.punched_pages, res.already_pages, res.skipped_nonzero_pages,
@@ -408,39 +466,7 @@ class HostDaemon:
     # ------------------------------------------------------------ control socket
 
     def vm_status(self, vm: VM) -> dict:
-        balloon_bytes = vm.balloon.pages * PAGE_BYTES
-        reclaimed = resident = None
-        if vm.reclaim == "ksm":
-            try:
-                smaps = guest_rss_bytes(vm.pid, vm.memory_bytes)
-                resident, reclaimed = smaps["rss_bytes"], smaps["ksm_bytes"]
-            except ReclaimError as err:
-                log.info("VM %s: %s", vm.name, err)
-        else:
-            try:
-                if vm.guest_ram is None and vm.alive():
-                    vm.guest_ram = GuestRam.open(vm.pid, vm.memory_bytes)
-                if vm.guest_ram is not None:
-                    resident = vm.guest_ram.resident_bytes()
-                    reclaimed = vm.guest_ram.hole_bytes(
-                        [(p * PAGE_BYTES, n * PAGE_BYTES) for p, n in vm.balloon])
-            except (ReclaimError, OSError) as err:
-                log.info("VM %s: cannot measure guest RAM: %s", vm.name, err)
-        gs = vm.guest_status
-        drift = (vm.balloon.pages - (reclaimed or 0) // PAGE_BYTES) if vm.reclaim != "ksm" else (
-            gs.drift_pages if gs else 0)
-        return {
-            "name": vm.name, "pid": vm.pid, "memory_bytes": vm.memory_bytes, "reclaim": vm.reclaim,
-            "target_bytes": vm.target_bytes, "balloon_bytes": balloon_bytes,
-            "reclaimed_bytes": reclaimed, "host_resident_bytes": resident,
-            "pause_ms_p99": round(percentile(list(vm.pauses_ms), 99), 3),
-            "pause_ms_p50": round(percentile(list(vm.pauses_ms), 50), 3),
-            "drift_pages": drift, "connected": vm.channel is not None, "guest_hello": vm.hello is not None,
-            "guest_balloon_bytes": gs.balloon_bytes if gs else None,
-            "guest_target_bytes": gs.target_bytes if gs else None,
-            "totals_pages": dict(vm.totals),
-            "jvms": list(gs.jvms) if gs else [],
-        }
+        return vmstatus.vm_status(vm)
 
     async def control_message(self, msg: protocol.Message) -> protocol.Message:
         if isinstance(msg, protocol.StatusRequest):
@@ -499,6 +525,13 @@ class HostDaemon:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        from heapballoon.linux.softdirty import probe_soft_dirty
+
+        sd = await asyncio.to_thread(probe_soft_dirty)
+        self.soft_dirty = sd.supported
+        log.info("engine %s, pause budget %.1f ms; soft-dirty tracking %s (%s); pages are re-checked "
+                 "under every pause", self.engine, self.pause_budget_ms,
+                 "present" if sd.supported else "absent", sd.reason)
         self.load_state()
         self._server = await transport.listen(self.socket_path, self._control_client)
         self.scan()
@@ -524,15 +557,26 @@ class HostDaemon:
 
 
 async def serve(socket_path: str, run_dir: str, batch_pages: int | None = None,
-                ready: asyncio.Event | None = None) -> None:
-    """Run hostd until cancelled."""
-    d = HostDaemon(socket_path, run_dir, batch_pages)
+                ready: asyncio.Event | None = None, engine: str = "short",
+                pause_budget_ms: float | None = None, metrics: str | None = None,
+                metrics_registry=None) -> None:
+    """Run hostd until cancelled (``metrics``: serve Prometheus metrics on ADDR:PORT)."""
+    d = HostDaemon(socket_path, run_dir, batch_pages, engine, pause_budget_ms)
     await d.start()
+    server = None
+    if metrics:
+        from heapballoon.driver.metrics import parse_listen
+
+        server = vmstatus.start_metrics(d, *parse_listen(metrics), registry=metrics_registry)
+        log.info("Prometheus metrics on http://%s/metrics", metrics)
     if ready is not None:
         ready.set()
     try:
         await asyncio.Event().wait()
     finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
         await d.stop()
 
 
@@ -546,7 +590,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--socket", help="control socket (default $HEAPBALLOON_HOST_SOCKET or "
                    f"{transport.DEFAULT_HOST_SOCKET})")
     p.add_argument("--run-dir", help=f"heapballoon run dir; VMs are RUN_DIR/vms/NAME (default $HEAPBALLOON_RUN_DIR or {DEFAULT_RUN_DIR})")
-    p.add_argument("--batch-pages", type=int, default=None, help="pages per VM pause (default 8192)")
+    p.add_argument("--batch-pages", type=int, default=None, help="batch engine: pages per VM pause (default 8192)")
+    p.add_argument("--engine", choices=("short", "batch"), default="short",
+                   help="short: pre-check, then pauses bounded in time (default); batch: the first engine")
+    p.add_argument("--pause-budget-ms", type=float, default=None,
+                   help=f"short engine: planned length of one pause (default {DEFAULT_PAUSE_BUDGET_MS})")
+    p.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics, e.g. 127.0.0.1:9478")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -558,7 +607,8 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
         try:
-            await serve(transport.host_socket_path(args.socket), run_dir_path(args.run_dir), args.batch_pages)
+            await serve(transport.host_socket_path(args.socket), run_dir_path(args.run_dir), args.batch_pages,
+                        engine=args.engine, pause_budget_ms=args.pause_budget_ms, metrics=args.metrics)
         except asyncio.CancelledError:
             log.info("hostd stopping")
 
