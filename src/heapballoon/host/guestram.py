@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from heapballoon.errors import KernelError, ReclaimError
 from heapballoon.linux.memfd import punch_hole
-from heapballoon.linux.memview import MemView, data_runs
+from heapballoon.linux.memview import MemView, data_runs, punch_holding_gil
 
 PAGE_BYTES = 4096
 CHUNK_BYTES = 1 << 20  # one read; a whole zero chunk is one memcmp
@@ -300,7 +300,7 @@ class GuestRam:
                     zero, bad = view.zero_runs(off, length)
                 t1 = clock()
                 for zoff, zlen in zero:
-                    punch_hole(self.fd, zoff, zlen)
+                    punch_holding_gil(self.fd, zoff, zlen)
                     punched += zlen // PAGE_BYTES
                 punch_s += clock() - t1
                 check_s += t1 - t0

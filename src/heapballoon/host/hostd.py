@@ -48,6 +48,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -60,7 +61,8 @@ from heapballoon.host.pageset import PageSet
 from heapballoon.host.pausestats import PauseStats
 from heapballoon.host.qmpsync import SyncQMP
 from heapballoon.host.reclaim import Reclaimer
-from heapballoon.host.shortpause import DEFAULT_PAUSE_BUDGET_MS, PauseModel, ShortPauseReclaimer
+from heapballoon.host.shortpause import (DEFAULT_PAUSE_BUDGET_MS, GIL_SWITCH_INTERVAL_S, PauseModel,
+                                         ShortPauseReclaimer)
 from heapballoon.host import vmstatus
 
 log = logging.getLogger("heapballoon.hostd")
@@ -527,6 +529,7 @@ class HostDaemon:
     async def start(self) -> None:
         from heapballoon.linux.softdirty import probe_soft_dirty
 
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # the pause thread waits less for the GIL
         sd = await asyncio.to_thread(probe_soft_dirty)
         self.soft_dirty = sd.supported
         log.info("engine %s, pause budget %.1f ms; soft-dirty tracking %s (%s); pages are re-checked "

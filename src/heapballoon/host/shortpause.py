@@ -35,6 +35,9 @@ from heapballoon.host.reclaim import ReclaimResult
 DEFAULT_PAUSE_BUDGET_MS = 5.0
 MIN_PAUSE_BYTES = 64 * PAGE_BYTES  # progress even when the model says nothing fits
 MAX_PAUSE_BYTES = 256 << 20
+# hostd sets this GIL switch interval (default 5 ms): when the pause thread waits for a QMP
+# answer, the event-loop thread may take the GIL; the pause thread gets it back this soon
+GIL_SWITCH_INTERVAL_S = 0.0005
 _RUNNING = ("running",)
 _PAUSED_BY_OTHERS = ("paused", "prelaunch", "suspended")
 # one VM paused at a time in this process: a pause never waits on another VM's pause (the lock
@@ -43,25 +46,28 @@ PAUSE_LOCK = threading.Lock()
 
 
 class PauseModel:
-    """What a pause costs on one VM, learnt from its pauses (exponential averages), and how
-    many candidate bytes fit in ``budget_ms``. Starts pessimistic; a VM's model is kept
+    """What a pause costs on one VM, learnt from its pauses, and how many candidate bytes fit
+    in ``budget_ms``: pause ≈ stop + cont + other (fixed, between the parts) + bytes × rate.
+    Averages are exponential; the rate goes up at once and down slowly. A VM's model is kept
     across reclaims."""
 
     ALPHA = 0.3
 
     def __init__(self, budget_ms: float = DEFAULT_PAUSE_BUDGET_MS, stop_ms: float = 1.0,
-                 cont_ms: float = 0.5, work_ns_per_byte: float = 0.5, margin: float = 0.8) -> None:
+                 cont_ms: float = 0.5, work_ns_per_byte: float = 0.3, other_ms: float = 0.1,
+                 margin: float = 0.8) -> None:
         if budget_ms <= 0:
             raise ValueError("pause budget must be > 0 ms")
         self.budget_ms = budget_ms
         self.stop_ms = stop_ms
         self.cont_ms = cont_ms
+        self.other_ms = other_ms
         self.work_ns_per_byte = work_ns_per_byte
         self.margin = margin  # plan for this share of the budget: room for noise
 
     def pause_bytes(self) -> int:
         """Candidate bytes to re-check and punch in the next pause."""
-        room_ms = self.budget_ms * self.margin - self.stop_ms - self.cont_ms
+        room_ms = self.budget_ms * self.margin - self.stop_ms - self.cont_ms - self.other_ms
         n = int(room_ms * 1e6 / max(self.work_ns_per_byte, 1e-3)) // PAGE_BYTES * PAGE_BYTES
         return max(MIN_PAUSE_BYTES, min(MAX_PAUSE_BYTES, n))
 
@@ -69,10 +75,11 @@ class PauseModel:
         a = self.ALPHA
         self.stop_ms += a * (sample.stop_ms - self.stop_ms)
         self.cont_ms += a * (sample.cont_ms - self.cont_ms)
+        work_ms = sample.check_ms + sample.punch_ms
+        other = max(0.0, sample.total_ms - sample.stop_ms - sample.cont_ms - work_ms)
+        self.other_ms += a * (other - self.other_ms)
         if work_bytes >= MIN_PAUSE_BYTES:  # tiny pauses say little about the rate
-            work_ms = sample.total_ms - sample.stop_ms - sample.cont_ms  # check and punch may overlap
             rate = work_ms * 1e6 / work_bytes
-            # cost rises fast (a slow pause pushes the estimate up at once), falls slowly
             self.work_ns_per_byte = rate if rate > self.work_ns_per_byte else (
                 self.work_ns_per_byte + a * (rate - self.work_ns_per_byte))
 

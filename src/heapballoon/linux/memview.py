@@ -4,7 +4,12 @@ Owns: ``mmap(PROT_READ, MAP_SHARED)`` of a memfd through libc, populating ranges
 (``MADV_POPULATE_READ``, Linux 5.14+, so later reads take no page faults), the all-zero test
 done *in place* with libc ``memcmp`` against a static zero block (no copy into Python; the
 foreign call releases the GIL), classification of pages into zero runs and non-zero pages,
-and ``SEEK_DATA``/``SEEK_HOLE`` walks of the file.
+``SEEK_DATA``/``SEEK_HOLE`` walks of the file, and the punch of the pause path.
+
+The compare and :func:`punch_holding_gil` are called through ``ctypes.PyDLL``: they keep the
+GIL. That is on purpose: hostd's pause path runs in a worker thread, and every GIL release
+(a ``CDLL`` call releases it) lets the event-loop thread take the GIL and keep it up to the
+switch interval (5 ms by default) while the guest is stopped.
 
 Why a mapping and not ``preadv``: ``preadv`` copies every byte into a buffer before the
 compare (~5 GB/s here); ``memcmp`` on populated pages reads them once (~10 GB/s here).
@@ -38,9 +43,15 @@ _munmap = _libc.munmap
 _munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
 _madvise = _libc.madvise
 _madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-_memcmp = _libc.memcmp
+_libc_gil = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)  # keeps the GIL
+_memcmp = _libc_gil.memcmp
 _memcmp.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
 _memcmp.restype = ctypes.c_int
+_fallocate = _libc_gil.fallocate64
+_fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+_fallocate.restype = ctypes.c_int
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
 _ZERO_BLOCK = ctypes.create_string_buffer(BLOCK_BYTES)
 _ZERO_ADDR = ctypes.addressof(_ZERO_BLOCK)
 
@@ -62,6 +73,15 @@ def data_runs(fd: int, offset: int, length: int) -> list[tuple[int, int]]:
         runs.append((data, min(hole, end) - data))
         pos = hole
     return runs
+
+
+def punch_holding_gil(fd: int, offset: int, length: int) -> None:
+    """``fallocate(PUNCH_HOLE|KEEP_SIZE)`` of ``[offset, +length)`` without releasing the GIL."""
+    if offset < 0 or length <= 0:
+        raise ValueError(f"bad range offset={offset} length={length}")
+    if _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+        e = ctypes.get_errno()
+        raise KernelError(f"fallocate(PUNCH_HOLE, fd {fd}, offset {offset:#x}, {length:#x} bytes): {os.strerror(e)}")
 
 
 class MemView:
