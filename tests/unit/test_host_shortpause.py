@@ -219,3 +219,19 @@ def test_pause_breakdown_and_totals():
     assert stats.pauses == 4 and stats.pause_ms_sum == 7 + 8 + 9 + 10
     assert stats.pause_ms_per_gib == pytest.approx(68.0)
     assert breakdown([])["stop"] == {"p50": 0.0, "p99": 0.0, "max": 0.0}
+
+
+def test_pause_boost_raises_and_restores_priority():
+    import threading
+
+    from heapballoon.host.shortpause import PAUSE_NICE, PauseBoost
+
+    tid = threading.get_native_id()
+    before = os.getpriority(os.PRIO_PROCESS, tid)
+    with PauseBoost((999_999_999,)):  # no such thread: ignored
+        inside = os.getpriority(os.PRIO_PROCESS, tid)
+    assert os.getpriority(os.PRIO_PROCESS, tid) == before
+    if os.geteuid() == 0:  # lowering nice needs CAP_SYS_NICE
+        assert inside == min(before, PAUSE_NICE)
+    else:
+        assert inside == before

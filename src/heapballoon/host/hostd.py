@@ -61,8 +61,8 @@ from heapballoon.host.pageset import PageSet
 from heapballoon.host.pausestats import PauseStats
 from heapballoon.host.qmpsync import SyncQMP
 from heapballoon.host.reclaim import Reclaimer
-from heapballoon.host.shortpause import (DEFAULT_PAUSE_BUDGET_MS, GIL_SWITCH_INTERVAL_S, PauseModel,
-                                         ShortPauseReclaimer)
+from heapballoon.host.shortpause import (DEFAULT_PAUSE_BUDGET_MS, GIL_SWITCH_INTERVAL_S, PauseBoost,
+                                         PauseModel, ShortPauseReclaimer)
 from heapballoon.host import vmstatus
 
 log = logging.getLogger("heapballoon.hostd")
@@ -431,7 +431,9 @@ class HostDaemon:
             if len(vm.balloon) + len(extents) > MAX_BALLOON_INTERVALS:
                 raise ReclaimError(f"balloon too fragmented (> {MAX_BALLOON_INTERVALS} intervals)")
             model = vm.pause_model or PauseModel(self.pause_budget_ms)
-            return extents, ShortPauseReclaimer(vm.guest_ram, vm.layout, qmp, model, vm.name).reclaim(ranges)
+            boost = PauseBoost((vm.pid,))  # QEMU's main thread has the process's id
+            return extents, ShortPauseReclaimer(vm.guest_ram, vm.layout, qmp, model, vm.name,
+                                                boost=boost).reclaim(ranges)
 
     def _account(self, vm: VM, msg: protocol.Pages, reported: int, res) -> protocol.PagesAck:
         vm.pause_stats.add(res.pauses, res.punched_pages * PAGE_BYTES)

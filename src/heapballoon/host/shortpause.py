@@ -22,6 +22,7 @@ is refused.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Iterable
@@ -35,6 +36,7 @@ from heapballoon.host.reclaim import ReclaimResult
 DEFAULT_PAUSE_BUDGET_MS = 5.0
 MIN_PAUSE_BYTES = 64 * PAGE_BYTES  # progress even when the model says nothing fits
 MAX_PAUSE_BYTES = 256 << 20
+PAUSE_NICE = -10  # the pause thread and QEMU's main-loop thread, while the VM is paused
 # hostd sets this GIL switch interval (default 5 ms): when the pause thread waits for a QMP
 # answer, the event-loop thread may take the GIL; the pause thread gets it back this soon
 GIL_SWITCH_INTERVAL_S = 0.0005
@@ -84,6 +86,39 @@ class PauseModel:
                 self.work_ns_per_byte + a * (rate - self.work_ns_per_byte))
 
 
+class PauseBoost:
+    """Raise the CPU priority (nice) of this thread and of QEMU's main-loop thread (the one that
+    answers QMP) for the length of a pause, then put both back. On a busy host the ``stop``
+    and ``cont`` round trips are mostly waits for a CPU; measured with three CPU hogs on two
+    cores, p99 ``cont`` fell from 7.7 to 0.4 ms. vCPU threads are left alone (a spinning TCG
+    vCPU at a high priority would starve the host). Failures (not root) are ignored: the boost
+    is an optimisation, never a condition."""
+
+    def __init__(self, tids: tuple[int, ...] = (), nice: int = PAUSE_NICE) -> None:
+        self.tids = tids
+        self.nice = nice
+        self._saved: list[tuple[int, int]] = []
+
+    def __enter__(self) -> PauseBoost:
+        self._saved = []
+        for tid in (threading.get_native_id(), *self.tids):
+            try:
+                old = os.getpriority(os.PRIO_PROCESS, tid)
+                if old > self.nice:
+                    os.setpriority(os.PRIO_PROCESS, tid, self.nice)
+                    self._saved.append((tid, old))
+            except OSError:
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for tid, old in self._saved:
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, old)
+            except OSError:
+                pass
+
+
 def take_bytes(runs: list[tuple[int, int]], limit: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """Split ``runs`` into (first ``limit`` bytes, the rest); runs are cut at page bounds."""
     head: list[tuple[int, int]] = []
@@ -109,13 +144,14 @@ class ShortPauseReclaimer:
     thread, never from the event loop."""
 
     def __init__(self, guest_ram: GuestRam, layout: GuestLayout, qmp, model: PauseModel | None = None,
-                 name: str = "", clock=time.perf_counter) -> None:
+                 name: str = "", clock=time.perf_counter, boost: PauseBoost | None = None) -> None:
         self.guest_ram = guest_ram
         self.layout = layout
         self.qmp = qmp
         self.model = model or PauseModel()
         self.name = name or guest_ram.name
         self.clock = clock
+        self.boost = boost or PauseBoost()
 
     def _status(self) -> str:
         return str((self.qmp.execute("query-status") or {}).get("status", "?"))
@@ -127,7 +163,7 @@ class ShortPauseReclaimer:
             raise ReclaimError(f"VM {self.name} is in state {status!r}; not reclaiming")
         ours = status in _RUNNING
         clock = self.clock
-        with PAUSE_LOCK:
+        with PAUSE_LOCK, self.boost:
             t0 = clock()
             t1 = t2 = t0
             work = None
