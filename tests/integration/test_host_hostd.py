@@ -133,6 +133,20 @@ def test_hostd_with_fake_guest(tmp_path, caplog, engine):
                 assert ram.resident_bytes() <= before - 1023 * P + 4 * M
                 assert os.pread(ram.fd, 7, (base + 5) * P + 9) == b"keep me"
 
+                # three reports sent back to back (each acked on its own, with its own counts),
+                # then garbage right behind them: handled in order
+                b2 = base + 2048
+                os.pwrite(ram.fd, bytes(96 * P), b2 * P)
+                os.pwrite(ram.fd, b"x", (b2 + 40) * P)
+                for i in range(3):
+                    await peer.send(protocol.Pages(10 + i, "add", ((b2 + 32 * i, 32),), f"42:{10 + i}"))
+                await peer.send(b"not json either\n")
+                acks = [await peer.recv_type(protocol.PagesAck) for _ in range(3)]
+                assert [(a.seq, a.punched, a.skipped_nonzero) for a in acks] == [(10, 32, 0), (11, 31, 1), (12, 32, 0)]
+                assert isinstance(await peer.recv(), protocol.Error)
+                await peer.send(protocol.Pages(13, "remove", ((b2, 96),), "42:10"))
+                assert (await peer.recv_type(protocol.PagesAck)).seq == 13
+
                 # garbage, then a hostile but well-formed list: errors, no crash
                 await peer.send(b"this is not json\n")
                 assert isinstance(await peer.recv(), protocol.Error)
@@ -203,6 +217,8 @@ def test_hostd_with_fake_guest(tmp_path, caplog, engine):
 
     asyncio.run(main())
     assert any("punched" in r.getMessage() and "seq 2" in r.getMessage() for r in caplog.records)
+    if engine == "short":  # the three reports queued together shared their pauses
+        assert any("reports seq 10-12 reclaimed together" in r.getMessage() for r in caplog.records)
 
 
 def test_vm_json_pid_of_another_process_is_ignored(tmp_path):

@@ -235,3 +235,31 @@ def test_pause_boost_raises_and_restores_priority():
         assert inside == min(before, PAUSE_NICE)
     else:
         assert inside == before
+
+
+def test_several_reports_share_pauses_and_keep_their_own_counts(ram):
+    fill(ram, 0, 1000)
+    fill(ram, 10, 1, 0x01)     # in report A
+    fill(ram, 600, 2, 0x02)    # in report B
+    writes = {700 * P: b"late"}  # report B, written after the pre-check
+
+    def inject():
+        for off, data in writes.items():
+            os.pwrite(ram.fd, data, off)
+    qmp = SyncFakeQMP(on_stop=inject)
+    class FixedModel(PauseModel):
+        def learn(self, sample, work_bytes):
+            pass
+
+    model = FixedModel(budget_ms=5.0, stop_ms=0.0, cont_ms=0.0, other_ms=0.0, work_ns_per_byte=4e6 / (400 * P))
+    a, b, c = ShortPauseReclaimer(ram, lay_for(ram), qmp, model).reclaim_many(
+        [[(BASE_PFN, 500)], [(BASE_PFN + 500, 500), (BASE_PFN + 2 * PAGES, 3)], [(BASE_PFN + 1000, 100)]])
+    assert (a.punched_pages, a.skipped_nonzero_pages, a.already_pages) == (499, 1, 0)
+    assert (b.punched_pages, b.skipped_nonzero_pages, b.already_pages, b.rejected_pages) == (497, 3, 0, 3)
+    assert (c.punched_pages, c.already_pages) == (0, 100)
+    assert a.error == b.error == c.error == ""
+    assert b.pauses == c.pauses == [] and len(a.pauses) == a.batches
+    # 997 candidate pages of both reports in pauses of 400: 3 pauses (one per report: 4)
+    assert [s.pages for s in a.pauses] == [400, 400, 197]
+    assert os.pread(ram.fd, 4, 700 * P) == b"late"
+    assert ram.resident_bytes() == 4 * P

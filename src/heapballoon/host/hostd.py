@@ -76,6 +76,8 @@ MAX_BALLOON_INTERVALS = 1 << 20
 QMP_CONNECT_TIMEOUT_S = 5.0
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.1, 5.0
 KSM_BOOST_S = 30.0
+COALESCE_MAX_REPORTS = 16  # pages reports reclaimed together at most (the guest sends ≤ 8 MiB each)
+COALESCE_WAIT_S = 0.002  # how long to wait for one more queued report
 
 
 def run_dir_path(cli_value: str | None = None) -> str:
@@ -293,11 +295,46 @@ class HostDaemon:
                 vm.channel = None
             await asyncio.sleep(RECONNECT_MIN_S)
 
+    def _coalesces(self, vm: VM, msg) -> bool:
+        """A report the short engine may merge with the reports queued right behind it."""
+        return (self.engine == "short" and vm.reclaim == "pfn" and vm.hello is not None
+                and isinstance(msg, protocol.Pages) and msg.op == "add")
+
+    async def _recv_or_error(self, ch: transport.LineChannel, timeout_s: float | None = None):
+        """Next message, None at EOF, or the ProtocolError it raised (as a value);
+        asyncio.TimeoutError if ``timeout_s`` passes first (nothing is lost: a line is only
+        taken from the stream once complete)."""
+        try:
+            if timeout_s is None:
+                return await ch.recv()
+            return await asyncio.wait_for(ch.recv(), timeout_s)
+        except ProtocolError as err:
+            return err
+
     async def _serve_guest(self, vm: VM, ch: transport.LineChannel) -> None:
         bad = 0
+        pushback: list = []
         while True:
+            msg = pushback.pop() if pushback else await self._recv_or_error(ch)
+            if self._coalesces(vm, msg):
+                # reports already queued behind this one share its pauses (fewer, fuller pauses)
+                batch = [msg]
+                while len(batch) < COALESCE_MAX_REPORTS:
+                    try:
+                        nxt = await self._recv_or_error(ch, COALESCE_WAIT_S)
+                    except asyncio.TimeoutError:
+                        break
+                    if not self._coalesces(vm, nxt):
+                        pushback.append(nxt)
+                        break
+                    batch.append(nxt)
+                bad = 0
+                for ack in await self._pages_add_many(vm, batch):
+                    await ch.send(ack)
+                continue
             try:
-                msg = await ch.recv()
+                if isinstance(msg, ProtocolError):
+                    raise msg
             except MessageTooLarge as err:
                 log.warning("VM %s: %s; dropping the guest connection", vm.name, err)
                 return
@@ -375,17 +412,7 @@ class HostDaemon:
             self._boost_ksm()
             return protocol.PagesAck(msg.seq)  # pages stay mapped for KSM to merge
         if self.engine == "short":
-            async with vm.lock:
-                try:
-                    extents, res = await asyncio.to_thread(self._reclaim_short, vm, msg.ranges)
-                    for off, length in extents:
-                        vm.balloon.add(off // PAGE_BYTES, length // PAGE_BYTES)
-                except (HeapballoonError, OSError) as err:
-                    log.warning("VM %s: pages seq %d (%d pages) not reclaimed: %s", vm.name, msg.seq, reported, err)
-                    if not vm.alive():
-                        self._drop(vm, "its QEMU exited during a reclaim")
-                    return protocol.PagesAck(msg.seq, error=str(err)[:1000])
-            return self._account(vm, msg, reported, res)
+            return (await self._pages_add_many(vm, [msg]))[0]
         async with vm.lock:
             qmp = None
             try:
@@ -413,7 +440,26 @@ class HostDaemon:
                         pass
         return self._account(vm, msg, reported, res)
 
-    def _reclaim_short(self, vm: VM, ranges) -> tuple[list[tuple[int, int]], object]:
+    async def _pages_add_many(self, vm: VM, msgs: list[protocol.Pages]) -> list[protocol.PagesAck]:
+        """Short engine: reclaim one or more ``add`` reports together, one ack per report."""
+        async with vm.lock:
+            try:
+                extents_list, results = await asyncio.to_thread(self._reclaim_short, vm, [m.ranges for m in msgs])
+                for extents in extents_list:
+                    for off, length in extents:
+                        vm.balloon.add(off // PAGE_BYTES, length // PAGE_BYTES)
+            except (HeapballoonError, OSError) as err:
+                for m in msgs:
+                    log.warning("VM %s: pages seq %d (%d pages) not reclaimed: %s", vm.name, m.seq,
+                                sum(c for _, c in m.ranges), err)
+                if not vm.alive():
+                    self._drop(vm, "its QEMU exited during a reclaim")
+                return [protocol.PagesAck(m.seq, error=str(err)[:1000]) for m in msgs]
+        if len(msgs) > 1:
+            log.info("VM %s: reports seq %d-%d reclaimed together", vm.name, msgs[0].seq, msgs[-1].seq)
+        return [self._account(vm, m, sum(c for _, c in m.ranges), r) for m, r in zip(msgs, results)]
+
+    def _reclaim_short(self, vm: VM, reports: list) -> tuple[list[list[tuple[int, int]]], list]:
         """The short engine, all in this worker thread: a blocking QMP socket of our own, the
         RAM file and layout if not known yet, then pre-check and short pauses."""
         with SyncQMP(vm.qmp_path, QMP_CONNECT_TIMEOUT_S) as qmp:
@@ -427,13 +473,13 @@ class HostDaemon:
                 text = qmp.execute("human-monitor-command", {"command-line": "info mtree -f"})
                 vm.layout = GuestLayout.from_mtree(str(text), ram_bytes=vm.memory_bytes)
                 log.info("VM %s: guest RAM layout %r", vm.name, vm.layout)
-            extents, _ = vm.layout.ranges_to_offsets(ranges)
-            if len(vm.balloon) + len(extents) > MAX_BALLOON_INTERVALS:
+            extents_list = [vm.layout.ranges_to_offsets(r)[0] for r in reports]
+            if len(vm.balloon) + sum(len(e) for e in extents_list) > MAX_BALLOON_INTERVALS:
                 raise ReclaimError(f"balloon too fragmented (> {MAX_BALLOON_INTERVALS} intervals)")
             model = vm.pause_model or PauseModel(self.pause_budget_ms)
             boost = PauseBoost((vm.pid,))  # QEMU's main thread has the process's id
-            return extents, ShortPauseReclaimer(vm.guest_ram, vm.layout, qmp, model, vm.name,
-                                                boost=boost).reclaim(ranges)
+            engine = ShortPauseReclaimer(vm.guest_ram, vm.layout, qmp, model, vm.name, boost=boost)
+            return extents_list, engine.reclaim_many(reports)
 
     def _account(self, vm: VM, msg: protocol.Pages, reported: int, res) -> protocol.PagesAck:
         vm.pause_stats.add(res.pauses, res.punched_pages * PAGE_BYTES)

@@ -156,24 +156,28 @@ class ShortPauseReclaimer:
     def _status(self) -> str:
         return str((self.qmp.execute("query-status") or {}).get("status", "?"))
 
-    def run_pause(self, runs: list[tuple[int, int]], result: ReclaimResult) -> None:
-        """One pause over candidate ``runs``: stop → re-check and punch → cont."""
+    def run_pause(self, work_list: list[tuple[ReclaimResult, list[tuple[int, int]]]],
+                  pauses: ReclaimResult) -> None:
+        """One pause over candidate runs of one or more reports: stop → re-check and punch →
+        cont. Counts go to each report's result, the pause sample to ``pauses``."""
         status = self._status()
         if status not in _RUNNING and status not in _PAUSED_BY_OTHERS:
             raise ReclaimError(f"VM {self.name} is in state {status!r}; not reclaiming")
         ours = status in _RUNNING
         clock = self.clock
+        nbytes = sum(n for _, runs in work_list for _, n in runs)
+        done = []
         with PAUSE_LOCK, self.boost:
             t0 = clock()
             t1 = t2 = t0
-            work = None
             try:
                 if ours:
                     try:
                         self.qmp.execute("stop")
                     finally:  # even a failed stop may have landed: cont below
                         t1 = clock()
-                work = self.guest_ram.recheck_and_punch(runs, clock)
+                for result, runs in work_list:
+                    done.append((result, self.guest_ram.recheck_and_punch(runs, clock)))
             finally:
                 t2 = clock()
                 if ours:
@@ -183,36 +187,67 @@ class ShortPauseReclaimer:
                         t3 = clock()
                         ms = 1000.0
                         sample = PauseSample(
-                            (t1 - t0) * ms, (work.check_s if work else 0.0) * ms,
-                            (work.punch_s if work else 0.0) * ms, (t3 - t2) * ms, (t3 - t0) * ms,
-                            sum(n for _, n in runs) // PAGE_BYTES)
-                        result.pauses.append(sample)
-                        result.pauses_ms.append(sample.total_ms)
-                result.batches += 1
-        if ours and work is not None:
-            self.model.learn(result.pauses[-1], sum(n for _, n in runs))
-        result.punched_pages += work.punched_pages
-        result.skipped_nonzero_pages += work.skipped_nonzero_pages
+                            (t1 - t0) * ms, sum(w.check_s for _, w in done) * ms,
+                            sum(w.punch_s for _, w in done) * ms, (t3 - t2) * ms, (t3 - t0) * ms,
+                            nbytes // PAGE_BYTES)
+                        pauses.pauses.append(sample)
+                        pauses.pauses_ms.append(sample.total_ms)
+                pauses.batches += 1
+                for result, w in done:  # also what was done before an error
+                    result.punched_pages += w.punched_pages
+                    result.skipped_nonzero_pages += w.skipped_nonzero_pages
+        if ours:
+            self.model.learn(pauses.pauses[-1], nbytes)
 
     def reclaim(self, ranges: Iterable[tuple[int, int]]) -> ReclaimResult:
         """Reclaim the zero pages among ``ranges`` (``[(first_pfn, count)]``). Never raises for
         VM trouble: the error lands in ``result.error``, the pages not dealt with in
         ``unprocessed_pages``."""
-        result = ReclaimResult()
-        extents, result.rejected_pages = self.layout.ranges_to_offsets(ranges)
-        mapped = sum(n for _, n in extents) // PAGE_BYTES
+        return self.reclaim_many([ranges])[0]
+
+    def reclaim_many(self, reports: list[Iterable[tuple[int, int]]]) -> list[ReclaimResult]:
+        """:meth:`reclaim` for several reports at once: each is pre-checked, then their
+        candidates share pauses (fewer, fuller pauses). One result per report, each page in
+        exactly one counter of its own report; the pauses are all in the first result."""
+        results = [ReclaimResult() for _ in reports]
+        mapped = []
+        queue: list[tuple[ReclaimResult, list[tuple[int, int]]]] = []
         try:
-            t0 = self.clock()
-            pre = self.guest_ram.precheck(extents)
-            result.precheck_ms = (self.clock() - t0) * 1000.0
-            result.already_pages += pre.already_pages
-            result.skipped_nonzero_pages += pre.skipped_nonzero_pages
-            rest = list(pre.candidates)
-            while rest:
-                runs, rest = take_bytes(rest, self.model.pause_bytes())
-                self.run_pause(runs, result)
+            for result, ranges in zip(results, reports):
+                extents, result.rejected_pages = self.layout.ranges_to_offsets(ranges)
+                mapped.append(sum(n for _, n in extents) // PAGE_BYTES)
+                t0 = self.clock()
+                pre = self.guest_ram.precheck(extents)
+                result.precheck_ms = (self.clock() - t0) * 1000.0
+                result.already_pages += pre.already_pages
+                result.skipped_nonzero_pages += pre.skipped_nonzero_pages
+                if pre.candidates:
+                    queue.append((result, list(pre.candidates)))
+            while queue:
+                room = self.model.pause_bytes()
+                work_list = []
+                while queue and room > 0:
+                    result, runs = queue[0]
+                    head, rest = take_bytes(runs, room)
+                    if not head:
+                        break
+                    work_list.append((result, head))
+                    room -= sum(n for _, n in head)
+                    if rest:
+                        queue[0] = (result, rest)
+                    else:
+                        queue.pop(0)
+                self.run_pause(work_list, results[0])
         except (HeapballoonError, OSError) as err:
-            result.error = str(err) or type(err).__name__
-            done = result.punched_pages + result.already_pages + result.skipped_nonzero_pages
-            result.unprocessed_pages = mapped - done
-        return result
+            error = str(err) or type(err).__name__
+            for i, result in enumerate(results[:len(mapped)]):
+                done = result.punched_pages + result.already_pages + result.skipped_nonzero_pages
+                result.unprocessed_pages = mapped[i] - done
+                if result.unprocessed_pages:  # a report finished before the error keeps no error
+                    result.error = error
+            for i in range(len(mapped), len(results)):  # not even mapped: count what was reported
+                extents, rejected = self.layout.ranges_to_offsets(reports[i])
+                results[i].rejected_pages = rejected
+                results[i].unprocessed_pages = sum(n for _, n in extents) // PAGE_BYTES
+                results[i].error = error
+        return results
