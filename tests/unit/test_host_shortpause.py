@@ -195,10 +195,12 @@ def test_pause_model_learns_and_stays_bounded():
     m = PauseModel(budget_ms=5.0, stop_ms=1.0, cont_ms=0.5, other_ms=0.0, work_ns_per_byte=1.0)
     first = m.pause_bytes()
     assert first == int(2.5e6) // P * P
+    assert m.plan(first + P) == first + P  # a remainder that fits the whole budget: one pause
+    assert m.plan(10 * first) == first
     # a slow pause (work twice as costly, 1 ms unexplained) shrinks the next one at once
     m.learn(PauseSample(1.0, 3.0, 2.0, 0.5, 7.5, 0), 2_500_000)
-    assert m.work_ns_per_byte == pytest.approx(2.0) and m.other_ms == pytest.approx(0.3)
-    assert m.pause_bytes() < first // 2
+    assert m.work_ns_per_byte == pytest.approx(1.6) and m.other_ms == pytest.approx(0.3)
+    assert m.pause_bytes() < first * 0.6
     # a fast one lowers the rate only part of the way
     m.learn(PauseSample(1.0, 0.5, 0.5, 0.5, 2.5, 0), 2_500_000)
     assert 0.4 < m.work_ns_per_byte < 2.0

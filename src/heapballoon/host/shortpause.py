@@ -50,10 +50,11 @@ PAUSE_LOCK = threading.Lock()
 class PauseModel:
     """What a pause costs on one VM, learnt from its pauses, and how many candidate bytes fit
     in ``budget_ms``: pause ≈ stop + cont + other (fixed, between the parts) + bytes × rate.
-    Averages are exponential; the rate goes up at once and down slowly. A VM's model is kept
+    Averages are exponential (the rate rises faster than it falls). A VM's model is kept
     across reclaims."""
 
     ALPHA = 0.3
+    ALPHA_UP = 0.6
 
     def __init__(self, budget_ms: float = DEFAULT_PAUSE_BUDGET_MS, stop_ms: float = 1.0,
                  cont_ms: float = 0.5, work_ns_per_byte: float = 0.3, other_ms: float = 0.1,
@@ -67,11 +68,19 @@ class PauseModel:
         self.work_ns_per_byte = work_ns_per_byte
         self.margin = margin  # plan for this share of the budget: room for noise
 
-    def pause_bytes(self) -> int:
-        """Candidate bytes to re-check and punch in the next pause."""
-        room_ms = self.budget_ms * self.margin - self.stop_ms - self.cont_ms - self.other_ms
+    def pause_bytes(self, share: float | None = None) -> int:
+        """Candidate bytes to re-check and punch in the next pause, planned for ``share`` of
+        the budget (``margin`` by default)."""
+        share = self.margin if share is None else share
+        room_ms = self.budget_ms * share - self.stop_ms - self.cont_ms - self.other_ms
         n = int(room_ms * 1e6 / max(self.work_ns_per_byte, 1e-3)) // PAGE_BYTES * PAGE_BYTES
         return max(MIN_PAUSE_BYTES, min(MAX_PAUSE_BYTES, n))
+
+    def plan(self, remaining_bytes: int) -> int:
+        """Bytes for the next pause: the margin's worth, or everything left if that still
+        fits the whole budget (no short pause just for a remainder)."""
+        full = self.pause_bytes(1.0)
+        return remaining_bytes if remaining_bytes <= full else self.pause_bytes()
 
     def learn(self, sample: PauseSample, work_bytes: int) -> None:
         a = self.ALPHA
@@ -82,8 +91,8 @@ class PauseModel:
         self.other_ms += a * (other - self.other_ms)
         if work_bytes >= MIN_PAUSE_BYTES:  # tiny pauses say little about the rate
             rate = work_ms * 1e6 / work_bytes
-            self.work_ns_per_byte = rate if rate > self.work_ns_per_byte else (
-                self.work_ns_per_byte + a * (rate - self.work_ns_per_byte))
+            self.work_ns_per_byte += (self.ALPHA_UP if rate > self.work_ns_per_byte else a) * (
+                rate - self.work_ns_per_byte)
 
 
 class PauseBoost:
@@ -224,7 +233,7 @@ class ShortPauseReclaimer:
                 if pre.candidates:
                     queue.append((result, list(pre.candidates)))
             while queue:
-                room = self.model.pause_bytes()
+                room = self.model.plan(sum(n for _, runs in queue for _, n in runs))
                 work_list = []
                 while queue and room > 0:
                     result, runs = queue[0]
