@@ -53,17 +53,15 @@ import time
 from dataclasses import dataclass, field
 
 from heapballoon import protocol, transport
-from heapballoon.errors import HeapballoonError, MessageTooLarge, ProtocolError, ReclaimError
+from heapballoon.errors import HeapballoonError, MessageTooLarge, ProtocolError
+from heapballoon.host import vmreclaim, vmstatus
 from heapballoon.host.guestram import PAGE_BYTES, GuestRam
 from heapballoon.host.ksm import KsmBoost
 from heapballoon.host.layout import GuestLayout
 from heapballoon.host.pageset import PageSet
 from heapballoon.host.pausestats import PauseStats
-from heapballoon.host.qmpsync import SyncQMP
-from heapballoon.host.reclaim import Reclaimer
-from heapballoon.host.shortpause import (DEFAULT_PAUSE_BUDGET_MS, GIL_SWITCH_INTERVAL_S, PauseBoost,
-                                         PauseModel, ShortPauseReclaimer)
-from heapballoon.host import vmstatus
+from heapballoon.host.shortpause import DEFAULT_PAUSE_BUDGET_MS, GIL_SWITCH_INTERVAL_S, PauseModel
+from heapballoon.host.vmreclaim import MAX_BALLOON_INTERVALS  # noqa: F401 - part of hostd's API
 
 log = logging.getLogger("heapballoon.hostd")
 
@@ -72,8 +70,6 @@ VMS_SUBDIR = "vms"
 STATE_FILE = "hostd-state.json"
 SCAN_INTERVAL_S = 2.0
 MAX_BAD_LINES = 16
-MAX_BALLOON_INTERVALS = 1 << 20
-QMP_CONNECT_TIMEOUT_S = 5.0
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.1, 5.0
 KSM_BOOST_S = 30.0
 COALESCE_MAX_REPORTS = 16  # pages reports reclaimed together at most (the guest sends ≤ 8 MiB each)
@@ -381,70 +377,26 @@ class HostDaemon:
             return await self._pages_add(vm, msg)
         return protocol.Error(f"unexpected message {msg.TYPE!r} on the guest channel")
 
-    async def _qmp(self, vm: VM):
-        from qemu.qmp import QMPClient  # heavy import, only when a VM needs it
-
-        qmp = QMPClient(f"hostd-{vm.name}")
-        try:
-            await asyncio.wait_for(qmp.connect(vm.qmp_path), QMP_CONNECT_TIMEOUT_S)
-        except Exception as err:  # noqa: BLE001
-            try:
-                await qmp.disconnect()
-            except Exception:  # noqa: BLE001
-                pass
-            raise ReclaimError(f"cannot connect to QMP at {vm.qmp_path}: {type(err).__name__}: {err}") from err
-        return qmp
-
-    async def _ensure_ram(self, vm: VM, qmp) -> None:
-        if vm.guest_ram is None:
-            vm.guest_ram = await asyncio.to_thread(GuestRam.open, vm.pid, vm.memory_bytes)
-            if _proc_starttime(vm.pid) != vm.starttime:  # pid reused between scan and open
-                vm.guest_ram.close()
-                vm.guest_ram = None
-                raise ReclaimError(f"QEMU {vm.pid} of VM {vm.name} exited")
-        if vm.layout is None:
-            vm.layout = await GuestLayout.from_qmp(qmp, ram_bytes=vm.memory_bytes)
-            log.info("VM %s: guest RAM layout %r", vm.name, vm.layout)
-
     async def _pages_add(self, vm: VM, msg: protocol.Pages) -> protocol.PagesAck:
-        reported = sum(c for _, c in msg.ranges)
         if vm.reclaim == "ksm":
             self._boost_ksm()
             return protocol.PagesAck(msg.seq)  # pages stay mapped for KSM to merge
-        if self.engine == "short":
-            return (await self._pages_add_many(vm, [msg]))[0]
-        async with vm.lock:
-            qmp = None
-            try:
-                qmp = await self._qmp(vm)
-                await self._ensure_ram(vm, qmp)
-                assert vm.guest_ram is not None and vm.layout is not None
-                extents, _ = vm.layout.ranges_to_offsets(msg.ranges)
-                if len(vm.balloon) + len(extents) > MAX_BALLOON_INTERVALS:
-                    raise ReclaimError(f"balloon too fragmented (> {MAX_BALLOON_INTERVALS} intervals)")
-                rec = Reclaimer(vm.guest_ram, vm.layout, qmp, name=vm.name,
-                                **({"batch_pages": self.batch_pages} if self.batch_pages else {}))
-                res = await rec.reclaim(msg.ranges)
-                for off, length in extents:
-                    vm.balloon.add(off // PAGE_BYTES, length // PAGE_BYTES)
-            except (ReclaimError, OSError) as err:
-                log.warning("VM %s: pages seq %d (%d pages) not reclaimed: %s", vm.name, msg.seq, reported, err)
-                if not vm.alive():
-                    self._drop(vm, "its QEMU exited during a reclaim")
-                return protocol.PagesAck(msg.seq, error=str(err)[:1000])
-            finally:
-                if qmp is not None:
-                    try:
-                        await qmp.disconnect()
-                    except Exception:  # noqa: BLE001
-                        pass
-        return self._account(vm, msg, reported, res)
+        return (await self._pages_add_many(vm, [msg]))[0]
 
     async def _pages_add_many(self, vm: VM, msgs: list[protocol.Pages]) -> list[protocol.PagesAck]:
-        """Short engine: reclaim one or more ``add`` reports together, one ack per report."""
+        """Reclaim one or more ``add`` reports (several only with the short engine: they share
+        pauses), one ack per report with its own counts."""
         async with vm.lock:
             try:
-                extents_list, results = await asyncio.to_thread(self._reclaim_short, vm, [m.ranges for m in msgs])
+                if self.engine == "short":
+                    extents_list, results = await asyncio.to_thread(
+                        vmreclaim.reclaim_short, vm, [m.ranges for m in msgs], self.pause_budget_ms)
+                else:
+                    extents_list, results = [], []
+                    for m in msgs:
+                        extents, res = await vmreclaim.reclaim_batch(vm, m.ranges, self.batch_pages)
+                        extents_list.append(extents)
+                        results.append(res)
                 for extents in extents_list:
                     for off, length in extents:
                         vm.balloon.add(off // PAGE_BYTES, length // PAGE_BYTES)
@@ -457,45 +409,10 @@ class HostDaemon:
                 return [protocol.PagesAck(m.seq, error=str(err)[:1000]) for m in msgs]
         if len(msgs) > 1:
             log.info("VM %s: reports seq %d-%d reclaimed together", vm.name, msgs[0].seq, msgs[-1].seq)
-        return [self._account(vm, m, sum(c for _, c in m.ranges), r) for m, r in zip(msgs, results)]
-
-    def _reclaim_short(self, vm: VM, reports: list) -> tuple[list[list[tuple[int, int]]], list]:
-        """The short engine, all in this worker thread: a blocking QMP socket of our own, the
-        RAM file and layout if not known yet, then pre-check and short pauses."""
-        with SyncQMP(vm.qmp_path, QMP_CONNECT_TIMEOUT_S) as qmp:
-            if vm.guest_ram is None:
-                ram = GuestRam.open(vm.pid, vm.memory_bytes)
-                if _proc_starttime(vm.pid) != vm.starttime:  # pid reused between scan and open
-                    ram.close()
-                    raise ReclaimError(f"QEMU {vm.pid} of VM {vm.name} exited")
-                vm.guest_ram = ram
-            if vm.layout is None:
-                text = qmp.execute("human-monitor-command", {"command-line": "info mtree -f"})
-                vm.layout = GuestLayout.from_mtree(str(text), ram_bytes=vm.memory_bytes)
-                log.info("VM %s: guest RAM layout %r", vm.name, vm.layout)
-            extents_list = [vm.layout.ranges_to_offsets(r)[0] for r in reports]
-            if len(vm.balloon) + sum(len(e) for e in extents_list) > MAX_BALLOON_INTERVALS:
-                raise ReclaimError(f"balloon too fragmented (> {MAX_BALLOON_INTERVALS} intervals)")
-            model = vm.pause_model or PauseModel(self.pause_budget_ms)
-            boost = PauseBoost((vm.pid,))  # QEMU's main thread has the process's id
-            engine = ShortPauseReclaimer(vm.guest_ram, vm.layout, qmp, model, vm.name, boost=boost)
-            return extents_list, engine.reclaim_many(reports)
-
-    def _account(self, vm: VM, msg: protocol.Pages, reported: int, res) -> protocol.PagesAck:
-        vm.pause_stats.add(res.pauses, res.punched_pages * PAGE_BYTES)
-        for k, v in (("punched", res.punched_pages), ("already", res.already_pages),
-                     ("skipped_nonzero", res.skipped_nonzero_pages), ("rejected", res.rejected_pages)):
-            vm.totals[k] += v
-        pause_max = max(res.pauses_ms, default=0.0)
-        log.info("VM %s: pages seq %d key %s: %d reported, %d punched, %d already, %d non-zero skipped, "
-                 "%d rejected in %d pauses (pre-check %.1f ms), pause max %.1f ms, sum %.1f ms%s", vm.name,
-                 msg.seq, msg.key or "-", reported, res.punched_pages, res.already_pages,
-                 res.skipped_nonzero_pages, res.rejected_pages, res.batches, res.precheck_ms, pause_max,
-                 sum(res.pauses_ms), f", error: {res.error}" if res.error else "")
-        if res.error and not vm.alive():
+        acks = [vmreclaim.account(vm, m, r) for m, r in zip(msgs, results)]
+        if any(r.error for r in results) and not vm.alive():
             self._drop(vm, "its QEMU exited during a reclaim")
-        return protocol.PagesAck(msg.seq, res.punched_pages, res.already_pages, res.skipped_nonzero_pages,
-                                 res.rejected_pages, res.error[:1000])
+        return acks
 
     async def _pages_remove(self, vm: VM, msg: protocol.Pages) -> protocol.PagesAck:
         if vm.layout is None:
