@@ -265,3 +265,25 @@ def test_several_reports_share_pauses_and_keep_their_own_counts(ram):
     assert [s.pages for s in a.pauses] == [400, 400, 197]
     assert os.pread(ram.fd, 4, 700 * P) == b"late"
     assert ram.resident_bytes() == 4 * P
+
+
+def test_procfs_lists_this_process_threads():
+    import threading
+
+    from heapballoon.linux.procfs import ProcFS
+
+    ready, done = threading.Event(), threading.Event()
+
+    def park():
+        ready.set()
+        done.wait(10)
+
+    t = threading.Thread(target=park)
+    t.start()
+    ready.wait(10)
+    try:
+        tids = ProcFS().tasks(os.getpid())
+        assert os.getpid() in tids and t.native_id in tids and tids == sorted(tids)
+    finally:
+        done.set()
+        t.join()

@@ -36,7 +36,7 @@ from heapballoon.host.reclaim import ReclaimResult
 DEFAULT_PAUSE_BUDGET_MS = 5.0
 MIN_PAUSE_BYTES = 64 * PAGE_BYTES  # progress even when the model says nothing fits
 MAX_PAUSE_BYTES = 256 << 20
-PAUSE_NICE = -10  # the pause thread and QEMU's main-loop thread, while the VM is paused
+PAUSE_NICE = -10  # the pause thread and QEMU's non-vCPU threads, while the VM is paused
 # hostd sets this GIL switch interval (default 5 ms): when the pause thread waits for a QMP
 # answer, the event-loop thread may take the GIL; the pause thread gets it back this soon
 GIL_SWITCH_INTERVAL_S = 0.0005
@@ -96,8 +96,8 @@ class PauseModel:
 
 
 class PauseBoost:
-    """Raise the CPU priority (nice) of this thread and of QEMU's main-loop thread (the one that
-    answers QMP) for the length of a pause, then put both back. On a busy host the ``stop``
+    """Raise the CPU priority (nice) of this thread and of QEMU's service threads (main loop,
+    monitor I/O: the ones that answer QMP) for the length of a pause, then put them back. On a busy host the ``stop``
     and ``cont`` round trips are mostly waits for a CPU; measured with three CPU hogs on two
     cores, p99 ``cont`` fell from 7.7 to 0.4 ms. vCPU threads are left alone (a spinning TCG
     vCPU at a high priority would starve the host). Failures (not root) are ignored: the boost

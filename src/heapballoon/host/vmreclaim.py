@@ -13,12 +13,13 @@ import asyncio
 import logging
 
 from heapballoon import protocol
-from heapballoon.errors import ReclaimError
+from heapballoon.errors import HeapballoonError, ReclaimError
 from heapballoon.host.guestram import PAGE_BYTES, GuestRam
 from heapballoon.host.layout import GuestLayout
 from heapballoon.host.qmpsync import SyncQMP
 from heapballoon.host.reclaim import Reclaimer, ReclaimResult
 from heapballoon.host.shortpause import PauseBoost, PauseModel, ShortPauseReclaimer
+from heapballoon.linux.procfs import ProcFS
 
 log = logging.getLogger("heapballoon.hostd")
 
@@ -40,6 +41,18 @@ def _open_ram(vm) -> None:
         vm.guest_ram = ram
 
 
+def _qemu_service_threads(vm, qmp) -> tuple[int, ...]:
+    """QEMU's threads other than its vCPUs: the main loop (runs QMP commands), the monitor I/O
+    thread (reads and writes the QMP socket), RCU and workers — boosted during a pause. The
+    vCPU threads (``query-cpus-fast``) never are: a spinning TCG vCPU would starve the host."""
+    try:
+        vcpus = {int(c["thread-id"]) for c in qmp.execute("query-cpus-fast")}
+        return tuple(t for t in ProcFS().tasks(vm.pid) if t not in vcpus)
+    except (HeapballoonError, KeyError, TypeError, ValueError) as err:
+        log.info("VM %s: cannot tell QEMU's threads apart (%s); boosting its main thread only", vm.name, err)
+        return (vm.pid,)
+
+
 def reclaim_short(vm, reports: list, pause_budget_ms: float) -> tuple[list[list[tuple[int, int]]], list[ReclaimResult]]:
     """The short engine, all in the calling worker thread: a blocking QMP socket of our own,
     the RAM file and layout if not known yet, then pre-check and short pauses."""
@@ -53,7 +66,7 @@ def reclaim_short(vm, reports: list, pause_budget_ms: float) -> tuple[list[list[
         _check_fragmentation(vm, extents_list)
         if vm.pause_model is None:
             vm.pause_model = PauseModel(pause_budget_ms)
-        boost = PauseBoost((vm.pid,))  # QEMU's main thread has the process's id
+        boost = PauseBoost(_qemu_service_threads(vm, qmp))
         engine = ShortPauseReclaimer(vm.guest_ram, vm.layout, qmp, vm.pause_model, vm.name, boost=boost)
         return extents_list, engine.reclaim_many(reports)
 

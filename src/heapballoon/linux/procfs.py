@@ -169,6 +169,14 @@ class ProcFS:
         except (IndexError, ValueError):
             raise KernelError(f"cannot parse {self.path(pid, 'stat')}") from None
 
+    def tasks(self, pid: Pid) -> list[int]:
+        """Thread ids of ``pid`` (``/proc/PID/task``), ascending."""
+        relpath = f"{pid}/task"
+        try:
+            return sorted(int(t) for t in os.listdir(self.path(relpath)) if t.isdigit())
+        except OSError as exc:
+            raise self._error(relpath, exc) from None
+
     def open_pagemap(self, pid: Pid) -> BinaryIO:
         """``/proc/PID/pagemap`` opened unbuffered for ``os.pread``; the caller closes it."""
         relpath = f"{pid}/pagemap"
