@@ -287,3 +287,13 @@ def test_procfs_lists_this_process_threads():
     finally:
         done.set()
         t.join()
+
+
+def test_one_stalled_pause_does_not_shrink_the_next_ones_to_nothing():
+    m = PauseModel(budget_ms=5.0, stop_ms=0.5, cont_ms=0.5, other_ms=0.2, work_ns_per_byte=0.3)
+    before = m.pause_bytes()
+    m.learn(PauseSample(0.5, 1.0, 1.0, 300.0, 302.7, 0), 6_000_000)  # cont stalled 300 ms
+    assert m.cont_ms < 1.5 and m.pause_bytes() > before // 2
+    for _ in range(3):  # a host that really got slower is followed
+        m.learn(PauseSample(3.0, 1.0, 1.0, 3.0, 8.0, 0), 6_000_000)
+    assert m.stop_ms > 1.5 and m.cont_ms > 1.5

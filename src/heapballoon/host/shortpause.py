@@ -55,6 +55,7 @@ class PauseModel:
 
     ALPHA = 0.3
     ALPHA_UP = 0.6
+    OUTLIER_X = 3.0
 
     def __init__(self, budget_ms: float = DEFAULT_PAUSE_BUDGET_MS, stop_ms: float = 1.0,
                  cont_ms: float = 0.5, work_ns_per_byte: float = 0.3, other_ms: float = 0.1,
@@ -83,14 +84,22 @@ class PauseModel:
         return remaining_bytes if remaining_bytes <= full else self.pause_bytes()
 
     def learn(self, sample: PauseSample, work_bytes: int) -> None:
+        """Fold one pause in. A sample far above the estimate (the host did not run us or QEMU
+        for a while: seen up to 370 ms on the shared test machine) counts as at most
+        ``OUTLIER_X`` × the estimate + 1 ms, so one stall does not shrink the next pauses to
+        nothing (which only adds stop/cont overhead)."""
         a = self.ALPHA
-        self.stop_ms += a * (sample.stop_ms - self.stop_ms)
-        self.cont_ms += a * (sample.cont_ms - self.cont_ms)
+
+        def clip(value: float, estimate: float) -> float:
+            return min(value, self.OUTLIER_X * estimate + 1.0)
+
+        self.stop_ms += a * (clip(sample.stop_ms, self.stop_ms) - self.stop_ms)
+        self.cont_ms += a * (clip(sample.cont_ms, self.cont_ms) - self.cont_ms)
         work_ms = sample.check_ms + sample.punch_ms
         other = max(0.0, sample.total_ms - sample.stop_ms - sample.cont_ms - work_ms)
-        self.other_ms += a * (other - self.other_ms)
+        self.other_ms += a * (clip(other, self.other_ms) - self.other_ms)
         if work_bytes >= MIN_PAUSE_BYTES:  # tiny pauses say little about the rate
-            rate = work_ms * 1e6 / work_bytes
+            rate = min(work_ms * 1e6 / work_bytes, self.OUTLIER_X * self.work_ns_per_byte)
             self.work_ns_per_byte += (self.ALPHA_UP if rate > self.work_ns_per_byte else a) * (
                 rate - self.work_ns_per_byte)
 
