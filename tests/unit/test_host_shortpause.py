@@ -228,15 +228,29 @@ def test_pause_boost_raises_and_restores_priority():
 
     from heapballoon.host.shortpause import PAUSE_NICE, PauseBoost
 
-    tid = threading.get_native_id()
-    before = os.getpriority(os.PRIO_PROCESS, tid)
-    with PauseBoost((999_999_999,)):  # no such thread: ignored
-        inside = os.getpriority(os.PRIO_PROCESS, tid)
-    assert os.getpriority(os.PRIO_PROCESS, tid) == before
-    if os.geteuid() == 0:  # lowering nice needs CAP_SYS_NICE
-        assert inside == min(before, PAUSE_NICE)
-    else:
-        assert inside == before
+    ready, done = threading.Event(), threading.Event()
+    vcpu = threading.Thread(target=lambda: (ready.set(), done.wait(10)))  # plays a vCPU thread
+    vcpu.start()
+    ready.wait(10)
+    try:
+        tid, vtid = threading.get_native_id(), vcpu.native_id
+        before, vbefore = os.getpriority(os.PRIO_PROCESS, tid), os.getpriority(os.PRIO_PROCESS, vtid)
+        boost = PauseBoost((999_999_999,), vcpu_tids=(vtid,))  # no such thread: ignored
+        with boost:
+            inside = os.getpriority(os.PRIO_PROCESS, tid)
+            v_paused = os.getpriority(os.PRIO_PROCESS, vtid)
+            with boost.stopping():
+                v_stopping = os.getpriority(os.PRIO_PROCESS, vtid)
+            v_after = os.getpriority(os.PRIO_PROCESS, vtid)
+        assert os.getpriority(os.PRIO_PROCESS, tid) == before
+        assert v_paused == v_after == vbefore == os.getpriority(os.PRIO_PROCESS, vtid)
+        if os.geteuid() == 0:  # lowering nice needs CAP_SYS_NICE
+            assert inside == min(before, PAUSE_NICE) and v_stopping == min(vbefore, PAUSE_NICE)
+        else:
+            assert inside == before and v_stopping == vbefore
+    finally:
+        done.set()
+        vcpu.join()
 
 
 def test_several_reports_share_pauses_and_keep_their_own_counts(ram):

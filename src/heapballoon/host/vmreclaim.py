@@ -41,16 +41,16 @@ def _open_ram(vm) -> None:
         vm.guest_ram = ram
 
 
-def _qemu_service_threads(vm, qmp) -> tuple[int, ...]:
-    """QEMU's threads other than its vCPUs: the main loop (runs QMP commands), the monitor I/O
-    thread (reads and writes the QMP socket), RCU and workers — boosted during a pause. The
-    vCPU threads (``query-cpus-fast``) never are: a spinning TCG vCPU would starve the host."""
+def _pause_boost(vm, qmp) -> PauseBoost:
+    """A PauseBoost for QEMU's threads: its vCPUs (``query-cpus-fast``), boosted for the
+    ``stop`` round trip only, and the others — main loop (runs QMP commands), monitor I/O
+    (reads and writes the QMP socket), RCU, workers — for the whole pause."""
     try:
-        vcpus = {int(c["thread-id"]) for c in qmp.execute("query-cpus-fast")}
-        return tuple(t for t in ProcFS().tasks(vm.pid) if t not in vcpus)
+        vcpus = tuple(sorted({int(c["thread-id"]) for c in qmp.execute("query-cpus-fast")}))
+        return PauseBoost(tuple(t for t in ProcFS().tasks(vm.pid) if t not in vcpus), vcpu_tids=vcpus)
     except (HeapballoonError, KeyError, TypeError, ValueError) as err:
         log.info("VM %s: cannot tell QEMU's threads apart (%s); boosting its main thread only", vm.name, err)
-        return (vm.pid,)
+        return PauseBoost((vm.pid,))
 
 
 def reclaim_short(vm, reports: list, pause_budget_ms: float) -> tuple[list[list[tuple[int, int]]], list[ReclaimResult]]:
@@ -66,8 +66,8 @@ def reclaim_short(vm, reports: list, pause_budget_ms: float) -> tuple[list[list[
         _check_fragmentation(vm, extents_list)
         if vm.pause_model is None:
             vm.pause_model = PauseModel(pause_budget_ms)
-        boost = PauseBoost(_qemu_service_threads(vm, qmp))
-        engine = ShortPauseReclaimer(vm.guest_ram, vm.layout, qmp, vm.pause_model, vm.name, boost=boost)
+        engine = ShortPauseReclaimer(vm.guest_ram, vm.layout, qmp, vm.pause_model, vm.name,
+                                     boost=_pause_boost(vm, qmp))
         return extents_list, engine.reclaim_many(reports)
 
 
