@@ -204,8 +204,10 @@ def test_pause_model_learns_and_stays_bounded():
     # a fast one lowers the rate only part of the way
     m.learn(PauseSample(1.0, 0.5, 0.5, 0.5, 2.5, 0), 2_500_000)
     assert 0.4 < m.work_ns_per_byte < 2.0
-    # nothing fits: still some progress
+    # stop alone eats the budget: still 40 % of the budget's worth of work per pause
     m.stop_ms = 10.0
+    assert m.pause_bytes() == int(2e6 / m.work_ns_per_byte) // P * P
+    m.work_ns_per_byte = 1e6  # and a rate so slow nothing fits: some progress all the same
     assert m.pause_bytes() == MIN_PAUSE_BYTES
     with pytest.raises(ValueError):
         PauseModel(budget_ms=0)

@@ -37,6 +37,7 @@ from heapballoon.host.reclaim import ReclaimResult
 DEFAULT_PAUSE_BUDGET_MS = 5.0
 MIN_PAUSE_BYTES = 64 * PAGE_BYTES  # progress even when the model says nothing fits
 MAX_PAUSE_BYTES = 256 << 20
+MIN_WORK_SHARE = 0.4  # of the budget, for re-check and punch, however slow stop/cont are
 PAUSE_NICE = -10  # the pause thread and QEMU's non-vCPU threads, while the VM is paused
 # hostd sets this GIL switch interval (default 5 ms): when the pause thread waits for a QMP
 # answer, the event-loop thread may take the GIL; the pause thread gets it back this soon
@@ -74,7 +75,10 @@ class PauseModel:
         """Candidate bytes to re-check and punch in the next pause, planned for ``share`` of
         the budget (``margin`` by default)."""
         share = self.margin if share is None else share
-        room_ms = self.budget_ms * share - self.stop_ms - self.cont_ms - self.other_ms
+        # when stop/cont alone eat the budget (a host too busy to answer QMP quickly), still
+        # give each pause MIN_WORK_SHARE of the budget of work: tiny pauses only add overhead
+        room_ms = max(self.budget_ms * share - self.stop_ms - self.cont_ms - self.other_ms,
+                      self.budget_ms * MIN_WORK_SHARE)
         n = int(room_ms * 1e6 / max(self.work_ns_per_byte, 1e-3)) // PAGE_BYTES * PAGE_BYTES
         return max(MIN_PAUSE_BYTES, min(MAX_PAUSE_BYTES, n))
 
