@@ -313,3 +313,31 @@ def test_one_stalled_pause_does_not_shrink_the_next_ones_to_nothing():
     for _ in range(3):  # a host that really got slower is followed
         m.learn(PauseSample(3.0, 1.0, 1.0, 3.0, 8.0, 0), 6_000_000)
     assert m.stop_ms > 1.5 and m.cont_ms > 1.5
+
+
+def test_pause_boost_raises_and_restores_a_session_autogroup(tmp_path):
+    import subprocess
+    import sys
+
+    from heapballoon.host.shortpause import PAUSE_NICE, PauseBoost
+    from heapballoon.linux.procfs import ProcFS
+
+    procfs = ProcFS()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"], start_new_session=True)
+    try:
+        before = procfs.autogroup(child.pid)
+        if before is None:
+            pytest.skip("kernel without scheduler autogroups (CONFIG_SCHED_AUTOGROUP)")
+        print(f"child autogroup {before}")
+        with PauseBoost(autogroup_pids=(child.pid, child.pid)):  # the same group twice: once
+            inside = procfs.autogroup(child.pid)
+        assert procfs.autogroup(child.pid) == before
+        if os.geteuid() == 0:
+            assert inside == (before[0], min(before[1], PAUSE_NICE))
+    finally:
+        child.kill()
+        child.wait()
+    # a /proc without autogroup files: nothing to do, no error
+    (tmp_path / "1").mkdir()
+    with PauseBoost(autogroup_pids=(1,), procfs=ProcFS(str(tmp_path))):
+        pass

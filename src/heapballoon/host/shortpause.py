@@ -28,11 +28,12 @@ import threading
 import time
 from typing import Iterable
 
-from heapballoon.errors import HeapballoonError, ReclaimError
+from heapballoon.errors import HeapballoonError, KernelError, ReclaimError
 from heapballoon.host.guestram import PAGE_BYTES, GuestRam
 from heapballoon.host.layout import GuestLayout
 from heapballoon.host.pausestats import PauseSample
 from heapballoon.host.reclaim import ReclaimResult
+from heapballoon.linux.procfs import ProcFS
 
 DEFAULT_PAUSE_BUDGET_MS = 5.0
 MIN_PAUSE_BYTES = 64 * PAGE_BYTES  # progress even when the model says nothing fits
@@ -111,19 +112,40 @@ class PauseModel:
 
 class PauseBoost:
     """Raise the CPU priority (nice) of this thread and of QEMU's service threads (main loop,
-    monitor I/O: the ones that answer QMP) for the length of a pause, then put them back. On a busy host the ``stop``
-    and ``cont`` round trips are mostly waits for a CPU; measured with three CPU hogs on two
-    cores, p99 ``cont`` fell from 7.7 to 0.4 ms. vCPU threads (``vcpu_tids``) are boosted only
+    monitor I/O: the ones that answer QMP) for the length of a pause, then put them back. On
+    a busy host the ``stop`` and ``cont`` round trips are mostly waits for a CPU; measured with
+    three CPU hogs on two cores, p99 ``cont`` fell from 7.7 to 0.4 ms. vCPU threads (``vcpu_tids``) are boosted only
     for the ``stop`` round trip (:meth:`stopping`: a vCPU must run to reach a stop point) and
     put back as soon as it is answered, when they no longer run — never while they spin (a
-    TCG vCPU at a high priority would starve the host). Failures (not root) are ignored: the
-    boost is an optimisation, never a condition."""
+    TCG vCPU at a high priority would starve the host). With scheduler autogroups (a
+    ``-daemonize``d QEMU is a session of its own) a thread's nice only counts inside its group,
+    so the autogroups of ``autogroup_pids`` (QEMU, hostd) are raised too for the pause — the
+    vCPUs in QEMU's group are stopped by then. Failures (not root, no autogroups) are ignored:
+    the boost is an optimisation, never a condition."""
 
-    def __init__(self, tids: tuple[int, ...] = (), nice: int = PAUSE_NICE, vcpu_tids: tuple[int, ...] = ()) -> None:
+    def __init__(self, tids: tuple[int, ...] = (), nice: int = PAUSE_NICE, vcpu_tids: tuple[int, ...] = (),
+                 autogroup_pids: tuple[int, ...] = (), procfs: ProcFS | None = None) -> None:
         self.tids = tids
         self.vcpu_tids = vcpu_tids
         self.nice = nice
+        self.autogroup_pids = autogroup_pids
+        self.procfs = procfs or ProcFS()
         self._saved: list[tuple[int, int]] = []
+        self._saved_groups: list[tuple[int, int]] = []
+
+    def _raise_groups(self) -> list[tuple[int, int]]:
+        saved, seen = [], set()
+        for pid in self.autogroup_pids:
+            group = self.procfs.autogroup(pid)
+            if group is None or group[0] in seen or group[1] <= self.nice:
+                continue
+            seen.add(group[0])
+            try:
+                self.procfs.set_autogroup_nice(pid, self.nice)
+                saved.append((pid, group[1]))
+            except KernelError:
+                pass
+        return saved
 
     def _raise(self, tids) -> list[tuple[int, int]]:
         saved = []
@@ -156,9 +178,15 @@ class PauseBoost:
 
     def __enter__(self) -> PauseBoost:
         self._saved = self._raise((threading.get_native_id(), *self.tids))
+        self._saved_groups = self._raise_groups()
         return self
 
     def __exit__(self, *exc) -> None:
+        for pid, nice in self._saved_groups:
+            try:
+                self.procfs.set_autogroup_nice(pid, nice)
+            except KernelError:
+                pass
         self._restore(self._saved)
 
 

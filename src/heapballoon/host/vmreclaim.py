@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from heapballoon import protocol
 from heapballoon.errors import HeapballoonError, ReclaimError
@@ -44,13 +45,15 @@ def _open_ram(vm) -> None:
 def _pause_boost(vm, qmp) -> PauseBoost:
     """A PauseBoost for QEMU's threads: its vCPUs (``query-cpus-fast``), boosted for the
     ``stop`` round trip only, and the others — main loop (runs QMP commands), monitor I/O
-    (reads and writes the QMP socket), RCU, workers — for the whole pause."""
+    (reads and writes the QMP socket), RCU, workers — for the whole pause; and the scheduler
+    autogroups of QEMU and hostd."""
     try:
         vcpus = tuple(sorted({int(c["thread-id"]) for c in qmp.execute("query-cpus-fast")}))
-        return PauseBoost(tuple(t for t in ProcFS().tasks(vm.pid) if t not in vcpus), vcpu_tids=vcpus)
+        return PauseBoost(tuple(t for t in ProcFS().tasks(vm.pid) if t not in vcpus), vcpu_tids=vcpus,
+                          autogroup_pids=(vm.pid, os.getpid()))
     except (HeapballoonError, KeyError, TypeError, ValueError) as err:
         log.info("VM %s: cannot tell QEMU's threads apart (%s); boosting its main thread only", vm.name, err)
-        return PauseBoost((vm.pid,))
+        return PauseBoost((vm.pid,), autogroup_pids=(vm.pid, os.getpid()))
 
 
 def reclaim_short(vm, reports: list, pause_budget_ms: float) -> tuple[list[list[tuple[int, int]]], list[ReclaimResult]]:
