@@ -32,7 +32,7 @@ PY = sys.executable
 MIB, GIB = 1 << 20, 1 << 30
 WANT = 1 * GIB
 LIMIT_S = 240
-PARTS = ("stop", "check", "punch", "cont", "total")
+PARTS = ("stop", "check", "punch", "cont", "total", "guest")
 
 
 def cli(env, *args, check=True):
@@ -141,8 +141,8 @@ def main():
             rows.append(res)
             print(json.dumps(res), file=sys.stderr, flush=True)
     print("| engine | target → memfd −0.9 GiB | punched | pauses | stop p50 / p99 ms | check | punch | cont | "
-          "total | total max | paused | ms per GiB | JVM alive, data intact |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "total | guest | total max | paused | ms per GiB | JVM alive, data intact |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for res in rows:
         print(row(res))
 

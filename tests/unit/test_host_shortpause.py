@@ -218,7 +218,7 @@ def test_pause_breakdown_and_totals():
     samples = [PauseSample(1.0, 2.0, 3.0, 0.5, 7.0 + i, 10) for i in range(4)]
     stats.add(samples, punched_bytes=1 << 29)
     b = stats.breakdown()
-    assert set(b) == {"stop", "check", "punch", "cont", "total"}
+    assert set(b) == {"stop", "check", "punch", "cont", "total", "guest"}
     assert b["total"] == {"p50": 9.0, "p99": 10.0, "max": 10.0}  # the window keeps the last 3
     assert stats.pauses == 4 and stats.pause_ms_sum == 7 + 8 + 9 + 10
     assert stats.pause_ms_per_gib == pytest.approx(68.0)
@@ -341,3 +341,14 @@ def test_pause_boost_raises_and_restores_a_session_autogroup(tmp_path):
     (tmp_path / "1").mkdir()
     with PauseBoost(autogroup_pids=(1,), procfs=ProcFS(str(tmp_path))):
         pass
+
+
+def test_guest_pause_from_qemu_event_timestamps():
+    from heapballoon.host.shortpause import _guest_ms
+
+    def ev(name, s, us):
+        return {"event": name, "timestamp": {"seconds": s, "microseconds": us}}
+
+    assert _guest_ms([ev("STOP", 100, 999_000), ev("RESUME", 101, 2_500)]) == pytest.approx(3.5)
+    assert _guest_ms([ev("RESUME", 100, 0)]) == 0.0 and _guest_ms([]) == 0.0 and _guest_ms(None) == 0.0
+    assert _guest_ms([ev("STOP", 5, 0), {"event": "RESUME"}]) == 0.0  # no timestamp

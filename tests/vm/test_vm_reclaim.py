@@ -113,8 +113,10 @@ def test_acceptance_guest_jvm_reclaimed_by_page_number(host, vms):
     b = vm["pause_breakdown_ms"]
     print(f"first inflate: {vm['pauses']} pauses, {vm['pause_ms_sum']:.1f} ms paused, "
           f"{vm['pause_ms_per_gib']:.1f} ms per GiB punched; breakdown ms {json.dumps(b)}")
-    assert set(b) == {"stop", "check", "punch", "cont", "total"}
-    assert all(0 < b[p]["p50"] <= b[p]["p99"] <= b[p]["max"] for p in ("stop", "check", "punch", "cont", "total"))
+    assert set(b) == {"stop", "check", "punch", "cont", "total", "guest"}
+    assert all(0 < b[p]["p50"] <= b[p]["p99"] <= b[p]["max"] for p in b)
+    # the guest's own pause (QEMU's STOP → RESUME timestamps) lies within hostd's figure
+    assert all(b["guest"][q] <= b["total"][q] + 0.5 for q in ("p50", "p99", "max"))
     first_inflate = dict(vm)
 
     # 5 inflate/deflate cycles: the application's data stays intact

@@ -2,7 +2,8 @@
 
 This module owns the *pause breakdown*: one :class:`PauseSample` per pause (QMP ``stop``
 round trip, the zero re-check, the punches, QMP ``cont`` round trip, and the whole pause from
-sending ``stop`` to the ``cont`` reply), a per-VM rolling window of them (:class:`PauseStats`)
+sending ``stop`` to the ``cont`` reply; and ``guest``, the same pause by QEMU's own event
+timestamps), a per-VM rolling window of them (:class:`PauseStats`)
 and its summary: p50/p99/max of each part (``pause_breakdown_ms`` in ``status --json`` and
 hostd's Prometheus metrics) plus running totals (pause per GiB reclaimed).
 """
@@ -13,7 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Iterable
 
-PARTS = ("stop", "check", "punch", "cont", "total")
+PARTS = ("stop", "check", "punch", "cont", "total", "guest")
 GIB = 1 << 30
 WINDOW_PAUSES = 4096
 
@@ -29,7 +30,10 @@ def percentile(values: list[float], q: float) -> float:
 
 @dataclass(frozen=True)
 class PauseSample:
-    """One VM pause, in milliseconds (``total_ms`` includes time between the parts)."""
+    """One VM pause, in milliseconds (``total_ms`` includes time between the parts).
+    ``guest_ms``: from QEMU's ``STOP`` event to its ``RESUME`` event, by QEMU's timestamps —
+    how long the guest itself was stopped, without hostd's side of the QMP round trips
+    (0.0 when the QMP client does not keep events)."""
 
     stop_ms: float
     check_ms: float
@@ -37,6 +41,7 @@ class PauseSample:
     cont_ms: float
     total_ms: float
     pages: int = 0  # pages re-checked under this pause
+    guest_ms: float = 0.0
 
     def part(self, name: str) -> float:
         return getattr(self, f"{name}_ms")

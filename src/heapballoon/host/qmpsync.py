@@ -2,7 +2,8 @@
 
 This module owns the *blocking* QMP connection hostd's reclaim worker uses between ``stop``
 and ``cont``: a plain Unix socket, JSON lines, ``qmp_capabilities`` once, then one command at
-a time. Events QEMU sends meanwhile (``STOP``, ``RESUME``, ...) are skipped. With it the pause
+a time. Events QEMU sends meanwhile (``STOP``, ``RESUME``, ...) are kept in :attr:`SyncQMP.events`
+(the last few, with QEMU's own timestamps: the pause as the guest saw it). With it the pause
 path never waits on an asyncio loop that may be busy with other VMs, guest messages or
 status requests. ``qemu.qmp`` (asyncio) stays in use everywhere else.
 """
@@ -12,11 +13,22 @@ from __future__ import annotations
 import json
 import socket
 import time
+from collections import deque
 from typing import Any
 
 from heapballoon.errors import ReclaimError
 
 RECV_BYTES = 1 << 16
+EVENTS_KEPT = 32
+
+
+def event_time_s(event: dict) -> float | None:
+    """QEMU's timestamp of an event (its wall clock), in seconds."""
+    ts = event.get("timestamp") or {}
+    try:
+        return int(ts["seconds"]) + int(ts["microseconds"]) / 1e6
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 class SyncQMP:
@@ -27,6 +39,7 @@ class SyncQMP:
         self.timeout_s = timeout_s
         self._sock: socket.socket | None = None
         self._buf = b""
+        self.events: deque[dict] = deque(maxlen=EVENTS_KEPT)  # {"event": "STOP", "timestamp": ...}
 
     def connect(self) -> SyncQMP:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -101,4 +114,5 @@ class SyncQMP:
             if "error" in msg:
                 e = msg["error"]
                 raise ReclaimError(f"QMP {cmd} failed: {e.get('class', '?')}: {e.get('desc', e)}")
-            # "event" messages (STOP, RESUME, ...) are not answers: skip them
+            if "event" in msg:  # STOP, RESUME, ...: not answers; kept for their timestamps
+                self.events.append(msg)

@@ -163,7 +163,7 @@ async def reclaim_benchmark(memory_bytes: int = 512 << 20, pages: int = 131072,
 
 def _row(r: dict) -> str:
     b = r["breakdown_ms"]
-    parts = " | ".join(f"{b[p]['p50']:.2f} / {b[p]['p99']:.2f}" for p in ("stop", "check", "punch", "cont", "total"))
+    parts = " | ".join(f"{b[p]['p50']:.2f} / {b[p]['p99']:.2f}" for p in ("stop", "check", "punch", "cont", "total", "guest"))
     how = f"batch {r['batch_pages']} pages" if r["engine"] == "batch" else f"budget {r['pause_budget_ms']} ms"
     return (f"| {r['engine']} ({how}) | {r['wall_ms']:.0f} ms | {r['throughput_gib_per_s']:.2f} GiB/s | "
             f"{r['pauses']} | {parts} | {b['total']['max']:.2f} | {r['pause_ms_per_gib']} |")

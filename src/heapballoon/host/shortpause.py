@@ -32,6 +32,7 @@ from heapballoon.errors import HeapballoonError, KernelError, ReclaimError
 from heapballoon.host.guestram import PAGE_BYTES, GuestRam
 from heapballoon.host.layout import GuestLayout
 from heapballoon.host.pausestats import PauseSample
+from heapballoon.host.qmpsync import event_time_s
 from heapballoon.host.reclaim import ReclaimResult
 from heapballoon.linux.procfs import ProcFS
 
@@ -209,6 +210,15 @@ def take_bytes(runs: list[tuple[int, int]], limit: int) -> tuple[list[tuple[int,
     return head, runs[i:]
 
 
+def _guest_ms(events) -> float:
+    """STOP → RESUME by QEMU's timestamps, from the events of one pause (0.0 if missing)."""
+    if not events:
+        return 0.0
+    stop = next((event_time_s(e) for e in events if e.get("event") == "STOP"), None)
+    resume = next((event_time_s(e) for e in reversed(events) if e.get("event") == "RESUME"), None)
+    return max(0.0, (resume - stop) * 1000.0) if stop is not None and resume is not None else 0.0
+
+
 class ShortPauseReclaimer:
     """Reclaims a VM's zero guest pages with short pauses. ``qmp``: anything with a blocking
     ``execute(cmd, arguments=None)`` (qmpsync.SyncQMP). Call :meth:`reclaim` from a worker
@@ -238,6 +248,9 @@ class ShortPauseReclaimer:
         clock = self.clock
         nbytes = sum(n for _, runs in work_list for _, n in runs)
         done = []
+        events = getattr(self.qmp, "events", None)
+        if events is not None:
+            events.clear()
         with PAUSE_LOCK, self.boost:
             t0 = clock()
             t1 = t2 = t0
@@ -261,7 +274,7 @@ class ShortPauseReclaimer:
                         sample = PauseSample(
                             (t1 - t0) * ms, sum(w.check_s for _, w in done) * ms,
                             sum(w.punch_s for _, w in done) * ms, (t3 - t2) * ms, (t3 - t0) * ms,
-                            nbytes // PAGE_BYTES)
+                            nbytes // PAGE_BYTES, _guest_ms(events))
                         pauses.pauses.append(sample)
                         pauses.pauses_ms.append(sample.total_ms)
                 pauses.batches += 1
