@@ -215,13 +215,13 @@ def test_pause_model_learns_and_stays_bounded():
 
 def test_pause_breakdown_and_totals():
     stats = PauseStats(window=3)
-    samples = [PauseSample(1.0, 2.0, 3.0, 0.5, 7.0 + i, 10) for i in range(4)]
+    samples = [PauseSample(1.0, 2.0, 3.0, 0.5, 7.0 + i, 10, 5.0) for i in range(4)]
     stats.add(samples, punched_bytes=1 << 29)
     b = stats.breakdown()
     assert set(b) == {"stop", "check", "punch", "cont", "total", "guest"}
     assert b["total"] == {"p50": 9.0, "p99": 10.0, "max": 10.0}  # the window keeps the last 3
     assert stats.pauses == 4 and stats.pause_ms_sum == 7 + 8 + 9 + 10
-    assert stats.pause_ms_per_gib == pytest.approx(68.0)
+    assert stats.pause_ms_per_gib == pytest.approx(68.0) and stats.guest_ms_per_gib == pytest.approx(40.0)
     assert breakdown([])["stop"] == {"p50": 0.0, "p99": 0.0, "max": 0.0}
 
 

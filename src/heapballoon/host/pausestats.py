@@ -65,6 +65,7 @@ class PauseStats:
         self.samples: deque[PauseSample] = deque(maxlen=window)
         self.pauses = 0
         self.pause_ms_sum = 0.0
+        self.guest_ms_sum = 0.0
         self.punched_bytes = 0
 
     def add(self, samples: Iterable[PauseSample], punched_bytes: int = 0) -> None:
@@ -72,6 +73,7 @@ class PauseStats:
             self.samples.append(s)
             self.pauses += 1
             self.pause_ms_sum += s.total_ms
+            self.guest_ms_sum += s.guest_ms
         self.punched_bytes += punched_bytes
 
     def totals(self) -> list[float]:
@@ -84,3 +86,8 @@ class PauseStats:
     def pause_ms_per_gib(self) -> float:
         """Pause time per GiB punched, over hostd's lifetime (0.0 before anything was punched)."""
         return self.pause_ms_sum / (self.punched_bytes / GIB) if self.punched_bytes else 0.0
+
+    @property
+    def guest_ms_per_gib(self) -> float:
+        """The same by QEMU's STOP → RESUME timestamps (0.0 without them)."""
+        return self.guest_ms_sum / (self.punched_bytes / GIB) if self.punched_bytes else 0.0

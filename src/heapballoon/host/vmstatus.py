@@ -34,6 +34,8 @@ def pause_status(vm) -> dict:
         "pause_breakdown_ms": b,
         "pauses": stats.pauses, "pause_ms_sum": round(stats.pause_ms_sum, 3),
         "pause_ms_per_gib": round(stats.pause_ms_per_gib, 1),
+        "guest_pause_ms_sum": round(stats.guest_ms_sum, 3),
+        "guest_pause_ms_per_gib": round(stats.guest_ms_per_gib, 1),
         "pause_window": len(totals),
         "engine": vm.engine,
         "soft_dirty": vm.soft_dirty,
