@@ -27,8 +27,9 @@ Status figures, per VM (all measured by hostd, not taken from the guest):
   not yet processed).
 * ``host_resident_bytes``: allocated blocks of the memfd (ksm VMs: Rss of the RAM mapping).
 * ``pause_breakdown_ms``: p50/p99/max of each pause part (``stop``, ``check``, ``punch``,
-  ``cont``, ``total``) over the VM's recent pauses; ``pause_ms_per_gib``: all pause time over
-  all bytes punched. Built in vmstatus.py, which also serves them to Prometheus (``--metrics``).
+  ``cont``, ``total``; ``guest``: QEMU's STOP → RESUME timestamps) over the VM's recent
+  pauses; ``pause_ms_per_gib``: all pause time over all bytes punched. Built in vmstatus.py,
+  which also serves them to Prometheus (``--metrics``).
 
 Engines (``--engine``): ``short`` (default; shortpause.py: pre-check on the running guest,
 pauses bounded in time by ``--pause-budget-ms``, the pause path in one worker thread with its
