@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -119,6 +120,7 @@ def one(spec, idx):
         cli(env, "vm", "stop", name, check=False)
         hostd.terminate()
         hostd.wait(15)
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def row(r):
