@@ -66,7 +66,23 @@ async def control(sock: str, msg) -> protocol.Reply:
     return await asyncio.to_thread(hostd.request, sock, msg)
 
 
-def test_hostd_with_fake_guest(tmp_path, caplog):
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scrape(port: int) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+@pytest.mark.parametrize("engine", ["short", "batch"])
+def test_hostd_with_fake_guest(tmp_path, caplog, engine):
     caplog.set_level(logging.INFO, logger="heapballoon")
     run_dir = str(tmp_path / "run")
     vm_dir = os.path.join(run_dir, "vms", "vm1")
@@ -90,7 +106,11 @@ def test_hostd_with_fake_guest(tmp_path, caplog):
                 await asyncio.sleep(0.01)
 
             await vm.qmp.execute("cont")  # a running VM: hostd must stop/cont around punches
-            task = asyncio.create_task(hostd.serve(sock, run_dir))
+            port = _free_port()
+            from prometheus_client import CollectorRegistry
+
+            task = asyncio.create_task(hostd.serve(sock, run_dir, engine=engine, metrics=f"127.0.0.1:{port}",
+                                                   metrics_registry=CollectorRegistry()))
             try:
                 peer = await guest.next_conn()
                 assert await peer.recv() == protocol.Ping(id=1)  # "re-announce yourself"
@@ -112,6 +132,20 @@ def test_hostd_with_fake_guest(tmp_path, caplog):
                 assert ram.hole_bytes([(base * P, 1024 * P)]) == 1023 * P  # firmware runs too
                 assert ram.resident_bytes() <= before - 1023 * P + 4 * M
                 assert os.pread(ram.fd, 7, (base + 5) * P + 9) == b"keep me"
+
+                # three reports sent back to back (each acked on its own, with its own counts),
+                # then garbage right behind them: handled in order
+                b2 = base + 2048
+                os.pwrite(ram.fd, bytes(96 * P), b2 * P)
+                os.pwrite(ram.fd, b"x", (b2 + 40) * P)
+                for i in range(3):
+                    await peer.send(protocol.Pages(10 + i, "add", ((b2 + 32 * i, 32),), f"42:{10 + i}"))
+                await peer.send(b"not json either\n")
+                acks = [await peer.recv_type(protocol.PagesAck) for _ in range(3)]
+                assert [(a.seq, a.punched, a.skipped_nonzero) for a in acks] == [(10, 32, 0), (11, 31, 1), (12, 32, 0)]
+                assert isinstance(await peer.recv(), protocol.Error)
+                await peer.send(protocol.Pages(13, "remove", ((b2, 96),), "42:10"))
+                assert (await peer.recv_type(protocol.PagesAck)).seq == 13
 
                 # garbage, then a hostile but well-formed list: errors, no crash
                 await peer.send(b"this is not json\n")
@@ -139,6 +173,20 @@ def test_hostd_with_fake_guest(tmp_path, caplog):
                 assert s["reclaimed_bytes"] == 999 * P and s["drift_pages"] == 1
                 assert abs(s["host_resident_bytes"] - ram.resident_bytes()) < 4 * M
                 assert s["pause_ms_p99"] > 0 and s["jvms"] == [{"pid": 42, "name": "app"}]
+                b = s["pause_breakdown_ms"]
+                assert set(b) == {"stop", "check", "punch", "cont", "total", "guest"}
+                if engine == "short":  # QEMU's STOP → RESUME timestamps: within hostd's own figure
+                    assert 0 < b["guest"]["p50"] <= b["total"]["p50"] + 0.5
+                else:  # the batch engine's asyncio QMP keeps no events
+                    assert b["guest"] == {"p50": 0.0, "p99": 0.0, "max": 0.0}
+                for part in b.values():
+                    assert set(part) == {"p50", "p99", "max"} and 0 <= part["p50"] <= part["p99"] <= part["max"]
+                assert b["stop"]["p50"] > 0 and b["check"]["p50"] > 0 and b["punch"]["p50"] > 0
+                assert b["total"]["max"] >= b["stop"]["max"] and b["total"]["p99"] == s["pause_ms_p99"]
+                assert s["pauses"] >= 1 and s["pause_ms_per_gib"] > 0 and s["engine"] == engine
+                text = await asyncio.to_thread(_scrape, port)
+                assert f'heapballoon_vm_pause_part_ms{{part="punch",quantile="0.99",vm="vm1"}} {b["punch"]["p99"]}' in text
+                assert f'heapballoon_vm_pauses_total{{vm="vm1"}} {float(s["pauses"])}' in text
                 assert (await vm.qmp.execute("query-status"))["status"] == "running"
 
                 # an oversized line drops the connection; hostd reconnects and resends the target
@@ -152,7 +200,7 @@ def test_hostd_with_fake_guest(tmp_path, caplog):
                 await asyncio.gather(task, return_exceptions=True)
 
             # restart: the target survives in the run dir
-            task = asyncio.create_task(hostd.serve(sock, run_dir))
+            task = asyncio.create_task(hostd.serve(sock, run_dir, engine=engine))
             try:
                 peer = await guest.next_conn()
                 assert await peer.recv() == protocol.Ping(id=1)
@@ -173,6 +221,8 @@ def test_hostd_with_fake_guest(tmp_path, caplog):
 
     asyncio.run(main())
     assert any("punched" in r.getMessage() and "seq 2" in r.getMessage() for r in caplog.records)
+    if engine == "short":  # the three reports queued together shared their pauses
+        assert any("reports seq 10-12 reclaimed together" in r.getMessage() for r in caplog.records)
 
 
 def test_vm_json_pid_of_another_process_is_ignored(tmp_path):

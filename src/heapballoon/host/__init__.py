@@ -4,7 +4,13 @@ Layers, bottom up, one module each:
 
 * ``layout``    guest page frame → offset in the guest-RAM memfd (from QEMU's ``info mtree -f``)
 * ``guestram``  the memfd: find it in /proc/PID/fd, check pages for zero, punch holes, count blocks
-* ``reclaim``   batches and the QMP stop → check+punch → cont pause; virtio-balloon baseline
+* ``reclaim``   the batch engine: fixed batches, QMP stop → check+punch → cont; virtio-balloon baseline
+* ``shortpause`` the short-pause engine (default): pre-check live, time-bounded pauses that
+                re-check in place and punch; its pause model and priority boost
+* ``qmpsync``   a blocking QMP client for the pause path
+* ``pausestats`` pause parts (stop, check, punch, cont, total) and their p50/p99/max
+* ``vmreclaim`` hostd's per-VM glue: QMP, RAM file, layout, engine, acks
+* ``vmstatus``  status figures and Prometheus metrics of hostd
 * ``ksm``       ksm VMs (private RAM): smaps Rss of guest RAM, temporary KSM boost
 * ``pageset``   interval set for balloon accounting
 * ``hostd``     the daemon: VM registry, guest channels, control socket, state file

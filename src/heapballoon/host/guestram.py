@@ -11,57 +11,68 @@ page numbers (see layout.py) or about pausing the VM (see reclaim.py): callers m
 the VM stopped while they call :meth:`check_and_punch`, or a page the guest writes between
 the check and the punch would be lost.
 
-The file helpers (punch_hole, data_runs) are private here because heapballoon.linux.memfd
-did not exist when this was written; they can move there without changing this API.
+Two ways to use it. :meth:`GuestRam.check_and_punch` (the first engine) reads and punches in
+one go, all under one pause. The short-pause engine splits that: :meth:`GuestRam.precheck`
+looks at the *running* guest's RAM (holes skipped, non-zero pages skipped, all-zero allocated
+runs kept as candidates), then :meth:`GuestRam.recheck_and_punch`, under a pause, re-checks
+only the candidates in place (a read-only shared mapping, ``memcmp`` at memory speed, see
+heapballoon.linux.memview) and punches what is still zero. The re-check under the pause is
+what keeps the guarantee: a page is punched only if it was all zero while the guest was
+stopped.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import errno
 import os
+import time
 from dataclasses import dataclass
 
-from heapballoon.errors import ReclaimError
+from heapballoon.errors import KernelError, ReclaimError
+from heapballoon.linux.memfd import punch_hole
+from heapballoon.linux.memview import MemView, data_runs, punch_holding_gil
 
 PAGE_BYTES = 4096
 CHUNK_BYTES = 1 << 20  # one read; a whole zero chunk is one memcmp
 _ZERO_PAGE = bytes(PAGE_BYTES)
 _ZERO_CHUNK = bytes(CHUNK_BYTES)
 
-FALLOC_FL_KEEP_SIZE = 0x01
-FALLOC_FL_PUNCH_HOLE = 0x02
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
-_libc.fallocate.restype = ctypes.c_int
-
 
 def _punch_hole(fd: int, offset: int, length: int) -> None:
     """Free the blocks of [offset, offset+length) (reads return zeros afterwards)."""
-    if _libc.fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"fallocate(PUNCH_HOLE, offset={offset:#x}, length={length:#x}): {os.strerror(e)}")
+    try:
+        punch_hole(fd, offset, length)
+    except KernelError as err:
+        raise ReclaimError(str(err)) from None
 
 
 def _data_runs(fd: int, offset: int, length: int) -> list[tuple[int, int]]:
-    """The allocated (data) parts of [offset, offset+length) as ``[(offset, length)]``."""
-    runs = []
-    pos, end = offset, offset + length
-    while pos < end:
-        try:
-            data = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as err:
-            if err.errno == errno.ENXIO:  # no data at or after pos
-                break
-            raise
-        if data >= end:
-            break
-        hole = os.lseek(fd, data, os.SEEK_HOLE)
-        runs.append((data, min(hole, end) - data))
-        pos = hole
-    return runs
+    try:
+        return data_runs(fd, offset, length)
+    except KernelError as err:
+        raise ReclaimError(str(err)) from None
+
+
+@dataclass(frozen=True)
+class Precheck:
+    """What a look at live guest RAM (VM running) found in some extents: ``candidates`` are
+    allocated all-zero runs ``((offset, length), ...)`` to re-check and punch under a pause;
+    holes are already reclaimed; non-zero pages are skipped."""
+
+    candidates: tuple[tuple[int, int], ...]
+    candidate_pages: int
+    already_pages: int
+    skipped_nonzero_pages: int
+
+
+@dataclass(frozen=True)
+class PauseWork:
+    """What one pause did with candidate runs: pages punched, pages found non-zero (the guest
+    wrote them after the pre-check), and how long the re-check and the punches took."""
+
+    punched_pages: int
+    skipped_nonzero_pages: int
+    check_s: float
+    punch_s: float
 
 
 @dataclass
@@ -71,11 +82,13 @@ class PunchResult:
     punched_pages: int = 0
     already_pages: int = 0
     skipped_nonzero_pages: int = 0
+    punch_s: float = 0.0  # time spent in fallocate (the rest of a pass is the check)
 
     def add(self, other: PunchResult) -> None:
         self.punched_pages += other.punched_pages
         self.already_pages += other.already_pages
         self.skipped_nonzero_pages += other.skipped_nonzero_pages
+        self.punch_s += other.punch_s
 
 
 def _is_qemu(pid: int) -> bool:
@@ -118,6 +131,7 @@ class GuestRam:
         self.qemu_pid = qemu_pid
         self.name = name or f"fd {fd}"
         self._buf = bytearray(CHUNK_BYTES)
+        self._view: MemView | None = None
 
     @classmethod
     def open(cls, qemu_pid: int, size_bytes: int, backend: str = "ram0") -> GuestRam:
@@ -145,6 +159,9 @@ class GuestRam:
 
     def close(self) -> None:
         """Close our fd (while it is open it keeps the guest RAM alive even after QEMU exits)."""
+        if self._view is not None:
+            self._view.close()
+            self._view = None
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -216,9 +233,78 @@ class GuestRam:
                 data_bytes += dlen
                 zero_runs, nonzero = self._check_extent(doff, dlen)
                 result.skipped_nonzero_pages += nonzero
+                t0 = time.perf_counter()
                 for zoff, zlen in zero_runs:
                     if punch:
                         _punch_hole(self.fd, zoff, zlen)
                     result.punched_pages += zlen // PAGE_BYTES
+                result.punch_s += time.perf_counter() - t0
             result.already_pages += (length - data_bytes) // PAGE_BYTES
         return result
+
+    # ------------------------------------------------------------ the short-pause engine
+
+    @property
+    def view(self) -> MemView:
+        if self._view is None:
+            try:
+                self._view = MemView(self.fd, self.size_bytes)
+            except KernelError as err:
+                raise ReclaimError(str(err)) from None
+        return self._view
+
+    def _validate(self, off: int, length: int) -> None:
+        if off % PAGE_BYTES or length % PAGE_BYTES or off < 0 or off + length > self.size_bytes:
+            raise ReclaimError(f"extent ({off:#x}, {length:#x}) is not page aligned inside "
+                               f"the {self.size_bytes}-byte guest RAM")
+
+    def precheck(self, extents: list[tuple[int, int]]) -> Precheck:
+        """Classify the pages of ``extents`` on the running guest (no pause needed: nothing is
+        written). Candidate pages are left mapped in our view so the re-check takes no faults."""
+        view = self.view
+        candidates: list[tuple[int, int]] = []
+        already = nonzero = 0
+        try:
+            for off, length in extents:
+                self._validate(off, length)
+                data_bytes = 0
+                for doff, dlen in _data_runs(self.fd, off, length):
+                    data_bytes += dlen
+                    view.populate(doff, dlen)
+                    runs, bad = view.zero_runs(doff, dlen)
+                    nonzero += bad
+                    candidates.extend(runs)
+                already += (length - data_bytes) // PAGE_BYTES
+        except KernelError as err:
+            raise ReclaimError(str(err)) from None
+        pages = sum(n for _, n in candidates) // PAGE_BYTES
+        return Precheck(tuple(candidates), pages, already, nonzero)
+
+    def recheck_and_punch(self, runs: list[tuple[int, int]], clock=time.perf_counter) -> PauseWork:
+        """Under a pause: re-check ``runs`` (candidates from :meth:`precheck`) in place and
+        punch every page still all zero; a page the guest wrote meanwhile is skipped.
+
+        One thread on purpose: punching zaps our own mapping's page-table entries too, and
+        with a second hostd thread checking on the other core each zap costs a TLB-shootdown
+        IPI — measured, check and punch in two threads took longer than in one."""
+        view = self.view
+        check_s = punch_s = 0.0
+        punched = nonzero = 0
+        try:
+            for off, length in runs:
+                self._validate(off, length)
+                t0 = clock()
+                if view.is_zero(off, length):
+                    zero, bad = [(off, length)], 0
+                else:
+                    zero, bad = view.zero_runs(off, length)
+                t1 = clock()
+                for zoff, zlen in zero:
+                    punch_holding_gil(self.fd, zoff, zlen)
+                    punched += zlen // PAGE_BYTES
+                punch_s += clock() - t1
+                check_s += t1 - t0
+                nonzero += bad
+        except KernelError as err:
+            raise ReclaimError(str(err)) from None
+        return PauseWork(punched, nonzero, check_s, punch_s)

@@ -26,6 +26,15 @@ Status figures, per VM (all measured by hostd, not taken from the guest):
 * ``drift_pages``: balloon pages that are *not* holes (skipped non-zero, touched again, or
   not yet processed).
 * ``host_resident_bytes``: allocated blocks of the memfd (ksm VMs: Rss of the RAM mapping).
+* ``pause_breakdown_ms``: p50/p99/max of each pause part (``stop``, ``check``, ``punch``,
+  ``cont``, ``total``; ``guest``: QEMU's STOP → RESUME timestamps) over the VM's recent
+  pauses; ``pause_ms_per_gib``: all pause time over all bytes punched. Built in vmstatus.py,
+  which also serves them to Prometheus (``--metrics``).
+
+Engines (``--engine``): ``short`` (default; shortpause.py: pre-check on the running guest,
+pauses bounded in time by ``--pause-budget-ms``, the pause path in one worker thread with its
+own blocking QMP socket) or ``batch`` (reclaim.Reclaimer: fixed batches, check and punch all
+under the pause; kept for comparison).
 
 Safety: a VM's memfd is found from its own QEMU process (pid from vm.json, confirmed by the
 process start time and its command line naming the VM dir), page numbers are mapped through
@@ -40,17 +49,20 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 from heapballoon import protocol, transport
-from heapballoon.errors import HeapballoonError, MessageTooLarge, ProtocolError, ReclaimError
+from heapballoon.errors import HeapballoonError, MessageTooLarge, ProtocolError
+from heapballoon.host import vmreclaim, vmstatus
 from heapballoon.host.guestram import PAGE_BYTES, GuestRam
-from heapballoon.host.ksm import KsmBoost, guest_rss_bytes
+from heapballoon.host.ksm import KsmBoost
 from heapballoon.host.layout import GuestLayout
 from heapballoon.host.pageset import PageSet
-from heapballoon.host.reclaim import Reclaimer, percentile
+from heapballoon.host.pausestats import PauseStats
+from heapballoon.host.shortpause import DEFAULT_PAUSE_BUDGET_MS, GIL_SWITCH_INTERVAL_S, PauseModel
+from heapballoon.host.vmreclaim import MAX_BALLOON_INTERVALS  # noqa: F401 - part of hostd's API
 
 log = logging.getLogger("heapballoon.hostd")
 
@@ -59,10 +71,10 @@ VMS_SUBDIR = "vms"
 STATE_FILE = "hostd-state.json"
 SCAN_INTERVAL_S = 2.0
 MAX_BAD_LINES = 16
-MAX_BALLOON_INTERVALS = 1 << 20
-QMP_CONNECT_TIMEOUT_S = 5.0
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.1, 5.0
 KSM_BOOST_S = 30.0
+COALESCE_MAX_REPORTS = 16  # pages reports reclaimed together at most (the guest sends ≤ 8 MiB each)
+COALESCE_WAIT_S = 0.002  # how long to wait for one more queued report
 
 
 def run_dir_path(cli_value: str | None = None) -> str:
@@ -103,9 +115,11 @@ class VM:
     hello: protocol.GuestHello | None = None
     guest_status: protocol.GuestStatus | None = None
     balloon: PageSet = field(default_factory=PageSet)  # RAM-file page numbers
-    pauses_ms: deque = field(default_factory=lambda: deque(maxlen=4096))
+    pause_stats: PauseStats = field(default_factory=PauseStats)
+    pause_model: PauseModel | None = None  # short engine: what a pause costs on this VM
+    engine: str = "short"
+    soft_dirty: bool = False  # detected on the host (not used by the engines yet)
     totals: dict = field(default_factory=lambda: dict(punched=0, already=0, skipped_nonzero=0, rejected=0))
-    pause_count: int = 0  # every pause since hostd started (pauses_ms keeps only the newest)
     channel: transport.LineChannel | None = None
     task: asyncio.Task | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -151,20 +165,20 @@ def load_vm(vm_dir: str) -> VM | None:
     return VM(name, vm_dir, pid, starttime, mem, str(info.get("reclaim", "pfn")))
 
 
-def _guest_balloon_max_bytes(jvms) -> int:
-    """The VM's largest balloon: the sum of its JVMs' (as the guest reported; bad values count 0)."""
-    values = (j.get("balloon_max_bytes") for j in jvms)
-    return sum(v for v in values if isinstance(v, int) and not isinstance(v, bool) and v > 0)
-
-
 class HostDaemon:
     """The state and tasks of one hostd."""
 
-    def __init__(self, socket_path: str, run_dir: str, batch_pages: int | None = None) -> None:
+    def __init__(self, socket_path: str, run_dir: str, batch_pages: int | None = None,
+                 engine: str = "short", pause_budget_ms: float | None = None) -> None:
+        if engine not in ("short", "batch"):
+            raise ValueError(f"unknown reclaim engine {engine!r}")
         self.socket_path = socket_path
         self.run_dir = run_dir
         self.vms_dir = os.path.join(run_dir, VMS_SUBDIR)
         self.batch_pages = batch_pages
+        self.engine = engine
+        self.pause_budget_ms = pause_budget_ms or DEFAULT_PAUSE_BUDGET_MS
+        self.soft_dirty = False
         self.vms: dict[str, VM] = {}
         self.targets: dict[str, int] = {}
         self.state_path = os.path.join(run_dir, STATE_FILE)
@@ -216,6 +230,8 @@ class HostDaemon:
                 self._drop(known, "its QEMU exited")
             seen.add(vm.name)
             vm.target_bytes = self.targets.get(vm.name, 0)
+            vm.engine, vm.soft_dirty = self.engine, self.soft_dirty
+            vm.pause_model = PauseModel(self.pause_budget_ms)
             self.vms[vm.name] = vm
             vm.task = asyncio.get_running_loop().create_task(self._channel_loop(vm), name=f"channel-{vm.name}")
             log.info("VM %s: QEMU pid %d, %d bytes of RAM, reclaim %s, target %d bytes",
@@ -276,11 +292,46 @@ class HostDaemon:
                 vm.channel = None
             await asyncio.sleep(RECONNECT_MIN_S)
 
+    def _coalesces(self, vm: VM, msg) -> bool:
+        """A report the short engine may merge with the reports queued right behind it."""
+        return (self.engine == "short" and vm.reclaim == "pfn" and vm.hello is not None
+                and isinstance(msg, protocol.Pages) and msg.op == "add")
+
+    async def _recv_or_error(self, ch: transport.LineChannel, timeout_s: float | None = None):
+        """Next message, None at EOF, or the ProtocolError it raised (as a value);
+        asyncio.TimeoutError if ``timeout_s`` passes first (nothing is lost: a line is only
+        taken from the stream once complete)."""
+        try:
+            if timeout_s is None:
+                return await ch.recv()
+            return await asyncio.wait_for(ch.recv(), timeout_s)
+        except ProtocolError as err:
+            return err
+
     async def _serve_guest(self, vm: VM, ch: transport.LineChannel) -> None:
         bad = 0
+        pushback: list = []
         while True:
+            msg = pushback.pop() if pushback else await self._recv_or_error(ch)
+            if self._coalesces(vm, msg):
+                # reports already queued behind this one share its pauses (fewer, fuller pauses)
+                batch = [msg]
+                while len(batch) < COALESCE_MAX_REPORTS:
+                    try:
+                        nxt = await self._recv_or_error(ch, COALESCE_WAIT_S)
+                    except asyncio.TimeoutError:
+                        break
+                    if not self._coalesces(vm, nxt):
+                        pushback.append(nxt)
+                        break
+                    batch.append(nxt)
+                bad = 0
+                for ack in await self._pages_add_many(vm, batch):
+                    await ch.send(ack)
+                continue
             try:
-                msg = await ch.recv()
+                if isinstance(msg, ProtocolError):
+                    raise msg
             except MessageTooLarge as err:
                 log.warning("VM %s: %s; dropping the guest connection", vm.name, err)
                 return
@@ -327,75 +378,42 @@ class HostDaemon:
             return await self._pages_add(vm, msg)
         return protocol.Error(f"unexpected message {msg.TYPE!r} on the guest channel")
 
-    async def _qmp(self, vm: VM):
-        from qemu.qmp import QMPClient  # heavy import, only when a VM needs it
-
-        qmp = QMPClient(f"hostd-{vm.name}")
-        try:
-            await asyncio.wait_for(qmp.connect(vm.qmp_path), QMP_CONNECT_TIMEOUT_S)
-        except Exception as err:  # noqa: BLE001
-            try:
-                await qmp.disconnect()
-            except Exception:  # noqa: BLE001
-                pass
-            raise ReclaimError(f"cannot connect to QMP at {vm.qmp_path}: {type(err).__name__}: {err}") from err
-        return qmp
-
-    async def _ensure_ram(self, vm: VM, qmp) -> None:
-        if vm.guest_ram is None:
-            vm.guest_ram = await asyncio.to_thread(GuestRam.open, vm.pid, vm.memory_bytes)
-            if _proc_starttime(vm.pid) != vm.starttime:  # pid reused between scan and open
-                vm.guest_ram.close()
-                vm.guest_ram = None
-                raise ReclaimError(f"QEMU {vm.pid} of VM {vm.name} exited")
-        if vm.layout is None:
-            vm.layout = await GuestLayout.from_qmp(qmp, ram_bytes=vm.memory_bytes)
-            log.info("VM %s: guest RAM layout %r", vm.name, vm.layout)
-
     async def _pages_add(self, vm: VM, msg: protocol.Pages) -> protocol.PagesAck:
-        reported = sum(c for _, c in msg.ranges)
         if vm.reclaim == "ksm":
             self._boost_ksm()
             return protocol.PagesAck(msg.seq)  # pages stay mapped for KSM to merge
+        return (await self._pages_add_many(vm, [msg]))[0]
+
+    async def _pages_add_many(self, vm: VM, msgs: list[protocol.Pages]) -> list[protocol.PagesAck]:
+        """Reclaim one or more ``add`` reports (several only with the short engine: they share
+        pauses), one ack per report with its own counts."""
         async with vm.lock:
-            qmp = None
             try:
-                qmp = await self._qmp(vm)
-                await self._ensure_ram(vm, qmp)
-                assert vm.guest_ram is not None and vm.layout is not None
-                extents, _ = vm.layout.ranges_to_offsets(msg.ranges)
-                if len(vm.balloon) + len(extents) > MAX_BALLOON_INTERVALS:
-                    raise ReclaimError(f"balloon too fragmented (> {MAX_BALLOON_INTERVALS} intervals)")
-                rec = Reclaimer(vm.guest_ram, vm.layout, qmp, name=vm.name,
-                                **({"batch_pages": self.batch_pages} if self.batch_pages else {}))
-                res = await rec.reclaim(msg.ranges)
-                for off, length in extents:
-                    vm.balloon.add(off // PAGE_BYTES, length // PAGE_BYTES)
-            except (ReclaimError, OSError) as err:
-                log.warning("VM %s: pages seq %d (%d pages) not reclaimed: %s", vm.name, msg.seq, reported, err)
+                if self.engine == "short":
+                    extents_list, results = await asyncio.to_thread(
+                        vmreclaim.reclaim_short, vm, [m.ranges for m in msgs], self.pause_budget_ms)
+                else:
+                    extents_list, results = [], []
+                    for m in msgs:
+                        extents, res = await vmreclaim.reclaim_batch(vm, m.ranges, self.batch_pages)
+                        extents_list.append(extents)
+                        results.append(res)
+                for extents in extents_list:
+                    for off, length in extents:
+                        vm.balloon.add(off // PAGE_BYTES, length // PAGE_BYTES)
+            except (HeapballoonError, OSError) as err:
+                for m in msgs:
+                    log.warning("VM %s: pages seq %d (%d pages) not reclaimed: %s", vm.name, m.seq,
+                                sum(c for _, c in m.ranges), err)
                 if not vm.alive():
                     self._drop(vm, "its QEMU exited during a reclaim")
-                return protocol.PagesAck(msg.seq, error=str(err)[:1000])
-            finally:
-                if qmp is not None:
-                    try:
-                        await qmp.disconnect()
-                    except Exception:  # noqa: BLE001
-                        pass
-        vm.pauses_ms.extend(res.pauses_ms)
-        vm.pause_count += len(res.pauses_ms)
-        for k, v in (("punched", res.punched_pages), ("already", res.already_pages),
-                     ("skipped_nonzero", res.skipped_nonzero_pages), ("rejected", res.rejected_pages)):
-            vm.totals[k] += v
-        pause_max = max(res.pauses_ms, default=0.0)
-        log.info("VM %s: pages seq %d key %s: %d reported, %d punched, %d already, %d non-zero skipped, "
-                 "%d rejected in %d batches, pause max %.1f ms%s", vm.name, msg.seq, msg.key or "-",
-                 reported, res.punched_pages, res.already_pages, res.skipped_nonzero_pages,
-                 res.rejected_pages, res.batches, pause_max, f", error: {res.error}" if res.error else "")
-        if res.error and not vm.alive():
+                return [protocol.PagesAck(m.seq, error=str(err)[:1000]) for m in msgs]
+        if len(msgs) > 1:
+            log.info("VM %s: reports seq %d-%d reclaimed together", vm.name, msgs[0].seq, msgs[-1].seq)
+        acks = [vmreclaim.account(vm, m, r) for m, r in zip(msgs, results)]
+        if any(r.error for r in results) and not vm.alive():
             self._drop(vm, "its QEMU exited during a reclaim")
-        return protocol.PagesAck(msg.seq, res.punched_pages, res.already_pages, res.skipped_nonzero_pages,
-                                 res.rejected_pages, res.error[:1000])
+        return acks
 
     async def _pages_remove(self, vm: VM, msg: protocol.Pages) -> protocol.PagesAck:
         if vm.layout is None:
@@ -416,40 +434,7 @@ class HostDaemon:
     # ------------------------------------------------------------ control socket
 
     def vm_status(self, vm: VM) -> dict:
-        balloon_bytes = vm.balloon.pages * PAGE_BYTES
-        reclaimed = resident = None
-        if vm.reclaim == "ksm":
-            try:
-                smaps = guest_rss_bytes(vm.pid, vm.memory_bytes)
-                resident, reclaimed = smaps["rss_bytes"], smaps["ksm_bytes"]
-            except ReclaimError as err:
-                log.info("VM %s: %s", vm.name, err)
-        else:
-            try:
-                if vm.guest_ram is None and vm.alive():
-                    vm.guest_ram = GuestRam.open(vm.pid, vm.memory_bytes)
-                if vm.guest_ram is not None:
-                    resident = vm.guest_ram.resident_bytes()
-                    reclaimed = vm.guest_ram.hole_bytes(
-                        [(p * PAGE_BYTES, n * PAGE_BYTES) for p, n in vm.balloon])
-            except (ReclaimError, OSError) as err:
-                log.info("VM %s: cannot measure guest RAM: %s", vm.name, err)
-        gs = vm.guest_status
-        drift = (vm.balloon.pages - (reclaimed or 0) // PAGE_BYTES) if vm.reclaim != "ksm" else (
-            gs.drift_pages if gs else 0)
-        return {
-            "name": vm.name, "pid": vm.pid, "memory_bytes": vm.memory_bytes, "reclaim": vm.reclaim,
-            "target_bytes": vm.target_bytes, "balloon_bytes": balloon_bytes,
-            "reclaimed_bytes": reclaimed, "host_resident_bytes": resident,
-            "pause_ms_p99": round(percentile(list(vm.pauses_ms), 99), 3),
-            "pause_ms_p50": round(percentile(list(vm.pauses_ms), 50), 3),
-            "drift_pages": drift, "connected": vm.channel is not None, "guest_hello": vm.hello is not None,
-            "guest_balloon_bytes": gs.balloon_bytes if gs else None,
-            "guest_target_bytes": gs.target_bytes if gs else None,
-            "totals_pages": dict(vm.totals), "pause_count": vm.pause_count,
-            "jvms": list(gs.jvms) if gs else [],
-            "balloon_max_bytes": _guest_balloon_max_bytes(gs.jvms) if gs else None,
-        }
+        return vmstatus.vm_status(vm)
 
     async def control_message(self, msg: protocol.Message) -> protocol.Message:
         if isinstance(msg, protocol.StatusRequest):
@@ -508,6 +493,14 @@ class HostDaemon:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        from heapballoon.linux.softdirty import probe_soft_dirty
+
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # the pause thread waits less for the GIL
+        sd = await asyncio.to_thread(probe_soft_dirty)
+        self.soft_dirty = sd.supported
+        log.info("engine %s, pause budget %.1f ms; soft-dirty tracking %s (%s); pages are re-checked "
+                 "under every pause", self.engine, self.pause_budget_ms,
+                 "present" if sd.supported else "absent", sd.reason)
         self.load_state()
         self._server = await transport.listen(self.socket_path, self._control_client)
         self.scan()
@@ -533,15 +526,26 @@ class HostDaemon:
 
 
 async def serve(socket_path: str, run_dir: str, batch_pages: int | None = None,
-                ready: asyncio.Event | None = None) -> None:
-    """Run hostd until cancelled."""
-    d = HostDaemon(socket_path, run_dir, batch_pages)
+                ready: asyncio.Event | None = None, engine: str = "short",
+                pause_budget_ms: float | None = None, metrics: str | None = None,
+                metrics_registry=None) -> None:
+    """Run hostd until cancelled (``metrics``: serve Prometheus metrics on ADDR:PORT)."""
+    d = HostDaemon(socket_path, run_dir, batch_pages, engine, pause_budget_ms)
     await d.start()
+    server = None
+    if metrics:
+        from heapballoon.driver.metrics import parse_listen
+
+        server = vmstatus.start_metrics(d, *parse_listen(metrics), registry=metrics_registry)
+        log.info("Prometheus metrics on http://%s/metrics", metrics)
     if ready is not None:
         ready.set()
     try:
         await asyncio.Event().wait()
     finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
         await d.stop()
 
 
@@ -555,7 +559,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--socket", help="control socket (default $HEAPBALLOON_HOST_SOCKET or "
                    f"{transport.DEFAULT_HOST_SOCKET})")
     p.add_argument("--run-dir", help=f"heapballoon run dir; VMs are RUN_DIR/vms/NAME (default $HEAPBALLOON_RUN_DIR or {DEFAULT_RUN_DIR})")
-    p.add_argument("--batch-pages", type=int, default=None, help="pages per VM pause (default 8192)")
+    p.add_argument("--batch-pages", type=int, default=None, help="batch engine: pages per VM pause (default 8192)")
+    p.add_argument("--engine", choices=("short", "batch"), default="short",
+                   help="short: pre-check, then pauses bounded in time (default); batch: the first engine")
+    p.add_argument("--pause-budget-ms", type=float, default=None,
+                   help=f"short engine: planned length of one pause (default {DEFAULT_PAUSE_BUDGET_MS})")
+    p.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics, e.g. 127.0.0.1:9478")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -567,7 +576,8 @@ def main(argv: list[str] | None = None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, task.cancel)
         try:
-            await serve(transport.host_socket_path(args.socket), run_dir_path(args.run_dir), args.batch_pages)
+            await serve(transport.host_socket_path(args.socket), run_dir_path(args.run_dir), args.batch_pages,
+                        engine=args.engine, pause_budget_ms=args.pause_budget_ms, metrics=args.metrics)
         except asyncio.CancelledError:
             log.info("hostd stopping")
 

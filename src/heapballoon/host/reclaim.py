@@ -23,6 +23,7 @@ from typing import Iterable
 from heapballoon.errors import ReclaimError
 from heapballoon.host.guestram import PAGE_BYTES, GuestRam, PunchResult
 from heapballoon.host.layout import GuestLayout
+from heapballoon.host.pausestats import PauseSample, percentile  # noqa: F401 - percentile re-exported
 
 log = logging.getLogger("heapballoon.host.reclaim")
 
@@ -47,7 +48,9 @@ class ReclaimResult:
     rejected_pages: int = 0
     unprocessed_pages: int = 0
     pauses_ms: list[float] = field(default_factory=list)
+    pauses: list[PauseSample] = field(default_factory=list)  # the same pauses, in parts
     batches: int = 0
+    precheck_ms: float = 0.0  # short-pause engine: the look at the running guest (no pause)
     error: str = ""
 
     def add(self, r: PunchResult) -> None:
@@ -101,14 +104,15 @@ class Reclaimer:
         self.name = name or guest_ram.name
         self._lock = asyncio.Lock()  # one reclaim at a time per VM: pauses never nest
 
-    async def _pause(self) -> tuple[bool, float]:
+    async def _pause(self) -> tuple[bool, float, float]:
         """Stop the VM if it runs: (True if we stopped it so we must resume it, when the
-        pause began by perf_counter)."""
+        pause began and when the stop was answered, by perf_counter)."""
         status = (await _qmp(self.qmp, "query-status")).get("status", "?")
         t0 = time.perf_counter()
         if status in _RUNNING:
             try:
                 await _qmp(self.qmp, "stop")
+                return True, t0, time.perf_counter()
             except ReclaimError:
                 # the stop may have landed before the failure was seen: never leave it paused
                 try:
@@ -116,9 +120,8 @@ class Reclaimer:
                 except ReclaimError as err:
                     log.warning("VM %s: cont after a failed stop failed too: %s", self.name, err)
                 raise
-            return True, t0
         if status in _PAUSED_BY_OTHERS:
-            return False, t0
+            return False, t0, t0
         raise ReclaimError(f"VM {self.name} is in state {status!r}; not reclaiming")
 
     async def _resume(self) -> None:
@@ -126,16 +129,24 @@ class Reclaimer:
 
     async def run_batch(self, extents: list[tuple[int, int]], result: ReclaimResult) -> None:
         """One pause: stop → check and punch ``extents`` → cont (cont always attempted)."""
-        paused_by_us, t0 = await self._pause()  # the pause: from sending stop to the cont reply
+        paused_by_us, t0, t1 = await self._pause()  # the pause: from sending stop to the cont reply
+        punched = None
         try:
             punched = await asyncio.to_thread(self.guest_ram.check_and_punch, extents)
             result.add(punched)
         finally:
+            t2 = time.perf_counter()
             if paused_by_us:
                 try:
                     await self._resume()
                 finally:
-                    result.pauses_ms.append((time.perf_counter() - t0) * 1000.0)
+                    t3 = time.perf_counter()
+                    punch_s = getattr(punched, "punch_s", 0.0)
+                    work_s = (t2 - t1) if punched is not None else 0.0
+                    sample = PauseSample((t1 - t0) * 1e3, max(0.0, work_s - punch_s) * 1e3, punch_s * 1e3,
+                                         (t3 - t2) * 1e3, (t3 - t0) * 1e3, sum(n for _, n in extents) // PAGE_BYTES)
+                    result.pauses.append(sample)
+                    result.pauses_ms.append(sample.total_ms)
             result.batches += 1
 
     async def reclaim(self, ranges: Iterable[tuple[int, int]]) -> ReclaimResult:
@@ -172,12 +183,3 @@ async def balloon_set(qmp, guest_bytes_after: int) -> None:
 async def balloon_query(qmp) -> int:
     """The guest's current size by the balloon (``query-balloon`` ``actual``, bytes)."""
     return int((await _qmp(qmp, "query-balloon"))["actual"])
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100); 0.0 for no values."""
-    if not values:
-        return 0.0
-    s = sorted(values)
-    k = max(0, min(len(s) - 1, int(-(-q * len(s) // 100)) - 1))
-    return s[k]

@@ -224,6 +224,33 @@ class ProcFS:
         except OSError as exc:
             raise KernelError(f"cannot open {self.path(relpath)}: {_one_line(exc)}") from exc
 
+    def tasks(self, pid: Pid) -> list[int]:
+        """Thread ids of ``pid`` (``/proc/PID/task``), ascending."""
+        relpath = f"{pid}/task"
+        try:
+            return sorted(int(t) for t in os.listdir(self.path(relpath)) if t.isdigit())
+        except OSError as exc:
+            raise self._error(relpath, exc) from None
+
+    def autogroup(self, pid: Pid) -> tuple[str, int] | None:
+        """(name, nice) of the scheduler autogroup of ``pid`` (``/proc/PID/autogroup``:
+        "/autogroup-4 nice 0"); None where the kernel has no autogroups. With autogroups on,
+        a thread's nice only weighs against threads of its own group (session)."""
+        try:
+            name, _, nice = self.read_text(f"{pid}/autogroup").split()[:3]
+            return name, int(nice)
+        except (KernelError, ValueError):
+            return None
+
+    def set_autogroup_nice(self, pid: Pid, nice: int) -> None:
+        """Set the nice of ``pid``'s autogroup (lowering it needs CAP_SYS_NICE)."""
+        relpath = f"{pid}/autogroup"
+        try:
+            with open(self.path(relpath), "w") as f:
+                f.write(str(nice))
+        except OSError as exc:
+            raise self._error(relpath, exc) from None
+
     def open_pagemap(self, pid: Pid) -> BinaryIO:
         """``/proc/PID/pagemap`` opened unbuffered for ``os.pread``; the caller closes it."""
         relpath = f"{pid}/pagemap"

@@ -1,0 +1,118 @@
+"""A small synchronous QMP client for the pause path (one thread, one socket, no event loop).
+
+This module owns the *blocking* QMP connection hostd's reclaim worker uses between ``stop``
+and ``cont``: a plain Unix socket, JSON lines, ``qmp_capabilities`` once, then one command at
+a time. Events QEMU sends meanwhile (``STOP``, ``RESUME``, ...) are kept in :attr:`SyncQMP.events`
+(the last few, with QEMU's own timestamps: the pause as the guest saw it). With it the pause
+path never waits on an asyncio loop that may be busy with other VMs, guest messages or
+status requests. ``qemu.qmp`` (asyncio) stays in use everywhere else.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections import deque
+from typing import Any
+
+from heapballoon.errors import ReclaimError
+
+RECV_BYTES = 1 << 16
+EVENTS_KEPT = 32
+
+
+def event_time_s(event: dict) -> float | None:
+    """QEMU's timestamp of an event (its wall clock), in seconds."""
+    ts = event.get("timestamp") or {}
+    try:
+        return int(ts["seconds"]) + int(ts["microseconds"]) / 1e6
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class SyncQMP:
+    """``with SyncQMP(path) as q: q.execute("stop")``. Not thread safe: one user at a time."""
+
+    def __init__(self, path: str, timeout_s: float = 5.0) -> None:
+        self.path = path
+        self.timeout_s = timeout_s
+        self._sock: socket.socket | None = None
+        self._buf = b""
+        self.events: deque[dict] = deque(maxlen=EVENTS_KEPT)  # {"event": "STOP", "timestamp": ...}
+
+    def connect(self) -> SyncQMP:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout_s)
+        try:
+            s.connect(self.path)
+        except OSError as err:
+            s.close()
+            raise ReclaimError(f"cannot connect to QMP at {self.path}: {err.strerror or err}") from err
+        self._sock = s
+        self._buf = b""
+        try:
+            greeting = self._read_message()
+            if "QMP" not in greeting:
+                raise ReclaimError(f"QMP at {self.path}: unexpected greeting {greeting!r:.200}")
+            self.execute("qmp_capabilities")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.close()
+            finally:
+                self._sock = None
+
+    def __enter__(self) -> SyncQMP:
+        return self.connect() if self._sock is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _read_message(self) -> dict:
+        assert self._sock is not None
+        deadline = time.monotonic() + self.timeout_s
+        while b"\n" not in self._buf:
+            if time.monotonic() > deadline:
+                raise ReclaimError(f"QMP at {self.path}: no answer in {self.timeout_s} s")
+            try:
+                chunk = self._sock.recv(RECV_BYTES)
+            except OSError as err:  # socket.timeout is an OSError too
+                raise ReclaimError(f"QMP at {self.path}: {type(err).__name__}: {err}") from err
+            if not chunk:
+                raise ReclaimError(f"QMP at {self.path}: connection closed by QEMU")
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        try:
+            msg = json.loads(line)
+        except ValueError as err:
+            raise ReclaimError(f"QMP at {self.path}: not JSON: {line[:200]!r}") from err
+        if not isinstance(msg, dict):
+            raise ReclaimError(f"QMP at {self.path}: not an object: {line[:200]!r}")
+        return msg
+
+    def execute(self, cmd: str, arguments: dict | None = None) -> Any:
+        """Run ``cmd``; its ``return`` value, or ReclaimError (QMP error, closed, timeout)."""
+        if self._sock is None:
+            raise ReclaimError(f"QMP at {self.path}: not connected")
+        req: dict = {"execute": cmd}
+        if arguments:
+            req["arguments"] = arguments
+        try:
+            self._sock.sendall(json.dumps(req).encode() + b"\n")
+        except OSError as err:
+            raise ReclaimError(f"QMP {cmd} at {self.path}: {type(err).__name__}: {err}") from err
+        while True:
+            msg = self._read_message()
+            if "return" in msg:
+                return msg["return"]
+            if "error" in msg:
+                e = msg["error"]
+                raise ReclaimError(f"QMP {cmd} failed: {e.get('class', '?')}: {e.get('desc', e)}")
+            if "event" in msg:  # STOP, RESUME, ...: not answers; kept for their timestamps
+                self.events.append(msg)

@@ -1,0 +1,124 @@
+"""One VM's reported pages, reclaimed: hostd's glue between a pages report and an engine.
+
+This module owns the per-VM steps around a reclaim: a QMP connection to the VM's hostd monitor
+(asyncio for the batch engine, a blocking socket in a worker thread for the short engine),
+finding the guest-RAM file and the guest-physical layout the first time, the fragmentation
+limit, and turning a :class:`~heapballoon.host.reclaim.ReclaimResult` into the guest's
+``pages_ack`` plus hostd's running totals and pause figures. ``vm`` is a hostd.VM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from heapballoon import protocol
+from heapballoon.errors import HeapballoonError, ReclaimError
+from heapballoon.host.guestram import PAGE_BYTES, GuestRam
+from heapballoon.host.layout import GuestLayout
+from heapballoon.host.qmpsync import SyncQMP
+from heapballoon.host.reclaim import Reclaimer, ReclaimResult
+from heapballoon.host.shortpause import PauseBoost, PauseModel, ShortPauseReclaimer
+from heapballoon.linux.procfs import ProcFS
+
+log = logging.getLogger("heapballoon.hostd")
+
+MAX_BALLOON_INTERVALS = 1 << 20
+QMP_CONNECT_TIMEOUT_S = 5.0
+
+
+def _check_fragmentation(vm, extents_list: list[list[tuple[int, int]]]) -> None:
+    if len(vm.balloon) + sum(len(e) for e in extents_list) > MAX_BALLOON_INTERVALS:
+        raise ReclaimError(f"balloon too fragmented (> {MAX_BALLOON_INTERVALS} intervals)")
+
+
+def _open_ram(vm) -> None:
+    if vm.guest_ram is None:
+        ram = GuestRam.open(vm.pid, vm.memory_bytes)
+        if not vm.alive():  # pid reused between scan and open
+            ram.close()
+            raise ReclaimError(f"QEMU {vm.pid} of VM {vm.name} exited")
+        vm.guest_ram = ram
+
+
+def _pause_boost(vm, qmp) -> PauseBoost:
+    """A PauseBoost for QEMU's threads: its vCPUs (``query-cpus-fast``), boosted for the
+    ``stop`` round trip only, and the others — main loop (runs QMP commands), monitor I/O
+    (reads and writes the QMP socket), RCU, workers — for the whole pause; and the scheduler
+    autogroups of QEMU and hostd."""
+    try:
+        vcpus = tuple(sorted({int(c["thread-id"]) for c in qmp.execute("query-cpus-fast")}))
+        return PauseBoost(tuple(t for t in ProcFS().tasks(vm.pid) if t not in vcpus), vcpu_tids=vcpus,
+                          autogroup_pids=(vm.pid, os.getpid()))
+    except (HeapballoonError, KeyError, TypeError, ValueError) as err:
+        log.info("VM %s: cannot tell QEMU's threads apart (%s); boosting its main thread only", vm.name, err)
+        return PauseBoost((vm.pid,), autogroup_pids=(vm.pid, os.getpid()))
+
+
+def reclaim_short(vm, reports: list, pause_budget_ms: float) -> tuple[list[list[tuple[int, int]]], list[ReclaimResult]]:
+    """The short engine, all in the calling worker thread: a blocking QMP socket of our own,
+    the RAM file and layout if not known yet, then pre-check and short pauses."""
+    with SyncQMP(vm.qmp_path, QMP_CONNECT_TIMEOUT_S) as qmp:
+        _open_ram(vm)
+        if vm.layout is None:
+            text = qmp.execute("human-monitor-command", {"command-line": "info mtree -f"})
+            vm.layout = GuestLayout.from_mtree(str(text), ram_bytes=vm.memory_bytes)
+            log.info("VM %s: guest RAM layout %r", vm.name, vm.layout)
+        extents_list = [vm.layout.ranges_to_offsets(r)[0] for r in reports]
+        _check_fragmentation(vm, extents_list)
+        if vm.pause_model is None:
+            vm.pause_model = PauseModel(pause_budget_ms)
+        engine = ShortPauseReclaimer(vm.guest_ram, vm.layout, qmp, vm.pause_model, vm.name,
+                                     boost=_pause_boost(vm, qmp))
+        return extents_list, engine.reclaim_many(reports)
+
+
+async def _qmp_connect(vm):
+    from qemu.qmp import QMPClient  # heavy import, only when a VM needs it
+
+    qmp = QMPClient(f"hostd-{vm.name}")
+    try:
+        await asyncio.wait_for(qmp.connect(vm.qmp_path), QMP_CONNECT_TIMEOUT_S)
+    except Exception as err:  # noqa: BLE001
+        try:
+            await qmp.disconnect()
+        except Exception:  # noqa: BLE001
+            pass
+        raise ReclaimError(f"cannot connect to QMP at {vm.qmp_path}: {type(err).__name__}: {err}") from err
+    return qmp
+
+
+async def reclaim_batch(vm, ranges, batch_pages: int | None) -> tuple[list[tuple[int, int]], ReclaimResult]:
+    """The first engine (fixed batches, everything under the pause) on one report."""
+    qmp = await _qmp_connect(vm)
+    try:
+        await asyncio.to_thread(_open_ram, vm)
+        if vm.layout is None:
+            vm.layout = await GuestLayout.from_qmp(qmp, ram_bytes=vm.memory_bytes)
+            log.info("VM %s: guest RAM layout %r", vm.name, vm.layout)
+        extents, _ = vm.layout.ranges_to_offsets(ranges)
+        _check_fragmentation(vm, [extents])
+        rec = Reclaimer(vm.guest_ram, vm.layout, qmp, name=vm.name,
+                        **({"batch_pages": batch_pages} if batch_pages else {}))
+        return extents, await rec.reclaim(ranges)
+    finally:
+        try:
+            await qmp.disconnect()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def account(vm, msg: protocol.Pages, res: ReclaimResult) -> protocol.PagesAck:
+    """Add ``res`` to the VM's totals and pause figures, log it, and make the guest's ack."""
+    vm.pause_stats.add(res.pauses, res.punched_pages * PAGE_BYTES)
+    for k, v in (("punched", res.punched_pages), ("already", res.already_pages),
+                 ("skipped_nonzero", res.skipped_nonzero_pages), ("rejected", res.rejected_pages)):
+        vm.totals[k] += v
+    log.info("VM %s: pages seq %d key %s: %d reported, %d punched, %d already, %d non-zero skipped, "
+             "%d rejected in %d pauses (pre-check %.1f ms), pause max %.1f ms, sum %.1f ms%s", vm.name,
+             msg.seq, msg.key or "-", sum(c for _, c in msg.ranges), res.punched_pages, res.already_pages,
+             res.skipped_nonzero_pages, res.rejected_pages, res.batches, res.precheck_ms,
+             max(res.pauses_ms, default=0.0), sum(res.pauses_ms), f", error: {res.error}" if res.error else "")
+    return protocol.PagesAck(msg.seq, res.punched_pages, res.already_pages, res.skipped_nonzero_pages,
+                             res.rejected_pages, res.error[:1000])
