@@ -174,8 +174,8 @@ def test_ksm_boost_restores(tmp_path):
     for name, v in (("run", "0"), ("pages_to_scan", "100"), ("sleep_millisecs", "20")):
         (tmp_path / name).write_text(v + "\n")
     with KsmBoost(pages_to_scan=5000, sleep_millisecs=5, ksm_dir=str(tmp_path)):
-        assert (tmp_path / "run").read_text() == "1"
-        assert (tmp_path / "pages_to_scan").read_text() == "5000"
+        assert (tmp_path / "run").read_text().strip() == "1"
+        assert (tmp_path / "pages_to_scan").read_text().strip() == "5000"
     assert [(tmp_path / n).read_text().strip() for n in ("run", "pages_to_scan", "sleep_millisecs")] == ["0", "100", "20"]
 
 

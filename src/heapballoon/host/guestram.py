@@ -2,7 +2,7 @@
 
 This module owns the *bytes* of guest RAM as the host sees them: QEMU's RAM backend is a
 memfd (``-object memory-backend-memfd,id=ram0,share=on``); :meth:`GuestRam.open` finds it
-through ``/proc/PID/fd`` (a ``/memfd:`` link whose size is the VM's RAM size) and opens its
+with vm.ramfile's one rule (the one memfd of the VM's RAM size, through linux/) and opens its
 own file description on it. :meth:`GuestRam.check_and_punch` reads page runs with ``preadv``
 into one reusable buffer, compares them with zeros (``bytes ==`` is a memcmp), skips holes
 with ``SEEK_DATA``/``SEEK_HOLE`` (a hole is already reclaimed) and punches each run of
@@ -27,9 +27,11 @@ import os
 import time
 from dataclasses import dataclass
 
-from heapballoon.errors import KernelError, ReclaimError
-from heapballoon.linux.memfd import punch_hole
+from heapballoon.errors import GuestRamError, KernelError, ReclaimError
+from heapballoon.linux.memfd import open_memfd, punch_hole
+from heapballoon.linux.procfs import ProcFS
 from heapballoon.linux.memview import MemView, data_runs, punch_holding_gil
+from heapballoon.vm.ramfile import find_guest_ram
 
 PAGE_BYTES = 4096
 CHUNK_BYTES = 1 << 20  # one read; a whole zero chunk is one memcmp
@@ -91,35 +93,11 @@ class PunchResult:
         self.punch_s += other.punch_s
 
 
-def _is_qemu(pid: int) -> bool:
+def _is_qemu(pid: int, procfs: ProcFS) -> bool:
     try:
-        exe = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
-    except OSError:
+        return os.path.basename(procfs.exe(pid)).startswith("qemu")
+    except KernelError:
         return False
-    return exe.startswith("qemu")
-
-
-def find_ram_fds(qemu_pid: int, size_bytes: int, backend: str = "ram0") -> list[int]:
-    """fd numbers in QEMU ``qemu_pid`` that are memfds of exactly ``size_bytes`` (one per
-    distinct file; a name ``memfd:<backend>`` is preferred when several match)."""
-    fd_dir = f"/proc/{qemu_pid}/fd"
-    try:
-        names = os.listdir(fd_dir)
-    except OSError as err:
-        raise ReclaimError(f"cannot list {fd_dir}: {err.strerror}") from err
-    found: dict[tuple[int, int], tuple[int, str]] = {}
-    for n in names:
-        try:
-            target = os.readlink(f"{fd_dir}/{n}")
-            if not target.startswith("/memfd:"):
-                continue
-            st = os.stat(f"{fd_dir}/{n}")
-        except OSError:
-            continue  # closed meanwhile
-        if st.st_size == size_bytes:
-            found.setdefault((st.st_dev, st.st_ino), (int(n), target))
-    named = [fd for fd, target in found.values() if target.split(" ")[0] == f"/memfd:{backend}"]
-    return named or [fd for fd, _ in found.values()]
 
 
 class GuestRam:
@@ -134,28 +112,18 @@ class GuestRam:
         self._view: MemView | None = None
 
     @classmethod
-    def open(cls, qemu_pid: int, size_bytes: int, backend: str = "ram0") -> GuestRam:
-        """Open the guest-RAM memfd of QEMU ``qemu_pid`` (a memfd of exactly ``size_bytes``)."""
-        if not _is_qemu(qemu_pid):
+    def open(cls, qemu_pid: int, size_bytes: int, procfs: ProcFS | None = None) -> GuestRam:
+        """Open the guest-RAM memfd of QEMU ``qemu_pid``: the one memfd of exactly ``size_bytes``
+        (vm.ramfile's rule, shared with the VM launcher and the CLI)."""
+        procfs = procfs or ProcFS()
+        if not _is_qemu(qemu_pid, procfs):
             raise ReclaimError(f"process {qemu_pid} is not a QEMU process (or is gone)")
-        fds = find_ram_fds(qemu_pid, size_bytes, backend)
-        if not fds:
-            raise ReclaimError(
-                f"QEMU {qemu_pid} has no {size_bytes}-byte memfd: start it with "
-                f"-object memory-backend-memfd,id={backend},size=...,share=on -machine memory-backend={backend}")
-        if len(fds) > 1:
-            raise ReclaimError(f"QEMU {qemu_pid} has {len(fds)} memfds of {size_bytes} bytes "
-                               f"(fds {fds}); refusing to guess which one is guest RAM")
-        path = f"/proc/{qemu_pid}/fd/{fds[0]}"
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as err:
-            raise ReclaimError(f"cannot open {path}: {err.strerror}") from err
-        st = os.fstat(fd)
-        if st.st_size != size_bytes:
-            os.close(fd)
-            raise ReclaimError(f"{path} changed size under us ({st.st_size} != {size_bytes})")
-        return cls(fd, size_bytes, qemu_pid, f"qemu {qemu_pid} {path}")
+            memfd = find_guest_ram(qemu_pid, size_bytes, procfs)
+            fd = open_memfd(memfd, True, procfs)
+        except (GuestRamError, KernelError) as err:
+            raise ReclaimError(str(err)) from err
+        return cls(fd, size_bytes, qemu_pid, f"qemu {qemu_pid} fd {memfd.fd} memfd:{memfd.name}")
 
     def close(self) -> None:
         """Close our fd (while it is open it keeps the guest RAM alive even after QEMU exits)."""

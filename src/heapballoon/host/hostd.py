@@ -51,18 +51,15 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
 
 from heapballoon import protocol, transport
 from heapballoon.errors import HeapballoonError, MessageTooLarge, ProtocolError
-from heapballoon.host import vmreclaim, vmstatus
-from heapballoon.host.guestram import PAGE_BYTES, GuestRam
+from heapballoon.host import vmstatus
 from heapballoon.host.ksm import KsmBoost
-from heapballoon.host.layout import GuestLayout
-from heapballoon.host.pageset import PageSet
-from heapballoon.host.pausestats import PauseStats
 from heapballoon.host.shortpause import DEFAULT_PAUSE_BUDGET_MS, GIL_SWITCH_INTERVAL_S, PauseModel
+from heapballoon.host.guestsession import MAX_BAD_LINES, GuestSessions
 from heapballoon.host.vmreclaim import MAX_BALLOON_INTERVALS  # noqa: F401 - part of hostd's API
+from heapballoon.host.vmregistry import VM, load_vm, run_dir_path  # noqa: F401 - hostd's API
 
 log = logging.getLogger("heapballoon.hostd")
 
@@ -70,102 +67,9 @@ DEFAULT_RUN_DIR = "/run/heapballoon"
 VMS_SUBDIR = "vms"
 STATE_FILE = "hostd-state.json"
 SCAN_INTERVAL_S = 2.0
-MAX_BAD_LINES = 16
-RECONNECT_MIN_S, RECONNECT_MAX_S = 0.1, 5.0
-KSM_BOOST_S = 30.0
-COALESCE_MAX_REPORTS = 16  # pages reports reclaimed together at most (the guest sends ≤ 8 MiB each)
-COALESCE_WAIT_S = 0.002  # how long to wait for one more queued report
 
 
-def run_dir_path(cli_value: str | None = None) -> str:
-    return cli_value or os.environ.get("HEAPBALLOON_RUN_DIR") or DEFAULT_RUN_DIR
-
-
-def _proc_starttime(pid: int) -> int | None:
-    """Start time (clock ticks after boot) of ``pid``: with the pid, a process identity."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return int(stat[stat.rindex(b")") + 2:].split()[19])
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-@dataclass
-class VM:
-    """One VM as hostd knows it."""
-
-    name: str
-    dir: str
-    pid: int
-    starttime: int
-    memory_bytes: int
-    reclaim: str
-    target_bytes: int = 0
-    guest_ram: GuestRam | None = None
-    layout: GuestLayout | None = None
-    hello: protocol.GuestHello | None = None
-    guest_status: protocol.GuestStatus | None = None
-    balloon: PageSet = field(default_factory=PageSet)  # RAM-file page numbers
-    pause_stats: PauseStats = field(default_factory=PauseStats)
-    pause_model: PauseModel | None = None  # short engine: what a pause costs on this VM
-    engine: str = "short"
-    soft_dirty: bool = False  # detected on the host (not used by the engines yet)
-    totals: dict = field(default_factory=lambda: dict(punched=0, already=0, skipped_nonzero=0, rejected=0))
-    channel: transport.LineChannel | None = None
-    task: asyncio.Task | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-    @property
-    def qmp_path(self) -> str:
-        own = os.path.join(self.dir, "qmp-hostd.sock")  # a monitor only hostd uses, if present
-        return own if os.path.exists(own) else os.path.join(self.dir, "qmp.sock")
-
-    @property
-    def channel_path(self) -> str:
-        return os.path.join(self.dir, "channel.sock")
-
-    def alive(self) -> bool:
-        return _proc_starttime(self.pid) == self.starttime
-
-    def close(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-        if self.channel is not None:
-            self.channel.close()
-        if self.guest_ram is not None:
-            self.guest_ram.close()  # our fd would keep the dead VM's RAM allocated
-            self.guest_ram = None
-
-
-def load_vm(vm_dir: str) -> VM | None:
-    """The VM described by ``vm_dir/vm.json`` if its QEMU is alive and is really that VM."""
-    try:
-        with open(os.path.join(vm_dir, "vm.json")) as f:
-            info = json.load(f)
-        name, pid, mem = str(info["name"]), int(info["pid"]), int(info["memory_bytes"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    starttime = _proc_starttime(pid)
-    if starttime is None:
-        return None
-    cmd = _cmdline(pid)
-    if os.path.realpath(vm_dir) not in cmd and vm_dir not in cmd:
-        log.warning("VM %s: process %d does not name %s on its command line; ignoring it",
-                    name, pid, vm_dir)
-        return None
-    return VM(name, vm_dir, pid, starttime, mem, str(info.get("reclaim", "pfn")))
-
-
-class HostDaemon:
+class HostDaemon(GuestSessions):
     """The state and tasks of one hostd."""
 
     def __init__(self, socket_path: str, run_dir: str, batch_pages: int | None = None,
@@ -264,174 +168,6 @@ class HostDaemon:
                 await vm.channel.send(protocol.GuestTarget(vm.target_bytes))
             except (OSError, ConnectionError) as err:
                 log.info("VM %s: cannot send target: %s", vm.name, err)
-
-    async def _channel_loop(self, vm: VM) -> None:
-        delay = RECONNECT_MIN_S
-        while vm.alive():
-            try:
-                reader, writer = await asyncio.open_unix_connection(vm.channel_path, limit=transport.STREAM_LIMIT)
-            except OSError:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_MAX_S)
-                continue
-            delay = RECONNECT_MIN_S
-            vm.channel = transport.LineChannel(reader, writer)
-            log.info("VM %s: guest channel connected", vm.name)
-            try:
-                # The guest cannot see us connect: a ping makes it re-announce itself and resend
-                # its whole balloon (what is already a hole is answered as "already").
-                await vm.channel.send(protocol.Ping(id=1))
-                await self._send_target(vm)
-                await self._serve_guest(vm, vm.channel)
-            except (OSError, ConnectionError) as err:
-                log.info("VM %s: guest channel lost: %s", vm.name, err)
-            except Exception:  # noqa: BLE001 - one VM's trouble must not end hostd
-                log.exception("VM %s: guest channel handler failed", vm.name)
-            finally:
-                vm.channel.close()
-                vm.channel = None
-            await asyncio.sleep(RECONNECT_MIN_S)
-
-    def _coalesces(self, vm: VM, msg) -> bool:
-        """A report the short engine may merge with the reports queued right behind it."""
-        return (self.engine == "short" and vm.reclaim == "pfn" and vm.hello is not None
-                and isinstance(msg, protocol.Pages) and msg.op == "add")
-
-    async def _recv_or_error(self, ch: transport.LineChannel, timeout_s: float | None = None):
-        """Next message, None at EOF, or the ProtocolError it raised (as a value);
-        asyncio.TimeoutError if ``timeout_s`` passes first (nothing is lost: a line is only
-        taken from the stream once complete)."""
-        try:
-            if timeout_s is None:
-                return await ch.recv()
-            return await asyncio.wait_for(ch.recv(), timeout_s)
-        except ProtocolError as err:
-            return err
-
-    async def _serve_guest(self, vm: VM, ch: transport.LineChannel) -> None:
-        bad = 0
-        pushback: list = []
-        while True:
-            msg = pushback.pop() if pushback else await self._recv_or_error(ch)
-            if self._coalesces(vm, msg):
-                # reports already queued behind this one share its pauses (fewer, fuller pauses)
-                batch = [msg]
-                while len(batch) < COALESCE_MAX_REPORTS:
-                    try:
-                        nxt = await self._recv_or_error(ch, COALESCE_WAIT_S)
-                    except asyncio.TimeoutError:
-                        break
-                    if not self._coalesces(vm, nxt):
-                        pushback.append(nxt)
-                        break
-                    batch.append(nxt)
-                bad = 0
-                for ack in await self._pages_add_many(vm, batch):
-                    await ch.send(ack)
-                continue
-            try:
-                if isinstance(msg, ProtocolError):
-                    raise msg
-            except MessageTooLarge as err:
-                log.warning("VM %s: %s; dropping the guest connection", vm.name, err)
-                return
-            except ProtocolError as err:
-                bad += 1
-                log.warning("VM %s: bad guest message (%s): %r", vm.name, err, err.raw)
-                await ch.send(protocol.Error(str(err)))
-                if bad >= MAX_BAD_LINES:
-                    log.warning("VM %s: %d bad lines in a row; dropping the guest connection", vm.name, bad)
-                    return
-                continue
-            if msg is None:
-                log.info("VM %s: guest channel closed", vm.name)
-                return
-            bad = 0
-            reply = await self._guest_message(vm, msg)
-            if reply is not None:
-                await ch.send(reply)
-
-    async def _guest_message(self, vm: VM, msg: protocol.Message) -> protocol.Message | None:
-        if isinstance(msg, protocol.GuestHello):
-            if msg.page_bytes != PAGE_BYTES:
-                return protocol.Error(f"page_bytes {msg.page_bytes} unsupported (hostd handles {PAGE_BYTES})")
-            if vm.hello is None or msg.boot_id != vm.hello.boot_id or not msg.boot_id:
-                vm.balloon.clear()  # a new boot: the old balloon's pages mean nothing now
-                vm.layout = None  # and re-read the memory map
-            if msg.guest_ram_bytes != vm.memory_bytes:
-                log.info("VM %s: guest sees %d bytes of RAM, QEMU was given %d",
-                         vm.name, msg.guest_ram_bytes, vm.memory_bytes)
-            vm.hello = msg
-            await self._send_target(vm)
-            return None
-        if isinstance(msg, protocol.GuestStatus):
-            vm.guest_status = msg
-            return None
-        if isinstance(msg, protocol.Pong):
-            return None
-        if isinstance(msg, protocol.Pages):
-            if vm.hello is None:
-                return protocol.PagesAck(msg.seq, rejected=sum(c for _, c in msg.ranges),
-                                         error="guest_hello must come first")
-            if msg.op == "remove":
-                return await self._pages_remove(vm, msg)
-            return await self._pages_add(vm, msg)
-        return protocol.Error(f"unexpected message {msg.TYPE!r} on the guest channel")
-
-    async def _pages_add(self, vm: VM, msg: protocol.Pages) -> protocol.PagesAck:
-        if vm.reclaim == "ksm":
-            self._boost_ksm()
-            return protocol.PagesAck(msg.seq)  # pages stay mapped for KSM to merge
-        return (await self._pages_add_many(vm, [msg]))[0]
-
-    async def _pages_add_many(self, vm: VM, msgs: list[protocol.Pages]) -> list[protocol.PagesAck]:
-        """Reclaim one or more ``add`` reports (several only with the short engine: they share
-        pauses), one ack per report with its own counts."""
-        async with vm.lock:
-            try:
-                if self.engine == "short":
-                    extents_list, results = await asyncio.to_thread(
-                        vmreclaim.reclaim_short, vm, [m.ranges for m in msgs], self.pause_budget_ms)
-                else:
-                    extents_list, results = [], []
-                    for m in msgs:
-                        extents, res = await vmreclaim.reclaim_batch(vm, m.ranges, self.batch_pages)
-                        extents_list.append(extents)
-                        results.append(res)
-                for extents in extents_list:
-                    for off, length in extents:
-                        vm.balloon.add(off // PAGE_BYTES, length // PAGE_BYTES)
-            except (HeapballoonError, OSError) as err:
-                for m in msgs:
-                    log.warning("VM %s: pages seq %d (%d pages) not reclaimed: %s", vm.name, m.seq,
-                                sum(c for _, c in m.ranges), err)
-                if not vm.alive():
-                    self._drop(vm, "its QEMU exited during a reclaim")
-                return [protocol.PagesAck(m.seq, error=str(err)[:1000]) for m in msgs]
-        if len(msgs) > 1:
-            log.info("VM %s: reports seq %d-%d reclaimed together", vm.name, msgs[0].seq, msgs[-1].seq)
-        acks = [vmreclaim.account(vm, m, r) for m, r in zip(msgs, results)]
-        if any(r.error for r in results) and not vm.alive():
-            self._drop(vm, "its QEMU exited during a reclaim")
-        return acks
-
-    async def _pages_remove(self, vm: VM, msg: protocol.Pages) -> protocol.PagesAck:
-        if vm.layout is None:
-            return protocol.PagesAck(msg.seq, rejected=sum(c for _, c in msg.ranges))
-        extents, rejected = vm.layout.ranges_to_offsets(msg.ranges)
-        removed = 0
-        for off, length in extents:
-            removed += vm.balloon.remove(off // PAGE_BYTES, length // PAGE_BYTES)
-        log.info("VM %s: pages seq %d key %s: guest took back %d pages (%d were in the balloon, %d rejected)",
-                 vm.name, msg.seq, msg.key or "-", sum(c for _, c in msg.ranges), removed, rejected)
-        return protocol.PagesAck(msg.seq, rejected=rejected)
-
-    def _boost_ksm(self) -> None:
-        self._ksm_until = time.monotonic() + KSM_BOOST_S
-        if self._ksm_boost is None:
-            self._ksm_boost = KsmBoost().__enter__()
-
-    # ------------------------------------------------------------ control socket
 
     def vm_status(self, vm: VM) -> dict:
         return vmstatus.vm_status(vm)

@@ -188,6 +188,13 @@ class ProcFS:
 
     # -- open files (/proc/PID/fd) -----------------------------------------------------------
 
+    def exe(self, pid: Pid) -> str:
+        """The path of ``pid``'s executable (``/proc/PID/exe``)."""
+        try:
+            return os.readlink(self.path(pid, "exe"))
+        except OSError as exc:
+            raise self._error(f"{pid}/exe", exc) from exc
+
     def fds(self, pid: Pid) -> list[int]:
         """The open file descriptor numbers of ``pid`` (needs ptrace access: same user or root)."""
         relpath = f"{pid}/fd"

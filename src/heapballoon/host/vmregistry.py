@@ -1,0 +1,118 @@
+"""hostd's registry of VMs: one :class:`VM` per live VM directory, and the rule that admits one.
+
+This module owns what hostd knows about a VM between scans: the identity checks (the pid in
+``vm.json`` is alive, has the recorded start time, and its command line names the VM's
+directory) and the per-VM state hostd builds up (guest RAM, layout, balloon, pause figures).
+The VM directory itself is read through the one contract, :mod:`heapballoon.vm.vmdir`.
+Owned by hostd's event loop; the reclaim worker gets a VM only under ``vm.lock``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from heapballoon import protocol, transport
+from heapballoon.errors import KernelError, VMError
+from heapballoon.host.guestram import GuestRam
+from heapballoon.host.layout import GuestLayout
+from heapballoon.host.pageset import PageSet
+from heapballoon.host.pausestats import PauseStats
+from heapballoon.host.shortpause import PauseModel
+from heapballoon.linux.procfs import ProcFS
+from heapballoon.vm.vmdir import VMDir, VMPaths, run_dir
+
+log = logging.getLogger("heapballoon.hostd")
+
+
+def run_dir_path(cli_value: str | None = None) -> str:
+    return str(run_dir(cli_value))
+
+
+def _proc_starttime(pid: int) -> int | None:
+    """Start time (clock ticks after boot) of ``pid``: with the pid, a process identity."""
+    try:
+        return ProcFS().starttime(pid)
+    except KernelError:
+        return None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return " ".join(ProcFS().cmdline(pid))
+    except KernelError:
+        return ""
+
+
+@dataclass
+class VM:
+    """One VM as hostd knows it."""
+
+    name: str
+    dir: str
+    pid: int
+    starttime: int
+    memory_bytes: int
+    reclaim: str
+    target_bytes: int = 0
+    guest_ram: GuestRam | None = None
+    layout: GuestLayout | None = None
+    hello: protocol.GuestHello | None = None
+    guest_status: protocol.GuestStatus | None = None
+    balloon: PageSet = field(default_factory=PageSet)  # RAM-file page numbers
+    pause_stats: PauseStats = field(default_factory=PauseStats)
+    pause_model: PauseModel | None = None  # short engine: what a pause costs on this VM
+    engine: str = "short"
+    soft_dirty: bool = False  # detected on the host (not used by the engines yet)
+    totals: dict = field(default_factory=lambda: dict(punched=0, already=0, skipped_nonzero=0, rejected=0))
+    channel: transport.LineChannel | None = None
+    task: asyncio.Task | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def paths(self) -> VMPaths:
+        return VMPaths.of(Path(self.dir).parent.parent, Path(self.dir).name)
+
+    @property
+    def qmp_path(self) -> str:
+        own = self.paths.hostd_qmp_socket  # a monitor only hostd uses, if present
+        return str(own if own.exists() else self.paths.qmp_socket)
+
+    @property
+    def channel_path(self) -> str:
+        return str(self.paths.channel_socket)
+
+    def alive(self) -> bool:
+        return _proc_starttime(self.pid) == self.starttime
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self.channel is not None:
+            self.channel.close()
+        if self.guest_ram is not None:
+            self.guest_ram.close()  # our fd would keep the dead VM's RAM allocated
+            self.guest_ram = None
+
+
+def load_vm(vm_dir: str) -> VM | None:
+    """The VM described by ``vm_dir/vm.json`` (the VM-directory contract, vm.vmdir) if its QEMU
+    is alive and is really that VM."""
+    path = Path(vm_dir)
+    try:
+        record = VMDir.load(VMPaths.of(path.parent.parent, path.name))
+    except VMError as err:
+        log.debug("%s: %s", vm_dir, err)
+        return None
+    starttime = _proc_starttime(record.pid) if record.pid > 0 else None
+    if starttime is None:
+        return None
+    cmd = _cmdline(record.pid)
+    if os.path.realpath(vm_dir) not in cmd and vm_dir not in cmd:
+        log.warning("VM %s: process %d does not name %s on its command line; ignoring it",
+                    record.name, record.pid, vm_dir)
+        return None
+    return VM(record.name, vm_dir, record.pid, starttime, record.memory_bytes, record.reclaim)
