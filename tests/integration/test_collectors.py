@@ -17,17 +17,9 @@ from hbtest import MIB, require_root
 pytestmark = [pytest.mark.jvm, pytest.mark.matrix]
 
 
-def _java(jdk: int) -> str:
-    java = jdks.java(jdk)
-    if java is None:
-        print(f"SKIP reason: {jdks.missing(jdk)}")
-        pytest.skip(jdks.missing(jdk))
-    return java
-
-
 @pytest.mark.parametrize("jdk,gc", jdks.MATRIX, ids=[f"jdk{j}-{g}" for j, g in jdks.MATRIX])
 def test_balloon_holds_on_every_collector(daemons, apps, jdk, gc):
-    java = _java(jdk)
+    java = jdks.require_java(jdk)
     require_root()
     d = daemons.start()
     j = apps.run(d, heap="1g", live_mib=200, churn_mib_per_s=100, gc=None, java_bin=java,

@@ -18,13 +18,6 @@ from heapballoon.host.reclaim import Reclaimer, percentile, split_batches
 PAGES = 4096
 
 
-@pytest.fixture
-def ram():
-    fd = os.memfd_create("hb-test-ram")
-    os.ftruncate(fd, PAGES * P)
-    r = GuestRam(fd, PAGES * P)
-    yield r
-    r.close()
 
 
 def fill(ram: GuestRam, page: int, count: int, byte: int | None) -> None:

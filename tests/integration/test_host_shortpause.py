@@ -19,13 +19,6 @@ PAGES = 4096
 BASE_PFN = 0x100  # gpa 1 MiB maps to offset 0 (lay_for)
 
 
-@pytest.fixture
-def ram():
-    fd = os.memfd_create("hb-test-ram")
-    os.ftruncate(fd, PAGES * P)
-    r = GuestRam(fd, PAGES * P)
-    yield r
-    r.close()
 
 
 def fill(ram: GuestRam, page: int, count: int, byte: int = 0) -> None:

@@ -15,17 +15,9 @@ pytestmark = pytest.mark.jvm
 WARNING = re.compile(r"WARNING|restricted method|sun\.misc\.Unsafe|--enable-native-access")
 
 
-def _java(jdk: int) -> str:
-    java = jdks.java(jdk)
-    if java is None:
-        print(f"SKIP reason: {jdks.missing(jdk)}")
-        pytest.skip(jdks.missing(jdk))
-    return java
-
-
 @pytest.mark.parametrize("jdk", sorted(jdks.COLLECTORS))
 def test_run_loads_the_agent_quietly(daemons, apps, jdk):
-    java = _java(jdk)
+    java = jdks.require_java(jdk)
     d = daemons.start()
     j = apps.run(d, heap="256m", live_mib=16, churn_mib_per_s=10, gc="G1", java_bin=java, name=f"run{jdk}")
     s = wait_for(lambda: d.jvm(j.pid), 40, 0.2, what=f"JDK {jdk} agent registered")
@@ -38,7 +30,7 @@ def test_run_loads_the_agent_quietly(daemons, apps, jdk):
 
 @pytest.mark.parametrize("jdk", sorted(jdks.COLLECTORS))
 def test_attach_loads_the_agent(daemons, apps, jdk):
-    java = _java(jdk)
+    java = jdks.require_java(jdk)
     d = daemons.start()
     j = apps.run(None, heap="256m", live_mib=16, churn_mib_per_s=10, gc="G1", java_bin=java, wrapper=())
     wait_for(lambda: j.lines, 30, what="plain JVM running")

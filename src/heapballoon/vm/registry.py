@@ -21,7 +21,7 @@ from pathlib import Path
 from heapballoon.errors import KernelError, VMDirError, VMError
 from heapballoon.linux.procfs import ProcFS
 from heapballoon.vm import vmdir
-from heapballoon.vm.vmdir import VMDir, VMPaths
+from heapballoon.vm.vmdir import VMPathsView, VMDir, VMPaths
 
 READY_MARKER = "HEAPBALLOON-READY"
 CMD_EXIT_RE = re.compile(r"HEAPBALLOON-CMD-EXIT rc=(-?\d+)")
@@ -30,7 +30,7 @@ STARTING_GRACE_S = 120.0
 
 
 @dataclass(frozen=True)
-class VMInfo:
+class VMInfo(VMPathsView):
     """One VM as ``vm list`` shows it (``asdict`` is the ``--json`` form)."""
 
     name: str
@@ -52,25 +52,6 @@ class VMInfo:
         p = Path(self.state_dir)
         return VMPaths(p.parent.parent, self.name)
 
-    @property
-    def qmp_socket(self) -> Path:
-        return self.paths.qmp_socket
-
-    @property
-    def hostd_qmp_socket(self) -> Path:
-        return self.paths.hostd_qmp_socket
-
-    @property
-    def channel_socket(self) -> Path:
-        return self.paths.channel_socket
-
-    @property
-    def exec_socket(self) -> Path:
-        return self.paths.exec_socket
-
-    @property
-    def console_log(self) -> Path:
-        return self.paths.console_log
 
     @classmethod
     def of(cls, d: VMDir, state: str) -> VMInfo:

@@ -177,6 +177,30 @@ class RamRangeRecord:
         return {"gpa": self.gpa, "size": self.size_bytes, "offset": self.offset}
 
 
+class VMPathsView:
+    """The sockets and logs of a VM, for any record with a ``paths`` (VMDir, vm.registry.VMInfo)."""
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.paths.qmp_socket
+
+    @property
+    def hostd_qmp_socket(self) -> Path:
+        return self.paths.hostd_qmp_socket
+
+    @property
+    def channel_socket(self) -> Path:
+        return self.paths.channel_socket
+
+    @property
+    def exec_socket(self) -> Path:
+        return self.paths.exec_socket
+
+    @property
+    def console_log(self) -> Path:
+        return self.paths.console_log
+
+
 @runtime_checkable
 class VMHandles(Protocol):
     """A managed VM's host-side handles: what hostd and the CLI need, whatever backend runs it."""
@@ -222,7 +246,7 @@ def _strs(d: dict, key: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class VMDir:
+class VMDir(VMPathsView):
     """One VM directory: its paths and ``vm.json``'s validated fields. Implements VMHandles."""
 
     paths: VMPaths
@@ -261,25 +285,6 @@ class VMDir:
     def dir(self) -> Path:
         return self.paths.dir
 
-    @property
-    def qmp_socket(self) -> Path:
-        return self.paths.qmp_socket
-
-    @property
-    def hostd_qmp_socket(self) -> Path:
-        return self.paths.hostd_qmp_socket
-
-    @property
-    def channel_socket(self) -> Path:
-        return self.paths.channel_socket
-
-    @property
-    def exec_socket(self) -> Path:
-        return self.paths.exec_socket
-
-    @property
-    def console_log(self) -> Path:
-        return self.paths.console_log
 
     # -- vm.json ---------------------------------------------------------------------------
 
