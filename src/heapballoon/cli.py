@@ -115,8 +115,10 @@ def cmd_status(args) -> int:
         errors.append(str(err))
     if args.vms or os.path.exists(transport.host_socket_path(args.host_socket)):
         try:
+            from heapballoon.status import HostStatus
+
             host = transport.request(transport.host_socket_path(args.host_socket), protocol.StatusRequest(id=1)).body
-            body["vms"] = host.get("vms", [])
+            body["vms"] = HostStatus.from_dict(host).to_dict()["vms"]
         except HeapballoonError as err:
             if args.vms:
                 raise

@@ -377,6 +377,9 @@ class GuestStatus(Message):
         jvms = d.get("jvms", [])
         if not isinstance(jvms, list) or len(jvms) > 4096 or not all(isinstance(j, dict) for j in jvms):
             raise ProtocolError("field 'jvms' must be a list of objects")
+        from heapballoon.status import JvmStatus  # the entries are the driver's typed JVM status
+
+        jvms = [JvmStatus.from_dict(j).to_dict() for j in jvms]
         return cls(_int(d, "target_bytes", 0), _int(d, "balloon_bytes", 0), _int(d, "drift_pages", 0), tuple(jvms))
 
 

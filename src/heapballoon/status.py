@@ -1,4 +1,4 @@
-"""Typed payloads of the driver's control replies: ``status`` and ``set_target``.
+"""Typed payloads of the control replies: the driver's ``status`` and ``set_target``, hostd's ``status``.
 
 This module owns their shape. The daemon builds them as frozen dataclasses and sends
 ``to_dict()`` as a reply's ``body``; the CLI turns a body back with ``from_dict``, which
@@ -34,12 +34,24 @@ def _check(cls, d: Any, where: str) -> dict:
         if kind is bool:
             ok = isinstance(value, bool)
         elif kind is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
+            ok = _is_int(value)
+        elif kind == int | None:
+            ok = value is None or _is_int(value)
+        elif kind is float:
+            ok = _is_number(value)
+            value = float(value) if ok else value
         elif kind is str:
             ok = isinstance(value, str) and len(value) <= 4096
-        else:  # Mapping[str, int]
+        elif kind == tuple[JvmStatus, ...]:
+            ok = isinstance(value, list) and len(value) <= MAX_JVMS
+            value = tuple(JvmStatus.from_dict(j) for j in value) if ok else value
+        elif kind == Mapping[str, Mapping[str, float]]:
             ok = isinstance(value, dict) and all(
-                isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in value.items())
+                isinstance(k, str) and isinstance(v, dict) and all(isinstance(q, str) and _is_number(x)
+                                                                   for q, x in v.items()) for k, v in value.items())
+            value = MappingProxyType({k: MappingProxyType(dict(v)) for k, v in value.items()}) if ok else value
+        else:  # Mapping[str, int]
+            ok = isinstance(value, dict) and all(isinstance(k, str) and _is_int(v) for k, v in value.items())
             value = MappingProxyType(dict(value)) if ok else value
         if not ok:
             raise ProtocolError(f"{where}: field {f.name!r} has a bad value {value!r:.60}")
@@ -47,8 +59,24 @@ def _check(cls, d: Any, where: str) -> dict:
     return out
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _plain_value(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {k: _plain_value(x) for k, x in v.items()}
+    if isinstance(v, tuple):
+        return [x.to_dict() if hasattr(x, "to_dict") else x for x in v]
+    return v
+
+
 def _plain(obj) -> dict:
-    return {f.name: dict(v) if isinstance(v := getattr(obj, f.name), Mapping) else v for f in dataclasses.fields(obj)}
+    return {f.name: _plain_value(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
 
 
 @dataclass(frozen=True)
@@ -126,6 +154,64 @@ class DriverStatus:
         if not isinstance(jvms, list) or len(jvms) > MAX_JVMS:
             raise ProtocolError("status: field 'jvms' must be a list")
         return cls(tuple(JvmStatus.from_dict(j) for j in jvms), NodeStatus.from_dict(d.get("node")))
+
+
+@dataclass(frozen=True)
+class VMStatus:
+    """One VM as hostd measures it (a ``vms[]`` entry of hostd's ``status``; hostd's docstring
+    says what each figure means). ``jvms`` are the guest's, validated when the guest sent them."""
+
+    name: str
+    pid: int
+    memory_bytes: int
+    reclaim: str
+    target_bytes: int
+    balloon_bytes: int
+    reclaimed_bytes: int | None
+    host_resident_bytes: int | None
+    pause_ms_p50: float
+    pause_ms_p99: float
+    pause_breakdown_ms: Mapping[str, Mapping[str, float]]
+    pauses: int
+    pause_ms_sum: float
+    pause_ms_per_gib: float
+    guest_pause_ms_sum: float
+    guest_pause_ms_per_gib: float
+    pause_window: int
+    engine: str
+    soft_dirty: bool
+    drift_pages: int
+    connected: bool
+    guest_hello: bool
+    guest_balloon_bytes: int | None
+    guest_target_bytes: int | None
+    totals_pages: Mapping[str, int]
+    jvms: tuple[JvmStatus, ...]
+    balloon_max_bytes: int | None
+
+    def to_dict(self) -> dict:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> VMStatus:
+        return cls(**_check(cls, d, "vm status"))
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    """The body of hostd's ``status`` reply."""
+
+    vms: tuple[VMStatus, ...]
+
+    def to_dict(self) -> dict:
+        return {"vms": [v.to_dict() for v in self.vms]}
+
+    @classmethod
+    def from_dict(cls, d: Any) -> HostStatus:
+        vms = d.get("vms") if isinstance(d, dict) else None
+        if not isinstance(vms, list) or len(vms) > MAX_JVMS:
+            raise ProtocolError("hostd status: field 'vms' must be a list")
+        return cls(tuple(VMStatus.from_dict(v) for v in vms))
 
 
 @dataclass(frozen=True)

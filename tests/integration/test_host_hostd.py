@@ -12,6 +12,7 @@ import shutil
 import pytest
 
 from heapballoon import protocol
+from heapballoon.status import JvmStatus
 from heapballoon.errors import RemoteError
 from heapballoon.host import hostd
 from heapballoon.host.guestram import PAGE_BYTES as P, GuestRam
@@ -21,6 +22,12 @@ pytestmark = [pytest.mark.vm, pytest.mark.timeout(120),
               pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 not installed")]
 M = 1 << 20
 RAM = 256 * M
+GUEST_JVM = JvmStatus(
+    pid=42, name="app", gc="Serial", jvm_version="17.0.15", connected=True, heap_max_bytes=768 * M,
+    heap_committed_bytes=768 * M, heap_used_bytes=300 * M, live_bytes=150 * M, live_source="MarkSweepCompact",
+    excess_bytes=280 * M, balloon_max_bytes=280 * M, target_bytes=280 * M, flaps=0, balloon_bytes=4 * M,
+    reclaimed_bytes=4 * M, reclaim="report", address_mode="jni", chunks=1, gc_count=9, gc_time_ms=40,
+    moved_chunks=0, drift_pages=0).to_dict()
 
 
 class FakeGuest:
@@ -155,7 +162,10 @@ def test_hostd_with_fake_guest(tmp_path, caplog, engine):
                 await peer.send(b'{"v":1,"type":"pages","seq":3,"op":"add","ranges":' +
                                 json.dumps([[i * 7, 3] for i in range(65537)]).encode() + b"}\n")
                 assert isinstance(await peer.recv(), protocol.Error)
+                # a guest_status whose JVM entry is not a JVM status is refused at the boundary
                 await peer.send(protocol.GuestStatus(8 * M, 4 * M, 0, ({"pid": 42, "name": "app"},)))
+                assert isinstance(await peer.recv(), protocol.Error)
+                await peer.send(protocol.GuestStatus(8 * M, 4 * M, 0, (GUEST_JVM,)))
                 await peer.send(protocol.Pages(4, "remove", ((base + 1000, 24),), "42:1"))
                 ack = await peer.recv_type(protocol.PagesAck)
                 assert ack.seq == 4 and ack.rejected == 0
@@ -172,7 +182,7 @@ def test_hostd_with_fake_guest(tmp_path, caplog, engine):
                 assert s["balloon_bytes"] == 1000 * P
                 assert s["reclaimed_bytes"] == 999 * P and s["drift_pages"] == 1
                 assert abs(s["host_resident_bytes"] - ram.resident_bytes()) < 4 * M
-                assert s["pause_ms_p99"] > 0 and s["jvms"] == [{"pid": 42, "name": "app"}]
+                assert s["pause_ms_p99"] > 0 and s["jvms"] == [GUEST_JVM]
                 b = s["pause_breakdown_ms"]
                 assert set(b) == {"stop", "check", "punch", "cont", "total", "guest"}
                 if engine == "short":  # QEMU's STOP → RESUME timestamps: within hostd's own figure

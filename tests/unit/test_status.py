@@ -49,3 +49,29 @@ def test_targets_reply():
     for bad in ({"targets": {"x": 1}}, {"targets": {"1": -1}}, {"targets": []}, "nope"):
         with pytest.raises(ProtocolError):
             TargetsReply.from_dict(bad)
+
+
+def _vm(**over):
+    vm = dict(name="web", pid=7, memory_bytes=1 << 30, reclaim="pfn", target_bytes=0, balloon_bytes=0,
+              reclaimed_bytes=None, host_resident_bytes=None, pause_ms_p50=0.0, pause_ms_p99=1.5,
+              pause_breakdown_ms={"stop": {"p50": 0.5, "p99": 1, "max": 2}}, pauses=3, pause_ms_sum=4.5,
+              pause_ms_per_gib=0.0, guest_pause_ms_sum=0.0, guest_pause_ms_per_gib=0.0, pause_window=3,
+              engine="short", soft_dirty=False, drift_pages=0, connected=True, guest_hello=True,
+              guest_balloon_bytes=None, guest_target_bytes=None, totals_pages={"punched": 1}, jvms=[],
+              balloon_max_bytes=None)
+    vm.update(over)
+    return vm
+
+
+def test_host_status_roundtrips_and_refuses_bad_fields():
+    from heapballoon.status import HostStatus
+
+    body = {"vms": [_vm()]}
+    assert HostStatus.from_dict(body).to_dict() == {"vms": [{**_vm(), "pause_breakdown_ms": {"stop": {
+        "p50": 0.5, "p99": 1, "max": 2}}}]}
+    for field, bad in (("reclaimed_bytes", "1"), ("pause_breakdown_ms", {"stop": 3}), ("jvms", [{"pid": 1}]),
+                       ("soft_dirty", 0), ("pause_ms_p99", None)):
+        with pytest.raises(ProtocolError, match=field if field != "jvms" else "name"):
+            HostStatus.from_dict({"vms": [_vm(**{field: bad})]})
+    with pytest.raises(ProtocolError, match="vms"):
+        HostStatus.from_dict({"vms": "x"})

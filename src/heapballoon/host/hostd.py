@@ -58,6 +58,7 @@ from heapballoon.host import vmstatus
 from heapballoon.host.ksm import KsmBoost
 from heapballoon.host.shortpause import DEFAULT_PAUSE_BUDGET_MS, GIL_SWITCH_INTERVAL_S, PauseModel
 from heapballoon.host.guestsession import MAX_BAD_LINES, GuestSessions
+from heapballoon.status import HostStatus, VMStatus
 from heapballoon.host.vmreclaim import MAX_BALLOON_INTERVALS  # noqa: F401 - part of hostd's API
 from heapballoon.host.vmregistry import VM, load_vm, run_dir_path  # noqa: F401 - hostd's API
 
@@ -176,7 +177,8 @@ class HostDaemon(GuestSessions):
         if isinstance(msg, protocol.StatusRequest):
             self.scan()
             vms = await asyncio.to_thread(lambda: [self.vm_status(v) for v in sorted(self.vms.values(), key=lambda v: v.name)])
-            return protocol.Reply(msg.id, {"vms": vms})
+            # built as the typed payload, so what hostd sends always has the documented shape
+            return protocol.Reply(msg.id, HostStatus(tuple(VMStatus.from_dict(v) for v in vms)).to_dict())
         if isinstance(msg, protocol.VMTarget):
             vm = self.vms.get(msg.vm)
             if vm is None:
