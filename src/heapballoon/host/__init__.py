@@ -3,7 +3,7 @@
 Layers, bottom up, one module each:
 
 * ``layout``    guest page frame → offset in the guest-RAM memfd (from QEMU's ``info mtree -f``)
-* ``guestram``  the memfd: find it in /proc/PID/fd, check pages for zero, punch holes, count blocks
+* ``guestram``  the memfd (found by vm.ramfile's rule): check pages for zero, punch holes, count blocks
 * ``reclaim``   the batch engine: fixed batches, QMP stop → check+punch → cont; virtio-balloon baseline
 * ``shortpause`` the short-pause engine (default): pre-check live, time-bounded pauses that
                 re-check in place and punch; its pause model and priority boost
@@ -13,6 +13,8 @@ Layers, bottom up, one module each:
 * ``vmstatus``  status figures and Prometheus metrics of hostd
 * ``ksm``       ksm VMs (private RAM): smaps Rss of guest RAM, temporary KSM boost
 * ``pageset``   interval set for balloon accounting
-* ``hostd``     the daemon: VM registry, guest channels, control socket, state file
+* ``vmregistry`` the VMs hostd knows: identity checks, per-VM state (on vm.vmdir's contract)
+* ``guestsession`` the channel to each guest: handshake, pages reports, acks, KSM boost
+* ``hostd``     the daemon: scan loop, control socket, state file, the command line
 * ``scratchvm`` a throwaway guest-less QEMU for tests and the punch benchmark
 """
