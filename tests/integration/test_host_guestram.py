@@ -10,7 +10,7 @@ import pytest
 from heapballoon.errors import ReclaimError
 from heapballoon.host import guestram
 from heapballoon.host.guestram import PAGE_BYTES as P, GuestRam
-from heapballoon.host.ksm import KsmBoost, guest_rss_bytes
+from heapballoon.host.ksm import guest_rss_bytes
 from heapballoon.host.layout import GuestLayout, RamRange
 from heapballoon.host.pageset import PageSet
 from heapballoon.host.reclaim import Reclaimer, percentile, split_batches
@@ -161,15 +161,6 @@ def test_reclaimer_conts_when_stop_fails(ram):
     res = asyncio.run(Reclaimer(ram, lay_for(ram), qmp).reclaim([(0x100, 4)]))
     assert "stop" in res.error and qmp.calls == ["query-status", "stop", "cont"]
     assert ram.resident_bytes() == 4 * P  # nothing punched without a pause
-
-
-def test_ksm_boost_restores(tmp_path):
-    for name, v in (("run", "0"), ("pages_to_scan", "100"), ("sleep_millisecs", "20")):
-        (tmp_path / name).write_text(v + "\n")
-    with KsmBoost(pages_to_scan=5000, sleep_millisecs=5, ksm_dir=str(tmp_path)):
-        assert (tmp_path / "run").read_text().strip() == "1"
-        assert (tmp_path / "pages_to_scan").read_text().strip() == "5000"
-    assert [(tmp_path / n).read_text().strip() for n in ("run", "pages_to_scan", "sleep_millisecs")] == ["0", "100", "20"]
 
 
 def test_guest_rss_from_smaps():

@@ -168,7 +168,8 @@ def test_ksm_merges_zeroed_pages_into_the_zero_page(ksm):
             scans_before = ksm.full_scans()
 
             t0 = time.monotonic()
-            ksm.boost(pages_to_scan=16384, sleep_ms=5)
+            for name, value in (("pages_to_scan", 16384), ("sleep_millisecs", 5), ("use_zero_pages", 1), ("run", 1)):
+                ksm.write(name, value)
             deadline = t0 + 40
             now = reader.count(addr, size, zp)
             while now.reclaimed < npages and time.monotonic() < deadline:

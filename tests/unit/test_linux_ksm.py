@@ -84,25 +84,23 @@ def test_restore_writes_run_last(ksm, monkeypatch):
     assert order[-1] == "run" and len(order) == 4
 
 
-def test_boost_and_restore(ksm, ksm_dir):
-    before = ksm.boost(pages_to_scan=4000, sleep_ms=5)
-    assert [ksm.read(n) for n in ("run", "pages_to_scan", "sleep_millisecs", "use_zero_pages")] == [1, 4000, 5, 1]
-    ksm.restore(before)
+def test_controller_boosts_while_pages_wait_and_restores_the_originals(ksm, ksm_dir, tmp_path):
+    """The one KSM controller (driver.ksmctl), over the adapter: on, boosted while balloon pages
+    wait, back to the base rate, the originals restored on close."""
+    from heapballoon.driver.ksmctl import BOOST_PAGES_TO_SCAN, BOOST_SLEEP_MS, KsmController
+
+    # sysfs replaces a knob's value on every write; plain files need truncating to act alike
+    ksm.write = lambda name, value: (ksm_dir / name).write_text(f"{int(value)}\n")
+    ctl = KsmController(ksm, "auto", str(tmp_path / "ksm.json"))
+    assert ctl.setup()
+    assert [ksm.read(n) for n in ("run", "use_zero_pages")] == [1, 1]
+    ctl.tick(100)
+    assert (ksm.read("pages_to_scan"), ksm.read("sleep_millisecs")) == (BOOST_PAGES_TO_SCAN, BOOST_SLEEP_MS)
+    ctl.tick(0)
+    assert (ksm.read("pages_to_scan"), ksm.read("sleep_millisecs")) == (100, 20)
+    ctl.close()
     assert [ksm.read(n) for n in ("run", "pages_to_scan", "sleep_millisecs", "use_zero_pages")] == [0, 100, 20, 0]
-
-
-def test_boost_failure_restores_what_it_changed(ksm, monkeypatch):
-    real_write = ksm.write
-
-    def failing_write(name, value):
-        if name == "run" and value == 1:
-            raise KernelError("cannot write 1 to run: Operation not permitted")
-        real_write(name, value)
-
-    monkeypatch.setattr(ksm, "write", failing_write)
-    with pytest.raises(KernelError, match="Operation not permitted"):
-        ksm.boost(4000, 5)
-    assert ksm.read("pages_to_scan") == 100 and ksm.read("sleep_millisecs") == 20
+    assert not (tmp_path / "ksm.json").exists()
 
 
 def test_zero_pages_names_by_kernel_version(ksm, ksm_dir):

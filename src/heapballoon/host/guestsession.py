@@ -14,10 +14,9 @@ import logging
 import time
 
 from heapballoon import protocol, transport
-from heapballoon.errors import HeapballoonError, MessageTooLarge, ProtocolError
+from heapballoon.errors import HeapballoonError, KernelError, MessageTooLarge, ProtocolError
 from heapballoon.host import vmreclaim
 from heapballoon.host.guestram import PAGE_BYTES
-from heapballoon.host.ksm import KsmBoost
 from heapballoon.host.vmregistry import VM
 
 log = logging.getLogger("heapballoon.hostd")
@@ -194,8 +193,13 @@ class GuestSessions:
         return protocol.PagesAck(msg.seq, rejected=rejected)
 
     def _boost_ksm(self) -> None:
+        """A ksm VM reported balloon pages: KSM on and boosted (the one KSM controller, taken
+        over lazily so a host without ksm VMs keeps its settings) for KSM_BOOST_S."""
         self._ksm_until = time.monotonic() + KSM_BOOST_S
-        if self._ksm_boost is None:
-            self._ksm_boost = KsmBoost().__enter__()
-
-    # ------------------------------------------------------------ control socket
+        try:
+            if not self._ksm.active and not self._ksm.setup():
+                log.info("KSM untouched: %s", self._ksm.reason)
+                return
+            self._ksm.tick(1)
+        except KernelError as err:
+            log.warning("KSM boost failed: %s", err)

@@ -53,9 +53,10 @@ import sys
 import time
 
 from heapballoon import protocol, transport
-from heapballoon.errors import HeapballoonError, MessageTooLarge, ProtocolError
+from heapballoon.errors import HeapballoonError, KernelError, MessageTooLarge, ProtocolError
 from heapballoon.host import vmstatus
-from heapballoon.host.ksm import KsmBoost
+from heapballoon.driver.ksmctl import KsmController
+from heapballoon.linux.ksm import KSM
 from heapballoon.host.shortpause import DEFAULT_PAUSE_BUDGET_MS, GIL_SWITCH_INTERVAL_S, PauseModel
 from heapballoon.host.guestsession import MAX_BAD_LINES, GuestSessions
 from heapballoon.status import HostStatus, VMStatus
@@ -89,7 +90,7 @@ class HostDaemon(GuestSessions):
         self.state_path = os.path.join(run_dir, STATE_FILE)
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._ksm_boost: KsmBoost | None = None
+        self._ksm = KsmController(KSM(), "auto", os.path.join(run_dir, "hostd-ksm.json"))
         self._ksm_until = 0.0
 
     # ------------------------------------------------------------ state file
@@ -156,9 +157,11 @@ class HostDaemon(GuestSessions):
                 self.scan()
             except Exception:  # noqa: BLE001 - the registry loop must survive anything
                 log.exception("VM scan failed")
-            if self._ksm_boost is not None and time.monotonic() > self._ksm_until:
-                self._ksm_boost.__exit__(None, None, None)
-                self._ksm_boost = None
+            if self._ksm.boosted and time.monotonic() > self._ksm_until:
+                try:
+                    self._ksm.tick(0)
+                except KernelError as err:
+                    log.warning("KSM: %s", err)
             await asyncio.sleep(SCAN_INTERVAL_S)
 
     # ------------------------------------------------------------ guest channel
@@ -258,9 +261,7 @@ class HostDaemon(GuestSessions):
                 os.unlink(self.socket_path)
             except OSError:
                 pass
-        if self._ksm_boost is not None:
-            self._ksm_boost.__exit__(None, None, None)
-            self._ksm_boost = None
+        self._ksm.close()  # the KSM settings hostd found, back (and its save file removed)
 
 
 async def serve(socket_path: str, run_dir: str, batch_pages: int | None = None,

@@ -1,10 +1,9 @@
-"""The KSM path for VMs with private guest RAM (``--reclaim ksm``): measure and boost.
+"""The KSM path for VMs with private guest RAM (``--reclaim ksm``): measuring it.
 
-This module owns the two things hostd does for a VM whose RAM is not a memfd it can punch:
-:func:`guest_rss_bytes` reads the resident size of the guest-RAM mapping from
-QEMU's smaps (the largest mapping of about the RAM size), and :class:`KsmBoost`
-temporarily raises KSM's scan rate (through linux.ksm) while zero balloon pages
-wait to be merged, restoring every value it changed afterwards.
+This module owns what hostd measures of a VM whose RAM is not a memfd it can punch:
+:func:`guest_rss_bytes` reads the resident size of the guest-RAM mapping from QEMU's smaps
+(the largest mapping of about the RAM size). Raising KSM's scan rate while zero balloon pages
+wait is the one KSM controller's job (driver.ksmctl), which hostd drives as the driver does.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from __future__ import annotations
 import logging
 
 from heapballoon.errors import KernelError, ReclaimError
-from heapballoon.linux.ksm import KSM
 from heapballoon.linux.procfs import ProcFS
 
 log = logging.getLogger("heapballoon.host.ksm")
@@ -46,36 +44,3 @@ def guest_rss_bytes(qemu_pid: int, ram_bytes: int, procfs: ProcFS | None = None)
     if best is None:
         raise ReclaimError(f"QEMU {qemu_pid} has no mapping of about {ram_bytes} bytes in its smaps")
     return best
-
-
-class KsmBoost:
-    """Context manager: KSM on and scanning fast; previous settings restored on exit. Goes
-    through the one KSM adapter (heapballoon.linux.ksm).
-
-    Only root can write the KSM knobs; without permission the boost logs and does nothing
-    (KSM still merges, just at the configured rate)."""
-
-    def __init__(self, pages_to_scan: int = 4096, sleep_millisecs: int = 10, ksm_dir: str | None = None) -> None:
-        # use_zero_pages: zeroed balloon pages map the kernel zero page and leave Rss (4.14+)
-        self.wanted = {"run": 1, "pages_to_scan": pages_to_scan, "sleep_millisecs": sleep_millisecs,
-                       "use_zero_pages": 1}
-        self.ksm = KSM(ksm_dir) if ksm_dir else KSM()
-        self.saved: dict[str, int] = {}
-
-    def __enter__(self) -> KsmBoost:
-        for name, value in self.wanted.items():
-            try:
-                old = self.ksm.read(name)
-                if old != value:
-                    self.ksm.write(name, value)
-                    self.saved[name] = old
-            except KernelError as err:
-                log.warning("KSM boost: cannot set %s=%s: %s", name, value, err)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        try:
-            self.ksm.restore(self.saved)  # "run" last
-        except KernelError as err:
-            log.warning("KSM boost: cannot restore %s: %s", self.saved, err)
-        self.saved.clear()

@@ -106,20 +106,3 @@ class KSM:
 
     def full_scans(self) -> int:
         return self.read("full_scans")
-
-    def boost(self, pages_to_scan: int, sleep_ms: int) -> dict[str, int]:
-        """Start ksmd fast, with zero-page merging on; returns the snapshot to :meth:`restore`."""
-        before = self.snapshot()
-        try:
-            self.write("pages_to_scan", pages_to_scan)
-            self.write("sleep_millisecs", sleep_ms)
-            if self.has("use_zero_pages"):
-                self.write("use_zero_pages", 1)
-            self.write("run", 1)
-        except KernelError:
-            try:
-                self.restore(before)
-            except KernelError:
-                pass
-            raise
-        return before
