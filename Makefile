@@ -39,11 +39,11 @@ jdks: venv
 demo: deps venv
 	@$(VPY) -m heapballoon.demo
 
-# Two phases: the collector matrix runs its JVMs three at a time (pytest-xdist); everything
+# Two phases: the collector matrix runs its JVMs two at a time (pytest-xdist); everything
 # else, QEMU guests included, runs one test at a time so guests are not starved of CPU.
 test: deps venv jdks
 	@rc=0; $(VPY) -m pytest -p no:cacheprovider -m "not matrix" tests || rc=$$?; \
-	$(VPY) -m pytest -p no:cacheprovider -n 3 -m matrix tests || rc=$$?; \
+	$(VPY) -m pytest -p no:cacheprovider -n 2 -m matrix tests || rc=$$?; \
 	exit $$rc
 
 bench: deps venv

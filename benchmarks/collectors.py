@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,24 +29,30 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import jdks  # noqa: E402
 import scenario  # noqa: E402
-from hbtest import MIB, DaemonFactory, JVMFactory  # noqa: E402
+from hbtest import DaemonFactory, JVMFactory  # noqa: E402
+
+_ENV_LOCK = threading.Lock()
 
 
 def run_pair(jdk: int, gc: str, agent_src: str | None, workdir: Path) -> tuple[scenario.Outcome, int]:
     """One scenario; returns the outcome and the number of give-backs (pressure_release events)."""
     daemons, apps = DaemonFactory(workdir), JVMFactory()
-    env_before = os.environ.get("HEAPBALLOON_AGENT_SRC")
     try:
         d = daemons.start()
-        if agent_src:
-            os.environ["HEAPBALLOON_AGENT_SRC"] = agent_src  # read by `heapballoon run` at start
-        j = apps.run(d, heap="1g", live_mib=200, churn_mib_per_s=100, gc=None, java_bin=jdks.java(jdk),
-                     extra_jvm=(*jdks.GC_FLAGS[gc], "-XX:+AlwaysPreTouch"), name=f"jdk{jdk}-{gc}")
-        if agent_src:
-            if env_before is None:
+        # `heapballoon run` reads HEAPBALLOON_AGENT_SRC from its environment, copied when the
+        # process starts: set it (or clear it) and start under one lock, so pairs started at
+        # the same moment in other threads never see another variant's agent.
+        with _ENV_LOCK:
+            saved = os.environ.pop("HEAPBALLOON_AGENT_SRC", None)
+            if agent_src:
+                os.environ["HEAPBALLOON_AGENT_SRC"] = agent_src
+            try:
+                j = apps.run(d, heap="1g", live_mib=200, churn_mib_per_s=100, gc=None, java_bin=jdks.java(jdk),
+                             extra_jvm=(*jdks.GC_FLAGS[gc], "-XX:+AlwaysPreTouch"), name=f"jdk{jdk}-{gc}")
+            finally:
                 os.environ.pop("HEAPBALLOON_AGENT_SRC", None)
-            else:
-                os.environ["HEAPBALLOON_AGENT_SRC"] = env_before
+                if saved is not None:
+                    os.environ["HEAPBALLOON_AGENT_SRC"] = saved
         try:
             out = scenario.run(d, j, jdk, gc)
         except AssertionError as err:

@@ -3,7 +3,7 @@
 Each pair runs the whole scenario of scenario.py: a 1 GiB pre-touched heap, 200 MiB live,
 churning 100 MiB/s, started with `heapballoon run`, target 512M, sampled every 2 s for a
 minute; then the live set grows to 700 MiB and shrinks back. Marked ``matrix``: `make test`
-runs these three at a time.
+runs these two at a time.
 """
 
 from __future__ import annotations
