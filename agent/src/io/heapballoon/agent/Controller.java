@@ -54,6 +54,7 @@ final class Controller {
     static final long GC_SUSTAIN_MS = 10_000;
     /** Serial's full collection compacts fully every 4th time (MarkSweepAlwaysCompactCount). */
     static final int SETTLE_COLLECTIONS = 4;
+    static final long ASSIST_MIN_MS = 500;
     static final double GC_EXTRA_SHARE = 0.10;
     static final long PROBE_MIN_MS = 10_000;
     /** After the balloon grew, collections that move its chunks are still the growth's cost. */
@@ -95,7 +96,8 @@ final class Controller {
     private long overBoundSinceMs;
     /** Settling collections still to run after inflation (Serial, Parallel). Agent thread. */
     private int settleLeft;
-    // Probe state: agent thread only.
+    // Probe and assist state: agent thread only.
+    private long lastAssistMs;
     private long lastProbeMs;
     private long lastProbeCostMs;
 
@@ -223,9 +225,27 @@ final class Controller {
         }
     }
 
+    /**
+     * Shenandoah, holding a balloon: start a concurrent cycle (System.gc() is concurrent there)
+     * when less than 2H of the heap is free. Its heuristics count free bytes, not free regions:
+     * with the balloon taking half the heap, fragmented regions left it no room for the next
+     * object before it started a cycle, and the degenerated collection that follows an allocation
+     * failure clears every soft reference (JDK 21 and 25, seen in the matrix). At most every
+     * ASSIST_MIN_MS.
+     */
+    private void assistShenandoah(long now) {
+        if (!"Shenandoah".equals(stats.gc) || balloon.footprintBytes() == 0 || now - lastAssistMs < ASSIST_MIN_MS
+                || stats.maxBytes() - stats.usedBytes() >= 2 * headroomBytes()) {
+            return;
+        }
+        lastAssistMs = now;
+        System.gc();
+    }
+
     /** Agent thread, every tick: keep chunks fresh, watch GC cost, move towards the target. */
     void tick() {
         long now = System.currentTimeMillis();
+        assistShenandoah(now);
         noteCleared(balloon.touchAndCollectCleared());
         watchGcCost(now);
         long target = targetBytes;
