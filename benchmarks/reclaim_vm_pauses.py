@@ -36,16 +36,8 @@ LIMIT_S = 240
 PARTS = ("stop", "check", "punch", "cont", "total", "guest")
 
 
-def cli(env, *args, check=True):
-    p = subprocess.run([PY, "-m", "heapballoon", *map(str, args)], env=env, capture_output=True, text=True)
-    if check and p.returncode:
-        raise SystemExit(f"benchmark: heapballoon {' '.join(map(str, args))}: {p.stderr.strip()}")
-    return p
-
-
-def vm_status(env, name):
-    body = json.loads(cli(env, "status", "--json", "--vms").stdout)
-    return next((v for v in body["vms"] if v["name"] == name), None)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reclaim_vm import cli, vm_status  # noqa: E402 - the VM benchmarks' shared CLI helpers
 
 
 def resident_bytes(name):
