@@ -46,7 +46,6 @@ final class LiveSet {
         }
     }
 
-    private final String gc;
     /** JDK 20+ G1 reports Remark/Cleanup; on JDK 17 cycles are inferred from old-gen drops. */
     private final boolean g1InferCycles;
     private final long slackBytes;
@@ -59,7 +58,6 @@ final class LiveSet {
     private long completeAtMs;
 
     LiveSet(String gc, boolean hasG1ConcurrentBean, long regionBytes) {
-        this.gc = gc;
         this.g1InferCycles = "G1".equals(gc) && !hasG1ConcurrentBean;
         this.slackBytes = Math.max(2 * regionBytes, 4L << 20);
     }
@@ -203,9 +201,5 @@ final class LiveSet {
     /** When the last complete collection ended (currentTimeMillis), 0 if none yet. */
     synchronized long completeAtMs() {
         return completeAtMs;
-    }
-
-    String gc() {
-        return gc;
     }
 }
