@@ -30,7 +30,7 @@ import java.util.concurrent.atomic.AtomicBoolean;
  *       with every give-back that no rise of the live set explains and that comes within
  *       {@value #BACKOFF_RESET_MS} ms of the previous one.
  *       With region-based collectors a chunk is allocated only while the heap has a chunk plus
- *       H/2 free, so inflation goes at the collector's pace instead of forcing emergency
+ *       H/2 free (2H with Shenandoah), so inflation goes at the collector's pace instead of forcing emergency
  *       collections (which clear soft references).</li>
  *   <li><b>Probe</b>: when the estimate is what holds the balloon below its target and no
  *       complete collection (nor growth) has happened for a while (Serial and Parallel may go minutes
@@ -292,6 +292,19 @@ final class Controller {
                 share * 100, GC_WINDOW_MS / 1000, baseline * 100), 0);
     }
 
+    /**
+     * Region-based collectors: the heap that must stay free after a chunk is allocated. H/2 for
+     * G1 and ZGC. Shenandoah: 2H, the level below which the assist starts a cycle. Its adaptive
+     * heuristics keep their own reserves on top of free bytes, and a chunk (a humongous object
+     * needing contiguous free regions) allocated into the last H/2 failed mid-cycle on JDK 25
+     * ("Failed to allocate Shared, 8192K"): the degenerated collection that followed cleared
+     * the whole balloon, and each one raised the heuristics' penalty, which made the next
+     * cycles more eager still (GC log, matrix run).
+     */
+    private long inflateMarginBytes() {
+        return "Shenandoah".equals(stats.gc) ? 2 * headroomBytes() : headroomBytes() / 2;
+    }
+
     /** Grows the balloon towards {@code limit}; true when the live-set estimate stopped it. */
     private boolean inflate(long limit) {
         long chunkBytes = balloon.geometry.footprintBytes;
@@ -304,7 +317,7 @@ final class Controller {
                 blocked = true;
                 break;
             }
-            if (stats.regionBased() && stats.usedBytes() + chunkBytes + headroomBytes() / 2 > stats.maxBytes()) {
+            if (stats.regionBased() && stats.usedBytes() + chunkBytes + inflateMarginBytes() > stats.maxBytes()) {
                 break; // no free regions to spare: let the collector free garbage first
             }
             byte[] array;
