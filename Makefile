@@ -25,7 +25,7 @@ deps:
 $(STAMP): pyproject.toml
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
 	@$(VPY) -m pip install -q --upgrade pip >/dev/null
-	@$(VPY) -m pip install -q -e '.[test]'
+	@$(VPY) -m pip install -q -e '.[host,test]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
