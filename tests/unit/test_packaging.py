@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -88,3 +90,19 @@ def test_guest_driver_is_passed_through_whole(monkeypatch):
     monkeypatch.setitem(cli.PASSTHROUGH, "guest-driver", ("help", lambda argv: seen.append(argv) or 0))
     assert cli.main(["guest-driver", "--socket", "/run/x.sock", "--socket-mode", "660"]) == 0
     assert seen == [["--socket", "/run/x.sock", "--socket-mode", "660"]]
+
+
+def test_systemd_accepts_the_unit_and_the_drop_in(tmp_path):
+    """systemd's own verifier on both files (unit-level: it loads them, it starts nothing)."""
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed: the unit files are not verified")
+    (tmp_path / "heapballoon-guest.service").write_text(systemd.unit_text("/run/heapballoon/heapballoon.sock"))
+    (tmp_path / "orders.service").write_text("[Service]\nExecStart=/bin/true\n")
+    (tmp_path / "orders.service.d").mkdir()
+    (tmp_path / "orders.service.d" / "heapballoon.conf").write_text(
+        systemd.drop_in_text("orders", "-javaagent:/x/a.jar=socket=/run/hb.sock,name=orders"))
+    for unit in ("heapballoon-guest.service", "orders.service"):
+        proc = subprocess.run([analyze, "verify", str(tmp_path / unit)], capture_output=True, text=True, timeout=60)
+        ours = [line for line in proc.stderr.splitlines() if str(tmp_path) in line or unit in line]
+        assert proc.returncode == 0 and ours == [], proc.stderr  # a drop-in's syntax error names its file
