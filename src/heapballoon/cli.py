@@ -310,7 +310,7 @@ def _guest_driver(argv: list[str]) -> int:
 # argparse sees the command line, so no parser internals are involved.
 PASSTHROUGH = {
     "hostd": ("run the host memory manager (VM mode)", _hostd),
-    "guest-driver": ("run the guest balloon driver (inside a VM; see docs/guest.md)", _guest_driver),
+    "guest-driver": ("run the guest balloon driver (inside a VM; docs/guest.md)", _guest_driver),
 }
 
 

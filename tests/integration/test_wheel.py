@@ -47,7 +47,8 @@ def project_copy(dst: Path) -> Path:
 
 def build_env(**extra) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "HEAPBALLOON_"))}
-    env.update(PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1", **extra)
+    # no index, and none of this machine's pip configuration (find-links, constraints)
+    env.update(PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_CONFIG_FILE=os.devnull, **extra)
     return env
 
 
@@ -128,7 +129,8 @@ def test_the_installed_wheel_runs_a_jvm_on_a_jre_without_javac(wheel, tmp_path, 
     try:
         wait_for(lambda: answers(sock) or daemon.poll() is not None, 30, what="installed daemon answering")
         assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()
-        jvm = apps.start([str(venv / "bin" / "heapballoon"), "run", "--socket", sock, "--name", "from-wheel", "--",
+        jvm = apps.start(["/usr/bin/env", "-C", str(work),  # not the checkout
+                          str(venv / "bin" / "heapballoon"), "run", "--socket", sock, "--name", "from-wheel", "--",
                           str(java), "-Xms256m", "-Xmx256m", "-XX:+UseG1GC", "-jar", str(app), "--live-mib", "16",
                           "--churn-mib-per-s", "10"], stdin=True, env=env)
 
@@ -215,9 +217,9 @@ def test_the_guest_side_runs_on_python_3_9(wheel, tmp_path, apps):
     try:
         wait_for(lambda: answers(sock) or driver.poll() is not None, 30, what="the 3.9 guest driver answering")
         assert driver.poll() is None, (tmp_path / "driver.log").read_text()
-        jvm = apps.start([python39, "-m", "heapballoon", "run", "--socket", sock, "--name", "py39", "--", java,
-                          "-Xms256m", "-Xmx256m", "-XX:+UseG1GC", "-jar", str(app), "--live-mib", "16",
-                          "--churn-mib-per-s", "10"], stdin=True, env=env)
+        jvm = apps.start(["/usr/bin/env", "-C", str(tmp_path), python39, "-m", "heapballoon", "run", "--socket", sock,
+                          "--name", "py39", "--", java, "-Xms256m", "-Xmx256m", "-XX:+UseG1GC", "-jar", str(app),
+                          "--live-mib", "16", "--churn-mib-per-s", "10"], stdin=True, env=env)
 
         def jvm_status():
             proc = hb("status", "--json", "--socket", sock)

@@ -55,7 +55,8 @@ def test_agent_src_means_build_from_source(installed, tmp_path, monkeypatch):
 def test_guest_unit_runs_this_interpreters_guest_driver():
     text = systemd.unit_text("/run/heapballoon/heapballoon.sock")
     exec_lines = [line for line in text.splitlines() if line.startswith("ExecStart=")]
-    assert exec_lines == [f"ExecStart={sys.executable} -m heapballoon guest-driver --socket /run/heapballoon/heapballoon.sock"]
+    assert exec_lines == [f"ExecStart={sys.executable} -m heapballoon guest-driver"
+                          " --socket /run/heapballoon/heapballoon.sock"]
     assert "[Install]" in text and "Restart=always" in text
 
 
