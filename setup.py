@@ -9,7 +9,9 @@ Everything else about the package is in pyproject.toml. Three commands are exten
   Editable installs (``make venv``) skip this: a checkout builds the agent on first use.
 * ``sdist``     – adds the same prebuilt artifacts to the source tree it packs.
 * ``bdist_wheel`` – tags the wheel ``py3-none-<platform>``: any Python 3, but the native
-  library is machine code (x86-64 on the machines we build on).
+  library is machine code. On x86-64 Linux the tag is ``manylinux_2_17_x86_64`` (so PyPI takes
+  it and pip installs it on any glibc 2.17+ distribution): the library needs no glibc symbol
+  newer than 2.17, which tests/integration/test_wheel.py checks with objdump.
 """
 
 from __future__ import annotations
@@ -66,11 +68,14 @@ class Sdist(sdist):
         _agent_artifacts(Path(base_dir) / "src" / "heapballoon" / "_agent")
 
 
+MANYLINUX = {"linux_x86_64": "manylinux_2_17_x86_64"}  # glibc 2.17+: what the JNI library links against
+
+
 class BdistWheel(bdist_wheel):
     def get_tag(self) -> tuple[str, str, str]:
         # The files stay pure Python's (purelib); only the tag says which machine the JNI library is for.
-        plat = self.plat_name if self.plat_name_supplied else sysconfig.get_platform()
-        return "py3", "none", plat.replace("-", "_").replace(".", "_")
+        plat = (self.plat_name if self.plat_name_supplied else sysconfig.get_platform()).replace("-", "_").replace(".", "_")
+        return "py3", "none", MANYLINUX.get(plat, plat)
 
 
 setup(cmdclass={"build_py": BuildPy, "sdist": Sdist, "bdist_wheel": BdistWheel})

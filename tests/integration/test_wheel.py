@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -81,14 +82,29 @@ def check_artifacts(read) -> None:
     assert lib[:4] == b"\x7fELF" and int.from_bytes(lib[18:20], "little") == ELF_X86_64
 
 
+def z_read(archive: Path, name: str) -> bytes:
+    with zipfile.ZipFile(archive) as z:
+        return z.read(name)
+
+
+def glibc_versions(lib: bytes, scratch: Path) -> set[tuple[int, ...]]:
+    """The GLIBC_x.y symbol versions a shared library needs (objdump comes with gcc's binutils)."""
+    scratch.write_bytes(lib)
+    out = subprocess.run(["objdump", "-T", str(scratch)], capture_output=True, text=True, check=True, timeout=60).stdout
+    return {tuple(int(x) for x in m.split(".")) for m in re.findall(r"GLIBC_([0-9.]+)\)", out)}
+
+
 def test_the_wheel_carries_the_agent_and_needs_nothing(wheel):
-    assert wheel.name == "heapballoon-0.1.0-py3-none-linux_x86_64.whl"  # any Python 3, x86-64 machine code
+    # any Python 3; x86-64 machine code needing glibc 2.17+ (checked below)
+    assert wheel.name == "heapballoon-0.1.0-py3-none-manylinux_2_17_x86_64.whl"
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         check_artifacts(z.read)
         metadata = z.read("heapballoon-0.1.0.dist-info/METADATA").decode()
     assert {"heapballoon/_data/heapballoon-guest.service", "heapballoon/_data/java-agent.conf",
             "heapballoon/guest/driver.py"} <= names
+    glibc = glibc_versions(z_read(wheel, LIB), wheel.parent / "lib.so")
+    assert glibc and max(glibc) <= (2, 17), f"the library needs glibc {max(glibc)}: not manylinux_2_17 any more"
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     assert requires and all("extra ==" in line for line in requires), requires  # nothing unconditional
     assert "Requires-Python: >=3.9" in metadata
