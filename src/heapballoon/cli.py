@@ -8,9 +8,11 @@ Sizes are converted from text to bytes here and nowhere else.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
+import platform
 import shutil
 import sys
 
@@ -34,6 +36,35 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
 
 
+# ---------------------------------------------------------------------- host or guest
+
+# The guest side (guest-driver, daemon, run, attach, agent-path, guest-unit, status, target)
+# runs on Python 3.9+ with the standard library only. These commands are the host side: they
+# are tested on Python 3.11+ and need the host extras (pip install 'heapballoon[host]').
+HOST_COMMANDS = ("hostd", "vm", "image", "libvirt")
+HOST_MIN_PYTHON = (3, 11)
+HOST_EXTRAS = ("qemu.qmp", "prometheus_client", "rich")
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a missing parent package
+        return False
+
+
+def require_host(command: str) -> None:
+    """UsageError (one line) unless this Python can run the host-side ``command``."""
+    if sys.version_info < HOST_MIN_PYTHON:
+        raise UsageError(f"`heapballoon {command}` is host side and needs Python "
+                         f"{'.'.join(map(str, HOST_MIN_PYTHON))}+, this is {platform.python_version()}"
+                         " (in a guest, only guest-driver, run, attach, agent-path, status and target are needed)")
+    missing = [m for m in HOST_EXTRAS if not _importable(m)]
+    if missing:
+        raise UsageError(f"`heapballoon {command}` is host side and needs {', '.join(missing)}:"
+                         " pip install 'heapballoon[host]'")
+
+
 # ---------------------------------------------------------------------- process mode
 
 def cmd_daemon(args) -> int:
@@ -43,6 +74,8 @@ def cmd_daemon(args) -> int:
     driver = Driver(transport.socket_path(args.socket), ksm_mode=args.ksm, reclaim=args.reclaim,
                     interval_s=args.interval_s, socket_mode=int(args.socket_mode, 8))
     if args.metrics:
+        if not _importable("prometheus_client"):
+            raise UsageError("--metrics needs prometheus_client: pip install 'heapballoon[host]'")
         from heapballoon.driver.metrics import start_metrics
 
         start_metrics(driver, args.metrics)
@@ -93,6 +126,36 @@ def cmd_attach(args) -> int:
     options = build.agent_options(transport.socket_path(args.socket), args.name, build.native_lib())
     out = attach_agent(pid, str(build.agent_jar()), options)
     print(f"agent loaded into JVM {pid}" + (f": {out.strip()}" if out.strip() else ""))
+    return 0
+
+
+def cmd_agent_path(args) -> int:
+    from heapballoon.agent import build
+
+    if args.javaagent:
+        print(build.javaagent_arg(transport.socket_path(args.socket), args.name))
+    elif args.native:
+        lib = build.native_lib()
+        if lib is None:
+            raise UsageError("no native library for this machine (see the warning above)")
+        print(lib)
+    else:
+        print(build.agent_jar())
+    return 0
+
+
+def cmd_guest_unit(args) -> int:
+    from heapballoon.guest import systemd
+
+    sock = transport.socket_path(args.socket)
+    if args.drop_in:
+        from heapballoon.agent import build
+
+        if not args.name:
+            raise UsageError("guest-unit --drop-in needs --name SERVICE (the JVM's name in status)")
+        print(systemd.drop_in_text(args.name, build.javaagent_arg(sock, args.name)), end="")
+    else:
+        print(systemd.unit_text(sock), end="")
     return 0
 
 
@@ -196,6 +259,18 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--name")
     a.set_defaults(func=cmd_attach)
 
+    ap = with_socket(sub.add_parser("agent-path", help="print the agent jar's path (or the -javaagent: option)"))
+    ap.add_argument("--javaagent", action="store_true",
+                    help="print the whole -javaagent:JAR=OPTIONS option, e.g. for JAVA_TOOL_OPTIONS")
+    ap.add_argument("--native", action="store_true", help="print the native library's path")
+    ap.add_argument("--name", help="with --javaagent: the name shown in status")
+    ap.set_defaults(func=cmd_agent_path)
+
+    gu = with_socket(sub.add_parser("guest-unit", help="print the guest driver's systemd unit (or a JVM drop-in)"))
+    gu.add_argument("--drop-in", action="store_true", help="print a JVM service's drop-in (JAVA_TOOL_OPTIONS)")
+    gu.add_argument("--name", help="with --drop-in: the JVM's name in status")
+    gu.set_defaults(func=cmd_guest_unit)
+
     s = with_socket(sub.add_parser("status", help="show JVMs (and VMs) and their balloons"))
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--vms", action="store_true", help="require hostd (VM mode) to answer too")
@@ -224,16 +299,29 @@ def _hostd(argv: list[str]) -> int:
     return hostd.main(argv)
 
 
+def _guest_driver(argv: list[str]) -> int:
+    from heapballoon.guest import driver
+
+    return driver.main(argv)
+
+
 # Commands that parse their own arguments (every word after the command name is theirs,
 # --help included): name → (help, run(argv) → exit code). main() dispatches them before
 # argparse sees the command line, so no parser internals are involved.
 PASSTHROUGH = {
     "hostd": ("run the host memory manager (VM mode)", _hostd),
+    "guest-driver": ("run the guest balloon driver (inside a VM; docs/guest.md)", _guest_driver),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in HOST_COMMANDS:
+        try:
+            require_host(argv[0])
+        except UsageError as err:
+            print(f"heapballoon: error: {err}", file=sys.stderr)
+            return err.exit_code
     if argv and argv[0] in PASSTHROUGH:
         try:
             return PASSTHROUGH[argv[0]][1](argv[1:])

@@ -1,11 +1,18 @@
-"""Human-readable status: rich tables on a terminal, plain aligned text otherwise."""
+"""Human-readable status: rich tables on a terminal, plain aligned text otherwise.
+
+``rich`` is a host-side extra (``heapballoon[host]``); a guest installs none, and then the
+tables are printed as plain aligned text.
+"""
 
 from __future__ import annotations
 
-from rich.console import Console
-from rich.table import Table
-
 from heapballoon.units import format_size
+
+try:
+    from rich.console import Console
+    from rich.table import Table
+except ImportError:  # a guest without the host extras
+    Console = Table = None  # type: ignore[assignment,misc]
 
 JVM_COLUMNS = (
     ("PID", "pid", str), ("NAME", "name", str), ("GC", "gc", str),
@@ -22,8 +29,35 @@ VM_COLUMNS = (
 )
 
 
-def _table(title: str, columns, rows) -> Table:
-    table = Table(title=title, title_justify="left")
+class _PlainTable:
+    """An aligned text table with the interface of the part of rich.table.Table used here."""
+
+    def __init__(self, title: str, **_kw) -> None:
+        self.title, self.headers, self.rows = title, [], []
+
+    def add_column(self, header: str, justify: str = "left") -> None:
+        self.headers.append((header, justify))
+
+    def add_row(self, *cells: str) -> None:
+        self.rows.append(cells)
+
+    def __str__(self) -> str:
+        widths = [max([len(h)] + [len(r[i]) for r in self.rows]) for i, (h, _j) in enumerate(self.headers)]
+
+        def line(cells) -> str:
+            return "  ".join(c.ljust(w) if j == "left" else c.rjust(w)
+                             for c, w, (_h, j) in zip(cells, widths, self.headers)).rstrip()
+
+        return "\n".join([self.title, line([h for h, _j in self.headers])] + [line(r) for r in self.rows])
+
+
+class _PlainConsole:
+    def print(self, what) -> None:
+        print(what)
+
+
+def _table(title: str, columns, rows):
+    table = (Table or _PlainTable)(title=title, title_justify="left")
     for header, _key, _fmt in columns:
         table.add_column(header, justify="left" if header in ("NAME", "GC", "MODE", "VM") else "right")
     for row in rows:
@@ -31,8 +65,8 @@ def _table(title: str, columns, rows) -> Table:
     return table
 
 
-def render_status(body: dict, console: Console | None = None) -> None:
-    console = console or Console()
+def render_status(body: dict, console=None) -> None:
+    console = console or (Console() if Console is not None else _PlainConsole())
     jvms = body.get("jvms", [])
     node = body.get("node", {})
     if jvms or "vms" not in body:

@@ -12,7 +12,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from heapballoon.errors import ProtocolError
 
@@ -35,7 +35,7 @@ def _check(cls, d: Any, where: str) -> dict:
             ok = isinstance(value, bool)
         elif kind is int:
             ok = _is_int(value)
-        elif kind == int | None:
+        elif kind == Optional[int]:  # not `int | None`: evaluated at run time, and the guest runs 3.9
             ok = value is None or _is_int(value)
         elif kind is float:
             ok = _is_number(value)
@@ -167,8 +167,8 @@ class VMStatus:
     reclaim: str
     target_bytes: int
     balloon_bytes: int
-    reclaimed_bytes: int | None
-    host_resident_bytes: int | None
+    reclaimed_bytes: Optional[int]
+    host_resident_bytes: Optional[int]
     pause_ms_p50: float
     pause_ms_p99: float
     pause_breakdown_ms: Mapping[str, Mapping[str, float]]
@@ -183,11 +183,11 @@ class VMStatus:
     drift_pages: int
     connected: bool
     guest_hello: bool
-    guest_balloon_bytes: int | None
-    guest_target_bytes: int | None
+    guest_balloon_bytes: Optional[int]
+    guest_target_bytes: Optional[int]
     totals_pages: Mapping[str, int]
     jvms: tuple[JvmStatus, ...]
-    balloon_max_bytes: int | None
+    balloon_max_bytes: Optional[int]
 
     def to_dict(self) -> dict:
         return _plain(self)

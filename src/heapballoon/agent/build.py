@@ -6,8 +6,12 @@ so a source change means a rebuild and an unchanged tree means a cache hit. Ever
 in a temporary directory that is renamed into place, so concurrent builders never see half an
 artifact.
 
-Sources are found at ``$HEAPBALLOON_AGENT_SRC``, else next to the package (``heapballoon/_agent``
-when installed with package data), else in the repository checkout (``<repo>/agent``).
+An installed package (wheel or sdist) carries prebuilt artifacts in ``heapballoon/_agent/``: the
+agent jar (``javac --release 17``) and the JNI library for x86-64, put there by the build hooks in
+``setup.py`` (:func:`build_release` makes them). Those are used first, so a machine with only a
+JRE runs the agent. A development checkout has none: there the artifacts are built from the
+sources at ``$HEAPBALLOON_AGENT_SRC``, else in the repository checkout (``<repo>/agent``).
+Setting ``$HEAPBALLOON_AGENT_SRC`` always means "build from these sources".
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -31,22 +36,43 @@ JAVA_RELEASE = "17"
 AGENT_JAR = "heapballoon-agent.jar"
 DEMO_JAR = "churnapp.jar"
 NATIVE_LIB = "libheapballoon.so"
+NATIVE_MACHINES = ("x86_64", "amd64")  # what the prebuilt native library is built for
 DEFAULT_INTERVAL_MS = 1000
+AGENT_MANIFEST = {
+    "Premain-Class": AGENT_MAIN,
+    "Agent-Class": AGENT_MAIN,
+    "Can-Redefine-Classes": "false",
+    "Can-Retransform-Classes": "false",
+}
 
 
 # ---------------------------------------------------------------- locations
+
+def prebuilt_dir() -> Path:
+    """``heapballoon/_agent``: where an installed package keeps its prebuilt artifacts."""
+    return Path(__file__).resolve().parent.parent / "_agent"
+
+
+def prebuilt(artifact: str) -> Path | None:
+    """The installed package's prebuilt ``artifact``, or None (none shipped, or
+    ``$HEAPBALLOON_AGENT_SRC`` asks for a build from source)."""
+    if os.environ.get("HEAPBALLOON_AGENT_SRC"):
+        return None
+    path = prebuilt_dir() / artifact
+    return path if path.is_file() else None
+
 
 def source_root() -> Path:
     """The directory holding ``src/``, ``native/`` and ``demo/`` of the agent."""
     env = os.environ.get("HEAPBALLOON_AGENT_SRC")
     candidates = [Path(env)] if env else []
     package_dir = Path(__file__).resolve().parent.parent  # .../heapballoon
-    candidates += [package_dir / "_agent", package_dir.parent.parent / "agent"]
+    candidates += [package_dir.parent.parent / "agent"]
     for root in candidates:
         if (root / "src").is_dir():
             return root
-    raise AgentBuildError(f"agent sources not found (looked in {', '.join(str(c) for c in candidates)});"
-                          " set HEAPBALLOON_AGENT_SRC")
+    raise AgentBuildError(f"agent sources not found (looked in {', '.join(str(c) for c in candidates)})"
+                          f" and no prebuilt agent in {prebuilt_dir()}; set HEAPBALLOON_AGENT_SRC")
 
 
 def cache_root() -> Path:
@@ -149,13 +175,12 @@ def _build_jar(source_dir: Path, kind: str, jar_name: str, manifest: dict[str, s
 # ---------------------------------------------------------------- public API
 
 def agent_jar() -> Path:
-    """The agent jar (built with ``javac --release 17`` if the cache has none for these sources)."""
-    return _build_jar(source_root() / "src", "agent", AGENT_JAR, {
-        "Premain-Class": AGENT_MAIN,
-        "Agent-Class": AGENT_MAIN,
-        "Can-Redefine-Classes": "false",
-        "Can-Retransform-Classes": "false",
-    })
+    """The agent jar: the installed package's prebuilt one, else built from source with
+    ``javac --release 17`` (if the cache has none for these sources)."""
+    shipped = prebuilt(AGENT_JAR)
+    if shipped is not None:
+        return shipped
+    return _build_jar(source_root() / "src", "agent", AGENT_JAR, AGENT_MANIFEST)
 
 
 def demo_jar() -> Path:
@@ -164,8 +189,23 @@ def demo_jar() -> Path:
 
 
 def native_lib() -> Path | None:
-    """libheapballoon.so, or None (with a warning) when gcc or the JNI headers are missing."""
-    source = source_root() / "native" / "heapballoon.c"
+    """libheapballoon.so: the installed package's prebuilt one on x86-64, else built from
+    source; None (with a warning) when gcc or the JNI headers are missing."""
+    shipped = prebuilt(NATIVE_LIB)
+    if shipped is not None:
+        if platform.machine().lower() in NATIVE_MACHINES:
+            return shipped
+        log.warning("the shipped native library is for x86-64, this is %s: building from source", platform.machine())
+    return native_lib_from_source()
+
+
+def native_lib_from_source() -> Path | None:
+    """libheapballoon.so built from ``native/heapballoon.c`` (cached); None with a warning if it cannot be."""
+    try:
+        source = source_root() / "native" / "heapballoon.c"
+    except AgentBuildError as err:
+        log.warning("native library not available: %s; falling back to unsafe addresses", err)
+        return None
     gcc = shutil.which("gcc") or shutil.which("cc")
     try:
         home = java_home()
@@ -222,3 +262,15 @@ def javaagent_arg(socket_path: str, name: str | None = None) -> str:
     """``-javaagent:<jar>=<options>`` for a JVM command line (builds the jar and native lib)."""
     options = agent_options(socket_path, name, native_lib())
     return f"-javaagent:{agent_jar()}={options}"
+
+
+def build_release(out_dir: Path) -> list[Path]:
+    """Build the artifacts a package ships (the agent jar and the native library) from source
+    into ``out_dir``; AgentBuildError if either cannot be built (the build hooks' entry point)."""
+    jar = _build_jar(source_root() / "src", "agent", AGENT_JAR, AGENT_MANIFEST)
+    lib = native_lib_from_source()
+    if lib is None:
+        raise AgentBuildError("the native library could not be built (see the warning above): a release needs gcc"
+                              " and a JDK's JNI headers")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy2(jar, out_dir / AGENT_JAR)), Path(shutil.copy2(lib, out_dir / NATIVE_LIB))]

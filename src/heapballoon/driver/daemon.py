@@ -74,6 +74,17 @@ class Driver:
         self._wake = asyncio.Event()
         self._last_log = ""
 
+    def _bind_events(self) -> None:
+        """Remake the events on the running loop, keeping their state: on Python 3.9 (the guest
+        side runs there) an Event belongs to the loop current when it was made, and the driver
+        is made before ``asyncio.run`` starts its own loop."""
+        for attr in ("_stop", "_wake"):
+            was_set = getattr(self, attr).is_set()
+            event = asyncio.Event()
+            if was_set:
+                event.set()
+            setattr(self, attr, event)
+
     # ------------------------------------------------------------------ persistence
 
     def load_state(self) -> None:
@@ -366,6 +377,7 @@ class Driver:
         self._log_tick()
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
+        self._bind_events()
         self.load_state()
         self.zero_pfn = await asyncio.to_thread(pagemap.zero_pfn, self.procfs)
         if self.zero_pfn is None:

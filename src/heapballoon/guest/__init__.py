@@ -5,7 +5,11 @@
   keeps the guest balloon driver running.
 * :mod:`heapballoon.guest.driver`     – the guest balloon driver: the process-mode driver plus an
   uplink to hostd, reporting balloon pages as guest frame numbers.
+* :mod:`heapballoon.guest.systemd`    – an ordinary guest's systemd unit and JVM drop-in, rendered
+  for this installation (``heapballoon guest-unit``; docs/guest.md).
 * ``init/init``                        – PID 1 (busybox sh): mounts the root disk, ``switch_root``.
+
+Everything the guest side imports runs on Python 3.9+ (tests/unit/test_guest_compat.py).
 
 Kernel interfaces (``/proc``, ``/sys/class/virtio-ports``) are reached through
 :mod:`heapballoon.linux`.

@@ -330,6 +330,10 @@ def find_port(name: str = "org.heapballoon.0", ports: VirtioPorts | None = None)
         return None
 
 
+def octal(text: str) -> int:
+    return int(text, 8)
+
+
 def main(argv: list[str] | None = None) -> int:
     from heapballoon.driver.daemon import serve
 
@@ -337,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--socket", default="/run/heapballoon/heapballoon.sock")
     p.add_argument("--uplink", help="virtio-serial port device (default: found by name)")
     p.add_argument("--interval-s", type=float, default=1.0)
+    p.add_argument("--socket-mode", type=octal, default=0o600,
+                   help="octal mode of the socket (default 600: JVMs running as root only)")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
@@ -344,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     uplink = args.uplink or find_port()
     if uplink is None:
         log.error("virtio-serial port org.heapballoon.0 not found: running without a host uplink")
-    return serve(GuestDriver(args.socket, uplink, interval_s=args.interval_s))
+    return serve(GuestDriver(args.socket, uplink, interval_s=args.interval_s, socket_mode=args.socket_mode))
 
 
 if __name__ == "__main__":

@@ -157,6 +157,10 @@ class PageCount:
         return self.pages - self.present - self.swapped
 
 
+# int.bit_count is Python 3.10+; the guest side runs on 3.9 too.
+_bit_count = getattr(int, "bit_count", None) or (lambda n: bin(n).count("1"))
+
+
 @lru_cache(maxsize=64)
 def _match_table(mask: int, want: int) -> bytes:
     return bytes(1 if b & mask == want else 0 for b in range(256))
@@ -192,7 +196,7 @@ def count_pages(entries: array.array | bytes | Iterable[int], zero_pfn: int | No
             if not acc:
                 break
             acc &= _lane_match(raw, lane, 0xFF, want[lane])
-        zero = acc.bit_count()
+        zero = _bit_count(acc)
     return PageCount(pages=pages, present=present, swapped=swapped, zero=zero,
                      reclaimed=pages - present - swapped + zero)
 

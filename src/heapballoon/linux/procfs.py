@@ -19,11 +19,11 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Union
 
 from heapballoon.errors import KernelError
 
-Pid = int | str  # an int, or "self"
+Pid = Union[int, str]  # an int, or "self" (not `int | str`: evaluated at run time, and the guest runs 3.9)
 
 
 class ProcessGone(KernelError):
