@@ -127,6 +127,11 @@ class NodeStatus:
     ksm_boosted: bool
     zero_pfn_known: bool
     bad_messages: int
+    # What of the node target no JVM can hold, and why in words ("" when met or no target).
+    unmet_bytes: int = 0
+    unmet_reason: str = ""
+    # How long the daemon's last control tick took (its work, not the wait between ticks).
+    tick_ms: float = 0.0
 
     def to_dict(self) -> dict:
         return _plain(self)

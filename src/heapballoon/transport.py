@@ -94,15 +94,23 @@ async def listen(path: str, handler, mode: int = 0o600) -> asyncio.AbstractServe
     return server
 
 
-def request(path: str, msg: protocol.Message, timeout_s: float = 10.0) -> protocol.Reply:
-    """Send one control request and return the reply (synchronous, for the CLI)."""
+DRIVER_START_HINT = "start one with `heapballoon daemon`"
+HOSTD_START_HINT = "start it with `heapballoon hostd` (VM mode)"
+
+
+def request(path: str, msg: protocol.Message, timeout_s: float = 10.0,
+            start_hint: str = DRIVER_START_HINT) -> protocol.Reply:
+    """Send one control request and return the reply (synchronous, for the CLI).
+
+    ``start_hint`` is how a user starts the daemon that should listen on ``path`` (the driver
+    by default, :data:`HOSTD_START_HINT` for hostd): it ends the error when nothing listens."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout_s)
     try:
         sock.connect(path)
     except (FileNotFoundError, ConnectionRefusedError) as err:
         sock.close()
-        raise DaemonUnavailable(f"no daemon is listening on {path} (start one with `heapballoon daemon`)") from err
+        raise DaemonUnavailable(f"no daemon is listening on {path} ({start_hint})") from err
     except PermissionError as err:
         sock.close()
         raise DaemonUnavailable(f"permission denied connecting to {path} (the socket is root-only by default)") from err

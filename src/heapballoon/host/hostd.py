@@ -290,7 +290,7 @@ async def serve(socket_path: str, run_dir: str, batch_pages: int | None = None,
 
 def request(socket_path: str, msg: protocol.Message, timeout_s: float = 10.0) -> protocol.Reply:
     """One control request to hostd (synchronous); RemoteError on an error reply."""
-    return transport.request(socket_path, msg, timeout_s)
+    return transport.request(socket_path, msg, timeout_s, start_hint=transport.HOSTD_START_HINT)
 
 
 def main(argv: list[str] | None = None) -> int:
