@@ -95,7 +95,7 @@ async def listen(path: str, handler, mode: int = 0o600) -> asyncio.AbstractServe
 
 
 DRIVER_START_HINT = "start one with `heapballoon daemon`"
-HOSTD_START_HINT = "start it with `heapballoon hostd` (VM mode)"
+HOSTD_START_HINT = "VM mode: start hostd with `heapballoon hostd`"
 
 
 def request(path: str, msg: protocol.Message, timeout_s: float = 10.0,

@@ -265,7 +265,8 @@ class Driver:
             else:
                 rec = self.registry.get(msg.pid)
                 if rec is None or not rec.connected:
-                    return protocol.Error(id=req_id, error=f"no JVM with PID {msg.pid} is registered with this daemon")
+                    return protocol.Error(id=req_id, error=f"no JVM with PID {msg.pid} is registered with this daemon "
+                                          "(`heapballoon status` lists them; `heapballoon run` or `attach` adds one)")
                 rec.explicit_target_bytes = msg.target_bytes
             self.save_state()
             self._wake.set()

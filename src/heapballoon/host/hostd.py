@@ -188,7 +188,7 @@ class HostDaemon(GuestSessions):
                 self.scan()
                 vm = self.vms.get(msg.vm)
             if vm is None:
-                return protocol.Error(f"no VM named {msg.vm}", msg.id)
+                return protocol.Error(f"no VM named {msg.vm} is managed by this hostd (`heapballoon vm list` shows the VMs)", msg.id)
             if msg.target_bytes > vm.memory_bytes:
                 return protocol.Error(f"target {msg.target_bytes} bytes exceeds VM {vm.name}'s "
                                       f"{vm.memory_bytes} bytes of RAM", msg.id)
