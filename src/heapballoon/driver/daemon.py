@@ -6,8 +6,9 @@ One asyncio process per node (process mode) or per guest (VM mode, see ``guest.d
   the same socket. The pid of an agent is taken from SO_PEERCRED, never from what it claims.
 * :meth:`Driver.tick` is the controller: from the registry and the targets it decides what
   each agent must be told; :meth:`Driver.run` drives it every ``interval_s`` and does the I/O
-  (sending targets, verifying reclaim through pagemap, steering KSM), logging one line per
-  tick with the whole state.
+  (sending targets, verifying reclaim through pagemap, steering KSM). A tick logs one short
+  summary line (:meth:`Driver._tick_summary`) when it changed, per-JVM detail only when that
+  JVM's control state changed (``driver.tickreport``), and says when a node target cannot be met.
 * Targets survive a daemon restart twice over: they are saved to a state file next to the
   socket, and agents report the target they still hold in their ``hello``.
 """
@@ -26,6 +27,7 @@ from heapballoon import protocol, transport
 from heapballoon.driver import policy
 from heapballoon.driver.ksmctl import KsmController
 from heapballoon.driver.registry import JVMRecord, Registry
+from heapballoon.driver.tickreport import TickLog, Unmet, jvm_detail, node_summary, unmet
 from heapballoon.driver.verify import Verification, verify_chunks
 from heapballoon.errors import KernelError, MessageTooLarge, ProtocolError
 from heapballoon.linux import pagemap
@@ -72,7 +74,8 @@ class Driver:
         self.ticks = 0
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
-        self._last_log = ""
+        self.tick_log = TickLog(log)
+        self.tick_ms = 0.0  # how long the last step() took
 
     # ------------------------------------------------------------------ persistence
 
@@ -144,14 +147,20 @@ class Driver:
         targets = self.targets()
         jvms = sorted((r.status(targets.get(r.pid, r.explicit_target_bytes or 0)) for r in self.registry),
                       key=lambda j: j.pid)
+        short = self.unmet(targets)
         node = NodeStatus(
             target_bytes=self.node_target_bytes or 0,
             balloon_bytes=sum(j.balloon_bytes for j in jvms),
             reclaimed_bytes=sum(j.reclaimed_bytes for j in jvms),
             ksm=self.ksmctl.reason, ksm_boosted=self.ksmctl.boosted,
             zero_pfn_known=self.zero_pfn is not None, bad_messages=self.bad_messages,
+            unmet_bytes=short.bytes, unmet_reason=short.reason, tick_ms=round(self.tick_ms, 2),
         )
         return DriverStatus(tuple(jvms), node)
+
+    def unmet(self, targets: dict[int, int]) -> Unmet:
+        """What of the node target the split could not hand out, and why."""
+        return unmet(self.node_target_bytes, targets, self.registry)
 
     def status(self) -> dict:
         """The ``status`` reply's body (docs/protocol.md), built from the typed payload."""
@@ -338,22 +347,21 @@ class Driver:
     def after_verify(self, rec: JVMRecord, v: Verification) -> None:
         """Hook for the guest driver (VM mode), which reports page numbers to the host."""
 
+    def _tick_summary(self, targets: dict[int, int], short: Unmet) -> str:
+        """The one short line a tick logs (when it changed, or as a heartbeat): the node's
+        state. Whoever adds state to the driver (the policy engine) appends it here."""
+        ksm = "boost" if self.ksmctl.boosted else self.ksmctl.reason
+        return node_summary(self.ticks, list(self.registry), self.node_target_bytes, short, ksm)
+
     def _log_tick(self) -> None:
-        parts = [f"target={format_size(self.node_target_bytes or 0)}",
-                 f"ksm={'boost' if self.ksmctl.boosted else self.ksmctl.reason}"]
         targets = self.targets()
-        for rec in self.registry:
-            s = rec.state
-            parts.append(f"[{rec.pid} {rec.name} {'up' if rec.connected else 'down'} "
-                         f"live={format_size(s.live_bytes)} committed={format_size(s.heap_committed_bytes)} "
-                         f"target={format_size(targets.get(rec.pid, 0))} balloon={format_size(s.balloon_bytes)} "
-                         f"reclaimed={format_size(rec.reclaimed_bytes)} {s.reclaim}]")
-        line = " ".join(parts)
-        if line != self._last_log or self.ticks % 60 == 0:
-            log.info("tick %d %s", self.ticks, line)
-            self._last_log = line
+        short = self.unmet(targets)
+        details = {r.pid: jvm_detail(r, targets.get(r.pid, 0)) for r in self.registry}
+        self.tick_log.emit(self.ticks, self._tick_summary(targets, short), details, short, self.tick_ms,
+                           self.registry)
 
     async def step(self) -> None:
+        started = time.perf_counter()
         self.ticks += 1
         self._reap()
         await self._send_targets()
@@ -365,6 +373,7 @@ class Driver:
         except KernelError as err:
             log.error("KSM control failed: %s", err)
         self._log_tick()
+        self.tick_ms = (time.perf_counter() - started) * 1000
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         self.load_state()
