@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from heapballoon.driver import policy
 from heapballoon.units import format_size
 
 MIB = 1 << 20
@@ -78,9 +79,11 @@ def unmet(node_target_bytes: int | None, targets: Mapping[int, int], records: It
                  else f"the {len(free)} JVMs can hold at most {format_size(room)} of balloon")
     if full:
         r = min(full, key=lambda x: x.state.heap_max_bytes)
-        parts.append(f"{len(full)} have no room at all: live set + headroom fill what a balloon may use "
-                     f"(e.g. pid {r.pid}: heap max {format_size(r.state.heap_max_bytes)}, "
-                     f"live {format_size(r.state.live_bytes)}, {r.hello.gc})")
+        where = "old generation" if r.hello.gc in ("Serial", "Parallel") else "heap"
+        parts.append(f"{len(full)} have no room at all: the agent keeps the live set + 1.25 × headroom free "
+                     f"and a balloon gets only the rest of the {where} (e.g. pid {r.pid}: {r.hello.gc}, heap max "
+                     f"{format_size(r.state.heap_max_bytes)}, live {format_size(r.state.live_bytes)}, headroom "
+                     f"{format_size(policy.headroom_bytes(r.state.heap_max_bytes))})")
     return Unmet(short, "; ".join(parts), (100 * short // node_target_bytes, pinned, len(free), len(full)))
 
 
