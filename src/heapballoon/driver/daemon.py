@@ -40,6 +40,7 @@ log = logging.getLogger("heapballoon.driver")
 MAX_BAD_LINES = 16
 DISCONNECTED_GRACE_S = 60.0
 MOVE_GRACE_S = 1.5
+REAP_SWEEP_TICKS = 30
 
 
 class Driver:
@@ -286,9 +287,16 @@ class Driver:
     # ------------------------------------------------------------------ the loop
 
     def _reap(self) -> None:
-        """Forget JVMs whose process is gone (or whose pid now belongs to another process)."""
+        """Forget JVMs whose process is gone (or whose pid now belongs to another process).
+
+        A connected agent's process cannot be gone: its exit closes the socket, which marks the
+        record disconnected at once. So each tick checks the disconnected records, and every
+        ``REAP_SWEEP_TICKS`` ticks all of them (a /proc read per JVM is most of an idle tick)."""
         now = self.clock()
+        sweep = self.ticks % REAP_SWEEP_TICKS == 1
         for rec in self.registry:
+            if rec.connected and not sweep:
+                continue
             try:
                 alive = self.procfs.starttime(rec.pid) == rec.starttime
             except KernelError:
