@@ -52,6 +52,10 @@ class LineChannel:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        # An idle agent's heartbeat is the same line every second: decoding is pure and
+        # messages are frozen, so a repeated line yields the message decoded last time.
+        self._last_line = b""
+        self._last_msg: protocol.Message | None = None
 
     async def recv_line(self) -> bytes | None:
         """Next raw line without its newline; None at EOF; MessageTooLarge if over the limit."""
@@ -68,8 +72,12 @@ class LineChannel:
             line = await self.recv_line()
             if line is None:
                 return None
+            if line == self._last_line and self._last_msg is not None:
+                return self._last_msg
             if line.strip():
-                return protocol.decode(line)
+                msg = protocol.decode(line)
+                self._last_line, self._last_msg = line, msg
+                return msg
 
     async def send(self, msg: protocol.Message) -> None:
         self.writer.write(protocol.encode(msg))
