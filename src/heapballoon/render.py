@@ -87,6 +87,7 @@ VM_COLUMNS = (
 HEADER_NAMES = {"FREED": "FREED = reclaimed, verified", "MAX": "MAX = heap max", "COMMIT": "COMMIT = committed heap",
                 "RESIDENT": "RESIDENT = host-resident guest RAM", "P99": "P99 = pause p99"}
 GAP = 2  # columns are separated by two spaces
+FOLD_BEFORE = 4  # columns of this priority and above are dropped before a name is folded
 
 
 def _cell(row: dict, col: Column) -> str:
@@ -95,24 +96,28 @@ def _cell(row: dict, col: Column) -> str:
 
 
 def _choose(columns: tuple[Column, ...], rows: list[dict], width: int) -> tuple[list[Column], list[Column]]:
-    """The columns that fit ``width`` (and those dropped): optional columns no row has are
-    skipped; then the lowest-priority ones go until the natural widths (folding columns at
-    their minimum) fit."""
+    """The columns that fit ``width`` (and those dropped). Optional columns no row has are
+    skipped. Then low-value columns (priority ≥ ``FOLD_BEFORE``) go, lowest first, until every
+    column fits at its natural width; if that is not enough, names and reasons may fold (at
+    their minimum width) and more columns go, lowest priority first."""
     present = [c for c in columns if c.key != "reason" or any(r.get("reason") for r in rows)]
 
-    def need(cols: list[Column]) -> int:
+    def need(cols: list[Column], fold: bool) -> int:
         total = 0
         for c in cols:
             natural = max([len(c.header)] + [len(_cell(r, c)) for r in rows])
-            total += min(natural, max(c.min_width, len(c.header))) if c.min_width else natural
+            total += min(natural, max(c.min_width, len(c.header))) if fold and c.min_width else natural
         return total + GAP * (len(cols) - 1)
 
     kept = list(present)
-    while need(kept) > width:
-        droppable = [c for c in kept if c.priority > 0]
-        if not droppable:
+    for fold, lowest in ((False, FOLD_BEFORE), (True, 1)):
+        while need(kept, fold) > width:
+            droppable = [c for c in kept if c.priority >= lowest]
+            if not droppable:
+                break
+            kept.remove(max(droppable, key=lambda c: c.priority))
+        if need(kept, fold) <= width:
             break
-        kept.remove(max(droppable, key=lambda c: c.priority))
     return kept, [c for c in present if c not in kept]
 
 
