@@ -3,7 +3,7 @@ node target cannot be met. Pure apart from the logger it is handed; no I/O of it
 
 Log volume is bounded by design (docs/scale.md): the summary is one short line, logged when it
 differs from the last one or every ``HEARTBEAT_TICKS`` ticks; a JVM's detail line is logged
-at info only when its control state (connected, target, balloon, reclaimed, mode, at MiB
+at info only when its control state (connected, target, balloon, reclaimed, at MiB
 resolution) changes, and every tick at debug level. A JVM's live set and committed heap move
 with every collection, so they are in the debug lines and in ``status``, not in the info log.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from heapballoon.driver import policy
 from heapballoon.units import format_size
@@ -31,7 +31,9 @@ class JvmDetail:
     target_mib: int
     balloon_mib: int
     reclaimed_mib: int
-    reclaim: str
+    # Shown, not compared: an agent reports its mode once the first target arrives, which
+    # would log every JVM a second time as it registers.
+    reclaim: str = field(compare=False)
 
     def line(self, live_bytes: int = -1, committed_bytes: int = -1) -> str:
         extra = "" if live_bytes < 0 else f" live={format_size(live_bytes)} committed={format_size(committed_bytes)}"
