@@ -14,7 +14,7 @@ Folders show the architecture (docs/architecture.md draws the data flow):
 
 Top-level modules: ``cli`` (the ``heapballoon`` command), ``protocol`` and ``transport`` (the
 wire protocol and its sockets), ``errors`` (the one exception tree), ``demo`` (``make demo``),
-``render``, ``units``, ``poll``.
+``render`` (status tables that fit the terminal), ``watch`` (``status --watch``), ``units``, ``poll``.
 """
 
 __version__ = "0.1.0"

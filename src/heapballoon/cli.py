@@ -31,6 +31,16 @@ def _pid(text: str) -> int:
     return pid
 
 
+def _interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid interval {text!r}: expected seconds, e.g. 2 or 0.5") from None
+    if not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"invalid interval {text!r}: between 0.1 and 3600 seconds")
+    return value
+
+
 def _setup_logging(level: str) -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
@@ -167,25 +177,44 @@ def _status_body(args) -> dict:
     return DriverStatus.from_dict(body).to_dict()
 
 
-def cmd_status(args) -> int:
+def _host_request(args, msg: protocol.Message) -> protocol.Reply:
+    """One request to hostd: an error names hostd (`heapballoon hostd`), not the driver."""
+    return transport.request(transport.host_socket_path(args.host_socket), msg,
+                             start_hint=transport.HOSTD_START_HINT)
+
+
+def _gather_status(args) -> dict:
+    """The driver's status, plus hostd's VMs when hostd runs (or is required by --vms)."""
     body: dict = {}
-    errors = []
+    driver_error = None
+    hostd_runs = os.path.exists(transport.host_socket_path(args.host_socket))
     try:
         body = _status_body(args)
     except HeapballoonError as err:
-        if not args.vms:
+        if not args.vms and not hostd_runs:
             raise
-        errors.append(str(err))
-    if args.vms or os.path.exists(transport.host_socket_path(args.host_socket)):
+        driver_error = err  # VM mode only: hostd's VMs are the status
+    if args.vms or hostd_runs:
         try:
             from heapballoon.status import HostStatus
 
-            host = transport.request(transport.host_socket_path(args.host_socket), protocol.StatusRequest(id=1)).body
+            host = _host_request(args, protocol.StatusRequest(id=1)).body
             body["vms"] = HostStatus.from_dict(host).to_dict()["vms"]
-        except HeapballoonError as err:
-            if args.vms:
+        except HeapballoonError:
+            if args.vms or driver_error is not None:
                 raise
     body.setdefault("jvms", [])
+    return body
+
+
+def cmd_status(args) -> int:
+    if args.interval_s is not None and not args.watch:
+        raise UsageError("--interval-s goes with --watch, e.g.: heapballoon status --watch --interval-s 2")
+    if args.watch:
+        from heapballoon.watch import watch_status
+
+        return watch_status(lambda: _gather_status(args), args.interval_s or 2.0, as_json=args.json)
+    body = _gather_status(args)
     if args.json:
         print(json.dumps(body, indent=2, sort_keys=True))
         return 0
@@ -200,8 +229,7 @@ def cmd_target(args) -> int:
     if args.vm:
         if args.what is not None:
             raise UsageError("give either --vm NAME or a PID/'all', not both")
-        reply = transport.request(transport.host_socket_path(args.host_socket),
-                                  protocol.VMTarget(vm=args.vm, target_bytes=size_bytes, id=1))
+        _host_request(args, protocol.VMTarget(vm=args.vm, target_bytes=size_bytes, id=1))
         print(f"target of VM {args.vm} set to {format_size(size_bytes)}")
         return 0
     if args.what is None:
@@ -275,6 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--vms", action="store_true", help="require hostd (VM mode) to answer too")
     s.add_argument("--host-socket", help="hostd socket (default $HEAPBALLOON_HOST_SOCKET or %s)" % transport.DEFAULT_HOST_SOCKET)
+    s.add_argument("--watch", action="store_true", help="redraw in place until Ctrl-C")
+    s.add_argument("--interval-s", type=_interval, help="seconds between redraws with --watch (default 2)")
     s.set_defaults(func=cmd_status)
 
     t = with_socket(sub.add_parser("target", help="set a balloon target: PID, all, or --vm NAME"))

@@ -1,83 +1,242 @@
-"""Human-readable status: rich tables on a terminal, plain aligned text otherwise.
+"""Human-readable status: tables that fit the terminal, never cut to an ellipsis.
 
-``rich`` is a host-side extra (``heapballoon[host]``); a guest installs none, and then the
-tables are printed as plain aligned text.
+Owns how a ``status`` body (the typed payloads of :mod:`heapballoon.status`, as dicts) looks
+to a person. Rules:
+
+* Short headers and compact binary sizes (``512M``, ``1.5G``; the legend says they are binary).
+* Columns have priorities: when the terminal is too narrow for all of them, the least useful
+  ones are dropped (and the legend says which), never truncated. Names and reasons fold onto
+  a second line instead of ending in ``…``.
+* Fields a newer daemon adds are shown when present and skipped when absent: the node's
+  ``policy`` line (e.g. ``soft: 312 MiB to find``), each JVM's or VM's ``reason`` and an unmet
+  node target's ``unmet_bytes``/``unmet_reason``.
+
+:func:`status_renderable` builds the picture for a width (``status --watch`` redraws it);
+:func:`render_status` prints it. ``rich`` is a host-side extra (``heapballoon[host]``): a guest
+installs none, and then :func:`render_plain` prints the same columns as aligned text.
 """
 
 from __future__ import annotations
 
-from heapballoon.units import format_size
+from dataclasses import dataclass
+from typing import Any, Callable
 
 try:
-    from rich.console import Console
+    from rich import box
+    from rich.console import Console, Group, RenderableType
     from rich.table import Table
-except ImportError:  # a guest without the host extras
-    Console = Table = None  # type: ignore[assignment,misc]
+    from rich.text import Text
+except ImportError:  # a guest without the host extras: plain text (see render_plain)
+    Console = None  # type: ignore[assignment,misc]
+    RenderableType = Any  # type: ignore[misc]
+
+from heapballoon.units import format_size
+
+
+def short_size(size_bytes: int | float) -> str:
+    """Bytes in at most five characters, binary units: ``0``, ``512K``, ``48M``, ``1.5G``."""
+    value = float(size_bytes)
+    if value == 0:
+        return "0"
+    for unit in ("B", "K", "M", "G", "T"):
+        if abs(value) < 1000 or unit == "T":
+            if unit == "B":
+                return f"{value:.0f}B"
+            return f"{value:.1f}{unit}" if abs(value) < 10 else f"{value:.0f}{unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    key: str
+    fmt: Callable[[Any], str]
+    priority: int  # lower is kept longer; 0 is never dropped
+    text: bool = False  # free text: left-aligned, may fold onto a second line
+    min_width: int = 0  # the narrowest a folding column is squeezed to
+
+
+def _ms(v: float) -> str:
+    return f"{v:.1f}ms"
+
+
+def _pid_fmt(v: Any) -> str:
+    return str(v)
+
 
 JVM_COLUMNS = (
-    ("PID", "pid", str), ("NAME", "name", str), ("GC", "gc", str),
-    ("HEAP MAX", "heap_max_bytes", format_size), ("COMMITTED", "heap_committed_bytes", format_size),
-    ("LIVE", "live_bytes", format_size), ("TARGET", "target_bytes", format_size),
-    ("BALLOON", "balloon_bytes", format_size), ("RECLAIMED", "reclaimed_bytes", format_size),
-    ("MODE", "reclaim", str),
+    Column("PID", "pid", _pid_fmt, 0),
+    Column("NAME", "name", str, 0, text=True, min_width=8),
+    Column("GC", "gc", str, 4, text=True),
+    Column("MAX", "heap_max_bytes", short_size, 5),
+    Column("COMMIT", "heap_committed_bytes", short_size, 3),
+    Column("LIVE", "live_bytes", short_size, 1),
+    Column("TARGET", "target_bytes", short_size, 0),
+    Column("BALLOON", "balloon_bytes", short_size, 0),
+    Column("FREED", "reclaimed_bytes", short_size, 0),
+    Column("MODE", "reclaim", str, 6, text=True),
+    Column("REASON", "reason", str, 2, text=True, min_width=12),
 )
 VM_COLUMNS = (
-    ("VM", "name", str), ("MEMORY", "memory_bytes", format_size), ("TARGET", "target_bytes", format_size),
-    ("BALLOON", "balloon_bytes", format_size), ("RECLAIMED", "reclaimed_bytes", format_size),
-    ("HOST RESIDENT", "host_resident_bytes", format_size), ("PAUSE p99", "pause_ms_p99", lambda v: f"{v:.1f} ms"),
-    ("JVMS", "jvms", lambda v: str(len(v))),
+    Column("VM", "name", str, 0, text=True, min_width=8),
+    Column("MEM", "memory_bytes", short_size, 1),
+    Column("TARGET", "target_bytes", short_size, 0),
+    Column("BALLOON", "balloon_bytes", short_size, 0),
+    Column("FREED", "reclaimed_bytes", short_size, 0),
+    Column("RESIDENT", "host_resident_bytes", short_size, 0),
+    Column("P99", "pause_ms_p99", _ms, 4),
+    Column("JVMS", "jvms", lambda v: str(len(v)), 5),
+    Column("REASON", "reason", str, 2, text=True, min_width=12),
 )
+HEADER_NAMES = {"FREED": "FREED = reclaimed, verified", "MAX": "MAX = heap max", "COMMIT": "COMMIT = committed heap",
+                "RESIDENT": "RESIDENT = host-resident guest RAM", "P99": "P99 = pause p99"}
+GAP = 2  # columns are separated by two spaces
+FOLD_BEFORE = 4  # columns of this priority and above are dropped before a name is folded
 
 
-class _PlainTable:
-    """An aligned text table with the interface of the part of rich.table.Table used here."""
-
-    def __init__(self, title: str, **_kw) -> None:
-        self.title, self.headers, self.rows = title, [], []
-
-    def add_column(self, header: str, justify: str = "left") -> None:
-        self.headers.append((header, justify))
-
-    def add_row(self, *cells: str) -> None:
-        self.rows.append(cells)
-
-    def __str__(self) -> str:
-        widths = [max([len(h)] + [len(r[i]) for r in self.rows]) for i, (h, _j) in enumerate(self.headers)]
-
-        def line(cells) -> str:
-            return "  ".join(c.ljust(w) if j == "left" else c.rjust(w)
-                             for c, w, (_h, j) in zip(cells, widths, self.headers)).rstrip()
-
-        return "\n".join([self.title, line([h for h, _j in self.headers])] + [line(r) for r in self.rows])
+def _cell(row: dict, col: Column) -> str:
+    value = row.get(col.key)
+    return "-" if value is None else col.fmt(value)
 
 
-class _PlainConsole:
-    def print(self, what) -> None:
-        print(what)
+def _choose(columns: tuple[Column, ...], rows: list[dict], width: int) -> tuple[list[Column], list[Column]]:
+    """The columns that fit ``width`` (and those dropped). Optional columns no row has are
+    skipped. Then low-value columns (priority ≥ ``FOLD_BEFORE``) go, lowest first, until every
+    column fits at its natural width; if that is not enough, names and reasons may fold (at
+    their minimum width) and more columns go, lowest priority first."""
+    present = [c for c in columns if c.key != "reason" or any(r.get("reason") for r in rows)]
+
+    def need(cols: list[Column], fold: bool) -> int:
+        total = 0
+        for c in cols:
+            natural = max([len(c.header)] + [len(_cell(r, c)) for r in rows])
+            total += min(natural, max(c.min_width, len(c.header))) if fold and c.min_width else natural
+        return total + GAP * (len(cols) - 1)
+
+    kept = list(present)
+    for fold, lowest in ((False, FOLD_BEFORE), (True, 1)):
+        while need(kept, fold) > width:
+            droppable = [c for c in kept if c.priority >= lowest]
+            if not droppable:
+                break
+            kept.remove(max(droppable, key=lambda c: c.priority))
+        if need(kept, fold) <= width:
+            break
+    return kept, [c for c in present if c not in kept]
 
 
-def _table(title: str, columns, rows):
-    table = (Table or _PlainTable)(title=title, title_justify="left")
-    for header, _key, _fmt in columns:
-        table.add_column(header, justify="left" if header in ("NAME", "GC", "MODE", "VM") else "right")
+def _table(title: str, columns: tuple[Column, ...], rows: list[dict], width: int) -> tuple[Table, list[Column]]:
+    kept, dropped = _choose(columns, rows, width)
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  padding=(0, 1), collapse_padding=True, expand=False)
+    for c in kept:
+        if c.text:
+            table.add_column(c.header, justify="left", overflow="fold", min_width=min(c.min_width or 1, width))
+        else:
+            table.add_column(c.header, justify="right", no_wrap=True)
     for row in rows:
-        table.add_row(*(fmt(row.get(key, 0)) if row.get(key) is not None else "-" for _h, key, fmt in columns))
-    return table
+        table.add_row(*(_cell(row, c) for c in kept))
+    return table, dropped
 
 
-def render_status(body: dict, console=None) -> None:
-    console = console or (Console() if Console is not None else _PlainConsole())
+def _policy_line(policy: Any) -> str | None:
+    """The node's policy state as one line, whatever shape a daemon sends (text or object)."""
+    if not policy:
+        return None
+    if isinstance(policy, str):
+        return policy
+    if isinstance(policy, dict):
+        for key in ("summary", "line", "text"):
+            if isinstance(policy.get(key), str):
+                return policy[key]
+        return ", ".join(f"{k}={v}" for k, v in policy.items() if not isinstance(v, (dict, list)))
+    return str(policy)
+
+
+def _node_lines(node: dict, policy: Any) -> list[Text]:
+    lines = []
+    line = _policy_line(policy)
+    if line:
+        lines.append(Text(f"policy {line}", style="bold"))
+    lines.append(Text(f"node target {format_size(node.get('target_bytes', 0))}, "
+                      f"balloon {format_size(node.get('balloon_bytes', 0))}, "
+                      f"reclaimed {format_size(node.get('reclaimed_bytes', 0))}, KSM: {node.get('ksm', '-')}"))
+    if node.get("unmet_bytes"):
+        lines.append(Text(f"target not met: {format_size(node['unmet_bytes'])} short"
+                          + (f" ({node['unmet_reason']})" if node.get("unmet_reason") else ""), style="bold yellow"))
+    return lines
+
+
+def _legend(tables_dropped: list[list[Column]], shown: set[str]) -> Text | None:
+    words = [HEADER_NAMES[h] for h in ("MAX", "COMMIT", "FREED", "RESIDENT", "P99") if h in shown]
+    dropped = sorted({c.header for d in tables_dropped for c in d})
+    text = "sizes binary (M = MiB)"
+    if words:
+        text += "; " + ", ".join(words)
+    if dropped:
+        text += f"; too narrow for {', '.join(dropped)} (status --json has all)"
+    return Text(text, style="dim")
+
+
+def status_renderable(body: dict, width: int) -> RenderableType:
+    """The whole status picture for a terminal ``width`` columns wide."""
+    parts: list[RenderableType] = []
+    dropped: list[list[Column]] = []
+    shown: set[str] = set()
+
+    def add(title: str, columns, rows) -> None:
+        table, gone = _table(title, columns, rows, width)
+        parts.append(table)
+        dropped.append(gone)
+        shown.update(c.header for c in columns if c not in gone and rows)
+
     jvms = body.get("jvms", [])
     node = body.get("node", {})
     if jvms or "vms" not in body:
-        console.print(_table(f"JVMs ({len(jvms)})", JVM_COLUMNS, jvms))
+        add(f"JVMs ({len(jvms)})", JVM_COLUMNS, jvms)
         if node:
-            console.print(f"node target {format_size(node.get('target_bytes', 0))}, "
-                          f"balloon {format_size(node.get('balloon_bytes', 0))}, "
-                          f"reclaimed {format_size(node.get('reclaimed_bytes', 0))}, KSM: {node.get('ksm', '-')}")
+            parts.extend(_node_lines(node, body.get("policy", node.get("policy"))))
     if "vms" in body:
         vms = body["vms"]
-        console.print(_table(f"VMs ({len(vms)})", VM_COLUMNS, vms))
+        if "policy" in body and not node:
+            parts.extend(_node_lines({}, body["policy"])[:1])
+        add(f"VMs ({len(vms)})", VM_COLUMNS, vms)
         for vm in vms:
             if vm.get("jvms"):
-                console.print(_table(f"JVMs in {vm['name']}", JVM_COLUMNS, vm["jvms"]))
+                add(f"JVMs in {vm['name']}", JVM_COLUMNS, vm["jvms"])
+    parts.append(_legend(dropped, shown))
+    return Group(*parts)
+
+
+def render_plain(body: dict, width: int = 80) -> str:
+    """The status as aligned plain text, the same columns chosen the same way (no rich)."""
+    out: list[str] = []
+
+    def table(title: str, columns, rows) -> None:
+        kept, _dropped = _choose(columns, rows, width)
+        cells = [[c.header for c in kept]] + [[_cell(r, c) for c in kept] for r in rows]
+        widths = [max(len(line[i]) for line in cells) for i in range(len(kept))]
+        out.append(title)
+        for line in cells:
+            out.append("  ".join(v.ljust(w) if c.text else v.rjust(w)
+                                 for v, w, c in zip(line, widths, kept)).rstrip())
+
+    jvms = body.get("jvms", [])
+    node = body.get("node", {})
+    if jvms or "vms" not in body:
+        table(f"JVMs ({len(jvms)})", JVM_COLUMNS, jvms)
+        line = _policy_line(body.get("policy", node.get("policy")))
+        if line:
+            out.append(f"policy {line}")
+    if "vms" in body:
+        table(f"VMs ({len(body['vms'])})", VM_COLUMNS, body["vms"])
+    return "\n".join(out)
+
+
+def render_status(body: dict, console: Console | None = None) -> None:
+    if Console is None:
+        print(render_plain(body))
+        return
+    console = console or Console()
+    console.print(status_renderable(body, console.width))

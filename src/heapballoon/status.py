@@ -9,6 +9,7 @@ one. Unknown extra fields are ignored, as everywhere in the protocol (docs/proto
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -19,18 +20,24 @@ from heapballoon.errors import ProtocolError
 MAX_JVMS = 65536
 
 
+@functools.cache
+def _fields(cls) -> tuple[tuple[dataclasses.Field, Any], ...]:
+    """Each field of ``cls`` with its resolved annotation (resolving is slow: once per class)."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f, hints[f.name]) for f in dataclasses.fields(cls))
+
+
 def _check(cls, d: Any, where: str) -> dict:
     """The fields of dataclass ``cls`` from ``d``, each checked against its annotation."""
     if not isinstance(d, dict):
         raise ProtocolError(f"{where} must be an object")
-    hints = typing.get_type_hints(cls)
     out = {}
-    for f in dataclasses.fields(cls):
+    for f, kind in _fields(cls):
         if f.name not in d:
             if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
                 continue
             raise ProtocolError(f"{where}: missing field {f.name!r}")
-        value, kind = d[f.name], hints[f.name]
+        value = d[f.name]
         if kind is bool:
             ok = isinstance(value, bool)
         elif kind is int:
@@ -127,6 +134,11 @@ class NodeStatus:
     ksm_boosted: bool
     zero_pfn_known: bool
     bad_messages: int
+    # What of the node target no JVM can hold, and why in words ("" when met or no target).
+    unmet_bytes: int = 0
+    unmet_reason: str = ""
+    # How long the daemon's last control tick took (its work, not the wait between ticks).
+    tick_ms: float = 0.0
 
     def to_dict(self) -> dict:
         return _plain(self)

@@ -52,6 +52,10 @@ class LineChannel:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        # An idle agent's heartbeat is the same line every second: decoding is pure and
+        # messages are frozen, so a repeated line yields the message decoded last time.
+        self._last_line = b""
+        self._last_msg: protocol.Message | None = None
 
     async def recv_line(self) -> bytes | None:
         """Next raw line without its newline; None at EOF; MessageTooLarge if over the limit."""
@@ -68,8 +72,12 @@ class LineChannel:
             line = await self.recv_line()
             if line is None:
                 return None
+            if line == self._last_line and self._last_msg is not None:
+                return self._last_msg
             if line.strip():
-                return protocol.decode(line)
+                msg = protocol.decode(line)
+                self._last_line, self._last_msg = line, msg
+                return msg
 
     async def send(self, msg: protocol.Message) -> None:
         self.writer.write(protocol.encode(msg))
@@ -94,15 +102,23 @@ async def listen(path: str, handler, mode: int = 0o600) -> asyncio.AbstractServe
     return server
 
 
-def request(path: str, msg: protocol.Message, timeout_s: float = 10.0) -> protocol.Reply:
-    """Send one control request and return the reply (synchronous, for the CLI)."""
+DRIVER_START_HINT = "start one with `heapballoon daemon`"
+HOSTD_START_HINT = "VM mode: start hostd with `heapballoon hostd`"
+
+
+def request(path: str, msg: protocol.Message, timeout_s: float = 10.0,
+            start_hint: str = DRIVER_START_HINT) -> protocol.Reply:
+    """Send one control request and return the reply (synchronous, for the CLI).
+
+    ``start_hint`` is how a user starts the daemon that should listen on ``path`` (the driver
+    by default, :data:`HOSTD_START_HINT` for hostd): it ends the error when nothing listens."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout_s)
     try:
         sock.connect(path)
     except (FileNotFoundError, ConnectionRefusedError) as err:
         sock.close()
-        raise DaemonUnavailable(f"no daemon is listening on {path} (start one with `heapballoon daemon`)") from err
+        raise DaemonUnavailable(f"no daemon is listening on {path} ({start_hint})") from err
     except PermissionError as err:
         sock.close()
         raise DaemonUnavailable(f"permission denied connecting to {path} (the socket is root-only by default)") from err

@@ -6,8 +6,9 @@ One asyncio process per node (process mode) or per guest (VM mode, see ``guest.d
   the same socket. The pid of an agent is taken from SO_PEERCRED, never from what it claims.
 * :meth:`Driver.tick` is the controller: from the registry and the targets it decides what
   each agent must be told; :meth:`Driver.run` drives it every ``interval_s`` and does the I/O
-  (sending targets, verifying reclaim through pagemap, steering KSM), logging one line per
-  tick with the whole state.
+  (sending targets, verifying reclaim through pagemap, steering KSM). A tick logs one short
+  summary line (:meth:`Driver._tick_summary`) when it changed, per-JVM detail only when that
+  JVM's control state changed (``driver.tickreport``), and says when a node target cannot be met.
 * Targets survive a daemon restart twice over: they are saved to a state file next to the
   socket, and agents report the target they still hold in their ``hello``.
 """
@@ -26,6 +27,7 @@ from heapballoon import protocol, transport
 from heapballoon.driver import policy
 from heapballoon.driver.ksmctl import KsmController
 from heapballoon.driver.registry import JVMRecord, Registry
+from heapballoon.driver.tickreport import TickLog, Unmet, jvm_detail, node_summary, unmet
 from heapballoon.driver.verify import Verification, verify_chunks
 from heapballoon.errors import KernelError, MessageTooLarge, ProtocolError
 from heapballoon.linux import pagemap
@@ -38,6 +40,7 @@ log = logging.getLogger("heapballoon.driver")
 MAX_BAD_LINES = 16
 DISCONNECTED_GRACE_S = 60.0
 MOVE_GRACE_S = 1.5
+REAP_SWEEP_TICKS = 30
 
 
 class Driver:
@@ -72,7 +75,8 @@ class Driver:
         self.ticks = 0
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
-        self._last_log = ""
+        self.tick_log = TickLog(log)
+        self.tick_ms = 0.0  # how long the last step() took
 
     def _bind_events(self) -> None:
         """Remake the events on the running loop, keeping their state: on Python 3.9 (the guest
@@ -155,14 +159,20 @@ class Driver:
         targets = self.targets()
         jvms = sorted((r.status(targets.get(r.pid, r.explicit_target_bytes or 0)) for r in self.registry),
                       key=lambda j: j.pid)
+        short = self.unmet(targets)
         node = NodeStatus(
             target_bytes=self.node_target_bytes or 0,
             balloon_bytes=sum(j.balloon_bytes for j in jvms),
             reclaimed_bytes=sum(j.reclaimed_bytes for j in jvms),
             ksm=self.ksmctl.reason, ksm_boosted=self.ksmctl.boosted,
             zero_pfn_known=self.zero_pfn is not None, bad_messages=self.bad_messages,
+            unmet_bytes=short.bytes, unmet_reason=short.reason, tick_ms=round(self.tick_ms, 2),
         )
         return DriverStatus(tuple(jvms), node)
+
+    def unmet(self, targets: dict[int, int]) -> Unmet:
+        """What of the node target the split could not hand out, and why."""
+        return unmet(self.node_target_bytes, targets, self.registry)
 
     def status(self) -> dict:
         """The ``status`` reply's body (docs/protocol.md), built from the typed payload."""
@@ -276,7 +286,8 @@ class Driver:
             else:
                 rec = self.registry.get(msg.pid)
                 if rec is None or not rec.connected:
-                    return protocol.Error(id=req_id, error=f"no JVM with PID {msg.pid} is registered with this daemon")
+                    return protocol.Error(id=req_id, error=f"no JVM with PID {msg.pid} is registered with this daemon "
+                                          "(`heapballoon status` lists them; `heapballoon run` or `attach` adds one)")
                 rec.explicit_target_bytes = msg.target_bytes
             self.save_state()
             self._wake.set()
@@ -287,9 +298,16 @@ class Driver:
     # ------------------------------------------------------------------ the loop
 
     def _reap(self) -> None:
-        """Forget JVMs whose process is gone (or whose pid now belongs to another process)."""
+        """Forget JVMs whose process is gone (or whose pid now belongs to another process).
+
+        A connected agent's process cannot be gone: its exit closes the socket, which marks the
+        record disconnected at once. So each tick checks the disconnected records, and every
+        ``REAP_SWEEP_TICKS`` ticks all of them (a /proc read per JVM is most of an idle tick)."""
         now = self.clock()
+        sweep = self.ticks % REAP_SWEEP_TICKS == 1
         for rec in self.registry:
+            if rec.connected and not sweep:
+                continue
             try:
                 alive = self.procfs.starttime(rec.pid) == rec.starttime
             except KernelError:
@@ -348,22 +366,21 @@ class Driver:
     def after_verify(self, rec: JVMRecord, v: Verification) -> None:
         """Hook for the guest driver (VM mode), which reports page numbers to the host."""
 
+    def _tick_summary(self, targets: dict[int, int], short: Unmet) -> str:
+        """The one short line a tick logs (when it changed, or as a heartbeat): the node's
+        state. Whoever adds state to the driver (the policy engine) appends it here."""
+        ksm = "boost" if self.ksmctl.boosted else self.ksmctl.reason
+        return node_summary(self.ticks, list(self.registry), self.node_target_bytes, short, ksm)
+
     def _log_tick(self) -> None:
-        parts = [f"target={format_size(self.node_target_bytes or 0)}",
-                 f"ksm={'boost' if self.ksmctl.boosted else self.ksmctl.reason}"]
         targets = self.targets()
-        for rec in self.registry:
-            s = rec.state
-            parts.append(f"[{rec.pid} {rec.name} {'up' if rec.connected else 'down'} "
-                         f"live={format_size(s.live_bytes)} committed={format_size(s.heap_committed_bytes)} "
-                         f"target={format_size(targets.get(rec.pid, 0))} balloon={format_size(s.balloon_bytes)} "
-                         f"reclaimed={format_size(rec.reclaimed_bytes)} {s.reclaim}]")
-        line = " ".join(parts)
-        if line != self._last_log or self.ticks % 60 == 0:
-            log.info("tick %d %s", self.ticks, line)
-            self._last_log = line
+        short = self.unmet(targets)
+        details = {r.pid: jvm_detail(r, targets.get(r.pid, 0)) for r in self.registry}
+        self.tick_log.emit(self.ticks, self._tick_summary(targets, short), details, short, self.tick_ms,
+                           self.registry)
 
     async def step(self) -> None:
+        started = time.perf_counter()
         self.ticks += 1
         self._reap()
         await self._send_targets()
@@ -375,6 +392,7 @@ class Driver:
         except KernelError as err:
             log.error("KSM control failed: %s", err)
         self._log_tick()
+        self.tick_ms = (time.perf_counter() - started) * 1000
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         self._bind_events()

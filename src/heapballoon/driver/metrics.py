@@ -41,6 +41,10 @@ class DriverCollector:
         node = status["node"]
         yield GaugeMetricFamily("heapballoon_node_target_bytes", "Node balloon target", value=node["target_bytes"])
         yield GaugeMetricFamily("heapballoon_bad_messages", "Rejected protocol messages", value=node["bad_messages"])
+        yield GaugeMetricFamily("heapballoon_tick_seconds", "Duration of the last control tick",
+                                value=node.get("tick_ms", 0.0) / 1000)
+        yield GaugeMetricFamily("heapballoon_node_target_unmet_bytes", "Part of the node target no JVM can hold",
+                                value=node.get("unmet_bytes", 0))
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -188,7 +188,7 @@ class HostDaemon(GuestSessions):
                 self.scan()
                 vm = self.vms.get(msg.vm)
             if vm is None:
-                return protocol.Error(f"no VM named {msg.vm}", msg.id)
+                return protocol.Error(f"no VM named {msg.vm} is managed by this hostd (`heapballoon vm list` shows the VMs)", msg.id)
             if msg.target_bytes > vm.memory_bytes:
                 return protocol.Error(f"target {msg.target_bytes} bytes exceeds VM {vm.name}'s "
                                       f"{vm.memory_bytes} bytes of RAM", msg.id)
@@ -290,7 +290,7 @@ async def serve(socket_path: str, run_dir: str, batch_pages: int | None = None,
 
 def request(socket_path: str, msg: protocol.Message, timeout_s: float = 10.0) -> protocol.Reply:
     """One control request to hostd (synchronous); RemoteError on an error reply."""
-    return transport.request(socket_path, msg, timeout_s)
+    return transport.request(socket_path, msg, timeout_s, start_hint=transport.HOSTD_START_HINT)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -117,7 +117,7 @@ def load_info(paths: VMPaths, procfs: ProcFS | None = None) -> VMInfo:
 def get_vm(name: str, procfs: ProcFS | None = None) -> VMInfo:
     paths = VMPaths.of(vmdir.run_dir(), name)
     if not paths.dir.is_dir():
-        raise VMError(f"no VM named {name!r}")
+        raise VMError(f"no VM named {name!r} (`heapballoon vm list` shows the VMs)")
     return load_info(paths, procfs)
 
 
