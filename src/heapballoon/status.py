@@ -188,6 +188,11 @@ class VMStatus:
     totals_pages: Mapping[str, int]
     jvms: tuple[JvmStatus, ...]
     balloon_max_bytes: int | None
+    # virtio-balloon (host/virtioballoon.py); None: not read yet, or no statistics from the guest
+    guest_free_bytes: int | None = None
+    guest_available_bytes: int | None = None
+    virtio_actual_bytes: int | None = None  # guest RAM the virtio balloon leaves the guest
+    virtio_target_bytes: int = 0  # what hostd asked the virtio balloon to take from the guest
 
     def to_dict(self) -> dict:
         return _plain(self)

@@ -54,7 +54,7 @@ import time
 
 from heapballoon import protocol, transport
 from heapballoon.errors import HeapballoonError, KernelError, MessageTooLarge, ProtocolError
-from heapballoon.host import vmstatus
+from heapballoon.host import virtioballoon, vmstatus
 from heapballoon.driver.ksmctl import KsmController
 from heapballoon.linux.ksm import KSM
 from heapballoon.host.shortpause import DEFAULT_PAUSE_BUDGET_MS, GIL_SWITCH_INTERVAL_S, PauseModel
@@ -69,6 +69,7 @@ DEFAULT_RUN_DIR = "/run/heapballoon"
 VMS_SUBDIR = "vms"
 STATE_FILE = "hostd-state.json"
 SCAN_INTERVAL_S = 2.0
+VIRTIO_READING_MAX_AGE_S = 2.0  # status reads a VM's virtio-balloon again when older
 
 
 class HostDaemon(GuestSessions):
@@ -179,6 +180,7 @@ class HostDaemon(GuestSessions):
     async def control_message(self, msg: protocol.Message) -> protocol.Message:
         if isinstance(msg, protocol.StatusRequest):
             self.scan()
+            await virtioballoon.refresh(self.vms.values(), VIRTIO_READING_MAX_AGE_S)
             vms = await asyncio.to_thread(lambda: [self.vm_status(v) for v in sorted(self.vms.values(), key=lambda v: v.name)])
             # built as the typed payload, so what hostd sends always has the documented shape
             return protocol.Reply(msg.id, HostStatus(tuple(VMStatus.from_dict(v) for v in vms)).to_dict())
