@@ -126,7 +126,10 @@ def cmd_status(args) -> int:
             from heapballoon.status import HostStatus
 
             host = transport.request(transport.host_socket_path(args.host_socket), protocol.StatusRequest(id=1)).body
-            body["vms"] = HostStatus.from_dict(host).to_dict()["vms"]
+            host_status = HostStatus.from_dict(host).to_dict()
+            body["vms"] = host_status["vms"]
+            if host_status["policy"]:
+                body["vm_policy"] = host_status["policy"]
         except HeapballoonError as err:
             if args.vms:
                 raise
@@ -142,15 +145,16 @@ def cmd_status(args) -> int:
 
 def cmd_target(args) -> int:
     auto = args.size == "auto"
-    if auto and (args.vm or args.what in (None, "all")):
-        raise UsageError("'auto' unpins one JVM: heapballoon target PID auto")
+    if auto and not args.vm and args.what in (None, "all"):
+        raise UsageError("'auto' unpins one JVM or VM: heapballoon target PID auto, or target --vm NAME auto")
     size_bytes = 0 if auto else parse_size(args.size)
     if args.vm:
         if args.what is not None:
             raise UsageError("give either --vm NAME or a PID/'all', not both")
-        reply = transport.request(transport.host_socket_path(args.host_socket),
-                                  protocol.VMTarget(vm=args.vm, target_bytes=size_bytes, id=1))
-        print(f"target of VM {args.vm} set to {format_size(size_bytes)}")
+        transport.request(transport.host_socket_path(args.host_socket),
+                          protocol.VMTarget(vm=args.vm, target_bytes=size_bytes, id=1, auto=auto))
+        print(f"VM {args.vm}: target auto (hostd's policy decides)" if auto else
+              f"target of VM {args.vm} set to {format_size(size_bytes)}")
         return 0
     if args.what is None:
         raise UsageError("target needs a PID or 'all' (or --vm NAME) and a SIZE, e.g.: heapballoon target all 512M")
@@ -235,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = with_socket(sub.add_parser("target", help="set a balloon target: PID, all, or --vm NAME"))
     t.add_argument("what", nargs="?", metavar="PID|all")
-    t.add_argument("size", metavar="SIZE", help="e.g. 512M, 1G; 0 deflates; auto unpins a JVM (--policy auto)")
+    t.add_argument("size", metavar="SIZE", help="e.g. 512M, 1G; 0 deflates; auto unpins a JVM or VM (--policy auto)")
     t.add_argument("--vm", metavar="NAME", help="target a VM (through hostd)")
     t.add_argument("--host-socket")
     t.set_defaults(func=cmd_target)

@@ -265,13 +265,19 @@ class PolicyExplainRequest(Message):
 
 @_msg("vm_target")
 class VMTarget(Message):
+    """A VM's target (a pin under ``hostd --policy auto``); ``auto``: unpin, ``target_bytes`` ignored."""
+
     vm: str
     target_bytes: int
     id: int = 0
+    auto: bool = False
 
     @classmethod
     def parse(cls, d: dict) -> VMTarget:
-        return cls(_str(d, "vm", max_len=64), _int(d, "target_bytes", hi=1 << 50), _int(d, "id", 0))
+        auto = d.get("auto", False)
+        if not isinstance(auto, bool):
+            raise ProtocolError("field 'auto' must be true or false")
+        return cls(_str(d, "vm", max_len=64), _int(d, "target_bytes", hi=1 << 50), _int(d, "id", 0), auto)
 
 
 @_msg("reply")

@@ -48,6 +48,19 @@ def render_status(body: dict, console: Console | None = None) -> None:
     if "vms" in body:
         vms = body["vms"]
         console.print(_table(f"VMs ({len(vms)})", VM_COLUMNS, vms))
+        render_vm_policy(body, console)
         for vm in vms:
             if vm.get("jvms"):
                 console.print(_table(f"JVMs in {vm['name']}", JVM_COLUMNS, vm["jvms"]))
+
+
+def render_vm_policy(body: dict, console: Console) -> None:
+    """hostd --policy auto: the state, then who gives what and why, one line per VM."""
+    if not body.get("vm_policy"):
+        return
+    console.print(f"VM policy: {body['vm_policy']}", markup=False)
+    for vm in body.get("vms", []):
+        if vm.get("policy_reason"):
+            console.print(f"  {vm['name']}: guest free {format_size(vm.get('virtio_target_bytes') or 0)} "
+                          f"+ heap {format_size(vm.get('target_bytes') or 0)}"
+                          f"{' (pinned)' if vm.get('pinned') else ''}: {vm['policy_reason']}", markup=False)

@@ -198,6 +198,9 @@ class VMStatus:
     guest_available_bytes: int | None = None
     virtio_actual_bytes: int | None = None  # guest RAM the virtio balloon leaves the guest
     virtio_target_bytes: int = 0  # what hostd asked the virtio balloon to take from the guest
+    # hostd --policy auto: why its targets are what they are; pinned by a manual target
+    policy_reason: str = ""
+    pinned: bool = False
 
     def to_dict(self) -> dict:
         return _plain(self)
@@ -212,16 +215,21 @@ class HostStatus:
     """The body of hostd's ``status`` reply."""
 
     vms: tuple[VMStatus, ...]
+    # hostd --policy auto: the memory state and budget in one line ("" without the policy)
+    policy: str = ""
 
     def to_dict(self) -> dict:
-        return {"vms": [v.to_dict() for v in self.vms]}
+        return {"vms": [v.to_dict() for v in self.vms], "policy": self.policy}
 
     @classmethod
     def from_dict(cls, d: Any) -> HostStatus:
         vms = d.get("vms") if isinstance(d, dict) else None
         if not isinstance(vms, list) or len(vms) > MAX_JVMS:
             raise ProtocolError("hostd status: field 'vms' must be a list")
-        return cls(tuple(VMStatus.from_dict(v) for v in vms))
+        policy = d.get("policy", "")
+        if not isinstance(policy, str) or len(policy) > 4096:
+            raise ProtocolError("hostd status: field 'policy' must be a string")
+        return cls(tuple(VMStatus.from_dict(v) for v in vms), policy)
 
 
 @dataclass(frozen=True)

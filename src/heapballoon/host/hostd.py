@@ -53,7 +53,7 @@ import sys
 import time
 
 from heapballoon import protocol, transport
-from heapballoon.errors import HeapballoonError, KernelError, MessageTooLarge, ProtocolError
+from heapballoon.errors import HeapballoonError, KernelError, MessageTooLarge, ProtocolError, UsageError
 from heapballoon.host import virtioballoon, vmstatus
 from heapballoon.driver.ksmctl import KsmController
 from heapballoon.linux.ksm import KSM
@@ -93,6 +93,7 @@ class HostDaemon(GuestSessions):
         self._tasks: set[asyncio.Task] = set()
         self._ksm = KsmController(KSM(), "auto", os.path.join(run_dir, "hostd-ksm.json"))
         self._ksm_until = 0.0
+        self.autopolicy = None  # autopolicy.AutoPolicy with --policy auto
 
     # ------------------------------------------------------------ state file
 
@@ -136,7 +137,7 @@ class HostDaemon(GuestSessions):
             if known is not None:
                 self._drop(known, "its QEMU exited")
             seen.add(vm.name)
-            vm.target_bytes = self.targets.get(vm.name, 0)
+            vm.target_bytes = self.targets.get(vm.name, 0)  # with the policy, a manual target pins
             vm.engine, vm.soft_dirty = self.engine, self.soft_dirty
             vm.pause_model = PauseModel(self.pause_budget_ms)
             self.vms[vm.name] = vm
@@ -174,6 +175,14 @@ class HostDaemon(GuestSessions):
             except (OSError, ConnectionError) as err:
                 log.info("VM %s: cannot send target: %s", vm.name, err)
 
+    async def _unpin(self, vm: VM, msg: protocol.VMTarget) -> protocol.Message:
+        if self.autopolicy is None:
+            return protocol.Error(f"hostd runs without --policy auto: give VM {vm.name} a size", msg.id)
+        self.targets.pop(vm.name, None)
+        self.save_state()
+        log.info("VM %s: target auto (the policy decides)", vm.name)
+        return protocol.Reply(msg.id, {"vm": vm.name, "target_bytes": vm.target_bytes, "auto": True})
+
     def vm_status(self, vm: VM) -> dict:
         return vmstatus.vm_status(vm)
 
@@ -183,7 +192,10 @@ class HostDaemon(GuestSessions):
             await virtioballoon.refresh(self.vms.values(), VIRTIO_READING_MAX_AGE_S)
             vms = await asyncio.to_thread(lambda: [self.vm_status(v) for v in sorted(self.vms.values(), key=lambda v: v.name)])
             # built as the typed payload, so what hostd sends always has the documented shape
-            return protocol.Reply(msg.id, HostStatus(tuple(VMStatus.from_dict(v) for v in vms)).to_dict())
+            pinned = self.autopolicy is not None
+            return protocol.Reply(msg.id, HostStatus(
+                tuple(VMStatus.from_dict({**v, "pinned": pinned and v["name"] in self.targets}) for v in vms),
+                self.autopolicy.status_text() if self.autopolicy else "").to_dict())
         if isinstance(msg, protocol.VMTarget):
             vm = self.vms.get(msg.vm)
             if vm is None:
@@ -191,6 +203,8 @@ class HostDaemon(GuestSessions):
                 vm = self.vms.get(msg.vm)
             if vm is None:
                 return protocol.Error(f"no VM named {msg.vm}", msg.id)
+            if msg.auto:
+                return await self._unpin(vm, msg)
             if msg.target_bytes > vm.memory_bytes:
                 return protocol.Error(f"target {msg.target_bytes} bytes exceeds VM {vm.name}'s "
                                       f"{vm.memory_bytes} bytes of RAM", msg.id)
@@ -269,10 +283,23 @@ class HostDaemon(GuestSessions):
 async def serve(socket_path: str, run_dir: str, batch_pages: int | None = None,
                 ready: asyncio.Event | None = None, engine: str = "short",
                 pause_budget_ms: float | None = None, metrics: str | None = None,
-                metrics_registry=None) -> None:
-    """Run hostd until cancelled (``metrics``: serve Prometheus metrics on ADDR:PORT)."""
+                metrics_registry=None, policy: str = "manual", memory_budget_bytes: int | None = None,
+                policy_file: str | None = None) -> None:
+    """Run hostd until cancelled (``metrics``: serve Prometheus metrics on ADDR:PORT;
+    ``policy="auto"``: autopolicy decides every VM's targets, SIGHUP re-reads its file)."""
     d = HostDaemon(socket_path, run_dir, batch_pages, engine, pause_budget_ms)
+    if policy == "auto":
+        from heapballoon.host.autopolicy import AutoPolicy
+
+        d.autopolicy = AutoPolicy(d, memory_budget_bytes, policy_file)  # a bad file: hostd does not start
     await d.start()
+    loop = asyncio.get_running_loop()
+    if d.autopolicy is not None:
+        d._tasks.add(loop.create_task(d.autopolicy.run(), name="hostd-policy"))
+        try:
+            loop.add_signal_handler(signal.SIGHUP, d.autopolicy.reload)
+        except (RuntimeError, ValueError):  # not the main thread (tests): no SIGHUP
+            pass
     server = None
     if metrics:
         from heapballoon.driver.metrics import parse_listen
@@ -284,6 +311,11 @@ async def serve(socket_path: str, run_dir: str, batch_pages: int | None = None,
     try:
         await asyncio.Event().wait()
     finally:
+        if d.autopolicy is not None:
+            try:
+                loop.remove_signal_handler(signal.SIGHUP)
+            except (RuntimeError, ValueError):
+                pass
         if server is not None:
             server.shutdown()
             server.server_close()
@@ -306,8 +338,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pause-budget-ms", type=float, default=None,
                    help=f"short engine: planned length of one pause (default {DEFAULT_PAUSE_BUDGET_MS})")
     p.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics, e.g. 127.0.0.1:9478")
+    p.add_argument("--policy", choices=("manual", "auto"), default="manual",
+                   help="manual: targets by hand (default); auto: hostd decides every VM's targets "
+                   "(free guest memory through virtio-balloon first, then idle JVM heap)")
+    p.add_argument("--memory-budget", metavar="SIZE", help="--policy auto: cap on the VMs' host-resident "
+                   "total, e.g. 1400M (default: from the host's free memory)")
+    p.add_argument("--policy-file", metavar="PATH", help="--policy auto: TOML policy file, re-read on SIGHUP "
+                   "(default /etc/heapballoon/policy.toml if present)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    budget = None
+    if args.memory_budget is not None:
+        from heapballoon.units import parse_size
+
+        budget = parse_size(args.memory_budget)  # UsageError: one line
+    if args.policy != "auto" and (budget is not None or args.policy_file):
+        raise UsageError("--memory-budget and --policy-file need --policy auto")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -318,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
             loop.add_signal_handler(sig, task.cancel)
         try:
             await serve(transport.host_socket_path(args.socket), run_dir_path(args.run_dir), args.batch_pages,
-                        engine=args.engine, pause_budget_ms=args.pause_budget_ms, metrics=args.metrics)
+                        engine=args.engine, pause_budget_ms=args.pause_budget_ms, metrics=args.metrics,
+                        policy=args.policy, memory_budget_bytes=budget, policy_file=args.policy_file)
         except asyncio.CancelledError:
             log.info("hostd stopping")
 

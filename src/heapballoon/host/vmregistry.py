@@ -78,6 +78,7 @@ class VM:
     virtio_stats_on: bool = False
     virtio_target_bytes: int = 0
     virtio_error: str = ""
+    policy_reason: str = ""  # hostd --policy auto: why the VM's targets are what they are
 
     @property
     def paths(self) -> VMPaths:

@@ -78,6 +78,7 @@ def vm_status(vm) -> dict:
         "guest_available_bytes": vm.virtio.available_bytes if vm.virtio else None,
         "virtio_actual_bytes": vm.virtio.actual_bytes if vm.virtio else None,
         "virtio_target_bytes": vm.virtio_target_bytes,
+        "policy_reason": vm.policy_reason,
     }
 
 

@@ -1,0 +1,96 @@
+"""VM mode under the automatic policy: hostd meets a memory budget across two guests by itself.
+
+Two real 1 GiB QEMU guests (TCG here), each with a JVM that holds 150 MiB of checked data in a
+768 MiB pre-touched heap, under ``hostd --policy auto --memory-budget 1400M``. Nobody types a
+target: hostd takes the guests' free memory through virtio-balloon first, then idle heap
+through heapballoon's balloons, until their host-resident total is within the budget.
+Driven through the CLI, as a user would; the resident figures are measured from the host.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+from hbtest import MIB, wait_for
+from test_vm_reclaim import KERNEL_ERRORS, Host, app_lines, memfd_resident_bytes
+
+BUDGET_MIB = 1400
+NAMES = ("pa", "pb")
+# "pa [pa] target 300.0 MiB (guest_free=40.0 MiB heap=260.0 MiB): ..." (policy.workload_line)
+DECISION = re.compile(r"policy INFO (\S+) \[\S+\] target .*\(guest_free=([^ ]+ \S+) heap=([^ ]+ \S+)\)")
+
+
+def resident_total() -> int:
+    return sum(memfd_resident_bytes(n) for n in NAMES)
+
+
+def test_two_guests_meet_the_budget_free_memory_first(vms):
+    from heapballoon.agent import build
+
+    host = Host(vms.run_dir, "--policy", "auto", "--memory-budget", f"{BUDGET_MIB}M")
+    try:
+        for name in NAMES:
+            vms.names.append(name)
+            host.cli("vm", "start", name, "--memory", "1G", "--copy", f"{build.demo_jar()}:/opt/churn.jar", "--",
+                     "java", "-Xms768m", "-Xmx768m", "-XX:+UseG1GC", "-XX:+AlwaysPreTouch", "-jar", "/opt/churn.jar",
+                     "--live-mib", "150", "--churn-mib-per-s", "20")
+        for name in NAMES:
+            wait_for(lambda: (v := host.vm(name)) and v["jvms"] and v, 180, 1.0, what=f"{name}: guest JVM registered")
+            wait_for(lambda: (lines := app_lines(host, name)) and lines[-1].get("checks", 0) >= 1, 120, 1.0,
+                     what=f"{name}: the guest application running and checking its data")
+        t0 = time.monotonic()
+        print(f"both guests running: host-resident total {resident_total() >> 20} MiB, budget {BUDGET_MIB} MiB")
+
+        limit = int(BUDGET_MIB * 1.05) * MIB
+        try:
+            wait_for(lambda: resident_total() <= limit, 120, 2.0,
+                     what=f"host-resident total ≤ {limit >> 20} MiB")
+        except AssertionError:
+            print(host.cli("status", "--vms").stdout)
+            print("\n".join(open(host.log_path).read().splitlines()[-40:]))
+            raise
+        took = time.monotonic() - t0
+        total = resident_total()
+        print(f"budget met in {took:.1f} s: host-resident total {total >> 20} MiB "
+              f"({', '.join(f'{n} {memfd_resident_bytes(n) >> 20} MiB' for n in NAMES)})")
+
+        # Guest free memory went first: each VM's first decision that takes heap also takes free
+        # memory (the law hands out every guest's free memory before any heap).
+        log_text = open(host.log_path).read()
+        decisions = DECISION.findall(log_text)
+        assert decisions, log_text[-3000:]
+        for name in NAMES:
+            mine = [(free, heap) for n, free, heap in decisions if n == name]
+            first_heap = next(((f, h) for f, h in mine if h != "0 B"), None)
+            assert first_heap is not None and first_heap[0] != "0 B", (name, mine[:6])
+        vs = {n: host.vm(n) for n in NAMES}
+        for name, v in vs.items():
+            assert v["virtio_target_bytes"] > 0 and v["virtio_actual_bytes"] < v["memory_bytes"], v
+            assert v["guest_free_bytes"] is not None and v["policy_reason"], v
+            print(f"{name}: virtio balloon {v['virtio_target_bytes'] >> 20} MiB (guest free now "
+                  f"{v['guest_free_bytes'] >> 20} MiB), heap target {v['target_bytes'] >> 20} MiB, "
+                  f"reclaimed {(v['reclaimed_bytes'] or 0) >> 20} MiB: {v['policy_reason']}")
+
+        # status explains who gave what
+        text = host.cli("status", "--vms").stdout
+        print(text)
+        assert "VM policy:" in text and "budget 1.4 GiB" in text.replace("\n", " ")
+        for name in NAMES:
+            assert re.search(rf"^\s+{name}: guest free \S+ \S+ \+ heap", text, re.M), text
+        body = json.loads(host.cli("status", "--vms", "--json").stdout)
+        assert body["vm_policy"]
+
+        # no guest data lost: each application checks its data again after the reclaim
+        for name in NAMES:
+            checks = app_lines(host, name)[-1]["checks"]
+            wait_for(lambda: app_lines(host, name)[-1]["checks"] > checks, 60, 2.0, what=f"{name}: a data check")
+            lines = app_lines(host, name)
+            assert lines[-1]["errors"] == 0 and all("error" not in line for line in lines), lines[-3:]
+            console = host.cli("vm", "logs", name).stdout
+            assert not KERNEL_ERRORS.search(console), KERNEL_ERRORS.search(console).group(0)
+            assert "HEAPBALLOON-CMD-EXIT" not in console
+        print(f"hostd logged {len(log_text.splitlines())} lines")
+    finally:
+        host.stop()
