@@ -176,7 +176,8 @@ def cmd_policy(args) -> int:
 
     if args.action != "explain":
         raise UsageError(f"unknown policy action {args.action!r}: try `heapballoon policy explain`")
-    reply = transport.request(transport.socket_path(args.socket), protocol.PolicyExplainRequest(id=1))
+    sock = transport.host_socket_path(args.host_socket) if args.vms else transport.socket_path(args.socket)
+    reply = transport.request(sock, protocol.PolicyExplainRequest(id=1))
     report = PolicyReport.from_dict(reply.body)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
@@ -247,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     pol = with_socket(sub.add_parser("policy", help="the automatic policy: `policy explain` (its last tick)"))
     pol.add_argument("action", choices=("explain",))
     pol.add_argument("--json", action="store_true", help="machine-readable output")
+    pol.add_argument("--vms", action="store_true", help="hostd's policy (VM mode) instead of the driver's")
+    pol.add_argument("--host-socket", help="hostd socket (default $HEAPBALLOON_HOST_SOCKET or %s)" % transport.DEFAULT_HOST_SOCKET)
     pol.set_defaults(func=cmd_policy)
 
     from heapballoon.vm import cli as vm_cli  # VM mode: image, vm

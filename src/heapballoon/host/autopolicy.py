@@ -36,10 +36,11 @@ from heapballoon.host import virtioballoon, vmstatus
 from heapballoon.linux.procfs import ProcFS
 from heapballoon.policy import (
     DEFAULT_POLICY_PATH, Decisions, HostObservation, Observations, PolicyConfig, PolicyConfigError,
-    PolicyState, SourceObservation, WorkloadObservation, load_config, state_text, summary_line, tick,
+    PolicyState, SourceObservation, WorkloadObservation, explain_text, load_config, state_text, summary_line, tick,
     workload_line,
 )
 from heapballoon.policy.explain import budget_text
+from heapballoon.status import PolicyReport
 from heapballoon.units import format_size
 
 log = logging.getLogger("heapballoon.hostd.policy")
@@ -160,6 +161,14 @@ class AutoPolicy:
         return f"{state_text(d)} (set by {d.constraint}); budget {budget_text(d)}, resident {format_size(d.resident_bytes)}" + (
             f"; {d.unmet_reason}" if d.unmet_reason else "")
 
+    def report(self) -> PolicyReport:
+        """``heapballoon policy explain --vms``: the last tick's reasoning."""
+        d = self.decisions
+        if d is None:
+            return PolicyReport("auto", "starting", self.budget_bytes, "no tick yet", self.ticks)
+        return PolicyReport("auto", state_text(d), d.budget_bytes,
+                            explain_text(d, self.ticks) + f"\npolicy file: {self.config.source}", self.ticks)
+
     def decide(self, readings: list[VMReading], host: HostObservation, now_s: float) -> Decisions:
         """The pure step: readings in, the engine's decisions out (and kept)."""
         obs = Observations(host=host, workloads=tuple(workload_of(r) for r in readings))
@@ -204,6 +213,17 @@ class AutoPolicy:
         if d.unmet_reason:
             log.debug("%s", d.unmet_reason)
         return d
+
+    async def release(self) -> None:
+        """hostd stops managing: every virtio balloon it inflated is let go (heap targets go
+        back to the pins when hostd starts again)."""
+        for vm in list(self.daemon.vms.values()):
+            if vm.virtio_target_bytes > 0:
+                try:
+                    await virtioballoon.set_actual(vm, vm.memory_bytes)
+                    log.info("VM %s: virtio balloon let go", vm.name)
+                except ReclaimError as err:
+                    log.info("VM %s: virtio balloon not let go: %s", vm.name, err)
 
     async def run(self) -> None:
         log.info("policy auto: budget %s, policy from %s, every %.1f s",

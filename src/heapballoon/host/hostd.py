@@ -59,7 +59,7 @@ from heapballoon.driver.ksmctl import KsmController
 from heapballoon.linux.ksm import KSM
 from heapballoon.host.shortpause import DEFAULT_PAUSE_BUDGET_MS, GIL_SWITCH_INTERVAL_S, PauseModel
 from heapballoon.host.guestsession import MAX_BAD_LINES, GuestSessions
-from heapballoon.status import HostStatus, VMStatus
+from heapballoon.status import HostStatus, PolicyReport, VMStatus
 from heapballoon.host.vmreclaim import MAX_BALLOON_INTERVALS  # noqa: F401 - part of hostd's API
 from heapballoon.host.vmregistry import VM, load_vm, run_dir_path  # noqa: F401 - hostd's API
 
@@ -196,6 +196,11 @@ class HostDaemon(GuestSessions):
             return protocol.Reply(msg.id, HostStatus(
                 tuple(VMStatus.from_dict({**v, "pinned": pinned and v["name"] in self.targets}) for v in vms),
                 self.autopolicy.status_text() if self.autopolicy else "").to_dict())
+        if isinstance(msg, protocol.PolicyExplainRequest):
+            report = self.autopolicy.report() if self.autopolicy else PolicyReport(
+                "manual", "manual", None, "policy manual: VM targets are set by hand (heapballoon target --vm); "
+                "start hostd with --policy auto to have them decided", 0)
+            return protocol.Reply(msg.id, report.to_dict())
         if isinstance(msg, protocol.VMTarget):
             vm = self.vms.get(msg.vm)
             if vm is None:
@@ -268,6 +273,8 @@ class HostDaemon(GuestSessions):
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
+        if self.autopolicy is not None:
+            await self.autopolicy.release()
         for vm in list(self.vms.values()):
             vm.close()
         self.vms.clear()
