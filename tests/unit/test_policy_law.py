@@ -127,6 +127,19 @@ def test_psi_escalates_unless_memory_is_plentiful():
     loose = replace(HOST, psi_some_avg10=40.0)
     _, d = tick(PolicyConfig(), PolicyState(), Observations(loose, (jvm("a", 1100 * MIB, 0.0),)), 0.0)
     assert d.state == "high" and d.workloads[0].target_bytes == 0
+    # a budget short of memory on a roomy machine: the stalls are not the workloads' to answer
+    over = Observations(replace(loose, memory_budget_bytes=800 * MIB), (jvm("a", 1100 * MIB, 0.0),))
+    _, d = tick(PolicyConfig(), PolicyState(), over, 0.0)
+    assert d.constraint == "budget" and d.want_bytes < 400 * MIB
+
+
+def test_unknown_activity_counts_as_active_but_is_not_remembered():
+    cfg = PolicyConfig()
+    obs = Observations(budget(1000 * MIB), (jvm("a", 1100 * MIB, None), jvm("b", 1100 * MIB, 0.5)))
+    s, d = tick(cfg, PolicyState(), obs, 0.0)
+    assert d.by_key()["a"].active_fraction == 1.0 and "a" not in s.activity
+    s, d = tick(cfg, s, Observations(obs.host, (jvm("a", 1100 * MIB, 0.0), jvm("b", 1100 * MIB, None))), 1.0)
+    assert d.by_key()["a"].active_fraction == 0.0 and d.by_key()["b"].active_fraction == 0.5
 
 
 def test_activity_rises_at_once_and_falls_slowly():
@@ -254,3 +267,19 @@ def test_closed_loop_meets_the_budget_without_oscillating_or_starving(budget_byt
     need = 3350 * MIB - budget_bytes
     assert history[-1]["busy"] <= max(0, need - idle_room) + 64 * MIB
     assert history[20]["busy"] <= max(0, 3300 * MIB - budget_bytes - 2 * 790 * MIB) + 64 * MIB
+
+
+def test_pages_a_give_back_left_untouched_are_not_room():
+    """A deflated balloon's pages come back when the heap reuses them: until then resident +
+    held is low, and that must not read as free memory (or the loop gives back ever more)."""
+    cfg = PolicyConfig()
+    obs = Observations(budget(1480 * MIB), (jvm("a", 1100 * MIB, 0.0, held=400 * MIB, target=400 * MIB),
+                                            jvm("b", 1100 * MIB, 0.0, held=400 * MIB, target=400 * MIB)))
+    s, d = tick(cfg, PolicyState(state="clear", targets={"a": {"heap": 400 * MIB}, "b": {"heap": 400 * MIB}}),
+                obs, 0.0)
+    assert d.state == "clear"
+    # b gave 200 MiB back; its heap has not touched those pages yet: resident is unchanged
+    later = Observations(obs.host, (obs.workloads[0], jvm("b", 900 * MIB, 0.0, held=200 * MIB, target=200 * MIB)))
+    s2, d2 = tick(cfg, replace(s, targets={"a": {"heap": 400 * MIB}, "b": {"heap": 200 * MIB}}), later, 1.0)
+    assert d2.state != "high" and d2.target_bytes >= 600 * MIB
+    assert s2.demand["b"] > 1090 * MIB  # still what it was, falling slowly

@@ -14,11 +14,21 @@ The law in five steps:
    * ``cgroup`` (when the workloads share a memory cgroup with a limit): free = limit − usage,
      minFree from the same scale applied to the limit.
 
-   With r = free / minFree, the state is ``high`` (r ≥ 4), ``clear`` (r ≥ 1), ``soft``
+   Free memory is *predicted*, not just measured: a balloon that deflated leaves garbage
+   whose pages come back only when the heap reuses them, so resident + held drops for a while
+   after a give-back and would read as room. Each workload's *demand* (resident + held) is
+   therefore sticky: it rises at once and falls with a half-life of ``demand_half_life_s``;
+   predicted free = free − Σ (demand − resident − held). Without this, giving back would look
+   free and the loop would give back until the heaps touch their pages again (a slow
+   oscillation).
+
+   With r = predicted free / minFree, the state is ``high`` (r ≥ 4), ``clear`` (r ≥ 1), ``soft``
    (r ≥ 0.64), ``hard`` (r ≥ 0.32) or ``low``. A state only *improves* once r passes the
    better state's threshold by ``hysteresis`` (10 %): the state does not flicker on a border.
-   PSI (``/proc/pressure/memory``) escalates a state that is not ``high``: some ≥
-   ``psi.soft_some`` makes it at least soft, full ≥ ``psi.hard_full`` at least hard.
+   PSI (``/proc/pressure/memory``) is the machine's signal, so it escalates only while the
+   machine (host or cgroup) is not ``high``: some ≥ ``psi.soft_some`` makes the state at least
+   soft, full ≥ ``psi.hard_full`` at least hard. (A budget alone is not a reason to believe
+   stalls are ours: with plenty of free memory, PSI is left to whoever causes it.)
 
 2. **How much should the sources hold in total (want)?** Let H be what the sources hold now and
    P the sum of last tick's targets.
@@ -116,14 +126,29 @@ def _step_bytes(state: str, config: PolicyConfig) -> float:
     return {"hard": 2 * config.max_step_bytes, "low": math.inf}.get(state, config.max_step_bytes)
 
 
-def _activity(config: PolicyConfig, state: PolicyState, w: WorkloadObservation, now_s: float) -> float:
-    f = 1.0 if w.active_fraction is None else min(1.0, max(0.0, w.active_fraction))
+def _activity(config: PolicyConfig, state: PolicyState, w: WorkloadObservation, now_s: float) -> float | None:
+    """The smoothed active fraction; None while it is unknown (then counted as active, and not
+    remembered: a first measurement is taken as it is)."""
     prev = state.activity.get(w.key)
+    if w.active_fraction is None:
+        return prev
+    f = min(1.0, max(0.0, w.active_fraction))
     if prev is None or f >= prev or state.last_s is None:
         return f
     dt = max(0.0, now_s - state.last_s)
     decay = 0.5 ** (dt / config.activity_half_life_s) if config.activity_half_life_s > 0 else 0.0
     return prev * decay + f * (1 - decay)
+
+
+def _demand(config: PolicyConfig, state: PolicyState, w: WorkloadObservation, now_s: float) -> int:
+    """Sticky resident + held: rises at once, falls with a half-life (module docstring, 1.)."""
+    measured = w.unballooned_bytes
+    prev = state.demand.get(w.key)
+    if prev is None or measured >= prev or state.last_s is None:
+        return measured
+    dt = max(0.0, now_s - state.last_s)
+    decay = 0.5 ** (dt / config.demand_half_life_s) if config.demand_half_life_s > 0 else 0.0
+    return int(measured + (prev - measured) * decay)
 
 
 def _prev_target(state: PolicyState, w: WorkloadObservation, kind: str) -> int:
@@ -141,6 +166,8 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
     resident = sum(w.resident_bytes for w in wls)
     prev_total = sum(_prev_target(state, w, s.kind) for w in wls for s in w.sources)
     budget = effective_budget(config, obs)
+    demand = {w.key: _demand(config, state, w, now_s) for w in wls}
+    coming_back = sum(demand[w.key] - w.unballooned_bytes for w in wls)  # pages a give-back left
 
     # 1. constraints → (name, state, want)
     cons: list[tuple[str, float, int]] = []  # name, free, minFree
@@ -155,6 +182,7 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
     th = config.thresholds
     verdicts: list[tuple[str, str, float]] = []  # name, state, want
     for name, free, min_free in cons:
+        free -= coming_back
         min_free = max(1, min_free)
         st = _state_of(free / min_free, state.state, config)
         if st == "high":
@@ -166,8 +194,8 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
         verdicts.append((name, st, want))
     if not verdicts:
         verdicts.append(("none", "high", 0))
-    free_state = max((v[1] for v in verdicts), key=_rank)
-    if free_state != "high":
+    machine_state = max((v[1] for v in verdicts if v[0] in ("host", "cgroup")), key=_rank, default="high")
+    if machine_state != "high":
         psi = None
         if host.psi_full_avg10 >= config.psi_hard_full:
             psi = "hard"
@@ -181,14 +209,15 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
         constraint = "none" if node_state == "high" and want_f <= 0 else constraint
 
     # activity, shares, floors
-    act = {w.key: _activity(config, state, w, now_s) for w in wls}
+    known = {w.key: a for w in wls if (a := _activity(config, state, w, now_s)) is not None}
+    act = {w.key: known.get(w.key, 1.0) for w in wls}
     rules = {w.key: config.rule_for(w.name) for w in wls}
     shares = {w.key: w.shares if w.shares is not None else rules[w.key].shares for w in wls}
     reservation = {w.key: w.reservation_bytes if w.reservation_bytes is not None else rules[w.key].reservation_bytes
                    for w in wls}
     limit = {w.key: w.limit_bytes if w.limit_bytes is not None else rules[w.key].limit_bytes for w in wls}
     room = {(w.key, s.kind): max(0, s.reclaimable_bytes) for w in wls for s in w.sources}
-    wl_room = {w.key: max(0, w.unballooned_bytes - reservation[w.key]) for w in wls}
+    wl_room = {w.key: max(0, demand[w.key] - reservation[w.key]) for w in wls}
     alloc = {(w.key, s.kind): 0 for w in wls for s in w.sources}
     given = {w.key: 0 for w in wls}
 
@@ -215,7 +244,7 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
     forced = {}
     for w in free_wls:
         if limit[w.key] is not None:
-            over = max(0, w.unballooned_bytes - limit[w.key])
+            over = max(0, demand[w.key] - limit[w.key])
             left = over
             for kind in SOURCE_KINDS:
                 if any(s.kind == kind for s in w.sources):
@@ -229,7 +258,7 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
     k = config.idle_cost
 
     def rho(w: WorkloadObservation) -> float:
-        in_use = max(1, w.unballooned_bytes - given[w.key])
+        in_use = max(1, demand[w.key] - given[w.key])
         f = act[w.key]
         return shares[w.key] / (in_use * (f + k * (1 - f)))
 
@@ -289,7 +318,8 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
     new_state = PolicyState(
         state=node_state,
         targets=MappingProxyType({key: MappingProxyType(v) for key, v in targets.items()}),
-        activity=MappingProxyType(act),
+        activity=MappingProxyType(known),
+        demand=MappingProxyType(demand),
         last_s=now_s,
     )
     return new_state, Decisions(
