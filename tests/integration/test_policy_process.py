@@ -37,6 +37,16 @@ def no_oom(*jvms):
         assert not j.errors(), j.errors()
 
 
+def test_a_bad_policy_file_at_start_is_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "policy.toml"
+    bad.write_text('budget = "1G"\n[[workload]]\nmatch = "a*"\nshare = 5\n')
+    proc = run_cli("daemon", "--policy", "auto", "--policy-file", bad, "--socket", tmp_path / "s.sock", timeout_s=30)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "line 4" in proc.stderr and "workload[0].share" in proc.stderr, proc.stderr
+    proc = run_cli("daemon", "--memory-budget", "1G", "--socket", tmp_path / "s.sock", timeout_s=30)
+    assert proc.returncode == 2 and "--policy auto" in proc.stderr
+
+
 def test_policy_auto_meets_holds_and_lifts_a_budget(daemons, apps, tmp_path):
     require_java()
     require_root()
