@@ -64,10 +64,18 @@ def test_targets_follow_the_law_and_pins_win(tmp_path, caplog):
     recs[2].explicit_target_bytes = 100 * MIB
     with caplog.at_level(logging.INFO, logger="heapballoon.policy"):
         assert p.maybe_tick(recs, 0.0)
+    assert p.targets(recs) == {101: 0, 102: 0, 103: 100 * MIB}  # activity not measured yet: hold
+    assert "not measured" in p.reason(101)
+    for t in range(1, 4):  # the agents' states: idle
+        for r in recs:
+            p.on_state(r.pid, replace(r.state, heap_used_bytes=r.state.heap_used_bytes + t * MIB), float(t))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="heapballoon.policy"):
+        assert p.maybe_tick(recs, 3.0)
     t = p.targets(recs)
     assert t[103] == 100 * MIB and t[101] > 0 and t[102] > 0
     assert "pinned" in p.reason(103)
-    assert not p.maybe_tick(recs, 0.5)  # its interval has not passed
+    assert not p.maybe_tick(recs, 3.5)  # its interval has not passed
     lines = [r.message for r in caplog.records]
     assert lines[0].startswith("policy low:") and len(lines[0]) < 300
     report = p.report()

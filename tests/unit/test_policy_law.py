@@ -133,12 +133,15 @@ def test_psi_escalates_unless_memory_is_plentiful():
     assert d.constraint == "budget" and d.want_bytes < 400 * MIB
 
 
-def test_unknown_activity_counts_as_active_but_is_not_remembered():
+def test_unknown_activity_holds_its_target_and_is_not_remembered():
     cfg = PolicyConfig()
-    obs = Observations(budget(1000 * MIB), (jvm("a", 1100 * MIB, None), jvm("b", 1100 * MIB, 0.5)))
+    obs = Observations(budget(1000 * MIB), (jvm("a", 1100 * MIB, None, held=50 * MIB, target=50 * MIB),
+                                            jvm("b", 1100 * MIB, 0.5)))
     s, d = tick(cfg, PolicyState(), obs, 0.0)
-    assert d.by_key()["a"].active_fraction == 1.0 and "a" not in s.activity
+    assert d.by_key()["a"].target_bytes == 50 * MIB and "not measured" in d.by_key()["a"].reason
+    assert d.by_key()["b"].target_bytes > 0 and "a" not in s.activity
     s, d = tick(cfg, s, Observations(obs.host, (jvm("a", 1100 * MIB, 0.0), jvm("b", 1100 * MIB, None))), 1.0)
+    assert "not measured" not in d.by_key()["b"].reason  # known once: remembered
     assert d.by_key()["a"].active_fraction == 0.0 and d.by_key()["b"].active_fraction == 0.5
 
 

@@ -119,7 +119,7 @@ def load(path: str | None, *, default_missing_ok: bool = True) -> PolicyConfig:
             data = f.read()
     except FileNotFoundError as err:
         if default_missing_ok and path == DEFAULT_PATH:
-            return PolicyConfig()
+            return PolicyConfig(source=f"defaults ({path} not found)")
         raise PolicyConfigError(f"policy file {path}: not found") from err
     except OSError as err:
         raise PolicyConfigError(f"policy file {path}: {err.strerror or err}") from err

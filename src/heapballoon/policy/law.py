@@ -56,7 +56,8 @@ The law in five steps:
    An idle byte costs k times an active one, so an idle workload has a low ρ. The lowest ρ
    gives the next quantum; giving lowers its P_i and raises its ρ, so the others take over in
    turn (water-filling). Pinned workloads (a manual ``target``) keep their target and count
-   towards want; the rest is shared.
+   towards want, and so do workloads whose activity is not measured yet (they hold what they
+   hold for a tick or two, rather than be guessed at and corrected); the rest is shared.
 
 4. **What gives?** Cheapest source first, across all workloads: first every workload's
    ``guest_free`` (free guest memory costs the guest nothing), then ``heap`` (idle heap costs
@@ -238,7 +239,14 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
             alloc[(w.key, kind)] = g
             left -= g
         pinned_total += w.pinned_target_bytes - max(0, left)
-    free_wls = [w for w in wls if w.pinned_target_bytes is None]
+    # not measured yet (just registered): it holds what it holds until its activity is known,
+    # so a first guess does not make it, or the others, inflate and deflate again
+    waiting = [w for w in wls if w.pinned_target_bytes is None and w.key not in known]
+    for w in waiting:
+        for s in w.sources:
+            alloc[(w.key, s.kind)] = min(_prev_target(state, w, s.kind), room[(w.key, s.kind)])
+            pinned_total += alloc[(w.key, s.kind)]
+    free_wls = [w for w in wls if w.pinned_target_bytes is None and w.key in known]
 
     # limits: a workload above its limit gives the excess, cheapest source first
     forced = {}
@@ -301,6 +309,8 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
         changed = any(per[s.kind] != _prev_target(state, w, s.kind) for s in w.sources) or w.key not in state.targets
         reason = _reason(w, per, node_state, act[w.key], shares[w.key], reservation[w.key], limit[w.key],
                          forced.get(w.key, 0), room, wl_room, bounded)
+        if w in waiting:
+            reason = "activity not measured yet: holds its target"
         decisions.append(WorkloadDecision(
             key=w.key, name=w.name, kind=w.kind,
             sources=tuple(SourceDecision(s.kind, per[s.kind]) for s in w.sources),
