@@ -115,3 +115,16 @@ def test_a_bad_policy_file_at_start_is_refused(tmp_path):
 
     with pytest.raises(PolicyConfigError, match="idle_tax"):
         _policy(tmp_path, "idle_tax = 7\n")
+
+
+def test_active_fraction_from_the_guest_jvms_or_the_guest():
+    from heapballoon.host.autopolicy import active_fraction
+    from heapballoon.host.virtioballoon import BalloonReading
+
+    jvms = [{"heap_committed_bytes": 768 * MIB, "live_bytes": 150 * MIB}, {"heap_committed_bytes": 256 * MIB,
+                                                                            "live_bytes": 106 * MIB}]
+    assert active_fraction(jvms, None) == 0.25
+    stats = BalloonReading(GIB, 300 * MIB, 256 * MIB, GIB, 0, 1.0, 0.0)
+    assert active_fraction([], stats) == 0.75  # no JVM: what the guest does not count as available
+    assert active_fraction([], None) is None  # nothing known yet: the engine holds the VM's targets
+    assert active_fraction([], BalloonReading(GIB, None, None, None, None, None, 0.0)) is None

@@ -95,10 +95,6 @@ def reading_of(status: dict, vm, pinned_bytes: int | None) -> VMReading | None:
     None if its resident size could not be measured."""
     if status.get("host_resident_bytes") is None:
         return None
-    jvms = status.get("jvms") or []
-    committed = sum(j.get("heap_committed_bytes", 0) for j in jvms)
-    live = sum(j.get("live_bytes", 0) for j in jvms)
-    active = min(1.0, live / committed) if committed > 0 else None
     r = vm.virtio
     return VMReading(
         name=vm.name, memory_bytes=vm.memory_bytes, resident_bytes=status["host_resident_bytes"],
@@ -107,7 +103,21 @@ def reading_of(status: dict, vm, pinned_bytes: int | None) -> VMReading | None:
         virtio_target_bytes=vm.virtio_target_bytes,
         heap_max_bytes=status.get("balloon_max_bytes") or 0,
         heap_held_bytes=status.get("reclaimed_bytes") or 0,
-        heap_target_bytes=vm.target_bytes, active_fraction=active, pinned_bytes=pinned_bytes)
+        heap_target_bytes=vm.target_bytes, active_fraction=active_fraction(status.get("jvms") or [], r),
+        pinned_bytes=pinned_bytes)
+
+
+def active_fraction(jvms: list[dict], reading) -> float | None:
+    """How much of a VM is in use, 0 to 1: its JVMs' live set over their committed heap (the
+    heap is what the policy takes from), or, with no JVM, the share of guest memory the guest
+    does not count as available; None while neither is known (the engine then holds the VM's
+    targets)."""
+    committed = sum(j.get("heap_committed_bytes", 0) for j in jvms)
+    if committed > 0:
+        return min(1.0, sum(j.get("live_bytes", 0) for j in jvms) / committed)
+    if reading is not None and reading.total_bytes and reading.available_bytes is not None:
+        return min(1.0, max(0.0, 1.0 - reading.available_bytes / reading.total_bytes))
+    return None
 
 
 def read_host(budget_bytes: int | None, procfs: ProcFS | None = None) -> HostObservation:
