@@ -129,7 +129,12 @@ async def read(vm, set_actual_bytes: int | None = None) -> BalloonReading | None
             stats = await _execute(qmp, "qom-get", {"path": DEVICE_PATH, "property": "guest-stats"})
         finally:
             await _disconnect(qmp)
+    first = vm.virtio is None
     vm.virtio = parse_reading(balloon, stats, time.monotonic(), time.time())
+    if first and set_actual_bytes is None:
+        # what the device holds when hostd first sees it (a hostd before this one, crashed or
+        # restarted, may have inflated it): the target to move from, so a decision of 0 deflates
+        vm.virtio_target_bytes = vm.virtio.held_bytes(vm.memory_bytes)
     return vm.virtio
 
 
