@@ -86,18 +86,22 @@ def test_policy_auto_meets_holds_and_lifts_a_budget(daemons, apps, tmp_path):
 
     # 2. idle1 grows to 700 MiB live: its balloon gives way at once, no OOM, the others take up
     # the difference, and the sum is back within the budget (+5 %) in 20 s.
+    t1 = time.monotonic()
     idle1.send("live 700")
-    wait_for(lambda: idle1.last().get("live_mib") == 700 or idle1.proc.poll() is not None, 60, 0.25,
+    wait_for(lambda: idle1.last().get("live_mib") == 700 or idle1.proc.poll() is not None, 20, 0.25,
              what="idle1's live set grown to 700 MiB")
     no_oom(*jvms)
-    t1 = time.monotonic()
     wait_for(lambda: rss_sum(jvms) <= BUDGET_MIB * MIB * SLACK
-             and balloons(d, jvms)[idle1.pid] <= (1024 - 700) * MIB, 20, 0.5,
+             and balloons(d, jvms)[idle1.pid] <= (1024 - 700) * MIB, 20 - (time.monotonic() - t1), 0.5,
              what="budget held after idle1 grew")
     held_s = time.monotonic() - t1
     after = balloons(d, jvms)
     assert after[idle1.pid] < b[idle1.pid]
     assert after[busy.pid] + after[idle2.pid] > b[busy.pid] + b[idle2.pid]  # the others took it up
+    # …and it stays there (sampled for 5 s)
+    for _ in range(10):
+        assert rss_sum(jvms) <= BUDGET_MIB * MIB * SLACK, balloons(d, jvms)
+        time.sleep(0.5)
     no_oom(*jvms)
     print(f"budget held {held_s:.1f} s after the growth; balloons {[v >> 20 for v in after.values()]} MiB")
 

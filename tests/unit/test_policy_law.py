@@ -286,3 +286,51 @@ def test_pages_a_give_back_left_untouched_are_not_room():
     s2, d2 = tick(cfg, replace(s, targets={"a": {"heap": 400 * MIB}, "b": {"heap": 200 * MIB}}), later, 1.0)
     assert d2.state != "high" and d2.target_bytes >= 600 * MIB
     assert s2.demand["b"] > 1090 * MIB  # still what it was, falling slowly
+
+
+class LazyPlant(Plant):
+    """As Plant, but a deflated balloon's pages come back only as the heap reuses them
+    (``reuse`` bytes a tick), as a real JVM's do."""
+
+    def __init__(self, jvms, rate=200 * MIB, reuse=20 * MIB):
+        super().__init__(jvms, rate)
+        self.reuse = reuse
+        for j in self.jvms.values():
+            j["untouched"] = 0
+
+    def observe(self, budget_bytes):
+        return Observations(budget(budget_bytes), tuple(
+            jvm(k, j["unb"] - j["untouched"], j["active"], held=j["held"], target=j["target"], reclaimable=j["cap"])
+            for k, j in self.jvms.items()))
+
+    def apply(self, decisions):
+        before = {k: j["held"] for k, j in self.jvms.items()}
+        super().apply(decisions)
+        for k, j in self.jvms.items():
+            j["untouched"] += max(0, before[k] - j["held"])
+            j["untouched"] = max(0, j["untouched"] - self.reuse)
+
+    def resident(self):
+        return sum(j["unb"] - j["held"] - j["untouched"] for j in self.jvms.values())
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1500 * MIB, 2000 * MIB), st.integers(200 * MIB, 600 * MIB), st.integers(5 * MIB, 50 * MIB))
+def test_closed_loop_with_lazily_reused_pages_does_not_ring(budget_bytes, raise_bytes, reuse):
+    """The budget is raised: balloons give back the surplus once, not everything and then
+    take it again when the heaps touch their pages."""
+    cfg = PolicyConfig()
+    plant = LazyPlant({"busy": dict(unb=1100 * MIB, active=1.0, cap=790 * MIB),
+                       "idle1": dict(unb=1100 * MIB, active=0.01, cap=790 * MIB),
+                       "idle2": dict(unb=1100 * MIB, active=0.01, cap=790 * MIB)}, reuse=reuse)
+    state, totals, worst = PolicyState(), [], 0
+    for t in range(200):
+        b = budget_bytes + (raise_bytes if t >= 30 else 0)
+        state, d = tick(cfg, state, plant.observe(b), float(t))
+        plant.apply(d)
+        totals.append(d.target_bytes)
+        if t > 40:
+            worst = max(worst, plant.resident())
+    assert worst <= (budget_bytes + raise_bytes) * 1.05
+    moves = [b - a for a, b in zip(totals[30:], totals[31:]) if abs(b - a) > cfg.deadband_bytes]
+    assert all(m < 0 for m in moves), moves  # given back, never taken again

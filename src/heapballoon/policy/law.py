@@ -80,7 +80,7 @@ from types import MappingProxyType
 
 from heapballoon.policy.config import PolicyConfig
 from heapballoon.policy.model import (
-    SOURCE_KINDS, STATES, Decisions, Observations, PolicyState, SourceDecision, WorkloadDecision,
+    SOURCE_KINDS, STATES, Decisions, HostObservation, Observations, PolicyState, SourceDecision, WorkloadDecision,
     WorkloadObservation,
 )
 from heapballoon.units import format_size
@@ -159,22 +159,13 @@ def _prev_target(state: PolicyState, w: WorkloadObservation, kind: str) -> int:
     return sum(s.target_bytes for s in w.sources if s.kind == kind)
 
 
-def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
-         now_s: float) -> tuple[PolicyState, Decisions]:
-    """One decision of the policy (module docstring: the law)."""
-    wls = sorted(obs.workloads, key=lambda w: w.key)
-    held = sum(w.held_bytes for w in wls)
-    resident = sum(w.resident_bytes for w in wls)
-    prev_total = sum(_prev_target(state, w, s.kind) for w in wls for s in w.sources)
-    budget = effective_budget(config, obs)
-    demand = {w.key: _demand(config, state, w, now_s) for w in wls}
-    coming_back = sum(demand[w.key] - w.unballooned_bytes for w in wls)  # pages a give-back left
-
-    # 1. constraints → (name, state, want)
+def _aim(config: PolicyConfig, state: PolicyState, host: HostObservation, budget: int | None, resident: int, held: int,
+         prev_total: int, coming_back: int) -> tuple[str, str, float]:
+    """Steps 1 and 2 of the law: the node's state, the constraint that sets the aim, and what
+    the sources should hold in total."""
     cons: list[tuple[str, float, int]] = []  # name, free, minFree
     if budget is not None:
         cons.append(("budget", budget - resident, max(16 * MIB, int(budget * config.budget_min_free))))
-    host = obs.host
     if host.mem_total_bytes > 0:
         cons.append(("host", host.mem_available_bytes, config.min_free_bytes or esxi_min_free_bytes(host.mem_total_bytes)))
     if host.cgroup_limit_bytes and host.cgroup_usage_bytes is not None:
@@ -206,8 +197,24 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
             verdicts.append(("psi", psi, prev_total + _step_bytes(psi, config)))
     node_state = max((v[1] for v in verdicts), key=_rank)
     constraint, _, want_f = max(verdicts, key=lambda v: (v[2], -_rank(v[1])))
-    if all(v[1] in ("high", "clear") for v in verdicts) and want_f <= prev_total:
-        constraint = "none" if node_state == "high" and want_f <= 0 else constraint
+    if node_state == "high" and want_f <= 0:
+        constraint = "none"  # nothing to hold: no constraint is binding
+    return node_state, constraint, want_f
+
+
+def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
+         now_s: float) -> tuple[PolicyState, Decisions]:
+    """One decision of the policy (module docstring: the law)."""
+    wls = sorted(obs.workloads, key=lambda w: w.key)
+    held = sum(w.held_bytes for w in wls)
+    resident = sum(w.resident_bytes for w in wls)
+    prev_total = sum(_prev_target(state, w, s.kind) for w in wls for s in w.sources)
+    budget = effective_budget(config, obs)
+    demand = {w.key: _demand(config, state, w, now_s) for w in wls}
+    coming_back = sum(demand[w.key] - w.unballooned_bytes for w in wls)  # pages a give-back left
+
+    node_state, constraint, want_f = _aim(config, state, obs.host, budget, resident, held, prev_total,
+                                          coming_back)
 
     # activity, shares, floors
     known = {w.key: a for w in wls if (a := _activity(config, state, w, now_s)) is not None}
