@@ -26,6 +26,13 @@ NAMES = ("pa", "pb")
 DECISION = re.compile(r"policy INFO (\S+) \[\S+\] target .*\(guest_free=([^ ]+ \S+) heap=([^ ]+ \S+)\)")
 
 
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (reported, never asserted: the host is shared)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def resident_total() -> int:
     return sum(memfd_resident_bytes(n) for n in NAMES)
 
@@ -63,6 +70,7 @@ def test_two_guests_meet_the_budget_free_memory_first(vms):
             vms.names.append(name)
             if name == NAMES[1]:
                 sampler.start()  # the first guest alone is far below the budget
+                cpu0, wall0 = cpu_s(host.proc.pid), time.monotonic()
             host.cli("vm", "start", name, "--memory", "1G", "--copy", f"{build.demo_jar()}:/opt/churn.jar", "--",
                      "java", "-Xms768m", "-Xmx768m", "-XX:+UseG1GC", "-XX:+AlwaysPreTouch", "-jar", "/opt/churn.jar",
                      "--live-mib", "150", "--churn-mib-per-s", "20")
@@ -121,7 +129,9 @@ def test_two_guests_meet_the_budget_free_memory_first(vms):
             console = host.cli("vm", "logs", name).stdout
             assert not KERNEL_ERRORS.search(console), KERNEL_ERRORS.search(console).group(0)
             assert "HEAPBALLOON-CMD-EXIT" not in console
-        print(f"hostd logged {len(log_text.splitlines())} lines")
+        wall = time.monotonic() - wall0
+        print(f"hostd logged {len(log_text.splitlines())} lines ({len(log_text) >> 10} KiB); it used "
+              f"{100 * (cpu_s(host.proc.pid) - cpu0) / wall:.1f} % of a core over the last {wall:.0f} s")
     finally:
         sampler.done.set()
         host.stop()

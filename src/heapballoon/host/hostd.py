@@ -31,6 +31,12 @@ Status figures, per VM (all measured by hostd, not taken from the guest):
   pauses; ``pause_ms_per_gib``: all pause time over all bytes punched. Built in vmstatus.py,
   which also serves them to Prometheus (``--metrics``).
 
+Policy (``--policy auto [--memory-budget SIZE] [--policy-file PATH]``): autopolicy.py decides
+every VM's targets with the shared engine (heapballoon.policy): the virtio balloon
+(virtioballoon.py) for free guest memory first, then the heap target on the guest channel. A
+``vm_target`` pins a VM (kept in the state file), ``vm_target auto`` unpins it; SIGHUP
+re-reads the policy file; ``status`` carries the state line and each VM's reason.
+
 Engines (``--engine``): ``short`` (default; shortpause.py: pre-check on the running guest,
 pauses bounded in time by ``--pause-budget-ms``, the pause path in one worker thread with its
 own blocking QMP socket) or ``batch`` (reclaim.Reclaimer: fixed batches, check and punch all
