@@ -80,9 +80,17 @@ def require_host(command: str) -> None:
 def cmd_daemon(args) -> int:
     from heapballoon.driver.daemon import Driver, serve
 
+    policy = None
+    if args.policy == "auto":
+        from heapballoon.driver.autopolicy import AutoPolicy
+
+        budget = parse_size(args.memory_budget) if args.memory_budget is not None else None
+        policy = AutoPolicy(args.policy_file, budget)  # a bad policy file: one line, exit 2
+    elif args.memory_budget is not None or args.policy_file is not None:
+        raise UsageError("--memory-budget and --policy-file need --policy auto")
     _setup_logging(args.log_level)
     driver = Driver(transport.socket_path(args.socket), ksm_mode=args.ksm, reclaim=args.reclaim,
-                    interval_s=args.interval_s, socket_mode=int(args.socket_mode, 8))
+                    interval_s=args.interval_s, socket_mode=int(args.socket_mode, 8), policy=policy)
     if args.metrics:
         if not _importable("prometheus_client"):
             raise UsageError("--metrics needs prometheus_client: pip install 'heapballoon[host]'")
@@ -198,8 +206,10 @@ def _gather_status(args) -> dict:
         try:
             from heapballoon.status import HostStatus
 
-            host = _host_request(args, protocol.StatusRequest(id=1)).body
-            body["vms"] = HostStatus.from_dict(host).to_dict()["vms"]
+            host_status = HostStatus.from_dict(_host_request(args, protocol.StatusRequest(id=1)).body).to_dict()
+            body["vms"] = host_status["vms"]
+            if host_status["policy"]:
+                body["vm_policy"] = host_status["policy"]
         except HeapballoonError:
             if args.vms or driver_error is not None:
                 raise
@@ -225,25 +235,44 @@ def cmd_status(args) -> int:
 
 
 def cmd_target(args) -> int:
-    size_bytes = parse_size(args.size)
+    auto = args.size == "auto"
+    if auto and not args.vm and args.what in (None, "all"):
+        raise UsageError("'auto' unpins one JVM or VM: heapballoon target PID auto, or target --vm NAME auto")
+    size_bytes = 0 if auto else parse_size(args.size)
     if args.vm:
         if args.what is not None:
             raise UsageError("give either --vm NAME or a PID/'all', not both")
-        _host_request(args, protocol.VMTarget(vm=args.vm, target_bytes=size_bytes, id=1))
-        print(f"target of VM {args.vm} set to {format_size(size_bytes)}")
+        _host_request(args, protocol.VMTarget(vm=args.vm, target_bytes=size_bytes, id=1, auto=auto))
+        print(f"VM {args.vm}: target auto (hostd's policy decides)" if auto else
+              f"target of VM {args.vm} set to {format_size(size_bytes)}")
         return 0
     if args.what is None:
         raise UsageError("target needs a PID or 'all' (or --vm NAME) and a SIZE, e.g.: heapballoon target all 512M")
     pid = None if args.what == "all" else _pid(args.what)
     reply = transport.request(transport.socket_path(args.socket),
-                              protocol.SetTarget(pid=pid, target_bytes=size_bytes, id=1))
+                              protocol.SetTarget(pid=pid, target_bytes=size_bytes, id=1, auto=auto))
     who = "all JVMs" if pid is None else f"JVM {pid}"
-    print(f"target of {who} set to {format_size(size_bytes)}")
+    print(f"target of {who} set to {'auto (unpinned)' if auto else format_size(size_bytes)}")
     if pid is None:
         from heapballoon.status import TargetsReply
 
         for p, t in sorted(TargetsReply.from_dict(reply.body).targets.items()):
             print(f"  JVM {p}: {format_size(t)}")
+    return 0
+
+
+def cmd_policy(args) -> int:
+    from heapballoon.status import PolicyReport
+
+    if args.action != "explain":
+        raise UsageError(f"unknown policy action {args.action!r}: try `heapballoon policy explain`")
+    sock = transport.host_socket_path(args.host_socket) if args.vms else transport.socket_path(args.socket)
+    reply = transport.request(sock, protocol.PolicyExplainRequest(id=1))
+    report = PolicyReport.from_dict(reply.body)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    else:
+        print(report.text)
     return 0
 
 
@@ -273,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--socket-mode", default="600", help="octal mode of the socket (default 600: root only)")
     d.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics, e.g. 127.0.0.1:9477")
     d.add_argument("--log-level", default="info")
+    d.add_argument("--policy", choices=("manual", "auto"), default="manual",
+                   help="manual: targets by hand (default); auto: decided from pressure, shares and idleness")
+    d.add_argument("--memory-budget", metavar="SIZE",
+                   help="--policy auto: cap the JVMs' resident total (the policy file's budget wins)")
+    d.add_argument("--policy-file", metavar="PATH",
+                   help="--policy auto: TOML policy, reloaded on SIGHUP (default /etc/heapballoon/policy.toml)")
     d.set_defaults(func=cmd_daemon)
 
     r = with_socket(sub.add_parser("run", help="run a command with the agent loaded into its JVMs"))
@@ -309,10 +344,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = with_socket(sub.add_parser("target", help="set a balloon target: PID, all, or --vm NAME"))
     t.add_argument("what", nargs="?", metavar="PID|all")
-    t.add_argument("size", metavar="SIZE", help="e.g. 512M, 1G; 0 deflates")
+    t.add_argument("size", metavar="SIZE", help="e.g. 512M, 1G; 0 deflates; auto unpins a JVM or VM (--policy auto)")
     t.add_argument("--vm", metavar="NAME", help="target a VM (through hostd)")
     t.add_argument("--host-socket")
     t.set_defaults(func=cmd_target)
+
+    pol = with_socket(sub.add_parser("policy", help="the automatic policy: `policy explain` (its last tick)"))
+    pol.add_argument("action", choices=("explain",))
+    pol.add_argument("--json", action="store_true", help="machine-readable output")
+    pol.add_argument("--vms", action="store_true", help="hostd's policy (VM mode) instead of the driver's")
+    pol.add_argument("--host-socket", help="hostd socket (default $HEAPBALLOON_HOST_SOCKET or %s)" % transport.DEFAULT_HOST_SOCKET)
+    pol.set_defaults(func=cmd_policy)
 
     from heapballoon.vm import cli as vm_cli  # VM mode: image, vm
 

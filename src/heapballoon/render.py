@@ -7,9 +7,10 @@ to a person. Rules:
 * Columns have priorities: when the terminal is too narrow for all of them, the least useful
   ones are dropped (and the legend says which), never truncated. Names and reasons fold onto
   a second line instead of ending in ``…``.
-* Fields a newer daemon adds are shown when present and skipped when absent: the node's
-  ``policy`` line (e.g. ``soft: 312 MiB to find``), each JVM's or VM's ``reason`` and an unmet
-  node target's ``unmet_bytes``/``unmet_reason``.
+* Fields a newer daemon adds are shown when present and skipped when absent: the automatic
+  policy's line (``policy auto: soft: 312 MiB to find, budget 1.8 GiB``; hostd's ``vm_policy``),
+  each JVM's ``target_reason`` or VM's ``policy_reason`` and an unmet node target's
+  ``unmet_bytes``/``unmet_reason``.
 
 :func:`status_renderable` builds the picture for a width (``status --watch`` redraws it);
 :func:`render_status` prints it. ``rich`` is a host-side extra (``heapballoon[host]``): a guest
@@ -76,7 +77,7 @@ JVM_COLUMNS = (
     Column("BALLOON", "balloon_bytes", short_size, 0),
     Column("FREED", "reclaimed_bytes", short_size, 0),
     Column("MODE", "reclaim", str, 6, text=True),
-    Column("REASON", "reason", str, 2, text=True, min_width=12),
+    Column("REASON", "target_reason", str, 2, text=True, min_width=12),
 )
 VM_COLUMNS = (
     Column("VM", "name", str, 0, text=True, min_width=8),
@@ -87,7 +88,7 @@ VM_COLUMNS = (
     Column("RESIDENT", "host_resident_bytes", short_size, 0),
     Column("P99", "pause_ms_p99", _ms, 4),
     Column("JVMS", "jvms", lambda v: str(len(v)), 5),
-    Column("REASON", "reason", str, 2, text=True, min_width=12),
+    Column("REASON", "policy_reason", str, 2, text=True, min_width=12),
 )
 HEADER_NAMES = {"FREED": "FREED = reclaimed, verified", "MAX": "MAX = heap max", "COMMIT": "COMMIT = committed heap",
                 "RESIDENT": "RESIDENT = host-resident guest RAM", "P99": "P99 = pause p99"}
@@ -105,7 +106,7 @@ def _choose(columns: tuple[Column, ...], rows: list[dict], width: int) -> tuple[
     skipped. Then low-value columns (priority ≥ ``FOLD_BEFORE``) go, lowest first, until every
     column fits at its natural width; if that is not enough, names and reasons may fold (at
     their minimum width) and more columns go, lowest priority first."""
-    present = [c for c in columns if c.key != "reason" or any(r.get("reason") for r in rows)]
+    present = [c for c in columns if c.header != "REASON" or any(r.get(c.key) for r in rows)]
 
     def need(cols: list[Column], fold: bool) -> int:
         total = 0
@@ -140,23 +141,18 @@ def _table(title: str, columns: tuple[Column, ...], rows: list[dict], width: int
     return table, dropped
 
 
-def _policy_line(policy: Any) -> str | None:
-    """The node's policy state as one line, whatever shape a daemon sends (text or object)."""
-    if not policy:
+def _policy_line(node: dict) -> str | None:
+    """The node's automatic policy as one line ("auto: soft: 312 MiB to find, budget 1.8 GiB")."""
+    if node.get("policy") != "auto":
         return None
-    if isinstance(policy, str):
-        return policy
-    if isinstance(policy, dict):
-        for key in ("summary", "line", "text"):
-            if isinstance(policy.get(key), str):
-                return policy[key]
-        return ", ".join(f"{k}={v}" for k, v in policy.items() if not isinstance(v, (dict, list)))
-    return str(policy)
+    budget = node.get("budget_bytes")
+    return (f"auto: {node.get('policy_state') or '-'}, budget "
+            f"{format_size(budget) if budget is not None else 'none'}")
 
 
-def _node_lines(node: dict, policy: Any) -> list[Text]:
+def _node_lines(node: dict) -> list[Text]:
     lines = []
-    line = _policy_line(policy)
+    line = _policy_line(node)
     if line:
         lines.append(Text(f"policy {line}", style="bold"))
     lines.append(Text(f"node target {format_size(node.get('target_bytes', 0))}, "
@@ -196,11 +192,11 @@ def status_renderable(body: dict, width: int) -> RenderableType:
     if jvms or "vms" not in body:
         add(f"JVMs ({len(jvms)})", JVM_COLUMNS, jvms)
         if node:
-            parts.extend(_node_lines(node, body.get("policy", node.get("policy"))))
+            parts.extend(_node_lines(node))
     if "vms" in body:
         vms = body["vms"]
-        if "policy" in body and not node:
-            parts.extend(_node_lines({}, body["policy"])[:1])
+        if body.get("vm_policy"):
+            parts.append(Text(f"VM policy {body['vm_policy']}", style="bold"))
         add(f"VMs ({len(vms)})", VM_COLUMNS, vms)
         for vm in vms:
             if vm.get("jvms"):
@@ -226,10 +222,12 @@ def render_plain(body: dict, width: int = 80) -> str:
     node = body.get("node", {})
     if jvms or "vms" not in body:
         table(f"JVMs ({len(jvms)})", JVM_COLUMNS, jvms)
-        line = _policy_line(body.get("policy", node.get("policy")))
+        line = _policy_line(node)
         if line:
             out.append(f"policy {line}")
     if "vms" in body:
+        if body.get("vm_policy"):
+            out.append(f"VM policy {body['vm_policy']}")
         table(f"VMs ({len(body['vms'])})", VM_COLUMNS, body["vms"])
     return "\n".join(out)
 

@@ -1,4 +1,5 @@
-"""Typed payloads of the control replies: the driver's ``status`` and ``set_target``, hostd's ``status``.
+"""Typed payloads of the control replies: the driver's ``status``, ``set_target`` and
+``policy_explain``, hostd's ``status``.
 
 This module owns their shape. The daemon builds them as frozen dataclasses and sends
 ``to_dict()`` as a reply's ``body``; the CLI turns a body back with ``from_dict``, which
@@ -114,6 +115,7 @@ class JvmStatus:
     moved_chunks: int
     drift_pages: int
     events: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    target_reason: str = ""  # --policy auto: why this target (shares, activity, floor, pinned)
 
     def to_dict(self) -> dict:
         return _plain(self)
@@ -139,6 +141,9 @@ class NodeStatus:
     unmet_reason: str = ""
     # How long the daemon's last control tick took (its work, not the wait between ticks).
     tick_ms: float = 0.0
+    policy: str = "manual"  # "auto": the policy engine sets every target (docs/policy.md)
+    policy_state: str = ""  # e.g. "soft: 312.0 MiB to find"
+    budget_bytes: Optional[int] = None
 
     def to_dict(self) -> dict:
         return _plain(self)
@@ -200,6 +205,14 @@ class VMStatus:
     totals_pages: Mapping[str, int]
     jvms: tuple[JvmStatus, ...]
     balloon_max_bytes: Optional[int]
+    # virtio-balloon (host/virtioballoon.py); None: not read yet, or no statistics from the guest
+    guest_free_bytes: Optional[int] = None
+    guest_available_bytes: Optional[int] = None
+    virtio_actual_bytes: Optional[int] = None  # guest RAM the virtio balloon leaves the guest
+    virtio_target_bytes: int = 0  # what hostd asked the virtio balloon to take from the guest
+    # hostd --policy auto: why its targets are what they are; pinned by a manual target
+    policy_reason: str = ""
+    pinned: bool = False
 
     def to_dict(self) -> dict:
         return _plain(self)
@@ -214,16 +227,39 @@ class HostStatus:
     """The body of hostd's ``status`` reply."""
 
     vms: tuple[VMStatus, ...]
+    # hostd --policy auto: the memory state and budget in one line ("" without the policy)
+    policy: str = ""
 
     def to_dict(self) -> dict:
-        return {"vms": [v.to_dict() for v in self.vms]}
+        return {"vms": [v.to_dict() for v in self.vms], "policy": self.policy}
 
     @classmethod
     def from_dict(cls, d: Any) -> HostStatus:
         vms = d.get("vms") if isinstance(d, dict) else None
         if not isinstance(vms, list) or len(vms) > MAX_JVMS:
             raise ProtocolError("hostd status: field 'vms' must be a list")
-        return cls(tuple(VMStatus.from_dict(v) for v in vms))
+        policy = d.get("policy", "")
+        if not isinstance(policy, str) or len(policy) > 4096:
+            raise ProtocolError("hostd status: field 'policy' must be a string")
+        return cls(tuple(VMStatus.from_dict(v) for v in vms), policy)
+
+
+@dataclass(frozen=True)
+class PolicyReport:
+    """The body of a ``policy_explain`` reply: the policy's mode, state and last reasoning."""
+
+    mode: str  # "auto" or "manual"
+    state: str
+    budget_bytes: Optional[int]
+    text: str
+    ticks: int
+
+    def to_dict(self) -> dict:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> PolicyReport:
+        return cls(**_check(cls, d, "policy report"))
 
 
 @dataclass(frozen=True)

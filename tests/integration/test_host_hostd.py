@@ -251,7 +251,7 @@ def test_vm_json_pid_of_another_process_is_ignored(tmp_path):
                     break
                 await asyncio.sleep(0.01)
             status = (await control(sock, protocol.StatusRequest(id=1))).body
-            assert status == {"vms": []}
+            assert status["vms"] == [] and status["policy"] == ""  # no --policy auto
             with pytest.raises(RemoteError, match="no VM named x"):
                 await control(sock, protocol.VMTarget("x", 1))
         finally:
@@ -259,3 +259,81 @@ def test_vm_json_pid_of_another_process_is_ignored(tmp_path):
             await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
+
+
+def test_hostd_policy_auto_meets_a_budget_through_the_guest_channel(tmp_path, caplog):
+    """``--policy auto`` with a fake guest on a real (paused) QEMU that has a virtio-balloon:
+    the guest sends no balloon statistics, so only its JVM heap can give; hostd sends the
+    heap target itself, a manual target pins the VM, ``auto`` unpins it, and status, metrics
+    and ``policy explain`` say why."""
+    caplog.set_level(logging.INFO, logger="heapballoon")
+    run_dir = str(tmp_path / "run")
+    vm_dir = os.path.join(run_dir, "vms", "vm1")
+    os.makedirs(vm_dir)
+    sock = str(tmp_path / "hostd.sock")
+
+    async def main():
+        extra = ("-qmp", f"unix:{vm_dir}/qmp-hostd.sock,server=on,wait=off",
+                 "-device", "virtio-balloon-pci,id=balloon0,deflate-on-oom=on")
+        async with ScratchVM(RAM, vm_dir=vm_dir, extra_args=extra) as vm:
+            with open(os.path.join(vm_dir, "vm.json"), "w") as f:
+                json.dump({"name": "vm1", "pid": vm.pid, "memory_bytes": RAM, "cpus": 1, "reclaim": "pfn"}, f)
+            guest = FakeGuest(os.path.join(vm_dir, "channel.sock"))
+            await guest.start()
+            with GuestRam.open(vm.pid, RAM) as ram:  # 96 MiB of guest data, resident on the host
+                os.pwrite(ram.fd, b"\x01" * (96 * M), 64 * M)
+            port = _free_port()
+            from prometheus_client import CollectorRegistry
+
+            (tmp_path / "policy.toml").write_text("interval_s = 0.5\n")
+            task = asyncio.create_task(hostd.serve(sock, run_dir, policy="auto", memory_budget_bytes=48 * M,
+                                                   policy_file=str(tmp_path / "policy.toml"), metrics=f"127.0.0.1:{port}",
+                                                   metrics_registry=CollectorRegistry()))
+            try:
+                peer = await guest.next_conn()
+                await peer.send(protocol.GuestHello(RAM, 4096, "boot-1"))
+                await peer.send(protocol.GuestStatus(0, 0, 0, (GUEST_JVM,)))
+                # the policy finds the budget exceeded and asks the guest's JVMs for heap
+                target = await peer.recv_type(protocol.GuestTarget)
+                while target.target_bytes == 0:
+                    target = await peer.recv_type(protocol.GuestTarget)
+                assert 0 < target.target_bytes <= GUEST_JVM["balloon_max_bytes"]
+                status = (await control(sock, protocol.StatusRequest(id=1))).body
+                (s,) = status["vms"]
+                assert status["policy"].startswith(("soft", "hard", "low")) and "budget 48.0 MiB" in status["policy"]
+                assert s["policy_reason"] and not s["pinned"] and s["target_bytes"] == target.target_bytes
+                assert s["virtio_actual_bytes"] == RAM and s["guest_free_bytes"] is None  # no statistics sent
+                text = await asyncio.to_thread(_scrape, port)
+                assert 'heapballoon_policy_budget_bytes 5.0331648e+07' in text
+                assert 'heapballoon_policy_target_bytes{pinned="0",reason=' in text
+                assert 'heapballoon_vm_host_resident_bytes{vm="vm1"}' in text
+
+                # a manual target pins the VM; auto gives it back to the policy
+                await control(sock, protocol.VMTarget("vm1", 8 * M, id=2))
+                assert await peer.recv_type(protocol.GuestTarget) == protocol.GuestTarget(8 * M)
+                await asyncio.sleep(1.5)  # policy ticks: the pin holds
+                s = (await control(sock, protocol.StatusRequest(id=3))).body["vms"][0]
+                assert s["pinned"] and s["target_bytes"] == 8 * M and s["policy_reason"].startswith("pinned")
+                await control(sock, protocol.VMTarget("vm1", 0, id=4, auto=True))
+                target = await peer.recv_type(protocol.GuestTarget)
+                assert target.target_bytes > 8 * M
+                report = (await control(sock, protocol.PolicyExplainRequest(id=5))).body
+                assert report["mode"] == "auto" and "vm1" in report["text"]
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await guest.stop()
+            task = asyncio.create_task(hostd.serve(sock, run_dir))  # manual: "auto" is refused
+            try:
+                for _ in range(200):
+                    if os.path.exists(sock):
+                        break
+                    await asyncio.sleep(0.01)
+                with pytest.raises(RemoteError, match="without --policy auto"):
+                    await control(sock, protocol.VMTarget("vm1", 0, auto=True))
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+    assert any(r.getMessage().startswith("policy ") for r in caplog.records)

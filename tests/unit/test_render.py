@@ -84,10 +84,10 @@ def test_wide_terminal_keeps_every_column_and_narrow_one_says_what_it_dropped():
 def test_policy_line_reason_column_and_unmet_target(width):
     body = _driver_body(unmet_bytes=2 * GIB, unmet_reason="no JVM has room for a balloon: 100 heaps of 128 MiB "
                         "hold their 64 MiB headroom above the live set")
-    body["node"]["policy"] = "soft: 312 MiB to find"
+    body["node"].update(policy="auto", policy_state="soft: 312 MiB to find", budget_bytes=1800 * MIB)
     for j, reason in zip(body["jvms"], ("shares 1000, active 12%", "floor: live + headroom",
                                          "pinned by `heapballoon target 77 12G`")):
-        j["reason"] = reason
+        j["target_reason"] = reason
     text = _render(body, width)
     print(text)
     _check_fits(text, width)

@@ -58,7 +58,9 @@ def _vm(**over):
               pause_ms_per_gib=0.0, guest_pause_ms_sum=0.0, guest_pause_ms_per_gib=0.0, pause_window=3,
               engine="short", soft_dirty=False, drift_pages=0, connected=True, guest_hello=True,
               guest_balloon_bytes=None, guest_target_bytes=None, totals_pages={"punched": 1}, jvms=[],
-              balloon_max_bytes=None)
+              balloon_max_bytes=None, guest_free_bytes=300 << 20, guest_available_bytes=None,
+              virtio_actual_bytes=1 << 30, virtio_target_bytes=0, policy_reason="idle 2%, shares 1000: gives 1 GiB",
+              pinned=False)
     vm.update(over)
     return vm
 
@@ -68,10 +70,18 @@ def test_host_status_roundtrips_and_refuses_bad_fields():
 
     body = {"vms": [_vm()]}
     assert HostStatus.from_dict(body).to_dict() == {"vms": [{**_vm(), "pause_breakdown_ms": {"stop": {
-        "p50": 0.5, "p99": 1, "max": 2}}}]}
+        "p50": 0.5, "p99": 1, "max": 2}}}], "policy": ""}
+    assert HostStatus.from_dict({**body, "policy": "soft: 312 MiB to find"}).policy == "soft: 312 MiB to find"
+    with pytest.raises(ProtocolError, match="policy"):
+        HostStatus.from_dict({**body, "policy": 3})
     for field, bad in (("reclaimed_bytes", "1"), ("pause_breakdown_ms", {"stop": 3}), ("jvms", [{"pid": 1}]),
-                       ("soft_dirty", 0), ("pause_ms_p99", None)):
+                       ("soft_dirty", 0), ("pause_ms_p99", None), ("guest_free_bytes", -1.5),
+                       ("virtio_target_bytes", None)):
         with pytest.raises(ProtocolError, match=field if field != "jvms" else "name"):
             HostStatus.from_dict({"vms": [_vm(**{field: bad})]})
     with pytest.raises(ProtocolError, match="vms"):
         HostStatus.from_dict({"vms": "x"})
+    # an older hostd says nothing of virtio-balloon: those figures read as unknown
+    old = {k: v for k, v in _vm().items() if "virtio" not in k and k not in ("guest_free_bytes", "policy_reason", "pinned")}
+    vm = HostStatus.from_dict({"vms": [old]}).vms[0]
+    assert (vm.guest_free_bytes, vm.virtio_actual_bytes, vm.virtio_target_bytes, vm.pinned) == (None, None, 0, False)

@@ -25,12 +25,12 @@ KERNEL_ERRORS = re.compile(r"Out of memory|Kernel panic|BUG:|Oops|Call Trace|gen
 class Host:
     """hostd plus CLI helpers, all in the VM factory's private run dir."""
 
-    def __init__(self, run_dir: str):
+    def __init__(self, run_dir: str, *hostd_args: str):
         self.env = dict(os.environ, HEAPBALLOON_RUN_DIR=run_dir,
                         HEAPBALLOON_HOST_SOCKET=os.path.join(run_dir, "hostd.sock"))
         self.log_path = os.path.join(run_dir, "hostd.log")
         with open(self.log_path, "w") as log:
-            self.proc = subprocess.Popen([PY, "-m", "heapballoon", "hostd"], env=self.env, stdout=log,
+            self.proc = subprocess.Popen([PY, "-m", "heapballoon", "hostd", *hostd_args], env=self.env, stdout=log,
                                          stderr=subprocess.STDOUT)
         wait_for(lambda: os.path.exists(self.env["HEAPBALLOON_HOST_SOCKET"]), 20, what="hostd socket")
 

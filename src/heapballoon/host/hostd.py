@@ -31,6 +31,12 @@ Status figures, per VM (all measured by hostd, not taken from the guest):
   pauses; ``pause_ms_per_gib``: all pause time over all bytes punched. Built in vmstatus.py,
   which also serves them to Prometheus (``--metrics``).
 
+Policy (``--policy auto [--memory-budget SIZE] [--policy-file PATH]``): autopolicy.py decides
+every VM's targets with the shared engine (heapballoon.policy): the virtio balloon
+(virtioballoon.py) for free guest memory first, then the heap target on the guest channel. A
+``vm_target`` pins a VM (kept in the state file), ``vm_target auto`` unpins it; SIGHUP
+re-reads the policy file; ``status`` carries the state line and each VM's reason.
+
 Engines (``--engine``): ``short`` (default; shortpause.py: pre-check on the running guest,
 pauses bounded in time by ``--pause-budget-ms``, the pause path in one worker thread with its
 own blocking QMP socket) or ``batch`` (reclaim.Reclaimer: fixed batches, check and punch all
@@ -53,13 +59,13 @@ import sys
 import time
 
 from heapballoon import protocol, transport
-from heapballoon.errors import HeapballoonError, KernelError, MessageTooLarge, ProtocolError
-from heapballoon.host import vmstatus
+from heapballoon.errors import HeapballoonError, KernelError, MessageTooLarge, ProtocolError, UsageError
+from heapballoon.host import virtioballoon, vmstatus
 from heapballoon.driver.ksmctl import KsmController
 from heapballoon.linux.ksm import KSM
 from heapballoon.host.shortpause import DEFAULT_PAUSE_BUDGET_MS, GIL_SWITCH_INTERVAL_S, PauseModel
 from heapballoon.host.guestsession import MAX_BAD_LINES, GuestSessions
-from heapballoon.status import HostStatus, VMStatus
+from heapballoon.status import HostStatus, PolicyReport, VMStatus
 from heapballoon.host.vmreclaim import MAX_BALLOON_INTERVALS  # noqa: F401 - part of hostd's API
 from heapballoon.host.vmregistry import VM, load_vm, run_dir_path  # noqa: F401 - hostd's API
 
@@ -69,6 +75,7 @@ DEFAULT_RUN_DIR = "/run/heapballoon"
 VMS_SUBDIR = "vms"
 STATE_FILE = "hostd-state.json"
 SCAN_INTERVAL_S = 2.0
+VIRTIO_READING_MAX_AGE_S = 2.0  # status reads a VM's virtio-balloon again when older
 
 
 class HostDaemon(GuestSessions):
@@ -92,6 +99,7 @@ class HostDaemon(GuestSessions):
         self._tasks: set[asyncio.Task] = set()
         self._ksm = KsmController(KSM(), "auto", os.path.join(run_dir, "hostd-ksm.json"))
         self._ksm_until = 0.0
+        self.autopolicy = None  # autopolicy.AutoPolicy with --policy auto
 
     # ------------------------------------------------------------ state file
 
@@ -135,7 +143,7 @@ class HostDaemon(GuestSessions):
             if known is not None:
                 self._drop(known, "its QEMU exited")
             seen.add(vm.name)
-            vm.target_bytes = self.targets.get(vm.name, 0)
+            vm.target_bytes = self.targets.get(vm.name, 0)  # with the policy, a manual target pins
             vm.engine, vm.soft_dirty = self.engine, self.soft_dirty
             vm.pause_model = PauseModel(self.pause_budget_ms)
             self.vms[vm.name] = vm
@@ -173,15 +181,32 @@ class HostDaemon(GuestSessions):
             except (OSError, ConnectionError) as err:
                 log.info("VM %s: cannot send target: %s", vm.name, err)
 
+    async def _unpin(self, vm: VM, msg: protocol.VMTarget) -> protocol.Message:
+        if self.autopolicy is None:
+            return protocol.Error(f"hostd runs without --policy auto: give VM {vm.name} a size", msg.id)
+        self.targets.pop(vm.name, None)
+        self.save_state()
+        log.info("VM %s: target auto (the policy decides)", vm.name)
+        return protocol.Reply(msg.id, {"vm": vm.name, "target_bytes": vm.target_bytes, "auto": True})
+
     def vm_status(self, vm: VM) -> dict:
         return vmstatus.vm_status(vm)
 
     async def control_message(self, msg: protocol.Message) -> protocol.Message:
         if isinstance(msg, protocol.StatusRequest):
             self.scan()
+            await virtioballoon.refresh(self.vms.values(), VIRTIO_READING_MAX_AGE_S)
             vms = await asyncio.to_thread(lambda: [self.vm_status(v) for v in sorted(self.vms.values(), key=lambda v: v.name)])
             # built as the typed payload, so what hostd sends always has the documented shape
-            return protocol.Reply(msg.id, HostStatus(tuple(VMStatus.from_dict(v) for v in vms)).to_dict())
+            pinned = self.autopolicy is not None
+            return protocol.Reply(msg.id, HostStatus(
+                tuple(VMStatus.from_dict({**v, "pinned": pinned and v["name"] in self.targets}) for v in vms),
+                self.autopolicy.status_text() if self.autopolicy else "").to_dict())
+        if isinstance(msg, protocol.PolicyExplainRequest):
+            report = self.autopolicy.report() if self.autopolicy else PolicyReport(
+                "manual", "manual", None, "policy manual: VM targets are set by hand (heapballoon target --vm); "
+                "start hostd with --policy auto to have them decided", 0)
+            return protocol.Reply(msg.id, report.to_dict())
         if isinstance(msg, protocol.VMTarget):
             vm = self.vms.get(msg.vm)
             if vm is None:
@@ -189,6 +214,8 @@ class HostDaemon(GuestSessions):
                 vm = self.vms.get(msg.vm)
             if vm is None:
                 return protocol.Error(f"no VM named {msg.vm} is managed by this hostd (`heapballoon vm list` shows the VMs)", msg.id)
+            if msg.auto:
+                return await self._unpin(vm, msg)
             if msg.target_bytes > vm.memory_bytes:
                 return protocol.Error(f"target {msg.target_bytes} bytes exceeds VM {vm.name}'s "
                                       f"{vm.memory_bytes} bytes of RAM", msg.id)
@@ -252,6 +279,8 @@ class HostDaemon(GuestSessions):
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
+        if self.autopolicy is not None:
+            await self.autopolicy.release()
         for vm in list(self.vms.values()):
             vm.close()
         self.vms.clear()
@@ -267,10 +296,23 @@ class HostDaemon(GuestSessions):
 async def serve(socket_path: str, run_dir: str, batch_pages: int | None = None,
                 ready: asyncio.Event | None = None, engine: str = "short",
                 pause_budget_ms: float | None = None, metrics: str | None = None,
-                metrics_registry=None) -> None:
-    """Run hostd until cancelled (``metrics``: serve Prometheus metrics on ADDR:PORT)."""
+                metrics_registry=None, policy: str = "manual", memory_budget_bytes: int | None = None,
+                policy_file: str | None = None) -> None:
+    """Run hostd until cancelled (``metrics``: serve Prometheus metrics on ADDR:PORT;
+    ``policy="auto"``: autopolicy decides every VM's targets, SIGHUP re-reads its file)."""
     d = HostDaemon(socket_path, run_dir, batch_pages, engine, pause_budget_ms)
+    if policy == "auto":
+        from heapballoon.host.autopolicy import AutoPolicy
+
+        d.autopolicy = AutoPolicy(d, memory_budget_bytes, policy_file)  # a bad file: hostd does not start
     await d.start()
+    loop = asyncio.get_running_loop()
+    if d.autopolicy is not None:
+        d._tasks.add(loop.create_task(d.autopolicy.run(), name="hostd-policy"))
+        try:
+            loop.add_signal_handler(signal.SIGHUP, d.autopolicy.reload)
+        except (RuntimeError, ValueError):  # not the main thread (tests): no SIGHUP
+            pass
     server = None
     if metrics:
         from heapballoon.driver.metrics import parse_listen
@@ -282,6 +324,11 @@ async def serve(socket_path: str, run_dir: str, batch_pages: int | None = None,
     try:
         await asyncio.Event().wait()
     finally:
+        if d.autopolicy is not None:
+            try:
+                loop.remove_signal_handler(signal.SIGHUP)
+            except (RuntimeError, ValueError):
+                pass
         if server is not None:
             server.shutdown()
             server.server_close()
@@ -304,8 +351,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pause-budget-ms", type=float, default=None,
                    help=f"short engine: planned length of one pause (default {DEFAULT_PAUSE_BUDGET_MS})")
     p.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics, e.g. 127.0.0.1:9478")
+    p.add_argument("--policy", choices=("manual", "auto"), default="manual",
+                   help="manual: targets by hand (default); auto: hostd decides every VM's targets "
+                   "(free guest memory through virtio-balloon first, then idle JVM heap)")
+    p.add_argument("--memory-budget", metavar="SIZE", help="--policy auto: cap on the VMs' host-resident "
+                   "total, e.g. 1400M (default: from the host's free memory)")
+    p.add_argument("--policy-file", metavar="PATH", help="--policy auto: TOML policy file, re-read on SIGHUP "
+                   "(default /etc/heapballoon/policy.toml if present)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    budget = None
+    if args.memory_budget is not None:
+        from heapballoon.units import parse_size
+
+        budget = parse_size(args.memory_budget)  # UsageError: one line
+    if args.policy != "auto" and (budget is not None or args.policy_file):
+        raise UsageError("--memory-budget and --policy-file need --policy auto")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -316,7 +377,8 @@ def main(argv: list[str] | None = None) -> int:
             loop.add_signal_handler(sig, task.cancel)
         try:
             await serve(transport.host_socket_path(args.socket), run_dir_path(args.run_dir), args.batch_pages,
-                        engine=args.engine, pause_budget_ms=args.pause_budget_ms, metrics=args.metrics)
+                        engine=args.engine, pause_budget_ms=args.pause_budget_ms, metrics=args.metrics,
+                        policy=args.policy, memory_budget_bytes=budget, policy_file=args.policy_file)
         except asyncio.CancelledError:
             log.info("hostd stopping")
 

@@ -22,6 +22,7 @@ from heapballoon.host.layout import GuestLayout
 from heapballoon.host.pageset import PageSet
 from heapballoon.host.pausestats import PauseStats
 from heapballoon.host.shortpause import PauseModel
+from heapballoon.host.virtioballoon import BalloonReading
 from heapballoon.linux.procfs import ProcFS
 from heapballoon.vm.vmdir import VMDir, VMPaths, run_dir
 
@@ -71,6 +72,13 @@ class VM:
     channel: transport.LineChannel | None = None
     task: asyncio.Task | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # virtio-balloon (virtioballoon.py): the last reading, whether the guest's statistics are
+    # on, and what hostd asked the device to hold (bytes taken from the guest; 0: nothing)
+    virtio: BalloonReading | None = None
+    virtio_stats_on: bool = False
+    virtio_target_bytes: int = 0
+    virtio_error: str = ""
+    policy_reason: str = ""  # hostd --policy auto: why the VM's targets are what they are
 
     @property
     def paths(self) -> VMPaths:

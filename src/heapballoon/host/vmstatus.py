@@ -74,6 +74,11 @@ def vm_status(vm) -> dict:
         "totals_pages": dict(vm.totals),
         "jvms": list(gs.jvms) if gs else [],
         "balloon_max_bytes": guest_balloon_max_bytes(gs.jvms) if gs else None,
+        "guest_free_bytes": vm.virtio.free_bytes if vm.virtio else None,
+        "guest_available_bytes": vm.virtio.available_bytes if vm.virtio else None,
+        "virtio_actual_bytes": vm.virtio.actual_bytes if vm.virtio else None,
+        "virtio_target_bytes": vm.virtio_target_bytes,
+        "policy_reason": vm.policy_reason,
     }
 
 
@@ -109,6 +114,70 @@ class HostdCollector:
             per_gib.add_metric([vm.name], vm.pause_stats.pause_ms_per_gib)
             punched.add_metric([vm.name], vm.pause_stats.punched_bytes)
         yield from (parts, count, total, per_gib, punched)
+        yield from vm_memory_metrics(vms)
+        yield from policy_metrics(getattr(self.daemon, "autopolicy", None))
+
+
+def _resident_bytes(vm) -> int | None:
+    """Host-resident guest RAM without opening anything new (a scrape does no reclaim work)."""
+    if vm.guest_ram is None:
+        return None
+    try:
+        return vm.guest_ram.resident_bytes()
+    except (ReclaimError, OSError):
+        return None
+
+
+def vm_memory_metrics(vms):
+    """Per VM: host-resident RAM, the guest's free/available memory and the virtio balloon."""
+    gauges = {key: GaugeMetricFamily(f"heapballoon_vm_{key}", doc, labels=["vm"]) for key, doc in (
+        ("host_resident_bytes", "Guest RAM resident on the host (allocated blocks of the RAM memfd)"),
+        ("guest_free_bytes", "Free guest memory (virtio-balloon statistics)"),
+        ("guest_available_bytes", "Available guest memory (virtio-balloon statistics)"),
+        ("virtio_actual_bytes", "Guest RAM the virtio balloon leaves the guest"),
+        ("virtio_target_bytes", "What hostd asked the virtio balloon to take from the guest"),
+        ("heap_target_bytes", "The VM's heap balloon target (its JVMs', through the guest channel)"),
+    )}
+    for vm in vms:
+        r = vm.virtio
+        for key, value in (("host_resident_bytes", _resident_bytes(vm)),
+                           ("guest_free_bytes", r.free_bytes if r else None),
+                           ("guest_available_bytes", r.available_bytes if r else None),
+                           ("virtio_actual_bytes", r.actual_bytes if r else None),
+                           ("virtio_target_bytes", vm.virtio_target_bytes),
+                           ("heap_target_bytes", vm.target_bytes)):
+            if value is not None:
+                gauges[key].add_metric([vm.name], value)
+    yield from gauges.values()
+
+
+def policy_metrics(policy):
+    """``hostd --policy auto``: the memory state, the budget, and each VM's targets with the
+    reason as a label (one short string per VM and source, so the label set stays small)."""
+    if policy is None or policy.decisions is None:
+        return
+    from heapballoon.policy.model import STATES
+
+    d = policy.decisions
+    state = GaugeMetricFamily("heapballoon_policy_state", "The memory state (1 for the current one)",
+                              labels=["state", "constraint"])
+    for s in STATES:
+        state.add_metric([s, d.constraint if s == d.state else ""], 1.0 if s == d.state else 0.0)
+    yield state
+    if d.budget_bytes is not None:
+        yield GaugeMetricFamily("heapballoon_policy_budget_bytes", "The memory budget in force", value=d.budget_bytes)
+    for key, doc in (("resident_bytes", "Managed VMs' host-resident total"),
+                     ("held_bytes", "What the VMs' balloons hold now"),
+                     ("want_bytes", "What the balloons should hold in total"),
+                     ("find_bytes", "Still to find"),
+                     ("unmet_bytes", "What no source can give (floors, reservations, pins)")):
+        yield GaugeMetricFamily(f"heapballoon_policy_{key}", doc, value=getattr(d, key))
+    target = GaugeMetricFamily("heapballoon_policy_target_bytes", "Each VM's target per source, with the reason",
+                               labels=["vm", "source", "reason", "pinned"])
+    for w in d.workloads:
+        for src in w.sources:
+            target.add_metric([w.name, src.kind, w.reason, "1" if w.pinned else "0"], src.target_bytes)
+    yield target
 
 
 def start_metrics(daemon, host: str, port: int, registry=None):
