@@ -270,10 +270,11 @@ def test_closed_loop_meets_the_budget_without_oscillating_or_starving(budget_byt
             deltas = [b[key] - a[key] for a, b in zip(phase, phase[1:]) if b[key] != a[key]]
             assert all(x > 0 for x in deltas) or all(x < 0 for x in deltas), (key, deltas)
     # the busy JVM is not starved: it gives only what the idle ones cannot
+    goal = 1.75 * max(16 * MIB, 0.02 * budget_bytes)  # how far below the budget the law aims
     idle_room = 790 * MIB + 240 * MIB
-    need = 3350 * MIB - budget_bytes
-    assert history[-1]["busy"] <= max(0, need - idle_room) + 64 * MIB
-    assert history[20]["busy"] <= max(0, 3300 * MIB - budget_bytes - 2 * 790 * MIB) + 64 * MIB
+    need = 3350 * MIB - budget_bytes + goal
+    assert history[-1]["busy"] <= max(0, need - idle_room) + 32 * MIB
+    assert history[20]["busy"] <= max(0, 3300 * MIB - budget_bytes + goal - 2 * 790 * MIB) + 32 * MIB
 
 
 def test_pages_a_give_back_left_untouched_are_not_room():
