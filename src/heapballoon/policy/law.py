@@ -249,14 +249,16 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
             alloc[(w.key, kind)] = g
             left -= g
         pinned_total += w.pinned_target_bytes - max(0, left)
-    # not measured yet (just registered): it holds what it holds until its activity is known,
-    # so a first guess does not make it, or the others, inflate and deflate again
-    waiting = [w for w in wls if w.pinned_target_bytes is None and w.key not in known]
+    # not measured yet (just registered): while memory is short it holds what it holds until
+    # its activity is known, so a first guess does not make it, or the others, inflate and
+    # deflate again; with plenty (high) it gives back like the rest, counted as active
+    waiting = [w for w in wls if w.pinned_target_bytes is None and w.key not in known and node_state != "high"]
     for w in waiting:
         for s in w.sources:
             alloc[(w.key, s.kind)] = min(_prev_target(state, w, s.kind), room[(w.key, s.kind)])
             pinned_total += alloc[(w.key, s.kind)]
-    free_wls = [w for w in wls if w.pinned_target_bytes is None and w.key in known]
+    waiting_keys = {w.key for w in waiting}
+    free_wls = [w for w in wls if w.pinned_target_bytes is None and w.key not in waiting_keys]
 
     # limits: a workload above its limit gives the excess, cheapest source first
     forced = {}
@@ -319,7 +321,7 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
         changed = any(per[s.kind] != _prev_target(state, w, s.kind) for s in w.sources) or w.key not in state.targets
         reason = _reason(w, per, node_state, act[w.key], shares[w.key], reservation[w.key], limit[w.key],
                          forced.get(w.key, 0), room, wl_room, bounded)
-        if w in waiting:
+        if w.key in waiting_keys:
             reason = "activity not measured yet: holds its target"
         decisions.append(WorkloadDecision(
             key=w.key, name=w.name, kind=w.kind,
