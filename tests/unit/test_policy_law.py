@@ -177,10 +177,14 @@ def build(ws, **host):
 
 
 @settings(max_examples=200, deadline=None)
-@given(workloads, st.integers(256 * MIB, 16 * GIB))
-def test_floors_are_never_crossed(ws, budget_bytes):
+@given(workloads, st.integers(256 * MIB, 16 * GIB), st.lists(st.integers(0, 4 * GIB), min_size=8, max_size=8),
+       st.sampled_from(["high", "clear", "soft", "hard", "low"]))
+def test_floors_are_never_crossed(ws, budget_bytes, prev_targets, prev_state):
+    """Whatever was decided last tick (a floor may have risen since: a live set grew), no
+    source is asked for more than it can give above its floor: give-backs happen at once."""
     obs = build(ws, memory_budget_bytes=budget_bytes)
-    _, d = tick(PolicyConfig(), PolicyState(), obs, 0.0)
+    prev = PolicyState(state=prev_state, targets={f"w{i}": {"heap": t} for i, t in enumerate(prev_targets)})
+    _, d = tick(PolicyConfig(), prev, obs, 0.0)
     for w, o in zip(d.workloads, obs.workloads):
         if o.pinned_target_bytes is None:
             for s, so in zip(w.sources, o.sources):
@@ -266,10 +270,11 @@ def test_closed_loop_meets_the_budget_without_oscillating_or_starving(budget_byt
             deltas = [b[key] - a[key] for a, b in zip(phase, phase[1:]) if b[key] != a[key]]
             assert all(x > 0 for x in deltas) or all(x < 0 for x in deltas), (key, deltas)
     # the busy JVM is not starved: it gives only what the idle ones cannot
+    goal = 1.75 * max(16 * MIB, 0.02 * budget_bytes)  # how far below the budget the law aims
     idle_room = 790 * MIB + 240 * MIB
-    need = 3350 * MIB - budget_bytes
-    assert history[-1]["busy"] <= max(0, need - idle_room) + 64 * MIB
-    assert history[20]["busy"] <= max(0, 3300 * MIB - budget_bytes - 2 * 790 * MIB) + 64 * MIB
+    need = 3350 * MIB - budget_bytes + goal
+    assert history[-1]["busy"] <= max(0, need - idle_room) + 32 * MIB
+    assert history[20]["busy"] <= max(0, 3300 * MIB - budget_bytes + goal - 2 * 790 * MIB) + 32 * MIB
 
 
 def test_pages_a_give_back_left_untouched_are_not_room():
@@ -334,3 +339,11 @@ def test_closed_loop_with_lazily_reused_pages_does_not_ring(budget_bytes, raise_
     assert worst <= (budget_bytes + raise_bytes) * 1.05
     moves = [b - a for a, b in zip(totals[30:], totals[31:]) if abs(b - a) > cfg.deadband_bytes]
     assert all(m < 0 for m in moves), moves  # given back, never taken again
+
+
+def test_the_summary_line_stays_short_with_many_workloads():
+    obs = Observations(budget(10 * GIB), tuple(jvm(f"jvm-{i:03d}", 300 * MIB, i / 100) for i in range(100)))
+    _, d = tick(PolicyConfig(), PolicyState(), obs, 0.0)
+    line = summary_line(d)
+    assert len(line) < 300 and "more" in line, line
+    assert explain_text(d).count("\n") >= 100

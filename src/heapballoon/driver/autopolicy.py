@@ -31,7 +31,7 @@ from heapballoon.linux.procfs import ProcFS
 from heapballoon.status import PolicyReport
 from heapballoon.policy import (
     DEFAULT_POLICY_PATH, Decisions, HostObservation, Observations, PolicyConfig, PolicyConfigError, PolicyState,
-    SourceObservation, WorkloadObservation, explain_text, load_config, state_text, summary_line, tick,
+    SourceObservation, WorkloadDecision, WorkloadObservation, explain_text, load_config, state_text, summary_line, tick,
     workload_line,
 )
 
@@ -102,6 +102,7 @@ class AutoPolicy:
         self.cgroup = cgroup or MemoryCgroupV1()
         self.state = PolicyState()
         self.decisions: Decisions | None = None
+        self.by_key: dict[str, WorkloadDecision] = {}
         self.meters: dict[int, ActivityMeter] = {}
         self.groups: dict[tuple[int, int], str | None] = {}
         self.ticks = 0
@@ -172,7 +173,7 @@ class AutoPolicy:
             workloads.append(WorkloadObservation(
                 key=str(rec.pid), name=rec.name, kind="jvm", resident_bytes=rss,
                 sources=(SourceObservation("heap", reclaimable_bytes=rec.balloon_max_bytes,
-                                           held_bytes=min(rec.reclaimed_bytes, rss + rec.reclaimed_bytes),
+                                           held_bytes=rec.reclaimed_bytes,
                                            target_bytes=current),),
                 active_fraction=meter.active_fraction(max(s.heap_committed_bytes, s.heap_max_bytes)),
                 pinned_target_bytes=rec.explicit_target_bytes))
@@ -196,6 +197,7 @@ class AutoPolicy:
             return False
         obs = self.observe(records, now_s)
         self.state, self.decisions = tick(self.config, self.state, obs, now_s)
+        self.by_key = self.decisions.by_key()
         self.ticks += 1
         self.last_tick_s = now_s
         self.due = False
@@ -210,7 +212,7 @@ class AutoPolicy:
     def targets(self, records) -> dict[int, int]:
         """Every connected JVM's target: the last decision, a pin, or (not decided yet) what it
         holds, so a JVM keeps its balloon across a daemon restart until the law has spoken."""
-        decided = self.decisions.by_key() if self.decisions else {}
+        decided = self.by_key
         out = {}
         for rec in records:
             if not rec.connected:
@@ -224,7 +226,7 @@ class AutoPolicy:
         return out
 
     def reason(self, pid: int) -> str:
-        w = self.decisions.by_key().get(str(pid)) if self.decisions else None
+        w = self.by_key.get(str(pid))
         return w.reason if w is not None else "not decided yet"
 
     def budget_bytes(self) -> int | None:

@@ -33,7 +33,9 @@ The law in five steps:
 2. **How much should the sources hold in total (want)?** Let H be what the sources hold now and
    P the sum of last tick's targets.
 
-   * soft/hard/low: want = max(P, H + (goal − free)), goal = clear·minFree·(1 + 2·hysteresis).
+   * soft/hard/low: want = max(P, H + (goal − free)), goal = a quarter of the way from the
+     clear threshold to the high one (1.75·minFree by default): deep enough into the deadband
+     that a balloon short of its target by a chunk does not leave the state soft.
      Resident + held is what the workloads would occupy without balloons; it does not change
      when a balloon grows (held rises by what resident falls), so this aim is a *static*
      estimate of the answer, not an integrator: balloons still inflating do not make it
@@ -182,7 +184,8 @@ def _aim(config: PolicyConfig, state: PolicyState, host: HostObservation, budget
         elif st == "clear":
             want = prev_total
         else:  # never below last tick's targets: the aim only rises while memory is short
-            want = max(prev_total, held + (th.clear * min_free * (1 + 2 * config.hysteresis) - free))
+            goal = (th.clear + (th.high - th.clear) / 4) * min_free
+            want = max(prev_total, held + (goal - free))
         verdicts.append((name, st, want))
     if not verdicts:
         verdicts.append(("none", "high", 0))
@@ -246,14 +249,16 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
             alloc[(w.key, kind)] = g
             left -= g
         pinned_total += w.pinned_target_bytes - max(0, left)
-    # not measured yet (just registered): it holds what it holds until its activity is known,
-    # so a first guess does not make it, or the others, inflate and deflate again
-    waiting = [w for w in wls if w.pinned_target_bytes is None and w.key not in known]
+    # not measured yet (just registered): while memory is short it holds what it holds until
+    # its activity is known, so a first guess does not make it, or the others, inflate and
+    # deflate again; with plenty (high) it gives back like the rest, counted as active
+    waiting = [w for w in wls if w.pinned_target_bytes is None and w.key not in known and node_state != "high"]
     for w in waiting:
         for s in w.sources:
             alloc[(w.key, s.kind)] = min(_prev_target(state, w, s.kind), room[(w.key, s.kind)])
             pinned_total += alloc[(w.key, s.kind)]
-    free_wls = [w for w in wls if w.pinned_target_bytes is None and w.key in known]
+    waiting_keys = {w.key for w in waiting}
+    free_wls = [w for w in wls if w.pinned_target_bytes is None and w.key not in waiting_keys]
 
     # limits: a workload above its limit gives the excess, cheapest source first
     forced = {}
@@ -316,7 +321,7 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
         changed = any(per[s.kind] != _prev_target(state, w, s.kind) for s in w.sources) or w.key not in state.targets
         reason = _reason(w, per, node_state, act[w.key], shares[w.key], reservation[w.key], limit[w.key],
                          forced.get(w.key, 0), room, wl_room, bounded)
-        if w in waiting:
+        if w.key in waiting_keys:
             reason = "activity not measured yet: holds its target"
         decisions.append(WorkloadDecision(
             key=w.key, name=w.name, kind=w.kind,
@@ -326,11 +331,15 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
 
     unmet_reason = ""
     if unmet > 0:
-        why = "every workload is at its floor (live set + headroom)"
+        why = "the others are at their floors (live set + headroom)"
         if any(reservation[w.key] for w in free_wls):
-            why += " or reservation"
+            why += " or reservations"
+        if not free_wls:
+            why = "no workload may give yet"
         if pinned:
             why += f"; {len(pinned)} pinned"
+        if waiting:
+            why += f"; {len(waiting)} not measured yet (they hold their targets for now)"
         unmet_reason = f"{constraint} unmet by {format_size(unmet)}: {why}"
     new_state = PolicyState(
         state=node_state,
