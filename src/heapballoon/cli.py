@@ -266,8 +266,10 @@ def cmd_policy(args) -> int:
 
     if args.action != "explain":
         raise UsageError(f"unknown policy action {args.action!r}: try `heapballoon policy explain`")
-    sock = transport.host_socket_path(args.host_socket) if args.vms else transport.socket_path(args.socket)
-    reply = transport.request(sock, protocol.PolicyExplainRequest(id=1))
+    if args.vms:
+        reply = _host_request(args, protocol.PolicyExplainRequest(id=1))
+    else:
+        reply = transport.request(transport.socket_path(args.socket), protocol.PolicyExplainRequest(id=1))
     report = PolicyReport.from_dict(reply.body)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
