@@ -45,3 +45,10 @@ def test_node_target_beyond_excess_uses_room_up_to_max_heap():
     # never beyond room
     t = policy.effective_targets(10_000, {1: None}, {1: 100}, {1: 300})
     assert t == {1: 300}
+
+
+def test_headroom_is_at_most_an_eighth_of_a_small_heap():
+    assert policy.headroom_bytes(128 * MIB) == 16 * MIB  # 64 MiB would leave Serial's old gen no room
+    assert policy.headroom_bytes(512 * MIB) == 64 * MIB
+    assert policy.headroom_bytes(1024 * MIB) == 64 * MIB
+    assert policy.headroom_bytes(4096 * MIB) == int(4096 * MIB * 0.05)

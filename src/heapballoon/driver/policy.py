@@ -20,11 +20,15 @@ from collections.abc import Mapping
 MIB = 1 << 20
 MIN_HEADROOM_BYTES = 64 * MIB
 HEADROOM_FRACTION = 0.05
+SMALL_HEAP_HEADROOM_FRACTION = 1 / 8
 
 
 def headroom_bytes(heap_max_bytes: int) -> int:
-    """Slack kept free in a heap: 5 % of its maximum, at least 64 MiB."""
-    return max(MIN_HEADROOM_BYTES, int(heap_max_bytes * HEADROOM_FRACTION))
+    """Slack kept free in a heap: 5 % of its maximum, at least 64 MiB, but never more than an
+    eighth of a small heap (a 128 MiB heap keeps 16 MiB: 64 MiB there left no room for any
+    balloon in Serial's old generation). The agent computes the same (Controller.headroomBytes)."""
+    floor = min(MIN_HEADROOM_BYTES, int(heap_max_bytes * SMALL_HEAP_HEADROOM_FRACTION))
+    return max(floor, int(heap_max_bytes * HEADROOM_FRACTION))
 
 
 def excess_bytes(heap_committed_bytes: int, live_bytes: int, heap_max_bytes: int) -> int:

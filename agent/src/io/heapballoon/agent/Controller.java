@@ -130,7 +130,11 @@ final class Controller {
         if (options.headroomBytes >= 0) {
             return options.headroomBytes;
         }
-        return Math.max(64L << 20, stats.maxBytes() / 20);
+        // 5% of the heap, at least 64 MiB, but at most an eighth of a small heap (128 MiB keeps
+        // 16 MiB; 64 MiB there left Serial's old generation no room for any balloon).
+        // driver/policy.py headroom_bytes computes the same.
+        long max = stats.maxBytes();
+        return Math.max(Math.min(64L << 20, max / 8), max / 20);
     }
 
     /** The application's live bytes: the estimate, or heap used less the balloon before any GC. */
