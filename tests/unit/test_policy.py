@@ -52,3 +52,22 @@ def test_headroom_is_at_most_an_eighth_of_a_small_heap():
     assert policy.headroom_bytes(512 * MIB) == 64 * MIB
     assert policy.headroom_bytes(1024 * MIB) == 64 * MIB
     assert policy.headroom_bytes(4096 * MIB) == int(4096 * MIB * 0.05)
+
+
+def test_a_node_target_is_handed_out_in_whole_chunks():
+    # 2 GiB over 100 JVMs: 20.48 MiB each would hold 16 MiB (two 8 MiB chunks), 1.6 GiB in all.
+    excess = {pid: 40 * MIB for pid in range(100)}
+    t = policy.effective_targets(2048 * MIB, {pid: None for pid in excess}, excess)
+    assert sum(t.values()) == 2048 * MIB
+    assert sum(v // (8 * MIB) * 8 * MIB for v in t.values()) == 2048 * MIB  # what whole chunks hold
+    assert all(v <= 40 * MIB for v in t.values())
+
+
+@given(st.dictionaries(st.integers(1, 50), st.integers(0, 200), min_size=1),
+       st.integers(0, 4000))
+def test_whole_chunks_conserve_bytes_and_respect_caps(caps_mib, target_mib):
+    caps = {pid: c * MIB for pid, c in caps_mib.items()}
+    shares = policy.split_target(target_mib * MIB, caps)
+    out = policy.whole_chunks(shares, caps)
+    assert sum(out.values()) == sum(shares.values())
+    assert all(out[pid] <= caps[pid] for pid in caps)

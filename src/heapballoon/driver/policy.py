@@ -21,6 +21,7 @@ MIB = 1 << 20
 MIN_HEADROOM_BYTES = 64 * MIB
 HEADROOM_FRACTION = 0.05
 SMALL_HEAP_HEADROOM_FRACTION = 1 / 8
+CHUNK_BYTES = 8 * MIB  # the agent's nominal balloon chunk (ChunkGeometry.NOMINAL_CHUNK_BYTES)
 
 
 def headroom_bytes(heap_max_bytes: int) -> int:
@@ -86,7 +87,31 @@ def effective_targets(node_target_bytes: int | None, explicit: Mapping[int, int 
         if left > 0 and room_by_pid:
             extra = split_target(left, {pid: max(0, room_by_pid.get(pid, 0) - shares[pid]) for pid in rest})
             shares = {pid: shares[pid] + extra[pid] for pid in shares}
-        out.update(shares)
+        caps = {pid: max(rest[pid], (room_by_pid or {}).get(pid, 0), shares[pid]) for pid in rest}
+        out.update(whole_chunks(shares, caps))
     else:
         out.update({pid: 0 for pid in rest})
+    return out
+
+
+def whole_chunks(shares: Mapping[int, int], caps: Mapping[int, int], chunk_bytes: int = CHUNK_BYTES) -> dict[int, int]:
+    """Shares moved to whole balloon chunks, their sum unchanged (largest remainder first).
+
+    An agent holds whole chunks (about 8 MiB each) up to its target, so a share of 20 MiB holds
+    16. Split 2 GiB among 100 JVMs and the node got 1.6 GiB. Here each share is rounded down to
+    whole chunks and the chunks that frees go, one each, to the JVMs with the largest remainder
+    (and room under their cap); the last part of a chunk goes to the next such JVM.
+    """
+    total = sum(shares.values())
+    if total < chunk_bytes:
+        return dict(shares)
+    out = {pid: share // chunk_bytes * chunk_bytes for pid, share in shares.items()}
+    by_remainder = sorted(shares, key=lambda pid: (shares[pid] - out[pid], caps[pid] - out[pid]), reverse=True)
+    left = total - sum(out.values())
+    for pid in by_remainder:
+        if left <= 0:
+            break
+        give = min(chunk_bytes, left, max(0, caps[pid] - out[pid]))
+        out[pid] += give
+        left -= give
     return out
