@@ -25,9 +25,13 @@ def test_ten_idle_jvms_a_quiet_log_and_an_unmet_target_said_plainly(daemons, app
     wait_for(lambda: sum(j["connected"] for j in d.status()["jvms"]) == N, 120, what=f"{N} agents registered")
 
     run_cli("target", "all", "2G", sock=d.sock, check=True)
-    node = wait_for(lambda: (n := d.status()["node"])["unmet_bytes"] and n, 20, what="status to say unmet")
-    assert node["unmet_bytes"] == 2048 * MIB - sum(j["target_bytes"] for j in d.status()["jvms"])
-    assert "no room" in node["unmet_reason"] and f"{N} JVMs can hold at most" in node["unmet_reason"]
+    # Ten 128 MiB heaps hold at most ~50 MiB of balloon each (Serial's old generation less the
+    # live set and headroom): 2 GiB cannot be met, and status says by how much and why.
+    body = wait_for(lambda: (b := d.status())["node"]["unmet_bytes"] and b, 20, what="status to say unmet")
+    node = body["node"]
+    assert node["unmet_bytes"] == 2048 * MIB - sum(j["target_bytes"] for j in body["jvms"])
+    assert node["unmet_bytes"] > 1024 * MIB
+    assert f"{N} JVMs can hold at most" in node["unmet_reason"]
     human = run_cli("status", sock=d.sock, check=True).stdout
     assert "target not met" in human and "…" not in human
 
@@ -40,5 +44,8 @@ def test_ten_idle_jvms_a_quiet_log_and_an_unmet_target_said_plainly(daemons, app
     assert t2 - t1 == 60, beats
     between = log[off1:off2]
     assert len(between) < 1000, between  # one summary line per 60 idle ticks, nothing per JVM
-    assert log.count("node target cannot be met") == 1
+    # said when the shortfall or its cause changes (the agents' first figures may change it once
+    # or twice), not every tick: the steady-state window above holds no warning at all
+    assert 1 <= log.count("node target cannot be met") <= 3
+    assert "cannot be met" not in between
     assert max(map(len, log.splitlines())) < 1000

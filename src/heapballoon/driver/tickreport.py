@@ -52,7 +52,7 @@ class Unmet:
 
     bytes: int = 0
     reason: str = ""
-    # What makes the log repeat the warning: the shortfall in percent of the target, and the
+    # What makes the log repeat the warning: the shortfall in tenths of the target, and the
     # counts behind the reason (not the sizes in it, which move with every collection).
     key: tuple = ()
 
@@ -69,7 +69,7 @@ def unmet(node_target_bytes: int | None, targets: Mapping[int, int], records: It
         return Unmet()
     recs = [r for r in records if r.connected]
     if not recs:
-        return Unmet(short, "no JVM is registered", (100 * short // node_target_bytes, 0))
+        return Unmet(short, "no JVM is registered", (10 * short // node_target_bytes, 0))
     free = [r for r in recs if r.explicit_target_bytes is None]
     pinned = len(recs) - len(free)
     parts = []
@@ -86,7 +86,7 @@ def unmet(node_target_bytes: int | None, targets: Mapping[int, int], records: It
                      f"and a balloon gets only the rest of the {where} (e.g. pid {r.pid}: {r.hello.gc}, heap max "
                      f"{format_size(r.state.heap_max_bytes)}, live {format_size(r.state.live_bytes)}, headroom "
                      f"{format_size(policy.headroom_bytes(r.state.heap_max_bytes))})")
-    return Unmet(short, "; ".join(parts), (100 * short // node_target_bytes, pinned, len(free), len(full)))
+    return Unmet(short, "; ".join(parts), (10 * short // node_target_bytes, pinned, len(free), len(full)))
 
 
 def node_summary(tick: int, records: list, node_target_bytes: int | None, short: Unmet, ksm: str) -> str:
