@@ -156,6 +156,29 @@ def cmd_target(args) -> int:
     return 0
 
 
+def cmd_experiment(args) -> int:
+    import shlex
+
+    from rich.console import Console
+
+    from heapballoon.experiment import config, runner
+
+    if args.seed < 0:
+        raise UsageError(f"invalid seed {args.seed}: must be >= 0")
+    command = "heapballoon " + shlex.join(sys.argv[1:] if sys.argv[1:2] == ["experiment"] else ["experiment"])
+    make = config.quick if args.quick else config.full
+    cfg = make(os.path.abspath(args.out), args.seed, command)
+    if args.policy != cfg.policy:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, policy=args.policy)
+    config.validate(cfg)
+    _setup_logging("warning")
+    runner.run(cfg, Console(stderr=True))
+    print(os.path.join(cfg.out_dir, "report.md"))
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 
 class _Parser(argparse.ArgumentParser):
@@ -208,6 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--vm", metavar="NAME", help="target a VM (through hostd)")
     t.add_argument("--host-socket")
     t.set_defaults(func=cmd_target)
+
+    e = sub.add_parser("experiment", help="compare memory managers under overcommit (writes a report and plots)")
+    e.add_argument("--quick", action="store_true", help="process mode, 0%% and 50%%, three managers (< 5 min)")
+    e.add_argument("--out", required=True, metavar="DIR", help="output directory (report.md, results.json, CSV, PNG)")
+    e.add_argument("--seed", type=int, default=1, help="seed of the data sets and the load (default 1)")
+    e.add_argument("--policy", choices=("manual", "auto"), default="manual",
+                   help="heapballoon's policy: auto (daemon --policy auto --memory-budget) or manual (target all)")
+    e.set_defaults(func=cmd_experiment)
 
     from heapballoon.vm import cli as vm_cli  # VM mode: image, vm
 

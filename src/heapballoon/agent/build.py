@@ -222,3 +222,12 @@ def javaagent_arg(socket_path: str, name: str | None = None) -> str:
     """``-javaagent:<jar>=<options>`` for a JVM command line (builds the jar and native lib)."""
     options = agent_options(socket_path, name, native_lib())
     return f"-javaagent:{agent_jar()}={options}"
+
+
+EXPERIMENT_MAIN = "io.heapballoon.experiment.CacheService"
+EXPERIMENT_JAR = "cacheservice.jar"
+
+
+def experiment_jar() -> Path:
+    """The experiment's workload service jar (``java -jar`` runs io.heapballoon.experiment.CacheService)."""
+    return _build_jar(source_root() / "experiment", "experiment", EXPERIMENT_JAR, {"Main-Class": EXPERIMENT_MAIN})

@@ -272,6 +272,38 @@ class ProcFS:
 
     # -- system-wide ------------------------------------------------------------------------
 
+    def vmstat(self) -> dict[str, int]:
+        """``/proc/vmstat`` counters (``pswpin``, ``pswpout``, ``pgmajfault``, ...)."""
+        out = {}
+        for line in self.read_text("vmstat").splitlines():
+            key, _, value = line.partition(" ")
+            if value.strip().isdigit():
+                out[key] = int(value)
+        return out
+
+    def pressure(self, resource: str = "memory") -> dict[str, float]:
+        """PSI (``/proc/pressure/RESOURCE``): ``some_avg10`` .. ``full_total_us``; {} without PSI."""
+        try:
+            text = self.read_text(f"pressure/{resource}")
+        except KernelError:
+            return {}
+        out = {}
+        for line in text.splitlines():
+            kind, *fields = line.split()
+            for f in fields:
+                key, _, value = f.partition("=")
+                out[f"{kind}_{key}" + ("_us" if key == "total" else "")] = float(value)
+        return out
+
+    def cpu_seconds(self, pid: Pid) -> float:
+        """User plus system CPU time of ``pid`` (``stat`` fields 14 and 15) in seconds."""
+        text = self.read_text(f"{pid}/stat")
+        rest = text[text.rfind(")") + 2:].split()
+        try:
+            return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+        except (IndexError, ValueError) as err:
+            raise KernelError(f"cannot parse {self.path(pid, 'stat')}") from err
+
     def uptime_s(self) -> float:
         return float(self.read_text("uptime").split()[0])
 

@@ -1,0 +1,144 @@
+"""What a cell measures: a sampler thread (memory per service, the cgroup, swap, faults, PSI, the
+manager's reclaimed bytes) and the per-cell summary that becomes one ``results.json`` entry.
+
+Host-wide counters (``/proc/vmstat`` swap and major faults) are deltas from before the JVMs
+start to the end of the load; the
+machine is shared, so they include other jobs' paging (the swap file is the experiment's, and
+other jobs rarely swap). ``reaction_s`` is the time from pressure (the cgroup's usage first at
+95 % of its limit) to pages freed (usage back at or under 90 % of the limit).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from heapballoon.errors import KernelError
+from heapballoon.experiment.loadgen import LoadResult
+from heapballoon.linux.cgroup import MemoryCgroup
+from heapballoon.linux.procfs import ProcFS
+
+SERVICE_FIELDS = ["cell", "manager", "overcommit", "t_s", "service", "rss_bytes", "cgroup_bytes", "swap_bytes"]
+HOST_FIELDS = ["cell", "manager", "overcommit", "t_s", "cgroup_bytes", "cgroup_limit_bytes", "cgroup_swap_bytes",
+               "mem_available_bytes", "pswpin", "pswpout", "pgmajfault", "psi_some_avg10", "reclaimed_bytes"]
+
+
+@dataclass
+class Samples:
+    service_rows: list[dict] = field(default_factory=list)
+    host_rows: list[dict] = field(default_factory=list)
+
+
+class Sampler:
+    """Samples every ``interval_s`` on a thread from :meth:`start` to :meth:`stop`."""
+
+    def __init__(self, label: dict, parent: MemoryCgroup, children: list[MemoryCgroup], pids: list[int],
+                 reclaimed, interval_s: float, procfs: ProcFS | None = None) -> None:
+        self.label = label
+        self.parent = parent
+        self.children = children
+        self.pids = pids
+        self.reclaimed = reclaimed
+        self.interval_s = interval_s
+        self.procfs = procfs or ProcFS()
+        self.samples = Samples()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+        self.t0 = time.monotonic()
+
+    def start(self) -> "Sampler":
+        self.t0 = time.monotonic()
+        self._thread.start()
+        return self
+
+    def stop(self) -> Samples:
+        self._stop.set()
+        self._thread.join(10)
+        return self.samples
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.sample()
+            except KernelError:
+                pass
+            if self._stop.wait(self.interval_s):
+                return
+
+    def sample(self) -> None:
+        t = round(time.monotonic() - self.t0, 3)
+        for i, (pid, child) in enumerate(zip(self.pids, self.children)):
+            try:
+                rss = self.procfs.rss_bytes(pid)
+            except KernelError:
+                rss = 0
+            try:
+                usage, swap = child.usage_bytes(), child.stat().get("swap", 0)
+            except KernelError:
+                usage, swap = 0, 0
+            self.samples.service_rows.append({**self.label, "t_s": t, "service": f"svc{i}", "rss_bytes": rss,
+                                              "cgroup_bytes": usage, "swap_bytes": swap})
+        vm = self.procfs.vmstat()
+        stat = self.parent.stat()
+        self.samples.host_rows.append({
+            **self.label, "t_s": t, "cgroup_bytes": self.parent.usage_bytes(),
+            "cgroup_limit_bytes": stat.get("hierarchical_memory_limit", 0),
+            "cgroup_swap_bytes": stat.get("total_swap", 0),
+            "mem_available_bytes": self.procfs.meminfo().get("MemAvailable", 0),
+            "pswpin": vm.get("pswpin", 0), "pswpout": vm.get("pswpout", 0), "pgmajfault": vm.get("pgmajfault", 0),
+            "psi_some_avg10": self.procfs.pressure().get("some_avg10", 0.0),
+            "reclaimed_bytes": self.reclaimed() or 0,
+        })
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def reaction_s(host_rows: list[dict]) -> float | None:
+    onset = None
+    for row in host_rows:
+        limit = row["cgroup_limit_bytes"]
+        if not limit or limit >= 1 << 62:
+            return None
+        if onset is None and row["cgroup_bytes"] >= 0.95 * limit:
+            onset = row["t_s"]
+        elif onset is not None and row["cgroup_bytes"] <= 0.90 * limit:
+            return round(row["t_s"] - onset, 2)
+    return None
+
+
+def summarize(cell, cfg, load: LoadResult, samples: Samples, counters: dict, baseline_ok: int | None) -> dict:
+    """One results.json entry; ``counters`` holds the deltas and totals the runner collected."""
+    ok = [r.latency_ms for r in load.records if r.ok]
+    host = samples.host_rows
+    last = host[-1] if host else {}
+    peak = max((r["cgroup_bytes"] for r in host), default=0)
+    return {
+        "manager": cell.manager, "mode": cfg.mode, "overcommit": cell.level_pct,
+        "order": cell.index, "duration_s": cfg.cell_s,
+        "memory_given_bytes": None if cell.manager == "unconstrained" else cfg.given_bytes(cell.level_pct),
+        "committed_heap_bytes": cfg.services * cfg.heap_bytes,
+        "requests_ok": len(ok), "requests_failed": load.errors(), "requests_dropped": load.dropped,
+        "throughput_rps": round(len(ok) / cfg.cell_s, 1),
+        "throughput_ratio": round(len(ok) / baseline_ok, 3) if baseline_ok else None,
+        "latency_p50_ms": _round(percentile(ok, 0.50)), "latency_p99_ms": _round(percentile(ok, 0.99)),
+        "service_p99_ms": counters.get("service_p99_ms"),
+        "oom_events": counters["jvm_oom"] + counters["oom_kills"] + counters["died"],
+        "jvm_oom_errors": counters["jvm_oom"], "cgroup_oom_kills": counters["oom_kills"],
+        "services_died": counters["died"], "limit_hits": counters["limit_hits"],
+        "swap_in_pages": counters["pswpin"], "swap_out_pages": counters["pswpout"],
+        "major_faults": counters["pgmajfault"],
+        "cgroup_major_faults": counters["cgroup_major_faults"],
+        "peak_cgroup_bytes": peak, "reclaimed_bytes_end": last.get("reclaimed_bytes", 0) if host else 0,
+        "reaction_s": reaction_s(host), "manager_cpu_s": round(counters["manager_cpu_s"], 2),
+        "data_checks": counters["data_checks"], "data_errors": counters["data_errors"],
+    }
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
