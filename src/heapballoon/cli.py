@@ -39,9 +39,17 @@ def _setup_logging(level: str) -> None:
 def cmd_daemon(args) -> int:
     from heapballoon.driver.daemon import Driver, serve
 
+    policy = None
+    if args.policy == "auto":
+        from heapballoon.driver.autopolicy import AutoPolicy
+
+        budget = parse_size(args.memory_budget) if args.memory_budget is not None else None
+        policy = AutoPolicy(args.policy_file, budget)  # a bad policy file: one line, exit 2
+    elif args.memory_budget is not None or args.policy_file is not None:
+        raise UsageError("--memory-budget and --policy-file need --policy auto")
     _setup_logging(args.log_level)
     driver = Driver(transport.socket_path(args.socket), ksm_mode=args.ksm, reclaim=args.reclaim,
-                    interval_s=args.interval_s, socket_mode=int(args.socket_mode, 8))
+                    interval_s=args.interval_s, socket_mode=int(args.socket_mode, 8), policy=policy)
     if args.metrics:
         from heapballoon.driver.metrics import start_metrics
 
@@ -133,7 +141,10 @@ def cmd_status(args) -> int:
 
 
 def cmd_target(args) -> int:
-    size_bytes = parse_size(args.size)
+    auto = args.size == "auto"
+    if auto and (args.vm or args.what in (None, "all")):
+        raise UsageError("'auto' unpins one JVM: heapballoon target PID auto")
+    size_bytes = 0 if auto else parse_size(args.size)
     if args.vm:
         if args.what is not None:
             raise UsageError("give either --vm NAME or a PID/'all', not both")
@@ -145,9 +156,9 @@ def cmd_target(args) -> int:
         raise UsageError("target needs a PID or 'all' (or --vm NAME) and a SIZE, e.g.: heapballoon target all 512M")
     pid = None if args.what == "all" else _pid(args.what)
     reply = transport.request(transport.socket_path(args.socket),
-                              protocol.SetTarget(pid=pid, target_bytes=size_bytes, id=1))
+                              protocol.SetTarget(pid=pid, target_bytes=size_bytes, id=1, auto=auto))
     who = "all JVMs" if pid is None else f"JVM {pid}"
-    print(f"target of {who} set to {format_size(size_bytes)}")
+    print(f"target of {who} set to {'auto (unpinned)' if auto else format_size(size_bytes)}")
     if pid is None:
         from heapballoon.status import TargetsReply
 
@@ -156,6 +167,17 @@ def cmd_target(args) -> int:
     return 0
 
 
+def cmd_policy(args) -> int:
+    from heapballoon.status import PolicyReport
+
+    if args.action != "explain":
+        raise UsageError(f"unknown policy action {args.action!r}: try `heapballoon policy explain`")
+    reply = transport.request(transport.socket_path(args.socket), protocol.PolicyExplainRequest(id=1))
+    report = PolicyReport.from_dict(reply.body)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    else:
+        print(report.text)
 def cmd_experiment(args) -> int:
     import shlex
 
@@ -205,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--socket-mode", default="600", help="octal mode of the socket (default 600: root only)")
     d.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics, e.g. 127.0.0.1:9477")
     d.add_argument("--log-level", default="info")
+    d.add_argument("--policy", choices=("manual", "auto"), default="manual",
+                   help="manual: targets by hand (default); auto: decided from pressure, shares and idleness")
+    d.add_argument("--memory-budget", metavar="SIZE",
+                   help="--policy auto: cap the JVMs' resident total (the policy file's budget wins)")
+    d.add_argument("--policy-file", metavar="PATH",
+                   help="--policy auto: TOML policy, reloaded on SIGHUP (default /etc/heapballoon/policy.toml)")
     d.set_defaults(func=cmd_daemon)
 
     r = with_socket(sub.add_parser("run", help="run a command with the agent loaded into its JVMs"))
@@ -227,16 +255,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = with_socket(sub.add_parser("target", help="set a balloon target: PID, all, or --vm NAME"))
     t.add_argument("what", nargs="?", metavar="PID|all")
-    t.add_argument("size", metavar="SIZE", help="e.g. 512M, 1G; 0 deflates")
+    t.add_argument("size", metavar="SIZE", help="e.g. 512M, 1G; 0 deflates; auto unpins a JVM (--policy auto)")
     t.add_argument("--vm", metavar="NAME", help="target a VM (through hostd)")
     t.add_argument("--host-socket")
     t.set_defaults(func=cmd_target)
 
+    pol = with_socket(sub.add_parser("policy", help="the automatic policy: `policy explain` (its last tick)"))
+    pol.add_argument("action", choices=("explain",))
+    pol.add_argument("--json", action="store_true", help="machine-readable output")
+    pol.set_defaults(func=cmd_policy)
     e = sub.add_parser("experiment", help="compare memory managers under overcommit (writes a report and plots)")
     e.add_argument("--quick", action="store_true", help="process mode, 0%% and 50%%, three managers (< 5 min)")
     e.add_argument("--out", required=True, metavar="DIR", help="output directory (report.md, results.json, CSV, PNG)")
     e.add_argument("--seed", type=int, default=1, help="seed of the data sets and the load (default 1)")
-    e.add_argument("--policy", choices=("manual", "auto"), default="manual",
+    e.add_argument("--policy", choices=("manual", "auto"), default="auto",
                    help="heapballoon's policy: auto (daemon --policy auto --memory-budget) or manual (target all)")
     e.set_defaults(func=cmd_experiment)
 

@@ -236,14 +236,31 @@ class StatusRequest(Message):
 
 @_msg("set_target")
 class SetTarget(Message):
+    """``auto``: unpin the JVM (``target PID auto``); its target is the policy's again."""
+
     pid: int | None
     target_bytes: int
     id: int = 0
+    auto: bool = False
 
     @classmethod
     def parse(cls, d: dict) -> SetTarget:
         pid = None if d.get("pid") is None else _int(d, "pid", lo=1, hi=1 << 31)
-        return cls(pid, _int(d, "target_bytes", hi=1 << 50), _int(d, "id", 0))
+        auto = d.get("auto", False)
+        if not isinstance(auto, bool):
+            raise ProtocolError("field 'auto' must be true or false")
+        return cls(pid, _int(d, "target_bytes", hi=1 << 50), _int(d, "id", 0), auto)
+
+
+@_msg("policy_explain")
+class PolicyExplainRequest(Message):
+    """CLI → driver: the policy's last tick, explained (``heapballoon policy explain``)."""
+
+    id: int = 0
+
+    @classmethod
+    def parse(cls, d: dict) -> PolicyExplainRequest:
+        return cls(_int(d, "id", 0))
 
 
 @_msg("vm_target")

@@ -41,6 +41,10 @@ def render_status(body: dict, console: Console | None = None) -> None:
             console.print(f"node target {format_size(node.get('target_bytes', 0))}, "
                           f"balloon {format_size(node.get('balloon_bytes', 0))}, "
                           f"reclaimed {format_size(node.get('reclaimed_bytes', 0))}, KSM: {node.get('ksm', '-')}")
+            if node.get("policy") == "auto":
+                budget = node.get("budget_bytes")
+                console.print(f"policy auto: {node.get('policy_state', '-')}, budget "
+                              f"{format_size(budget) if budget is not None else 'none'}")
     if "vms" in body:
         vms = body["vms"]
         console.print(_table(f"VMs ({len(vms)})", VM_COLUMNS, vms))

@@ -1,4 +1,5 @@
-"""Typed payloads of the control replies: the driver's ``status`` and ``set_target``, hostd's ``status``.
+"""Typed payloads of the control replies: the driver's ``status``, ``set_target`` and
+``policy_explain``, hostd's ``status``.
 
 This module owns their shape. The daemon builds them as frozen dataclasses and sends
 ``to_dict()`` as a reply's ``body``; the CLI turns a body back with ``from_dict``, which
@@ -107,6 +108,7 @@ class JvmStatus:
     moved_chunks: int
     drift_pages: int
     events: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    target_reason: str = ""  # --policy auto: why this target (shares, activity, floor, pinned)
 
     def to_dict(self) -> dict:
         return _plain(self)
@@ -127,6 +129,9 @@ class NodeStatus:
     ksm_boosted: bool
     zero_pfn_known: bool
     bad_messages: int
+    policy: str = "manual"  # "auto": the policy engine sets every target (docs/policy.md)
+    policy_state: str = ""  # e.g. "soft: 312.0 MiB to find"
+    budget_bytes: int | None = None
 
     def to_dict(self) -> dict:
         return _plain(self)
@@ -212,6 +217,24 @@ class HostStatus:
         if not isinstance(vms, list) or len(vms) > MAX_JVMS:
             raise ProtocolError("hostd status: field 'vms' must be a list")
         return cls(tuple(VMStatus.from_dict(v) for v in vms))
+
+
+@dataclass(frozen=True)
+class PolicyReport:
+    """The body of a ``policy_explain`` reply: the policy's mode, state and last reasoning."""
+
+    mode: str  # "auto" or "manual"
+    state: str
+    budget_bytes: int | None
+    text: str
+    ticks: int
+
+    def to_dict(self) -> dict:
+        return _plain(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> PolicyReport:
+        return cls(**_check(cls, d, "policy report"))
 
 
 @dataclass(frozen=True)

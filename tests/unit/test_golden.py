@@ -51,3 +51,18 @@ def test_the_driver_decodes_what_the_agent_writes(case):
     if "event" in case:
         for key, value in case["event"].items():
             assert getattr(msg, key) == value, key
+
+
+@pytest.mark.parametrize("case", GOLDEN["cli_to_driver"], ids=lambda c: c["kind"])
+def test_the_cli_sends_the_golden_control_lines(case):
+    msg = protocol.decode(case["line"])
+    assert msg.TYPE == case["kind"]
+    assert protocol.encode(msg).decode().strip() == case["line"]
+    for key in ("pid", "target_bytes", "auto", "id"):
+        if key in case:
+            assert getattr(msg, key) == case[key]
+
+
+def test_set_target_auto_must_be_a_boolean():
+    with pytest.raises(ProtocolError, match="auto"):
+        protocol.decode('{"v":1,"type":"set_target","pid":1,"target_bytes":0,"auto":"yes"}')

@@ -10,12 +10,15 @@ One asyncio process per node (process mode) or per guest (VM mode, see ``guest.d
   tick with the whole state.
 * Targets survive a daemon restart twice over: they are saved to a state file next to the
   socket, and agents report the target they still hold in their ``hello``.
+* ``--policy auto`` (:mod:`heapballoon.driver.autopolicy`): the policy engine decides every
+  target that is not pinned by hand; SIGHUP reloads its file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -31,7 +34,7 @@ from heapballoon.errors import KernelError, MessageTooLarge, ProtocolError
 from heapballoon.linux import pagemap
 from heapballoon.linux.ksm import KSM
 from heapballoon.linux.procfs import ProcFS
-from heapballoon.status import DriverStatus, NodeStatus, TargetsReply
+from heapballoon.status import DriverStatus, NodeStatus, PolicyReport, TargetsReply
 from heapballoon.units import format_size
 
 log = logging.getLogger("heapballoon.driver")
@@ -54,7 +57,7 @@ class Driver:
 
     def __init__(self, socket_path: str, *, procfs: ProcFS | None = None, ksm: KSM | None = None,
                  ksm_mode: str = "auto", reclaim: str = "auto", interval_s: float = 1.0,
-                 socket_mode: int = 0o600, clock=time.monotonic) -> None:
+                 socket_mode: int = 0o600, clock=time.monotonic, policy=None) -> None:
         self.socket_path = socket_path
         self.state_path = socket_path + ".state.json"
         self.procfs = procfs or ProcFS()
@@ -63,6 +66,7 @@ class Driver:
         self.socket_mode = socket_mode
         self.clock = clock
         self.registry = Registry()
+        self.policy = policy  # an AutoPolicy (--policy auto), or None: targets are set by hand
         self.channels: dict[int, transport.LineChannel] = {}
         self.node_target_bytes: int | None = None
         self.saved_explicit: dict[str, int] = {}
@@ -115,6 +119,8 @@ class Driver:
 
     def targets(self) -> dict[int, int]:
         connected = [r for r in self.registry if r.connected]
+        if self.policy is not None:
+            return self.policy.targets(connected)
         return policy.effective_targets(
             self.node_target_bytes,
             {r.pid: r.explicit_target_bytes for r in connected},
@@ -144,14 +150,29 @@ class Driver:
         targets = self.targets()
         jvms = sorted((r.status(targets.get(r.pid, r.explicit_target_bytes or 0)) for r in self.registry),
                       key=lambda j: j.pid)
+        if self.policy is not None:
+            jvms = [dataclasses.replace(j, target_reason=self.policy.reason(j.pid)) for j in jvms]
+        report = self.policy_report()
         node = NodeStatus(
             target_bytes=self.node_target_bytes or 0,
             balloon_bytes=sum(j.balloon_bytes for j in jvms),
             reclaimed_bytes=sum(j.reclaimed_bytes for j in jvms),
             ksm=self.ksmctl.reason, ksm_boosted=self.ksmctl.boosted,
             zero_pfn_known=self.zero_pfn is not None, bad_messages=self.bad_messages,
+            policy=report.mode, policy_state=report.state, budget_bytes=report.budget_bytes,
         )
         return DriverStatus(tuple(jvms), node)
+
+    def policy_report(self) -> PolicyReport:
+        if self.policy is not None:
+            return self.policy.report()
+        return PolicyReport("manual", "manual", None, "policy manual: targets are set by hand (heapballoon target); "
+                            "start the daemon with --policy auto to have them decided", self.ticks)
+
+    def reload_policy(self) -> None:
+        """SIGHUP: reload the policy file (a bad one keeps the last good policy)."""
+        if self.policy is not None and self.policy.reload():
+            self._wake.set()
 
     def status(self) -> dict:
         """The ``status`` reply's body (docs/protocol.md), built from the typed payload."""
@@ -208,9 +229,11 @@ class Driver:
         if rec.explicit_target_bytes is None:
             if saved is not None:
                 rec.explicit_target_bytes = saved
-            elif hello.target_bytes and not self.node_target_bytes:
+            elif hello.target_bytes and not self.node_target_bytes and self.policy is None:
                 rec.explicit_target_bytes = hello.target_bytes  # the balloon survives our restart
         self.channels[pid] = chan
+        if self.policy is not None:
+            self.policy.due = True
         log.info("agent connected: pid=%d name=%s gc=%s jvm=%s address_mode=%s balloon=%s target=%s",
                  pid, rec.name, hello.gc, hello.jvm_version, hello.address_mode,
                  format_size(hello.state.balloon_bytes), format_size(hello.target_bytes))
@@ -256,7 +279,12 @@ class Driver:
         req_id = getattr(msg, "id", 0)
         if isinstance(msg, protocol.StatusRequest):
             return protocol.Reply(id=req_id, body=self.status())
+        if isinstance(msg, protocol.PolicyExplainRequest):
+            return protocol.Reply(id=req_id, body=self.policy_report().to_dict())
         if isinstance(msg, protocol.SetTarget):
+            if msg.pid is None and self.policy is not None:
+                return protocol.Error(id=req_id, error="the policy sets node targets here (daemon --policy auto): "
+                                      "set a budget in the policy file, or pin one JVM with `target PID SIZE`")
             if msg.pid is None:
                 self.node_target_bytes = msg.target_bytes
                 if msg.target_bytes == 0:
@@ -266,10 +294,13 @@ class Driver:
                 rec = self.registry.get(msg.pid)
                 if rec is None or not rec.connected:
                     return protocol.Error(id=req_id, error=f"no JVM with PID {msg.pid} is registered with this daemon")
-                rec.explicit_target_bytes = msg.target_bytes
+                rec.explicit_target_bytes = None if msg.auto else msg.target_bytes
+                if self.policy is not None:
+                    self.policy.due = True
             self.save_state()
             self._wake.set()
-            log.info("target set: %s → %s", "all" if msg.pid is None else f"pid {msg.pid}", format_size(msg.target_bytes))
+            log.info("target set: %s → %s", "all" if msg.pid is None else f"pid {msg.pid}",
+                     "auto" if msg.auto else format_size(msg.target_bytes))
             return protocol.Reply(id=req_id, body=TargetsReply(self.targets()).to_dict())
         return protocol.Error(id=req_id, error=f"{msg.TYPE!r} is not a request this daemon answers")
 
@@ -355,6 +386,8 @@ class Driver:
     async def step(self) -> None:
         self.ticks += 1
         self._reap()
+        if self.policy is not None:
+            self.policy.maybe_tick([r for r in self.registry if r.connected], self.clock())
         await self._send_targets()
         await self._verify_all()
         waiting = sum(max(0, r.balloon_pages - r.reclaimed_bytes // pagemap.PAGE_SIZE)
@@ -363,7 +396,8 @@ class Driver:
             self.ksmctl.tick(waiting)
         except KernelError as err:
             log.error("KSM control failed: %s", err)
-        self._log_tick()
+        if self.policy is None:  # the policy logs its own summary line
+            self._log_tick()
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         self.load_state()
@@ -417,6 +451,7 @@ def serve(driver: Driver) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, driver.stop)
+        loop.add_signal_handler(signal.SIGHUP, driver.reload_policy)
         await driver.run()
 
     asyncio.run(main())

@@ -42,7 +42,7 @@ class Config:
     swap_bytes: int = 3 << 30
     swap_dir: str = "/var/tmp"
     command: str = "heapballoon experiment"
-    policy: str = "manual"  # "auto" once `daemon --policy auto` exists
+    policy: str = "auto"  # or "manual": `target all` = the excess (the stand-in before the policy existed)
 
     def given_bytes(self, level_pct: int) -> int:
         """Memory the services' cgroup may use at ``level_pct`` overcommit."""

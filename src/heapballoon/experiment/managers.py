@@ -26,6 +26,7 @@ from heapballoon.errors import HeapballoonError, KernelError
 from heapballoon.experiment.config import Config
 from heapballoon.linux.cgroup import MemoryCgroup
 from heapballoon.linux.procfs import ProcFS
+from heapballoon.experiment.metrics import psi_some_avg10
 from heapballoon.poll import Timeout, wait_until
 
 REFAULT_PER_S = 20.0
@@ -81,7 +82,7 @@ class CgroupStep(Manager):
         limits = {c.name: c.usage_bytes() for c in children}
         try:
             while not self._stop.wait(1.0):
-                psi = self.procfs.pressure().get("some_avg10", 0.0)
+                psi = psi_some_avg10(self.procfs)
                 for c in children:
                     try:
                         faults = c.stat().get("pgmajfault", 0)

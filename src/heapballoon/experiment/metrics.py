@@ -87,9 +87,17 @@ class Sampler:
             "cgroup_swap_bytes": stat.get("total_swap", 0),
             "mem_available_bytes": self.procfs.meminfo().get("MemAvailable", 0),
             "pswpin": vm.get("pswpin", 0), "pswpout": vm.get("pswpout", 0), "pgmajfault": vm.get("pgmajfault", 0),
-            "psi_some_avg10": self.procfs.pressure().get("some_avg10", 0.0),
+            "psi_some_avg10": psi_some_avg10(self.procfs),
             "reclaimed_bytes": self.reclaimed() or 0,
         })
+
+
+def psi_some_avg10(procfs: ProcFS) -> float:
+    """The host's memory PSI ``some avg10`` (percent); 0 on kernels without PSI."""
+    try:
+        return procfs.pressure("memory")["some"]["avg10"]
+    except (KernelError, KeyError):
+        return 0.0
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -1,9 +1,10 @@
-"""cgroup v1 memory controller: make, limit, read and remove memory cgroups.
+"""cgroup v1 memory controller: read a group's limit and usage (the automatic policy), and make,
+limit, read and remove memory cgroups (the experiment, ``heapballoon.experiment``).
 
-The one place that touches ``/sys/fs/cgroup/memory`` (or a fixture tree at ``root``). The
-experiment (``heapballoon.experiment``) holds its JVMs in a cgroup made here. Only v1 is
-handled (``memory.limit_in_bytes``; v1 has no ``memory.high``): :func:`v1_available` says
-whether this machine has it.
+The one place that touches ``/sys/fs/cgroup/memory`` (or a fixture tree at ``root``). Which
+group a process is in comes from ``ProcFS.cgroup_path``. A limit of ``PAGE_COUNTER_MAX``
+(about 2^63) means none. Only v1 is handled (``memory.limit_in_bytes``; v1 has no
+``memory.high``): :func:`v1_available` says whether this machine has it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from heapballoon.errors import KernelError
 
 MEMORY_V1_ROOT = "/sys/fs/cgroup/memory"
+DEFAULT_ROOT = MEMORY_V1_ROOT
+UNLIMITED_ABOVE = 1 << 60
 UNLIMITED = 1 << 63  # anything at or above the kernel's PAGE_COUNTER_MAX reads back as 9223372036854771712
 
 
@@ -154,3 +157,24 @@ class MemoryCgroup:
             if value.strip().lstrip("-").isdigit():
                 out[key] = int(value)
         return out
+
+
+class MemoryCgroupV1:
+    def __init__(self, root: str = DEFAULT_ROOT) -> None:
+        self.root = root
+
+    def _read_int(self, group: str, name: str) -> int:
+        path = os.path.join(self.root, group.lstrip("/"), name)
+        try:
+            with open(path) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError) as err:
+            raise KernelError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from err
+
+    def limit_bytes(self, group: str) -> int | None:
+        """``memory.limit_in_bytes`` of ``group``; None when unlimited."""
+        value = self._read_int(group, "memory.limit_in_bytes")
+        return None if value >= UNLIMITED_ABOVE else value
+
+    def usage_bytes(self, group: str) -> int:
+        return self._read_int(group, "memory.usage_in_bytes")

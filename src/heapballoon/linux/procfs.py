@@ -281,20 +281,6 @@ class ProcFS:
                 out[key] = int(value)
         return out
 
-    def pressure(self, resource: str = "memory") -> dict[str, float]:
-        """PSI (``/proc/pressure/RESOURCE``): ``some_avg10`` .. ``full_total_us``; {} without PSI."""
-        try:
-            text = self.read_text(f"pressure/{resource}")
-        except KernelError:
-            return {}
-        out = {}
-        for line in text.splitlines():
-            kind, *fields = line.split()
-            for f in fields:
-                key, _, value = f.partition("=")
-                out[f"{kind}_{key}" + ("_us" if key == "total" else "")] = float(value)
-        return out
-
     def cpu_seconds(self, pid: Pid) -> float:
         """User plus system CPU time of ``pid`` (``stat`` fields 14 and 15) in seconds."""
         text = self.read_text(f"{pid}/stat")
@@ -303,6 +289,27 @@ class ProcFS:
             return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
         except (IndexError, ValueError) as err:
             raise KernelError(f"cannot parse {self.path(pid, 'stat')}") from err
+
+    def pressure(self, resource: str = "memory") -> dict[str, dict[str, float]]:
+        """``/proc/pressure/RESOURCE`` (PSI) as ``{"some": {"avg10": 1.5, ...}, "full": {...}}``;
+        KernelError where the kernel has no PSI (``psi=0``, before 4.20)."""
+        out: dict[str, dict[str, float]] = {}
+        for line in self.read_text(f"pressure/{resource}").splitlines():
+            kind, _, rest = line.partition(" ")
+            try:
+                out[kind] = {k: float(v) for k, v in (field.split("=", 1) for field in rest.split())}
+            except ValueError as err:
+                raise KernelError(f"unexpected line in {self.path('pressure', resource)}: {line!r}") from err
+        return out
+
+    def cgroup_path(self, pid: Pid, controller: str = "memory") -> str | None:
+        """The cgroup v1 path of ``pid`` for ``controller`` (``/proc/PID/cgroup``), None if
+        that controller is not mounted as v1."""
+        for line in self.read_text(f"{pid}/cgroup").splitlines():
+            _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
+            if controller in controllers.split(","):
+                return path
+        return None
 
     def uptime_s(self) -> float:
         return float(self.read_text("uptime").split()[0])

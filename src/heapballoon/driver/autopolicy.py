@@ -1,0 +1,220 @@
+"""Process mode's automatic policy (``heapballoon daemon --policy auto``): the node's JVMs as
+workloads of the shared policy engine (:mod:`heapballoon.policy`).
+
+This module owns the adapter between the driver and the pure law: it builds
+:class:`~heapballoon.policy.Observations` from the registry and the kernel readers (each JVM's
+RSS through procfs, MemAvailable, PSI, the JVMs' memory cgroup when they share one with a
+limit), measures each JVM's activity, calls :func:`~heapballoon.policy.tick`, and keeps the
+last decisions for the driver, ``status`` and ``policy explain``. It also owns the policy
+file: loaded at start, reloaded on SIGHUP, and a bad file keeps the last good policy.
+
+Activity. The agent reports no allocation rate, so it is derived from what each ``state``
+carries: heap used minus balloon rises by what the application allocates between two
+collections; across a collection (``gc_count`` moved) the allocation since is at least heap
+used − balloon − live. Averaged over the last ``RATE_WINDOW_S``, the active fraction is the
+share of its heap the JVM allocates in ``ACTIVE_WINDOW_S``: a JVM that churns its whole heap
+every 10 s is fully active, one that allocates a few MiB a second is idle. The balloon's own
+growth is not counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+
+from heapballoon import protocol
+from heapballoon.errors import KernelError
+from heapballoon.linux.cgroup import MemoryCgroupV1
+from heapballoon.linux.procfs import ProcFS
+from heapballoon.status import PolicyReport
+from heapballoon.policy import (
+    DEFAULT_POLICY_PATH, Decisions, HostObservation, Observations, PolicyConfig, PolicyConfigError, PolicyState,
+    SourceObservation, WorkloadObservation, explain_text, load_config, state_text, summary_line, tick,
+    workload_line,
+)
+
+log = logging.getLogger("heapballoon.policy")
+RATE_WINDOW_S = 5.0
+ACTIVE_WINDOW_S = 10.0
+
+
+def allocated_between(a: protocol.State, b: protocol.State) -> int:
+    """Bytes the application allocated between two states of one JVM (a lower bound)."""
+    if b.gc_count == a.gc_count:
+        return max(0, (b.heap_used_bytes - b.balloon_bytes) - (a.heap_used_bytes - a.balloon_bytes))
+    return max(0, b.heap_used_bytes - b.balloon_bytes - b.live_bytes)
+
+
+class ActivityMeter:
+    """One JVM's allocation rate over the last few seconds, from its successive states."""
+
+    def __init__(self) -> None:
+        self.last: protocol.State | None = None
+        self.total_bytes = 0
+        self.samples: deque[tuple[float, int]] = deque()
+
+    def update(self, state: protocol.State, now_s: float) -> None:
+        if self.last is not None and state is not self.last:
+            self.total_bytes += allocated_between(self.last, state)
+        self.last = state
+        self.samples.append((now_s, self.total_bytes))
+        while len(self.samples) > 2 and now_s - self.samples[1][0] >= RATE_WINDOW_S:
+            self.samples.popleft()
+
+    def rate_bytes_per_s(self) -> float | None:
+        if len(self.samples) < 2:
+            return None
+        (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
+        return (b1 - b0) / (t1 - t0) if t1 > t0 else None
+
+    def active_fraction(self, heap_bytes: int) -> float | None:
+        rate = self.rate_bytes_per_s()
+        if rate is None:
+            return None
+        return min(1.0, rate * ACTIVE_WINDOW_S / max(1, heap_bytes))
+
+
+class AutoPolicy:
+    """The policy engine run for one node driver. Owned by the driver's event loop thread."""
+
+    def __init__(self, policy_file: str | None = None, memory_budget_bytes: int | None = None, *,
+                 procfs: ProcFS | None = None, cgroup: MemoryCgroupV1 | None = None) -> None:
+        self.path = policy_file or DEFAULT_POLICY_PATH
+        self.config: PolicyConfig = load_config(self.path)  # a bad file at start is the CLI's error
+        self.memory_budget_bytes = memory_budget_bytes
+        self.procfs = procfs or ProcFS()
+        self.cgroup = cgroup or MemoryCgroupV1()
+        self.state = PolicyState()
+        self.decisions: Decisions | None = None
+        self.meters: dict[int, ActivityMeter] = {}
+        self.groups: dict[tuple[int, int], str | None] = {}
+        self.ticks = 0
+        self.last_tick_s: float | None = None
+        self.due = True  # tick at the next step (a reload, a pin, a new JVM)
+
+    # ------------------------------------------------------------------ the file
+
+    def reload(self) -> bool:
+        """SIGHUP: read the policy file again; a bad one is one log line and changes nothing."""
+        try:
+            config = load_config(self.path)
+        except PolicyConfigError as err:
+            log.error("%s; keeping the last good policy (from %s)", err, self.config.source)
+            return False
+        self.config = config
+        self.due = True
+        log.info("policy reloaded from %s: budget %s", self.path,
+                 "none" if config.budget_set and config.budget_bytes is None else
+                 (config.budget_bytes if config.budget_set else "from --memory-budget"))
+        return True
+
+    # ------------------------------------------------------------------ observing
+
+    def _host(self, pids: list[tuple[int, int]]) -> HostObservation:
+        mem = self.procfs.meminfo()
+        some = full = 0.0
+        try:
+            psi = self.procfs.pressure("memory")
+            some, full = psi.get("some", {}).get("avg10", 0.0), psi.get("full", {}).get("avg10", 0.0)
+        except KernelError:
+            pass  # no PSI on this kernel: free memory alone decides
+        limit = usage = None
+        groups = set()
+        for key in pids:
+            if key not in self.groups:
+                try:
+                    self.groups[key] = self.procfs.cgroup_path(key[0])
+                except KernelError:
+                    self.groups[key] = None
+            groups.add(self.groups[key])
+        if len(groups) == 1 and (group := groups.pop()) not in (None, "/"):
+            try:
+                limit = self.cgroup.limit_bytes(group)
+                usage = self.cgroup.usage_bytes(group) if limit is not None else None
+            except KernelError:
+                limit = usage = None
+        return HostObservation(
+            mem_total_bytes=mem.get("MemTotal", 0), mem_available_bytes=mem.get("MemAvailable", mem.get("MemFree", 0)),
+            psi_some_avg10=some, psi_full_avg10=full, cgroup_limit_bytes=limit, cgroup_usage_bytes=usage,
+            memory_budget_bytes=self.memory_budget_bytes)
+
+    def observe(self, records, now_s: float) -> Observations:
+        workloads = []
+        alive = set()
+        for rec in records:
+            if not rec.connected:
+                continue
+            try:
+                rss = self.procfs.rss_bytes(rec.pid)
+            except KernelError:
+                continue  # gone: the driver reaps it
+            alive.add(rec.pid)
+            meter = self.meters.setdefault(rec.pid, ActivityMeter())
+            meter.update(rec.state, now_s)
+            s = rec.state
+            current = rec.sent.target_bytes if rec.sent is not None else s.target_bytes
+            workloads.append(WorkloadObservation(
+                key=str(rec.pid), name=rec.name, kind="jvm", resident_bytes=rss,
+                sources=(SourceObservation("heap", reclaimable_bytes=rec.balloon_max_bytes,
+                                           held_bytes=min(rec.reclaimed_bytes, rss + rec.reclaimed_bytes),
+                                           target_bytes=current),),
+                active_fraction=meter.active_fraction(max(s.heap_committed_bytes, s.heap_max_bytes)),
+                pinned_target_bytes=rec.explicit_target_bytes))
+        for pid in list(self.meters):
+            if pid not in alive:
+                del self.meters[pid]
+        for key in [k for k in self.groups if k[0] not in alive]:
+            del self.groups[key]
+        pids = [(r.pid, r.starttime) for r in records if r.pid in alive]
+        return Observations(self._host(pids), tuple(workloads))
+
+    # ------------------------------------------------------------------ deciding
+
+    def maybe_tick(self, records, now_s: float) -> bool:
+        """Run the law if its interval has passed (or something asked for it). True if it ran."""
+        if not self.due and self.last_tick_s is not None and now_s - self.last_tick_s < self.config.interval_s:
+            return False
+        obs = self.observe(records, now_s)
+        self.state, self.decisions = tick(self.config, self.state, obs, now_s)
+        self.ticks += 1
+        self.last_tick_s = now_s
+        self.due = False
+        log.info("%s", summary_line(self.decisions))
+        for w in self.decisions.workloads:
+            if w.changed:
+                log.info("policy: %s", workload_line(w))
+            else:
+                log.debug("policy: %s", workload_line(w))
+        return True
+
+    def targets(self, records) -> dict[int, int]:
+        """Every connected JVM's target: the last decision, a pin, or (not decided yet) what it
+        holds, so a JVM keeps its balloon across a daemon restart until the law has spoken."""
+        decided = self.decisions.by_key() if self.decisions else {}
+        out = {}
+        for rec in records:
+            if not rec.connected:
+                continue
+            if rec.explicit_target_bytes is not None:
+                out[rec.pid] = rec.explicit_target_bytes
+            elif (w := decided.get(str(rec.pid))) is not None:
+                out[rec.pid] = w.target_of("heap")
+            else:
+                out[rec.pid] = rec.sent.target_bytes if rec.sent is not None else rec.state.target_bytes
+        return out
+
+    def reason(self, pid: int) -> str:
+        w = self.decisions.by_key().get(str(pid)) if self.decisions else None
+        return w.reason if w is not None else "not decided yet"
+
+    def budget_bytes(self) -> int | None:
+        if self.decisions is not None:
+            return self.decisions.budget_bytes
+        return self.config.budget_bytes if self.config.budget_set else self.memory_budget_bytes
+
+    def report(self) -> PolicyReport:
+        if self.decisions is None:
+            return PolicyReport("auto", "starting", self.budget_bytes(), "no tick yet", self.ticks)
+        return PolicyReport("auto", state_text(self.decisions), self.decisions.budget_bytes,
+                            explain_text(self.decisions, self.ticks) + f"\npolicy file: {self.config.source}",
+                            self.ticks)

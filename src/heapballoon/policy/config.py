@@ -1,0 +1,277 @@
+"""The policy file: TOML read with ``tomllib`` into a frozen :class:`PolicyConfig`.
+
+``--policy-file PATH`` (default ``/etc/heapballoon/policy.toml``; a missing *default* file
+means the defaults). Every key, its type and range is checked here; the first bad one raises
+:class:`PolicyConfigError` with one line naming the key and its line in the file::
+
+    budget = "1800M"            # or "none"; the managed workloads' resident total
+    interval_s = 1.0
+    idle_tax = 0.75             # an idle byte costs 1/(1-0.75) = 4x an active one
+    max_step = "256M"           # most a source's target rises in one tick (state soft)
+    min_free = "900M"           # host mode: minFree (default: ESXi's sliding scale)
+    budget_min_free = 0.02      # budget mode: minFree as a fraction of the budget
+    deadband = "8M"             # smaller changes of a target are not sent
+
+    [thresholds]                # state boundaries, as multiples of minFree
+    high = 4.0
+    clear = 1.0
+    soft = 0.64
+    hard = 0.32
+
+    [psi]                       # /proc/pressure/memory avg10, percent
+    soft_some = 10.0
+    hard_full = 10.0
+
+    [[workload]]                # first matching rule wins; globs as fnmatch
+    match = "orders*"
+    shares = 2000
+    reservation = "512M"
+    limit = "2G"
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+
+from heapballoon.errors import UsageError
+from heapballoon.units import parse_size
+
+DEFAULT_PATH = "/etc/heapballoon/policy.toml"
+DEFAULT_SHARES = 1000
+MIB = 1 << 20
+
+
+class PolicyConfigError(UsageError):
+    """A policy file that cannot be used; the message is one line naming key and line."""
+
+
+@dataclass(frozen=True)
+class WorkloadRule:
+    match: str
+    shares: int = DEFAULT_SHARES
+    reservation_bytes: int = 0
+    limit_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """State boundaries as multiples of minFree (free ≥ high·minFree is the high state …)."""
+
+    high: float = 4.0
+    clear: float = 1.0
+    soft: float = 0.64
+    hard: float = 0.32
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    budget_bytes: int | None = None
+    interval_s: float = 1.0
+    idle_tax: float = 0.75
+    max_step_bytes: int = 256 * MIB
+    min_free_bytes: int | None = None
+    budget_min_free: float = 0.02
+    deadband_bytes: int = 8 * MIB
+    hysteresis: float = 0.1  # a state improves only once free passes its threshold by 10 %
+    activity_half_life_s: float = 30.0  # the active fraction falls slowly (rises at once)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    psi_soft_some: float = 10.0
+    psi_hard_full: float = 10.0
+    rules: tuple[WorkloadRule, ...] = ()
+    # Whether the file says `budget` (even "none"): then it wins over --memory-budget.
+    budget_set: bool = False
+    source: str = "defaults"  # where it came from, for the log
+
+    def rule_for(self, name: str) -> WorkloadRule:
+        for rule in self.rules:
+            if fnmatch.fnmatchcase(name, rule.match):
+                return rule
+        return WorkloadRule(match="*")
+
+    @property
+    def idle_cost(self) -> float:
+        """k = 1/(1 − idle_tax): what an idle byte costs relative to an active one."""
+        return 1.0 / (1.0 - self.idle_tax)
+
+
+# ---------------------------------------------------------------- reading
+
+_TOP = {"budget", "interval_s", "idle_tax", "max_step", "min_free", "budget_min_free", "deadband",
+        "hysteresis", "activity_half_life_s", "thresholds", "psi", "workload"}
+_THRESHOLDS = {"high", "clear", "soft", "hard"}
+_PSI = {"soft_some", "hard_full"}
+_RULE = {"match", "shares", "reservation", "limit"}
+
+
+def load(path: str | None, *, default_missing_ok: bool = True) -> PolicyConfig:
+    """Read a policy file. ``None`` or a missing default file gives the defaults."""
+    if path is None:
+        return PolicyConfig()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError as err:
+        if default_missing_ok and path == DEFAULT_PATH:
+            return PolicyConfig()
+        raise PolicyConfigError(f"policy file {path}: not found") from err
+    except OSError as err:
+        raise PolicyConfigError(f"policy file {path}: {err.strerror or err}") from err
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as err:
+        raise PolicyConfigError(f"policy file {path}: not UTF-8 ({err.reason} at byte {err.start})") from err
+    return parse(text, source=path)
+
+
+def parse(text: str, source: str = "<policy>") -> PolicyConfig:
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        msg = str(err)
+        m = re.search(r"\s*\(at line (\d+), column (\d+)\)$", msg)
+        if m:  # "line N" first, as for every other error of this file
+            msg = f"line {m.group(1)}, column {m.group(2)}: {msg[:m.start()]}"
+        elif msg.endswith("(at end of document)"):
+            msg = f"line {max(1, len(text.splitlines()))} (end of file): {msg[:-len(' (at end of document)')]}"
+        raise PolicyConfigError(f"policy file {source}, {msg}") from err
+    r = _Reader(text, source)
+    r.known(doc, _TOP, "")
+    th = doc.get("thresholds", {})
+    r.table(th, "thresholds")
+    r.known(th, _THRESHOLDS, "thresholds")
+    defaults = Thresholds()
+    thresholds = Thresholds(**{k: r.number(th, k, getattr(defaults, k), lo=0.0, hi=100.0, section="thresholds")
+                               for k in ("high", "clear", "soft", "hard")})
+    if not thresholds.high > thresholds.clear > thresholds.soft > thresholds.hard:
+        raise r.error("thresholds", "thresholds", "must fall: high > clear > soft > hard")
+    psi = doc.get("psi", {})
+    r.table(psi, "psi")
+    r.known(psi, _PSI, "psi")
+    raw_rules = doc.get("workload", [])
+    if not isinstance(raw_rules, list):
+        raise r.error("workload", "", "must be an array of tables ([[workload]])")
+    rules = []
+    for i, raw in enumerate(raw_rules):
+        r.known(raw, _RULE, "workload", i)
+        match = raw.get("match")
+        if not isinstance(match, str) or not match:
+            raise r.error("match", "workload", "must be a non-empty string (a name or a glob)", i)
+        rules.append(WorkloadRule(
+            match=match,
+            shares=int(r.number(raw, "shares", DEFAULT_SHARES, lo=1, hi=1_000_000, section="workload", index=i,
+                                integer=True)),
+            reservation_bytes=r.size(raw, "reservation", 0, "workload", i) or 0,
+            limit_bytes=r.size(raw, "limit", None, "workload", i),
+        ))
+    budget = r.size(doc, "budget", None, "", none_ok=True)
+    return _build(r, doc, budget, thresholds, psi, rules, source)
+
+
+def _build(r, doc, budget, thresholds, psi, rules, source) -> PolicyConfig:
+    default = PolicyConfig()
+    return PolicyConfig(
+        budget_bytes=budget,
+        interval_s=r.number(doc, "interval_s", default.interval_s, lo=0.05, hi=3600.0),
+        idle_tax=r.number(doc, "idle_tax", default.idle_tax, lo=0.0, hi=0.99),
+        max_step_bytes=r.size(doc, "max_step", default.max_step_bytes, "", positive=True),
+        min_free_bytes=r.size(doc, "min_free", None, ""),
+        budget_min_free=r.number(doc, "budget_min_free", default.budget_min_free, lo=0.0, hi=0.5),
+        deadband_bytes=r.size(doc, "deadband", default.deadband_bytes, ""),
+        hysteresis=r.number(doc, "hysteresis", default.hysteresis, lo=0.0, hi=1.0),
+        activity_half_life_s=r.number(doc, "activity_half_life_s", default.activity_half_life_s, lo=0.0, hi=86400.0),
+        thresholds=thresholds,
+        psi_soft_some=r.number(psi, "soft_some", default.psi_soft_some, lo=0.0, hi=100.0, section="psi"),
+        psi_hard_full=r.number(psi, "hard_full", default.psi_hard_full, lo=0.0, hi=100.0, section="psi"),
+        rules=tuple(rules),
+        budget_set="budget" in doc,
+        source=source,
+    )
+
+
+class _Reader:
+    """Checks values and finds the line a key is on (tomllib does not say), for the error."""
+
+    def __init__(self, text: str, source: str) -> None:
+        self.lines = text.splitlines()
+        self.source = source
+
+    def line_of(self, key: str, section: str = "", index: int = 0) -> int | None:
+        """1-based line of ``key`` in ``[section]`` (the index-th ``[[section]]``), or of the
+        section's header when the key is not found."""
+        header = None
+        seen = -1
+        current = ""
+        key_re = re.compile(rf"^\s*(?:{re.escape(section)}\.)?{re.escape(key)}\s*=") if key else None
+        for n, line in enumerate(self.lines, 1):
+            m = re.match(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?", line)
+            if m:
+                current = m.group(1)
+                if current == section:
+                    seen += 1
+                    if seen == index:
+                        header = n
+                continue
+            in_place = (current == section and (seen == index or not section)) or (current == "" and section)
+            if key_re and in_place and key_re.match(line):
+                return n
+        return header
+
+    def error(self, key: str, section: str, problem: str, index: int = 0) -> PolicyConfigError:
+        name = f"{section}.{key}" if section and section != key else key
+        if section == "workload":
+            name = f"workload[{index}].{key}"
+        line = self.line_of(key, section, index)
+        at = f", line {line}" if line else ""
+        return PolicyConfigError(f"policy file {self.source}{at}: {name} {problem}")
+
+    def table(self, value, section: str) -> None:
+        if not isinstance(value, dict):
+            raise self.error(section, "", "must be a table")
+
+    def known(self, d: dict, allowed: set[str], section: str, index: int = 0) -> None:
+        if not isinstance(d, dict):
+            raise self.error(section, "", "must be a table")
+        for key in d:
+            if key not in allowed:
+                raise self.error(key, section, f"is not a known key (known: {', '.join(sorted(allowed))})", index)
+
+    def number(self, d: dict, key: str, default, lo: float, hi: float, section: str = "", index: int = 0,
+               integer: bool = False):
+        if key not in d:
+            return default
+        v = d[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
+            raise self.error(key, section, f"must be {'an integer' if integer else 'a number'}, got {v!r}", index)
+        if not (lo <= v <= hi) or (isinstance(v, float) and not math.isfinite(v)):
+            raise self.error(key, section, f"must be between {lo:g} and {hi:g}, got {v!r}", index)
+        return v if integer else float(v)
+
+    def size(self, d: dict, key: str, default, section: str, index: int = 0, positive: bool = False,
+             none_ok: bool = False):
+        if key not in d:
+            return default
+        v = d[key]
+        if none_ok and isinstance(v, str) and v.strip().lower() in ("none", "off"):
+            return None
+        if isinstance(v, bool):
+            v = None
+        try:
+            if isinstance(v, int):
+                out = v
+                if out < 0:
+                    raise UsageError("negative")
+            elif isinstance(v, str):
+                out = parse_size(v)
+            else:
+                raise UsageError("not a size")
+        except UsageError as err:
+            hint = ' or "none"' if none_ok else ""
+            raise self.error(key, section, f'must be a size like "512M" or a number of bytes{hint}, got {v!r}',
+                             index) from err
+        if positive and out <= 0:
+            raise self.error(key, section, f"must be more than 0, got {v!r}", index)
+        return out

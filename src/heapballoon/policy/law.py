@@ -1,0 +1,325 @@
+"""The control law: ``tick(config, state, observations, now_s) -> (new_state, decisions)``.
+
+Pure: no I/O, no clock (``now_s`` is passed in), no randomness; the same inputs give the same
+outputs. The daemons call it once per interval and carry ``new_state`` to the next call.
+
+The law in five steps:
+
+1. **How free is memory?** Each *constraint* gives a free figure and a minFree:
+
+   * ``budget`` (``--memory-budget`` or the file's ``budget``): free = budget − Σ resident of
+     the managed workloads, minFree = ``budget_min_free`` × budget (at least 16 MiB);
+   * ``host``: free = MemAvailable, minFree = ``min_free`` or ESXi's sliding scale (6 % of the
+     first 4 GiB, 4 % of the next 8, 2 % of the next 16, 1 % of the rest: 899 MiB for 28 GiB);
+   * ``cgroup`` (when the workloads share a memory cgroup with a limit): free = limit − usage,
+     minFree from the same scale applied to the limit.
+
+   With r = free / minFree, the state is ``high`` (r ≥ 4), ``clear`` (r ≥ 1), ``soft``
+   (r ≥ 0.64), ``hard`` (r ≥ 0.32) or ``low``. A state only *improves* once r passes the
+   better state's threshold by ``hysteresis`` (10 %): the state does not flicker on a border.
+   PSI (``/proc/pressure/memory``) escalates a state that is not ``high``: some ≥
+   ``psi.soft_some`` makes it at least soft, full ≥ ``psi.hard_full`` at least hard.
+
+2. **How much should the sources hold in total (want)?** Let H be what the sources hold now and
+   P the sum of last tick's targets.
+
+   * soft/hard/low: want = max(P, H + (goal − free)), goal = clear·minFree·(1 + 2·hysteresis).
+     Resident + held is what the workloads would occupy without balloons; it does not change
+     when a balloon grows (held rises by what resident falls), so this aim is a *static*
+     estimate of the answer, not an integrator: balloons still inflating do not make it
+     ask again (no wind-up, no overshoot).
+   * clear: want = P. The band between clear and high is the deadband of the loop: nothing
+     moves, except what floors and pins force.
+   * high: want = P − (free − high·minFree): give back the surplus *at once*, but no more than
+     keeps free above the high threshold, so giving back cannot itself push the state down.
+   * PSI escalation: want ≥ P + one step (senpai-like: small, bounded steps while stalled).
+   * limits: a workload resident above its ``limit`` gives the excess whatever the state.
+
+   The constraint that wants most wins; the worst state is the node's state.
+
+3. **Who gives?** ESXi's shares-per-active-byte rule. For workload i with shares S, bytes in
+   use P_i (resident + held − what it gives) and active fraction f (smoothed: rises at once,
+   falls with a half-life of ``activity_half_life_s``):
+
+       ρ_i = S / (P_i · (f + k·(1 − f)))        k = 1 / (1 − idle_tax) = 4 by default
+
+   An idle byte costs k times an active one, so an idle workload has a low ρ. The lowest ρ
+   gives the next quantum; giving lowers its P_i and raises its ρ, so the others take over in
+   turn (water-filling). Pinned workloads (a manual ``target``) keep their target and count
+   towards want; the rest is shared.
+
+4. **What gives?** Cheapest source first, across all workloads: first every workload's
+   ``guest_free`` (free guest memory costs the guest nothing), then ``heap`` (idle heap costs
+   a collection's work). A source never holds more than ``reclaimable_bytes`` (its floor:
+   live set + headroom, the agent's ``balloon_max_bytes``), a workload never falls below its
+   ``reservation``. What no source can give is ``unmet`` and said so.
+
+5. **Bounded steps.** A target rises by at most ``max_step`` a tick (2× in hard, unbounded in
+   low), and falls at once: a workload whose live set rises, or pressure that clears, gets
+   its memory back in the same tick, and the next ticks take the difference from the others.
+   Changes smaller than ``deadband`` are not made (except to zero), so small noise in RSS
+   does not churn the balloons.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from types import MappingProxyType
+
+from heapballoon.policy.config import PolicyConfig
+from heapballoon.policy.model import (
+    SOURCE_KINDS, STATES, Decisions, Observations, PolicyState, SourceDecision, WorkloadDecision,
+    WorkloadObservation,
+)
+from heapballoon.units import format_size
+
+MIB = 1 << 20
+GIB = 1 << 30
+IDLE_BELOW = 0.2  # an active fraction below this reads "idle" in reasons
+
+
+def esxi_min_free_bytes(total_bytes: int) -> int:
+    """ESXi's minFree: 6 % of the first 4 GiB, 4 % of the next 8, 2 % of the next 16, 1 % above."""
+    out, rest = 0.0, max(0, total_bytes)
+    for size, pct in ((4 * GIB, 0.06), (8 * GIB, 0.04), (16 * GIB, 0.02), (math.inf, 0.01)):
+        part = min(rest, size)
+        out += part * pct
+        rest -= part
+        if rest <= 0:
+            break
+    return int(out)
+
+
+def effective_budget(config: PolicyConfig, obs: Observations) -> int | None:
+    """The policy file's ``budget`` when it says one (even "none"), else ``--memory-budget``."""
+    return config.budget_bytes if config.budget_set else obs.host.memory_budget_bytes
+
+
+def _rank(state: str) -> int:
+    return STATES.index(state)
+
+
+def _state_of(ratio: float, prev: str, config: PolicyConfig) -> str:
+    th = config.thresholds
+    bounds = (("high", th.high), ("clear", th.clear), ("soft", th.soft), ("hard", th.hard), ("low", -math.inf))
+    raw = next(name for name, bound in bounds if ratio >= bound)
+    if _rank(raw) >= _rank(prev):
+        return raw  # worse (or the same) at once
+    for name, bound in bounds:  # better only with a margin
+        if _rank(raw) <= _rank(name) < _rank(prev) and ratio >= bound * (1 + config.hysteresis):
+            return name
+    return prev
+
+
+def _step_bytes(state: str, config: PolicyConfig) -> float:
+    return {"hard": 2 * config.max_step_bytes, "low": math.inf}.get(state, config.max_step_bytes)
+
+
+def _activity(config: PolicyConfig, state: PolicyState, w: WorkloadObservation, now_s: float) -> float:
+    f = 1.0 if w.active_fraction is None else min(1.0, max(0.0, w.active_fraction))
+    prev = state.activity.get(w.key)
+    if prev is None or f >= prev or state.last_s is None:
+        return f
+    dt = max(0.0, now_s - state.last_s)
+    decay = 0.5 ** (dt / config.activity_half_life_s) if config.activity_half_life_s > 0 else 0.0
+    return prev * decay + f * (1 - decay)
+
+
+def _prev_target(state: PolicyState, w: WorkloadObservation, kind: str) -> int:
+    per = state.targets.get(w.key)
+    if per is not None:
+        return per.get(kind, 0)
+    return sum(s.target_bytes for s in w.sources if s.kind == kind)
+
+
+def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
+         now_s: float) -> tuple[PolicyState, Decisions]:
+    """One decision of the policy (module docstring: the law)."""
+    wls = sorted(obs.workloads, key=lambda w: w.key)
+    held = sum(w.held_bytes for w in wls)
+    resident = sum(w.resident_bytes for w in wls)
+    prev_total = sum(_prev_target(state, w, s.kind) for w in wls for s in w.sources)
+    budget = effective_budget(config, obs)
+
+    # 1. constraints → (name, state, want)
+    cons: list[tuple[str, float, int]] = []  # name, free, minFree
+    if budget is not None:
+        cons.append(("budget", budget - resident, max(16 * MIB, int(budget * config.budget_min_free))))
+    host = obs.host
+    if host.mem_total_bytes > 0:
+        cons.append(("host", host.mem_available_bytes, config.min_free_bytes or esxi_min_free_bytes(host.mem_total_bytes)))
+    if host.cgroup_limit_bytes and host.cgroup_usage_bytes is not None:
+        cons.append(("cgroup", host.cgroup_limit_bytes - host.cgroup_usage_bytes,
+                     esxi_min_free_bytes(host.cgroup_limit_bytes)))
+    th = config.thresholds
+    verdicts: list[tuple[str, str, float]] = []  # name, state, want
+    for name, free, min_free in cons:
+        min_free = max(1, min_free)
+        st = _state_of(free / min_free, state.state, config)
+        if st == "high":
+            want = prev_total - (free - th.high * min_free)
+        elif st == "clear":
+            want = prev_total
+        else:  # never below last tick's targets: the aim only rises while memory is short
+            want = max(prev_total, held + (th.clear * min_free * (1 + 2 * config.hysteresis) - free))
+        verdicts.append((name, st, want))
+    if not verdicts:
+        verdicts.append(("none", "high", 0))
+    free_state = max((v[1] for v in verdicts), key=_rank)
+    if free_state != "high":
+        psi = None
+        if host.psi_full_avg10 >= config.psi_hard_full:
+            psi = "hard"
+        elif host.psi_some_avg10 >= config.psi_soft_some:
+            psi = "soft"
+        if psi is not None:
+            verdicts.append(("psi", psi, prev_total + _step_bytes(psi, config)))
+    node_state = max((v[1] for v in verdicts), key=_rank)
+    constraint, _, want_f = max(verdicts, key=lambda v: (v[2], -_rank(v[1])))
+    if all(v[1] in ("high", "clear") for v in verdicts) and want_f <= prev_total:
+        constraint = "none" if node_state == "high" and want_f <= 0 else constraint
+
+    # activity, shares, floors
+    act = {w.key: _activity(config, state, w, now_s) for w in wls}
+    rules = {w.key: config.rule_for(w.name) for w in wls}
+    shares = {w.key: w.shares if w.shares is not None else rules[w.key].shares for w in wls}
+    reservation = {w.key: w.reservation_bytes if w.reservation_bytes is not None else rules[w.key].reservation_bytes
+                   for w in wls}
+    limit = {w.key: w.limit_bytes if w.limit_bytes is not None else rules[w.key].limit_bytes for w in wls}
+    room = {(w.key, s.kind): max(0, s.reclaimable_bytes) for w in wls for s in w.sources}
+    wl_room = {w.key: max(0, w.unballooned_bytes - reservation[w.key]) for w in wls}
+    alloc = {(w.key, s.kind): 0 for w in wls for s in w.sources}
+    given = {w.key: 0 for w in wls}
+
+    def give(w: WorkloadObservation, kind: str, amount: float) -> int:
+        g = int(max(0, min(amount, room[(w.key, kind)] - alloc[(w.key, kind)], wl_room[w.key] - given[w.key])))
+        alloc[(w.key, kind)] += g
+        given[w.key] += g
+        return g
+
+    # pins: their target stands, split cheapest source first (the agent keeps its own floor)
+    pinned = [w for w in wls if w.pinned_target_bytes is not None]
+    pinned_total = 0
+    for w in pinned:
+        left = w.pinned_target_bytes
+        kinds = [s.kind for s in sorted(w.sources, key=lambda s: SOURCE_KINDS.index(s.kind))]
+        for i, kind in enumerate(kinds):
+            g = left if i == len(kinds) - 1 else min(left, room[(w.key, kind)])
+            alloc[(w.key, kind)] = g
+            left -= g
+        pinned_total += w.pinned_target_bytes - max(0, left)
+    free_wls = [w for w in wls if w.pinned_target_bytes is None]
+
+    # limits: a workload above its limit gives the excess, cheapest source first
+    forced = {}
+    for w in free_wls:
+        if limit[w.key] is not None:
+            over = max(0, w.unballooned_bytes - limit[w.key])
+            left = over
+            for kind in SOURCE_KINDS:
+                if any(s.kind == kind for s in w.sources):
+                    left -= give(w, kind, left)
+            forced[w.key] = over
+    forced_total = sum(given[w.key] for w in free_wls)
+    want = max(0, int(want_f), pinned_total + forced_total)
+    remaining = max(0, want - pinned_total - forced_total)
+
+    # 3+4. who gives and what: cheapest kind first, lowest shares per active byte first
+    k = config.idle_cost
+
+    def rho(w: WorkloadObservation) -> float:
+        in_use = max(1, w.unballooned_bytes - given[w.key])
+        f = act[w.key]
+        return shares[w.key] / (in_use * (f + k * (1 - f)))
+
+    by_key = {w.key: w for w in free_wls}
+    for kind in SOURCE_KINDS:
+        if remaining <= 0:
+            break
+        takers = [w for w in free_wls if (w.key, kind) in room]
+        # A quantum that does not depend on what is asked: then asking more only extends the
+        # same sequence of gives, and every source's share is monotone in pressure.
+        quantum = max(MIB, sum(room[(w.key, kind)] for w in takers) // 256)
+        heap = [(rho(w), w.key) for w in takers]
+        heapq.heapify(heap)
+        while remaining > 0 and heap:
+            _, key = heapq.heappop(heap)
+            w = by_key[key]
+            g = give(w, kind, min(quantum, remaining))
+            remaining -= g
+            if g > 0:
+                heapq.heappush(heap, (rho(w), key))
+    unmet = remaining
+
+    # 5. bounded steps, deadband; decisions and reasons
+    step = _step_bytes(node_state, config)
+    targets: dict[str, dict[str, int]] = {}
+    decisions = []
+    for w in wls:
+        per: dict[str, int] = {}
+        bounded = False
+        for s in w.sources:
+            prev = _prev_target(state, w, s.kind)
+            d = alloc[(w.key, s.kind)]
+            if w.pinned_target_bytes is None:
+                if d > prev + step:
+                    d, bounded = int(prev + step), True
+                if d != 0 and abs(d - prev) < config.deadband_bytes and prev <= room[(w.key, s.kind)]:
+                    d = prev
+            per[s.kind] = d
+        targets[w.key] = per
+        changed = any(per[s.kind] != _prev_target(state, w, s.kind) for s in w.sources) or w.key not in state.targets
+        reason = _reason(w, per, node_state, act[w.key], shares[w.key], reservation[w.key], limit[w.key],
+                         forced.get(w.key, 0), room, wl_room, bounded)
+        decisions.append(WorkloadDecision(
+            key=w.key, name=w.name, kind=w.kind,
+            sources=tuple(SourceDecision(s.kind, per[s.kind]) for s in w.sources),
+            reason=reason, active_fraction=round(act[w.key], 4), shares=shares[w.key],
+            pinned=w.pinned_target_bytes is not None, changed=changed))
+
+    unmet_reason = ""
+    if unmet > 0:
+        why = "every workload is at its floor (live set + headroom)"
+        if any(reservation[w.key] for w in free_wls):
+            why += " or reservation"
+        if pinned:
+            why += f"; {len(pinned)} pinned"
+        unmet_reason = f"{constraint} unmet by {format_size(unmet)}: {why}"
+    new_state = PolicyState(
+        state=node_state,
+        targets=MappingProxyType({key: MappingProxyType(v) for key, v in targets.items()}),
+        activity=MappingProxyType(act),
+        last_s=now_s,
+    )
+    return new_state, Decisions(
+        state=node_state, constraint=constraint, budget_bytes=budget, resident_bytes=resident, held_bytes=held,
+        want_bytes=want, find_bytes=max(0, want - held), unmet_bytes=unmet, unmet_reason=unmet_reason,
+        workloads=tuple(decisions),
+    )
+
+
+def _reason(w, per, node_state, f, shares, reservation, limit, forced, room, wl_room, bounded) -> str:
+    total = sum(per.values())
+    activity = f"{'idle' if f < IDLE_BELOW else 'active'} {f:.0%}, shares {shares}"
+    if w.pinned_target_bytes is not None:
+        return f"pinned at {format_size(w.pinned_target_bytes)} (target … auto to unpin)"
+    cap = sum(room[(w.key, s.kind)] for s in w.sources)
+    parts = []
+    if forced:
+        parts.append(f"limit {format_size(limit)}: over by {format_size(forced)}")
+    if total > 0:
+        if total >= cap and cap > 0:
+            parts.append(f"{activity}: at its floor (live+headroom)")
+        elif total >= wl_room[w.key] and reservation:
+            parts.append(f"{activity}: at its reservation {format_size(reservation)}")
+        else:
+            kinds = "+".join(k for k in SOURCE_KINDS if per.get(k))
+            parts.append(f"{activity}: gives {format_size(total)} ({kinds})")
+    elif node_state in ("soft", "hard", "low"):
+        parts.append(f"{activity}: floor, nothing above live+headroom" if cap == 0 else f"{activity}: spared")
+    else:
+        parts.append(f"{activity}: no pressure")
+    if bounded:
+        parts.append("step-bounded")
+    return "; ".join(parts)

@@ -1,0 +1,104 @@
+"""Process mode's policy adapter (driver.autopolicy) on a fixture /proc and cgroupfs: what it
+observes, the targets it hands the driver, the activity it derives, and SIGHUP reloads."""
+
+import logging
+from dataclasses import replace
+
+from heapballoon import protocol
+from heapballoon.driver.autopolicy import ActivityMeter, AutoPolicy, allocated_between
+from heapballoon.driver.registry import JVMRecord
+from heapballoon.linux.cgroup import MemoryCgroupV1
+from heapballoon.linux.procfs import ProcFS
+
+MIB = 1 << 20
+GIB = 1 << 30
+
+
+def fake_proc(tmp_path, rss_mib: dict[int, int], group="/jobs", avail_gib=16):
+    root = tmp_path / "proc"
+    (root / "pressure").mkdir(parents=True)
+    (root / "meminfo").write_text(f"MemTotal: {24 * GIB // 1024} kB\nMemAvailable: {avail_gib * GIB // 1024} kB\n")
+    (root / "pressure" / "memory").write_text("some avg10=1.50 avg60=0.00 avg300=0.00 total=9\n"
+                                              "full avg10=0.25 avg60=0.00 avg300=0.00 total=3\n")
+    for pid, rss in rss_mib.items():
+        (root / str(pid)).mkdir()
+        (root / str(pid) / "status").write_text(f"Name:\tjava\nVmRSS:\t{rss * 1024} kB\n")
+        (root / str(pid) / "cgroup").write_text(f"5:cpu:/\n4:memory:{group}\n")
+    cg = tmp_path / "cg" / group.strip("/")
+    cg.mkdir(parents=True)
+    (cg / "memory.limit_in_bytes").write_text(str(8 * GIB))
+    (cg / "memory.usage_in_bytes").write_text(str(3 * GIB))
+    return ProcFS(str(root)), MemoryCgroupV1(str(tmp_path / "cg"))
+
+
+def record(pid, *, live_mib=150, balloon_max_mib=790, used_mib=400, gc_count=1, balloon_mib=0, reclaimed_mib=0):
+    state = protocol.State(heap_max_bytes=GIB, heap_committed_bytes=GIB, heap_used_bytes=used_mib * MIB,
+                           live_bytes=live_mib * MIB, balloon_max_bytes=balloon_max_mib * MIB, gc_count=gc_count,
+                           balloon_bytes=balloon_mib * MIB)
+    hello = protocol.Hello(pid=pid, name=f"j{pid}", agent_version="t", jvm_version="17", jvm_vendor="t", gc="G1",
+                           region_bytes=0, address_mode="jni", reclaim_modes=("direct",), target_bytes=0, state=state)
+    rec = JVMRecord(pid=pid, starttime=1, hello=hello, state=state)
+    rec.reclaimed_bytes = reclaimed_mib * MIB
+    return rec
+
+
+def test_observations_come_from_proc_cgroup_and_the_registry(tmp_path):
+    procfs, cg = fake_proc(tmp_path, {101: 1100, 102: 900})
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text('budget = "1800M"\n')
+    p = AutoPolicy(str(policy_file), procfs=procfs, cgroup=cg)
+    recs = [record(101), record(102, reclaimed_mib=200)]
+    obs = p.observe(recs, 0.0)
+    assert obs.host.mem_available_bytes == 16 * GIB and obs.host.psi_some_avg10 == 1.5
+    assert obs.host.cgroup_limit_bytes == 8 * GIB and obs.host.cgroup_usage_bytes == 3 * GIB
+    w = {w.key: w for w in obs.workloads}
+    assert w["101"].resident_bytes == 1100 * MIB and w["102"].held_bytes == 200 * MIB
+    assert w["101"].sources[0].reclaimable_bytes == 790 * MIB
+
+
+def test_targets_follow_the_law_and_pins_win(tmp_path, caplog):
+    procfs, cg = fake_proc(tmp_path, {101: 1100, 102: 1100, 103: 1100})
+    p = AutoPolicy(None, 1800 * MIB, procfs=procfs, cgroup=cg)
+    recs = [record(101), record(102), record(103)]
+    assert p.targets(recs) == {101: 0, 102: 0, 103: 0}  # not decided yet: what each holds
+    recs[2].explicit_target_bytes = 100 * MIB
+    with caplog.at_level(logging.INFO, logger="heapballoon.policy"):
+        assert p.maybe_tick(recs, 0.0)
+    t = p.targets(recs)
+    assert t[103] == 100 * MIB and t[101] > 0 and t[102] > 0
+    assert "pinned" in p.reason(103)
+    assert not p.maybe_tick(recs, 0.5)  # its interval has not passed
+    lines = [r.message for r in caplog.records]
+    assert lines[0].startswith("policy low:") and len(lines[0]) < 300
+    report = p.report()
+    assert report.mode == "auto" and "to find" in report.state and "who gives" in report.text
+
+
+def test_a_bad_file_on_reload_keeps_the_last_good_policy(tmp_path, caplog):
+    procfs, cg = fake_proc(tmp_path, {})
+    f = tmp_path / "policy.toml"
+    f.write_text('budget = "1G"\n')
+    p = AutoPolicy(str(f), procfs=procfs, cgroup=cg)
+    f.write_text('budget = "1G"\nidle_tax = "lots"\n')
+    with caplog.at_level(logging.ERROR, logger="heapballoon.policy"):
+        assert not p.reload()
+    assert p.config.budget_bytes == GIB
+    msg = caplog.records[-1].getMessage()
+    assert "idle_tax" in msg and "line 2" in msg and "\n" not in msg
+    f.write_text('budget = "none"\n')
+    assert p.reload() and p.config.budget_set and p.config.budget_bytes is None
+
+
+def test_activity_counts_allocation_but_not_the_balloon():
+    a = record(1, used_mib=300).state
+    assert allocated_between(a, replace(a, heap_used_bytes=400 * MIB)) == 100 * MIB
+    assert allocated_between(a, replace(a, heap_used_bytes=800 * MIB, balloon_bytes=500 * MIB)) == 0
+    assert allocated_between(a, replace(a, heap_used_bytes=250 * MIB, gc_count=2)) == 100 * MIB  # 250 - 150 live
+    busy, idle = ActivityMeter(), ActivityMeter()
+    used = 200
+    for t in range(6):
+        used = used + 100 if used < 900 else 200
+        busy.update(replace(a, heap_used_bytes=used * MIB, gc_count=1 + (used == 200)), float(t))
+        idle.update(replace(a, heap_used_bytes=(300 + t) * MIB), float(t))
+    assert busy.active_fraction(GIB) > 0.9  # 100 MiB/s: its whole heap in about 10 s
+    assert idle.active_fraction(GIB) < 0.02

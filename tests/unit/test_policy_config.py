@@ -1,0 +1,69 @@
+"""The policy file (heapballoon.policy.config): defaults, globs, and one-line errors that name
+the key and its line."""
+
+import pytest
+
+from heapballoon.policy import DEFAULT_POLICY_PATH, PolicyConfig, PolicyConfigError, load_config, parse_config
+
+MIB = 1 << 20
+
+
+def test_a_full_file_reads():
+    cfg = parse_config('''
+budget = "1800M"
+interval_s = 2
+idle_tax = 0.5
+max_step = "128M"
+[thresholds]
+high = 3.0
+[psi]
+soft_some = 20
+[[workload]]
+match = "orders*"
+shares = 2000
+reservation = "256M"
+limit = "1G"
+''')
+    assert cfg.budget_bytes == 1800 * MIB and cfg.budget_set and cfg.interval_s == 2.0
+    assert cfg.idle_cost == 2.0 and cfg.max_step_bytes == 128 * MIB and cfg.thresholds.high == 3.0
+    assert cfg.psi_soft_some == 20.0
+    assert cfg.rule_for("orders-7").shares == 2000 and cfg.rule_for("orders-7").limit_bytes == 1024 * MIB
+    assert cfg.rule_for("billing").shares == 1000 and cfg.rule_for("billing").limit_bytes is None
+
+
+def test_defaults_and_a_missing_default_file():
+    assert parse_config("") == PolicyConfig(source="<policy>")
+    assert load_config(None) == PolicyConfig()
+    if not __import__("os").path.exists(DEFAULT_POLICY_PATH):
+        assert load_config(DEFAULT_POLICY_PATH) == PolicyConfig()
+
+
+def test_a_missing_named_file_is_an_error(tmp_path):
+    with pytest.raises(PolicyConfigError, match="not found"):
+        load_config(str(tmp_path / "nope.toml"))
+
+
+@pytest.mark.parametrize("text, key, line", [
+    ('budget = "1G"\nidle_taks = 0.5\n', "idle_taks", 2),
+    ('budget = "lots"\n', "budget", 1),
+    ('\n\nidle_tax = 1.5\n', "idle_tax", 3),
+    ('[thresholds]\nhigh = 0.5\n', "thresholds", 1),
+    ('[thresholds]\nsoft = "x"\n', "thresholds.soft", 2),
+    ('[[workload]]\nmatch = "a"\n[[workload]]\nmatch = "b"\nshares = -1\n', "workload[1].shares", 5),
+    ('[[workload]]\nshares = 5\n', "workload[0].match", 1),
+    ('[[workload]]\nmatch = "a"\ncolour = "red"\n', "workload[0].colour", 3),
+    ('interval_s = true\n', "interval_s", 1),
+    ('budget = [\n', "", 1),
+    ('a = 1\nb = = 2\n', "", 2),
+])
+def test_bad_files_give_one_line_naming_key_and_line(text, key, line):
+    with pytest.raises(PolicyConfigError) as err:
+        parse_config(text, source="p.toml")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("policy file p.toml")
+    assert key in msg and f"line {line}" in msg
+
+
+def test_budget_none_is_said_and_lifts_the_budget():
+    cfg = parse_config('budget = "none"')
+    assert cfg.budget_set and cfg.budget_bytes is None
