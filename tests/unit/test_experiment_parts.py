@@ -59,3 +59,17 @@ def test_cgroup_adapter_on_a_fixture_tree(tmp_path):
     assert cg.stat()["swap"] == 4096 and cg.oom_control().oom_kill == 2 and cg.usage_bytes() == 123
     child = cg.child("svc0").create()
     assert [c.name for c in cg.children()] == ["exp/svc0"] and child.exists()
+
+
+def test_active_swaps_on_a_fixture_tree(tmp_path):
+    from heapballoon.linux import swap
+
+    (tmp_path / "swaps").write_text("Filename\tType\tSize\tUsed\tPriority\n/var/tmp/x.swap file 1024 0 -2\n")
+    assert swap.active_swaps(str(tmp_path)) == ["/var/tmp/x.swap"]
+
+
+def test_acceptance_line():
+    run = {"manager": "heapballoon", "overcommit": 50, "throughput_ratio": 0.95, "oom_events": 0, "data_errors": 0}
+    assert "**met**" in report.acceptance([run])
+    assert "**not met**" in report.acceptance([{**run, "oom_events": 1}])
+    assert "Not measured" in report.acceptance([])

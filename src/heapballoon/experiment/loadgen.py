@@ -56,21 +56,31 @@ async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, k
     return status == 200
 
 
-async def _worker(port: int, service: int, queue: asyncio.Queue, result: LoadResult, t0: float) -> None:
+async def _worker(port: int, service: int, queue: asyncio.Queue, result: LoadResult, t0: float,
+                  end: float) -> None:
+    """Serve tokens until ``end`` (monotonic). Workers end by themselves rather than by
+    cancellation: Python 3.11's ``wait_for`` can swallow a cancel that races a completed request."""
     conn = None
-    while True:
-        key = await queue.get()
-        sent = time.monotonic()
-        ok = False
-        try:
-            if conn is None:
-                conn = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), REQUEST_TIMEOUT_S)
-            ok = await asyncio.wait_for(_request(*conn, key), REQUEST_TIMEOUT_S)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError):
-            if conn is not None:
-                conn[1].close()
-            conn = None
-        result.records.append(Record(service, sent - t0, (time.monotonic() - sent) * 1000, ok))
+    try:
+        while time.monotonic() < end:
+            try:
+                key = await asyncio.wait_for(queue.get(), 0.2)
+            except asyncio.TimeoutError:
+                continue
+            sent = time.monotonic()
+            ok = False
+            try:
+                if conn is None:
+                    conn = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), REQUEST_TIMEOUT_S)
+                ok = await asyncio.wait_for(_request(*conn, key), REQUEST_TIMEOUT_S)
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError):
+                if conn is not None:
+                    conn[1].close()
+                conn = None
+            result.records.append(Record(service, sent - t0, (time.monotonic() - sent) * 1000, ok))
+    finally:
+        if conn is not None:
+            conn[1].close()
 
 
 async def _ticker(cfg: Config, service: int, queue: asyncio.Queue, result: LoadResult, t0: float,
@@ -97,6 +107,7 @@ async def _ticker(cfg: Config, service: int, queue: asyncio.Queue, result: LoadR
 async def _run(cfg: Config, ports: list[int], duration_s: float, seed: int) -> LoadResult:
     result = LoadResult()
     t0 = time.monotonic()
+    end = t0 + duration_s + 0.5
     rnd = random.Random(seed)
     tasks = []
     tickers = []
@@ -104,12 +115,10 @@ async def _run(cfg: Config, ports: list[int], duration_s: float, seed: int) -> L
         queue: asyncio.Queue = asyncio.Queue(maxsize=cfg.connections * 4)
         tickers.append(asyncio.create_task(_ticker(cfg, service, queue, result, t0, duration_s,
                                                    random.Random(rnd.random()))))
-        tasks += [asyncio.create_task(_worker(port, service, queue, result, t0)) for _ in range(cfg.connections)]
+        tasks += [asyncio.create_task(_worker(port, service, queue, result, t0, end)) for _ in range(cfg.connections)]
     await asyncio.gather(*tickers)
-    await asyncio.sleep(0.5)  # in-flight requests finish (or time out below)
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    # in-flight requests finish or time out; the workers stop by themselves at `end`
+    await asyncio.wait(tasks, timeout=2 * REQUEST_TIMEOUT_S + 2)
     return result
 
 

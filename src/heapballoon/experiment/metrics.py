@@ -2,7 +2,8 @@
 manager's reclaimed bytes) and the per-cell summary that becomes one ``results.json`` entry.
 
 Host-wide counters (``/proc/vmstat`` swap and major faults) are deltas from before the JVMs
-start to the end of the load; the
+start to the end of the load (swap counts include the zero-filled pages that kernels since
+6.12 swap out without writing them, ``swpout_zero``: pre-touched, never-used heap is such); the
 machine is shared, so they include other jobs' paging (the swap file is the experiment's, and
 other jobs rarely swap). ``reaction_s`` is the time from pressure (the cgroup's usage first at
 95 % of its limit) to pages freed (usage back at or under 90 % of the limit).
@@ -139,10 +140,13 @@ def summarize(cell, cfg, load: LoadResult, samples: Samples, counters: dict, bas
         "oom_events": counters["jvm_oom"] + counters["oom_kills"] + counters["died"],
         "jvm_oom_errors": counters["jvm_oom"], "cgroup_oom_kills": counters["oom_kills"],
         "services_died": counters["died"], "limit_hits": counters["limit_hits"],
-        "swap_in_pages": counters["pswpin"], "swap_out_pages": counters["pswpout"],
+        "swap_in_pages": counters["pswpin"] + counters["swpin_zero"],
+        "swap_out_pages": counters["pswpout"] + counters["swpout_zero"],
+        "swap_out_zero_pages": counters["swpout_zero"], "swap_in_zero_pages": counters["swpin_zero"],
         "major_faults": counters["pgmajfault"],
         "cgroup_major_faults": counters["cgroup_major_faults"],
         "peak_cgroup_bytes": peak, "reclaimed_bytes_end": last.get("reclaimed_bytes", 0) if host else 0,
+        "reclaimed_bytes_peak": max((r["reclaimed_bytes"] for r in host), default=0),
         "reaction_s": reaction_s(host), "manager_cpu_s": round(counters["manager_cpu_s"], 2),
         "data_checks": counters["data_checks"], "data_errors": counters["data_errors"],
     }

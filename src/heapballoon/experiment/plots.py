@@ -20,25 +20,31 @@ def _footer(fig, cfg, doc) -> None:
 
 
 def memory_over_time(cfg, doc, service_rows, path) -> None:
+    """One panel per cell: a row per overcommit level, a column per manager (in plan order)."""
     runs = doc["runs"]
-    cells = [(r["order"], r["manager"], r["overcommit"]) for r in runs]
-    level = max(r["overcommit"] for r in runs)
-    cells = [c for c in cells if c[2] == level]
-    fig, axes = plt.subplots(1, len(cells), figsize=(5 * len(cells), 4), sharey=True, squeeze=False)
-    for ax, (order, manager, lvl) in zip(axes[0], cells):
-        rows = [r for r in service_rows if r["cell"] == order]
-        names = sorted({r["service"] for r in rows})
-        times = sorted({r["t_s"] for r in rows})
-        by = {(r["service"], r["t_s"]): r["rss_bytes"] / MIB for r in rows}
-        ax.stackplot(times, [[by.get((n, t), 0) for t in times] for n in names], labels=names, alpha=0.8)
-        given = next(r["memory_given_bytes"] for r in runs if r["order"] == order)
-        ax.axhline(given / MIB, color="red", linestyle="--", label="memory given")
-        ax.set_title(f"{manager} at {lvl}% overcommit")
-        ax.set_xlabel("time into cell (s)")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("resident memory (MiB)")
-    axes[0][0].legend(loc="lower right", fontsize=8)
-    fig.suptitle("Memory over time per manager, stacked by workload (RSS)")
+    levels = sorted({r["overcommit"] for r in runs})
+    managers = list(dict.fromkeys(r["manager"] for r in sorted(runs, key=lambda r: r["order"])))
+    fig, axes = plt.subplots(len(levels), len(managers), figsize=(4.6 * len(managers), 3.4 * len(levels)),
+                             sharey=True, squeeze=False)
+    for row, level in enumerate(levels):
+        for col, manager in enumerate(managers):
+            ax = axes[row][col]
+            run = next((r for r in runs if r["overcommit"] == level and r["manager"] == manager), None)
+            if run is None:
+                ax.set_visible(False)
+                continue
+            rows = [r for r in service_rows if r["cell"] == run["order"]]
+            names = sorted({r["service"] for r in rows})
+            times = sorted({r["t_s"] for r in rows})
+            by = {(r["service"], r["t_s"]): r["rss_bytes"] / MIB for r in rows}
+            ax.stackplot(times, [[by.get((n, t), 0) for t in times] for n in names], labels=names, alpha=0.8)
+            ax.axhline(run["memory_given_bytes"] / MIB, color="red", linestyle="--", label="memory given")
+            ax.set_title(f"{manager} at {level}% overcommit", fontsize=10)
+            ax.set_xlabel("time into cell (s)")
+            ax.grid(alpha=0.3)
+        axes[row][0].set_ylabel("resident memory (MiB)")
+    axes[0][0].legend(loc="lower right", fontsize=7)
+    fig.suptitle("Memory over time per manager, stacked by workload (RSS of each service JVM)")
     _footer(fig, cfg, doc)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=100)

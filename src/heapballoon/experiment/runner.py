@@ -29,6 +29,8 @@ class Interrupted(HeapballoonError):
 
 
 def _on_signal(signum, _frame):
+    for s in (signal.SIGINT, signal.SIGTERM):  # the clean-up that follows must not be interrupted
+        signal.signal(s, signal.SIG_IGN)
     raise Interrupted(f"interrupted by {signal.Signals(signum).name}; cleaned up")
 
 
@@ -75,7 +77,7 @@ def run_cell(cfg: Config, cell: Cell, sandbox: Sandbox, jar: str, run_dir: str, 
         counters["oom_kills"] = sandbox.parent.oom_control().oom_kill - oom_kills_before
         counters["limit_hits"] = sandbox.parent.failcnt() - fail_before
         vm_after = ProcFS().vmstat()
-        for key in ("pswpin", "pswpout", "pgmajfault"):
+        for key in ("pswpin", "pswpout", "swpin_zero", "swpout_zero", "pgmajfault"):
             counters[key] = vm_after.get(key, 0) - vm_before.get(key, 0)
     finally:
         workload.stop(services)
