@@ -195,6 +195,12 @@ def cmd_experiment(args) -> int:
 
         cfg = dataclasses.replace(cfg, policy=args.policy)
     config.validate(cfg)
+    try:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        if not os.access(cfg.out_dir, os.W_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as err:
+        raise UsageError(f"cannot write the output directory {args.out}: {err.strerror}") from None
     _setup_logging("warning")
     runner.run(cfg, Console(stderr=True))
     print(os.path.join(cfg.out_dir, "report.md"))

@@ -86,3 +86,8 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "heapballoon", "experiment", "--out", str(tmp_path), "--seed", "-1"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "seed" in proc.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = subprocess.run([sys.executable, "-m", "heapballoon", "experiment", "--out", str(blocker / "out")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "output directory" in proc.stderr

@@ -1,7 +1,8 @@
 """The experiment's settings and plan: which cells (manager × overcommit level) run, in what order.
 
-Sizes: each service's heap is committed in full (``-Xms`` = ``-Xmx``, ``-XX:+AlwaysPreTouch``),
-so the committed heaps are resident as in a long-running service whose heap grew once. The
+Sizes: each service's heap is committed in full (``-Xms`` = ``-Xmx``, ``-XX:+AlwaysPreTouch``)
+and, before it is ready, churns ``warmup_bytes`` of non-zero garbage, so the committed heaps are
+resident and dirty as in a long-running service whose heap grew once. The
 memory *given* to the services at overcommit X% is ``heaps / (1 + X/100)`` plus a fixed
 non-heap allowance per JVM (metaspace, code, threads, GC structures), so at 0% nothing needs
 to be reclaimed and at 50% the committed heaps exceed what the heaps are given by 50%.
@@ -33,6 +34,7 @@ class Config:
     max_keys: int = 4096
     ttl_s: float = 8.0
     churn_bytes: int = 64 << 10
+    warmup_bytes: int = 768 * MIB  # non-zero garbage each service allocates before it is ready
     nonheap_allowance_bytes: int = 72 * MIB  # measured: ~45 MiB, ~50 MiB with the agent
     busy_rate_per_s: float = 300.0
     idle_rate_per_s: float = 30.0
@@ -107,11 +109,12 @@ def machine() -> str:
     """One line naming the machine, for figures and the report."""
     import os
 
+    from heapballoon.errors import KernelError
     from heapballoon.linux.procfs import ProcFS
 
     try:
         total = ProcFS().meminfo().get("MemTotal", 0)
-    except Exception:  # noqa: BLE001 - only a label
+    except KernelError:
         total = 0
     return (f"{platform.node()}, {os.cpu_count()} CPUs, {total / (1 << 30):.0f} GiB, "
             f"Linux {platform.release()}")

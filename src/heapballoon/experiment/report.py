@@ -86,7 +86,7 @@ def write(cfg: Config, doc: dict, figures: list[str]) -> str:
              f"- command: `{doc['command']}`", f"- seed: {doc['seed']}", f"- machine: {doc['machine']}",
              f"- started {doc['started']}, took {doc['duration_s']} s; each cell {cfg.cell_s:.0f} s of load",
              f"- workload: {cfg.services} CacheService JVMs (default collector), heap {cfg.heap_bytes >> 20} MiB each "
-             f"(-Xms = -Xmx, AlwaysPreTouch), data set {cfg.data_bytes >> 20} MiB, cache values "
+             f"(-Xms = -Xmx, AlwaysPreTouch, {cfg.warmup_bytes >> 20} MiB of non-zero garbage at start), data set {cfg.data_bytes >> 20} MiB, cache values "
              f"{cfg.value_bytes >> 10} KiB, up to {cfg.max_keys} keys, TTL {cfg.ttl_s:.0f} s; "
              f"{cfg.busy_rate_per_s:.0f} req/s busy, {cfg.idle_rate_per_s:.0f} req/s idle, one service busy at a time",
              f"- memory given at X% = heaps / (1 + X/100) + {cfg.nonheap_allowance_bytes >> 20} MiB non-heap per JVM; "

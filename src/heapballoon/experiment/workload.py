@@ -37,6 +37,7 @@ class Service:
     port: int = 0
     oom_lines: int = 0
     stderr_tail: list[str] = field(default_factory=list)
+    ready: threading.Event = field(default_factory=threading.Event)
 
     @property
     def pid(self) -> int:
@@ -55,7 +56,8 @@ def java_command(cfg: Config, index: int, jar: str) -> list[str]:
     return ["java", f"-Xms{heap_mib}m", f"-Xmx{heap_mib}m", "-XX:+AlwaysPreTouch", "-XX:-UseContainerSupport",
             "-Dsun.net.httpserver.nodelay=true", "-jar", jar, "--port", "0", "--data-mib", str(cfg.data_bytes >> 20),
             "--value-kib", str(cfg.value_bytes >> 10), "--ttl-ms", str(int(cfg.ttl_s * 1000)),
-            "--seed", str(cfg.seed * 1000 + index), "--churn-kib", str(cfg.churn_bytes >> 10)]
+            "--seed", str(cfg.seed * 1000 + index), "--churn-kib", str(cfg.churn_bytes >> 10),
+            "--warmup-mib", str(cfg.warmup_bytes >> 20)]
 
 
 def start(cfg: Config, index: int, jar: str, cgroup: MemoryCgroup, env: dict[str, str] | None,
@@ -72,13 +74,12 @@ def start(cfg: Config, index: int, jar: str, cgroup: MemoryCgroup, env: dict[str
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, preexec_fn=enter_cgroup, start_new_session=True)
     svc = Service(index, name, proc, cgroup)
-    ready = threading.Event()
 
     def read_stdout() -> None:
         for line in proc.stdout:
             if line.startswith("READY port="):
                 svc.port = int(line.split("=", 1)[1])
-                ready.set()
+                svc.ready.set()
 
     def read_stderr() -> None:
         for line in proc.stderr:
@@ -88,13 +89,12 @@ def start(cfg: Config, index: int, jar: str, cgroup: MemoryCgroup, env: dict[str
 
     threading.Thread(target=read_stdout, daemon=True).start()
     threading.Thread(target=read_stderr, daemon=True).start()
-    svc.ready = ready  # type: ignore[attr-defined]
     return svc
 
 
 def wait_ready(services: list[Service], timeout_s: float = 120.0) -> None:
     for svc in services:
-        if not svc.ready.wait(timeout_s):  # type: ignore[attr-defined]
+        if not svc.ready.wait(timeout_s):
             tail = "; ".join(svc.stderr_tail[-3:]) or f"exit status {svc.proc.poll()}"
             raise WorkloadError(f"{svc.name} did not start within {timeout_s:.0f} s: {tail}")
 

@@ -19,7 +19,7 @@ import java.util.zip.CRC32;
  * The experiment's workload: a small HTTP service on the JDK's own server (com.sun.net.httpserver).
  *
  * <pre>
- * java CacheService --port P --data-mib D --value-kib V --ttl-ms T --seed S --churn-kib C
+ * java CacheService --port P --data-mib D --value-kib V --ttl-ms T --seed S --churn-kib C --warmup-mib W
  * GET /get?k=N   the value of key N: from the cache, else computed from the data set and cached
  * GET /stats     {"requests":..,"hits":..,"misses":..,"data_checks":..,"data_errors":..,
  *                 "oom_errors":..,"cache_entries":..,"cache_bytes":..,"p50_us":..,"p99_us":..}
@@ -31,6 +31,9 @@ import java.util.zip.CRC32;
  * the CRC of their value, re-checked on every hit. Entries not read for T ms are dropped, so the
  * cache's working set (and the heap's live set) follows the load the service gets. Each request
  * also allocates C KiB of short-lived garbage, like parsing and rendering would.
+ * Before it is ready it allocates W MiB of short-lived, non-zero garbage, so the heap's free
+ * regions hold old data as in a service that has run a while (not the zero pages of a fresh heap,
+ * which a kernel since 6.12 swaps out without writing them).
  * An OutOfMemoryError anywhere is counted (oom_errors) and answered with HTTP 503.
  */
 public final class CacheService {
@@ -164,7 +167,7 @@ public final class CacheService {
     }
 
     public static void main(String[] args) throws Exception {
-        int port = 0, dataMib = 64, valueKib = 32, churnKib = 64;
+        int port = 0, dataMib = 64, valueKib = 32, churnKib = 64, warmupMib = 0;
         long ttlMs = 8000, seed = 1;
         for (int i = 0; i + 1 < args.length; i += 2) {
             switch (args[i]) {
@@ -174,10 +177,18 @@ public final class CacheService {
                 case "--ttl-ms": ttlMs = Long.parseLong(args[i + 1]); break;
                 case "--seed": seed = Long.parseLong(args[i + 1]); break;
                 case "--churn-kib": churnKib = Integer.parseInt(args[i + 1]); break;
+                case "--warmup-mib": warmupMib = Integer.parseInt(args[i + 1]); break;
                 default: throw new IllegalArgumentException("unknown argument " + args[i]);
             }
         }
         CacheService svc = new CacheService(dataMib, valueKib, ttlMs, seed, churnKib);
+        byte[][] ring = new byte[16][];
+        for (long i = 0; i < (long) warmupMib * 16; i++) {  // 64 KiB pieces
+            byte[] b = new byte[PIECE];
+            Arrays.fill(b, (byte) (0x5a ^ i));
+            ring[(int) (i & 15)] = b;
+        }
+        sink = ring;
         HttpServer server = HttpServer.create(new InetSocketAddress("127.0.0.1", port), 64);
         server.createContext("/get", ex -> { try { svc.handleGet(ex); } finally { ex.close(); } });
         server.createContext("/stats", ex -> { try { svc.handleStats(ex); } finally { ex.close(); } });
