@@ -33,10 +33,15 @@ def test_one_service_busy_at_a_time():
         assert loads.count(1.0) == 1, (t, loads)
 
 
-def test_reaction_from_limit_to_headroom():
-    rows = [{"t_s": t, "cgroup_limit_bytes": 100, "cgroup_bytes": b} for t, b in [(0, 50), (1, 96), (2, 95), (3, 89)]]
-    assert metrics.reaction_s(rows) == 2
-    assert metrics.reaction_s(rows[:3]) is None
+def test_reaction_from_pressure_to_pages_freed():
+    def rows(freed):
+        return [{"t_s": t, "cgroup_limit_bytes": 100, "cgroup_bytes": b, "reclaimed_bytes": r}
+                for t, b, r in zip(range(4), [50, 96, 95, 89], freed)]
+
+    assert metrics.reaction_s(rows([0, 0, 0, 40 << 20])) == 2       # pressure at 1 s, 32 MiB freed at 3 s
+    assert metrics.reaction_s(rows([40 << 20] * 4)) == 0            # freed before the pressure came
+    assert metrics.reaction_s(rows([0, 0, 0, 0])) is None           # never freed (none)
+    assert metrics.reaction_s([{**r, "cgroup_bytes": 10} for r in rows([40 << 20] * 4)]) is None  # no pressure
 
 
 def test_losses_are_stated():

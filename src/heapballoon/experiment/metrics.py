@@ -6,7 +6,7 @@ start to the end of the load (swap counts include the zero-filled pages that ker
 6.12 swap out without writing them, ``swpout_zero``: pre-touched, never-used heap is such); the
 machine is shared, so they include other jobs' paging (the swap file is the experiment's, and
 other jobs rarely swap). ``reaction_s`` is the time from pressure (the cgroup's usage first at
-95 % of its limit) to pages freed (usage back at or under 90 % of the limit).
+95 % of its limit) to the manager's first 32 MiB freed.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from heapballoon.experiment.loadgen import LoadResult
 from heapballoon.linux.cgroup import MemoryCgroup
 from heapballoon.linux.procfs import ProcFS
 
+FREED_BYTES = 32 << 20
 SERVICE_FIELDS = ["cell", "manager", "overcommit", "t_s", "service", "rss_bytes", "cgroup_bytes", "swap_bytes"]
 HOST_FIELDS = ["cell", "manager", "overcommit", "t_s", "cgroup_bytes", "cgroup_limit_bytes", "cgroup_swap_bytes",
                "mem_available_bytes", "pswpin", "pswpout", "pgmajfault", "psi_some_avg10", "reclaimed_bytes"]
@@ -108,17 +109,22 @@ def percentile(values: list[float], q: float) -> float | None:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def reaction_s(host_rows: list[dict]) -> float | None:
-    onset = None
+def reaction_s(host_rows: list[dict], freed_bytes: int = FREED_BYTES) -> float | None:
+    """Seconds from pressure (the cgroup's usage first at 95 % of its limit) to the manager having
+    freed ``freed_bytes`` (its own count: verified balloon pages, or what a limit step reclaimed);
+    0 when it freed them before the pressure came, None without pressure or without freeing."""
+    onset = freed = None
     for row in host_rows:
         limit = row["cgroup_limit_bytes"]
         if not limit or limit >= 1 << 62:
             return None
         if onset is None and row["cgroup_bytes"] >= 0.95 * limit:
             onset = row["t_s"]
-        elif onset is not None and row["cgroup_bytes"] <= 0.90 * limit:
-            return round(row["t_s"] - onset, 2)
-    return None
+        if freed is None and row["reclaimed_bytes"] >= freed_bytes:
+            freed = row["t_s"]
+    if onset is None or freed is None:
+        return None
+    return round(max(0.0, freed - onset), 2)
 
 
 def summarize(cell, cfg, load: LoadResult, samples: Samples, counters: dict, baseline_ok: int | None) -> dict:

@@ -95,8 +95,8 @@ def write(cfg: Config, doc: dict, figures: list[str]) -> str:
              "Throughput ratio = requests served / requests the unconstrained run served. OOM events = JVM "
              "OutOfMemoryErrors + cgroup OOM kills + services that died. Swap and major faults are host-wide "
              "counters over the cell (from before the JVMs start); \"of which zero\": zero-filled pages the kernel "
-             "swapped out without writing (swpout_zero). Reaction = time from the cgroup's usage at 95 % of its limit to usage at "
-             "or under 90 % (— : never). Manager CPU = the daemon's (heapballoon) or the stepping thread's CPU.", ""]
+             "swapped out without writing (swpout_zero). Reaction = time from the cgroup's usage at 95 % of its limit to the manager's "
+             "first 32 MiB freed (— : no pressure, or the manager freed nothing; none never frees). Manager CPU = the daemon's (heapballoon) or the stepping thread's CPU.", ""]
     lines += ["## Managers", ""] + [f"- **{r['manager']}**: {r['manager_settings']}"
                                     for r in {r["manager"]: r for r in runs}.values()] + [""]
     for level in sorted({r["overcommit"] for r in runs}):
