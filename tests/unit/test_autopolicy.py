@@ -64,10 +64,18 @@ def test_targets_follow_the_law_and_pins_win(tmp_path, caplog):
     recs[2].explicit_target_bytes = 100 * MIB
     with caplog.at_level(logging.INFO, logger="heapballoon.policy"):
         assert p.maybe_tick(recs, 0.0)
+    assert p.targets(recs) == {101: 0, 102: 0, 103: 100 * MIB}  # activity not measured yet: hold
+    assert "not measured" in p.reason(101)
+    for t in range(1, 4):  # the agents' states: idle
+        for r in recs:
+            p.on_state(r.pid, replace(r.state, heap_used_bytes=r.state.heap_used_bytes + t * MIB), float(t))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="heapballoon.policy"):
+        assert p.maybe_tick(recs, 3.0)
     t = p.targets(recs)
     assert t[103] == 100 * MIB and t[101] > 0 and t[102] > 0
     assert "pinned" in p.reason(103)
-    assert not p.maybe_tick(recs, 0.5)  # its interval has not passed
+    assert not p.maybe_tick(recs, 3.5)  # its interval has not passed
     lines = [r.message for r in caplog.records]
     assert lines[0].startswith("policy low:") and len(lines[0]) < 300
     report = p.report()
@@ -93,7 +101,10 @@ def test_activity_counts_allocation_but_not_the_balloon():
     a = record(1, used_mib=300).state
     assert allocated_between(a, replace(a, heap_used_bytes=400 * MIB)) == 100 * MIB
     assert allocated_between(a, replace(a, heap_used_bytes=800 * MIB, balloon_bytes=500 * MIB)) == 0
+    inflated = replace(a, heap_used_bytes=800 * MIB, balloon_bytes=500 * MIB)
+    assert allocated_between(inflated, replace(inflated, balloon_bytes=300 * MIB)) == 0  # deflated: garbage
     assert allocated_between(a, replace(a, heap_used_bytes=250 * MIB, gc_count=2)) == 100 * MIB  # 250 - 150 live
+    assert allocated_between(a, replace(a, heap_used_bytes=250 * MIB, gc_count=2), 240 * MIB) == 10 * MIB
     busy, idle = ActivityMeter(), ActivityMeter()
     used = 200
     for t in range(6):
@@ -102,3 +113,9 @@ def test_activity_counts_allocation_but_not_the_balloon():
         idle.update(replace(a, heap_used_bytes=(300 + t) * MIB), float(t))
     assert busy.active_fraction(GIB) > 0.9  # 100 MiB/s: its whole heap in about 10 s
     assert idle.active_fraction(GIB) < 0.02
+    # a balloon inflating through several collections is not the application's allocation
+    quiet = ActivityMeter()
+    for t, (used, balloon, gcs) in enumerate([(161, 0, 3), (250, 88, 3), (400, 240, 5), (593, 432, 7), (594, 432, 7)]):
+        quiet.update(replace(a, heap_used_bytes=used * MIB, balloon_bytes=balloon * MIB, gc_count=gcs,
+                             live_bytes=145 * MIB), float(t))
+    assert quiet.active_fraction(GIB) < 0.02

@@ -86,3 +86,29 @@ def test_virtio_ports_by_name_and_device_nodes(tmp_path):
     with pytest.raises(KernelError, match="cannot create the device node"):
         ports.ensure_node("vport0p3")
     assert VirtioPorts(str(tmp_path / "none")).names() == {}
+
+
+def test_psi_and_memory_cgroup_from_fixture_trees(tmp_path):
+    from heapballoon.linux.cgroup import MemoryCgroupV1
+
+    (tmp_path / "pressure").mkdir()
+    (tmp_path / "pressure" / "memory").write_text("some avg10=2.50 avg60=1.00 avg300=0.10 total=77\n"
+                                                 "full avg10=0.50 avg60=0.00 avg300=0.00 total=5\n")
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42" / "cgroup").write_text("7:cpu,cpuacct:/x\n4:memory:/jobs/a\n0::/\n")
+    proc = ProcFS(str(tmp_path))
+    assert proc.pressure("memory")["some"]["avg10"] == 2.5 and proc.pressure()["full"]["total"] == 5
+    assert proc.cgroup_path(42) == "/jobs/a" and proc.cgroup_path(42, "blkio") is None
+    (tmp_path / "pressure" / "memory").write_text("some avg10=lots\n")
+    with pytest.raises(KernelError):
+        proc.pressure()
+    group = tmp_path / "cg" / "jobs" / "a"
+    group.mkdir(parents=True)
+    (group / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (group / "memory.usage_in_bytes").write_text("1048576\n")
+    cg = MemoryCgroupV1(str(tmp_path / "cg"))
+    assert cg.limit_bytes("/jobs/a") is None and cg.usage_bytes("/jobs/a") == 1 << 20
+    (group / "memory.limit_in_bytes").write_text("2147483648\n")
+    assert cg.limit_bytes("/jobs/a") == 2 << 30
+    with pytest.raises(KernelError, match="cannot read"):
+        cg.limit_bytes("/nope")

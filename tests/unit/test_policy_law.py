@@ -127,6 +127,22 @@ def test_psi_escalates_unless_memory_is_plentiful():
     loose = replace(HOST, psi_some_avg10=40.0)
     _, d = tick(PolicyConfig(), PolicyState(), Observations(loose, (jvm("a", 1100 * MIB, 0.0),)), 0.0)
     assert d.state == "high" and d.workloads[0].target_bytes == 0
+    # a budget short of memory on a roomy machine: the stalls are not the workloads' to answer
+    over = Observations(replace(loose, memory_budget_bytes=800 * MIB), (jvm("a", 1100 * MIB, 0.0),))
+    _, d = tick(PolicyConfig(), PolicyState(), over, 0.0)
+    assert d.constraint == "budget" and d.want_bytes < 400 * MIB
+
+
+def test_unknown_activity_holds_its_target_and_is_not_remembered():
+    cfg = PolicyConfig()
+    obs = Observations(budget(1000 * MIB), (jvm("a", 1100 * MIB, None, held=50 * MIB, target=50 * MIB),
+                                            jvm("b", 1100 * MIB, 0.5)))
+    s, d = tick(cfg, PolicyState(), obs, 0.0)
+    assert d.by_key()["a"].target_bytes == 50 * MIB and "not measured" in d.by_key()["a"].reason
+    assert d.by_key()["b"].target_bytes > 0 and "a" not in s.activity
+    s, d = tick(cfg, s, Observations(obs.host, (jvm("a", 1100 * MIB, 0.0), jvm("b", 1100 * MIB, None))), 1.0)
+    assert "not measured" not in d.by_key()["b"].reason  # known once: remembered
+    assert d.by_key()["a"].active_fraction == 0.0 and d.by_key()["b"].active_fraction == 0.5
 
 
 def test_activity_rises_at_once_and_falls_slowly():
@@ -161,10 +177,14 @@ def build(ws, **host):
 
 
 @settings(max_examples=200, deadline=None)
-@given(workloads, st.integers(256 * MIB, 16 * GIB))
-def test_floors_are_never_crossed(ws, budget_bytes):
+@given(workloads, st.integers(256 * MIB, 16 * GIB), st.lists(st.integers(0, 4 * GIB), min_size=8, max_size=8),
+       st.sampled_from(["high", "clear", "soft", "hard", "low"]))
+def test_floors_are_never_crossed(ws, budget_bytes, prev_targets, prev_state):
+    """Whatever was decided last tick (a floor may have risen since: a live set grew), no
+    source is asked for more than it can give above its floor: give-backs happen at once."""
     obs = build(ws, memory_budget_bytes=budget_bytes)
-    _, d = tick(PolicyConfig(), PolicyState(), obs, 0.0)
+    prev = PolicyState(state=prev_state, targets={f"w{i}": {"heap": t} for i, t in enumerate(prev_targets)})
+    _, d = tick(PolicyConfig(), prev, obs, 0.0)
     for w, o in zip(d.workloads, obs.workloads):
         if o.pinned_target_bytes is None:
             for s, so in zip(w.sources, o.sources):
@@ -250,7 +270,80 @@ def test_closed_loop_meets_the_budget_without_oscillating_or_starving(budget_byt
             deltas = [b[key] - a[key] for a, b in zip(phase, phase[1:]) if b[key] != a[key]]
             assert all(x > 0 for x in deltas) or all(x < 0 for x in deltas), (key, deltas)
     # the busy JVM is not starved: it gives only what the idle ones cannot
+    goal = 1.75 * max(16 * MIB, 0.02 * budget_bytes)  # how far below the budget the law aims
     idle_room = 790 * MIB + 240 * MIB
-    need = 3350 * MIB - budget_bytes
-    assert history[-1]["busy"] <= max(0, need - idle_room) + 64 * MIB
-    assert history[20]["busy"] <= max(0, 3300 * MIB - budget_bytes - 2 * 790 * MIB) + 64 * MIB
+    need = 3350 * MIB - budget_bytes + goal
+    assert history[-1]["busy"] <= max(0, need - idle_room) + 32 * MIB
+    assert history[20]["busy"] <= max(0, 3300 * MIB - budget_bytes + goal - 2 * 790 * MIB) + 32 * MIB
+
+
+def test_pages_a_give_back_left_untouched_are_not_room():
+    """A deflated balloon's pages come back when the heap reuses them: until then resident +
+    held is low, and that must not read as free memory (or the loop gives back ever more)."""
+    cfg = PolicyConfig()
+    obs = Observations(budget(1480 * MIB), (jvm("a", 1100 * MIB, 0.0, held=400 * MIB, target=400 * MIB),
+                                            jvm("b", 1100 * MIB, 0.0, held=400 * MIB, target=400 * MIB)))
+    s, d = tick(cfg, PolicyState(state="clear", targets={"a": {"heap": 400 * MIB}, "b": {"heap": 400 * MIB}}),
+                obs, 0.0)
+    assert d.state == "clear"
+    # b gave 200 MiB back; its heap has not touched those pages yet: resident is unchanged
+    later = Observations(obs.host, (obs.workloads[0], jvm("b", 900 * MIB, 0.0, held=200 * MIB, target=200 * MIB)))
+    s2, d2 = tick(cfg, replace(s, targets={"a": {"heap": 400 * MIB}, "b": {"heap": 200 * MIB}}), later, 1.0)
+    assert d2.state != "high" and d2.target_bytes >= 600 * MIB
+    assert s2.demand["b"] > 1090 * MIB  # still what it was, falling slowly
+
+
+class LazyPlant(Plant):
+    """As Plant, but a deflated balloon's pages come back only as the heap reuses them
+    (``reuse`` bytes a tick), as a real JVM's do."""
+
+    def __init__(self, jvms, rate=200 * MIB, reuse=20 * MIB):
+        super().__init__(jvms, rate)
+        self.reuse = reuse
+        for j in self.jvms.values():
+            j["untouched"] = 0
+
+    def observe(self, budget_bytes):
+        return Observations(budget(budget_bytes), tuple(
+            jvm(k, j["unb"] - j["untouched"], j["active"], held=j["held"], target=j["target"], reclaimable=j["cap"])
+            for k, j in self.jvms.items()))
+
+    def apply(self, decisions):
+        before = {k: j["held"] for k, j in self.jvms.items()}
+        super().apply(decisions)
+        for k, j in self.jvms.items():
+            j["untouched"] += max(0, before[k] - j["held"])
+            j["untouched"] = max(0, j["untouched"] - self.reuse)
+
+    def resident(self):
+        return sum(j["unb"] - j["held"] - j["untouched"] for j in self.jvms.values())
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(1500 * MIB, 2000 * MIB), st.integers(200 * MIB, 600 * MIB), st.integers(5 * MIB, 50 * MIB))
+def test_closed_loop_with_lazily_reused_pages_does_not_ring(budget_bytes, raise_bytes, reuse):
+    """The budget is raised: balloons give back the surplus once, not everything and then
+    take it again when the heaps touch their pages."""
+    cfg = PolicyConfig()
+    plant = LazyPlant({"busy": dict(unb=1100 * MIB, active=1.0, cap=790 * MIB),
+                       "idle1": dict(unb=1100 * MIB, active=0.01, cap=790 * MIB),
+                       "idle2": dict(unb=1100 * MIB, active=0.01, cap=790 * MIB)}, reuse=reuse)
+    state, totals, worst = PolicyState(), [], 0
+    for t in range(200):
+        b = budget_bytes + (raise_bytes if t >= 30 else 0)
+        state, d = tick(cfg, state, plant.observe(b), float(t))
+        plant.apply(d)
+        totals.append(d.target_bytes)
+        if t > 40:
+            worst = max(worst, plant.resident())
+    assert worst <= (budget_bytes + raise_bytes) * 1.05
+    moves = [b - a for a, b in zip(totals[30:], totals[31:]) if abs(b - a) > cfg.deadband_bytes]
+    assert all(m < 0 for m in moves), moves  # given back, never taken again
+
+
+def test_the_summary_line_stays_short_with_many_workloads():
+    obs = Observations(budget(10 * GIB), tuple(jvm(f"jvm-{i:03d}", 300 * MIB, i / 100) for i in range(100)))
+    _, d = tick(PolicyConfig(), PolicyState(), obs, 0.0)
+    line = summary_line(d)
+    assert len(line) < 300 and "more" in line, line
+    assert explain_text(d).count("\n") >= 100

@@ -9,12 +9,14 @@ last decisions for the driver, ``status`` and ``policy explain``. It also owns t
 file: loaded at start, reloaded on SIGHUP, and a bad file keeps the last good policy.
 
 Activity. The agent reports no allocation rate, so it is derived from what each ``state``
-carries: heap used minus balloon rises by what the application allocates between two
-collections; across a collection (``gc_count`` moved) the allocation since is at least heap
-used − balloon − live. Averaged over the last ``RATE_WINDOW_S``, the active fraction is the
-share of its heap the JVM allocates in ``ACTIVE_WINDOW_S``: a JVM that churns its whole heap
-every 10 s is fully active, one that allocates a few MiB a second is idle. The balloon's own
-growth is not counted.
+carries: between two collections, heap used rises by what the application allocates (the
+balloon's own growth taken out, and a shrinking balloon's chunks are garbage, not
+allocation); across a collection (``gc_count`` moved) the allocation since is what heap used
+(balloon excluded) stands above the heap's usual level right after a collection (the lowest
+of the last few post-collection samples: live data, survivors, old garbage). Averaged over
+the last ``RATE_WINDOW_S``, the active fraction is the share of its heap the JVM allocates in
+``ACTIVE_WINDOW_S``: a JVM that churns its whole heap every 10 s is fully active, one that
+allocates a few MiB a second is idle.
 """
 
 from __future__ import annotations
@@ -29,20 +31,28 @@ from heapballoon.linux.procfs import ProcFS
 from heapballoon.status import PolicyReport
 from heapballoon.policy import (
     DEFAULT_POLICY_PATH, Decisions, HostObservation, Observations, PolicyConfig, PolicyConfigError, PolicyState,
-    SourceObservation, WorkloadObservation, explain_text, load_config, state_text, summary_line, tick,
+    SourceObservation, WorkloadDecision, WorkloadObservation, explain_text, load_config, state_text, summary_line, tick,
     workload_line,
 )
 
 log = logging.getLogger("heapballoon.policy")
 RATE_WINDOW_S = 5.0
+MIN_SPAN_S = 2.0  # a rate from a shorter span (a JVM just registered) is not trusted yet
 ACTIVE_WINDOW_S = 10.0
 
 
-def allocated_between(a: protocol.State, b: protocol.State) -> int:
-    """Bytes the application allocated between two states of one JVM (a lower bound)."""
+POST_GC_SAMPLES = 8
+
+
+def allocated_between(a: protocol.State, b: protocol.State, after_gc_bytes: int | None = None) -> int:
+    """Bytes the application allocated between two states of one JVM (a lower bound).
+    ``after_gc_bytes``: the heap's usual used bytes (balloon excluded) right after a collection."""
     if b.gc_count == a.gc_count:
-        return max(0, (b.heap_used_bytes - b.balloon_bytes) - (a.heap_used_bytes - a.balloon_bytes))
-    return max(0, b.heap_used_bytes - b.balloon_bytes - b.live_bytes)
+        # A balloon that grew raised heap used by its own size; one that shrank left its chunks
+        # as garbage, which is no allocation either.
+        return max(0, b.heap_used_bytes - a.heap_used_bytes - max(0, b.balloon_bytes - a.balloon_bytes))
+    base = b.live_bytes if after_gc_bytes is None else after_gc_bytes
+    return max(0, b.heap_used_bytes - b.balloon_bytes - base)
 
 
 class ActivityMeter:
@@ -52,10 +62,16 @@ class ActivityMeter:
         self.last: protocol.State | None = None
         self.total_bytes = 0
         self.samples: deque[tuple[float, int]] = deque()
+        self.after_gc: deque[int] = deque(maxlen=POST_GC_SAMPLES)
 
     def update(self, state: protocol.State, now_s: float) -> None:
-        if self.last is not None and state is not self.last:
-            self.total_bytes += allocated_between(self.last, state)
+        """Every state the agent sends (and the hello's): the more samples, the better."""
+        if state is self.last:
+            return
+        if self.last is not None:
+            if state.gc_count != self.last.gc_count:
+                self.after_gc.append(max(0, state.heap_used_bytes - state.balloon_bytes))
+            self.total_bytes += allocated_between(self.last, state, min(self.after_gc, default=None))
         self.last = state
         self.samples.append((now_s, self.total_bytes))
         while len(self.samples) > 2 and now_s - self.samples[1][0] >= RATE_WINDOW_S:
@@ -65,7 +81,7 @@ class ActivityMeter:
         if len(self.samples) < 2:
             return None
         (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
-        return (b1 - b0) / (t1 - t0) if t1 > t0 else None
+        return (b1 - b0) / (t1 - t0) if t1 - t0 >= MIN_SPAN_S else None
 
     def active_fraction(self, heap_bytes: int) -> float | None:
         rate = self.rate_bytes_per_s()
@@ -86,11 +102,12 @@ class AutoPolicy:
         self.cgroup = cgroup or MemoryCgroupV1()
         self.state = PolicyState()
         self.decisions: Decisions | None = None
+        self.by_key: dict[str, WorkloadDecision] = {}
         self.meters: dict[int, ActivityMeter] = {}
         self.groups: dict[tuple[int, int], str | None] = {}
         self.ticks = 0
         self.last_tick_s: float | None = None
-        self.due = True  # tick at the next step (a reload, a pin, a new JVM)
+        self.due = True  # tick at the next step (a reload, a pin); a new JVM waits for the interval
 
     # ------------------------------------------------------------------ the file
 
@@ -150,13 +167,13 @@ class AutoPolicy:
                 continue  # gone: the driver reaps it
             alive.add(rec.pid)
             meter = self.meters.setdefault(rec.pid, ActivityMeter())
-            meter.update(rec.state, now_s)
+            meter.update(rec.state, now_s)  # the same state again is not a new sample
             s = rec.state
             current = rec.sent.target_bytes if rec.sent is not None else s.target_bytes
             workloads.append(WorkloadObservation(
                 key=str(rec.pid), name=rec.name, kind="jvm", resident_bytes=rss,
                 sources=(SourceObservation("heap", reclaimable_bytes=rec.balloon_max_bytes,
-                                           held_bytes=min(rec.reclaimed_bytes, rss + rec.reclaimed_bytes),
+                                           held_bytes=rec.reclaimed_bytes,
                                            target_bytes=current),),
                 active_fraction=meter.active_fraction(max(s.heap_committed_bytes, s.heap_max_bytes)),
                 pinned_target_bytes=rec.explicit_target_bytes))
@@ -168,6 +185,10 @@ class AutoPolicy:
         pids = [(r.pid, r.starttime) for r in records if r.pid in alive]
         return Observations(self._host(pids), tuple(workloads))
 
+    def on_state(self, pid: int, state: protocol.State, now_s: float) -> None:
+        """An agent's hello or state arrived: a sample of its activity."""
+        self.meters.setdefault(pid, ActivityMeter()).update(state, now_s)
+
     # ------------------------------------------------------------------ deciding
 
     def maybe_tick(self, records, now_s: float) -> bool:
@@ -176,6 +197,7 @@ class AutoPolicy:
             return False
         obs = self.observe(records, now_s)
         self.state, self.decisions = tick(self.config, self.state, obs, now_s)
+        self.by_key = self.decisions.by_key()
         self.ticks += 1
         self.last_tick_s = now_s
         self.due = False
@@ -190,7 +212,7 @@ class AutoPolicy:
     def targets(self, records) -> dict[int, int]:
         """Every connected JVM's target: the last decision, a pin, or (not decided yet) what it
         holds, so a JVM keeps its balloon across a daemon restart until the law has spoken."""
-        decided = self.decisions.by_key() if self.decisions else {}
+        decided = self.by_key
         out = {}
         for rec in records:
             if not rec.connected:
@@ -204,7 +226,7 @@ class AutoPolicy:
         return out
 
     def reason(self, pid: int) -> str:
-        w = self.decisions.by_key().get(str(pid)) if self.decisions else None
+        w = self.by_key.get(str(pid))
         return w.reason if w is not None else "not decided yet"
 
     def budget_bytes(self) -> int | None:

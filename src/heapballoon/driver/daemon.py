@@ -233,7 +233,7 @@ class Driver:
                 rec.explicit_target_bytes = hello.target_bytes  # the balloon survives our restart
         self.channels[pid] = chan
         if self.policy is not None:
-            self.policy.due = True
+            self.policy.on_state(pid, hello.state, self.clock())
         log.info("agent connected: pid=%d name=%s gc=%s jvm=%s address_mode=%s balloon=%s target=%s",
                  pid, rec.name, hello.gc, hello.jvm_version, hello.address_mode,
                  format_size(hello.state.balloon_bytes), format_size(hello.target_bytes))
@@ -248,6 +248,8 @@ class Driver:
                     if msg.chunks_epoch != rec.state.chunks_epoch or msg.chunks != rec.state.chunks:
                         self._wake.set()
                     rec.state = msg
+                    if self.policy is not None:
+                        self.policy.on_state(pid, msg, self.clock())
                 elif isinstance(msg, protocol.Event):
                     rec.events[msg.kind] = rec.events.get(msg.kind, 0) + 1
                     if msg.kind == "moved":

@@ -3,7 +3,9 @@
 Each adapter takes an overridable root so tests run on fixture trees; failures are
 :class:`~heapballoon.errors.KernelError` one-liners. Standard library only (the guest imports it).
 
-* ``procfs``  – ``/proc``: status, maps, cmdline, stat (state, start time), open files, meminfo, boot_id
+* ``procfs``  – ``/proc``: status, maps, cmdline, stat (state, start time), open files, meminfo, PSI
+  (``pressure/memory``), a process's cgroup, boot_id
+* ``cgroup``  – cgroup v1 memory groups: limit and usage
 * ``pagemap`` – virtual → physical translation, reclaim accounting
 * ``memfd``   – memfds a process holds, punching holes, allocated bytes, zero checks
 * ``ksm``     – ``/sys/kernel/mm/ksm`` knobs and counters

@@ -11,6 +11,8 @@ means the defaults). Every key, its type and range is checked here; the first ba
     min_free = "900M"           # host mode: minFree (default: ESXi's sliding scale)
     budget_min_free = 0.02      # budget mode: minFree as a fraction of the budget
     deadband = "8M"             # smaller changes of a target are not sent
+    activity_half_life_s = 30   # how slowly a workload's active fraction falls
+    demand_half_life_s = 60     # how slowly its demand (resident + held) falls
 
     [thresholds]                # state boundaries, as multiples of minFree
     high = 4.0
@@ -78,6 +80,7 @@ class PolicyConfig:
     deadband_bytes: int = 8 * MIB
     hysteresis: float = 0.1  # a state improves only once free passes its threshold by 10 %
     activity_half_life_s: float = 30.0  # the active fraction falls slowly (rises at once)
+    demand_half_life_s: float = 60.0  # so does a workload's demand (resident + held)
     thresholds: Thresholds = field(default_factory=Thresholds)
     psi_soft_some: float = 10.0
     psi_hard_full: float = 10.0
@@ -101,7 +104,7 @@ class PolicyConfig:
 # ---------------------------------------------------------------- reading
 
 _TOP = {"budget", "interval_s", "idle_tax", "max_step", "min_free", "budget_min_free", "deadband",
-        "hysteresis", "activity_half_life_s", "thresholds", "psi", "workload"}
+        "hysteresis", "activity_half_life_s", "demand_half_life_s", "thresholds", "psi", "workload"}
 _THRESHOLDS = {"high", "clear", "soft", "hard"}
 _PSI = {"soft_some", "hard_full"}
 _RULE = {"match", "shares", "reservation", "limit"}
@@ -116,7 +119,7 @@ def load(path: str | None, *, default_missing_ok: bool = True) -> PolicyConfig:
             data = f.read()
     except FileNotFoundError as err:
         if default_missing_ok and path == DEFAULT_PATH:
-            return PolicyConfig()
+            return PolicyConfig(source=f"defaults ({path} not found)")
         raise PolicyConfigError(f"policy file {path}: not found") from err
     except OSError as err:
         raise PolicyConfigError(f"policy file {path}: {err.strerror or err}") from err
@@ -183,6 +186,7 @@ def _build(r, doc, budget, thresholds, psi, rules, source) -> PolicyConfig:
         deadband_bytes=r.size(doc, "deadband", default.deadband_bytes, ""),
         hysteresis=r.number(doc, "hysteresis", default.hysteresis, lo=0.0, hi=1.0),
         activity_half_life_s=r.number(doc, "activity_half_life_s", default.activity_half_life_s, lo=0.0, hi=86400.0),
+        demand_half_life_s=r.number(doc, "demand_half_life_s", default.demand_half_life_s, lo=0.0, hi=86400.0),
         thresholds=thresholds,
         psi_soft_some=r.number(psi, "soft_some", default.psi_soft_some, lo=0.0, hi=100.0, section="psi"),
         psi_hard_full=r.number(psi, "hard_full", default.psi_hard_full, lo=0.0, hi=100.0, section="psi"),

@@ -14,16 +14,28 @@ The law in five steps:
    * ``cgroup`` (when the workloads share a memory cgroup with a limit): free = limit − usage,
      minFree from the same scale applied to the limit.
 
-   With r = free / minFree, the state is ``high`` (r ≥ 4), ``clear`` (r ≥ 1), ``soft``
+   Free memory is *predicted*, not just measured: a balloon that deflated leaves garbage
+   whose pages come back only when the heap reuses them, so resident + held drops for a while
+   after a give-back and would read as room. Each workload's *demand* (resident + held) is
+   therefore sticky: it rises at once and falls with a half-life of ``demand_half_life_s``;
+   predicted free = free − Σ (demand − resident − held). Without this, giving back would look
+   free and the loop would give back until the heaps touch their pages again (a slow
+   oscillation).
+
+   With r = predicted free / minFree, the state is ``high`` (r ≥ 4), ``clear`` (r ≥ 1), ``soft``
    (r ≥ 0.64), ``hard`` (r ≥ 0.32) or ``low``. A state only *improves* once r passes the
    better state's threshold by ``hysteresis`` (10 %): the state does not flicker on a border.
-   PSI (``/proc/pressure/memory``) escalates a state that is not ``high``: some ≥
-   ``psi.soft_some`` makes it at least soft, full ≥ ``psi.hard_full`` at least hard.
+   PSI (``/proc/pressure/memory``) is the machine's signal, so it escalates only while the
+   machine (host or cgroup) is not ``high``: some ≥ ``psi.soft_some`` makes the state at least
+   soft, full ≥ ``psi.hard_full`` at least hard. (A budget alone is not a reason to believe
+   stalls are ours: with plenty of free memory, PSI is left to whoever causes it.)
 
 2. **How much should the sources hold in total (want)?** Let H be what the sources hold now and
    P the sum of last tick's targets.
 
-   * soft/hard/low: want = max(P, H + (goal − free)), goal = clear·minFree·(1 + 2·hysteresis).
+   * soft/hard/low: want = max(P, H + (goal − free)), goal = a quarter of the way from the
+     clear threshold to the high one (1.75·minFree by default): deep enough into the deadband
+     that a balloon short of its target by a chunk does not leave the state soft.
      Resident + held is what the workloads would occupy without balloons; it does not change
      when a balloon grows (held rises by what resident falls), so this aim is a *static*
      estimate of the answer, not an integrator: balloons still inflating do not make it
@@ -46,7 +58,8 @@ The law in five steps:
    An idle byte costs k times an active one, so an idle workload has a low ρ. The lowest ρ
    gives the next quantum; giving lowers its P_i and raises its ρ, so the others take over in
    turn (water-filling). Pinned workloads (a manual ``target``) keep their target and count
-   towards want; the rest is shared.
+   towards want, and so do workloads whose activity is not measured yet (they hold what they
+   hold for a tick or two, rather than be guessed at and corrected); the rest is shared.
 
 4. **What gives?** Cheapest source first, across all workloads: first every workload's
    ``guest_free`` (free guest memory costs the guest nothing), then ``heap`` (idle heap costs
@@ -69,7 +82,7 @@ from types import MappingProxyType
 
 from heapballoon.policy.config import PolicyConfig
 from heapballoon.policy.model import (
-    SOURCE_KINDS, STATES, Decisions, Observations, PolicyState, SourceDecision, WorkloadDecision,
+    SOURCE_KINDS, STATES, Decisions, HostObservation, Observations, PolicyState, SourceDecision, WorkloadDecision,
     WorkloadObservation,
 )
 from heapballoon.units import format_size
@@ -116,9 +129,13 @@ def _step_bytes(state: str, config: PolicyConfig) -> float:
     return {"hard": 2 * config.max_step_bytes, "low": math.inf}.get(state, config.max_step_bytes)
 
 
-def _activity(config: PolicyConfig, state: PolicyState, w: WorkloadObservation, now_s: float) -> float:
-    f = 1.0 if w.active_fraction is None else min(1.0, max(0.0, w.active_fraction))
+def _activity(config: PolicyConfig, state: PolicyState, w: WorkloadObservation, now_s: float) -> float | None:
+    """The smoothed active fraction; None while it is unknown (then counted as active, and not
+    remembered: a first measurement is taken as it is)."""
     prev = state.activity.get(w.key)
+    if w.active_fraction is None:
+        return prev
+    f = min(1.0, max(0.0, w.active_fraction))
     if prev is None or f >= prev or state.last_s is None:
         return f
     dt = max(0.0, now_s - state.last_s)
@@ -126,11 +143,66 @@ def _activity(config: PolicyConfig, state: PolicyState, w: WorkloadObservation, 
     return prev * decay + f * (1 - decay)
 
 
+def _demand(config: PolicyConfig, state: PolicyState, w: WorkloadObservation, now_s: float) -> int:
+    """Sticky resident + held: rises at once, falls with a half-life (module docstring, 1.)."""
+    measured = w.unballooned_bytes
+    prev = state.demand.get(w.key)
+    if prev is None or measured >= prev or state.last_s is None:
+        return measured
+    dt = max(0.0, now_s - state.last_s)
+    decay = 0.5 ** (dt / config.demand_half_life_s) if config.demand_half_life_s > 0 else 0.0
+    return int(measured + (prev - measured) * decay)
+
+
 def _prev_target(state: PolicyState, w: WorkloadObservation, kind: str) -> int:
     per = state.targets.get(w.key)
     if per is not None:
         return per.get(kind, 0)
     return sum(s.target_bytes for s in w.sources if s.kind == kind)
+
+
+def _aim(config: PolicyConfig, state: PolicyState, host: HostObservation, budget: int | None, resident: int, held: int,
+         prev_total: int, coming_back: int) -> tuple[str, str, float]:
+    """Steps 1 and 2 of the law: the node's state, the constraint that sets the aim, and what
+    the sources should hold in total."""
+    cons: list[tuple[str, float, int]] = []  # name, free, minFree
+    if budget is not None:
+        cons.append(("budget", budget - resident, max(16 * MIB, int(budget * config.budget_min_free))))
+    if host.mem_total_bytes > 0:
+        cons.append(("host", host.mem_available_bytes, config.min_free_bytes or esxi_min_free_bytes(host.mem_total_bytes)))
+    if host.cgroup_limit_bytes and host.cgroup_usage_bytes is not None:
+        cons.append(("cgroup", host.cgroup_limit_bytes - host.cgroup_usage_bytes,
+                     esxi_min_free_bytes(host.cgroup_limit_bytes)))
+    th = config.thresholds
+    verdicts: list[tuple[str, str, float]] = []  # name, state, want
+    for name, free, min_free in cons:
+        free -= coming_back
+        min_free = max(1, min_free)
+        st = _state_of(free / min_free, state.state, config)
+        if st == "high":
+            want = prev_total - (free - th.high * min_free)
+        elif st == "clear":
+            want = prev_total
+        else:  # never below last tick's targets: the aim only rises while memory is short
+            goal = (th.clear + (th.high - th.clear) / 4) * min_free
+            want = max(prev_total, held + (goal - free))
+        verdicts.append((name, st, want))
+    if not verdicts:
+        verdicts.append(("none", "high", 0))
+    machine_state = max((v[1] for v in verdicts if v[0] in ("host", "cgroup")), key=_rank, default="high")
+    if machine_state != "high":
+        psi = None
+        if host.psi_full_avg10 >= config.psi_hard_full:
+            psi = "hard"
+        elif host.psi_some_avg10 >= config.psi_soft_some:
+            psi = "soft"
+        if psi is not None:
+            verdicts.append(("psi", psi, prev_total + _step_bytes(psi, config)))
+    node_state = max((v[1] for v in verdicts), key=_rank)
+    constraint, _, want_f = max(verdicts, key=lambda v: (v[2], -_rank(v[1])))
+    if node_state == "high" and want_f <= 0:
+        constraint = "none"  # nothing to hold: no constraint is binding
+    return node_state, constraint, want_f
 
 
 def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
@@ -141,54 +213,22 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
     resident = sum(w.resident_bytes for w in wls)
     prev_total = sum(_prev_target(state, w, s.kind) for w in wls for s in w.sources)
     budget = effective_budget(config, obs)
+    demand = {w.key: _demand(config, state, w, now_s) for w in wls}
+    coming_back = sum(demand[w.key] - w.unballooned_bytes for w in wls)  # pages a give-back left
 
-    # 1. constraints → (name, state, want)
-    cons: list[tuple[str, float, int]] = []  # name, free, minFree
-    if budget is not None:
-        cons.append(("budget", budget - resident, max(16 * MIB, int(budget * config.budget_min_free))))
-    host = obs.host
-    if host.mem_total_bytes > 0:
-        cons.append(("host", host.mem_available_bytes, config.min_free_bytes or esxi_min_free_bytes(host.mem_total_bytes)))
-    if host.cgroup_limit_bytes and host.cgroup_usage_bytes is not None:
-        cons.append(("cgroup", host.cgroup_limit_bytes - host.cgroup_usage_bytes,
-                     esxi_min_free_bytes(host.cgroup_limit_bytes)))
-    th = config.thresholds
-    verdicts: list[tuple[str, str, float]] = []  # name, state, want
-    for name, free, min_free in cons:
-        min_free = max(1, min_free)
-        st = _state_of(free / min_free, state.state, config)
-        if st == "high":
-            want = prev_total - (free - th.high * min_free)
-        elif st == "clear":
-            want = prev_total
-        else:  # never below last tick's targets: the aim only rises while memory is short
-            want = max(prev_total, held + (th.clear * min_free * (1 + 2 * config.hysteresis) - free))
-        verdicts.append((name, st, want))
-    if not verdicts:
-        verdicts.append(("none", "high", 0))
-    free_state = max((v[1] for v in verdicts), key=_rank)
-    if free_state != "high":
-        psi = None
-        if host.psi_full_avg10 >= config.psi_hard_full:
-            psi = "hard"
-        elif host.psi_some_avg10 >= config.psi_soft_some:
-            psi = "soft"
-        if psi is not None:
-            verdicts.append(("psi", psi, prev_total + _step_bytes(psi, config)))
-    node_state = max((v[1] for v in verdicts), key=_rank)
-    constraint, _, want_f = max(verdicts, key=lambda v: (v[2], -_rank(v[1])))
-    if all(v[1] in ("high", "clear") for v in verdicts) and want_f <= prev_total:
-        constraint = "none" if node_state == "high" and want_f <= 0 else constraint
+    node_state, constraint, want_f = _aim(config, state, obs.host, budget, resident, held, prev_total,
+                                          coming_back)
 
     # activity, shares, floors
-    act = {w.key: _activity(config, state, w, now_s) for w in wls}
+    known = {w.key: a for w in wls if (a := _activity(config, state, w, now_s)) is not None}
+    act = {w.key: known.get(w.key, 1.0) for w in wls}
     rules = {w.key: config.rule_for(w.name) for w in wls}
     shares = {w.key: w.shares if w.shares is not None else rules[w.key].shares for w in wls}
     reservation = {w.key: w.reservation_bytes if w.reservation_bytes is not None else rules[w.key].reservation_bytes
                    for w in wls}
     limit = {w.key: w.limit_bytes if w.limit_bytes is not None else rules[w.key].limit_bytes for w in wls}
     room = {(w.key, s.kind): max(0, s.reclaimable_bytes) for w in wls for s in w.sources}
-    wl_room = {w.key: max(0, w.unballooned_bytes - reservation[w.key]) for w in wls}
+    wl_room = {w.key: max(0, demand[w.key] - reservation[w.key]) for w in wls}
     alloc = {(w.key, s.kind): 0 for w in wls for s in w.sources}
     given = {w.key: 0 for w in wls}
 
@@ -209,13 +249,22 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
             alloc[(w.key, kind)] = g
             left -= g
         pinned_total += w.pinned_target_bytes - max(0, left)
-    free_wls = [w for w in wls if w.pinned_target_bytes is None]
+    # not measured yet (just registered): while memory is short it holds what it holds until
+    # its activity is known, so a first guess does not make it, or the others, inflate and
+    # deflate again; with plenty (high) it gives back like the rest, counted as active
+    waiting = [w for w in wls if w.pinned_target_bytes is None and w.key not in known and node_state != "high"]
+    for w in waiting:
+        for s in w.sources:
+            alloc[(w.key, s.kind)] = min(_prev_target(state, w, s.kind), room[(w.key, s.kind)])
+            pinned_total += alloc[(w.key, s.kind)]
+    waiting_keys = {w.key for w in waiting}
+    free_wls = [w for w in wls if w.pinned_target_bytes is None and w.key not in waiting_keys]
 
     # limits: a workload above its limit gives the excess, cheapest source first
     forced = {}
     for w in free_wls:
         if limit[w.key] is not None:
-            over = max(0, w.unballooned_bytes - limit[w.key])
+            over = max(0, demand[w.key] - limit[w.key])
             left = over
             for kind in SOURCE_KINDS:
                 if any(s.kind == kind for s in w.sources):
@@ -229,7 +278,7 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
     k = config.idle_cost
 
     def rho(w: WorkloadObservation) -> float:
-        in_use = max(1, w.unballooned_bytes - given[w.key])
+        in_use = max(1, demand[w.key] - given[w.key])
         f = act[w.key]
         return shares[w.key] / (in_use * (f + k * (1 - f)))
 
@@ -272,6 +321,8 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
         changed = any(per[s.kind] != _prev_target(state, w, s.kind) for s in w.sources) or w.key not in state.targets
         reason = _reason(w, per, node_state, act[w.key], shares[w.key], reservation[w.key], limit[w.key],
                          forced.get(w.key, 0), room, wl_room, bounded)
+        if w.key in waiting_keys:
+            reason = "activity not measured yet: holds its target"
         decisions.append(WorkloadDecision(
             key=w.key, name=w.name, kind=w.kind,
             sources=tuple(SourceDecision(s.kind, per[s.kind]) for s in w.sources),
@@ -280,16 +331,21 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
 
     unmet_reason = ""
     if unmet > 0:
-        why = "every workload is at its floor (live set + headroom)"
+        why = "the others are at their floors (live set + headroom)"
         if any(reservation[w.key] for w in free_wls):
-            why += " or reservation"
+            why += " or reservations"
+        if not free_wls:
+            why = "no workload may give yet"
         if pinned:
             why += f"; {len(pinned)} pinned"
+        if waiting:
+            why += f"; {len(waiting)} not measured yet (they hold their targets for now)"
         unmet_reason = f"{constraint} unmet by {format_size(unmet)}: {why}"
     new_state = PolicyState(
         state=node_state,
         targets=MappingProxyType({key: MappingProxyType(v) for key, v in targets.items()}),
-        activity=MappingProxyType(act),
+        activity=MappingProxyType(known),
+        demand=MappingProxyType(demand),
         last_s=now_s,
     )
     return new_state, Decisions(

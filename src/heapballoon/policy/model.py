@@ -90,6 +90,8 @@ class PolicyState:
     targets: Mapping[str, Mapping[str, int]] = field(default_factory=lambda: MappingProxyType({}))
     # key → smoothed active fraction (rises at once, falls slowly)
     activity: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    # key → sticky demand, resident + held (rises at once, falls slowly; see law.py)
+    demand: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     last_s: float | None = None
 
 
