@@ -120,9 +120,9 @@ class Heapballoon(Manager):
     name = "heapballoon"
     with_agent = True
 
-    def __init__(self, run_dir: str, policy: str, procfs: ProcFS | None = None) -> None:
+    def __init__(self, run_dir: str, policy: str, log_path: str, procfs: ProcFS | None = None) -> None:
         self.socket = os.path.join(run_dir, "driver.sock")
-        self.log_path = os.path.join(run_dir, "daemon.log")
+        self.log_path = log_path
         self.policy = policy
         self.procfs = procfs or ProcFS()
         self.daemon: subprocess.Popen | None = None
@@ -201,9 +201,10 @@ class Heapballoon(Manager):
                 pass
 
 
-def make(name: str, run_dir: str, policy: str) -> Manager:
+def make(name: str, run_dir: str, policy: str, log_path: str) -> Manager:
+    """The manager called ``name``; heapballoon's daemon logs to ``log_path`` (kept with the results)."""
     if name == "cgroup-step":
         return CgroupStep()
     if name == "heapballoon":
-        return Heapballoon(run_dir, policy)
+        return Heapballoon(run_dir, policy, log_path)
     return Manager()

@@ -37,7 +37,8 @@ def _on_signal(signum, _frame):
 def run_cell(cfg: Config, cell: Cell, sandbox: Sandbox, jar: str, run_dir: str, baseline_ok: int | None) -> tuple[dict, object, metrics.Samples]:
     limit = None if cell.manager == "unconstrained" else cfg.given_bytes(cell.level_pct)
     children = sandbox.cell_cgroups(cfg.services, limit)
-    manager = managers.make(cell.manager, run_dir, cfg.policy)
+    manager = managers.make(cell.manager, run_dir, cfg.policy,
+                            os.path.join(cfg.out_dir, f"daemon-{cell.manager}-{cell.level_pct}.log"))
     oom_kills_before = sandbox.parent.oom_control().oom_kill
     fail_before = sandbox.parent.failcnt()
     vm_before = ProcFS().vmstat()  # before the JVMs start: pre-touching their heaps may already page
