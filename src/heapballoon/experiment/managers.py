@@ -1,0 +1,210 @@
+"""The memory managers compared, each with the same small interface.
+
+* ``none`` – nothing gives memory back; at the limit the kernel swaps.
+* ``cgroup-step`` – the OS-level balloon in process mode, senpai-like. cgroup v1 has no
+  ``memory.high``, so each service's child cgroup gets a ``memory.limit_in_bytes`` that is stepped
+  down 3 % below its usage every second while the child shows little refault pressure (under
+  ``REFAULT_PER_S`` major faults a second in its ``memory.stat``) and the host's memory PSI
+  (``some avg10``) stays under ``PSI_MAX_PCT``; on pressure it is raised 10 %. Writing a lower
+  limit makes the kernel reclaim (to swap) at once, like senpai's ``memory.high``.
+* ``heapballoon`` – ``heapballoon daemon`` on a private socket, the JVMs started through
+  ``heapballoon run``; policy ``auto`` gives the daemon ``--memory-budget`` = the memory given,
+  policy ``manual`` (until the automatic policy exists) sets ``heapballoon target all`` to the
+  excess of the committed heaps over what they are given.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from heapballoon import protocol, transport
+from heapballoon.errors import HeapballoonError, KernelError
+from heapballoon.experiment.config import Config
+from heapballoon.linux.cgroup import MemoryCgroup
+from heapballoon.linux.procfs import ProcFS
+from heapballoon.experiment.metrics import psi_some_avg10
+from heapballoon.poll import Timeout, wait_until
+
+REFAULT_PER_S = 20.0
+PSI_MAX_PCT = 10.0
+STEP_DOWN = 0.03
+STEP_UP = 0.10
+FLOOR_BYTES = 96 << 20
+
+
+class Manager:
+    name = "none"
+    with_agent = False
+    settings = "nothing reclaims; the kernel swaps at the cgroup limit"
+
+    def env(self) -> dict[str, str] | None:
+        return None
+
+    def before_services(self, cfg: Config, level_pct: int) -> None:
+        """Called before the JVMs start."""
+
+    def after_services(self, cfg: Config, level_pct: int, pids: list[int], children: list[MemoryCgroup]) -> None:
+        """Called once every service answers."""
+
+    def reclaimed_bytes(self) -> int | None:
+        return None
+
+    def cpu_s(self) -> float:
+        return 0.0
+
+    def stop(self) -> None:
+        """Stop whatever the manager started (idempotent)."""
+
+
+class CgroupStep(Manager):
+    name = "cgroup-step"
+    settings = (f"per-service memory.limit_in_bytes stepped -{STEP_DOWN:.0%}/s below usage while major faults "
+                f"< {REFAULT_PER_S:.0f}/s and PSI some avg10 < {PSI_MAX_PCT:.0f}%; +{STEP_UP:.0%} on pressure; "
+                f"floor {FLOOR_BYTES >> 20} MiB")
+
+    def __init__(self, procfs: ProcFS | None = None) -> None:
+        self.procfs = procfs or ProcFS()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._cpu_s = 0.0
+        self.freed_bytes = 0
+
+    def after_services(self, cfg, level_pct, pids, children) -> None:
+        self._thread = threading.Thread(target=self._run, args=(children,), name="cgroup-step", daemon=True)
+        self._thread.start()
+
+    def _run(self, children: list[MemoryCgroup]) -> None:
+        last = {c.name: c.stat().get("pgmajfault", 0) for c in children}
+        limits = {c.name: c.usage_bytes() for c in children}
+        try:
+            while not self._stop.wait(1.0):
+                psi = psi_some_avg10(self.procfs)
+                for c in children:
+                    try:
+                        faults = c.stat().get("pgmajfault", 0)
+                        usage = c.usage_bytes()
+                    except KernelError:
+                        continue
+                    rate = faults - last[c.name]
+                    last[c.name] = faults
+                    if rate > REFAULT_PER_S or psi > PSI_MAX_PCT:
+                        new = int(limits[c.name] * (1 + STEP_UP))
+                    else:
+                        new = max(FLOOR_BYTES, int(min(limits[c.name], usage) * (1 - STEP_DOWN)))
+                    try:
+                        c.set_limit_bytes(new)
+                        limits[c.name] = new
+                        self.freed_bytes += max(0, usage - c.usage_bytes())
+                    except KernelError:  # EBUSY: the kernel could not reclaim that much; keep the old one
+                        pass
+        finally:
+            self._cpu_s = time.thread_time()
+
+    def cpu_s(self) -> float:
+        return self._cpu_s
+
+    def reclaimed_bytes(self) -> int | None:
+        return self.freed_bytes
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(15)
+
+
+class Heapballoon(Manager):
+    name = "heapballoon"
+    with_agent = True
+
+    def __init__(self, run_dir: str, policy: str, log_path: str, procfs: ProcFS | None = None) -> None:
+        self.socket = os.path.join(run_dir, "driver.sock")
+        self.log_path = log_path
+        self.policy = policy
+        self.procfs = procfs or ProcFS()
+        self.daemon: subprocess.Popen | None = None
+        self._cpu_s = 0.0
+        self.settings = ("daemon --reclaim direct --ksm off --interval-s 0.5, " +
+                         ("--policy auto --memory-budget = memory given" if policy == "auto" else
+                          "manual stand-in: `target all` = committed heaps - heap memory given"))
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "HEAPBALLOON_SOCKET": self.socket}
+
+    def _cli(self, *args: str) -> None:
+        proc = subprocess.run([sys.executable, "-m", "heapballoon", *args], env=self.env(), capture_output=True,
+                              text=True, timeout=60)
+        if proc.returncode != 0:
+            raise HeapballoonError(f"heapballoon {' '.join(args)} failed: {proc.stderr.strip()}")
+
+    def before_services(self, cfg, level_pct) -> None:
+        cmd = [sys.executable, "-m", "heapballoon", "daemon", "--socket", self.socket, "--reclaim", "direct",
+               "--ksm", "off", "--interval-s", "0.5"]
+        if self.policy == "auto":
+            cmd += ["--policy", "auto", "--memory-budget", str(cfg.given_bytes(level_pct))]
+        with open(self.log_path, "a") as log:
+            self.daemon = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           start_new_session=True)
+        try:
+            wait_until(lambda: os.path.exists(self.socket) or self.daemon.poll() is not None, 30, "the daemon")
+        except Timeout as err:
+            raise HeapballoonError(f"heapballoon daemon did not start: {err}") from err
+        if self.daemon.poll() is not None:
+            raise HeapballoonError(f"heapballoon daemon exited ({self.daemon.returncode}); see {self.log_path}")
+
+    def after_services(self, cfg, level_pct, pids, children) -> None:
+        def registered() -> bool:
+            try:
+                body = transport.request(self.socket, protocol.StatusRequest(id=1)).body
+            except HeapballoonError:
+                return False
+            return {j["pid"] for j in body.get("jvms", [])} >= set(pids)
+
+        try:
+            wait_until(registered, 60, "the agents to register")
+        except Timeout as err:
+            raise HeapballoonError(f"agents did not register with the daemon: {err}") from err
+        if self.policy != "auto":
+            self._cli("target", "all", str(cfg.excess_bytes(level_pct)))
+
+    def reclaimed_bytes(self) -> int | None:
+        try:
+            body = transport.request(self.socket, protocol.StatusRequest(id=1), timeout_s=2).body
+            return int(body["node"]["reclaimed_bytes"])
+        except (HeapballoonError, KeyError, TypeError, ValueError):
+            return None
+
+    def cpu_s(self) -> float:
+        return self._cpu_s
+
+    def stop(self) -> None:
+        if self.daemon is None:
+            return
+        try:
+            self._cpu_s = self.procfs.cpu_seconds(self.daemon.pid)
+        except KernelError:
+            pass
+        self.daemon.terminate()
+        try:
+            self.daemon.wait(10)
+        except subprocess.TimeoutExpired:
+            self.daemon.kill()
+            self.daemon.wait(10)
+        self.daemon = None
+        for leftover in (self.socket, self.socket + ".ksm.json", self.socket + ".state.json"):
+            try:
+                os.unlink(leftover)
+            except OSError:
+                pass
+
+
+def make(name: str, run_dir: str, policy: str, log_path: str) -> Manager:
+    """The manager called ``name``; heapballoon's daemon logs to ``log_path`` (kept with the results)."""
+    if name == "cgroup-step":
+        return CgroupStep()
+    if name == "heapballoon":
+        return Heapballoon(run_dir, policy, log_path)
+    return Manager()

@@ -1,0 +1,100 @@
+"""The PNG figures (matplotlib, headless Agg): memory over time per manager stacked by workload,
+throughput against overcommit level with one line per manager, and the latency CDF at 50 %
+(or the highest level run). Every figure names the command, the seed and the machine.
+"""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+MIB = 1 << 20
+
+
+def _footer(fig, cfg, doc) -> None:
+    fig.text(0.01, 0.005, f"{doc['command']} · seed {doc['seed']} · {doc['machine']}", fontsize=7, color="0.3")
+
+
+def memory_over_time(cfg, doc, service_rows, path) -> None:
+    """One panel per cell: a row per overcommit level, a column per manager (in plan order)."""
+    runs = doc["runs"]
+    levels = sorted({r["overcommit"] for r in runs})
+    managers = list(dict.fromkeys(r["manager"] for r in sorted(runs, key=lambda r: r["order"])))
+    fig, axes = plt.subplots(len(levels), len(managers), figsize=(4.6 * len(managers), 3.4 * len(levels)),
+                             sharey=True, squeeze=False)
+    for row, level in enumerate(levels):
+        for col, manager in enumerate(managers):
+            ax = axes[row][col]
+            run = next((r for r in runs if r["overcommit"] == level and r["manager"] == manager), None)
+            if run is None:
+                ax.set_visible(False)
+                continue
+            rows = [r for r in service_rows if r["cell"] == run["order"]]
+            names = sorted({r["service"] for r in rows})
+            times = sorted({r["t_s"] for r in rows})
+            by = {(r["service"], r["t_s"]): r["rss_bytes"] / MIB for r in rows}
+            ax.stackplot(times, [[by.get((n, t), 0) for t in times] for n in names], labels=names, alpha=0.8)
+            ax.axhline(run["memory_given_bytes"] / MIB, color="red", linestyle="--", label="memory given")
+            ax.set_title(f"{manager} at {level}% overcommit", fontsize=10)
+            ax.set_xlabel("time into cell (s)")
+            ax.grid(alpha=0.3)
+        axes[row][0].set_ylabel("resident memory (MiB)")
+    axes[0][0].legend(loc="lower right", fontsize=7)
+    fig.suptitle("Memory over time per manager, stacked by workload (RSS of each service JVM)")
+    _footer(fig, cfg, doc)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def throughput_vs_level(cfg, doc, path) -> None:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for manager in sorted({r["manager"] for r in doc["runs"]}):
+        pts = sorted((r["overcommit"], r["throughput_ratio"] or 0) for r in doc["runs"] if r["manager"] == manager)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=manager)
+    ax.axhline(0.9, color="0.5", linestyle=":", label="90 % of unconstrained")
+    ax.set_xlabel("overcommit level (%)")
+    ax.set_ylabel("throughput / unconstrained (ratio)")
+    ax.set_title("Throughput against overcommit level")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _footer(fig, cfg, doc)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def latency_cdf(cfg, doc, loads, path) -> None:
+    levels = sorted({r["overcommit"] for r in doc["runs"]})
+    level = 50 if 50 in levels else levels[-1]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    keys = [("unconstrained", "unconstrained@0")] + [(r["manager"], f"{r['manager']}@{level}")
+                                                      for r in doc["runs"] if r["overcommit"] == level]
+    for label, key in keys:
+        lat = sorted(r.latency_ms for r in loads[key].records if r.ok) if key in loads else []
+        if lat:
+            ax.plot(lat, [(i + 1) / len(lat) for i in range(len(lat))], label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("request latency (ms, log scale)")
+    ax.set_ylabel("fraction of requests (CDF)")
+    ax.set_title(f"Latency CDF at {level}% overcommit")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    _footer(fig, cfg, doc)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_all(cfg, doc, service_rows, loads) -> list[str]:
+    paths = [os.path.join(cfg.out_dir, n) for n in ("memory_over_time.png", "throughput_vs_overcommit.png",
+                                                     "latency_cdf.png")]
+    memory_over_time(cfg, doc, service_rows, paths[0])
+    throughput_vs_level(cfg, doc, paths[1])
+    latency_cdf(cfg, doc, loads, paths[2])
+    return paths

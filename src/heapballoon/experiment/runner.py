@@ -1,0 +1,156 @@
+"""Runs the experiment: the sandbox, then each cell (manager, services, load, samples), then the
+report. Progress on a rich console; SIGINT and SIGTERM stop the run and everything it started
+(JVMs, the daemon, the cgroups, the swap file) is removed before it returns.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+
+from heapballoon.agent import build
+from heapballoon.errors import HeapballoonError
+from heapballoon.experiment import loadgen, managers, metrics, workload
+from heapballoon.experiment.config import Cell, Config, plan
+from heapballoon.experiment.sandbox import Sandbox
+from heapballoon.linux.procfs import ProcFS
+
+log = logging.getLogger("heapballoon.experiment")
+
+
+class Interrupted(HeapballoonError):
+    exit_code = 130
+
+
+def _on_signal(signum, _frame):
+    for s in (signal.SIGINT, signal.SIGTERM):  # the clean-up that follows must not be interrupted
+        signal.signal(s, signal.SIG_IGN)
+    raise Interrupted(f"interrupted by {signal.Signals(signum).name}; cleaned up")
+
+
+def run_cell(cfg: Config, cell: Cell, sandbox: Sandbox, jar: str, run_dir: str, baseline_ok: int | None) -> tuple[dict, object, metrics.Samples]:
+    limit = None if cell.manager == "unconstrained" else cfg.given_bytes(cell.level_pct)
+    children = sandbox.cell_cgroups(cfg.services, limit)
+    manager = managers.make(cell.manager, run_dir, cfg.policy,
+                            os.path.join(cfg.out_dir, f"daemon-{cell.manager}-{cell.level_pct}.log"))
+    oom_kills_before = sandbox.parent.oom_control().oom_kill
+    fail_before = sandbox.parent.failcnt()
+    vm_before = ProcFS().vmstat()  # before the JVMs start: pre-touching their heaps may already page
+    services: list[workload.Service] = []
+    try:
+        manager.before_services(cfg, cell.level_pct)
+        services = [workload.start(cfg, i, jar, children[i], manager.env(), manager.with_agent)
+                    for i in range(cfg.services)]
+        workload.wait_ready(services)
+        manager.after_services(cfg, cell.level_pct, [s.pid for s in services], children)
+        label = {"cell": cell.index, "manager": cell.manager, "overcommit": cell.level_pct}
+        sampler = metrics.Sampler(label, sandbox.parent, children, [s.pid for s in services],
+                                  manager.reclaimed_bytes, cfg.sample_interval_s).start()
+        try:
+            load = loadgen.run(cfg, [s.port for s in services], cfg.cell_s, cfg.seed * 7919 + cell.index)
+        finally:
+            samples = sampler.stop()
+        counters = {"jvm_oom": 0, "died": 0, "data_checks": 0, "data_errors": 0, "cgroup_major_faults": 0}
+        p99s = []
+        for s in services:
+            if s.proc.poll() is not None:
+                counters["died"] += 1
+                counters["jvm_oom"] += s.oom_lines
+                continue
+            try:
+                st = s.stats()
+            except workload.WorkloadError:
+                counters["died"] += 1
+                continue
+            counters["jvm_oom"] += max(st["oom_errors"], s.oom_lines)
+            counters["data_checks"] += st["data_checks"]
+            counters["data_errors"] += st["data_errors"]
+            p99s.append(st["p99_us"] / 1000)
+        for c in children:
+            counters["cgroup_major_faults"] += c.stat().get("total_pgmajfault", 0)
+        counters["service_p99_ms"] = round(max(p99s), 2) if p99s else None
+        counters["oom_kills"] = sandbox.parent.oom_control().oom_kill - oom_kills_before
+        counters["limit_hits"] = sandbox.parent.failcnt() - fail_before
+        vm_after = ProcFS().vmstat()
+        for key in ("pswpin", "pswpout", "swpin_zero", "swpout_zero", "pgmajfault"):
+            counters[key] = vm_after.get(key, 0) - vm_before.get(key, 0)
+    finally:
+        workload.stop(services)
+        manager.stop()
+    counters["manager_cpu_s"] = manager.cpu_s()
+    entry = metrics.summarize(cell, cfg, load, samples, counters, baseline_ok)
+    entry["manager_settings"] = manager.settings if cell.manager != "unconstrained" else "no limit, no manager"
+    return entry, load, samples
+
+
+def _write_csv(path: str, fields: list[str], rows) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def run(cfg: Config, console) -> dict:
+    """Run every cell of ``plan(cfg)`` and write the output directory; the results document."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from heapballoon.experiment import plots, report
+
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    cells = plan(cfg)
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    run_dir = tempfile.mkdtemp(prefix="hbx-")  # short: the daemon's socket path must fit sun_path
+    sandbox = Sandbox(cfg.swap_bytes, cfg.swap_dir)
+    started = time.time()
+    runs, loads, service_rows, host_rows = [], {}, [], []
+    try:
+        with console.status("building the workload and the agent (cached) …"):
+            jar = str(build.experiment_jar())
+            build.agent_jar()
+            build.native_lib()
+        sandbox.open()
+        console.print(f"swap file {sandbox.swap_path} ({cfg.swap_bytes >> 20} MiB), cgroup {sandbox.parent.path}")
+        baseline_ok = None
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} cells"),
+                      TimeElapsedColumn(), console=console) as progress:
+            task = progress.add_task("cells", total=len(cells))
+            for cell in cells:
+                progress.update(task, description=f"{cell.manager} at {cell.level_pct}% overcommit")
+                entry, load, samples = run_cell(cfg, cell, sandbox, jar, run_dir, baseline_ok)
+                if cell.manager == "unconstrained":
+                    baseline_ok = entry["requests_ok"]
+                    entry["throughput_ratio"] = 1.0
+                runs.append(entry)
+                loads[cell.key] = load
+                service_rows += samples.service_rows
+                host_rows += samples.host_rows
+                progress.console.print(f"  {cell.manager:>13} @ {cell.level_pct:>3}%: "
+                                       f"throughput {entry['throughput_ratio']}, p99 {entry['latency_p99_ms']} ms, "
+                                       f"OOM {entry['oom_events']}, swap out {entry['swap_out_pages']} pages, "
+                                       f"data errors {entry['data_errors']}")
+                progress.advance(task)
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        sandbox.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+    doc = {"command": cfg.command, "seed": cfg.seed, "machine": report.machine_line(),
+           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+           "duration_s": round(time.time() - started, 1), "config": report.config_dict(cfg),
+           "runs": [r for r in runs if r["manager"] != "unconstrained"], "baseline": runs[0]}
+    with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
+        json.dump(doc, f, indent=2)
+    _write_csv(os.path.join(cfg.out_dir, "memory.csv"), metrics.SERVICE_FIELDS, service_rows)
+    _write_csv(os.path.join(cfg.out_dir, "host.csv"), metrics.HOST_FIELDS, host_rows)
+    _write_csv(os.path.join(cfg.out_dir, "requests.csv"), ["cell", "service", "t_s", "latency_ms", "ok"],
+               ({"cell": key, "service": r.service, "t_s": round(r.t_s, 3), "latency_ms": round(r.latency_ms, 3),
+                 "ok": int(r.ok)} for key, load in loads.items() for r in load.records))
+    figures = plots.write_all(cfg, doc, service_rows, loads)
+    report.write(cfg, doc, figures)
+    return doc

@@ -1,0 +1,72 @@
+"""Real memory pressure: a swap file and the memory cgroups the services run in.
+
+:class:`Sandbox` makes a swap file (``fallocate`` + ``mkswap`` + ``swapon``, through
+``heapballoon.linux.swap``) and a parent v1 memory cgroup ``heapballoon-experiment-PID``; each
+cell gets the parent's ``memory.limit_in_bytes`` set to the memory given at its overcommit
+level and one child cgroup per service (so a manager can limit services one by one).
+:meth:`Sandbox.close` removes the cgroups and the swap file, whatever happened before.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from heapballoon.errors import HeapballoonError, KernelError
+from heapballoon.linux import cgroup, swap
+from heapballoon.linux.cgroup import MemoryCgroup
+
+log = logging.getLogger("heapballoon.experiment")
+
+
+class SandboxError(HeapballoonError):
+    """The machine cannot host the experiment (no cgroup v1 memory controller, not root, ...)."""
+
+
+class Sandbox:
+    def __init__(self, swap_bytes: int, swap_dir: str, cgroup_root: str = cgroup.MEMORY_V1_ROOT) -> None:
+        self.swap_bytes = swap_bytes
+        self.swap_path = os.path.join(swap_dir, f"heapballoon-experiment-{os.getpid()}.swap")
+        self.parent = MemoryCgroup(f"heapballoon-experiment-{os.getpid()}", cgroup_root)
+        self.cgroup_root = cgroup_root
+        self.swap_made = False
+
+    def open(self) -> "Sandbox":
+        if os.geteuid() != 0:
+            raise SandboxError("the experiment needs root (memory cgroups, swapon)")
+        if not cgroup.v1_available(self.cgroup_root):
+            raise SandboxError(f"no cgroup v1 memory controller at {self.cgroup_root} "
+                               "(cgroup v2 hosts are not supported yet)")
+        try:
+            swap.make_swapfile(self.swap_path, self.swap_bytes)
+            self.swap_made = True
+            self.parent.create()
+        except KernelError as err:
+            self.close()
+            raise SandboxError(f"cannot set up memory pressure: {err}") from err
+        return self
+
+    def cell_cgroups(self, services: int, limit_bytes: int | None) -> list[MemoryCgroup]:
+        """Fresh children ``svc0..`` under the parent, whose limit becomes ``limit_bytes`` (None: none)."""
+        for c in self.parent.children():
+            c.remove()
+        self.parent.set_limit_bytes(limit_bytes if limit_bytes is not None else cgroup.UNLIMITED)
+        return [self.parent.child(f"svc{i}").create() for i in range(services)]
+
+    def close(self) -> list[str]:
+        """Remove the cgroups and the swap file; the problems met (already logged), if any."""
+        problems = []
+        try:
+            if self.parent.exists():
+                self.parent.remove()
+        except KernelError as err:
+            problems.append(str(err))
+        if self.swap_made or os.path.exists(self.swap_path):
+            try:
+                swap.remove_swapfile(self.swap_path)
+                self.swap_made = False
+            except KernelError as err:
+                problems.append(str(err))
+        for p in problems:
+            log.error("cleanup: %s", p)
+        return problems

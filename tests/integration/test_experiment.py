@@ -1,0 +1,93 @@
+"""`heapballoon experiment --quick --out DIR` as a user runs it: real JVMs, a real memory cgroup,
+a real swap file; the output directory is checked (files, the results.json schema, the plots)
+and the machine is checked to be left as it was (no cgroup, no swap file, no JVM left).
+
+The throughput figure is only checked to be present and sane: the machine is shared and noisy.
+Takes about 4 minutes (marked ``experiment``; `make test` runs it as its own phase).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from hbtest import require_java, require_root
+from heapballoon.linux import cgroup, swap
+
+pytestmark = [pytest.mark.experiment, pytest.mark.jvm, pytest.mark.root, pytest.mark.timeout(600)]
+
+KEYS = {"manager", "mode", "overcommit", "throughput_ratio", "latency_p99_ms", "oom_events", "swap_out_pages",
+        "data_errors"}
+
+
+def png_size(path) -> tuple[int, int]:
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_quick_experiment_writes_report_results_and_plots(tmp_path):
+    require_java()
+    require_root()
+    if not cgroup.v1_available():
+        pytest.skip("no cgroup v1 memory controller on this machine (the experiment needs it)")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "heapballoon", "experiment", "--quick", "--out", str(out),
+                           "--seed", "3"], capture_output=True, text=True, timeout=590)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == str(out / "report.md")
+
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["seed"] == 3 and "--quick" in doc["command"] and doc["machine"]
+    runs = doc["runs"]
+    assert {(r["manager"], r["overcommit"]) for r in runs} == {
+        (m, level) for m in ("none", "cgroup-step", "heapballoon") for level in (0, 50)}
+    for r in runs:
+        assert KEYS <= r.keys(), r
+        assert r["mode"] == "process"
+        assert r["throughput_ratio"] is not None and 0 < r["throughput_ratio"] < 10, r
+        assert r["latency_p99_ms"] is not None and r["latency_p99_ms"] > 0, r
+        assert isinstance(r["oom_events"], int) and r["oom_events"] >= 0
+        assert isinstance(r["swap_out_pages"], int) and r["swap_out_pages"] >= 0
+        assert r["data_errors"] == 0, r          # a data error is a bug, not noise
+        assert r["data_checks"] > 0, r           # the services really checked their data sets
+    hb50 = next(r for r in runs if r["manager"] == "heapballoon" and r["overcommit"] == 50)
+    assert hb50["reclaimed_bytes_peak"] > 0, "heapballoon reclaimed nothing at 50% overcommit"
+
+    report = (out / "report.md").read_text()
+    assert "## 0% overcommit" in report and "## 50% overcommit" in report
+    assert "## Where heapballoon loses" in report
+    for name in ("memory.csv", "host.csv", "requests.csv"):
+        lines = (out / name).read_text().splitlines()
+        assert len(lines) > 10, name
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) >= 3
+    for png in pngs:
+        width, height = png_size(png)
+        assert width >= 400 and height >= 300 and png.stat().st_size > 20_000, png
+
+    # nothing left behind
+    assert not [p for p in swap.active_swaps() if "heapballoon-experiment" in p]
+    assert not [d for d in os.listdir(cgroup.MEMORY_V1_ROOT) if d.startswith("heapballoon-experiment")]
+    left = subprocess.run(["pgrep", "-f", "io.heapballoon.experiment|cacheservice.jar"], capture_output=True, text=True)
+    assert left.stdout.strip() == "", f"JVMs left running: {left.stdout}"
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "heapballoon", "experiment", "--quick"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "--out" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "heapballoon", "experiment", "--out", str(tmp_path), "--seed", "-1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "seed" in proc.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = subprocess.run([sys.executable, "-m", "heapballoon", "experiment", "--out", str(blocker / "out")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "output directory" in proc.stderr
