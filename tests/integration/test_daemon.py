@@ -85,6 +85,7 @@ def test_target_status_and_verification(sock_path):
 
     async def scenario():
         driver, task = await start(sock_path)
+        driver.reverify_s = 0.0  # read the balloon every tick (the schedule is tested below)
         agent = FakeAgent(sock_path)
         await agent.connect(hello(chunks=[chunk]))
         await until(lambda: driver.registry.get(os.getpid()) is not None)
@@ -207,3 +208,30 @@ def test_tick_splits_a_node_target_among_jvms_by_what_each_can_hold(tmp_path):
     assert sent[1003] <= 100 * MIB
     assert sent[1001] > sent[1002] > 0  # more idle heap gives more
     assert all(sent[p] <= m * MIB for p, m in ((1001, 700), (1002, 300), (1003, 100)))
+
+
+def test_a_settled_balloon_is_read_again_only_every_few_seconds(sock_path):
+    """pagemap is read every tick for a balloon that changed or is not fully reclaimed yet; a
+    settled one only every reverify_s (staggered by pid), and at once when its chunks move."""
+    region = mmap.mmap(-1, 4 * MIB)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(region))
+    chunk = protocol.Chunk(id=1, addr=addr, len=4 * MIB)
+
+    async def scenario():
+        driver, task = await start(sock_path)
+        driver.reverify_s = 3600.0
+        agent = FakeAgent(sock_path)
+        await agent.connect(hello(chunks=[chunk]))  # balloon_bytes = 4 MiB
+        await until(lambda: (r := driver.registry.get(os.getpid())) is not None and r.reclaimed_bytes == 4 * MIB)
+        rec = driver.registry.get(os.getpid())
+        assert not driver._verify_due(rec, driver.clock())  # settled: not read again for a while
+        region[:2 * MIB] = b"\x01" * (2 * MIB)
+        await asyncio.sleep(0.5)
+        assert rec.reclaimed_bytes == 4 * MIB  # not read: the write is not seen yet
+        driver.reverify_s = 0.0
+        await until(lambda: rec.reclaimed_bytes == 2 * MIB)  # due again: seen
+        assert driver._verify_due(rec, driver.clock())  # not fully reclaimed: read every tick
+        driver.stop()
+        await task
+
+    asyncio.run(scenario())

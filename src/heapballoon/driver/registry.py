@@ -28,6 +28,7 @@ class JVMRecord:
     balloon_pages: int = 0
     verified_epoch: int = -1  # chunks_epoch of the state the last published verification used
     drop_seen_s: float | None = None  # when a verification first showed fewer pages reclaimed
+    verified_s: float | None = None  # when a verification was last published (driver clock)
     moved_chunks: int = 0
     drift_pages: int = 0
     events: dict[str, int] = field(default_factory=dict)
