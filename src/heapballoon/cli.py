@@ -118,7 +118,10 @@ def cmd_status(args) -> int:
             from heapballoon.status import HostStatus
 
             host = transport.request(transport.host_socket_path(args.host_socket), protocol.StatusRequest(id=1)).body
-            body["vms"] = HostStatus.from_dict(host).to_dict()["vms"]
+            hs = HostStatus.from_dict(host).to_dict()
+            body["vms"] = hs["vms"]
+            if "left_alone" in hs:
+                body["left_alone"] = hs["left_alone"]
         except HeapballoonError as err:
             if args.vms:
                 raise
@@ -212,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     from heapballoon.vm import cli as vm_cli  # VM mode: image, vm
 
     vm_cli.add_commands(sub)
+    from heapballoon.libvirt import cli as libvirt_cli  # libvirt domains: check, prepare
+
+    libvirt_cli.add_commands(sub)
     for name, (help_text, _run) in PASSTHROUGH.items():
         # listed in --help; the arguments are parsed by the command itself (see main)
         sub.add_parser(name, help=help_text, add_help=False)

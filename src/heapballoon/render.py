@@ -47,3 +47,5 @@ def render_status(body: dict, console: Console | None = None) -> None:
         for vm in vms:
             if vm.get("jvms"):
                 console.print(_table(f"JVMs in {vm['name']}", JVM_COLUMNS, vm["jvms"]))
+        for name, why in body.get("left_alone", {}).items():
+            console.print(f"left alone: {name}: {why}", markup=False, highlight=False)

@@ -202,16 +202,26 @@ class HostStatus:
     """The body of hostd's ``status`` reply."""
 
     vms: tuple[VMStatus, ...]
+    # VMs hostd sees but does not manage (libvirt domains lacking memfd RAM or the channel):
+    # name → the reason; omitted from the wire when empty (older CLIs and hostds agree)
+    left_alone: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"vms": [v.to_dict() for v in self.vms]}
+        out: dict = {"vms": [v.to_dict() for v in self.vms]}
+        if self.left_alone:
+            out["left_alone"] = dict(sorted(self.left_alone.items()))
+        return out
 
     @classmethod
     def from_dict(cls, d: Any) -> HostStatus:
         vms = d.get("vms") if isinstance(d, dict) else None
         if not isinstance(vms, list) or len(vms) > MAX_JVMS:
             raise ProtocolError("hostd status: field 'vms' must be a list")
-        return cls(tuple(VMStatus.from_dict(v) for v in vms))
+        left = d.get("left_alone", {})
+        if not isinstance(left, dict) or len(left) > MAX_JVMS or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in left.items()):
+            raise ProtocolError("hostd status: field 'left_alone' must map names to reasons")
+        return cls(tuple(VMStatus.from_dict(v) for v in vms), left)
 
 
 @dataclass(frozen=True)

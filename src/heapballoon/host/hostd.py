@@ -92,6 +92,7 @@ class HostDaemon(GuestSessions):
         self._tasks: set[asyncio.Task] = set()
         self._ksm = KsmController(KSM(), "auto", os.path.join(run_dir, "hostd-ksm.json"))
         self._ksm_until = 0.0
+        self.left_alone: dict[str, str] = {}  # VMs seen but not managed → why (libvirt backend)
 
     # ------------------------------------------------------------ state file
 
@@ -181,7 +182,8 @@ class HostDaemon(GuestSessions):
             self.scan()
             vms = await asyncio.to_thread(lambda: [self.vm_status(v) for v in sorted(self.vms.values(), key=lambda v: v.name)])
             # built as the typed payload, so what hostd sends always has the documented shape
-            return protocol.Reply(msg.id, HostStatus(tuple(VMStatus.from_dict(v) for v in vms)).to_dict())
+            return protocol.Reply(msg.id, HostStatus(tuple(VMStatus.from_dict(v) for v in vms),
+                                                            self.left_alone).to_dict())
         if isinstance(msg, protocol.VMTarget):
             vm = self.vms.get(msg.vm)
             if vm is None:
@@ -267,9 +269,15 @@ class HostDaemon(GuestSessions):
 async def serve(socket_path: str, run_dir: str, batch_pages: int | None = None,
                 ready: asyncio.Event | None = None, engine: str = "short",
                 pause_budget_ms: float | None = None, metrics: str | None = None,
-                metrics_registry=None) -> None:
-    """Run hostd until cancelled (``metrics``: serve Prometheus metrics on ADDR:PORT)."""
-    d = HostDaemon(socket_path, run_dir, batch_pages, engine, pause_budget_ms)
+                metrics_registry=None, libvirt_uri: str | None = None) -> None:
+    """Run hostd until cancelled (``metrics``: serve Prometheus metrics on ADDR:PORT;
+    ``libvirt_uri``: manage that libvirt's domains instead of the run dir's VMs)."""
+    if libvirt_uri:
+        from heapballoon.libvirt.hostd import LibvirtHostDaemon
+
+        d: HostDaemon = LibvirtHostDaemon(socket_path, run_dir, batch_pages, engine, pause_budget_ms, uri=libvirt_uri)
+    else:
+        d = HostDaemon(socket_path, run_dir, batch_pages, engine, pause_budget_ms)
     await d.start()
     server = None
     if metrics:
@@ -304,8 +312,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pause-budget-ms", type=float, default=None,
                    help=f"short engine: planned length of one pause (default {DEFAULT_PAUSE_BUDGET_MS})")
     p.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics, e.g. 127.0.0.1:9478")
+    p.add_argument("--libvirt", metavar="URI", nargs="?", const="qemu:///system",
+                   help="manage libvirt's domains (default URI qemu:///system) instead of RUN_DIR's VMs")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    if args.libvirt is not None and args.engine != "short":
+        p.error("--libvirt works with the short engine only")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -316,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
             loop.add_signal_handler(sig, task.cancel)
         try:
             await serve(transport.host_socket_path(args.socket), run_dir_path(args.run_dir), args.batch_pages,
-                        engine=args.engine, pause_budget_ms=args.pause_budget_ms, metrics=args.metrics)
+                        engine=args.engine, pause_budget_ms=args.pause_budget_ms, metrics=args.metrics,
+                        libvirt_uri=args.libvirt)
         except asyncio.CancelledError:
             log.info("hostd stopping")
 

@@ -71,6 +71,7 @@ class VM:
     channel: transport.LineChannel | None = None
     task: asyncio.Task | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    ram_backend: str = "ram0"  # QEMU's id of the guest-RAM memory backend (libvirt: pc.ram)
 
     @property
     def paths(self) -> VMPaths:
@@ -87,6 +88,13 @@ class VM:
 
     def alive(self) -> bool:
         return _proc_starttime(self.pid) == self.starttime
+
+    def monitor(self, timeout_s: float):
+        """A blocking monitor for the pause path (``with vm.monitor(t) as qmp: qmp.execute(...)``):
+        QMP on the VM's own socket here; libvirt domains go through libvirt."""
+        from heapballoon.host.qmpsync import SyncQMP
+
+        return SyncQMP(self.qmp_path, timeout_s)
 
     def close(self) -> None:
         if self.task is not None:
