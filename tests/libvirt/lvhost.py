@@ -53,6 +53,7 @@ class Libvirtd:
             self.uri = uri
             return
         self.uri = PRIVATE_URI
+        self.started = True  # the private one is the tests' own, left running or not
         if _answers(self.uri):
             return
         os.makedirs(PRIVATE_DIR, exist_ok=True)
@@ -61,7 +62,6 @@ class Libvirtd:
                     'auth_unix_rw = "none"\nauth_unix_ro = "none"\n')
         if not subprocess.run(["pgrep", "-x", "virtlogd"], capture_output=True).stdout:
             subprocess.run(["virtlogd", "-d"], check=True)
-        self.started = True
         self.start()
 
     def start(self) -> None:
