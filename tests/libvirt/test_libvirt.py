@@ -96,11 +96,11 @@ class Host:
             self.proc = None
 
     def log(self) -> str:
-        return open(self.log_path).read()
+        return open(self.log_path).read() if os.path.exists(self.log_path) else ""
 
     def cli(self, *args, check=True):
         proc = subprocess.run([PY, "-m", "heapballoon", *map(str, args)], env=self.env, capture_output=True,
-                              text=True, timeout=120)
+                              text=True, timeout=300)  # a CLI start can be slow on a loaded 2-core host
         if check and proc.returncode:
             raise AssertionError(f"heapballoon {' '.join(map(str, args))}: {proc.stderr}")
         return proc
@@ -229,9 +229,9 @@ def test_shutdown_domain_disappears_from_status(lv, guest, host):
     assert not KERNEL_ERRORS.search(console), KERNEL_ERRORS.search(console).group(0)
     virsh(lv.uri, "shutdown", NAME)
     try:
-        wait_for(lambda: "shut off" in virsh(lv.uri, "domstate", NAME).stdout, 30, 1.0, what="guest shut down")
+        wait_for(lambda: "shut off" in virsh(lv.uri, "domstate", NAME).stdout, 10, 1.0, what="guest shut down")
     except AssertionError:
-        virsh(lv.uri, "destroy", NAME)  # our image's init may not act on ACPI power-off
+        virsh(lv.uri, "destroy", NAME)  # our image's init does not act on ACPI power-off
     wait_for(lambda: host.vm(NAME) is None, 20, 0.5, what="the domain gone from status")
     status = host.cli("status", "--vms")
     assert status.returncode == 0 and status.stderr == ""

@@ -17,7 +17,7 @@ def subcommands(parser) -> list[str]:
 
 
 def test_every_command_is_registered_once():
-    assert subcommands(cli.build_parser()) == ["daemon", "run", "attach", "status", "target", "image", "vm", "hostd"]
+    assert subcommands(cli.build_parser()) == ["daemon", "run", "attach", "status", "target", "image", "vm", "libvirt", "hostd"]
 
 
 def test_hostd_gets_every_argument_help_included(monkeypatch, capsys):

@@ -93,6 +93,7 @@ class HostDaemon(GuestSessions):
         self._ksm = KsmController(KSM(), "auto", os.path.join(run_dir, "hostd-ksm.json"))
         self._ksm_until = 0.0
         self.left_alone: dict[str, str] = {}  # VMs seen but not managed → why (libvirt backend)
+        self.backend = None  # VMs from elsewhere than the run dir: has scan(self), close()
 
     # ------------------------------------------------------------ state file
 
@@ -118,6 +119,8 @@ class HostDaemon(GuestSessions):
 
     def scan(self) -> None:
         """Bring the registry in line with the run dir: add new VMs, drop dead ones."""
+        if self.backend is not None:
+            return self.backend.scan(self)
         seen = set()
         try:
             entries = sorted(os.scandir(self.vms_dir), key=lambda e: e.name)
@@ -249,7 +252,8 @@ class HostDaemon(GuestSessions):
         self.scan()
         t = asyncio.get_running_loop().create_task(self._scan_loop(), name="hostd-scan")
         self._tasks.add(t)
-        log.info("hostd listening on %s, VMs from %s", self.socket_path, self.vms_dir)
+        log.info("hostd listening on %s, VMs from %s", self.socket_path,
+                 f"libvirt at {self.backend.uri}" if self.backend is not None else self.vms_dir)
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -264,6 +268,8 @@ class HostDaemon(GuestSessions):
             except OSError:
                 pass
         self._ksm.close()  # the KSM settings hostd found, back (and its save file removed)
+        if self.backend is not None:
+            self.backend.close()
 
 
 async def serve(socket_path: str, run_dir: str, batch_pages: int | None = None,
@@ -272,12 +278,11 @@ async def serve(socket_path: str, run_dir: str, batch_pages: int | None = None,
                 metrics_registry=None, libvirt_uri: str | None = None) -> None:
     """Run hostd until cancelled (``metrics``: serve Prometheus metrics on ADDR:PORT;
     ``libvirt_uri``: manage that libvirt's domains instead of the run dir's VMs)."""
+    d = HostDaemon(socket_path, run_dir, batch_pages, engine, pause_budget_ms)
     if libvirt_uri:
-        from heapballoon.libvirt.hostd import LibvirtHostDaemon
+        from heapballoon.libvirt.backend import LibvirtBackend
 
-        d: HostDaemon = LibvirtHostDaemon(socket_path, run_dir, batch_pages, engine, pause_budget_ms, uri=libvirt_uri)
-    else:
-        d = HostDaemon(socket_path, run_dir, batch_pages, engine, pause_budget_ms)
+        d.backend = LibvirtBackend(libvirt_uri, engine)
     await d.start()
     server = None
     if metrics:

@@ -2,6 +2,6 @@
 
 * :mod:`.domxml`: the rules on domain XML (what a domain needs; the edit that adds it), pure;
 * :mod:`.conn`: every call into libvirt's Python binding (connection, events, monitor, QEMU pid);
-* :mod:`.hostd`: hostd's libvirt backend (discovery, lifecycle, reasons for domains left alone);
+* :mod:`.backend`: hostd's libvirt backend (discovery, lifecycle, reasons for domains left alone);
 * :mod:`.cli`: ``heapballoon libvirt check|prepare``.
 """

@@ -1,8 +1,11 @@
 """hostd's libvirt backend: the VM registry filled from a libvirtd instead of heapballoon's run dir.
 
+hostd (host.hostd.HostDaemon) calls :meth:`LibvirtBackend.scan` with itself instead of scanning
+its run dir when started with ``--libvirt``; this module does not import hostd (no cycle).
+
 This module owns *which libvirt domains hostd manages* and keeping that list current:
 
-* discovery (:meth:`LibvirtHostDaemon.scan`): every running domain on the connection; one that
+* discovery (:meth:`LibvirtBackend.scan`): every running domain on the connection; one that
   has memfd shared RAM and the ``org.heapballoon.0`` UNIX channel (domxml's rules, on the
   *live* XML, which holds the socket path libvirt chose) and whose QEMU process is found
   becomes a :class:`LibvirtVM`; any other is kept in ``left_alone`` with the reason, which
@@ -25,7 +28,6 @@ import logging
 from dataclasses import dataclass
 
 from heapballoon.errors import HeapballoonError
-from heapballoon.host.hostd import HostDaemon
 from heapballoon.host.shortpause import PauseModel
 from heapballoon.host.vmregistry import VM, _proc_starttime
 from heapballoon.libvirt import conn as lv
@@ -53,17 +55,16 @@ class LibvirtVM(VM):
         return lv.DomainMonitor(self.uri, self.uuid, lambda: self.migrating)
 
 
-class LibvirtHostDaemon(HostDaemon):
-    """hostd with its VMs from libvirt at ``uri``."""
+class LibvirtBackend:
+    """Where a hostd (``d``, a host.hostd.HostDaemon) gets its VMs: libvirt at ``uri``."""
 
-    def __init__(self, *args, uri: str = lv.DEFAULT_URI, **kw) -> None:
-        super().__init__(*args, **kw)
-        if self.engine != "short":
+    def __init__(self, uri: str = lv.DEFAULT_URI, engine: str = "short") -> None:
+        if engine != "short":
             raise HeapballoonError("hostd --libvirt works with the short engine only")
         lv.import_binding()  # a clear error now rather than warnings forever
         self.uri = uri
         self.conn = None
-        self.left_alone: dict[str, str] = {}
+        self.d = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._warned = False
 
@@ -75,7 +76,10 @@ class LibvirtHostDaemon(HostDaemon):
             self._loop.call_soon_threadsafe(self._on_event, kind, name, detail)
 
     def _on_event(self, kind: str, name: str, detail: str) -> None:
-        vm = self.vms.get(name)
+        d = self.d
+        if d is None:
+            return
+        vm = d.vms.get(name)
         if kind == "closed":
             log.warning("libvirt at %s: connection closed (reason %s); reconnecting", self.uri, detail)
             self.conn = None
@@ -95,7 +99,7 @@ class LibvirtHostDaemon(HostDaemon):
             if vm is not None and what in ("stopped", "crashed", "started"):
                 vm.migrating = False
         try:
-            self.scan()
+            d.scan()
         except Exception:  # noqa: BLE001 - an event must not end hostd
             log.exception("scan after a libvirt event failed")
 
@@ -144,7 +148,9 @@ class LibvirtHostDaemon(HostDaemon):
                 continue  # went away while listed
         return sorted(out)
 
-    def scan(self) -> None:
+    def scan(self, d) -> None:
+        """Bring ``d``'s registry (``d.vms``, ``d.left_alone``) in line with libvirt's running domains."""
+        self.d = d
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         domains = self._domains()
@@ -152,7 +158,7 @@ class LibvirtHostDaemon(HostDaemon):
             return  # keep what we have until libvirt answers again
         seen, left = set(), {}
         for name, uuid, xml in domains:
-            known = self.vms.get(name)
+            known = d.vms.get(name)
             if known is not None and known.uuid == uuid and known.alive():
                 seen.add(name)
                 continue
@@ -170,28 +176,27 @@ class LibvirtHostDaemon(HostDaemon):
             if not why and starttime is None:
                 why = ["its QEMU process exited"]
             if why:
-                if self.left_alone.get(name) != "; ".join(why):
+                if d.left_alone.get(name) != "; ".join(why):
                     log.info("VM %s: left alone: %s", name, "; ".join(why))
                 left[name] = "; ".join(why)
                 continue
             if known is not None:
-                self._drop(known, "its QEMU was replaced")
+                d._drop(known, "its QEMU was replaced")
             vm = LibvirtVM(name, f"libvirt:{name}", pid, starttime, f.memory_bytes, "pfn",
                            ram_backend=RAM_BACKEND, uuid=uuid, uri=self.uri, socket=f.channel_socket)
-            vm.target_bytes = self.targets.get(name, 0)
-            vm.engine, vm.soft_dirty = self.engine, self.soft_dirty
-            vm.pause_model = PauseModel(self.pause_budget_ms)
-            self.vms[name] = vm
+            vm.target_bytes = d.targets.get(name, 0)
+            vm.engine, vm.soft_dirty = d.engine, d.soft_dirty
+            vm.pause_model = PauseModel(d.pause_budget_ms)
+            d.vms[name] = vm
             seen.add(name)
-            vm.task = asyncio.get_running_loop().create_task(self._channel_loop(vm), name=f"channel-{name}")
+            vm.task = asyncio.get_running_loop().create_task(d._channel_loop(vm), name=f"channel-{name}")
             log.info("VM %s: libvirt domain, QEMU pid %d, %d bytes of RAM, channel %s, target %d bytes",
                      name, pid, vm.memory_bytes, vm.socket, vm.target_bytes)
-        self.left_alone = left
-        for name in [n for n in self.vms if n not in seen]:
-            self._drop(self.vms[name], "no longer running")
+        d.left_alone = left
+        for name in [n for n in d.vms if n not in seen]:
+            d._drop(d.vms[name], "no longer running")
 
-    async def stop(self) -> None:
-        await super().stop()
+    def close(self) -> None:
         if self.conn is not None:
             try:
                 self.conn.close()
