@@ -154,8 +154,10 @@ class LibvirtBackend:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         domains = self._domains()
-        if domains is None:
-            return  # keep what we have until libvirt answers again
+        if domains is None:  # keep what we have until libvirt answers again, but not the dead
+            for name in [n for n, v in d.vms.items() if not v.alive()]:
+                d._drop(d.vms[name], "its QEMU exited")
+            return
         seen, left = set(), {}
         for name, uuid, xml in domains:
             known = d.vms.get(name)
