@@ -60,8 +60,8 @@ class Libvirtd:
         with open(f"{PRIVATE_DIR}/libvirtd.conf", "w") as f:
             f.write(f'unix_sock_dir = "{PRIVATE_DIR}"\nunix_sock_rw_perms = "0700"\n'
                     'auth_unix_rw = "none"\nauth_unix_ro = "none"\n')
-        if not subprocess.run(["pgrep", "-x", "virtlogd"], capture_output=True).stdout:
-            subprocess.run(["virtlogd", "-d"], check=True)
+        if not os.path.exists("/run/libvirt/virtlogd-sock"):  # QEMU's logs go through it
+            subprocess.run(["virtlogd", "-d", "-p", f"{PRIVATE_DIR}/virtlogd.pid"], check=True)
         self.start()
 
     def start(self) -> None:
@@ -87,6 +87,9 @@ class Libvirtd:
     def stop(self) -> None:
         if self.started:
             self.kill()
+            pid = _pid_alive(f"{PRIVATE_DIR}/virtlogd.pid")  # only one the tests started
+            if pid:
+                os.kill(pid, signal.SIGTERM)
 
 
 def virsh(uri: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
