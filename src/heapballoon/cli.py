@@ -210,6 +210,8 @@ def _gather_status(args) -> dict:
             body["vms"] = host_status["vms"]
             if host_status["policy"]:
                 body["vm_policy"] = host_status["policy"]
+            if "left_alone" in host_status:
+                body["left_alone"] = host_status["left_alone"]
         except HeapballoonError:
             if args.vms or driver_error is not None:
                 raise
@@ -394,6 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
     from heapballoon.vm import cli as vm_cli  # VM mode: image, vm
 
     vm_cli.add_commands(sub)
+    from heapballoon.libvirt import cli as libvirt_cli  # libvirt domains: check, prepare
+
+    libvirt_cli.add_commands(sub)
     for name, (help_text, _run) in PASSTHROUGH.items():
         # listed in --help; the arguments are parsed by the command itself (see main)
         sub.add_parser(name, help=help_text, add_help=False)

@@ -201,6 +201,8 @@ def status_renderable(body: dict, width: int) -> RenderableType:
         for vm in vms:
             if vm.get("jvms"):
                 add(f"JVMs in {vm['name']}", JVM_COLUMNS, vm["jvms"])
+        for name, why in body.get("left_alone", {}).items():
+            parts.append(Text(f"left alone: {name}: {why}"))
     parts.append(_legend(dropped, shown))
     return Group(*parts)
 
@@ -229,6 +231,7 @@ def render_plain(body: dict, width: int = 80) -> str:
         if body.get("vm_policy"):
             out.append(f"VM policy {body['vm_policy']}")
         table(f"VMs ({len(body['vms'])})", VM_COLUMNS, body["vms"])
+        out.extend(f"left alone: {name}: {why}" for name, why in body.get("left_alone", {}).items())
     return "\n".join(out)
 
 

@@ -229,9 +229,15 @@ class HostStatus:
     vms: tuple[VMStatus, ...]
     # hostd --policy auto: the memory state and budget in one line ("" without the policy)
     policy: str = ""
+    # VMs hostd sees but does not manage (libvirt domains lacking memfd RAM or the channel):
+    # name → the reason; omitted from the wire when empty (older CLIs and hostds agree)
+    left_alone: Mapping[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"vms": [v.to_dict() for v in self.vms], "policy": self.policy}
+        out: dict = {"vms": [v.to_dict() for v in self.vms], "policy": self.policy}
+        if self.left_alone:
+            out["left_alone"] = dict(sorted(self.left_alone.items()))
+        return out
 
     @classmethod
     def from_dict(cls, d: Any) -> HostStatus:
@@ -241,7 +247,11 @@ class HostStatus:
         policy = d.get("policy", "")
         if not isinstance(policy, str) or len(policy) > 4096:
             raise ProtocolError("hostd status: field 'policy' must be a string")
-        return cls(tuple(VMStatus.from_dict(v) for v in vms), policy)
+        left = d.get("left_alone", {})
+        if not isinstance(left, dict) or len(left) > MAX_JVMS or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in left.items()):
+            raise ProtocolError("hostd status: field 'left_alone' must map names to reasons")
+        return cls(tuple(VMStatus.from_dict(v) for v in vms), policy, left)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ def subcommands(parser) -> list[str]:
 
 def test_every_command_is_registered_once():
     assert subcommands(cli.build_parser()) == ["daemon", "run", "attach", "agent-path", "guest-unit", "status", "target",
-                                               "policy", "experiment", "image", "vm", "hostd", "guest-driver"]
+                                               "policy", "experiment", "image", "vm", "libvirt", "hostd", "guest-driver"]
 
 
 def test_hostd_gets_every_argument_help_included(monkeypatch, capsys):

@@ -30,6 +30,7 @@ GUEST_FUNCTIONS = {
     "heapballoon.cli": {"build_parser", "main", "_guest_driver", "cmd_run", "cmd_attach", "cmd_agent_path",
                         "cmd_guest_unit", "cmd_status", "_status_body", "cmd_target"},
     "heapballoon.vm.cli": {"add_commands"},  # only builds the parser; its commands are host side
+    "heapballoon.libvirt.cli": {"add_commands"},  # the same
 }
 # int methods vermin cannot type (the receiver's type is unknown to a static checker)
 NEWER_METHODS = {"bit_count": "3.10"}

@@ -100,6 +100,8 @@ class HostDaemon(GuestSessions):
         self._ksm = KsmController(KSM(), "auto", os.path.join(run_dir, "hostd-ksm.json"))
         self._ksm_until = 0.0
         self.autopolicy = None  # autopolicy.AutoPolicy with --policy auto
+        self.left_alone: dict[str, str] = {}  # VMs seen but not managed → why (libvirt backend)
+        self.backend = None  # VMs from elsewhere than the run dir: has scan(self), close()
 
     # ------------------------------------------------------------ state file
 
@@ -125,6 +127,8 @@ class HostDaemon(GuestSessions):
 
     def scan(self) -> None:
         """Bring the registry in line with the run dir: add new VMs, drop dead ones."""
+        if self.backend is not None:
+            return self.backend.scan(self)
         seen = set()
         try:
             entries = sorted(os.scandir(self.vms_dir), key=lambda e: e.name)
@@ -201,7 +205,7 @@ class HostDaemon(GuestSessions):
             pinned = self.autopolicy is not None
             return protocol.Reply(msg.id, HostStatus(
                 tuple(VMStatus.from_dict({**v, "pinned": pinned and v["name"] in self.targets}) for v in vms),
-                self.autopolicy.status_text() if self.autopolicy else "").to_dict())
+                self.autopolicy.status_text() if self.autopolicy else "", self.left_alone).to_dict())
         if isinstance(msg, protocol.PolicyExplainRequest):
             report = self.autopolicy.report() if self.autopolicy else PolicyReport(
                 "manual", "manual", None, "policy manual: VM targets are set by hand (heapballoon target --vm); "
@@ -274,7 +278,8 @@ class HostDaemon(GuestSessions):
         self.scan()
         t = asyncio.get_running_loop().create_task(self._scan_loop(), name="hostd-scan")
         self._tasks.add(t)
-        log.info("hostd listening on %s, VMs from %s", self.socket_path, self.vms_dir)
+        log.info("hostd listening on %s, VMs from %s", self.socket_path,
+                 f"libvirt at {self.backend.uri}" if self.backend is not None else self.vms_dir)
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -291,16 +296,23 @@ class HostDaemon(GuestSessions):
             except OSError:
                 pass
         self._ksm.close()  # the KSM settings hostd found, back (and its save file removed)
+        if self.backend is not None:
+            self.backend.close()
 
 
 async def serve(socket_path: str, run_dir: str, batch_pages: int | None = None,
                 ready: asyncio.Event | None = None, engine: str = "short",
                 pause_budget_ms: float | None = None, metrics: str | None = None,
                 metrics_registry=None, policy: str = "manual", memory_budget_bytes: int | None = None,
-                policy_file: str | None = None) -> None:
+                policy_file: str | None = None, libvirt_uri: str | None = None) -> None:
     """Run hostd until cancelled (``metrics``: serve Prometheus metrics on ADDR:PORT;
-    ``policy="auto"``: autopolicy decides every VM's targets, SIGHUP re-reads its file)."""
+    ``policy="auto"``: autopolicy decides every VM's targets, SIGHUP re-reads its file;
+    ``libvirt_uri``: manage that libvirt's domains instead of the run dir's VMs)."""
     d = HostDaemon(socket_path, run_dir, batch_pages, engine, pause_budget_ms)
+    if libvirt_uri:
+        from heapballoon.libvirt.backend import LibvirtBackend
+
+        d.backend = LibvirtBackend(libvirt_uri, engine)
     if policy == "auto":
         from heapballoon.host.autopolicy import AutoPolicy
 
@@ -358,8 +370,12 @@ def main(argv: list[str] | None = None) -> int:
                    "total, e.g. 1400M (default: from the host's free memory)")
     p.add_argument("--policy-file", metavar="PATH", help="--policy auto: TOML policy file, re-read on SIGHUP "
                    "(default /etc/heapballoon/policy.toml if present)")
+    p.add_argument("--libvirt", metavar="URI", nargs="?", const="qemu:///system",
+                   help="manage libvirt's domains (default URI qemu:///system) instead of RUN_DIR's VMs")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
+    if args.libvirt is not None and args.engine != "short":
+        p.error("--libvirt works with the short engine only")
     budget = None
     if args.memory_budget is not None:
         from heapballoon.units import parse_size
@@ -378,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             await serve(transport.host_socket_path(args.socket), run_dir_path(args.run_dir), args.batch_pages,
                         engine=args.engine, pause_budget_ms=args.pause_budget_ms, metrics=args.metrics,
-                        policy=args.policy, memory_budget_bytes=budget, policy_file=args.policy_file)
+                        policy=args.policy, memory_budget_bytes=budget, policy_file=args.policy_file,
+                        libvirt_uri=args.libvirt)
         except asyncio.CancelledError:
             log.info("hostd stopping")
 

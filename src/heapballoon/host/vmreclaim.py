@@ -17,7 +17,6 @@ from heapballoon import protocol
 from heapballoon.errors import HeapballoonError, ReclaimError
 from heapballoon.host.guestram import PAGE_BYTES, GuestRam
 from heapballoon.host.layout import GuestLayout
-from heapballoon.host.qmpsync import SyncQMP
 from heapballoon.host.reclaim import Reclaimer, ReclaimResult
 from heapballoon.host.shortpause import PauseBoost, PauseModel, ShortPauseReclaimer
 from heapballoon.linux.procfs import ProcFS
@@ -59,11 +58,11 @@ def _pause_boost(vm, qmp) -> PauseBoost:
 def reclaim_short(vm, reports: list, pause_budget_ms: float) -> tuple[list[list[tuple[int, int]]], list[ReclaimResult]]:
     """The short engine, all in the calling worker thread: a blocking QMP socket of our own,
     the RAM file and layout if not known yet, then pre-check and short pauses."""
-    with SyncQMP(vm.qmp_path, QMP_CONNECT_TIMEOUT_S) as qmp:
+    with vm.monitor(QMP_CONNECT_TIMEOUT_S) as qmp:
         _open_ram(vm)
         if vm.layout is None:
             text = qmp.execute("human-monitor-command", {"command-line": "info mtree -f"})
-            vm.layout = GuestLayout.from_mtree(str(text), ram_bytes=vm.memory_bytes)
+            vm.layout = GuestLayout.from_mtree(str(text), vm.ram_backend, ram_bytes=vm.memory_bytes)
             log.info("VM %s: guest RAM layout %r", vm.name, vm.layout)
         extents_list = [vm.layout.ranges_to_offsets(r)[0] for r in reports]
         _check_fragmentation(vm, extents_list)

@@ -79,6 +79,7 @@ class VM:
     virtio_target_bytes: int = 0
     virtio_error: str = ""
     policy_reason: str = ""  # hostd --policy auto: why the VM's targets are what they are
+    ram_backend: str = "ram0"  # QEMU's id of the guest-RAM memory backend (libvirt: pc.ram)
 
     @property
     def paths(self) -> VMPaths:
@@ -95,6 +96,13 @@ class VM:
 
     def alive(self) -> bool:
         return _proc_starttime(self.pid) == self.starttime
+
+    def monitor(self, timeout_s: float):
+        """A blocking monitor for the pause path (``with vm.monitor(t) as qmp: qmp.execute(...)``):
+        QMP on the VM's own socket here; libvirt domains go through libvirt."""
+        from heapballoon.host.qmpsync import SyncQMP
+
+        return SyncQMP(self.qmp_path, timeout_s)
 
     def close(self) -> None:
         if self.task is not None:

@@ -177,6 +177,13 @@ class ProcFS:
         except (ValueError, IndexError) as err:
             raise KernelError(f"cannot parse {self.path(pid, 'stat')}") from err
 
+    def pids(self) -> list[int]:
+        """Every process id listed in the proc root, sorted."""
+        try:
+            return sorted(int(n) for n in os.listdir(self.root) if n.isdigit())
+        except OSError as exc:
+            raise KernelError(f"cannot list {self.root}: {_one_line(exc)}") from exc
+
     def alive(self, pid: Pid) -> bool:
         """True when ``pid`` exists and is neither a zombie nor dead (no exception: gone is False)."""
         if isinstance(pid, int) and pid <= 0:

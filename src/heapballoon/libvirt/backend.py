@@ -1,0 +1,207 @@
+"""hostd's libvirt backend: the VM registry filled from a libvirtd instead of heapballoon's run dir.
+
+hostd (host.hostd.HostDaemon) calls :meth:`LibvirtBackend.scan` with itself instead of scanning
+its run dir when started with ``--libvirt``; this module does not import hostd (no cycle).
+
+This module owns *which libvirt domains hostd manages* and keeping that list current:
+
+* discovery (:meth:`LibvirtBackend.scan`): every running domain on the connection; one that
+  has memfd shared RAM and the ``org.heapballoon.0`` UNIX channel (domxml's rules, on the
+  *live* XML, which holds the socket path libvirt chose) and whose QEMU process is found
+  becomes a :class:`LibvirtVM`; any other is kept in ``left_alone`` with the reason, which
+  ``status --vms`` shows;
+* events: lifecycle (start, stop, reboot, crash), migration iterations and job completion
+  arrive on libvirt's event thread and are posted to hostd's loop; each triggers a rescan, and
+  a migration marks the domain so no pause or punch happens until the job ends;
+* libvirtd going away (close callback, keepalive): hostd keeps the VMs it has (their QEMUs
+  still run, the guest channels still work; reclaims fail until libvirt is back) and
+  reconnects on every scan.
+
+Everything else (guest channel, reclaim engine, status, state file) is hostd's, unchanged: a
+LibvirtVM is a hostd VM whose monitor is libvirt (conn.DomainMonitor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from heapballoon.errors import HeapballoonError
+from heapballoon.host.shortpause import PauseModel
+from heapballoon.host.vmregistry import VM, _proc_starttime
+from heapballoon.libvirt import conn as lv
+from heapballoon.libvirt import domxml
+
+log = logging.getLogger("heapballoon.hostd")
+
+RAM_BACKEND = "pc.ram"  # libvirt's id of the guest-RAM backend of a domain without NUMA cells
+
+
+@dataclass
+class LibvirtVM(VM):
+    """A libvirt domain as hostd knows it."""
+
+    uuid: str = ""
+    uri: str = ""
+    socket: str = ""
+    migrating: bool = False
+
+    @property
+    def channel_path(self) -> str:
+        return self.socket
+
+    def monitor(self, timeout_s: float):
+        return lv.DomainMonitor(self.uri, self.uuid, lambda: self.migrating)
+
+
+class LibvirtBackend:
+    """Where a hostd (``d``, a host.hostd.HostDaemon) gets its VMs: libvirt at ``uri``."""
+
+    def __init__(self, uri: str = lv.DEFAULT_URI, engine: str = "short") -> None:
+        if engine != "short":
+            raise HeapballoonError("hostd --libvirt works with the short engine only")
+        lv.import_binding()  # a clear error now rather than warnings forever
+        self.uri = uri
+        self.conn = None
+        self.d = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._warned = False
+
+    # ------------------------------------------------------------ connection and events
+
+    def _event(self, kind: str, name: str, detail: str) -> None:
+        """On libvirt's event thread: hand the event to hostd's loop."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._on_event, kind, name, detail)
+
+    def _on_event(self, kind: str, name: str, detail: str) -> None:
+        d = self.d
+        if d is None:
+            return
+        vm = d.vms.get(name)
+        if kind == "closed":
+            log.warning("libvirt at %s: connection closed (reason %s); reconnecting", self.uri, detail)
+            self.conn = None
+        elif kind == "migration":
+            if vm is not None and not vm.migrating:
+                log.info("VM %s: migration running; no reclaim until it ends", name)
+                vm.migrating = True
+            return
+        elif kind == "job" and vm is not None and vm.migrating:
+            log.info("VM %s: migration job ended", name)
+            vm.migrating = False
+        elif kind == "lifecycle":
+            what = lv.lifecycle_name(detail)
+            if what in ("suspended", "resumed"):
+                return  # our own pauses (and others'): nothing to rescan
+            log.info("VM %s: libvirt event %s", name, what)
+            if vm is not None and what in ("stopped", "crashed", "started"):
+                vm.migrating = False
+        try:
+            d.scan()
+        except Exception:  # noqa: BLE001 - an event must not end hostd
+            log.exception("scan after a libvirt event failed")
+
+    def _connect(self) -> bool:
+        if self.conn is not None:
+            try:
+                if self.conn.isAlive():
+                    return True
+            except Exception:  # noqa: BLE001
+                pass
+            self.conn = None
+        try:
+            lv.EventThread.ensure()
+            c = lv.open_conn(self.uri)
+            lv.watch(c, self._event)
+        except lv.LibvirtError as err:
+            if not self._warned:
+                log.warning("%s (retrying every scan)", err)
+                self._warned = True
+            return False
+        except Exception as err:  # noqa: BLE001 - a libvirtError while registering
+            log.warning("libvirt at %s: %s", self.uri, lv.one_line(err))
+            return False
+        self.conn, self._warned = c, False
+        log.info("libvirt at %s: connected (libvirt %d)", self.uri, c.getLibVersion())
+        return True
+
+    # ------------------------------------------------------------ registry
+
+    def _domains(self) -> list[tuple[str, str, str]] | None:
+        """(name, uuid, live XML) of every running domain; None if libvirt does not answer."""
+        if not self._connect():
+            return None
+        libvirt = lv.import_binding()
+        try:
+            doms = self.conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        except libvirt.libvirtError as err:
+            log.warning("libvirt at %s: %s", self.uri, lv.one_line(err))
+            self.conn = None
+            return None
+        out = []
+        for d in doms:
+            try:
+                out.append((d.name(), d.UUIDString(), d.XMLDesc(0)))
+            except libvirt.libvirtError:
+                continue  # went away while listed
+        return sorted(out)
+
+    def scan(self, d) -> None:
+        """Bring ``d``'s registry (``d.vms``, ``d.left_alone``) in line with libvirt's running domains."""
+        self.d = d
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        domains = self._domains()
+        if domains is None:  # keep what we have until libvirt answers again, but not the dead
+            for name in [n for n, v in d.vms.items() if not v.alive()]:
+                d._drop(d.vms[name], "its QEMU exited")
+            return
+        seen, left = set(), {}
+        for name, uuid, xml in domains:
+            known = d.vms.get(name)
+            if known is not None and known.uuid == uuid and known.alive():
+                seen.add(name)
+                continue
+            try:
+                why = domxml.missing(xml)
+                f = domxml.facts(xml)
+            except domxml.DomainXMLError as err:
+                why, f = [str(err)], None
+            if not why and not f.channel_socket:
+                why = [f"channel {domxml.CHANNEL_PORT} has no socket path in the live XML"]
+            pid = lv.qemu_pid(uuid) if not why else 0
+            if not why and not pid:
+                why = ["its QEMU process was not found (is hostd on the domain's host, as root?)"]
+            starttime = _proc_starttime(pid) if pid else None
+            if not why and starttime is None:
+                why = ["its QEMU process exited"]
+            if why:
+                if d.left_alone.get(name) != "; ".join(why):
+                    log.info("VM %s: left alone: %s", name, "; ".join(why))
+                left[name] = "; ".join(why)
+                continue
+            if known is not None:
+                d._drop(known, "its QEMU was replaced")
+            vm = LibvirtVM(name, f"libvirt:{name}", pid, starttime, f.memory_bytes, "pfn",
+                           ram_backend=RAM_BACKEND, uuid=uuid, uri=self.uri, socket=f.channel_socket)
+            vm.target_bytes = d.targets.get(name, 0)
+            vm.engine, vm.soft_dirty = d.engine, d.soft_dirty
+            vm.pause_model = PauseModel(d.pause_budget_ms)
+            d.vms[name] = vm
+            seen.add(name)
+            vm.task = asyncio.get_running_loop().create_task(d._channel_loop(vm), name=f"channel-{name}")
+            log.info("VM %s: libvirt domain, QEMU pid %d, %d bytes of RAM, channel %s, target %d bytes",
+                     name, pid, vm.memory_bytes, vm.socket, vm.target_bytes)
+        d.left_alone = left
+        for name in [n for n in d.vms if n not in seen]:
+            d._drop(d.vms[name], "no longer running")
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self.conn = None

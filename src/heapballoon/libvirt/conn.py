@@ -1,0 +1,218 @@
+"""libvirt itself: the Python binding, one connection with its events, a domain's QEMU and monitor.
+
+This module owns every call into libvirt's Python binding (Debian's ``python3-libvirt``, the
+build that matches the host's libvirt 9.0; see docs/vm.md for why not the PyPI sdist):
+
+* :func:`import_binding` / :func:`open_conn`: the binding and a connection, with libvirt's own
+  error printing silenced (errors become :class:`LibvirtError`, one line);
+* :class:`EventThread`: libvirt's default event loop in a daemon thread (lifecycle, migration
+  and job events, keepalive, the connection's close callback), handing each event to a
+  callable (hostd posts it onto its asyncio loop);
+* :func:`qemu_pid`: a running domain's QEMU process, found in /proc (through heapballoon.linux)
+  by the ``-uuid`` libvirt puts on QEMU's command line;
+* :class:`DomainMonitor`: what the short-pause engine calls ``qmp`` (``execute(cmd)``), done
+  through libvirt because libvirt owns QEMU's monitor: ``stop``/``cont`` are
+  ``virDomainSuspend``/``virDomainResume``, ``query-status`` is ``virDomainGetState`` plus the
+  domain's job (a migration in either direction reads as state ``migrate``, which the engine
+  refuses: never punch during a migration), anything else goes to QEMU through
+  ``virDomainQemuMonitorCommand`` (``info mtree -f`` once per boot, ``query-cpus-fast``).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any, Callable
+
+from heapballoon.errors import HeapballoonError, KernelError, ReclaimError
+from heapballoon.linux.procfs import ProcFS
+
+DEFAULT_URI = "qemu:///system"
+KEEPALIVE_INTERVAL_S = 5
+KEEPALIVE_COUNT = 3
+
+
+class LibvirtError(HeapballoonError):
+    """libvirt is missing, does not answer, or refused a call."""
+
+
+def import_binding():
+    """The ``libvirt`` module, or LibvirtError saying how to get it."""
+    try:
+        import libvirt
+    except ImportError as err:
+        raise LibvirtError("libvirt's Python binding is not importable: apt-get install python3-libvirt "
+                           "(`make venv` links it into .venv)") from err
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # no printing to stderr
+    return libvirt
+
+
+def one_line(err: Exception) -> str:
+    msg = err.get_error_message() if hasattr(err, "get_error_message") else str(err)
+    return " ".join(str(msg or err).split())
+
+
+def open_conn(uri: str):
+    libvirt = import_binding()
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as err:
+        raise LibvirtError(f"cannot connect to libvirt at {uri}: {one_line(err)}") from err
+
+
+def lookup(conn, name: str):
+    libvirt = import_binding()
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as err:
+        raise LibvirtError(f"no libvirt domain {name!r}: {one_line(err)}") from err
+
+
+def qemu_pid(uuid: str, procfs: ProcFS | None = None) -> int:
+    """The pid of the live QEMU process that runs the domain with ``uuid`` (0 if none)."""
+    procfs = procfs or ProcFS()
+    try:
+        pids = procfs.pids()
+    except KernelError:
+        return 0
+    for pid in pids:
+        try:
+            argv = procfs.cmdline(pid)
+        except KernelError:
+            continue
+        if not argv or "qemu" not in argv[0].rsplit("/", 1)[-1]:
+            continue
+        if any(a == "-uuid" and b.lower() == uuid.lower() for a, b in zip(argv, argv[1:])) and procfs.alive(pid):
+            return pid
+    return 0
+
+
+class EventThread:
+    """libvirt's default event loop in one daemon thread; ``on_event(kind, domain_name, detail)``
+    is called from that thread for every event (``kind``: ``lifecycle``, ``migration``, ``job``,
+    ``closed``). Register before opening the connections it should serve."""
+
+    _started = False
+    _lock = threading.Lock()
+
+    @classmethod
+    def ensure(cls) -> None:
+        libvirt = import_binding()
+        with cls._lock:
+            if cls._started:
+                return
+            libvirt.virEventRegisterDefaultImpl()
+
+            def run() -> None:
+                while True:
+                    libvirt.virEventRunDefaultImpl()
+
+            threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+            cls._started = True
+
+
+def watch(conn, on_event: Callable[[str, str, str], None]) -> list[int]:
+    """Register lifecycle/migration/job events and the close callback on ``conn`` (after
+    :meth:`EventThread.ensure`); the callback ids."""
+    libvirt = import_binding()
+    ids = [
+        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
+                                    lambda _c, dom, ev, det, _o: on_event("lifecycle", dom.name(), f"{ev}:{det}"), None),
+        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_MIGRATION_ITERATION,
+                                    lambda _c, dom, it, _o: on_event("migration", dom.name(), str(it)), None),
+        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
+                                    lambda _c, dom, _p, _o: on_event("job", dom.name(), "completed"), None),
+    ]
+    conn.registerCloseCallback(lambda _c, reason, _o: on_event("closed", "", str(reason)), None)
+    conn.setKeepAlive(KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT)
+    return ids
+
+
+def lifecycle_name(detail: str) -> str:
+    """``"5:0"`` (event:detail numbers) → ``stopped``, ``started``... for logs."""
+    names = ("defined", "undefined", "started", "suspended", "resumed", "stopped", "shutdown",
+             "pmsuspended", "crashed")
+    try:
+        return names[int(detail.split(":")[0])]
+    except (ValueError, IndexError):
+        return detail
+
+
+def migrating(dom) -> bool:
+    """True while a migration job runs on ``dom`` (in either direction)."""
+    libvirt = import_binding()
+    try:
+        stats = dom.jobStats()
+    except libvirt.libvirtError:
+        return False
+    op = stats.get("operation")
+    return stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) != libvirt.VIR_DOMAIN_JOB_NONE and op in (
+        libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN, libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT)
+
+
+class DomainMonitor:
+    """``execute(cmd, arguments)`` for the reclaim engines, through libvirt (see module doc).
+    ``migration_flag()``: hostd's own view (migration events seen and not ended)."""
+
+    events = None  # libvirt hands out no QEMU STOP/RESUME timestamps
+
+    def __init__(self, uri: str, uuid: str, migration_flag: Callable[[], bool] = lambda: False) -> None:
+        self.uri, self.uuid, self.migration_flag = uri, uuid, migration_flag
+        self._conn = None
+        self._dom = None
+
+    def __enter__(self) -> DomainMonitor:
+        libvirt = import_binding()
+        self._conn = open_conn(self.uri)
+        try:
+            self._dom = self._conn.lookupByUUIDString(self.uuid)
+        except libvirt.libvirtError as err:
+            self.close()
+            raise ReclaimError(f"domain {self.uuid} is gone: {one_line(err)}") from err
+        return self
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001 - a dead connection closes anyway
+                pass
+            self._conn = self._dom = None
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _status(self) -> str:
+        libvirt = import_binding()
+        if self.migration_flag() or migrating(self._dom):
+            return "migrate"
+        state, reason = self._dom.state()
+        if state == libvirt.VIR_DOMAIN_RUNNING:
+            return "running"
+        if state == libvirt.VIR_DOMAIN_PAUSED:
+            return "paused" if reason == libvirt.VIR_DOMAIN_PAUSED_USER else f"paused-{reason}"
+        return f"state-{state}"
+
+    def execute(self, cmd: str, arguments: dict | None = None) -> Any:
+        libvirt = import_binding()
+        try:
+            if cmd == "query-status":
+                return {"status": self._status()}
+            if cmd == "stop":
+                self._dom.suspend()
+                return {}
+            if cmd == "cont":
+                self._dom.resume()
+                return {}
+            import libvirt_qemu
+
+            if cmd == "human-monitor-command":
+                return libvirt_qemu.qemuMonitorCommand(self._dom, (arguments or {})["command-line"],
+                                                       libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+            req = {"execute": cmd, **({"arguments": arguments} if arguments else {})}
+            reply = json.loads(libvirt_qemu.qemuMonitorCommand(self._dom, json.dumps(req), 0))
+        except libvirt.libvirtError as err:
+            raise ReclaimError(f"libvirt {cmd} on domain {self.uuid}: {one_line(err)}") from err
+        if "error" in reply:
+            raise ReclaimError(f"QEMU {cmd} failed: {reply['error'].get('desc', reply['error'])}")
+        return reply.get("return")

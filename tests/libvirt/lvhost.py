@@ -1,0 +1,155 @@
+"""A libvirtd for the tests, and a domain made from our guest image (direct kernel boot).
+
+If a libvirtd already answers at $HEAPBALLOON_TEST_LIBVIRT_URI (or qemu:///system) it is used;
+otherwise, as root, one is started by hand (``libvirtd -d``) with a private config whose
+sockets live under /tmp (URI ``qemu:///system?socket=...``), plus ``virtlogd -d`` if none runs,
+and stopped at the end. The domain boots the image's kernel and initrd (with our cmd.json
+and the demo app appended, as vm.launcher does) and its read-only root disk; it has neither
+memfd RAM nor the channel, as an operator's domain would before ``libvirt prepare``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+PRIVATE_DIR = "/tmp/hb-libvirtd"
+PRIVATE_URI = f"qemu:///system?socket={PRIVATE_DIR}/libvirt-sock"
+
+
+def _answers(uri: str) -> bool:
+    try:
+        import libvirt
+    except ImportError:
+        return False
+    libvirt.registerErrorHandler(lambda *_: None, None)
+    try:
+        libvirt.open(uri).close()
+        return True
+    except libvirt.libvirtError:
+        return False
+
+
+def _pid_alive(pidfile: str) -> int:
+    try:
+        pid = int(open(pidfile).read().strip())
+        os.kill(pid, 0)
+        return pid
+    except (OSError, ValueError):
+        return 0
+
+
+class Libvirtd:
+    """``uri`` of a working libvirtd; ``restart()`` (only for one we started); ``stop()``."""
+
+    def __init__(self) -> None:
+        self.started = False
+        uri = os.environ.get("HEAPBALLOON_TEST_LIBVIRT_URI", "qemu:///system")
+        if _answers(uri):
+            self.uri = uri
+            return
+        self.uri = PRIVATE_URI
+        self.started = True  # the private one is the tests' own, left running or not
+        if _answers(self.uri):
+            return
+        os.makedirs(PRIVATE_DIR, exist_ok=True)
+        with open(f"{PRIVATE_DIR}/libvirtd.conf", "w") as f:
+            f.write(f'unix_sock_dir = "{PRIVATE_DIR}"\nunix_sock_rw_perms = "0700"\n'
+                    'auth_unix_rw = "none"\nauth_unix_ro = "none"\n')
+        if not os.path.exists("/run/libvirt/virtlogd-sock"):  # QEMU's logs go through it
+            subprocess.run(["virtlogd", "-d", "-p", f"{PRIVATE_DIR}/virtlogd.pid"], check=True)
+        self.start()
+
+    def start(self) -> None:
+        subprocess.run(["libvirtd", "-d", "-f", f"{PRIVATE_DIR}/libvirtd.conf", "-p", f"{PRIVATE_DIR}/libvirtd.pid"],
+                       check=True, cwd=PRIVATE_DIR)
+        deadline = time.monotonic() + 30
+        while not _answers(self.uri):
+            assert time.monotonic() < deadline, "libvirtd did not answer within 30 s"
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        pid = _pid_alive(f"{PRIVATE_DIR}/libvirtd.pid")
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            while _pid_alive(f"{PRIVATE_DIR}/libvirtd.pid") and time.monotonic() < deadline:
+                time.sleep(0.1)
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def stop(self) -> None:
+        if self.started:
+            self.kill()
+            pid = _pid_alive(f"{PRIVATE_DIR}/virtlogd.pid")  # only one the tests started
+            if pid:
+                os.kill(pid, signal.SIGTERM)
+
+
+def virsh(uri: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["virsh", "-c", uri, *args], capture_output=True, text=True, timeout=120)
+    if check and proc.returncode:
+        raise AssertionError(f"virsh {' '.join(args)}: {proc.stderr.strip()}")
+    return proc
+
+
+def domain_xml(name: str, memory_mib: int, kernel: str, initrd: str, rootdisk: str, console_log: str,
+               accel: str = "tcg") -> str:
+    """A plain domain: direct kernel boot of our image, no memfd, no heapballoon channel."""
+    cpu = "<cpu mode='host-passthrough'/>" if accel == "kvm" else \
+        "<cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model></cpu>"
+    append = "console=ttyS0 quiet panic=-1 loglevel=4" + (" mitigations=off" if accel == "tcg" else "")
+    return f"""<domain type='{"kvm" if accel == "kvm" else "qemu"}'>
+  <name>{name}</name>
+  <memory unit='MiB'>{memory_mib}</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='q35'>hvm</type>
+    <kernel>{kernel}</kernel>
+    <initrd>{initrd}</initrd>
+    <cmdline>{append}</cmdline>
+  </os>
+  {cpu}
+  <on_crash>destroy</on_crash>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='{rootdisk}'/>
+      <target dev='vda' bus='virtio'/>
+      <readonly/>
+    </disk>
+    <serial type='file'>
+      <source path='{console_log}'/>
+      <target port='0'/>
+    </serial>
+    <memballoon model='virtio'/>
+    <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
+  </devices>
+</domain>
+"""
+
+
+def guest_files(image, name: str, cmd: list[str], copies: list[tuple[str, str]]) -> dict:
+    """Kernel, initrd (image + our cmd and copies) and root disk in a directory QEMU (user
+    libvirt-qemu) can read; the console log's path."""
+    from heapballoon.vm.launcher import COPIES_DIR, extra_initrd
+
+    d = tempfile.mkdtemp(prefix=f"hblv-{name}-", dir="/tmp")
+    os.chmod(d, 0o777)
+    kernel, initrd, rootdisk = (os.path.join(d, n) for n in ("vmlinuz", "initrd.img", "rootfs.img"))
+    shutil.copyfile(image.kernel_path, kernel)
+    extra = extra_initrd({"argv": cmd, "env": {}, "name": name}, copies, name, COPIES_DIR)
+    with open(image.initrd_path, "rb") as src, open(initrd, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+        dst.write(b"\0" * ((-dst.tell()) % 512) + extra)
+    shutil.copyfile(image.rootdisk_path, rootdisk)
+    for p in (kernel, initrd, rootdisk):
+        os.chmod(p, 0o644)
+    return {"dir": d, "kernel": kernel, "initrd": initrd, "rootdisk": rootdisk,
+            "console_log": os.path.join(d, "console.log")}
