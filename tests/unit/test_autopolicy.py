@@ -8,7 +8,7 @@ from heapballoon import protocol
 from heapballoon.driver.autopolicy import ActivityMeter, AutoPolicy, allocated_between
 from heapballoon.driver.registry import JVMRecord
 from heapballoon.linux.cgroup import MemoryCgroupV1
-from heapballoon.linux.procfs import ProcFS
+from heapballoon.linux.procfs import PAGE_SIZE, ProcFS
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -23,6 +23,7 @@ def fake_proc(tmp_path, rss_mib: dict[int, int], group="/jobs", avail_gib=16):
     for pid, rss in rss_mib.items():
         (root / str(pid)).mkdir()
         (root / str(pid) / "status").write_text(f"Name:\tjava\nVmRSS:\t{rss * 1024} kB\n")
+        (root / str(pid) / "statm").write_text(f"1 {rss * MIB // PAGE_SIZE} 0 0 0 0 0\n")
         (root / str(pid) / "cgroup").write_text(f"5:cpu:/\n4:memory:{group}\n")
     cg = tmp_path / "cg" / group.strip("/")
     cg.mkdir(parents=True)

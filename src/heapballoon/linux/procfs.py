@@ -23,6 +23,8 @@ from typing import BinaryIO, Union
 
 from heapballoon.errors import KernelError
 
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
 Pid = Union[int, str]  # an int, or "self" (not `int | str`: evaluated at run time, and the guest runs 3.9)
 
 
@@ -103,8 +105,15 @@ class ProcFS:
         return out
 
     def rss_bytes(self, pid: Pid) -> int:
-        """Resident set size (``VmRSS``); 0 for kernel threads, which have none."""
-        return _kb_to_bytes(self.status(pid).get("VmRSS", "0 kB"))
+        """Resident set size (the kernel's ``VmRSS``, in bytes); 0 for kernel threads.
+
+        Read from ``/proc/PID/statm`` (its second field, in pages): the same counter as
+        ``status``'s VmRSS, without the rest of ``status`` (for a JVM ``status`` took 0.4 ms,
+        which the policy paid for each JVM every tick)."""
+        fields = self.read_text(f"{pid}/statm").split()
+        if len(fields) < 2:
+            raise KernelError(f"/proc/{pid}/statm: unexpected {' '.join(fields)!r}")
+        return int(fields[1]) * PAGE_SIZE
 
     def cmdline(self, pid: Pid) -> list[str]:
         text = self.read_text(f"{pid}/cmdline")
