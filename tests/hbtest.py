@@ -248,3 +248,15 @@ def require_ksm():
     require_root()
     if not os.access("/sys/kernel/mm/ksm/run", os.W_OK):
         pytest.skip("KSM is not available or not writable on this kernel")
+
+
+def parse_app_lines(text: str) -> list[dict]:
+    """The demo app's JSON lines (``[cmd] {...}``) in a guest's console or `vm logs` output."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("[cmd] {"):
+            try:
+                out.append(json.loads(line[len("[cmd] "):]))
+            except ValueError:
+                pass
+    return out

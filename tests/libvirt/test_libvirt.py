@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from hbtest import MIB, wait_for
+from hbtest import MIB, parse_app_lines, wait_for
 from lvhost import Libvirtd, domain_xml, guest_files, virsh
 
 PY = sys.executable
@@ -131,14 +131,7 @@ def memfd_resident_bytes(name: str, uri: str) -> int:
 
 
 def app_lines(console_log: str) -> list[dict]:
-    out = []
-    for line in open(console_log, errors="replace").read().splitlines():
-        if line.startswith("[cmd] {"):
-            try:
-                out.append(json.loads(line[len("[cmd] "):]))
-            except ValueError:
-                pass
-    return out
+    return parse_app_lines(open(console_log, errors="replace").read())
 
 
 def test_check_names_what_is_missing_and_prepare_adds_it(lv, guest, host):

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from hbtest import MIB, wait_for
+from hbtest import MIB, parse_app_lines, wait_for
 
 PY = sys.executable
 KERNEL_ERRORS = re.compile(r"Out of memory|Kernel panic|BUG:|Oops|Call Trace|general protection")
@@ -69,14 +69,7 @@ def memfd_resident_bytes(name: str) -> int:
 
 
 def app_lines(host: Host, name: str) -> list[dict]:
-    out = []
-    for line in host.cli("vm", "logs", name).stdout.splitlines():
-        if line.startswith("[cmd] {"):
-            try:
-                out.append(json.loads(line[len("[cmd] "):]))
-            except ValueError:
-                pass
-    return out
+    return parse_app_lines(host.cli("vm", "logs", name).stdout)
 
 
 def test_acceptance_guest_jvm_reclaimed_by_page_number(host, vms):
