@@ -8,8 +8,8 @@ to a person. Rules:
   ones are dropped (and the legend says which), never truncated. Names and reasons fold onto
   a second line instead of ending in ``…``.
 * Fields a newer daemon adds are shown when present and skipped when absent: the automatic
-  policy's line (``policy auto: soft: 312 MiB to find, budget 1.8 GiB``; hostd's ``vm_policy``),
-  each JVM's ``target_reason`` or VM's ``policy_reason`` and an unmet node target's
+  policy's line (``policy auto: soft: 312 MiB to find, budget 1.8 GiB``; hostd's ``vm_policy``
+  with a line per VM and its ``policy_reason``), each JVM's ``target_reason`` and an unmet node target's
   ``unmet_bytes``/``unmet_reason``.
 
 :func:`status_renderable` builds the picture for a width (``status --watch`` redraws it);
@@ -88,7 +88,6 @@ VM_COLUMNS = (
     Column("RESIDENT", "host_resident_bytes", short_size, 0),
     Column("P99", "pause_ms_p99", _ms, 4),
     Column("JVMS", "jvms", lambda v: str(len(v)), 5),
-    Column("REASON", "policy_reason", str, 2, text=True, min_width=12),
 )
 HEADER_NAMES = {"FREED": "FREED = reclaimed, verified", "MAX": "MAX = heap max", "COMMIT": "COMMIT = committed heap",
                 "RESIDENT": "RESIDENT = host-resident guest RAM", "P99": "P99 = pause p99"}
@@ -195,9 +194,8 @@ def status_renderable(body: dict, width: int) -> RenderableType:
             parts.extend(_node_lines(node))
     if "vms" in body:
         vms = body["vms"]
-        if body.get("vm_policy"):
-            parts.append(Text(f"VM policy {body['vm_policy']}", style="bold"))
         add(f"VMs ({len(vms)})", VM_COLUMNS, vms)
+        parts.extend(Text(line) for line in vm_policy_lines(body))
         for vm in vms:
             if vm.get("jvms"):
                 add(f"JVMs in {vm['name']}", JVM_COLUMNS, vm["jvms"])
@@ -228,11 +226,23 @@ def render_plain(body: dict, width: int = 80) -> str:
         if line:
             out.append(f"policy {line}")
     if "vms" in body:
-        if body.get("vm_policy"):
-            out.append(f"VM policy {body['vm_policy']}")
         table(f"VMs ({len(body['vms'])})", VM_COLUMNS, body["vms"])
+        out.extend(vm_policy_lines(body))
         out.extend(f"left alone: {name}: {why}" for name, why in body.get("left_alone", {}).items())
     return "\n".join(out)
+
+
+def vm_policy_lines(body: dict) -> list[str]:
+    """hostd --policy auto: its state, then who gives what and why, a line per VM."""
+    if not body.get("vm_policy"):
+        return []
+    lines = [f"VM policy: {body['vm_policy']}"]
+    for vm in body.get("vms", []):
+        if vm.get("policy_reason"):
+            lines.append(f"  {vm['name']}: guest free {format_size(vm.get('virtio_target_bytes') or 0)} "
+                         f"+ heap {format_size(vm.get('target_bytes') or 0)}"
+                         f"{' (pinned)' if vm.get('pinned') else ''}: {vm['policy_reason']}")
+    return lines
 
 
 def render_status(body: dict, console: Console | None = None) -> None:

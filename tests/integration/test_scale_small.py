@@ -44,8 +44,9 @@ def test_ten_idle_jvms_a_quiet_log_and_an_unmet_target_said_plainly(daemons, app
     assert t2 - t1 == 60, beats
     between = log[off1:off2]
     assert len(between) < 1000, between  # one summary line per 60 idle ticks, nothing per JVM
-    # said when the shortfall or its cause changes (the agents' first figures may change it once
-    # or twice), not every tick: the steady-state window above holds no warning at all
-    assert 1 <= log.count("node target cannot be met") <= 3
+    # said when the shortfall (in tenths) or its cause changes while the agents report their
+    # first figures and the balloons grow, not every tick: a few times in the hundreds of ticks
+    # so far, and none in the steady-state window above
+    assert 1 <= log.count("node target cannot be met") <= 10 < t2 // 10
     assert "cannot be met" not in between
     assert max(map(len, log.splitlines())) < 1000

@@ -113,6 +113,8 @@ async def read(vm, set_actual_bytes: int | None = None) -> BalloonReading | None
     """Read ``vm``'s balloon (and first ask for ``set_actual_bytes``, if given) in one QMP
     connection; stores the reading in ``vm.virtio`` and returns it. None, keeping the last
     reading, when the VM's lock is taken (a reclaim is running). ReclaimError on QMP trouble."""
+    if not vm.virtio_via_qmp:
+        raise ReclaimError("virtio-balloon of a libvirt domain is not managed by hostd yet")
     if vm.lock.locked():
         return None
     async with vm.lock:

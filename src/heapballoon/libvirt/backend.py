@@ -46,6 +46,7 @@ class LibvirtVM(VM):
     uri: str = ""
     socket: str = ""
     migrating: bool = False
+    virtio_via_qmp: bool = False  # libvirt owns the monitor; its balloon API is not wired yet
 
     @property
     def channel_path(self) -> str:
