@@ -250,4 +250,6 @@ def render_status(body: dict, console: Console | None = None) -> None:
         print(render_plain(body))
         return
     console = console or Console()
-    console.print(status_renderable(body, console.width))
+    # Piped (grep, logs), the explanation lines stay whole lines: rich would otherwise wrap them
+    # at its default 80 columns. On a terminal everything fits its width.
+    console.print(status_renderable(body, console.width), soft_wrap=not console.is_terminal)

@@ -32,9 +32,9 @@ def _driver_body(**node_over) -> dict:
     return DriverStatus(jvms, NodeStatus(**node)).to_dict()
 
 
-def _render(body: dict, width: int) -> str:
+def _render(body: dict, width: int, terminal: bool = True) -> str:
     out = io.StringIO()
-    render_status(body, Console(file=out, width=width, force_terminal=False, color_system=None))
+    render_status(body, Console(file=out, width=width, force_terminal=terminal, color_system=None))
     return out.getvalue()
 
 
@@ -118,3 +118,17 @@ def test_vm_status_fits(width):
 def test_short_size():
     assert [short_size(v) for v in (0, 512, 48 * MIB, 1536 * MIB, 512 * MIB, 999 * MIB, 1000 * MIB)] == \
         ["0", "512B", "48M", "1.5G", "512M", "999M", "1.0G"]
+
+
+def test_piped_status_keeps_each_explanation_on_one_line():
+    """Piped into grep or a log, a VM policy line is one line whatever its length."""
+    vm = dict(name="pa", pid=7, memory_bytes=GIB, reclaim="pfn", target_bytes=544 * MIB, balloon_bytes=544 * MIB,
+              reclaimed_bytes=543 * MIB, host_resident_bytes=431 * MIB, policy_reason="active 77%, shares 1000: "
+              "at its floor (live+headroom)", jvms=[])
+    body = {"jvms": [], "vms": [vm], "vm_policy": "low: 59.7 MiB to find, 59.4 MiB unmet (set by budget); budget "
+            "1.4 GiB, resident 1.4 GiB; budget unmet by 59.4 MiB: the others are at their floors (live set + headroom)"}
+    text = _render(body, 80, terminal=False)
+    print(text)
+    assert any(line.startswith("VM policy: low:") and line.rstrip().endswith("(live set + headroom)")
+               for line in text.splitlines())
+    assert "  pa: guest free 0 B + heap 544.0 MiB: active 77%, shares 1000: at its floor (live+headroom)" in text

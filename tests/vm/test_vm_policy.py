@@ -114,7 +114,7 @@ def test_two_guests_meet_the_budget_free_memory_first(vms):
         # status explains who gave what
         text = host.cli("status", "--vms").stdout
         print(text)
-        assert "VM policy:" in text and "budget 1.4 GiB" in text.replace("\n", " ")
+        assert "VM policy:" in text and "budget 1.4 GiB" in text
         for name in NAMES:
             assert re.search(rf"^\s+{name}: guest free \S+ \S+ \+ heap", text, re.M), text
         body = json.loads(host.cli("status", "--vms", "--json").stdout)
