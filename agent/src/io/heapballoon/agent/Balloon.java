@@ -1,5 +1,6 @@
 package io.heapballoon.agent;
 
+import java.lang.management.ManagementFactory;
 import java.lang.ref.Reference;
 import java.lang.ref.ReferenceQueue;
 import java.lang.ref.SoftReference;
@@ -7,6 +8,7 @@ import java.lang.ref.WeakReference;
 import java.util.ArrayList;
 import java.util.Iterator;
 import java.util.List;
+import java.util.function.LongSupplier;
 
 /**
  * Owns the balloon: its chunks (zeroed byte[] held ONLY through SoftReferences, so the JVM
@@ -23,14 +25,17 @@ final class Balloon {
         final long id;
         final int len;
         final long footprintBytes;
+        /** JVM uptime when the chunk was added: the clock of GcInfo's start and end times. */
+        final long addedUptimeMs;
         long addr;
         boolean released;
 
-        Chunk(long id, byte[] array, ReferenceQueue<byte[]> queue, long footprintBytes) {
+        Chunk(long id, byte[] array, ReferenceQueue<byte[]> queue, long footprintBytes, long addedUptimeMs) {
             super(array, queue);
             this.id = id;
             this.len = array.length;
             this.footprintBytes = footprintBytes;
+            this.addedUptimeMs = addedUptimeMs;
         }
     }
 
@@ -48,9 +53,16 @@ final class Balloon {
     private boolean direct;
     private boolean releaseErrorLogged;
 
+    private final LongSupplier uptimeMs;
+
     Balloon(ChunkGeometry geometry, AddressSource addresses) {
+        this(geometry, addresses, ManagementFactory.getRuntimeMXBean()::getUptime);
+    }
+
+    Balloon(ChunkGeometry geometry, AddressSource addresses, LongSupplier uptimeMs) {
         this.geometry = geometry;
         this.addresses = addresses;
+        this.uptimeMs = uptimeMs;
     }
 
     synchronized long footprintBytes() {
@@ -75,7 +87,7 @@ final class Balloon {
 
     /** Adds a freshly allocated zeroed array as the newest chunk. */
     synchronized void add(byte[] array) {
-        Chunk c = new Chunk(nextId++, array, queue, geometry.footprintBytes);
+        Chunk c = new Chunk(nextId++, array, queue, geometry.footprintBytes, uptimeMs.getAsLong());
         c.addr = addresses.payloadAddress(array, 0);
         if (direct) {
             releasePages(c, array);
@@ -83,6 +95,19 @@ final class Balloon {
         chunks.add(c);
         footprintBytes += c.footprintBytes;
         epoch++;
+    }
+
+    /**
+     * Bytes of the held chunks added after {@code uptimeMs}: a collection that ended then did
+     * not see them, so they must not be subtracted from its figures (GC notifications arrive
+     * late, often while the balloon is growing; subtracting them made the live set read 0).
+     */
+    synchronized long addedAfterBytes(long uptimeMs) {
+        long sum = 0;
+        for (int i = chunks.size() - 1; i >= 0 && chunks.get(i).addedUptimeMs > uptimeMs; i--) {
+            sum += chunks.get(i).footprintBytes;
+        }
+        return sum;
     }
 
     /** Drops newest chunks until the footprint is at most {@code limitBytes}; bytes dropped. */

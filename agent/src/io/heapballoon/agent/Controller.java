@@ -67,7 +67,10 @@ final class Controller {
     final LiveSet live;
     final GcCost gcCost;
     private final Options options;
-    private final long jvmStartMs = ManagementFactory.getRuntimeMXBean().getStartTime();
+    private final java.lang.management.RuntimeMXBean runtime = ManagementFactory.getRuntimeMXBean();
+    private final long jvmStartMs = runtime.getStartTime();
+    /** Uptime minus GcInfo time, an upper bound (GC-notification thread only). */
+    private long gcClockOffsetMs = Long.MAX_VALUE;
 
     /** Pending event lines, sent by the agent thread. */
     final ConcurrentLinkedQueue<String> events = new ConcurrentLinkedQueue<>();
@@ -191,7 +194,13 @@ final class Controller {
         if (samples.length == 0) {
             return; // a "Pauses" bean: the matching "Cycles" notification carries the figures
         }
-        long notOurs = balloon.footprintBytes() + balloon.droppedNotCollectedBytes();
+        // The balloon as the collection saw it: chunks added since it ended are not in its figures.
+        // GcInfo's clock runs ~25 ms behind getUptime() (HotSpot starts them apart); the smallest
+        // gap between a collection's end and its notification seen so far bounds that offset.
+        long gcClockEndMs = info.getGcInfo().getEndTime();
+        gcClockOffsetMs = Math.min(gcClockOffsetMs, runtime.getUptime() - gcClockEndMs);
+        long notOurs = balloon.footprintBytes() - balloon.addedAfterBytes(gcClockEndMs + gcClockOffsetMs)
+                + balloon.droppedNotCollectedBytes();
         for (LiveSet.Sample sample : samples) {
             long liveBytes = live.record(sample, notOurs, System.currentTimeMillis());
             if (liveBytes >= 0) {

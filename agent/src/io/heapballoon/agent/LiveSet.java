@@ -170,7 +170,14 @@ final class LiveSet {
                 live = robust;
                 break;
             case PARTIAL:
-                if (estimateBytes < 0 || live < estimateBytes) {
+                // A young collection's figure is an upper bound of the live set at that moment.
+                // After a complete collection it may only lower the estimate (it also counts
+                // garbage promoted since). Before any, it is the only figure there is, and the
+                // newest one is the truest: the application may still be loading its data, and
+                // an early, small figure kept would let the balloon take the room that data
+                // needs. When this bound holds the balloon back, the controller's probe asks for
+                // the complete collection that settles it.
+                if (estimateBytes < 0 || live < estimateBytes || completeCount == 0) {
                     estimateBytes = live;
                     source = sample.source + " (upper bound)";
                 }

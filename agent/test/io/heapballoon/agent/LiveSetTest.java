@@ -57,6 +57,23 @@ class LiveSetTest {
     }
 
     @Test
+    void beforeAnyCompleteCollectionTheNewestYoungFigureCounts() {
+        // The application is still loading its data: an early, small figure must not stick.
+        Set<String> heap = Set.of("G1 Eden Space", "G1 Survivor Space", "G1 Old Gen");
+        LiveSet live = new LiveSet("G1", true, 0);
+        assertEquals(-1, live.record(live.samples("G1 Young Generation", pools(),
+                pools("G1 Survivor Space", 7, "G1 Old Gen", 30), heap)[0], 0, 1));
+        assertEquals(37 * MIB, live.estimateBytes());
+        live.record(live.samples("G1 Young Generation", pools(), pools("G1 Survivor Space", 10, "G1 Old Gen", 180), heap)[0], 0, 2);
+        assertEquals(190 * MIB, live.estimateBytes());
+        assertEquals("G1 Young Generation (upper bound)", live.source());
+        // once a complete collection has counted, young figures may only lower it again
+        live.record(live.samples("G1 Old Generation", pools(), pools("G1 Old Gen", 150), heap)[0], 0, 3);
+        live.record(live.samples("G1 Young Generation", pools(), pools("G1 Survivor Space", 10, "G1 Old Gen", 400), heap)[0], 0, 4);
+        assertEquals(150 * MIB, live.estimateBytes());
+    }
+
+    @Test
     void concurrentCyclesTakeTheSmallerOfTheLastTwo() {
         Set<String> heap = Set.of("Shenandoah");
         LiveSet live = new LiveSet("Shenandoah", false, 0);
