@@ -3,10 +3,12 @@
 This module owns the *daemon*: the registry of VMs (scanned from ``RUN_DIR/vms/NAME/``, as
 heapballoon.vm lays them out: ``vm.json`` with ``pid``, ``memory_bytes``, ``reclaim``
 (``pfn``: memfd RAM hostd punches; ``ksm``: private RAM left to KSM)), one guest channel per
-VM (hostd connects to ``channel.sock`` as a client, reconnecting with backoff), QMP through the
-VM's ``qmp-hostd.sock`` (``qmp.sock`` if absent; one short connection per reclaim), the
-control socket for the CLI (``vm_target``, ``status_request``) and the state file that keeps
-targets across restarts (``RUN_DIR/hostd-state.json``). Reclaiming itself is reclaim.py's.
+VM (hostd connects to ``channel.sock`` as a client, reconnecting with backoff; the sessions are
+guestsession.py's), QMP through the VM's ``qmp-hostd.sock`` (``qmp.sock`` if absent; one short
+connection per reclaim), the control socket for the CLI (``vm_target``, ``status_request``;
+the answers are hostcontrol.py's), the state file that keeps targets across restarts
+(``RUN_DIR/hostd-state.json``), start-up and shut-down, and the ``heapballoon hostd`` command.
+Reclaiming itself is reclaim.py's.
 RUN_DIR is ``--run-dir``, ``$HEAPBALLOON_RUN_DIR`` or ``/run/heapballoon``.
 
 Guest channel, per VM::
@@ -59,13 +61,13 @@ import sys
 import time
 
 from heapballoon import protocol, transport
-from heapballoon.errors import HeapballoonError, KernelError, MessageTooLarge, ProtocolError, UsageError
-from heapballoon.host import virtioballoon, vmstatus
+from heapballoon.errors import KernelError, UsageError
+from heapballoon.host import vmstatus
 from heapballoon.driver.ksmctl import KsmController
 from heapballoon.linux.ksm import KSM
 from heapballoon.host.shortpause import DEFAULT_PAUSE_BUDGET_MS, GIL_SWITCH_INTERVAL_S, PauseModel
-from heapballoon.host.guestsession import MAX_BAD_LINES, GuestSessions
-from heapballoon.status import HostStatus, PolicyReport, VMStatus
+from heapballoon.host.guestsession import GuestSessions
+from heapballoon.host.hostcontrol import ControlRequests
 from heapballoon.host.vmreclaim import MAX_BALLOON_INTERVALS  # noqa: F401 - part of hostd's API
 from heapballoon.host.vmregistry import VM, load_vm, run_dir_path  # noqa: F401 - hostd's API
 
@@ -75,11 +77,11 @@ DEFAULT_RUN_DIR = "/run/heapballoon"
 VMS_SUBDIR = "vms"
 STATE_FILE = "hostd-state.json"
 SCAN_INTERVAL_S = 2.0
-VIRTIO_READING_MAX_AGE_S = 2.0  # status reads a VM's virtio-balloon again when older
 
 
-class HostDaemon(GuestSessions):
-    """The state and tasks of one hostd."""
+class HostDaemon(GuestSessions, ControlRequests):
+    """The state and tasks of one hostd: every attribute below is owned by its event loop (the
+    mixins, guestsession.py and hostcontrol.py, declare none of their own)."""
 
     def __init__(self, socket_path: str, run_dir: str, batch_pages: int | None = None,
                  engine: str = "short", pause_budget_ms: float | None = None) -> None:
@@ -184,83 +186,6 @@ class HostDaemon(GuestSessions):
                 await vm.channel.send(protocol.GuestTarget(vm.target_bytes))
             except (OSError, ConnectionError) as err:
                 log.info("VM %s: cannot send target: %s", vm.name, err)
-
-    async def _unpin(self, vm: VM, msg: protocol.VMTarget) -> protocol.Message:
-        if self.autopolicy is None:
-            return protocol.Error(f"hostd runs without --policy auto: give VM {vm.name} a size", msg.id)
-        self.targets.pop(vm.name, None)
-        self.save_state()
-        log.info("VM %s: target auto (the policy decides)", vm.name)
-        return protocol.Reply(msg.id, {"vm": vm.name, "target_bytes": vm.target_bytes, "auto": True})
-
-    def vm_status(self, vm: VM) -> dict:
-        return vmstatus.vm_status(vm)
-
-    async def control_message(self, msg: protocol.Message) -> protocol.Message:
-        if isinstance(msg, protocol.StatusRequest):
-            self.scan()
-            await virtioballoon.refresh(self.vms.values(), VIRTIO_READING_MAX_AGE_S)
-            vms = await asyncio.to_thread(lambda: [self.vm_status(v) for v in sorted(self.vms.values(), key=lambda v: v.name)])
-            # built as the typed payload, so what hostd sends always has the documented shape
-            pinned = self.autopolicy is not None
-            return protocol.Reply(msg.id, HostStatus(
-                tuple(VMStatus.from_dict({**v, "pinned": pinned and v["name"] in self.targets}) for v in vms),
-                self.autopolicy.status_text() if self.autopolicy else "", self.left_alone).to_dict())
-        if isinstance(msg, protocol.PolicyExplainRequest):
-            report = self.autopolicy.report() if self.autopolicy else PolicyReport(
-                "manual", "manual", None, "policy manual: VM targets are set by hand (heapballoon target --vm); "
-                "start hostd with --policy auto to have them decided", 0)
-            return protocol.Reply(msg.id, report.to_dict())
-        if isinstance(msg, protocol.VMTarget):
-            vm = self.vms.get(msg.vm)
-            if vm is None:
-                self.scan()
-                vm = self.vms.get(msg.vm)
-            if vm is None:
-                return protocol.Error(f"no VM named {msg.vm} is managed by this hostd (`heapballoon vm list` shows the VMs)", msg.id)
-            if msg.auto:
-                return await self._unpin(vm, msg)
-            if msg.target_bytes > vm.memory_bytes:
-                return protocol.Error(f"target {msg.target_bytes} bytes exceeds VM {vm.name}'s "
-                                      f"{vm.memory_bytes} bytes of RAM", msg.id)
-            vm.target_bytes = msg.target_bytes
-            self.targets[vm.name] = msg.target_bytes
-            self.save_state()
-            await self._send_target(vm)
-            log.info("VM %s: target %d bytes", vm.name, msg.target_bytes)
-            return protocol.Reply(msg.id, {"vm": vm.name, "target_bytes": vm.target_bytes})
-        return protocol.Error(f"hostd does not handle {msg.TYPE!r} requests", getattr(msg, "id", 0))
-
-    async def _control_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        ch = transport.LineChannel(reader, writer)
-        bad = 0
-        try:
-            while True:
-                try:
-                    msg = await ch.recv()
-                except MessageTooLarge as err:
-                    log.warning("control client: %s; dropping it", err)
-                    return
-                except ProtocolError as err:
-                    bad += 1
-                    await ch.send(protocol.Error(str(err)))
-                    if bad >= MAX_BAD_LINES:
-                        return
-                    continue
-                if msg is None:
-                    return
-                bad = 0
-                try:
-                    reply = await self.control_message(msg)
-                except HeapballoonError as err:
-                    reply = protocol.Error(str(err), getattr(msg, "id", 0))
-                await ch.send(reply)
-        except (OSError, ConnectionError):
-            pass
-        except Exception:  # noqa: BLE001
-            log.exception("control client handler failed")
-        finally:
-            ch.close()
 
     # ------------------------------------------------------------ lifecycle
 

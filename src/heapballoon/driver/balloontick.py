@@ -1,0 +1,206 @@
+"""The driver's per-tick balloon work: deciding targets, then doing each tick's I/O.
+
+This module owns what one tick of :class:`heapballoon.driver.daemon.Driver` does, in order
+(:meth:`BalloonTick.step`): forget JVMs that are gone, let the policy engine tick, send each
+agent the target :meth:`BalloonTick.tick` decides, verify every balloon through pagemap (in a
+worker thread, :func:`_read_verifications`, a pure function of copies), steer KSM, and log the
+tick (``driver.tickreport``). It is a mixin of ``Driver`` and declares no state of its own: the
+attributes it reads and writes are declared in ``Driver.__init__`` and owned, like every
+JVMRecord, by the event loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from heapballoon import protocol
+from heapballoon.driver import policy
+from heapballoon.driver.registry import JVMRecord
+from heapballoon.driver.tickreport import Unmet, jvm_detail, node_summary
+from heapballoon.driver.verify import Verification, verify_chunks
+from heapballoon.errors import KernelError
+from heapballoon.linux import pagemap
+from heapballoon.linux.procfs import ProcFS
+
+log = logging.getLogger("heapballoon.driver")
+DISCONNECTED_GRACE_S = 60.0
+MOVE_GRACE_S = 1.5
+REVERIFY_S = 10.0  # a settled, fully reclaimed balloon is read through pagemap this often
+REVERIFY_SLACK_BYTES = 1 << 20  # "fully reclaimed": all but this much of the balloon
+REAP_SWEEP_TICKS = 30
+
+
+class BalloonTick:
+    """The controller and the tick of Driver (uses its ``registry``, ``channels``, ``policy`` ...)."""
+
+    # Whether balloon pages are verified here through pagemap (the guest driver: no, the
+    # host acknowledges them).
+    VERIFY_PAGEMAP = True
+
+    # ------------------------------------------------------------------ policy
+
+    def reclaim_mode(self, rec: JVMRecord) -> str:
+        modes = rec.hello.reclaim_modes
+        if self.reclaim_pref == "report":
+            return "report"
+        if self.reclaim_pref in ("auto", "direct") and "direct" in modes:
+            return "direct"
+        return "ksm"
+
+    def targets(self) -> dict[int, int]:
+        connected = [r for r in self.registry if r.connected]
+        if self.policy is not None:
+            return self.policy.targets(connected)
+        return policy.effective_targets(
+            self.node_target_bytes,
+            {r.pid: r.explicit_target_bytes for r in connected},
+            {r.pid: r.excess_bytes for r in connected},
+            {r.pid: self.room_bytes(r) for r in connected},
+        )
+
+    def room_bytes(self, rec: JVMRecord) -> int:
+        """Most a balloon may hold in this JVM: what its agent says it can hold (up to the
+        maximum heap, or the old generation for Serial and Parallel), since here the kernel
+        frees balloon pages (direct or KSM) and a heap that grows to hold them costs nothing."""
+        return rec.balloon_max_bytes
+
+    def tick(self) -> list[tuple[JVMRecord, protocol.Target]]:
+        """Decide which agents must be sent a new target. Pure: reads only the registry."""
+        out = []
+        for pid, target_bytes in self.targets().items():
+            rec = self.registry.get(pid)
+            want = protocol.Target(target_bytes=target_bytes, reclaim=self.reclaim_mode(rec))
+            if rec.sent != want:
+                out.append((rec, want))
+        return out
+
+    # ------------------------------------------------------------------ the loop
+
+    def _reap(self) -> None:
+        """Forget JVMs whose process is gone (or whose pid now belongs to another process).
+
+        A connected agent's process cannot be gone: its exit closes the socket, which marks the
+        record disconnected at once. So each tick checks the disconnected records, and every
+        ``REAP_SWEEP_TICKS`` ticks all of them (a /proc read per JVM is most of an idle tick)."""
+        now = self.clock()
+        sweep = self.ticks % REAP_SWEEP_TICKS == 1
+        for rec in self.registry:
+            if rec.connected and not sweep:
+                continue
+            try:
+                alive = self.procfs.starttime(rec.pid) == rec.starttime
+            except KernelError:
+                alive = False
+            if not alive or (not rec.connected and now - rec.last_seen_s > DISCONNECTED_GRACE_S):
+                self.registry.remove(rec.pid)
+                log.info("forgot JVM pid=%d (%s)", rec.pid, "exited" if not alive else "gone quiet")
+                if not alive:
+                    self.saved_explicit.pop(f"{rec.pid}:{rec.starttime}", None)
+
+    async def _send_targets(self) -> None:
+        for rec, want in self.tick():
+            chan = self.channels.get(rec.pid)
+            if chan is None:
+                continue
+            try:
+                await chan.send(want)
+                rec.sent = want
+            except (ConnectionError, OSError) as err:
+                log.warning("could not send target to pid %d: %s", rec.pid, err)
+
+    async def _verify_all(self) -> None:
+        """Count reclaimed balloon pages of every JVM through pagemap: the pagemap reads run in a
+        worker thread as a pure function of (pid, chunks); the records are updated back here,
+        on the event loop, which owns them. Off where VERIFY_PAGEMAP is False (the guest)."""
+        if not self.VERIFY_PAGEMAP:
+            return
+        now = self.clock()
+        plans = [(rec.pid, rec.state.chunks) for rec in self.registry
+                 if rec.state.chunks and rec.hello.address_mode != "none" and self._verify_due(rec, now)]
+        for rec in self.registry:
+            if not rec.state.chunks or rec.hello.address_mode == "none":
+                rec.reclaimed_bytes, rec.balloon_pages = 0, 0
+        if not plans:
+            return
+        results = await asyncio.to_thread(_read_verifications, self.procfs, plans, self.zero_pfn)
+        now = self.clock()
+        for pid, chunks, v in results:
+            rec = self.registry.get(pid)
+            if rec is None or rec.state.chunks != chunks or v is None:
+                continue  # gone, or its balloon changed while we read: the next tick counts it
+            if v.reclaimed_bytes < rec.reclaimed_bytes and rec.verified_epoch == rec.state.chunks_epoch:
+                # Fewer pages reclaimed at the same addresses: either the JVM wrote to its
+                # balloon, or a collection moved the chunks and the agent's new addresses are
+                # on their way (the GC notification runs after the collection). Publish the drop
+                # only if no new state came within MOVE_GRACE_S.
+                if rec.drop_seen_s is None:
+                    rec.drop_seen_s = now
+                if now - rec.drop_seen_s < MOVE_GRACE_S:
+                    continue
+            rec.drop_seen_s = None
+            rec.verified_s = now
+            rec.verified_epoch = rec.state.chunks_epoch
+            rec.reclaimed_bytes = v.reclaimed_bytes
+            rec.balloon_pages = v.balloon_pages
+            self.after_verify(rec, v)
+
+    def _verify_due(self, rec: JVMRecord, now: float) -> bool:
+        """Whether a JVM's balloon is read through pagemap this tick. Reading every page of every
+        balloon every tick cost 380 ms a tick with 100 JVMs holding 4.7 GiB; a balloon whose
+        chunks did not change and whose pages are all reclaimed is read again every
+        ``reverify_s`` (REVERIFY_S, staggered by pid so the JVMs do not all come due on one tick;
+        a write into it shows up then), the others every tick: new or moved chunks, a drop
+        waiting for the agent's new addresses, KSM still merging."""
+        if rec.verified_s is None or rec.verified_epoch != rec.state.chunks_epoch or rec.drop_seen_s is not None:
+            return True
+        if rec.reclaimed_bytes < rec.state.balloon_bytes - REVERIFY_SLACK_BYTES:
+            return True
+        return now - rec.verified_s >= self.reverify_s * (0.5 + (rec.pid % 97) / 97)
+
+    def after_verify(self, rec: JVMRecord, v: Verification) -> None:
+        """Hook for the guest driver (VM mode), which reports page numbers to the host."""
+
+    def _tick_summary(self, targets: dict[int, int], short: Unmet) -> str:
+        """The one short line a tick logs (when it changed, or as a heartbeat): the node's
+        state. Whoever adds state to the driver (the policy engine) appends it here."""
+        ksm = "boost" if self.ksmctl.boosted else self.ksmctl.reason
+        return node_summary(self.ticks, list(self.registry), self.node_target_bytes, short, ksm)
+
+    def _log_tick(self) -> None:
+        targets = self.targets()
+        short = self.unmet(targets)
+        details = {r.pid: jvm_detail(r, targets.get(r.pid, 0)) for r in self.registry}
+        self.tick_log.emit(self.ticks, self._tick_summary(targets, short), details, short, self.tick_ms,
+                           self.registry)
+
+    async def step(self) -> None:
+        started = time.perf_counter()
+        self.ticks += 1
+        self._reap()
+        if self.policy is not None:
+            self.policy.maybe_tick([r for r in self.registry if r.connected], self.clock())
+        await self._send_targets()
+        await self._verify_all()
+        waiting = sum(max(0, r.balloon_pages - r.reclaimed_bytes // pagemap.PAGE_SIZE)
+                      for r in self.registry if r.state.reclaim == "ksm")
+        try:
+            self.ksmctl.tick(waiting)
+        except KernelError as err:
+            log.error("KSM control failed: %s", err)
+        if self.policy is None:  # the policy logs its own summary line
+            self._log_tick()
+        self.tick_ms = (time.perf_counter() - started) * 1000
+
+
+def _read_verifications(procfs: ProcFS, plans, zero_pfn):
+    """Worker thread: pagemap verification of each (pid, chunks); touches no daemon state."""
+    out = []
+    for pid, chunks in plans:
+        try:
+            out.append((pid, chunks, verify_chunks(procfs, pid, chunks, zero_pfn)))
+        except KernelError as err:
+            log.debug("pagemap of pid %d unreadable: %s", pid, err)
+            out.append((pid, chunks, None))
+    return out

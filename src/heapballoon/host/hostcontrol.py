@@ -1,0 +1,108 @@
+"""hostd's control socket: the requests the CLI sends to ``heapballoon hostd``.
+
+This module owns the answers to control clients (docs/protocol.md, CLI ↔ hostd): ``status``
+(every VM's figures, measured by hostd, with its virtio-balloon read again when older than
+``VIRTIO_READING_MAX_AGE_S``), ``policy_explain`` and ``vm_target`` (pin a VM's target, kept
+in the state file, or ``auto`` to unpin it), and one client connection's loop (bad lines get
+an error reply; ``MAX_BAD_LINES`` in a row drop the client). It is a mixin of
+:class:`heapballoon.host.hostd.HostDaemon` and declares no state of its own: the ``vms``,
+``targets`` and ``autopolicy`` it reads and writes are declared in ``HostDaemon.__init__`` and
+owned by hostd's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from heapballoon import protocol, transport
+from heapballoon.errors import HeapballoonError, MessageTooLarge, ProtocolError
+from heapballoon.host import virtioballoon, vmstatus
+from heapballoon.host.guestsession import MAX_BAD_LINES
+from heapballoon.host.vmregistry import VM
+from heapballoon.status import HostStatus, PolicyReport, VMStatus
+
+log = logging.getLogger("heapballoon.hostd")
+
+VIRTIO_READING_MAX_AGE_S = 2.0  # status reads a VM's virtio-balloon again when older
+
+
+class ControlRequests:
+    """The control-socket half of HostDaemon (uses its ``vms``, ``targets``, ``scan`` ...)."""
+
+    async def _unpin(self, vm: VM, msg: protocol.VMTarget) -> protocol.Message:
+        if self.autopolicy is None:
+            return protocol.Error(f"hostd runs without --policy auto: give VM {vm.name} a size", msg.id)
+        self.targets.pop(vm.name, None)
+        self.save_state()
+        log.info("VM %s: target auto (the policy decides)", vm.name)
+        return protocol.Reply(msg.id, {"vm": vm.name, "target_bytes": vm.target_bytes, "auto": True})
+
+    def vm_status(self, vm: VM) -> dict:
+        return vmstatus.vm_status(vm)
+
+    async def control_message(self, msg: protocol.Message) -> protocol.Message:
+        if isinstance(msg, protocol.StatusRequest):
+            self.scan()
+            await virtioballoon.refresh(self.vms.values(), VIRTIO_READING_MAX_AGE_S)
+            vms = await asyncio.to_thread(lambda: [self.vm_status(v) for v in sorted(self.vms.values(), key=lambda v: v.name)])
+            # built as the typed payload, so what hostd sends always has the documented shape
+            pinned = self.autopolicy is not None
+            return protocol.Reply(msg.id, HostStatus(
+                tuple(VMStatus.from_dict({**v, "pinned": pinned and v["name"] in self.targets}) for v in vms),
+                self.autopolicy.status_text() if self.autopolicy else "", self.left_alone).to_dict())
+        if isinstance(msg, protocol.PolicyExplainRequest):
+            report = self.autopolicy.report() if self.autopolicy else PolicyReport(
+                "manual", "manual", None, "policy manual: VM targets are set by hand (heapballoon target --vm); "
+                "start hostd with --policy auto to have them decided", 0)
+            return protocol.Reply(msg.id, report.to_dict())
+        if isinstance(msg, protocol.VMTarget):
+            vm = self.vms.get(msg.vm)
+            if vm is None:
+                self.scan()
+                vm = self.vms.get(msg.vm)
+            if vm is None:
+                return protocol.Error(f"no VM named {msg.vm} is managed by this hostd (`heapballoon vm list` shows the VMs)", msg.id)
+            if msg.auto:
+                return await self._unpin(vm, msg)
+            if msg.target_bytes > vm.memory_bytes:
+                return protocol.Error(f"target {msg.target_bytes} bytes exceeds VM {vm.name}'s "
+                                      f"{vm.memory_bytes} bytes of RAM", msg.id)
+            vm.target_bytes = msg.target_bytes
+            self.targets[vm.name] = msg.target_bytes
+            self.save_state()
+            await self._send_target(vm)
+            log.info("VM %s: target %d bytes", vm.name, msg.target_bytes)
+            return protocol.Reply(msg.id, {"vm": vm.name, "target_bytes": vm.target_bytes})
+        return protocol.Error(f"hostd does not handle {msg.TYPE!r} requests", getattr(msg, "id", 0))
+
+    async def _control_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ch = transport.LineChannel(reader, writer)
+        bad = 0
+        try:
+            while True:
+                try:
+                    msg = await ch.recv()
+                except MessageTooLarge as err:
+                    log.warning("control client: %s; dropping it", err)
+                    return
+                except ProtocolError as err:
+                    bad += 1
+                    await ch.send(protocol.Error(str(err)))
+                    if bad >= MAX_BAD_LINES:
+                        return
+                    continue
+                if msg is None:
+                    return
+                bad = 0
+                try:
+                    reply = await self.control_message(msg)
+                except HeapballoonError as err:
+                    reply = protocol.Error(str(err), getattr(msg, "id", 0))
+                await ch.send(reply)
+        except (OSError, ConnectionError):
+            pass
+        except Exception:  # noqa: BLE001
+            log.exception("control client handler failed")
+        finally:
+            ch.close()
