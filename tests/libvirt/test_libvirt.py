@@ -195,6 +195,38 @@ def test_guest_jvm_joins_and_target_reclaims_with_data_intact(lv, guest, host):
     assert all("error" not in line for line in lines) and lines[-1]["errors"] == 0
 
 
+def dommemstat_kib(uri: str, name: str) -> dict[str, int]:
+    """``virsh dommemstat``: libvirt's own figures (KiB), read apart from hostd."""
+    return {k: int(v) for k, v in (line.split() for line in virsh(uri, "dommemstat", name).stdout.splitlines()
+                                   if len(line.split()) == 2)}
+
+
+def test_virtio_balloon_read_and_sized_through_libvirt(lv, guest, host):
+    """hostd reads the domain's virtio-balloon statistics through libvirt's API (status shows
+    the guest's free memory), and sizing it through that API is what libvirt itself reports."""
+    from heapballoon.libvirt.conn import balloon_query
+
+    vm = wait_for(lambda: (v := host.vm(NAME)) and v["guest_available_bytes"] is not None and v, 60, 1.0,
+                  what="guest memory statistics in status (through libvirt)")
+    usable_bytes = dommemstat_kib(lv.uri, NAME)["usable"] << 10
+    print(f"hostd: guest available {vm['guest_available_bytes'] >> 20} MiB, free {vm['guest_free_bytes'] >> 20} MiB; "
+          f"virsh dommemstat: usable {usable_bytes >> 20} MiB")
+    assert vm["virtio_actual_bytes"] == vm["memory_bytes"]  # nothing asked of the virtio balloon yet
+    assert abs(vm["guest_available_bytes"] - usable_bytes) <= 64 * MIB  # the guest moves between the two reads
+    assert f"VM {NAME}: virtio-balloon statistics every 2 s (through libvirt)" in host.log()
+
+    uuid = virsh(lv.uri, "domuuid", NAME).stdout.strip()
+    take_bytes = 16 * MIB
+    try:
+        balloon_query(lv.uri, uuid, vm["memory_bytes"] - take_bytes, None)
+        wait_for(lambda: dommemstat_kib(lv.uri, NAME)["actual"] << 10 == vm["memory_bytes"] - take_bytes, 30, 0.5,
+                 what="libvirt reporting the virtio balloon at 16 MiB")
+    finally:
+        balloon_query(lv.uri, uuid, vm["memory_bytes"], None)
+    wait_for(lambda: dommemstat_kib(lv.uri, NAME)["actual"] << 10 == vm["memory_bytes"], 30, 0.5,
+             what="the virtio balloon let go")
+
+
 def test_hostd_restarted_while_the_domain_runs(lv, guest, host):
     host.stop()
     assert "running" in virsh(lv.uri, "domstate", NAME).stdout  # no pause of hostd's left behind

@@ -15,7 +15,12 @@ the cheap source and the JVM heap the dear one.
 * :func:`set_actual` asks the device for a guest size (QMP ``balloon``); the guest driver
   inflates or deflates towards it on its own time, so the next reading says how far it got.
 
-Every call is one short ``qemu.qmp`` connection to the VM's hostd monitor, made only while
+A libvirt domain's monitor is libvirt's: for it the same two steps go through libvirt's API
+(virDomainSetMemoryStatsPeriod, virDomainSetMemoryFlags, virDomainMemoryStats; libvirt.conn's
+``balloon_query``, answering in QMP's shape), so libvirt's own view of the domain's memory
+stays right.
+
+Every other call is one short ``qemu.qmp`` connection to the VM's hostd monitor, made only while
 hostd holds ``vm.lock`` (the reclaim worker uses the same monitor under that lock; QEMU serves
 one client per monitor). A VM whose lock is taken is skipped, keeping its last reading:
 statistics are never worth delaying a reclaim for. The guest's figures are its own word and
@@ -111,26 +116,19 @@ async def _execute(qmp, cmd: str, args: dict | None = None):
 
 async def read(vm, set_actual_bytes: int | None = None) -> BalloonReading | None:
     """Read ``vm``'s balloon (and first ask for ``set_actual_bytes``, if given) in one QMP
-    connection; stores the reading in ``vm.virtio`` and returns it. None, keeping the last
-    reading, when the VM's lock is taken (a reclaim is running). ReclaimError on QMP trouble."""
-    if not vm.virtio_via_qmp:
-        raise ReclaimError("virtio-balloon of a libvirt domain is not managed by hostd yet")
+    connection, or through libvirt's API for a libvirt domain; stores the reading in
+    ``vm.virtio`` and returns it. None, keeping the last reading, when the VM's lock is taken
+    (a reclaim is running). ReclaimError on QMP or libvirt trouble."""
     if vm.lock.locked():
         return None
     async with vm.lock:
-        qmp = await _connect(vm)
-        try:
+        if not vm.virtio_via_qmp:  # a libvirt domain: libvirt's balloon API (libvirt.conn)
+            balloon, stats = await vm.virtio_query(set_actual_bytes, None if vm.virtio_stats_on else STATS_INTERVAL_S)
             if not vm.virtio_stats_on:
-                await _execute(qmp, "qom-set", {"path": DEVICE_PATH, "property": "guest-stats-polling-interval",
-                                                "value": STATS_INTERVAL_S})
                 vm.virtio_stats_on = True
-                log.info("VM %s: virtio-balloon statistics every %d s", vm.name, STATS_INTERVAL_S)
-            if set_actual_bytes is not None:
-                await _execute(qmp, "balloon", {"value": int(set_actual_bytes)})
-            balloon = await _execute(qmp, "query-balloon")
-            stats = await _execute(qmp, "qom-get", {"path": DEVICE_PATH, "property": "guest-stats"})
-        finally:
-            await _disconnect(qmp)
+                log.info("VM %s: virtio-balloon statistics every %d s (through libvirt)", vm.name, STATS_INTERVAL_S)
+        else:
+            balloon, stats = await _query_qmp(vm, set_actual_bytes)
     first = vm.virtio is None
     vm.virtio = parse_reading(balloon, stats, time.monotonic(), time.time())
     if first and set_actual_bytes is None:
@@ -138,6 +136,24 @@ async def read(vm, set_actual_bytes: int | None = None) -> BalloonReading | None
         # restarted, may have inflated it): the target to move from, so a decision of 0 deflates
         vm.virtio_target_bytes = vm.virtio.held_bytes(vm.memory_bytes)
     return vm.virtio
+
+
+async def _query_qmp(vm, set_actual_bytes: int | None) -> tuple[object, object]:
+    """``read``'s QMP exchange on the VM's hostd monitor (the caller holds ``vm.lock``)."""
+    qmp = await _connect(vm)
+    try:
+        if not vm.virtio_stats_on:
+            await _execute(qmp, "qom-set", {"path": DEVICE_PATH, "property": "guest-stats-polling-interval",
+                                            "value": STATS_INTERVAL_S})
+            vm.virtio_stats_on = True
+            log.info("VM %s: virtio-balloon statistics every %d s", vm.name, STATS_INTERVAL_S)
+        if set_actual_bytes is not None:
+            await _execute(qmp, "balloon", {"value": int(set_actual_bytes)})
+        balloon = await _execute(qmp, "query-balloon")
+        stats = await _execute(qmp, "qom-get", {"path": DEVICE_PATH, "property": "guest-stats"})
+    finally:
+        await _disconnect(qmp)
+    return balloon, stats
 
 
 async def set_actual(vm, actual_bytes: int) -> BalloonReading | None:

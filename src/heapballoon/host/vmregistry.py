@@ -80,8 +80,8 @@ class VM:
     virtio_error: str = ""
     policy_reason: str = ""  # hostd --policy auto: why the VM's targets are what they are
     ram_backend: str = "ram0"  # QEMU's id of the guest-RAM memory backend (libvirt: pc.ram)
-    # hostd reaches the virtio-balloon through the VM's QMP socket (not for libvirt domains,
-    # whose monitor libvirt owns: virtioballoon.read refuses them)
+    # hostd reaches the virtio-balloon through the VM's QMP socket; libvirt domains, whose
+    # monitor libvirt owns, through libvirt's API (their ``virtio_query``)
     virtio_via_qmp: bool = True
 
     @property

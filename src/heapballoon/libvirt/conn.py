@@ -216,3 +216,45 @@ class DomainMonitor:
         if "error" in reply:
             raise ReclaimError(f"QEMU {cmd} failed: {reply['error'].get('desc', reply['error'])}")
         return reply.get("return")
+
+
+def balloon_query(uri: str, uuid: str, set_actual_bytes: int | None, stats_period_s: int | None) -> tuple[dict, dict]:
+    """A domain's virtio-balloon through libvirt's API (libvirt owns its monitor), answered in
+    the shape of QMP's ``query-balloon`` and ``qom-get guest-stats`` so host.virtioballoon parses
+    one format. ``stats_period_s``: turn the guest's statistics on first
+    (virDomainSetMemoryStatsPeriod); ``set_actual_bytes``: first ask for that guest size
+    (virDomainSetMemoryFlags, live). Blocking: hostd calls it in a worker thread."""
+    libvirt = import_binding()
+    conn = open_conn(uri)
+    try:
+        dom = conn.lookupByUUIDString(uuid)
+        if stats_period_s:
+            dom.setMemoryStatsPeriod(int(stats_period_s), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        if set_actual_bytes is not None:
+            dom.setMemoryFlags(max(1, int(set_actual_bytes) >> 10), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+        raw = dom.memoryStats()
+    except libvirt.libvirtError as err:
+        raise ReclaimError(f"libvirt balloon of domain {uuid}: {one_line(err)}") from err
+    finally:
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - a dead connection closes anyway
+            pass
+    return stats_as_qmp(raw)
+
+
+def stats_as_qmp(raw: dict) -> tuple[dict, dict]:
+    """virDomainMemoryStats (KiB; ``usable`` is the guest's MemAvailable, ``available`` the RAM
+    its kernel manages, ``last_update`` seconds since the epoch) as QMP's answers (bytes, -1 for
+    a statistic the guest did not send)."""
+
+    def kib(key: str) -> int:
+        v = raw.get(key)
+        return v * 1024 if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else -1
+
+    balloon = {"actual": kib("actual")} if kib("actual") >= 0 else {}
+    stats = {"stats": {"stat-free-memory": kib("unused"), "stat-available-memory": kib("usable"),
+                       "stat-total-memory": kib("available"), "stat-disk-caches": kib("disk_caches")},
+             "last-update": raw.get("last_update", 0)}
+    return balloon, stats
+
