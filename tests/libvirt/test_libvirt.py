@@ -254,6 +254,27 @@ def test_libvirtd_restarted_while_hostd_runs(lv, guest, host):
              what="reclaimed again through the restarted libvirtd")
 
 
+def test_guest_reset_is_a_new_boot_reclaimed_again_with_data_intact(lv, guest, host):
+    """virsh reset: the guest reboots in the same QEMU. hostd forgets the old balloon's page
+    numbers (they mean nothing to the new kernel), keeps the VM's target, and reclaims from the
+    new boot's JVM, whose data checks pass."""
+    assert host.vm(NAME)["target_bytes"] == 400 * MIB
+    console = guest["console_log"]
+    lines = app_lines(console)
+    seen, allocated_mib = len(lines), lines[-1]["allocated_mib"]
+    virsh(lv.uri, "reset", NAME)
+    wait_for(lambda: f"VM {NAME}: a new guest boot" in host.log(), 240, 1.0, what="hostd seeing the new boot")
+    vm = wait_for(lambda: (v := host.vm(NAME)) and v["jvms"] and v["reclaimed_bytes"] >= 300 * MIB and v, 240, 1.0,
+                  what="the new boot's JVM joined and reclaimed again")
+    assert vm["target_bytes"] == 400 * MIB
+    new = app_lines(console)[seen:]
+    assert any(line.get("allocated_mib", allocated_mib) < allocated_mib for line in new), new[:3]  # started afresh
+    checks = new[-1].get("checks", 0)
+    wait_for(lambda: app_lines(console)[-1].get("checks", 0) > checks, 60, 1.0, what="a data check after the reclaim")
+    new = app_lines(console)[seen:]
+    assert all("error" not in line for line in new) and new[-1]["errors"] == 0
+
+
 def test_shutdown_domain_disappears_from_status(lv, guest, host):
     console = open(guest["console_log"], errors="replace").read()
     assert not KERNEL_ERRORS.search(console), KERNEL_ERRORS.search(console).group(0)

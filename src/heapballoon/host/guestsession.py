@@ -122,6 +122,9 @@ class GuestSessions:
             if msg.page_bytes != PAGE_BYTES:
                 return protocol.Error(f"page_bytes {msg.page_bytes} unsupported (hostd handles {PAGE_BYTES})")
             if vm.hello is None or msg.boot_id != vm.hello.boot_id or not msg.boot_id:
+                if vm.hello is not None:
+                    log.info("VM %s: a new guest boot (boot_id %s): forgetting the old balloon's %d pages",
+                             vm.name, msg.boot_id or "none", len(vm.balloon))
                 vm.balloon.clear()  # a new boot: the old balloon's pages mean nothing now
                 vm.layout = None  # and re-read the memory map
             if msg.guest_ram_bytes != vm.memory_bytes:
