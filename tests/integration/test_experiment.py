@@ -57,12 +57,17 @@ def test_quick_experiment_writes_report_results_and_plots(tmp_path):
         assert isinstance(r["swap_out_pages"], int) and r["swap_out_pages"] >= 0
         assert r["data_errors"] == 0, r          # a data error is a bug, not noise
         assert r["data_checks"] > 0, r           # the services really checked their data sets
+    assert doc["rounds_run"] == 1 and len(doc["rounds"]) == len(runs) and len(doc["baselines"]) == 1
+    for r in runs:
+        assert r["rounds_measured"] == 1 and r["per_round"]["throughput_ratio"] == [r["throughput_ratio"]]
+        assert r["heap_committed_end_bytes"] == 3 * 384 << 20, r  # -Xms = -Xmx: nothing shrinks the heaps
     hb50 = next(r for r in runs if r["manager"] == "heapballoon" and r["overcommit"] == 50)
     assert hb50["reclaimed_bytes_peak"] > 0, "heapballoon reclaimed nothing at 50% overcommit"
 
     report = (out / "report.md").read_text()
     assert "## 0% overcommit" in report and "## 50% overcommit" in report
     assert "## Where heapballoon loses" in report
+    assert ("is **met**" in report) != ("is **not met**" in report)
     for name in ("memory.csv", "host.csv", "requests.csv"):
         lines = (out / name).read_text().splitlines()
         assert len(lines) > 10, name
