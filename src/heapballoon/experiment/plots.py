@@ -56,13 +56,18 @@ def memory_over_time(cfg, doc, service_rows, path) -> None:
 
 def throughput_vs_level(cfg, doc, path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for manager in sorted({r["manager"] for r in doc["runs"]}):
+    managers = sorted({r["manager"] for r in doc["runs"]})
+    levels = sorted({r["overcommit"] for r in doc["runs"]})
+    dodge = max(1.0, (levels[-1] - levels[0]) / 100)  # side by side, so error bars do not hide each other
+    for j, manager in enumerate(managers):
         pts = sorted((r["overcommit"], r["throughput_ratio"] or 0, (r.get("range") or {}).get("throughput_ratio"))
                      for r in doc["runs"] if r["manager"] == manager)
         ys = [p[1] for p in pts]
         lo = [max(0.0, y - (p[2][0] if p[2] else y)) for y, p in zip(ys, pts)]
         hi = [max(0.0, (p[2][1] if p[2] else y) - y) for y, p in zip(ys, pts)]
-        ax.errorbar([p[0] for p in pts], ys, yerr=[lo, hi], marker="o", capsize=4, label=manager)
+        xs = [p[0] + (j - (len(managers) - 1) / 2) * dodge for p in pts]
+        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=4, label=manager)
+    ax.set_xticks(levels)
     ax.axhline(0.9, color="0.5", linestyle=":", label="90 % of unconstrained")
     ax.set_xlabel("overcommit level (%)")
     ax.set_ylabel("throughput / unconstrained (ratio)")

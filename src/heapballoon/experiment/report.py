@@ -40,7 +40,7 @@ def _fmt(key: str, value) -> str:
 def _cell(key: str, value, rng: list | None = None) -> str:
     """``median (min–max)`` when the rounds differ, else the value."""
     text = _fmt(key, value)
-    if rng and rng[0] != rng[1]:
+    if rng and _fmt(key, rng[0]) != _fmt(key, rng[1]):
         text += f" ({_fmt(key, rng[0])}–{_fmt(key, rng[1])})"
     return text
 
