@@ -176,15 +176,18 @@ def test_report_shows_medians_with_ranges_and_says_when_heapballoon_lost_to_no_b
 def test_leftovers_of_a_dead_run_are_found_and_a_live_runs_are_kept(tmp_path):
     from heapballoon.experiment import leftovers
 
-    class Procs:  # unit-level fake: which PIDs are alive
+    class Procs:  # unit-level fake: 222 is a live run, 333 a PID reused by another program
         def alive(self, pid):
-            return pid == 222
+            return pid in (222, 333)
+
+        def cmdline(self, pid):
+            return ["python3", "-m", "heapballoon", "experiment"] if pid == 222 else ["sleep", "100"]
 
     cg_root, proc_root, swap_dir, tmp = (tmp_path / n for n in ("cg", "proc", "swapdir", "tmp"))
     for d in (cg_root, proc_root, swap_dir, tmp):
         d.mkdir()
     for name in ("heapballoon-experiment-111", "heapballoon-experiment-111-managers", "heapballoon-experiment-222",
-                 "other"):
+                 "heapballoon-experiment-333", "other"):
         (cg_root / name / "svc0").mkdir(parents=True)
     (swap_dir / "heapballoon-experiment-111.swap").write_text("")
     (swap_dir / "heapballoon-experiment-222.swap").write_text("")
@@ -195,7 +198,7 @@ def test_leftovers_of_a_dead_run_are_found_and_a_live_runs_are_kept(tmp_path):
     assert sorted(p.name for p in cg_root.iterdir()) == ["heapballoon-experiment-222", "other"]
     assert [p.name for p in swap_dir.iterdir()] == ["heapballoon-experiment-222.swap"]
     assert [p.name for p in tmp.iterdir()] == ["hbx-222-abc"]
-    assert len(done) == 4 and all("111" in line for line in done)
+    assert len(done) == 5 and all("111" in line or "333" in line for line in done)
     assert leftovers.clean(str(swap_dir), str(cg_root), Procs(), str(tmp), str(proc_root)) == []
 
 

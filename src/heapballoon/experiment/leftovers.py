@@ -3,8 +3,8 @@ up, so it leaves its memory cgroups ``heapballoon-experiment-PID`` (the services
 running) and ``heapballoon-experiment-PID-managers`` (a daemon), its swap file
 ``heapballoon-experiment-PID.swap`` still swapped on, and its private directory ``hbx-PID-*``.
 
-:func:`clean` removes everything whose owning PID is no longer alive (a live run's sandbox is
-never touched): it SIGKILLs the processes in those cgroups, waits for them, removes the cgroups,
+:func:`clean` removes everything whose owning PID is no longer alive, or was reused by a
+process that is not heapballoon (a live run's sandbox is never touched): it SIGKILLs the processes in those cgroups, waits for them, removes the cgroups,
 turns the swap files off and deletes them. It returns one line per thing cleaned. Every /proc,
 cgroupfs and swap call goes through ``heapballoon.linux``.
 """
@@ -53,7 +53,16 @@ def kill_cgroup(group: MemoryCgroup, timeout_s: float = 20.0) -> int:
 
 
 def _dead(pid: int, procfs: ProcFS, me: int) -> bool:
-    return pid != me and not procfs.alive(pid)
+    """The run that owned these is gone: its PID is not alive, or now belongs to a process that
+    is not heapballoon (the PID was reused). When in doubt (cmdline unreadable): alive."""
+    if pid == me:
+        return False
+    if not procfs.alive(pid):
+        return True
+    try:
+        return not any("heapballoon" in arg for arg in procfs.cmdline(pid))
+    except KernelError:
+        return False
 
 
 def clean(swap_dir: str = "/var/tmp", cgroup_root: str = cgroup.MEMORY_V1_ROOT, procfs: ProcFS | None = None,

@@ -119,7 +119,7 @@ def write(cfg: Config, doc: dict, figures: list[str]) -> str:
              "OutOfMemoryErrors + cgroup OOM kills + services that died. Swap and major faults are host-wide "
              "counters over the cell (from before the JVMs start); \"of which zero\": zero-filled pages the kernel "
              "swapped out without writing (swpout_zero). Reaction = time from the cgroup's usage at 95 % of its limit to the manager's "
-             "first 32 MiB freed (— : no pressure, or the manager freed nothing; none never frees). Manager CPU = the daemon's (heapballoon) or the stepping thread's CPU.", ""]
+             "first 32 MiB freed (— : no pressure, or the manager freed nothing; none never frees). Manager CPU = the daemon's (heapballoon) or the stepping thread's CPU; self-sizing's work is GC inside the JVMs, not separated out (0), and it reports no freed pages (reaction —).", ""]
     lines += ["## Managers", ""] + [f"- **{r['manager']}**: {r['manager_settings']}"
                                     for r in {r["manager"]: r for r in runs}.values()] + [""]
     for level in sorted({r["overcommit"] for r in runs}):
