@@ -30,9 +30,13 @@ class Interrupted(HeapballoonError):
     exit_code = 130
 
 
+_signalled: list[int] = []
+
+
 def _on_signal(signum, _frame):
     for s in (signal.SIGINT, signal.SIGTERM):  # the clean-up that follows must not be interrupted
         signal.signal(s, signal.SIG_IGN)
+    _signalled.append(signum)  # also checked between cells, should the exception land in a swallowing spot
     raise Interrupted(f"interrupted by {signal.Signals(signum).name}; cleaned up")
 
 
@@ -123,6 +127,7 @@ def run(cfg: Config, console) -> dict:
     console.print(f"{len(cells)} cells ({cfg.rounds} round{'s' if cfg.rounds > 1 else ''} of "
                   f"{len(cells) // cfg.rounds}), {cfg.cell_s:g} s of load each: about {est / 60:.0f} min "
                   f"(estimated {est:.0f} s)")
+    _signalled.clear()
     old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     run_dir = None
     sandbox = Sandbox(cfg.swap_bytes, cfg.swap_dir)
@@ -143,6 +148,8 @@ def run(cfg: Config, console) -> dict:
                       TimeElapsedColumn(), console=console) as progress:
             task = progress.add_task("cells", total=len(cells))
             for cell in cells:
+                if _signalled:
+                    raise Interrupted(f"interrupted by {signal.Signals(_signalled[0]).name}; cleaned up")
                 progress.update(task, description=f"round {cell.round + 1}: {cell.manager} at {cell.level_pct}% overcommit")
                 entry, load, samples = run_cell(cfg, cell, sandbox, jar, run_dir, baseline_ok)
                 if cell.manager == "unconstrained":  # each round against its own baseline
