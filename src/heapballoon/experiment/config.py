@@ -24,7 +24,8 @@ FULL_LEVELS = (0, 25, 50, 100)
 FULL_ROUNDS = 3
 FULL_BUDGET_S = 35 * 60
 # Wall time a cell costs beyond its load: start three JVMs (pre-touch, warm-up churn, data set),
-# wait for the agents, stop them: 3-7 s measured on the 2-CPU test machine (docs/benchmarks.md), with margin.
+# wait for the agents, stop them, summarize: 2-17 s, ~9 s on average, measured on the 2-CPU test
+# machine (docs/benchmarks.md), so the estimate errs long.
 CELL_OVERHEAD_S = 10.0
 SETUP_S = 30.0  # building (cached) jars, the swap file, the report and plots
 
