@@ -278,21 +278,36 @@ def cmd_policy(args) -> int:
     else:
         print(report.text)
 def cmd_experiment(args) -> int:
+    import dataclasses
     import shlex
 
     from rich.console import Console
 
     from heapballoon.experiment import config, runner
 
+    if args.clean:
+        if os.geteuid() != 0:
+            raise UsageError("--clean needs root (memory cgroups, swapoff)")
+        if not runner.clean(Console(stderr=False), config.Config(out_dir="").swap_dir):
+            print("nothing to clean")
+        return 0
+    if not args.out:
+        raise UsageError("the following arguments are required: --out")
     if args.seed < 0:
         raise UsageError(f"invalid seed {args.seed}: must be >= 0")
     command = "heapballoon " + shlex.join(sys.argv[1:] if sys.argv[1:2] == ["experiment"] else ["experiment"])
     make = config.quick if args.quick else config.full
     cfg = make(os.path.abspath(args.out), args.seed, command)
-    if args.policy != cfg.policy:
-        import dataclasses
-
-        cfg = dataclasses.replace(cfg, policy=args.policy)
+    changes = {"policy": args.policy}
+    if args.levels is not None:
+        changes["levels_pct"] = config.parse_levels(args.levels)
+    if args.managers is not None:
+        changes["managers"] = config.parse_managers(args.managers)
+    if args.rounds is not None:
+        changes["rounds"] = args.rounds
+    if args.cell_s is not None:
+        changes["cell_s"] = args.cell_s
+    cfg = dataclasses.replace(cfg, **changes)
     config.validate(cfg)
     try:
         os.makedirs(cfg.out_dir, exist_ok=True)
@@ -386,8 +401,17 @@ def build_parser() -> argparse.ArgumentParser:
     pol.add_argument("--host-socket", help="hostd socket (default $HEAPBALLOON_HOST_SOCKET or %s)" % transport.DEFAULT_HOST_SOCKET)
     pol.set_defaults(func=cmd_policy)
     e = sub.add_parser("experiment", help="compare memory managers under overcommit (writes a report and plots)")
-    e.add_argument("--quick", action="store_true", help="process mode, 0%% and 50%%, three managers (< 5 min)")
-    e.add_argument("--out", required=True, metavar="DIR", help="output directory (report.md, results.json, CSV, PNG)")
+    e.add_argument("--quick", action="store_true",
+                   help="process mode, 0%% and 50%%, three managers, 1 round (< 5 min); default: the full run "
+                        "(0,25,50,100%%, four managers, 3 rounds, ~35 min)")
+    e.add_argument("--out", metavar="DIR", help="output directory (report.md, results.json, CSV, PNG); required")
+    e.add_argument("--levels", metavar="PCTS", help="overcommit levels, e.g. 0,50")
+    e.add_argument("--managers", metavar="NAMES", help="managers, e.g. none,heapballoon (none, self-sizing, "
+                                                        "cgroup-step, heapballoon)")
+    e.add_argument("--rounds", type=int, metavar="N", help="repeat the interleaved plan N times (medians reported)")
+    e.add_argument("--cell-s", type=float, metavar="S", help="seconds of load per cell")
+    e.add_argument("--clean", action="store_true",
+                   help="only remove what killed runs left (cgroups, their processes, swap files) and exit")
     e.add_argument("--seed", type=int, default=1, help="seed of the data sets and the load (default 1)")
     e.add_argument("--policy", choices=("manual", "auto"), default="auto",
                    help="heapballoon's policy: auto (daemon --policy auto --memory-budget) or manual (target all)")

@@ -2,12 +2,13 @@
 memory managers, interleaved in one run, with real memory pressure (a v1 memory cgroup and a
 swap file), written out as report.md, results.json, CSV time series and PNG plots.
 
-* ``config``   – the run's settings, the cells (manager × overcommit level) and their order
+* ``config``   – the run's settings, the cells (round × manager × overcommit level) and their order
 * ``workload`` – the Java services (CacheService JVMs) in their cgroups
 * ``loadgen``  – the phase-shifted asyncio load generator and its latency records
 * ``sandbox``  – the swap file and the memory cgroups, made and always removed
-* ``managers`` – none, cgroup-limit stepping (senpai-like), heapballoon
+* ``managers`` – none, JVM self-sizing, cgroup-limit stepping (senpai-like), heapballoon
 * ``metrics``  – the sampler (memory, swap, faults, PSI) and per-cell summaries
 * ``report``   – results.json and report.md; ``plots`` – the PNG figures
 * ``runner``   – runs the cells with progress and cleans up on any exit
+* ``rounds``   – medians over repeated rounds; ``leftovers`` – what a SIGKILLed run left, removed
 """

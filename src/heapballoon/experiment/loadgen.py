@@ -18,6 +18,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
+from heapballoon.errors import HeapballoonError
 from heapballoon.experiment.config import Config
 
 REQUEST_TIMEOUT_S = 5.0
@@ -118,7 +119,10 @@ async def _run(cfg: Config, ports: list[int], duration_s: float, seed: int) -> L
         tasks += [asyncio.create_task(_worker(port, service, queue, result, t0, end)) for _ in range(cfg.connections)]
     await asyncio.gather(*tickers)
     # in-flight requests finish or time out; the workers stop by themselves at `end`
-    await asyncio.wait(tasks, timeout=2 * REQUEST_TIMEOUT_S + 2)
+    done, _ = await asyncio.wait(tasks, timeout=2 * REQUEST_TIMEOUT_S + 2)
+    for task in done:  # the runner's SIGINT/SIGTERM exception, should it land in a worker, is not lost
+        if not task.cancelled() and isinstance(task.exception(), HeapballoonError):
+            raise task.exception()
     return result
 
 

@@ -1,6 +1,11 @@
 """The memory managers compared, each with the same small interface.
 
 * ``none`` – nothing gives memory back; at the limit the kernel swaps.
+* ``self-sizing`` – JVM self-sizing alone, nothing outside the JVMs: G1 periodic collections
+  (JEP 346) on a heap that may shrink (``-Xms`` far below ``-Xmx``, but started at ``-Xmx`` and
+  pre-touched like the others, so it grows and is dirty first), free ratios low enough that G1
+  uncommits after each periodic cycle, and ``SoftMaxHeapSize`` = the heap's share of the memory
+  given (honoured by ZGC and Shenandoah; G1 on JDK 17 accepts and ignores it).
 * ``cgroup-step`` – the OS-level balloon in process mode, senpai-like. cgroup v1 has no
   ``memory.high``, so each service's child cgroup gets a ``memory.limit_in_bytes`` that is stepped
   down 3 % below its usage every second while the child shows little refault pressure (under
@@ -40,9 +45,16 @@ class Manager:
     name = "none"
     with_agent = False
     settings = "nothing reclaims; the kernel swaps at the cgroup limit"
+    # Set by the runner before ``before_services``: an unlimited memory cgroup named after the run,
+    # for the processes a manager starts (so a killed run's leftovers can be found and ended).
+    cgroup: MemoryCgroup | None = None
 
     def env(self) -> dict[str, str] | None:
         return None
+
+    def jvm_args(self, cfg: Config, level_pct: int) -> list[str]:
+        """Extra JVM options for every service (after the workload's own, so they override them)."""
+        return []
 
     def before_services(self, cfg: Config, level_pct: int) -> None:
         """Called before the JVMs start."""
@@ -58,6 +70,39 @@ class Manager:
 
     def stop(self) -> None:
         """Stop whatever the manager started (idempotent)."""
+
+
+SELF_SIZING_MIN_HEAP_BYTES = 64 << 20
+SELF_SIZING_INTERVAL_MS = 2000
+SELF_SIZING_FREE_RATIO_PCT = (10, 30)  # Min/MaxHeapFreeRatio
+
+
+class SelfSizing(Manager):
+    """JVM self-sizing alone (G1 periodic collection, a shrinkable heap, a lowered SoftMaxHeapSize)."""
+
+    name = "self-sizing"
+    settings = (f"G1 (-XX:+UseG1GC, the default collector here, made explicit) with "
+                f"-XX:G1PeriodicGCInterval={SELF_SIZING_INTERVAL_MS} (JEP 346: a concurrent cycle after "
+                f"{SELF_SIZING_INTERVAL_MS / 1000:g} s without a GC), -XX:G1PeriodicGCSystemLoadThreshold=0 (no "
+                f"load-average gate: other jobs' load on a shared machine would suppress it), "
+                f"-Xms{SELF_SIZING_MIN_HEAP_BYTES >> 20}m -XX:InitialHeapSize=-Xmx (the heap starts full and "
+                f"pre-touched like the other cells', and may shrink to {SELF_SIZING_MIN_HEAP_BYTES >> 20} MiB), "
+                f"-XX:MinHeapFreeRatio={SELF_SIZING_FREE_RATIO_PCT[0]} -XX:MaxHeapFreeRatio="
+                f"{SELF_SIZING_FREE_RATIO_PCT[1]} (G1 uncommits what is above 30 % free after a cycle), "
+                f"-XX:SoftMaxHeapSize = the heap's share of the memory given (-Xmx / (1 + level)); G1 on JDK 17 "
+                f"accepts SoftMaxHeapSize but ignores it (only ZGC and Shenandoah use it; G1 support, "
+                f"JDK-8236073, is not in 17; checked: a G1 heap started at 512 MiB stays at 512 MiB committed "
+                f"after 8 s idle with SoftMaxHeapSize=64m and falls to the 32 MiB minimum with the periodic "
+                f"collection), so with G1 the shrinking comes from the periodic collections and the free ratios")
+
+    def jvm_args(self, cfg: Config, level_pct: int) -> list[str]:
+        share_mib = max(SELF_SIZING_MIN_HEAP_BYTES, cfg.heap_bytes * 100 // (100 + level_pct)) >> 20
+        return ["-XX:+UseG1GC", f"-Xms{SELF_SIZING_MIN_HEAP_BYTES >> 20}m",
+                f"-XX:InitialHeapSize={cfg.heap_bytes >> 20}m",
+                f"-XX:MinHeapFreeRatio={SELF_SIZING_FREE_RATIO_PCT[0]}",
+                f"-XX:MaxHeapFreeRatio={SELF_SIZING_FREE_RATIO_PCT[1]}",
+                f"-XX:G1PeriodicGCInterval={SELF_SIZING_INTERVAL_MS}", "-XX:G1PeriodicGCSystemLoadThreshold=0",
+                f"-XX:SoftMaxHeapSize={share_mib}m"]
 
 
 class CgroupStep(Manager):
@@ -145,9 +190,15 @@ class Heapballoon(Manager):
                "--ksm", "off", "--interval-s", "0.5"]
         if self.policy == "auto":
             cmd += ["--policy", "auto", "--memory-budget", str(cfg.given_bytes(level_pct))]
+        cgroup = self.cgroup
+
+        def enter_cgroup() -> None:  # in the child, before exec: a killed run's daemon can be found
+            if cgroup is not None:
+                cgroup.add_pid(os.getpid())
+
         with open(self.log_path, "a") as log:
             self.daemon = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                           start_new_session=True)
+                                           start_new_session=True, preexec_fn=enter_cgroup)
         try:
             wait_until(lambda: os.path.exists(self.socket) or self.daemon.poll() is not None, 30, "the daemon")
         except Timeout as err:
@@ -205,6 +256,8 @@ def make(name: str, run_dir: str, policy: str, log_path: str) -> Manager:
     """The manager called ``name``; heapballoon's daemon logs to ``log_path`` (kept with the results)."""
     if name == "cgroup-step":
         return CgroupStep()
+    if name == "self-sizing":
+        return SelfSizing()
     if name == "heapballoon":
         return Heapballoon(run_dir, policy, log_path)
     return Manager()

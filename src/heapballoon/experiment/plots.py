@@ -1,6 +1,8 @@
-"""The PNG figures (matplotlib, headless Agg): memory over time per manager stacked by workload,
-throughput against overcommit level with one line per manager, and the latency CDF at 50 %
-(or the highest level run). Every figure names the command, the seed and the machine.
+"""The PNG figures (matplotlib, headless Agg): memory over time per manager stacked by workload
+(the first round's cells), throughput against overcommit level with one line per manager (the
+median over the rounds, error bars from the rounds' min to max), and the latency CDF at 50 % (or
+the highest level run; every round's requests pooled). Every figure names the command, the seed
+and the machine.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ def memory_over_time(cfg, doc, service_rows, path) -> None:
             ax.grid(alpha=0.3)
         axes[row][0].set_ylabel("resident memory (MiB)")
     axes[0][0].legend(loc="lower right", fontsize=7)
-    fig.suptitle("Memory over time per manager, stacked by workload (RSS of each service JVM)")
+    first = " (round 1)" if doc.get("rounds_run", 1) > 1 else ""
+    fig.suptitle(f"Memory over time per manager, stacked by workload (RSS of each service JVM){first}")
     _footer(fig, cfg, doc)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=100)
@@ -53,13 +56,24 @@ def memory_over_time(cfg, doc, service_rows, path) -> None:
 
 def throughput_vs_level(cfg, doc, path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for manager in sorted({r["manager"] for r in doc["runs"]}):
-        pts = sorted((r["overcommit"], r["throughput_ratio"] or 0) for r in doc["runs"] if r["manager"] == manager)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=manager)
+    managers = sorted({r["manager"] for r in doc["runs"]})
+    levels = sorted({r["overcommit"] for r in doc["runs"]})
+    dodge = max(1.0, (levels[-1] - levels[0]) / 100)  # side by side, so error bars do not hide each other
+    for j, manager in enumerate(managers):
+        pts = sorted((r["overcommit"], r["throughput_ratio"] or 0, (r.get("range") or {}).get("throughput_ratio"))
+                     for r in doc["runs"] if r["manager"] == manager)
+        ys = [p[1] for p in pts]
+        lo = [max(0.0, y - (p[2][0] if p[2] else y)) for y, p in zip(ys, pts)]
+        hi = [max(0.0, (p[2][1] if p[2] else y) - y) for y, p in zip(ys, pts)]
+        xs = [p[0] + (j - (len(managers) - 1) / 2) * dodge for p in pts]
+        ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=4, label=manager)
+    ax.set_xticks(levels)
     ax.axhline(0.9, color="0.5", linestyle=":", label="90 % of unconstrained")
     ax.set_xlabel("overcommit level (%)")
     ax.set_ylabel("throughput / unconstrained (ratio)")
-    ax.set_title("Throughput against overcommit level")
+    n = doc.get("rounds_run", 1)
+    ax.set_title("Throughput against overcommit level" +
+                 (f" (median of {n} rounds, bars: min–max)" if n > 1 else ""))
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -76,7 +90,8 @@ def latency_cdf(cfg, doc, loads, path) -> None:
     keys = [("unconstrained", "unconstrained@0")] + [(r["manager"], f"{r['manager']}@{level}")
                                                       for r in doc["runs"] if r["overcommit"] == level]
     for label, key in keys:
-        lat = sorted(r.latency_ms for r in loads[key].records if r.ok) if key in loads else []
+        lat = sorted(r.latency_ms for k, load in loads.items() if k.split("#")[0] == key
+                     for r in load.records if r.ok)
         if lat:
             ax.plot(lat, [(i + 1) / len(lat) for i in range(len(lat))], label=label)
     ax.set_xscale("log")

@@ -1,6 +1,8 @@
-"""Runs the experiment: the sandbox, then each cell (manager, services, load, samples), then the
-report. Progress on a rich console; SIGINT and SIGTERM stop the run and everything it started
-(JVMs, the daemon, the cgroups, the swap file) is removed before it returns.
+"""Runs the experiment: the leftovers of killed runs removed, the sandbox, then each cell of every
+round (manager, services, load, samples), then the medians over the rounds and the report.
+Progress on a rich console; SIGINT and SIGTERM stop the run and everything it started (JVMs, the
+daemon, the cgroups, the swap file) is removed before it returns. SIGKILL cannot be caught: the
+next run (or ``heapballoon experiment --clean``) removes what it left (``leftovers``).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import time
 
 from heapballoon.agent import build
 from heapballoon.errors import HeapballoonError
-from heapballoon.experiment import loadgen, managers, metrics, workload
-from heapballoon.experiment.config import Cell, Config, plan
+from heapballoon.experiment import leftovers, loadgen, managers, metrics, rounds, workload
+from heapballoon.experiment.config import Cell, Config, estimated_s, plan
 from heapballoon.experiment.sandbox import Sandbox
 from heapballoon.linux.procfs import ProcFS
 
@@ -28,9 +30,13 @@ class Interrupted(HeapballoonError):
     exit_code = 130
 
 
+_signalled: list[int] = []
+
+
 def _on_signal(signum, _frame):
     for s in (signal.SIGINT, signal.SIGTERM):  # the clean-up that follows must not be interrupted
         signal.signal(s, signal.SIG_IGN)
+    _signalled.append(signum)  # also checked between cells, should the exception land in a swallowing spot
     raise Interrupted(f"interrupted by {signal.Signals(signum).name}; cleaned up")
 
 
@@ -39,13 +45,16 @@ def run_cell(cfg: Config, cell: Cell, sandbox: Sandbox, jar: str, run_dir: str, 
     children = sandbox.cell_cgroups(cfg.services, limit)
     manager = managers.make(cell.manager, run_dir, cfg.policy,
                             os.path.join(cfg.out_dir, f"daemon-{cell.manager}-{cell.level_pct}.log"))
+    manager.cgroup = sandbox.managers
+    wall_t0 = time.monotonic()
     oom_kills_before = sandbox.parent.oom_control().oom_kill
     fail_before = sandbox.parent.failcnt()
     vm_before = ProcFS().vmstat()  # before the JVMs start: pre-touching their heaps may already page
     services: list[workload.Service] = []
     try:
         manager.before_services(cfg, cell.level_pct)
-        services = [workload.start(cfg, i, jar, children[i], manager.env(), manager.with_agent)
+        jvm_args = manager.jvm_args(cfg, cell.level_pct)
+        services = [workload.start(cfg, i, jar, children[i], manager.env(), manager.with_agent, jvm_args)
                     for i in range(cfg.services)]
         workload.wait_ready(services)
         manager.after_services(cfg, cell.level_pct, [s.pid for s in services], children)
@@ -57,7 +66,7 @@ def run_cell(cfg: Config, cell: Cell, sandbox: Sandbox, jar: str, run_dir: str, 
         finally:
             samples = sampler.stop()
         counters = {"jvm_oom": 0, "died": 0, "data_checks": 0, "data_errors": 0, "cgroup_major_faults": 0}
-        p99s = []
+        p99s, committed = [], []
         for s in services:
             if s.proc.poll() is not None:
                 counters["died"] += 1
@@ -72,6 +81,7 @@ def run_cell(cfg: Config, cell: Cell, sandbox: Sandbox, jar: str, run_dir: str, 
             counters["data_checks"] += st["data_checks"]
             counters["data_errors"] += st["data_errors"]
             p99s.append(st["p99_us"] / 1000)
+            committed.append(st.get("heap_committed_bytes"))
         for c in children:
             counters["cgroup_major_faults"] += c.stat().get("total_pgmajfault", 0)
         counters["service_p99_ms"] = round(max(p99s), 2) if p99s else None
@@ -86,6 +96,9 @@ def run_cell(cfg: Config, cell: Cell, sandbox: Sandbox, jar: str, run_dir: str, 
     counters["manager_cpu_s"] = manager.cpu_s()
     entry = metrics.summarize(cell, cfg, load, samples, counters, baseline_ok)
     entry["manager_settings"] = manager.settings if cell.manager != "unconstrained" else "no limit, no manager"
+    entry["round"] = cell.round
+    entry["heap_committed_end_bytes"] = sum(committed) if committed and None not in committed else None
+    entry["wall_s"] = round(time.monotonic() - wall_t0, 1)
     return entry, load, samples
 
 
@@ -96,20 +109,34 @@ def _write_csv(path: str, fields: list[str], rows) -> None:
         w.writerows(rows)
 
 
+def clean(console, swap_dir: str) -> list[str]:
+    """Remove what killed runs left (their owner PID dead); print one line per thing cleaned."""
+    done = leftovers.clean(swap_dir)
+    for line in done:
+        console.print(f"cleaned up a killed run: {line}", soft_wrap=True, highlight=False)
+    return done
+
+
 def run(cfg: Config, console) -> dict:
     """Run every cell of ``plan(cfg)`` and write the output directory; the results document."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from heapballoon.experiment import plots, report
-
     os.makedirs(cfg.out_dir, exist_ok=True)
     cells = plan(cfg)
+    est = estimated_s(cfg)
+    console.print(f"{len(cells)} cells ({cfg.rounds} round{'s' if cfg.rounds > 1 else ''} of "
+                  f"{len(cells) // cfg.rounds}), {cfg.cell_s:g} s of load each: about {est / 60:.0f} min "
+                  f"(estimated {est:.0f} s)")
+    _signalled.clear()
     old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    run_dir = tempfile.mkdtemp(prefix="hbx-")  # short: the daemon's socket path must fit sun_path
+    run_dir = None
     sandbox = Sandbox(cfg.swap_bytes, cfg.swap_dir)
     started = time.time()
-    runs, loads, service_rows, host_rows = [], {}, [], []
+    entries, loads, service_rows, host_rows = [], {}, [], []
     try:
+        clean(console, cfg.swap_dir)
+        # short: the daemon's socket path must fit sun_path; named after this PID for `--clean`
+        run_dir = tempfile.mkdtemp(prefix=f"{leftovers.RUN_DIR_PREFIX}{os.getpid()}-")
         with console.status("building the workload and the agent (cached) …"):
             jar = str(build.experiment_jar())
             build.agent_jar()
@@ -121,36 +148,52 @@ def run(cfg: Config, console) -> dict:
                       TimeElapsedColumn(), console=console) as progress:
             task = progress.add_task("cells", total=len(cells))
             for cell in cells:
-                progress.update(task, description=f"{cell.manager} at {cell.level_pct}% overcommit")
+                if _signalled:
+                    raise Interrupted(f"interrupted by {signal.Signals(_signalled[0]).name}; cleaned up")
+                progress.update(task, description=f"round {cell.round + 1}: {cell.manager} at {cell.level_pct}% overcommit")
                 entry, load, samples = run_cell(cfg, cell, sandbox, jar, run_dir, baseline_ok)
-                if cell.manager == "unconstrained":
+                if cell.manager == "unconstrained":  # each round against its own baseline
                     baseline_ok = entry["requests_ok"]
                     entry["throughput_ratio"] = 1.0
-                runs.append(entry)
-                loads[cell.key] = load
+                entries.append(entry)
+                loads[f"{cell.key}#{cell.round}"] = load
                 service_rows += samples.service_rows
                 host_rows += samples.host_rows
-                progress.console.print(f"  {cell.manager:>13} @ {cell.level_pct:>3}%: "
+                progress.console.print(f"  r{cell.round + 1} {cell.manager:>13} @ {cell.level_pct:>3}%: "
                                        f"throughput {entry['throughput_ratio']}, p99 {entry['latency_p99_ms']} ms, "
                                        f"OOM {entry['oom_events']}, swap out {entry['swap_out_pages']} pages, "
-                                       f"data errors {entry['data_errors']}")
+                                       f"data errors {entry['data_errors']} ({entry['wall_s']} s)")
                 progress.advance(task)
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
         sandbox.close()
-        shutil.rmtree(run_dir, ignore_errors=True)
+        if run_dir:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    return write_outputs(cfg, started, entries, loads, service_rows, host_rows)
+
+
+def write_outputs(cfg: Config, started: float, entries: list[dict], loads: dict, service_rows: list[dict],
+                  host_rows: list[dict]) -> dict:
+    """results.json (medians per manager and level, every round's entries), the CSVs, plots, report."""
+    from heapballoon.experiment import plots, report
+
+    base_rounds = [e for e in entries if e["manager"] == "unconstrained"]
     doc = {"command": cfg.command, "seed": cfg.seed, "machine": report.machine_line(),
            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
            "duration_s": round(time.time() - started, 1), "config": report.config_dict(cfg),
-           "runs": [r for r in runs if r["manager"] != "unconstrained"], "baseline": runs[0]}
+           "rounds_run": cfg.rounds,
+           "runs": rounds.aggregate([e for e in entries if e["manager"] != "unconstrained"]),
+           "baseline": rounds.aggregate(base_rounds)[0], "baselines": base_rounds,
+           "rounds": [e for e in entries if e["manager"] != "unconstrained"]}
     with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
         json.dump(doc, f, indent=2)
     _write_csv(os.path.join(cfg.out_dir, "memory.csv"), metrics.SERVICE_FIELDS, service_rows)
     _write_csv(os.path.join(cfg.out_dir, "host.csv"), metrics.HOST_FIELDS, host_rows)
-    _write_csv(os.path.join(cfg.out_dir, "requests.csv"), ["cell", "service", "t_s", "latency_ms", "ok"],
-               ({"cell": key, "service": r.service, "t_s": round(r.t_s, 3), "latency_ms": round(r.latency_ms, 3),
-                 "ok": int(r.ok)} for key, load in loads.items() for r in load.records))
+    _write_csv(os.path.join(cfg.out_dir, "requests.csv"), ["cell", "round", "service", "t_s", "latency_ms", "ok"],
+               ({"cell": key.split("#")[0], "round": int(key.split("#")[1]) + 1, "service": r.service,
+                 "t_s": round(r.t_s, 3), "latency_ms": round(r.latency_ms, 3), "ok": int(r.ok)}
+                for key, load in loads.items() for r in load.records))
     figures = plots.write_all(cfg, doc, service_rows, loads)
     report.write(cfg, doc, figures)
     return doc

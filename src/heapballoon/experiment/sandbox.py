@@ -3,8 +3,11 @@
 :class:`Sandbox` makes a swap file (``fallocate`` + ``mkswap`` + ``swapon``, through
 ``heapballoon.linux.swap``) and a parent v1 memory cgroup ``heapballoon-experiment-PID``; each
 cell gets the parent's ``memory.limit_in_bytes`` set to the memory given at its overcommit
-level and one child cgroup per service (so a manager can limit services one by one).
-:meth:`Sandbox.close` removes the cgroups and the swap file, whatever happened before.
+level and one child cgroup per service (so a manager can limit services one by one). A sibling
+``heapballoon-experiment-PID-managers`` (no limit) holds what managers start (heapballoon's
+daemon), so that the leftovers of a SIGKILLed run can be found (``leftovers``).
+:meth:`Sandbox.close` ends any process still in those cgroups and removes the cgroups and the
+swap file, whatever happened before.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class Sandbox:
         self.swap_bytes = swap_bytes
         self.swap_path = os.path.join(swap_dir, f"heapballoon-experiment-{os.getpid()}.swap")
         self.parent = MemoryCgroup(f"heapballoon-experiment-{os.getpid()}", cgroup_root)
+        self.managers = MemoryCgroup(f"heapballoon-experiment-{os.getpid()}-managers", cgroup_root)
         self.cgroup_root = cgroup_root
         self.swap_made = False
 
@@ -41,6 +45,7 @@ class Sandbox:
             swap.make_swapfile(self.swap_path, self.swap_bytes)
             self.swap_made = True
             self.parent.create()
+            self.managers.create()
         except KernelError as err:
             self.close()
             raise SandboxError(f"cannot set up memory pressure: {err}") from err
@@ -55,12 +60,16 @@ class Sandbox:
 
     def close(self) -> list[str]:
         """Remove the cgroups and the swap file; the problems met (already logged), if any."""
+        from heapballoon.experiment.leftovers import kill_cgroup
+
         problems = []
-        try:
-            if self.parent.exists():
-                self.parent.remove()
-        except KernelError as err:
-            problems.append(str(err))
+        for group in (self.parent, self.managers):
+            try:
+                if group.exists():
+                    kill_cgroup(group)
+                    group.remove()
+            except KernelError as err:
+                problems.append(str(err))
         if self.swap_made or os.path.exists(self.swap_path):
             try:
                 swap.remove_swapfile(self.swap_path)

@@ -51,20 +51,22 @@ class Service:
             raise WorkloadError(f"{self.name}: /stats failed: {err}") from err
 
 
-def java_command(cfg: Config, index: int, jar: str) -> list[str]:
+def java_command(cfg: Config, index: int, jar: str, jvm_args: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The service's command line; ``jvm_args`` (a manager's) come after the defaults and override them."""
     heap_mib = cfg.heap_bytes >> 20
     return ["java", f"-Xms{heap_mib}m", f"-Xmx{heap_mib}m", "-XX:+AlwaysPreTouch", "-XX:-UseContainerSupport",
-            "-Dsun.net.httpserver.nodelay=true", "-jar", jar, "--port", "0", "--data-mib", str(cfg.data_bytes >> 20),
+            "-Dsun.net.httpserver.nodelay=true", *jvm_args, "-jar", jar, "--port", "0", "--data-mib", str(cfg.data_bytes >> 20),
             "--value-kib", str(cfg.value_bytes >> 10), "--ttl-ms", str(int(cfg.ttl_s * 1000)),
             "--seed", str(cfg.seed * 1000 + index), "--churn-kib", str(cfg.churn_bytes >> 10),
             "--warmup-mib", str(cfg.warmup_bytes >> 20)]
 
 
 def start(cfg: Config, index: int, jar: str, cgroup: MemoryCgroup, env: dict[str, str] | None,
-          with_agent: bool) -> Service:
-    """Start service ``index`` in ``cgroup`` (through ``heapballoon run`` when ``with_agent``)."""
+          with_agent: bool, jvm_args: list[str] | tuple[str, ...] = ()) -> Service:
+    """Start service ``index`` in ``cgroup`` (through ``heapballoon run`` when ``with_agent``) with a
+    manager's extra ``jvm_args``."""
     name = f"svc{index}"
-    cmd = java_command(cfg, index, jar)
+    cmd = java_command(cfg, index, jar, jvm_args)
     if with_agent:
         cmd = [sys.executable, "-m", "heapballoon", "run", "--name", name, "--", *cmd]
 

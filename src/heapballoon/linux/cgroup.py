@@ -26,6 +26,15 @@ def v1_available(root: str = MEMORY_V1_ROOT) -> bool:
     return os.path.isfile(os.path.join(root, "memory.limit_in_bytes"))
 
 
+def groups(prefix: str, root: str = MEMORY_V1_ROOT) -> list["MemoryCgroup"]:
+    """The top-level memory cgroups whose names start with ``prefix`` (none without a v1 tree)."""
+    try:
+        names = sorted(e.name for e in os.scandir(root) if e.is_dir() and e.name.startswith(prefix))
+    except OSError:
+        return []
+    return [MemoryCgroup(n, root) for n in names]
+
+
 @dataclass(frozen=True)
 class OomControl:
     """``memory.oom_control``: whether the OOM killer is off, a task is under OOM, kills so far."""
@@ -113,6 +122,10 @@ class MemoryCgroup:
             return [int(x) for x in self._read("cgroup.procs").split()]
         except KernelError:
             return []
+
+    def all_pids(self) -> list[int]:
+        """The processes in this cgroup and all its descendants."""
+        return self.pids() + [p for c in self.children() for p in c.all_pids()]
 
     # -- knobs and counters ----------------------------------------------------------------------
 

@@ -22,7 +22,8 @@ import java.util.zip.CRC32;
  * java CacheService --port P --data-mib D --value-kib V --ttl-ms T --seed S --churn-kib C --warmup-mib W
  * GET /get?k=N   the value of key N: from the cache, else computed from the data set and cached
  * GET /stats     {"requests":..,"hits":..,"misses":..,"data_checks":..,"data_errors":..,
- *                 "oom_errors":..,"cache_entries":..,"cache_bytes":..,"p50_us":..,"p99_us":..}
+ *                 "oom_errors":..,"cache_entries":..,"cache_bytes":..,"p50_us":..,"p99_us":..,
+ *                 "heap_committed_bytes":..}   (Runtime.totalMemory: the committed heap)
  * stdout: "READY port=P" once the data set is built
  * </pre>
  *
@@ -160,9 +161,10 @@ public final class CacheService {
     void handleStats(HttpExchange ex) throws IOException {
         long[] p = percentiles();
         String body = String.format("{\"requests\":%d,\"hits\":%d,\"misses\":%d,\"data_checks\":%d,\"data_errors\":%d,"
-                + "\"oom_errors\":%d,\"cache_entries\":%d,\"cache_bytes\":%d,\"p50_us\":%d,\"p99_us\":%d}",
+                + "\"oom_errors\":%d,\"cache_entries\":%d,\"cache_bytes\":%d,\"p50_us\":%d,\"p99_us\":%d,"
+                + "\"heap_committed_bytes\":%d}",
                 requests.get(), hits.get(), misses.get(), dataChecks.get(), dataErrors.get(), oomErrors.get(),
-                cache.size(), cacheBytes.get(), p[0], p[1]);
+                cache.size(), cacheBytes.get(), p[0], p[1], Runtime.getRuntime().totalMemory());
         reply(ex, 200, body);
     }
 
