@@ -66,10 +66,11 @@ def _dead(pid: int, procfs: ProcFS, me: int) -> bool:
 
 
 def clean(swap_dir: str = "/var/tmp", cgroup_root: str = cgroup.MEMORY_V1_ROOT, procfs: ProcFS | None = None,
-          tmp_dir: str | None = None, proc_root: str = "/proc") -> list[str]:
+          tmp_dir: str | None = None, proc_root: str | None = None) -> list[str]:
     """Remove the leftovers of experiment runs whose process is dead; one line per thing cleaned.
     Raises KernelError when something cannot be removed (what was cleaned before stays cleaned)."""
-    procfs = procfs or ProcFS(proc_root)
+    procfs = procfs or ProcFS(*([proc_root] if proc_root else []))
+    proc_root = proc_root or procfs.root
     me = os.getpid()
     done: list[str] = []
     groups = [g for g in cgroup.groups(PREFIX, cgroup_root)
