@@ -287,6 +287,10 @@ def cmd_experiment(args) -> int:
     if args.seed < 0:
         raise UsageError(f"invalid seed {args.seed}: must be >= 0")
     command = "heapballoon " + shlex.join(sys.argv[1:] if sys.argv[1:2] == ["experiment"] else ["experiment"])
+    if args.mode == "vm":  # VM mode: its own config and runner (experiment/vmmode.py)
+        from heapballoon.experiment import vmconfig, vmmode
+
+        config, runner = vmconfig, vmmode
     make = config.quick if args.quick else config.full
     cfg = make(os.path.abspath(args.out), args.seed, command)
     if args.policy != cfg.policy:
@@ -386,7 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
     pol.add_argument("--host-socket", help="hostd socket (default $HEAPBALLOON_HOST_SOCKET or %s)" % transport.DEFAULT_HOST_SOCKET)
     pol.set_defaults(func=cmd_policy)
     e = sub.add_parser("experiment", help="compare memory managers under overcommit (writes a report and plots)")
-    e.add_argument("--quick", action="store_true", help="process mode, 0%% and 50%%, three managers (< 5 min)")
+    e.add_argument("--quick", action="store_true", help="process mode, 0%% and 50%%, three managers (< 5 min); "
+                   "VM mode: 50%%, none, heapballoon and heapballoon+virtio (< 8 min)")
+    e.add_argument("--mode", choices=("process", "vm"), default="process",
+                   help="process: JVMs in a memory cgroup (default); vm: two QEMU guests (TCG), one JVM in each")
     e.add_argument("--out", required=True, metavar="DIR", help="output directory (report.md, results.json, CSV, PNG)")
     e.add_argument("--seed", type=int, default=1, help="seed of the data sets and the load (default 1)")
     e.add_argument("--policy", choices=("manual", "auto"), default="auto",

@@ -44,7 +44,8 @@ def memory_over_time(cfg, doc, service_rows, path) -> None:
             ax.grid(alpha=0.3)
         axes[row][0].set_ylabel("resident memory (MiB)")
     axes[0][0].legend(loc="lower right", fontsize=7)
-    fig.suptitle("Memory over time per manager, stacked by workload (RSS of each service JVM)")
+    what = "resident memory of each guest's QEMU process" if cfg.mode == "vm" else "RSS of each service JVM"
+    fig.suptitle(f"Memory over time per manager, stacked by workload ({what})")
     _footer(fig, cfg, doc)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=100)
