@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -78,9 +79,12 @@ def test_vm_mode_quick_writes_report_results_and_plots(tmp_path, vm_image, vm_ac
         width, height = png_size(png)
         assert width >= 400 and height >= 300 and png.stat().st_size > 20_000, png
 
-    # nothing left behind
-    assert not [p for p in swap.active_swaps() if "heapballoon-experiment" in p]
-    assert not [d for d in os.listdir(cgroup.MEMORY_V1_ROOT) if d.startswith("heapballoon-experiment")]
+    # nothing left behind: this run's swap file and cgroup (named by its pid: other runs may be on
+    # the machine at the same time), its QEMUs and hostd
+    pid = re.search(r"heapballoon-experiment-(\d+)\.swap", proc.stderr).group(1)
+    assert not [p for p in swap.active_swaps() if f"heapballoon-experiment-{pid}." in p]
+    assert not os.path.exists(f"/var/tmp/heapballoon-experiment-{pid}.swap")
+    assert not [d for d in os.listdir(cgroup.MEMORY_V1_ROOT) if d.startswith(f"heapballoon-experiment-{pid}")]
     left = subprocess.run(["pgrep", "-f", "process=hb-hbx[0-9]"], capture_output=True, text=True)
     assert left.stdout.strip() == "", f"QEMU left running: {left.stdout}"
     left = subprocess.run(["pgrep", "-f", "heapballoon hostd --socket /tmp/hbv-"], capture_output=True, text=True)
