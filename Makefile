@@ -65,10 +65,11 @@ dist: deps venv
 	@$(VPY) -c "from setuptools import build_meta; build_meta.build_sdist('dist')" >/dev/null
 	@ls dist
 
-# The overcommit experiment (root: cgroups, swap file): OUT=dir, QUICK=1 for the 5-minute version.
+# The overcommit experiment (root: cgroups, swap file): OUT=dir, QUICK=1 for the 5-minute version,
+# MODE=vm for two QEMU guests (process mode by default).
 OUT ?= experiment-out
 experiment: deps venv
-	@$(VENV)/bin/heapballoon experiment $(if $(QUICK),--quick) --out $(OUT)
+	@$(VENV)/bin/heapballoon experiment $(if $(QUICK),--quick) $(if $(MODE),--mode $(MODE)) --out $(OUT)
 
 bench: deps venv
 	@$(VPY) benchmarks/reclaim_process.py

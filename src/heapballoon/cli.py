@@ -51,7 +51,7 @@ def _setup_logging(level: str) -> None:
 # The guest side (guest-driver, daemon, run, attach, agent-path, guest-unit, status, target)
 # runs on Python 3.9+ with the standard library only. These commands are the host side: they
 # are tested on Python 3.11+ and need the host extras (pip install 'heapballoon[host]').
-HOST_COMMANDS = ("hostd", "vm", "image", "libvirt")
+HOST_COMMANDS = ("hostd", "vm", "image", "libvirt", "experiment")
 HOST_MIN_PYTHON = (3, 11)
 HOST_EXTRAS = ("qemu.qmp", "prometheus_client", "rich")
 
@@ -277,48 +277,6 @@ def cmd_policy(args) -> int:
         print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
     else:
         print(report.text)
-def cmd_experiment(args) -> int:
-    import dataclasses
-    import shlex
-
-    from rich.console import Console
-
-    from heapballoon.experiment import config, runner
-
-    if args.clean:
-        if os.geteuid() != 0:
-            raise UsageError("--clean needs root (memory cgroups, swapoff)")
-        if not runner.clean(Console(stderr=False), config.Config(out_dir="").swap_dir):
-            print("nothing to clean")
-        return 0
-    if not args.out:
-        raise UsageError("the following arguments are required: --out")
-    if args.seed < 0:
-        raise UsageError(f"invalid seed {args.seed}: must be >= 0")
-    command = "heapballoon " + shlex.join(sys.argv[1:] if sys.argv[1:2] == ["experiment"] else ["experiment"])
-    make = config.quick if args.quick else config.full
-    cfg = make(os.path.abspath(args.out), args.seed, command)
-    changes = {"policy": args.policy}
-    if args.levels is not None:
-        changes["levels_pct"] = config.parse_levels(args.levels)
-    if args.managers is not None:
-        changes["managers"] = config.parse_managers(args.managers)
-    if args.rounds is not None:
-        changes["rounds"] = args.rounds
-    if args.cell_s is not None:
-        changes["cell_s"] = args.cell_s
-    cfg = dataclasses.replace(cfg, **changes)
-    config.validate(cfg)
-    try:
-        os.makedirs(cfg.out_dir, exist_ok=True)
-        if not os.access(cfg.out_dir, os.W_OK):
-            raise PermissionError(13, "not writable")
-    except OSError as err:
-        raise UsageError(f"cannot write the output directory {args.out}: {err.strerror}") from None
-    _setup_logging("warning")
-    runner.run(cfg, Console(stderr=True))
-    print(os.path.join(cfg.out_dir, "report.md"))
-    return 0
 
 
 # ---------------------------------------------------------------------- parser
@@ -400,22 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     pol.add_argument("--vms", action="store_true", help="hostd's policy (VM mode) instead of the driver's")
     pol.add_argument("--host-socket", help="hostd socket (default $HEAPBALLOON_HOST_SOCKET or %s)" % transport.DEFAULT_HOST_SOCKET)
     pol.set_defaults(func=cmd_policy)
-    e = sub.add_parser("experiment", help="compare memory managers under overcommit (writes a report and plots)")
-    e.add_argument("--quick", action="store_true",
-                   help="process mode, 0%% and 50%%, three managers, 1 round (< 5 min); default: the full run "
-                        "(0,25,50,100%%, four managers, 3 rounds, ~35 min)")
-    e.add_argument("--out", metavar="DIR", help="output directory (report.md, results.json, CSV, PNG); required")
-    e.add_argument("--levels", metavar="PCTS", help="overcommit levels, e.g. 0,50")
-    e.add_argument("--managers", metavar="NAMES", help="managers, e.g. none,heapballoon (none, self-sizing, "
-                                                        "cgroup-step, heapballoon)")
-    e.add_argument("--rounds", type=int, metavar="N", help="repeat the interleaved plan N times (medians reported)")
-    e.add_argument("--cell-s", type=float, metavar="S", help="seconds of load per cell")
-    e.add_argument("--clean", action="store_true",
-                   help="only remove what killed runs left (cgroups, their processes, swap files) and exit")
-    e.add_argument("--seed", type=int, default=1, help="seed of the data sets and the load (default 1)")
-    e.add_argument("--policy", choices=("manual", "auto"), default="auto",
-                   help="heapballoon's policy: auto (daemon --policy auto --memory-budget) or manual (target all)")
-    e.set_defaults(func=cmd_experiment)
+    from heapballoon.experiment import cli as experiment_cli  # the overcommit experiment
+
+    experiment_cli.add_commands(sub)
 
     from heapballoon.vm import cli as vm_cli  # VM mode: image, vm
 

@@ -31,6 +31,7 @@ GUEST_FUNCTIONS = {
                         "cmd_guest_unit", "cmd_status", "_status_body", "cmd_target"},
     "heapballoon.vm.cli": {"add_commands"},  # only builds the parser; its commands are host side
     "heapballoon.libvirt.cli": {"add_commands"},  # the same
+    "heapballoon.experiment.cli": {"add_commands"},  # the same
 }
 # int methods vermin cannot type (the receiver's type is unknown to a static checker)
 NEWER_METHODS = {"bit_count": "3.10"}

@@ -132,6 +132,10 @@ def test_qemu_argv_names_the_vm_directory(tmp_path, monkeypatch):
     ksm = launcher.qemu_command(p, 1 << 30, 1, "ksm", "kvm", Path("/k"), Path("/i"))
     assert "memory-backend-ram,id=ram0,size=1024M,merge=on" in ksm and "-drive" not in ksm
     assert ksm[ksm.index("-cpu") + 1] == "host"
+    assert "-netdev" not in argv and "-netdev" not in ksm  # no forwards: no network device at all
+    fwd = launcher.qemu_command(p, 1 << 30, 1, "pfn", "tcg", Path("/k"), Path("/i"), forwards=((18080, 8080),))
+    assert fwd[fwd.index("-netdev") + 1] == "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:18080-:8080"
+    assert "virtio-net-pci,netdev=net0" in fwd
 
 
 def test_copies_are_checked(tmp_path):

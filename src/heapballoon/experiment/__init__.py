@@ -11,4 +11,8 @@ swap file), written out as report.md, results.json, CSV time series and PNG plot
 * ``report``   – results.json and report.md; ``plots`` – the PNG figures
 * ``runner``   – runs the cells with progress and cleans up on any exit
 * ``rounds``   – medians over repeated rounds; ``leftovers`` – what a SIGKILLed run left, removed
+* ``cli``      – ``heapballoon experiment``'s arguments, turned into a process- or VM-mode config
+* VM mode: ``vmconfig`` (sizes, what overcommit means for guests), ``vmguests`` (the QEMU guests
+  in the cgroup, port forwards), ``momrule`` (the MoM-like virtio-balloon rule), ``vmmanagers``,
+  ``vmmode`` (the runner), ``vmreport``
 """

@@ -142,11 +142,12 @@ def parse_levels(text: str) -> tuple[int, ...]:
     return levels
 
 
-def parse_managers(text: str) -> tuple[str, ...]:
+def parse_managers(text: str, known: tuple[str, ...] = MANAGERS) -> tuple[str, ...]:
+    """``"none,heapballoon"`` -> the names, each one of ``known``; UsageError (one line) otherwise."""
     names = tuple(x.strip() for x in text.split(","))
-    unknown = [n for n in names if n not in MANAGERS]
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise UsageError(f"unknown manager {unknown[0]!r} in --managers: choose from {', '.join(MANAGERS)}")
+        raise UsageError(f"unknown manager {unknown[0]!r} in --managers: choose from {', '.join(known)}")
     if len(set(names)) != len(names):
         raise UsageError(f"invalid --managers {text!r}: a manager is repeated")
     return names

@@ -47,7 +47,8 @@ def memory_over_time(cfg, doc, service_rows, path) -> None:
         axes[row][0].set_ylabel("resident memory (MiB)")
     axes[0][0].legend(loc="lower right", fontsize=7)
     first = " (round 1)" if doc.get("rounds_run", 1) > 1 else ""
-    fig.suptitle(f"Memory over time per manager, stacked by workload (RSS of each service JVM){first}")
+    what = "resident memory of each guest's QEMU process" if cfg.mode == "vm" else "RSS of each service JVM"
+    fig.suptitle(f"Memory over time per manager, stacked by workload ({what}){first}")
     _footer(fig, cfg, doc)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path, dpi=100)

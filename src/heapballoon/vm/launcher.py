@@ -80,8 +80,13 @@ def check_copies(copies) -> list[tuple[str, str]]:
 
 
 def qemu_command(paths: VMPaths, memory_bytes: int, cpus: int, reclaim: str, accel: str,
-                 kernel: Path, initrd: Path, rootdisk: Path | None = None) -> list[str]:
-    """QEMU's argv for the VM at ``paths`` (every socket and log named by the VM directory)."""
+                 kernel: Path, initrd: Path, rootdisk: Path | None = None,
+                 forwards: tuple[tuple[int, int], ...] = ()) -> list[str]:
+    """QEMU's argv for the VM at ``paths`` (every socket and log named by the VM directory).
+
+    ``forwards``: ``(host_port, guest_port)`` TCP forwards from the host's 127.0.0.1 to the guest
+    (user-mode network, ``restrict=on``: the guest reaches nothing outside; the guest sets up
+    ``eth0`` as 10.0.2.15/24 itself). No forwards: no network device at all."""
     from heapballoon.vm.accel import qemu_binary
 
     name = paths.name
@@ -97,6 +102,10 @@ def qemu_command(paths: VMPaths, memory_bytes: int, cpus: int, reclaim: str, acc
     # the read-only root disk, shared by every VM of the image (page cache in the guest and the host)
     disk = ["-drive", f"file={rootdisk},if=none,id=rootdisk,format=raw,readonly=on",
             "-device", "virtio-blk-pci,drive=rootdisk"] if rootdisk else []
+    net = []
+    if forwards:
+        fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{int(h)}-:{int(g)}" for h, g in forwards)
+        net = ["-netdev", f"user,id=net0,restrict=on,{fwd}", "-device", "virtio-net-pci,netdev=net0"]
     return [
         qemu_binary(),
         "-name", f"heapballoon-{name},process=hb-{name}",
@@ -117,6 +126,7 @@ def qemu_command(paths: VMPaths, memory_bytes: int, cpus: int, reclaim: str, acc
         "-device", "virtio-balloon-pci,id=balloon0,deflate-on-oom=on",
         "-device", "virtio-rng-pci",
         *disk,
+        *net,
         "-qmp", f"unix:{paths.qmp_socket},server=on,wait=off",
         "-qmp", f"unix:{paths.hostd_qmp_socket},server=on,wait=off",
         "-kernel", str(kernel), "-initrd", str(initrd), "-append", append,
@@ -164,11 +174,14 @@ def _claim_dir(paths: VMPaths) -> None:
 def start_vm(name: str, memory_bytes: int, cpus: int = 1, copies=(), reclaim: str = "pfn",
              cmd: list[str] | None = None, *, env: dict[str, str] | None = None,
              accel: str | None = None, image=None, wait: bool = True,
-             ready_timeout_s: float = 180.0, progress: bool = False) -> VMInfo:
+             ready_timeout_s: float = 180.0, progress: bool = False,
+             forwards: tuple[tuple[int, int], ...] = (), preexec_fn=None) -> VMInfo:
     """Boot a VM and return its :class:`VMInfo` (after ``HEAPBALLOON-READY`` when ``wait``).
 
     ``copies``: ``(host_path, guest_path)`` pairs put into the guest before init runs.
     ``cmd``: argv the guest supervisor runs once (output on the console and /var/log/cmd.log).
+    ``forwards``: host→guest TCP port forwards (:func:`qemu_command`). ``preexec_fn``: run in the
+    QEMU child before exec (e.g. entering a memory cgroup, so guest RAM is charged there).
     """
     paths = VMPaths.of(vmdir.run_dir(), name)
     vmdir.validate_memory(memory_bytes)
@@ -204,14 +217,15 @@ def start_vm(name: str, memory_bytes: int, cpus: int = 1, copies=(), reclaim: st
             pad = (-dst.tell()) % 512   # the kernel needs the next archive 4-byte aligned
             dst.write(b"\0" * pad + extra)
 
-        argv = qemu_command(paths, memory_bytes, cpus, reclaim, accel, image.kernel_path, initrd, rootdisk)
+        argv = qemu_command(paths, memory_bytes, cpus, reclaim, accel, image.kernel_path, initrd, rootdisk,
+                            tuple(forwards))
         record = VMDir(paths=paths, pid=0, memory_bytes=memory_bytes, cpus=cpus, reclaim=reclaim,
                        accel=accel, cmd=tuple(cmd), copies=tuple(copies), image_key=image.key,
                        started_at_s=time.time(), qemu_argv=tuple(argv))
         record.save()
         try:
             proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  timeout=QEMU_START_TIMEOUT_S)
+                                  timeout=QEMU_START_TIMEOUT_S, preexec_fn=preexec_fn)
         except subprocess.TimeoutExpired as err:
             raise VMError(f"QEMU did not finish starting VM {name!r} within {QEMU_START_TIMEOUT_S:.0f}s") from err
         if proc.returncode != 0:

@@ -22,6 +22,7 @@ BUILDER_VERSION = 4
 JRE_MODULES = [
     "java.base", "java.instrument", "java.logging", "java.management", "java.naming",
     "jdk.attach", "jdk.management", "jdk.unsupported", "jdk.jcmd",
+    "jdk.httpserver",  # guest services answering HTTP (the experiment's CacheService)
 ]
 
 

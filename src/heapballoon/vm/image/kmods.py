@@ -15,8 +15,10 @@ from pathlib import Path
 
 from heapballoon.errors import ImageError
 
-# kernel modules to load in the guest (their dependencies are added from .modinfo)
-GUEST_MODULES = ["virtio_pci", "virtio_blk", "overlay", "virtio_console", "virtio_balloon", "virtio_rng"]
+# kernel modules to load in the guest (their dependencies are added from .modinfo); virtio_net
+# for VMs started with port forwards (the experiment's VM mode reaches guest services that way)
+GUEST_MODULES = ["virtio_pci", "virtio_blk", "overlay", "virtio_console", "virtio_balloon", "virtio_rng",
+                 "virtio_net"]
 
 
 def _modinfo_depends(data: bytes) -> list[str]:

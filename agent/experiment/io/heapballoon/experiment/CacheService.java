@@ -19,7 +19,7 @@ import java.util.zip.CRC32;
  * The experiment's workload: a small HTTP service on the JDK's own server (com.sun.net.httpserver).
  *
  * <pre>
- * java CacheService --port P --data-mib D --value-kib V --ttl-ms T --seed S --churn-kib C --warmup-mib W
+ * java CacheService --port P --data-mib D --value-kib V --ttl-ms T --seed S --churn-kib C --warmup-mib W [--bind A]
  * GET /get?k=N   the value of key N: from the cache, else computed from the data set and cached
  * GET /stats     {"requests":..,"hits":..,"misses":..,"data_checks":..,"data_errors":..,
  *                 "oom_errors":..,"cache_entries":..,"cache_bytes":..,"p50_us":..,"p99_us":..,
@@ -171,6 +171,7 @@ public final class CacheService {
     public static void main(String[] args) throws Exception {
         int port = 0, dataMib = 64, valueKib = 32, churnKib = 64, warmupMib = 0;
         long ttlMs = 8000, seed = 1;
+        String bind = "127.0.0.1";  // a guest service (VM mode) binds 0.0.0.0: reached through a port forward
         for (int i = 0; i + 1 < args.length; i += 2) {
             switch (args[i]) {
                 case "--port": port = Integer.parseInt(args[i + 1]); break;
@@ -180,6 +181,7 @@ public final class CacheService {
                 case "--seed": seed = Long.parseLong(args[i + 1]); break;
                 case "--churn-kib": churnKib = Integer.parseInt(args[i + 1]); break;
                 case "--warmup-mib": warmupMib = Integer.parseInt(args[i + 1]); break;
+                case "--bind": bind = args[i + 1]; break;
                 default: throw new IllegalArgumentException("unknown argument " + args[i]);
             }
         }
@@ -191,7 +193,7 @@ public final class CacheService {
             ring[(int) (i & 15)] = b;
         }
         sink = ring;
-        HttpServer server = HttpServer.create(new InetSocketAddress("127.0.0.1", port), 64);
+        HttpServer server = HttpServer.create(new InetSocketAddress(bind, port), 64);
         server.createContext("/get", ex -> { try { svc.handleGet(ex); } finally { ex.close(); } });
         server.createContext("/stats", ex -> { try { svc.handleStats(ex); } finally { ex.close(); } });
         server.setExecutor(Executors.newFixedThreadPool(4));
