@@ -128,3 +128,13 @@ def test_active_fraction_from_the_guest_jvms_or_the_guest():
     assert active_fraction([], stats) == 0.75  # no JVM: what the guest does not count as available
     assert active_fraction([], None) is None  # nothing known yet: the engine holds the VM's targets
     assert active_fraction([], BalloonReading(GIB, None, None, None, None, None, 0.0)) is None
+
+
+def test_heap_only_policy_takes_no_guest_free_memory_and_gives_back_what_it_held(tmp_path):
+    p = _policy(tmp_path, 'sources = ["heap"]\n')
+    # a virtio balloon a policy with both sources left inflated: given back, then kept at 0
+    vms = simulate(p, [reading("a", virtio_held_bytes=64 * MIB), reading("b")], 1400, 10)
+    assert sum(r.resident_bytes for r in vms) <= 1400 * MIB
+    assert all(r.virtio_held_bytes == 0 and r.heap_held_bytes > 0 for r in vms)
+    free_only = workload_of(reading(virtio_held_bytes=50 * MIB), ("guest_free",))
+    assert free_only.sources[1].reclaimable_bytes == 0 and free_only.sources[0].reclaimable_bytes > 0

@@ -55,6 +55,9 @@ def test_a_missing_named_file_is_an_error(tmp_path):
     ('interval_s = true\n', "interval_s", 1),
     ('budget = [\n', "", 1),
     ('a = 1\nb = = 2\n', "", 2),
+    ('budget = "1G"\nsources = ["heap", "swap"]\n', "sources", 2),
+    ('sources = []\n', "sources", 1),
+    ('sources = "heap"\n', "sources", 1),
 ])
 def test_bad_files_give_one_line_naming_key_and_line(text, key, line):
     with pytest.raises(PolicyConfigError) as err:
@@ -67,3 +70,9 @@ def test_bad_files_give_one_line_naming_key_and_line(text, key, line):
 def test_budget_none_is_said_and_lifts_the_budget():
     cfg = parse_config('budget = "none"')
     assert cfg.budget_set and cfg.budget_bytes is None
+
+
+def test_sources_default_to_both_and_are_kept_in_cost_order():
+    assert parse_config("").sources == ("guest_free", "heap")
+    assert parse_config('sources = ["heap"]\n').sources == ("heap",)
+    assert parse_config('sources = ["heap", "guest_free"]\n').sources == ("guest_free", "heap")

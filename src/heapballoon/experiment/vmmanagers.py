@@ -3,11 +3,9 @@
 * ``none`` – nothing gives memory back; at the cgroup limit the host swaps guest RAM.
 * ``virtio-balloon`` – the OS-level balloon: each guest's virtio balloon, driven through QMP
   by the MoM-like rule of :mod:`heapballoon.experiment.momrule` (a thread in the experiment).
-* ``heapballoon`` – heapballoon's heap balloons only: ``hostd --policy manual`` and, once the
-  agents registered, ``target --vm GUEST`` = that guest's share of the excess of guest RAM over
-  what guest RAM is given (a fixed target: hostd's automatic policy cannot be limited to the
-  heap source yet — it always takes guest free memory through virtio-balloon first and the
-  policy file has no key to turn that source off).
+* ``heapballoon`` – heapballoon's heap balloons only: ``hostd --policy auto --memory-budget`` =
+  the guest RAM given, with a policy file that allows the heap source only
+  (``sources = ["heap"]``), so no virtio-balloon is touched.
 * ``heapballoon+virtio`` – ``hostd --policy auto --memory-budget`` = the guest RAM given: hostd
   takes the guests' free memory through virtio-balloon first, then idle heap.
 
@@ -136,19 +134,21 @@ class Hostd(VMManager):
         self.procfs = procfs or ProcFS()
         self.proc: subprocess.Popen | None = None
         self._cpu_s = 0.0
+        self.policy_path = os.path.join(run_dir, f"policy-{name}.toml")
         self.settings = ("hostd --policy auto --memory-budget = guest RAM given (guest free memory through "
                          "virtio-balloon first, then idle heap), default engine" if self.auto else
-                         "hostd --policy manual, `target --vm GUEST` = the guest's share of (guest RAM - guest RAM "
-                         "given), heap balloons only (the automatic policy cannot be limited to the heap source)")
+                         "hostd --policy auto --memory-budget = guest RAM given, policy file sources = [\"heap\"]: "
+                         "idle JVM heap through heap balloons only, no virtio-balloon")
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "HEAPBALLOON_RUN_DIR": self.run_dir, "HEAPBALLOON_HOST_SOCKET": self.socket}
 
     def before_guests(self, cfg, level_pct) -> None:
         cmd = [sys.executable, "-m", "heapballoon", "hostd", "--socket", self.socket, "--run-dir", self.run_dir]
-        if self.auto:
-            cmd += ["--policy", "auto", "--memory-budget", f"{cfg.budget_bytes(level_pct) >> 20}M",
-                    "--policy-file", os.devnull]
+        with open(self.policy_path, "w") as f:
+            f.write("" if self.auto else 'sources = ["heap"]\n')
+        cmd += ["--policy", "auto", "--memory-budget", f"{cfg.budget_bytes(level_pct) >> 20}M",
+                "--policy-file", self.policy_path]
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
@@ -176,13 +176,6 @@ class Hostd(VMManager):
             wait_until(registered, 120, "the guest agents to register with hostd")
         except Timeout as err:
             raise HeapballoonError(f"guest agents did not register with hostd: {err}") from err
-        if not self.auto:
-            share = cfg.excess_bytes(level_pct) // len(guests)
-            for g in guests:
-                proc = subprocess.run([sys.executable, "-m", "heapballoon", "target", "--vm", g.name,
-                                       f"{share >> 20}M"], env=self.env(), capture_output=True, text=True, timeout=60)
-                if proc.returncode != 0:
-                    raise HeapballoonError(f"heapballoon target --vm {g.name} failed: {proc.stderr.strip()}")
 
     def reclaimed_bytes(self) -> int | None:
         """Heap balloon pages punched plus what the virtio balloons hold, summed over the guests."""

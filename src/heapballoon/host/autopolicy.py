@@ -73,18 +73,21 @@ class VMReading:
     pinned_bytes: int | None = None  # a manual target
 
 
-def workload_of(r: VMReading) -> WorkloadObservation:
+def workload_of(r: VMReading, allowed: tuple[str, ...] = ("guest_free", "heap")) -> WorkloadObservation:
     """The engine's view of one VM. ``guest_free`` may hold what it holds plus the guest's
     available memory (free pages and the page cache it can drop: what the guest itself counts as
     available, MemAvailable) above its reserve; when the guest runs short of free memory that room shrinks, and
     the law gives the difference back at once (the balloon deflates). A pinned VM has only its
-    heap source (what ``target --vm`` always meant)."""
-    heap = SourceObservation("heap", max(0, r.heap_max_bytes), r.heap_held_bytes, r.heap_target_bytes)
+    heap source (what ``target --vm`` always meant). A source the policy file leaves out of
+    ``sources`` has no room: what it holds is given back, and it is kept at 0."""
+    heap_room = max(0, r.heap_max_bytes) if "heap" in allowed else 0
+    heap = SourceObservation("heap", heap_room, r.heap_held_bytes, r.heap_target_bytes)
     if r.pinned_bytes is not None:
         sources = (heap,)
     else:
         free = r.guest_available_bytes
         room = r.virtio_held_bytes if free is None else max(0, r.virtio_held_bytes + free - guest_reserve_bytes(r.memory_bytes))
+        room = room if "guest_free" in allowed else 0
         sources = (SourceObservation("guest_free", room, r.virtio_held_bytes, r.virtio_target_bytes), heap)
     return WorkloadObservation(key=r.name, name=r.name, kind="vm", resident_bytes=r.resident_bytes,
                                sources=sources, active_fraction=r.active_fraction, pinned_target_bytes=r.pinned_bytes)
@@ -181,7 +184,7 @@ class AutoPolicy:
 
     def decide(self, readings: list[VMReading], host: HostObservation, now_s: float) -> Decisions:
         """The pure step: readings in, the engine's decisions out (and kept)."""
-        obs = Observations(host=host, workloads=tuple(workload_of(r) for r in readings))
+        obs = Observations(host=host, workloads=tuple(workload_of(r, self.config.sources) for r in readings))
         self.state, self.decisions = tick(self.config, self.state, obs, now_s)
         self.ticks += 1
         return self.decisions

@@ -13,6 +13,7 @@ means the defaults). Every key, its type and range is checked here; the first ba
     deadband = "8M"             # smaller changes of a target are not sent
     activity_half_life_s = 30   # how slowly a workload's active fraction falls
     demand_half_life_s = 60     # how slowly its demand (resident + held) falls
+    sources = ["guest_free", "heap"]  # VM mode: what may be taken (process mode has heap only)
 
     [thresholds]                # state boundaries, as multiples of minFree
     high = 4.0
@@ -45,6 +46,7 @@ from heapballoon.units import parse_size
 DEFAULT_PATH = "/etc/heapballoon/policy.toml"
 DEFAULT_SHARES = 1000
 MIB = 1 << 20
+SOURCES = ("guest_free", "heap")  # VM mode's sources, cheapest first
 
 
 class PolicyConfigError(UsageError):
@@ -85,6 +87,9 @@ class PolicyConfig:
     psi_soft_some: float = 10.0
     psi_hard_full: float = 10.0
     rules: tuple[WorkloadRule, ...] = ()
+    # VM mode: which sources the policy may take from (a source left out is given back and
+    # kept at 0): guest free memory through virtio-balloon, idle JVM heap through balloons
+    sources: tuple[str, ...] = SOURCES
     # Whether the file says `budget` (even "none"): then it wins over --memory-budget.
     budget_set: bool = False
     source: str = "defaults"  # where it came from, for the log
@@ -104,7 +109,7 @@ class PolicyConfig:
 # ---------------------------------------------------------------- reading
 
 _TOP = {"budget", "interval_s", "idle_tax", "max_step", "min_free", "budget_min_free", "deadband",
-        "hysteresis", "activity_half_life_s", "demand_half_life_s", "thresholds", "psi", "workload"}
+        "hysteresis", "activity_half_life_s", "demand_half_life_s", "thresholds", "psi", "workload", "sources"}
 _THRESHOLDS = {"high", "clear", "soft", "hard"}
 _PSI = {"soft_some", "hard_full"}
 _RULE = {"match", "shares", "reservation", "limit"}
@@ -191,6 +196,7 @@ def _build(r, doc, budget, thresholds, psi, rules, source) -> PolicyConfig:
         psi_soft_some=r.number(psi, "soft_some", default.psi_soft_some, lo=0.0, hi=100.0, section="psi"),
         psi_hard_full=r.number(psi, "hard_full", default.psi_hard_full, lo=0.0, hi=100.0, section="psi"),
         rules=tuple(rules),
+        sources=r.sources(doc),
         budget_set="budget" in doc,
         source=source,
     )
@@ -242,6 +248,14 @@ class _Reader:
         for key in d:
             if key not in allowed:
                 raise self.error(key, section, f"is not a known key (known: {', '.join(sorted(allowed))})", index)
+
+    def sources(self, d: dict) -> tuple[str, ...]:
+        if "sources" not in d:
+            return SOURCES
+        v = d["sources"]
+        if (not isinstance(v, list) or not v or any(x not in SOURCES for x in v) or len(set(v)) != len(v)):
+            raise self.error("sources", "", f"must be a list of distinct names from {list(SOURCES)}, got {v!r}")
+        return tuple(x for x in SOURCES if x in v)
 
     def number(self, d: dict, key: str, default, lo: float, hi: float, section: str = "", index: int = 0,
                integer: bool = False):
