@@ -83,9 +83,9 @@ class Host:
         self.log_path = os.path.join(run_dir, "hostd.log")
         self.proc = None
 
-    def start(self):
+    def start(self, *extra: str):
         with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen([PY, "-m", "heapballoon", "hostd", "--libvirt", self.uri], env=self.env,
+            self.proc = subprocess.Popen([PY, "-m", "heapballoon", "hostd", "--libvirt", self.uri, *extra], env=self.env,
                                          stdout=log, stderr=subprocess.STDOUT)
         wait_for(lambda: os.path.exists(self.env["HEAPBALLOON_HOST_SOCKET"]), 20, what="hostd socket")
 
@@ -273,6 +273,25 @@ def test_guest_reset_is_a_new_boot_reclaimed_again_with_data_intact(lv, guest, h
     wait_for(lambda: app_lines(console)[-1].get("checks", 0) > checks, 60, 1.0, what="a data check after the reclaim")
     new = app_lines(console)[seen:]
     assert all("error" not in line for line in new) and new[-1]["errors"] == 0
+
+
+def test_policy_auto_meets_a_budget_on_a_libvirt_domain(lv, guest, host):
+    """hostd --libvirt --policy auto: the domain, unpinned, is the policy's; its guest free memory
+    (read through libvirt) and its heap are the sources, and the budget is met, measured from
+    the host."""
+    host.stop()
+    budget_bytes = memfd_resident_bytes(NAME, lv.uri) - 64 * MIB
+    host.start("--policy", "auto", "--memory-budget", f"{budget_bytes >> 20}M")
+    host.cli("target", "--vm", NAME, "auto")  # unpinned: the policy decides (kept in the state file)
+    vm = wait_for(lambda: (v := host.vm(NAME)) and v.get("policy_reason") and v["guest_available_bytes"] is not None
+                  and v, 90, 1.0, what="the policy deciding for the domain, with guest statistics through libvirt")
+    wait_for(lambda: memfd_resident_bytes(NAME, lv.uri) <= budget_bytes * 1.05, 120, 1.0,
+             what=f"the domain's resident memory within the budget ({budget_bytes >> 20} MiB + 5%)")
+    vm = host.vm(NAME)
+    print(f"policy: {vm['policy_reason']}; heap target {vm['target_bytes'] >> 20} MiB, virtio "
+          f"{vm['virtio_target_bytes'] >> 20} MiB, resident {memfd_resident_bytes(NAME, lv.uri) >> 20} MiB")
+    assert "VM policy:" in host.cli("status", "--vms").stdout
+    assert "virtio-balloon: " not in host.log()  # no error reaching the balloon through libvirt
 
 
 def test_shutdown_domain_disappears_from_status(lv, guest, host):
