@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
@@ -260,3 +261,16 @@ def parse_app_lines(text: str) -> list[dict]:
             except ValueError:
                 pass
     return out
+
+
+# The overcommit experiment (issue 8): what results.json must hold per run, and a PNG's size.
+RESULT_KEYS = {"manager", "mode", "overcommit", "throughput_ratio", "latency_p99_ms", "oom_events", "swap_out_pages",
+               "data_errors"}
+
+
+def png_size(path) -> tuple[int, int]:
+    """(width, height) of a PNG file; asserts it is one."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", head[16:24])

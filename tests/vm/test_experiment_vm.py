@@ -13,29 +13,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import struct
 import subprocess
 import sys
 
 import pytest
 
-from hbtest import require_root
+from hbtest import RESULT_KEYS, png_size, require_root
 from heapballoon.linux import cgroup, swap
 
 pytestmark = [pytest.mark.experiment, pytest.mark.root, pytest.mark.timeout(600)]
 
 MANAGERS = ("none", "heapballoon", "heapballoon+virtio")
-KEYS = {"manager", "mode", "overcommit", "throughput_ratio", "latency_p99_ms", "oom_events", "swap_out_pages",
-        "data_errors"}
-
-
-def png_size(path) -> tuple[int, int]:
-    with open(path, "rb") as f:
-        head = f.read(24)
-    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
-    return struct.unpack(">II", head[16:24])
-
-
 def test_vm_mode_quick_writes_report_results_and_plots(tmp_path, vm_image, vm_accel):
     require_root()
     if not cgroup.v1_available():
@@ -53,7 +41,7 @@ def test_vm_mode_quick_writes_report_results_and_plots(tmp_path, vm_image, vm_ac
     assert {(r["manager"], r["overcommit"]) for r in runs} == {(m, 50) for m in MANAGERS}
     assert doc["baseline"]["manager"] == "unconstrained" and doc["baseline"]["data_errors"] == 0
     for r in runs:
-        assert KEYS <= r.keys(), r
+        assert RESULT_KEYS <= r.keys(), r
         assert r["mode"] == "vm" and r["guests"] == 2
         assert r["throughput_ratio"] is not None and 0 < r["throughput_ratio"] < 10, r
         assert r["latency_p99_ms"] is not None and r["latency_p99_ms"] > 0, r

@@ -232,24 +232,31 @@ class Heapballoon(Manager):
         return self._cpu_s
 
     def stop(self) -> None:
-        if self.daemon is None:
-            return
+        if self.daemon is not None:
+            self._cpu_s = stop_daemon(self.daemon, self.procfs, 10, (self.socket, self.socket + ".ksm.json",
+                                                                      self.socket + ".state.json"))
+            self.daemon = None
+
+
+def stop_daemon(proc: subprocess.Popen, procfs: ProcFS, wait_s: float, leftovers: tuple[str, ...]) -> float:
+    """Stop a manager's daemon (SIGTERM, SIGKILL after ``wait_s``), remove the files it leaves
+    (socket, state); the CPU seconds it used (0 if unreadable)."""
+    try:
+        cpu_s = procfs.cpu_seconds(proc.pid)
+    except KernelError:
+        cpu_s = 0.0
+    proc.terminate()
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    for leftover in leftovers:
         try:
-            self._cpu_s = self.procfs.cpu_seconds(self.daemon.pid)
-        except KernelError:
+            os.unlink(leftover)
+        except OSError:
             pass
-        self.daemon.terminate()
-        try:
-            self.daemon.wait(10)
-        except subprocess.TimeoutExpired:
-            self.daemon.kill()
-            self.daemon.wait(10)
-        self.daemon = None
-        for leftover in (self.socket, self.socket + ".ksm.json", self.socket + ".state.json"):
-            try:
-                os.unlink(leftover)
-            except OSError:
-                pass
+    return cpu_s
 
 
 def make(name: str, run_dir: str, policy: str, log_path: str) -> Manager:

@@ -15,17 +15,16 @@ kernel's OOM kills, the command's exit.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shlex
 import socket
 import time
-import urllib.request
 from dataclasses import dataclass
 
 from heapballoon.errors import HeapballoonError, VMError
 from heapballoon.experiment.vmconfig import GUEST_PORT, VMConfig
+from heapballoon.experiment.workload import fetch_stats
 from heapballoon.linux.cgroup import MemoryCgroup
 
 GUEST_JAR = "/opt/cache.jar"
@@ -46,11 +45,7 @@ class Guest:
     ready_s: float = 0.0
 
     def stats(self, timeout_s: float = 5.0) -> dict:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=timeout_s) as r:
-                return json.loads(r.read())
-        except (OSError, ValueError) as err:
-            raise GuestError(f"{self.name}: /stats failed: {err}") from err
+        return fetch_stats(self.name, self.port, timeout_s, GuestError)
 
     def console(self) -> str:
         from heapballoon.vm.registry import get_vm, read_console

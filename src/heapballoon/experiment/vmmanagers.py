@@ -24,6 +24,7 @@ import time
 from heapballoon import protocol, transport
 from heapballoon.errors import HeapballoonError, KernelError, VMError
 from heapballoon.experiment import momrule
+from heapballoon.experiment.managers import stop_daemon
 from heapballoon.experiment.vmconfig import VMConfig
 from heapballoon.linux.cgroup import UNLIMITED_ABOVE, MemoryCgroup
 from heapballoon.linux.procfs import ProcFS
@@ -194,24 +195,10 @@ class Hostd(VMManager):
         return self._cpu_s
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            self._cpu_s = self.procfs.cpu_seconds(self.proc.pid)
-        except KernelError:
-            pass
-        self.proc.terminate()
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-        self.proc = None
-        for leftover in (self.socket, os.path.join(self.run_dir, "hostd-state.json")):
-            try:
-                os.unlink(leftover)
-            except OSError:
-                pass
+        if self.proc is not None:
+            self._cpu_s = stop_daemon(self.proc, self.procfs, 20,
+                                      (self.socket, os.path.join(self.run_dir, "hostd-state.json")))
+            self.proc = None
 
 
 def make(name: str, run_dir: str, log_path: str) -> VMManager:

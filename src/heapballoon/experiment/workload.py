@@ -44,11 +44,16 @@ class Service:
         return self.proc.pid
 
     def stats(self, timeout_s: float = 5.0) -> dict:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats", timeout=timeout_s) as r:
-                return json.loads(r.read())
-        except (OSError, ValueError) as err:
-            raise WorkloadError(f"{self.name}: /stats failed: {err}") from err
+        return fetch_stats(self.name, self.port, timeout_s, WorkloadError)
+
+
+def fetch_stats(name: str, port: int, timeout_s: float, error: type[HeapballoonError]) -> dict:
+    """A CacheService's own counters (``GET /stats`` on 127.0.0.1:``port``); ``error`` on failure."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=timeout_s) as r:
+            return json.loads(r.read())
+    except (OSError, ValueError) as err:
+        raise error(f"{name}: /stats failed: {err}") from err
 
 
 def java_command(cfg: Config, index: int, jar: str, jvm_args: list[str] | tuple[str, ...] = ()) -> list[str]:
