@@ -84,7 +84,7 @@ def acceptance(runs: list[dict]) -> str:
     n = hb.get("rounds_measured", 1)
     of = f" (median of {n} rounds)" if n > 1 else ""
     worst_of = " in the worst round" if n > 1 else ""
-    return (f"The issue's bar — heapballoon at 50 % overcommit keeps >= 0.9 of unconstrained throughput with 0 OOM "
+    return ("The issue's bar — heapballoon at 50 % overcommit keeps >= 0.9 of unconstrained throughput with 0 OOM "
             "events and 0 data errors — is " + ("**met**" if ok else "**not met**") +
             f": throughput ratio {hb['throughput_ratio']}{of}, {oom} OOM events and {errors} data errors{worst_of}.")
 
