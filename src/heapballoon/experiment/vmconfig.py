@@ -18,7 +18,6 @@ guests of 640 MiB with a 320 MiB heap, a modest offered load, 40 s cells.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from heapballoon.errors import UsageError
@@ -85,7 +84,3 @@ def validate(cfg: VMConfig) -> None:
         raise UsageError(f"unknown VM-mode managers {sorted(unknown)}: choose from {', '.join(VM_MANAGERS)}")
     if cfg.services < 1:
         raise UsageError("VM mode needs at least one guest")
-
-
-def replace(cfg: VMConfig, **changes) -> VMConfig:
-    return dataclasses.replace(cfg, **changes)
