@@ -6,6 +6,7 @@ One root, so the CLI can turn any of them into a one-line message and a non-zero
      ├── UsageError            bad user input (sizes, PIDs, names); exit 2
      ├── ProtocolError         a peer sent something that is not protocol v1
      │    └── MessageTooLarge  a line over the size limit
+     ├── PeerStalled           a peer stopped reading: a send timed out, the peer is dropped
      ├── DaemonUnavailable     no daemon answers on the socket
      ├── RemoteError           the daemon answered with an error reply
      ├── NotAJVM               a PID that is not a (HotSpot) JVM
@@ -42,6 +43,15 @@ class ProtocolError(HeapballoonError):
 
 class MessageTooLarge(ProtocolError):
     pass
+
+
+class PeerStalled(HeapballoonError):
+    """A send to a peer did not drain within its timeout: the peer stopped reading.
+    ``sent`` keeps the message that could not be delivered."""
+
+    def __init__(self, message: str, sent: bytes | None = None) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class DaemonUnavailable(HeapballoonError):

@@ -429,6 +429,9 @@ def decode(line: bytes | str) -> Message:
         d = json.loads(line)
     except (ValueError, UnicodeDecodeError) as err:
         raise ProtocolError(f"not JSON: {err}", raw[:200]) from err
+    except RecursionError as err:
+        # The C decoder recurses once per nesting level; no message of v1 nests deeper than 4.
+        raise ProtocolError("JSON nested too deep", raw[:200]) from err
     if not isinstance(d, dict):
         raise ProtocolError("message must be a JSON object", raw[:200])
     if d.get("v") != VERSION:

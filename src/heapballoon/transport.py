@@ -4,7 +4,9 @@ This module owns bytes on sockets, nothing about what messages mean:
 
 * :class:`LineChannel` wraps an asyncio stream pair: ``recv()`` returns the next decoded
   message (``None`` at EOF), raising :class:`MessageTooLarge` for an over-long line and
-  :class:`ProtocolError` for a bad one; ``send()`` writes one message.
+  :class:`ProtocolError` for a bad one; ``send()`` writes one message and waits at most
+  ``timeout_s`` (:data:`SEND_TIMEOUT_S`) for it to drain, else aborts the connection and raises
+  :class:`PeerStalled`: a peer that stops reading is dropped, never waited on.
 * :func:`request` is the synchronous one-shot client the CLI uses: connect, send one control
   request, return the reply or raise :class:`DaemonUnavailable` / :class:`RemoteError`.
 * :func:`socket_path` resolves ``--socket`` / ``HEAPBALLOON_SOCKET`` / the default.
@@ -18,11 +20,15 @@ import socket
 import struct
 
 from heapballoon import protocol
-from heapballoon.errors import DaemonUnavailable, MessageTooLarge, ProtocolError, RemoteError
+from heapballoon.errors import DaemonUnavailable, MessageTooLarge, PeerStalled, ProtocolError, RemoteError
 
 DEFAULT_SOCKET = "/run/heapballoon/heapballoon.sock"
 DEFAULT_HOST_SOCKET = "/run/heapballoon/hostd.sock"
 STREAM_LIMIT = protocol.MAX_LINE_BYTES + 1
+# How long one send may wait for a peer to read (docs/protocol.md, "Limits"). Every peer is a
+# local process or a guest on this host: a healthy one drains a 1 MiB line in milliseconds, so
+# 2 s only ever fires on a peer that stopped reading, and bounds how long it can hold its sender.
+SEND_TIMEOUT_S = 2.0
 
 
 def socket_path(cli_value: str | None = None) -> str:
@@ -79,9 +85,23 @@ class LineChannel:
                 self._last_line, self._last_msg = line, msg
                 return msg
 
-    async def send(self, msg: protocol.Message) -> None:
-        self.writer.write(protocol.encode(msg))
-        await self.writer.drain()
+    async def send(self, msg: protocol.Message, timeout_s: float = SEND_TIMEOUT_S) -> None:
+        """Write one message; PeerStalled (connection aborted) if it does not drain in time."""
+        data = protocol.encode(msg)
+        self.writer.write(data)
+        try:
+            await asyncio.wait_for(self.writer.drain(), timeout_s)
+        except asyncio.TimeoutError as err:
+            self.abort()
+            raise PeerStalled(f"peer did not read a {msg.TYPE!r} message within {timeout_s:g} s; dropped",
+                              data[:200]) from err
+
+    def abort(self) -> None:
+        """Drop the connection now, discarding what is buffered (a stalled peer gets nothing more)."""
+        try:
+            self.writer.transport.abort()
+        except Exception:  # noqa: BLE001 - aborting a dead transport must never raise
+            pass
 
     def close(self) -> None:
         try:

@@ -88,3 +88,20 @@ def test_state_rejects_bad_new_fields(field, value):
     line = json.dumps({"v": 1, "type": "state", field: value}).encode() + b"\n"
     with pytest.raises(ProtocolError, match=field):
         protocol.decode(line)
+
+
+@pytest.mark.parametrize("depth", [1000, 5000, 100_000])
+def test_deep_json_is_a_protocol_error(depth):
+    """Hostile input row 12: nesting ~1000 deep (2 KB) raised RecursionError, not ProtocolError."""
+    line = '{"v":1,"type":"state","x":' + "[" * depth + "]" * depth + "}"
+    with pytest.raises(ProtocolError, match="nested too deep"):
+        protocol.decode(line)
+
+
+@given(st.integers(1, 3000), st.sampled_from(["[", '{"a":']))
+def test_decode_never_crashes_on_deep_nesting(depth, opener):
+    closer = "]" if opener == "[" else "}"
+    try:
+        protocol.decode('{"v":1,"type":"ping","x":' + opener * depth + "0" * (opener != "[") + closer * depth + "}")
+    except ProtocolError:
+        pass
