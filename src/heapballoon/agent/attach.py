@@ -34,6 +34,7 @@ import stat
 import time
 
 from heapballoon.errors import AttachError, KernelError, NotAJVM
+from heapballoon.linux import safefs
 from heapballoon.linux.procfs import ProcessGone, ProcFS
 
 PROTOCOL_VERSION = b"1"
@@ -71,6 +72,39 @@ def attach_agent(pid: int, jar_path: str, options: str = "", timeout_s: float = 
         raise AttachError(f"cannot attach to PID {pid}: {exc}") from None
 
 
+class _Dirs:
+    """The JVM's /tmp and cwd as directory fds (``linux.safefs``): every file operation of an
+    attach happens relative to them, and nothing in them is followed. Only the JVM's cwd of its
+    own user is written to (a root-owned cwd such as / or /etc is not made to hold a file of
+    another user); /tmp (the JVM's own, through /proc/PID/root) always may be."""
+
+    def __init__(self, procfs: ProcFS, pid: int, euid: int) -> None:
+        self.tmp = self.cwd = -1
+        root = safefs.open_dir(procfs.path(pid, "root"), follow=True)  # the kernel's magic link
+        try:
+            self.tmp = safefs.open_subdir(root, "tmp", f"/tmp of PID {pid}")
+        finally:
+            os.close(root)
+        try:
+            cwd = safefs.open_dir(procfs.path(pid, "cwd"), follow=True)
+        except safefs.UnsafePath:
+            return  # no ptrace access to it, or gone: /tmp only
+        if os.fstat(cwd).st_uid == euid:
+            self.cwd = cwd
+        else:
+            os.close(cwd)
+
+    def trigger_dirs(self) -> list[tuple[int, str]]:
+        """Where HotSpot looks for ``.attach_pid<N>``, in its order: cwd, then /tmp."""
+        return [(fd, where) for fd, where in ((self.cwd, "working directory"), (self.tmp, "/tmp")) if fd >= 0]
+
+    def close(self) -> None:
+        for fd in (self.tmp, self.cwd):
+            if fd >= 0:
+                os.close(fd)
+        self.tmp = self.cwd = -1
+
+
 def _attach(procfs: ProcFS, pid: int, jar_path: str, options: str, deadline: float, timeout_s: float) -> str:
     if not procfs.exists(pid):
         raise NotAJVM(f"no process with PID {pid}")
@@ -79,11 +113,26 @@ def _attach(procfs: ProcFS, pid: int, jar_path: str, options: str, deadline: flo
     ns_pid = procfs.nspid(pid)[-1]
     euid, egid = procfs.euid_egid(pid)
     _check_jar_visible(procfs, pid, jar_path)
+    try:
+        dirs = _Dirs(procfs, pid, euid)
+    except safefs.UnsafePath as err:
+        raise AttachError(f"cannot attach to PID {pid}: {err}") from None
+    try:
+        return _attach_in(dirs, procfs, pid, ns_pid, euid, egid, jar_path, options, deadline, timeout_s)
+    finally:
+        dirs.close()
 
-    socket_path = procfs.path(pid, "root", "tmp", f".java_pid{ns_pid}")
+
+def _attach_in(dirs: _Dirs, procfs: ProcFS, pid: int, ns_pid: int, euid: int, egid: int, jar_path: str,
+               options: str, deadline: float, timeout_s: float) -> str:
+    name = f".java_pid{ns_pid}"
+    socket_path = safefs.fd_path(dirs.tmp, name)  # connect through the fd of the JVM's /tmp
     started = False
-    if not _is_socket(socket_path):
-        _start_listener(procfs, pid, ns_pid, euid, egid, socket_path, deadline, timeout_s)
+    if not _listener_socket(dirs, name, euid):
+        # Missing, or not the JVM's own socket (a stale or planted file): remove the name
+        # (never what it points to) and have the JVM start its listener, which makes it anew.
+        safefs.remove_at(dirs.tmp, name)
+        _start_listener(dirs, procfs, pid, ns_pid, euid, egid, name, deadline, timeout_s)
         started = True
 
     request = b"\0".join([PROTOCOL_VERSION, b"load", b"instrument", b"false",
@@ -95,11 +144,8 @@ def _attach(procfs: ProcFS, pid: int, jar_path: str, options: str, deadline: flo
             raise
         # A stale socket of an earlier process with the same PID (killed with SIGKILL, or pid
         # reuse): the JVM re-creates it when its listener starts. Remove it and trigger.
-        try:
-            os.unlink(socket_path)
-        except OSError:
-            pass
-        _start_listener(procfs, pid, ns_pid, euid, egid, socket_path, deadline, timeout_s)
+        safefs.remove_at(dirs.tmp, name)
+        _start_listener(dirs, procfs, pid, ns_pid, euid, egid, name, deadline, timeout_s)
         sock = _connect(socket_path, pid, euid, egid, deadline)
     try:
         sock.settimeout(max(0.1, deadline - time.monotonic()))
@@ -126,34 +172,35 @@ def _check_jar_visible(procfs: ProcFS, pid: int, jar_path: str) -> None:
         pass  # cannot look inside (no ptrace access): let the JVM report it
 
 
-def _is_socket(path: str) -> bool:
+def _listener_socket(dirs: _Dirs, name: str, euid: int) -> bool:
+    """True when the JVM's /tmp holds ``name`` as a socket (not a symlink) of the JVM's user:
+    HotSpot makes it with the JVM's euid; anything else is not its listener."""
     try:
-        return stat.S_ISSOCK(os.stat(path).st_mode)
-    except OSError:
+        st = safefs.lstat_at(dirs.tmp, name)
+    except safefs.UnsafePath:
         return False
+    return st is not None and stat.S_ISSOCK(st.st_mode) and st.st_uid == euid
 
 
-def _start_listener(procfs: ProcFS, pid: int, ns_pid: int, euid: int, egid: int, socket_path: str,
-                    deadline: float, timeout_s: float) -> None:
-    name = f".attach_pid{ns_pid}"
-    trigger = None
-    for directory in (procfs.path(pid, "cwd"), procfs.path(pid, "root", "tmp")):
-        candidate = os.path.join(directory, name)
+def _create_trigger(dirs: _Dirs, pid: int, name: str, euid: int, egid: int) -> tuple[int, os.stat_result]:
+    """``.attach_pid<N>`` in the JVM's cwd, else its /tmp, owned by the JVM's user (JDK 8
+    ignores a trigger file of another user): made with O_EXCL|O_NOFOLLOW through the
+    directory's fd and chowned through its own fd, so a planted symlink is never followed."""
+    owner = (euid, egid) if os.geteuid() == 0 else (os.geteuid(), os.getegid())
+    why = []
+    for fd, where in dirs.trigger_dirs():
         try:
-            fd = os.open(candidate, os.O_WRONLY | os.O_CREAT, 0o660)
-        except OSError:
-            continue
-        os.close(fd)
-        trigger = candidate
-        break
-    if trigger is None:
-        raise AttachError(f"cannot create {name} in the working directory or /tmp of PID {pid}")
+            return fd, safefs.claim_file_at(fd, name, *owner, mode=0o600, shown=f"{name} in the {where} of PID {pid}")
+        except safefs.UnsafePath as err:
+            why.append(str(err))
+    raise AttachError(f"cannot create {name} in the working directory or /tmp of PID {pid}"
+                      + (f": {'; '.join(why)}" if why else ""))
+
+
+def _start_listener(dirs: _Dirs, procfs: ProcFS, pid: int, ns_pid: int, euid: int, egid: int, sock_name: str,
+                    deadline: float, timeout_s: float) -> None:
+    trigger_dir, trigger = _create_trigger(dirs, pid, f".attach_pid{ns_pid}", euid, egid)
     try:
-        if os.geteuid() == 0 and euid != 0:
-            try:
-                os.chown(trigger, euid, egid)
-            except OSError:
-                pass
         _wait_for_sigquit_handler(procfs, pid, deadline, timeout_s)
         try:
             os.kill(pid, signal.SIGQUIT)
@@ -162,7 +209,7 @@ def _start_listener(procfs: ProcFS, pid: int, ns_pid: int, euid: int, egid: int,
         except PermissionError:
             raise AttachError(f"not allowed to signal PID {pid} (run as its user or root)") from None
         delay = 0.005
-        while not _is_socket(socket_path):
+        while not _listener_socket(dirs, sock_name, euid):
             if not procfs.exists(pid):
                 raise NotAJVM(f"no process with PID {pid}")
             if time.monotonic() >= deadline:
@@ -173,10 +220,7 @@ def _start_listener(procfs: ProcFS, pid: int, ns_pid: int, euid: int, egid: int,
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.2)
     finally:
-        try:
-            os.unlink(trigger)
-        except OSError:
-            pass
+        safefs.remove_at(trigger_dir, f".attach_pid{ns_pid}", expect=trigger)
 
 
 def _wait_for_sigquit_handler(procfs: ProcFS, pid: int, deadline: float, timeout_s: float) -> None:
