@@ -21,6 +21,7 @@ import struct
 
 from heapballoon import protocol
 from heapballoon.errors import DaemonUnavailable, MessageTooLarge, PeerStalled, ProtocolError, RemoteError
+from heapballoon.linux import safefs
 
 DEFAULT_SOCKET = "/run/heapballoon/heapballoon.sock"
 DEFAULT_HOST_SOCKET = "/run/heapballoon/hostd.sock"
@@ -111,15 +112,17 @@ class LineChannel:
 
 
 async def listen(path: str, handler, mode: int = 0o600) -> asyncio.AbstractServer:
-    """Start a Unix-socket server at ``path`` (stale socket replaced, parent dir created)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    """Start a Unix-socket server at ``path`` (stale socket replaced, parent dir created).
+
+    Through :func:`heapballoon.linux.safefs.bind_unix`: as root the parent directory must be
+    owned by root and not group/other-writable (else UnsafePath, one line); nothing at ``path``
+    is followed, and the mode is set before ``bind``, never by a chmod of the path after."""
+    sock = safefs.bind_unix(path, mode)
     try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    server = await asyncio.start_unix_server(handler, path=path, limit=STREAM_LIMIT)
-    os.chmod(path, mode)
-    return server
+        return await asyncio.start_unix_server(handler, sock=sock, limit=STREAM_LIMIT)
+    except BaseException:
+        sock.close()
+        raise
 
 
 DRIVER_START_HINT = "start one with `heapballoon daemon`"

@@ -23,6 +23,13 @@ connect is done in a forked child that first switches its effective gid/uid to t
 passes the connected socket back (``SCM_RIGHTS``): the kernel records credentials at connect
 time, so the parent then talks with the JVM's identity. The trigger file is chowned likewise
 (JDK 8 ignores trigger files owned by another user).
+
+Hostile JVM owners (issue 14): the JVM's user controls its cwd and may plant anything in /tmp.
+Every file operation goes through :mod:`heapballoon.linux.safefs` relative to directory fds
+(``/proc/PID/root`` then ``tmp`` with ``O_NOFOLLOW``; ``/proc/PID/cwd`` only when that directory
+is the JVM user's own): the trigger file is made with ``O_CREAT|O_EXCL|O_NOFOLLOW`` and chowned
+through its fd, a planted symlink or another user's file there is unlinked (never followed),
+and ``.java_pid<N>`` is talked to only when it is a socket owned by the JVM's euid.
 """
 
 from __future__ import annotations

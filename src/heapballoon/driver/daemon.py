@@ -39,7 +39,7 @@ from heapballoon.driver.ksmctl import KsmController
 from heapballoon.driver.registry import Registry
 from heapballoon.driver.sessions import AgentSessions
 from heapballoon.driver.tickreport import TickLog, Unmet, unmet
-from heapballoon.linux import pagemap
+from heapballoon.linux import pagemap, safefs
 from heapballoon.linux.ksm import KSM
 from heapballoon.linux.procfs import ProcFS
 from heapballoon.status import DriverStatus, NodeStatus, PolicyReport
@@ -96,15 +96,14 @@ class Driver(AgentSessions, BalloonTick):
 
     def load_state(self) -> None:
         try:
-            with open(self.state_path) as f:
-                saved = json.load(f)
+            saved = json.loads(safefs.read_small(self.state_path))
             self.node_target_bytes = saved.get("node_target_bytes")
             self.saved_explicit = {str(k): int(v) for k, v in saved.get("explicit", {}).items()}
             log.info("loaded targets from %s: node=%s, %d per-JVM", self.state_path,
                      self.node_target_bytes, len(self.saved_explicit))
         except FileNotFoundError:
             pass
-        except (ValueError, OSError, AttributeError, TypeError) as err:
+        except (ValueError, OSError, AttributeError, TypeError, safefs.UnsafePath) as err:
             log.error("ignoring unreadable state file %s: %s", self.state_path, err)
 
     def save_state(self) -> None:
@@ -116,10 +115,8 @@ class Driver(AgentSessions, BalloonTick):
             if self.registry.get(pid) is None and self.procfs.exists(pid):
                 explicit.setdefault(key, value)
         self.saved_explicit = explicit
-        tmp = self.state_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"node_target_bytes": self.node_target_bytes, "explicit": explicit}, f)
-        os.replace(tmp, self.state_path)
+        data = json.dumps({"node_target_bytes": self.node_target_bytes, "explicit": explicit}).encode()
+        safefs.write_atomic(*os.path.split(self.state_path), data)  # no symlink followed
 
     # ------------------------------------------------------------------ status
 
@@ -165,6 +162,9 @@ class Driver(AgentSessions, BalloonTick):
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         self._bind_events()
+        # The socket's directory also holds the state and KSM files: as root it must be root's
+        # alone (UnsafePath, one line, before anything is read or written there).
+        safefs.ensure_trusted_dir(os.path.dirname(os.path.abspath(self.socket_path)))
         self.load_state()
         self.zero_pfn = await asyncio.to_thread(pagemap.zero_pfn, self.procfs)
         if self.zero_pfn is None:

@@ -60,7 +60,7 @@ def open_dir(path: str, *, follow: bool = False) -> int:
     try:
         return os.open(path, _DIR_FLAGS | (0 if follow else os.O_NOFOLLOW))
     except OSError as err:
-        if err.errno == errno.ELOOP:
+        if err.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(path):
             raise UnsafePath(f"{path} is a symlink; not following it") from err
         raise UnsafePath(f"cannot open directory {path}: {_why(err)}") from err
 
@@ -102,7 +102,8 @@ def _check_name(name: str) -> None:
 # ------------------------------------------------------------------ files in others' directories
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+    """The same file: an inode number freed by an unlink is soon reused, so the type counts too."""
+    return (a.st_dev, a.st_ino, stat.S_IFMT(a.st_mode)) == (b.st_dev, b.st_ino, stat.S_IFMT(b.st_mode))
 
 
 def claim_file_at(dir_fd: int, name: str, uid: int, gid: int, mode: int = 0o600,

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol, runtime_checkable
 
 from heapballoon.errors import VMDirError, VMError
+from heapballoon.linux import safefs
 
 DEFAULT_RUN_DIR = "/run/heapballoon"
 VMS_SUBDIR = "vms"
@@ -51,8 +52,19 @@ SOCKET_PATH_MAX_BYTES = 107
 
 
 def run_dir(cli_value: str | None = None) -> Path:
-    """The run dir: a command-line value, ``$HEAPBALLOON_RUN_DIR``, or /run/heapballoon."""
-    return Path(cli_value or os.environ.get("HEAPBALLOON_RUN_DIR") or DEFAULT_RUN_DIR)
+    """The run dir: a command-line value, ``$HEAPBALLOON_RUN_DIR``, or /run/heapballoon.
+
+    As root it must be root's alone: owned by root, not group/other-writable, nor any
+    directory above it unless sticky; one that does not exist yet must sit in such directories
+    (VMDirError, one line). Root keeps QEMU's sockets, pid files and logs there; another
+    user's directory would let that user point them anywhere."""
+    path = Path(cli_value or os.environ.get("HEAPBALLOON_RUN_DIR") or DEFAULT_RUN_DIR)
+    if os.geteuid() == 0:
+        try:
+            safefs.check_trusted_dir(str(path), missing_ok=True)
+        except safefs.UnsafePath as err:
+            raise VMDirError(f"run dir: {err}") from err
+    return path
 
 
 def validate_name(name: str) -> str:
@@ -344,12 +356,11 @@ class VMDir(VMPathsView):
 
     def save(self) -> None:
         """Write ``vm.json`` atomically (a reader sees the old or the new file, never half)."""
-        tmp = self.paths.dir / "vm.json.tmp"
-        try:
-            tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-            os.replace(tmp, self.paths.vm_json)
-        except OSError as err:
-            raise VMDirError(f"cannot write {self.paths.vm_json}: {err.strerror}") from err
+        data = (json.dumps(self.to_json(), indent=2) + "\n").encode()
+        try:  # vm.json.tmp made with O_EXCL|O_NOFOLLOW in the directory's fd, then renamed
+            safefs.write_atomic(str(self.paths.dir), self.paths.vm_json.name, data, mode=0o644)
+        except safefs.UnsafePath as err:
+            raise VMDirError(f"cannot write {self.paths.vm_json}: {err}") from err
 
 
 def load_all(run_dir_path: str | Path) -> Iterator[VMDir | VMDirError]:
