@@ -183,6 +183,15 @@ def test_leftovers_of_a_dead_run_are_found_and_a_live_runs_are_kept(tmp_path):
         def cmdline(self, pid):
             return ["python3", "-m", "heapballoon", "experiment"] if pid == 222 else ["sleep", "100"]
 
+        def starttime(self, pid):
+            return 1
+
+        def pid_namespace(self, pid):
+            return 1
+
+        def boot_id(self):
+            return "boot"
+
     cg_root, proc_root, swap_dir, tmp = (tmp_path / n for n in ("cg", "proc", "swapdir", "tmp"))
     for d in (cg_root, proc_root, swap_dir, tmp):
         d.mkdir()

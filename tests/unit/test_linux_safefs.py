@@ -164,7 +164,9 @@ def test_check_trusted_dir_accepts_root_dirs_under_sticky_tmp(tmp_path):
     d = tmp_path / "run"
     d.mkdir(mode=0o755)
     safefs.check_trusted_dir(str(d))
-    safefs.check_trusted_dir("/tmp/../tmp/" + str(d.relative_to("/tmp")) if str(d).startswith("/tmp/") else str(d))
+    safefs.check_trusted_dir(str(d / ".." / "run"))  # ".." resolved as the kernel does
+    os.symlink(d, tmp_path / "link")  # a symlink of root's, in root's directory: followed
+    safefs.check_trusted_dir(str(tmp_path / "link"))
 
 
 @as_root

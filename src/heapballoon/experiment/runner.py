@@ -113,7 +113,8 @@ def clean(console, swap_dir: str) -> list[str]:
     """Remove what killed runs left (their owner PID dead); print one line per thing cleaned."""
     done = leftovers.clean(swap_dir)
     for line in done:
-        console.print(f"cleaned up a killed run: {line}", soft_wrap=True, highlight=False)
+        prefix = "" if line.startswith(leftovers.NOTE) else "cleaned up a killed run: "
+        console.print(f"{prefix}{line}", soft_wrap=True, highlight=False, markup=False)
     return done
 
 

@@ -33,6 +33,7 @@ class Sandbox:
         self.parent = MemoryCgroup(f"heapballoon-experiment-{os.getpid()}", cgroup_root)
         self.managers = MemoryCgroup(f"heapballoon-experiment-{os.getpid()}-managers", cgroup_root)
         self.cgroup_root = cgroup_root
+        self.swap_dir = swap_dir
         self.swap_made = False
 
     def open(self) -> "Sandbox":
@@ -41,7 +42,10 @@ class Sandbox:
         if not cgroup.v1_available(self.cgroup_root):
             raise SandboxError(f"no cgroup v1 memory controller at {self.cgroup_root} "
                                "(cgroup v2 hosts are not supported yet)")
+        from heapballoon.experiment import leftovers
+
         try:
+            leftovers.write_marker(self.swap_dir)  # who owns this run, for a later --clean
             swap.make_swapfile(self.swap_path, self.swap_bytes)
             self.swap_made = True
             self.parent.create()
@@ -60,7 +64,7 @@ class Sandbox:
 
     def close(self) -> list[str]:
         """Remove the cgroups and the swap file; the problems met (already logged), if any."""
-        from heapballoon.experiment.leftovers import kill_cgroup
+        from heapballoon.experiment.leftovers import kill_cgroup, remove_marker
 
         problems = []
         for group in (self.parent, self.managers):
@@ -78,4 +82,6 @@ class Sandbox:
                 problems.append(str(err))
         for p in problems:
             log.error("cleanup: %s", p)
+        if not problems:
+            remove_marker(self.swap_dir)
         return problems

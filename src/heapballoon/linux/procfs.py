@@ -330,6 +330,15 @@ class ProcFS:
     def uptime_s(self) -> float:
         return float(self.read_text("uptime").split()[0])
 
+    def pid_namespace(self, pid: Pid) -> int:
+        """The inode of ``pid``'s pid namespace (``/proc/PID/ns/pid``): equal for two processes
+        exactly when they are in the same pid namespace."""
+        relpath = f"{pid}/ns/pid"
+        try:
+            return os.stat(self.path(relpath)).st_ino
+        except OSError as exc:
+            raise self._error(relpath, exc) from exc
+
     def boot_id(self) -> str:
         """This boot's random id (``sys/kernel/random/boot_id``): new on every (re)boot."""
         return self.read_text("sys/kernel/random/boot_id").strip()

@@ -277,9 +277,34 @@ def write_atomic(directory: str, name: str, data: bytes, mode: int = 0o600) -> N
         os.close(fd)
 
 
-def read_small(path: str, max_bytes: int = 1 << 20) -> bytes:
+def write_new(directory: str, name: str, data: bytes, mode: int = 0o644) -> None:
+    """Write ``directory/name`` afresh, also in a directory others may write (a sticky /var/tmp):
+    whatever is at ``name`` is unlinked (never followed), then the file is made with
+    ``O_CREAT|O_EXCL|O_NOFOLLOW`` through the directory's fd, owned by us."""
+    fd = open_dir(directory, follow=True)
+    try:
+        remove_at(fd, name)
+        try:
+            out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
+        except OSError as err:
+            raise UnsafePath(f"cannot create {os.path.join(directory, name)}: {_why(err)}") from err
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(out, view):]
+        except OSError as err:
+            _unlink_quiet(fd, name)
+            raise UnsafePath(f"cannot write {os.path.join(directory, name)}: {_why(err)}") from err
+        finally:
+            os.close(out)
+    finally:
+        os.close(fd)
+
+
+def read_small(path: str, max_bytes: int = 1 << 20, owner: Optional[int] = None) -> bytes:
     """The bytes of regular file ``path``, opened with ``O_NOFOLLOW``; FileNotFoundError when it
-    is missing, UnsafePath when it is a symlink, not a regular file, or over ``max_bytes``."""
+    is missing, UnsafePath when it is a symlink, not a regular file, over ``max_bytes``, or
+    (with ``owner``) owned by another uid."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -292,6 +317,8 @@ def read_small(path: str, max_bytes: int = 1 << 20) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise UnsafePath(f"{path} is not a regular file")
+        if owner is not None and st.st_uid != owner:
+            raise UnsafePath(f"{path} is owned by uid {st.st_uid}, not {owner}")
         if st.st_size > max_bytes:
             raise UnsafePath(f"{path} is larger than {max_bytes} bytes")
         chunks, total = [], 0
