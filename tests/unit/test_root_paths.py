@@ -9,6 +9,8 @@ import asyncio
 import json
 import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -94,6 +96,17 @@ def test_listen_as_root_refuses_a_socket_dir_others_can_write(tmp_path):
         asyncio.run(go())
     assert "\n" not in str(info.value)
     assert not (d / "hb.sock").exists()
+
+
+@as_root
+def test_daemon_cli_says_why_in_one_line(tmp_path):
+    d = tmp_path / "open"
+    d.mkdir()
+    d.chmod(0o777)
+    out = subprocess.run([sys.executable, "-m", "heapballoon", "daemon", "--socket", str(d / "hb.sock")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.strip().count("\n") == 0 and "writable by group or others" in out.stderr, out.stderr
 
 
 # ------------------------------------------------------------------ the driver's state file
