@@ -65,8 +65,11 @@ def test_targets_follow_the_law_and_pins_win(tmp_path, caplog):
     recs[2].explicit_target_bytes = 100 * MIB
     with caplog.at_level(logging.INFO, logger="heapballoon.policy"):
         assert p.maybe_tick(recs, 0.0)
-    assert p.targets(recs) == {101: 0, 102: 0, 103: 100 * MIB}  # activity not measured yet: hold
-    assert "not measured" in p.reason(101)
+    # low (3.3 GiB resident, 1.8 GiB budget): activity not measured yet, but the breach is
+    # answered at once (issue 16), each counted as fully active
+    first = p.targets(recs)
+    assert first[103] == 100 * MIB and first[101] > 0 and first[102] > 0
+    assert "not measured" not in p.reason(101)
     for t in range(1, 4):  # the agents' states: idle
         for r in recs:
             p.on_state(r.pid, replace(r.state, heap_used_bytes=r.state.heap_used_bytes + t * MIB), float(t))
@@ -120,3 +123,34 @@ def test_activity_counts_allocation_but_not_the_balloon():
         quiet.update(replace(a, heap_used_bytes=used * MIB, balloon_bytes=balloon * MIB, gc_count=gcs,
                              live_bytes=145 * MIB), float(t))
     assert quiet.active_fraction(GIB) < 0.02
+
+
+def test_jvms_in_sibling_cgroups_are_bound_by_their_parents_limit(tmp_path):
+    """The experiment (and systemd slices, pods) put each JVM in its own child group under a
+    limited parent: that parent's limit is the constraint, with its margin (issue 16)."""
+    root = tmp_path / "proc"
+    procfs, _ = fake_proc(tmp_path, {101: 500, 102: 400}, group="/exp/svc0")
+    (root / "102" / "cgroup").write_text("5:cpu:/\n4:memory:/exp/svc1\n")
+    cgdir = tmp_path / "cg"
+    for g, limit, usage in (("exp", 1000 * MIB, 990 * MIB), ("exp/svc0", 1 << 63, 600 * MIB),
+                            ("exp/svc1", 1 << 63, 390 * MIB)):
+        (cgdir / g).mkdir(parents=True, exist_ok=True)
+        (cgdir / g / "memory.limit_in_bytes").write_text(str(limit))
+        (cgdir / g / "memory.usage_in_bytes").write_text(str(usage))
+    p = AutoPolicy(None, None, procfs=procfs, cgroup=MemoryCgroupV1(str(cgdir)))
+    obs = p.observe([record(101), record(102)], 0.0)
+    assert obs.host.cgroup_limit_bytes == 1000 * MIB and obs.host.cgroup_usage_bytes == 990 * MIB
+
+
+def test_jvms_without_a_limited_ancestor_have_no_cgroup_constraint(tmp_path):
+    root = tmp_path / "proc"
+    procfs, _ = fake_proc(tmp_path, {101: 500, 102: 400}, group="/a/x")
+    (root / "102" / "cgroup").write_text("5:cpu:/\n4:memory:/b/y\n")
+    cgdir = tmp_path / "cg"
+    for g in ("a", "a/x", "b", "b/y"):
+        (cgdir / g).mkdir(parents=True, exist_ok=True)
+        (cgdir / g / "memory.limit_in_bytes").write_text(str(1 << 63))
+        (cgdir / g / "memory.usage_in_bytes").write_text(str(MIB))
+    p = AutoPolicy(None, None, procfs=procfs, cgroup=MemoryCgroupV1(str(cgdir)))
+    obs = p.observe([record(101), record(102)], 0.0)
+    assert obs.host.cgroup_limit_bytes is None and obs.host.cgroup_usage_bytes is None

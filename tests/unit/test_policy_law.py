@@ -135,7 +135,8 @@ def test_psi_escalates_unless_memory_is_plentiful():
 
 def test_unknown_activity_holds_its_target_and_is_not_remembered():
     cfg = PolicyConfig()
-    obs = Observations(budget(1000 * MIB), (jvm("a", 1100 * MIB, None, held=50 * MIB, target=50 * MIB),
+    # soft: 2150 MiB resident under a 2186 MiB budget (minFree 2 % = 43.7 MiB, r = 0.82)
+    obs = Observations(budget(2186 * MIB), (jvm("a", 1100 * MIB, None, held=50 * MIB, target=50 * MIB),
                                             jvm("b", 1100 * MIB, 0.5)))
     s, d = tick(cfg, PolicyState(), obs, 0.0)
     assert d.by_key()["a"].target_bytes == 50 * MIB and "not measured" in d.by_key()["a"].reason
@@ -347,3 +348,13 @@ def test_the_summary_line_stays_short_with_many_workloads():
     line = summary_line(d)
     assert len(line) < 300 and "more" in line, line
     assert explain_text(d).count("\n") >= 100
+
+
+def test_unknown_activity_gives_when_the_limit_is_breached():
+    """Issue 16: in hard or low, a JVM whose activity is not measured yet gives like an active
+    one (holding back would leave the breach to the kernel for the seconds a rate takes)."""
+    obs = Observations(budget(1000 * MIB), (jvm("a", 1100 * MIB, None, held=50 * MIB, target=50 * MIB),
+                                            jvm("b", 1100 * MIB, 0.5)))
+    _, d = tick(PolicyConfig(), PolicyState(), obs, 0.0)
+    assert d.state == "low"
+    assert d.by_key()["a"].target_bytes > 50 * MIB and "not measured" not in d.by_key()["a"].reason

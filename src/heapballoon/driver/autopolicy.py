@@ -44,6 +44,17 @@ ACTIVE_WINDOW_S = 10.0
 POST_GC_SAMPLES = 8
 
 
+def common_cgroup(groups) -> str:
+    """The deepest cgroup path that contains every one of ``groups`` ("/" when only the root)."""
+    split = [[p for p in g.strip("/").split("/") if p] for g in groups]
+    common: list[str] = []
+    for parts in zip(*split):
+        if any(p != parts[0] for p in parts):
+            break
+        common.append(parts[0])
+    return "/" + "/".join(common)
+
+
 def allocated_between(a: protocol.State, b: protocol.State, after_gc_bytes: int | None = None) -> int:
     """Bytes the application allocated between two states of one JVM (a lower bound).
     ``after_gc_bytes``: the heap's usual used bytes (balloon excluded) right after a collection."""
@@ -144,10 +155,13 @@ class AutoPolicy:
                 except KernelError:
                     self.groups[key] = None
             groups.add(self.groups[key])
-        if len(groups) == 1 and (group := groups.pop()) not in (None, "/"):
+        # The limit that binds every JVM: the nearest one at or above their common ancestor
+        # (JVMs in sibling groups under a limited parent share that parent's limit).
+        if groups and None not in groups and (common := common_cgroup(groups)) != "/":
             try:
-                limit = self.cgroup.limit_bytes(group)
-                usage = self.cgroup.usage_bytes(group) if limit is not None else None
+                found = self.cgroup.nearest_limit(common)
+                if found is not None:
+                    limit, usage = found[1], self.cgroup.usage_bytes(found[0])
             except KernelError:
                 limit = usage = None
         return HostObservation(

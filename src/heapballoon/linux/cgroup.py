@@ -191,3 +191,18 @@ class MemoryCgroupV1:
 
     def usage_bytes(self, group: str) -> int:
         return self._read_int(group, "memory.usage_in_bytes")
+
+    def nearest_limit(self, group: str) -> tuple[str, int] | None:
+        """The closest of ``group`` and its ancestors (the root excluded) that has a limit, with
+        that limit; None if none has. v1 charges a group's usage to every ancestor
+        (``use_hierarchy`` is always on since Linux 6.0), so a limit set on a parent binds
+        the processes of all its children: the experiment, systemd slices and container
+        runtimes all put one there."""
+        parts = [p for p in group.strip("/").split("/") if p]
+        while parts:
+            path = "/" + "/".join(parts)
+            limit = self.limit_bytes(path)
+            if limit is not None:
+                return path, limit
+            parts.pop()
+        return None

@@ -249,10 +249,14 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
             alloc[(w.key, kind)] = g
             left -= g
         pinned_total += w.pinned_target_bytes - max(0, left)
-    # not measured yet (just registered): while memory is short it holds what it holds until
-    # its activity is known, so a first guess does not make it, or the others, inflate and
-    # deflate again; with plenty (high) it gives back like the rest, counted as active
-    waiting = [w for w in wls if w.pinned_target_bytes is None and w.key not in known and node_state != "high"]
+    # not measured yet (just registered): while memory is merely short (clear, soft) it holds
+    # what it holds until its activity is known, so a first guess does not make it, or the
+    # others, inflate and deflate again. With plenty (high) it gives back like the rest, and
+    # in hard or low (a limit breached or about to be) it gives like the rest too, counted as
+    # fully active: holding back there leaves the breach to the kernel (reclaim, swap, OOM)
+    # for the seconds it takes to measure an allocation rate.
+    waiting = [w for w in wls if w.pinned_target_bytes is None and w.key not in known
+               and node_state in ("clear", "soft")]
     for w in waiting:
         for s in w.sources:
             alloc[(w.key, s.kind)] = min(_prev_target(state, w, s.kind), room[(w.key, s.kind)])
