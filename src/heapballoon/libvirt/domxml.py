@@ -46,6 +46,7 @@ class DomainFacts:
     numa_cells: int
     channel_socket: str | None   # the channel's UNIX socket path, None if absent or not yet known
     has_channel: bool
+    dac_label: str | None = None  # live XML: the user:group libvirt runs QEMU as ("+64055:+107")
 
 
 def _parse(xml: str) -> ET.Element:
@@ -93,9 +94,11 @@ def facts(xml: str) -> DomainFacts:
     if ch is not None and ch.get("type") == "unix":
         src = ch.find("source")
         path = src.get("path") if src is not None and src.get("mode", "bind") == "bind" else None
+    dac = next((s.findtext("label") for s in root.findall("seclabel") if s.get("model") == "dac"), None)
     return DomainFacts(name=(root.findtext("name") or "").strip(), memory_bytes=_memory_bytes(root),
                        memfd_shared=memfd and shared, numa_cells=len(root.findall("./cpu/numa/cell")),
-                       channel_socket=path, has_channel=ch is not None and ch.get("type") == "unix")
+                       channel_socket=path, has_channel=ch is not None and ch.get("type") == "unix",
+                       dac_label=(dac or "").strip() or None)
 
 
 def missing(xml: str) -> list[str]:
