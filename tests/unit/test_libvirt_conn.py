@@ -48,10 +48,12 @@ class FakeDom:
 
     def suspend(self):
         self.calls.append("suspend")
+        self._state, self._reason = 3, 1  # VIR_DOMAIN_PAUSED, VIR_DOMAIN_PAUSED_USER
         return 0
 
     def resume(self):
         self.calls.append("resume")
+        self._state, self._reason = 1, 0  # VIR_DOMAIN_RUNNING
         return 0
 
 
@@ -86,7 +88,7 @@ def test_short_engine_refuses_a_migrating_domain():
     job = {"type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED, "operation": libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN}
     dom = FakeDom(libvirt.VIR_DOMAIN_RUNNING, job=job)
     engine = ShortPauseReclaimer.__new__(ShortPauseReclaimer)
-    engine.qmp, engine.name = _monitor(dom), "d"
+    engine.qmp, engine.name, engine.debt, engine._state_checked = _monitor(dom), "d", None, False
     with pytest.raises(ReclaimError, match="migrate"):
         engine.run_pause([], 0)
     assert dom.calls == []  # never paused
@@ -168,3 +170,37 @@ def test_a_real_fake_qemu_run_by_nobody_is_refused(tmp_path):
     finally:
         fake.kill()
         fake.wait()
+
+
+def test_a_domain_resumed_by_someone_under_hostds_pause_is_not_punched():
+    """Row 6 through libvirt: after hostd's virDomainSuspend and the re-check, someone's
+    ``virsh resume`` and a guest write; hostd asks libvirt before the punch and stops."""
+    from heapballoon.host.guestram import PAGE_BYTES as P, GuestRam
+    from heapballoon.host.layout import GuestLayout, RamRange
+    from heapballoon.host.shortpause import ShortPauseReclaimer
+
+    libvirt = lv.import_binding()
+    dom = FakeDom(libvirt.VIR_DOMAIN_RUNNING)
+    fd = os.memfd_create("hb-test-ram")
+    os.ftruncate(fd, 256 * P)
+    os.pwrite(fd, bytes(64 * P), 0)
+    ram = GuestRam(fd, 256 * P)
+    real = ram.view
+
+    class View:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def is_zero(self, off, length):
+            zero = real.is_zero(off, length)
+            if dom._state == libvirt.VIR_DOMAIN_PAUSED:  # hostd's pause: someone resumes, the guest writes
+                dom._state = libvirt.VIR_DOMAIN_RUNNING
+                os.pwrite(fd, b"mine", 10 * P)
+            return zero
+
+    ram._view = View()
+    layout = GuestLayout([RamRange(0x100000, 256 * P, 0)], ram_bytes=256 * P)
+    res = ShortPauseReclaimer(ram, layout, _monitor(dom)).reclaim([(0x100, 64)])
+    assert os.pread(fd, 4, 10 * P) == b"mine"
+    assert res.punched_pages == 0 and "resumed by another client" in res.error
+    ram.close()

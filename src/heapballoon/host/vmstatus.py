@@ -39,6 +39,8 @@ def pause_status(vm) -> dict:
         "pause_window": len(totals),
         "engine": vm.engine,
         "soft_dirty": vm.soft_dirty,
+        # hostd paused the VM and its cont failed: retried until it runs (contdebt.py)
+        "cont_owed": bool(getattr(vm, "cont_debt", None) and vm.cont_debt.owed),
     }
 
 

@@ -219,6 +219,21 @@ class DomainMonitor:
         self.uri, self.uuid, self.migration_flag = uri, uuid, migration_flag
         self._conn = None
         self._dom = None
+        self._resumes = 0
+
+    def resume_count(self) -> int:
+        """For the pause path's look before each punch (host.resumeguard): one more each time
+        libvirt does not see the domain paused. libvirt learns of a resume when QEMU answers
+        its ``cont`` or sends RESUME, a little after QEMU restarted the vCPUs: a wider window
+        than hostd's own QMP socket has (docs/vm.md)."""
+        libvirt = import_binding()
+        try:
+            state, _reason = self._dom.state()
+        except libvirt.libvirtError as err:
+            raise ReclaimError(f"libvirt state of domain {self.uuid}: {one_line(err)}") from err
+        if state != libvirt.VIR_DOMAIN_PAUSED:
+            self._resumes += 1
+        return self._resumes
 
     def __enter__(self) -> DomainMonitor:
         libvirt = import_binding()
