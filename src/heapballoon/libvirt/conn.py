@@ -111,6 +111,8 @@ def _is_domain_qemu(pid: int, uuid: str, qemu_uid: int | None, procfs: ProcFS) -
     want = 0 if qemu_uid is None else qemu_uid
     if uid != want:
         if (pid, uuid) not in _refused:
+            if len(_refused) >= MAX_REFUSED_LOGGED:  # bounded: a flood of fakes logs again, no more
+                _refused.clear()
             _refused.add((pid, uuid))
             log.warning("process %d claims libvirt domain %s (-uuid) but runs as uid %d, not libvirt's "
                         "QEMU user (uid %d); ignored", pid, uuid, uid, want)
@@ -118,6 +120,7 @@ def _is_domain_qemu(pid: int, uuid: str, qemu_uid: int | None, procfs: ProcFS) -
     return procfs.alive(pid)
 
 
+MAX_REFUSED_LOGGED = 1024
 _refused: set[tuple[int, str]] = set()  # (pid, uuid) already logged
 
 
