@@ -228,3 +228,20 @@ def test_an_owed_cont_shows_in_status_and_metrics(tmp_path):
                for s in m.samples}
     assert samples[("heapballoon_vm_cont_owed", "vm1")] == 1.0
     vm.close()
+
+
+def test_qmp_line_over_the_cap_drops_the_connection(qemu):
+    """hostd's QMP reader keeps at most MAX_BUFFERED_BYTES of one line, then gives up."""
+    from heapballoon.errors import ReclaimError
+    from heapballoon.host.qmpsync import MAX_BUFFERED_BYTES
+
+    def flood(cmd):
+        if cmd == "query-status":
+            qemu.send({"event": "X" * (MAX_BUFFERED_BYTES + 10)})  # sendall of the one line, newline last
+
+    qemu.on_command = flood
+    q = SyncQMP(qemu.path, 5.0).connect()
+    with pytest.raises(ReclaimError, match="over"):
+        q.execute("query-status")
+    with pytest.raises(ReclaimError, match="not connected"):
+        q.resume_count()

@@ -102,7 +102,8 @@ class SyncQMP:
             self.close()
             raise ReclaimError(f"QMP at {self.path}: connection closed by QEMU")
         self._buf += chunk
-        if len(self._buf) > MAX_BUFFERED_BYTES and b"\n" not in self._buf:
+        nl = self._buf.find(b"\n")
+        if (nl if nl >= 0 else len(self._buf)) > MAX_BUFFERED_BYTES:
             self.close()
             raise ReclaimError(f"QMP at {self.path}: a line over {MAX_BUFFERED_BYTES} bytes")
 
