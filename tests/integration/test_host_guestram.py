@@ -124,11 +124,13 @@ def test_reclaimer_batches_pauses_and_resumes(ram):
     assert qmp.calls == ["query-status", "stop", "cont"] * 4 and qmp.status == "running"
 
 
-def test_reclaimer_leaves_a_vm_paused_by_others_paused(ram):
+def test_reclaimer_defers_a_vm_paused_by_others_and_leaves_it_paused(ram):
+    """Hostile input row 6: not hostd's pause, so it may end at any time: nothing punched."""
     fill(ram, 0, 4, None)
     qmp = FakeQMP("paused")
     res = asyncio.run(Reclaimer(ram, lay_for(ram), qmp).reclaim([(0x100, 4)]))
-    assert res.punched_pages == 4 and qmp.calls == ["query-status"] and res.pauses_ms == []
+    assert res.punched_pages == 0 and res.unprocessed_pages == 4 and "deferred" in res.error
+    assert qmp.calls == ["query-status"] and res.pauses_ms == [] and ram.resident_bytes() == 4 * P
 
 
 def test_reclaimer_refuses_migrating_vm(ram):

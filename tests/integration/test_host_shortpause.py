@@ -9,7 +9,8 @@ import os
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from heapballoon.errors import ReclaimError
+from heapballoon.errors import KernelError, ReclaimError
+from heapballoon.host import resumeguard
 from heapballoon.host.guestram import PAGE_BYTES as P, GuestRam
 from heapballoon.host.layout import GuestLayout, RamRange
 from heapballoon.host.pausestats import PauseSample, PauseStats, breakdown
@@ -35,6 +36,7 @@ class SyncFakeQMP:
 
     def __init__(self, status="running", on_stop=None, fail_on=None):
         self.status = status
+        self.resumes = 0
         self.calls: list[str] = []
         self.on_stop = on_stop
         self.fail_on = fail_on
@@ -51,7 +53,11 @@ class SyncFakeQMP:
             self.status = "paused"
         if cmd == "cont":
             self.status = "running"
+            self.resumes += 1
         return {}
+
+    def resume_count(self):
+        return self.resumes
 
 
 def test_precheck_classifies_holes_data_and_zero(ram):
@@ -140,12 +146,17 @@ def test_fault_injection_property_no_write_is_ever_lost(pages_written, byte):
         ram.close()
 
 
-def test_vm_paused_by_others_is_worked_on_and_left_paused(ram):
+@pytest.mark.parametrize("status", ["paused", "prelaunch", "suspended"])
+def test_vm_paused_by_others_is_deferred_and_left_paused(ram, status):
+    """Hostile input row 6: hostd holds no pause of its own on such a VM, and whoever does may
+    resume it (an RTC wake from S3, another client's cont) between a check and a punch. So
+    nothing is checked or punched: the pages come back unprocessed, the VM stays as it was."""
     fill(ram, 0, 16)
-    qmp = SyncFakeQMP("paused")
+    qmp = SyncFakeQMP(status)
     res = ShortPauseReclaimer(ram, lay_for(ram), qmp).reclaim([(BASE_PFN, 16)])
-    assert res.punched_pages == 16 and res.pauses == [] and qmp.calls == ["query-status"]
-    assert qmp.status == "paused"
+    assert res.punched_pages == 0 and res.unprocessed_pages == 16 and "deferred" in res.error
+    assert res.pauses == [] and qmp.calls == ["query-status"] and qmp.status == status
+    assert ram.resident_bytes() == 16 * P
 
 
 def test_refuses_a_migrating_vm_and_punches_nothing(ram):
@@ -168,10 +179,10 @@ def test_error_under_the_pause_conts(ram, monkeypatch):
     fill(ram, 0, 64)
     qmp = SyncFakeQMP()
 
-    def boom(runs, clock=None):
-        raise ReclaimError("fallocate: injected I/O error")
+    def boom(fd, off, length):
+        raise KernelError("fallocate: injected I/O error")
 
-    monkeypatch.setattr(ram, "recheck_and_punch", boom)
+    monkeypatch.setattr(resumeguard, "punch_holding_gil", boom)
     res = ShortPauseReclaimer(ram, lay_for(ram), qmp).reclaim([(BASE_PFN, 64)])
     assert "injected" in res.error and qmp.calls[-1] == "cont" and qmp.status == "running"
     assert res.unprocessed_pages == 64

@@ -37,6 +37,9 @@ class WriterOnStop:
     def __init__(self, qmp: SyncQMP, strike) -> None:
         self.qmp, self.strike, self.stops = qmp, strike, 0
 
+    def __getattr__(self, name):  # resume_count, stop_count, events: the real monitor's
+        return getattr(self.qmp, name)
+
     def execute(self, cmd, arguments=None):
         if cmd == "stop":
             self.strike(self.stops)
@@ -97,6 +100,9 @@ class GuestWriterPaused:
     def __init__(self, qmp: SyncQMP, running: threading.Lock) -> None:
         self.qmp, self.running = qmp, running
 
+    def __getattr__(self, name):  # resume_count, stop_count, events: the real monitor's
+        return getattr(self.qmp, name)
+
     def execute(self, cmd, arguments=None):
         if cmd == "stop":
             self.running.acquire()
@@ -154,6 +160,70 @@ def test_a_writer_racing_the_reclaim_loses_nothing(tmp_path):
             assert not lost, f"{len(lost)} of {len(written)} writes lost"
             print(f"{len(written)} racing writes, {res.punched_pages} punched, {res.skipped_nonzero_pages} skipped, "
                   f"{len(res.pauses)} pauses")
+            os.close(writer_fd)
+            ram.close()
+
+    asyncio.run(main())
+
+
+class ContAfterRecheck:
+    """The guest RAM view with a hook run once, right after the first re-check under the pause
+    (the pre-check uses ``zero_runs`` only): the moment between re-check and punch."""
+
+    def __init__(self, real, hook) -> None:
+        self.real, self.hook = real, hook
+
+    def __getattr__(self, name):
+        return getattr(self.real, name)
+
+    def is_zero(self, offset: int, length: int) -> bool:
+        zero = self.real.is_zero(offset, length)
+        if self.hook is not None:
+            hook, self.hook = self.hook, None
+            hook()
+        return zero
+
+
+def test_another_clients_cont_under_hostds_pause_stops_the_punch(tmp_path):
+    """Hostile input row 6 in real QEMU: while hostd holds its pause and has re-checked 256
+    zero pages, another monitor client sends ``cont`` and the (now running) guest writes one of
+    them. QEMU's RESUME reaches hostd's socket before the vCPUs run, hostd punches nothing more,
+    and QEMU itself reads the write back."""
+    vm_dir, extra = _vm_dir(tmp_path)
+    other = os.path.join(vm_dir, "qmp-other.sock")
+    extra += ("-qmp", f"unix:{other},server=on,wait=off")
+
+    async def main():
+        async with ScratchVM(RAM, vm_dir=vm_dir, extra_args=extra) as vm:
+            ram = GuestRam.open(vm.pid, RAM)
+            layout = await GuestLayout.from_qmp(vm.qmp, ram_bytes=RAM)
+            base = (64 * M) // P
+            os.pwrite(ram.fd, bytes(256 * P), layout.offset_of(base))
+            await vm.qmp.execute("cont")
+            for _ in range(200):  # bounded wait for QEMU's extra QMP sockets
+                if os.path.exists(other) and os.path.exists(os.path.join(vm_dir, "qmp-hostd.sock")):
+                    break
+                await asyncio.sleep(0.01)
+            gpa, value = (base + 200) * P + 64, 0x5EC07D
+            writer_fd = os.dup(ram.fd)
+
+            def other_client_cont_then_guest_write():
+                with SyncQMP(other) as o:
+                    o.execute("cont")
+                os.pwrite(writer_fd, value.to_bytes(8, "little"), layout.offset_of(base + 200) + 64)
+
+            ram.view  # noqa: B018 - made now, so the hook wraps the real one
+            ram._view = ContAfterRecheck(ram._view, other_client_cont_then_guest_write)
+
+            def work():
+                with SyncQMP(os.path.join(vm_dir, "qmp-hostd.sock")) as q:
+                    return ShortPauseReclaimer(ram, layout, q).reclaim([(base, 256)])
+
+            res = await asyncio.to_thread(work)
+            assert "resumed by another client" in res.error, res
+            assert res.punched_pages == 0 and res.unprocessed_pages == 256
+            assert await _xp(vm, gpa) == value
+            assert (await vm.qmp.execute("query-status"))["status"] == "running"
             os.close(writer_fd)
             ram.close()
 

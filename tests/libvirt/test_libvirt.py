@@ -123,10 +123,12 @@ def host(lv, tmp_path_factory):
 def memfd_resident_bytes(name: str, uri: str) -> int:
     """Measured from the host, independently of hostd: the domain's guest-RAM memfd's blocks."""
     from heapballoon.host.guestram import GuestRam
-    from heapballoon.libvirt.conn import qemu_pid
+    from heapballoon.libvirt.conn import dac_uid, qemu_pid
+    from heapballoon.libvirt.domxml import facts
 
     uuid = virsh(uri, "domuuid", name).stdout.strip()
-    with GuestRam.open(qemu_pid(uuid), 1 << 30) as ram:
+    qemu_uid = dac_uid(facts(virsh(uri, "dumpxml", name).stdout).dac_label)  # libvirt's QEMU user
+    with GuestRam.open(qemu_pid(uuid, name=name, qemu_uid=qemu_uid), 1 << 30) as ram:
         return ram.resident_bytes()
 
 

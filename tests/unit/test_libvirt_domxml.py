@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
+
 import pytest
 
 from heapballoon.libvirt import domxml
@@ -52,3 +54,48 @@ def test_numa_and_hugepages_are_refused_with_a_reason():
 def test_bad_xml_is_a_clear_error(bad):
     with pytest.raises(domxml.DomainXMLError):
         domxml.missing(bad)
+
+
+OPERATOR = """<!-- kept by hand: web front end -->
+<domain type='kvm' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
+  <name>web</name>
+  <!-- 1 GiB is enough for the front end -->
+  <memory unit='MiB'>1024</memory>
+  <devices>
+    <!-- the boot disk -->
+    <disk type='file' device='disk'><source file='/x.img'/><target dev='vda' bus='virtio'/></disk>
+  </devices>
+  <qemu:commandline>
+    <qemu:arg value='-msg'/>
+    <qemu:arg value='timestamp=on'/>
+  </qemu:commandline>
+</domain>"""
+
+
+def _without_added(xml: str) -> str:
+    """``xml`` (prepared) with what prepare says it adds taken out again, canonical."""
+    root = domxml._parse(xml)
+    root.remove(root.find("memoryBacking"))
+    devices = root.find("devices")
+    for el in list(devices):
+        if el.tag == "channel" or (el.tag == "controller" and el.get("type") == "virtio-serial"):
+            devices.remove(el)
+    return _canonical(ET.tostring(root, encoding="unicode"))
+
+
+def _canonical(xml: str) -> str:
+    return ET.canonicalize(xml, with_comments=True, strip_text=True)
+
+
+def test_prepare_keeps_comments_and_namespace_prefixes():
+    out = domxml.prepare(OPERATOR)
+    assert domxml.missing(out) == []
+    assert "ns0:" not in out and "<qemu:commandline" in out and "<qemu:arg value=\"-msg\"" in out
+    for comment in ("kept by hand: web front end", "1 GiB is enough", "the boot disk"):
+        assert comment in out
+    assert out.startswith("<!-- kept by hand")
+    # everything but the added elements round-trips (comments, prefixes, order, attributes)
+    body = OPERATOR.split("\n", 1)[1]  # the comment before <domain> is outside the tree
+    assert _without_added(out) == _canonical(body)
+    assert domxml.prepare(out) is out
+    assert domxml.xml_diff(OPERATOR, out).count("\n-") == 0  # the diff only adds lines

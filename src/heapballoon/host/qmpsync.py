@@ -3,7 +3,11 @@
 This module owns the *blocking* QMP connection hostd's reclaim worker uses between ``stop``
 and ``cont``: a plain Unix socket, JSON lines, ``qmp_capabilities`` once, then one command at
 a time. Events QEMU sends meanwhile (``STOP``, ``RESUME``, ...) are kept in :attr:`SyncQMP.events`
-(the last few, with QEMU's own timestamps: the pause as the guest saw it). With it the pause
+(the last few, with QEMU's own timestamps: the pause as the guest saw it), and every ``RESUME``
+(or ``WAKEUP``) is counted: :meth:`SyncQMP.resume_count` reads what QEMU has sent without
+blocking, so the pause path sees another client's ``cont`` before it punches (QEMU writes the
+RESUME event to every monitor before it restarts the vCPUs and devices). A command that timed
+out closes the connection (a late answer would be taken for the next command's). With it the pause
 path never waits on an asyncio loop that may be busy with other VMs, guest messages or
 status requests. ``qemu.qmp`` (asyncio) stays in use everywhere else.
 """
@@ -20,6 +24,8 @@ from heapballoon.errors import ReclaimError
 
 RECV_BYTES = 1 << 16
 EVENTS_KEPT = 32
+RESUME_EVENTS = ("RESUME", "WAKEUP")  # the VM runs again (cont by anyone; wake from S3)
+MAX_BUFFERED_BYTES = 1 << 20  # a line longer than this from QEMU: the connection is dropped
 
 
 def event_time_s(event: dict) -> float | None:
@@ -40,6 +46,8 @@ class SyncQMP:
         self._sock: socket.socket | None = None
         self._buf = b""
         self.events: deque[dict] = deque(maxlen=EVENTS_KEPT)  # {"event": "STOP", "timestamp": ...}
+        self.resumes = 0  # RESUME/WAKEUP events read on this connection
+        self.stops = 0    # STOP events: a stop that found the VM running sends one before its answer
 
     def connect(self) -> SyncQMP:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -79,14 +87,27 @@ class SyncQMP:
         deadline = time.monotonic() + self.timeout_s
         while b"\n" not in self._buf:
             if time.monotonic() > deadline:
+                self.close()  # the answer may still come: it must not pass for the next one's
                 raise ReclaimError(f"QMP at {self.path}: no answer in {self.timeout_s} s")
             try:
                 chunk = self._sock.recv(RECV_BYTES)
             except OSError as err:  # socket.timeout is an OSError too
+                self.close()
                 raise ReclaimError(f"QMP at {self.path}: {type(err).__name__}: {err}") from err
-            if not chunk:
-                raise ReclaimError(f"QMP at {self.path}: connection closed by QEMU")
-            self._buf += chunk
+            self._take(chunk)
+        return self._next_line()
+
+    def _take(self, chunk: bytes) -> None:
+        if not chunk:
+            self.close()
+            raise ReclaimError(f"QMP at {self.path}: connection closed by QEMU")
+        self._buf += chunk
+        nl = self._buf.find(b"\n")
+        if (nl if nl >= 0 else len(self._buf)) > MAX_BUFFERED_BYTES:
+            self.close()
+            raise ReclaimError(f"QMP at {self.path}: a line over {MAX_BUFFERED_BYTES} bytes")
+
+    def _next_line(self) -> dict:
         line, _, self._buf = self._buf.partition(b"\n")
         try:
             msg = json.loads(line)
@@ -94,7 +115,43 @@ class SyncQMP:
             raise ReclaimError(f"QMP at {self.path}: not JSON: {line[:200]!r}") from err
         if not isinstance(msg, dict):
             raise ReclaimError(f"QMP at {self.path}: not an object: {line[:200]!r}")
+        if "event" in msg:
+            self.events.append(msg)
+            if msg.get("event") in RESUME_EVENTS:
+                self.resumes += 1
+            elif msg.get("event") == "STOP":
+                self.stops += 1
         return msg
+
+    def stop_count(self) -> int:
+        """STOP events so far (read with the answers: QEMU sends STOP before answering ``stop``)."""
+        return self.stops
+
+    def resume_count(self) -> int:
+        """RESUME/WAKEUP events so far, after reading (without blocking) all QEMU has sent.
+        Between commands QEMU sends events only; anything else is a ReclaimError."""
+        if self._sock is None:
+            raise ReclaimError(f"QMP at {self.path}: not connected")
+        sock = self._sock
+        sock.settimeout(0.0)  # with a timeout set, Python would wait for data before recv
+        try:
+            while True:
+                try:
+                    chunk = sock.recv(RECV_BYTES)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as err:
+                    self.close()
+                    raise ReclaimError(f"QMP at {self.path}: {type(err).__name__}: {err}") from err
+                self._take(chunk)
+        finally:
+            if self._sock is sock:  # not closed meanwhile
+                sock.settimeout(self.timeout_s)
+        while b"\n" in self._buf:
+            if "event" not in self._next_line():
+                self.close()
+                raise ReclaimError(f"QMP at {self.path}: an answer to no command")
+        return self.resumes
 
     def execute(self, cmd: str, arguments: dict | None = None) -> Any:
         """Run ``cmd``; its ``return`` value, or ReclaimError (QMP error, closed, timeout)."""
@@ -114,5 +171,4 @@ class SyncQMP:
             if "error" in msg:
                 e = msg["error"]
                 raise ReclaimError(f"QMP {cmd} failed: {e.get('class', '?')}: {e.get('desc', e)}")
-            if "event" in msg:  # STOP, RESUME, ...: not answers; kept for their timestamps
-                self.events.append(msg)
+            # anything else is an event (STOP, RESUME, ...): kept by _next_line, not an answer

@@ -3,9 +3,12 @@
 This module owns the *pause protocol* around guest RAM writes. :class:`Reclaimer` turns a
 guest's page-frame ranges into RAM-file extents (layout.py), cuts them into batches of at
 most ``batch_pages`` and, per batch, runs QMP ``stop`` → :meth:`GuestRam.check_and_punch`
-→ QMP ``cont``. ``cont`` is always attempted in a ``finally`` — but only if this reclaim
-paused the VM: a VM someone else paused (``paused``, ``prelaunch``) is left paused, and a VM
-in any other state (migrating, shut down, crashed) is not touched at all.
+→ QMP ``cont``. ``cont`` is always attempted in a ``finally``; one that fails is owed and
+retried (contdebt.py). hostd works only under its own pause: a VM someone else paused
+(``paused``, ``prelaunch``, ``suspended``) is deferred, left paused and not touched, as is a VM
+in any other state (migrating, shut down, crashed). Unlike the short engine, this engine does
+not look for another client's ``cont`` between a batch's check and punch (the check and punch
+are guestram's one call): use the short engine (the default) where other clients may resume.
 
 It also holds the baselines that do not punch: the virtio-balloon device (QMP ``balloon`` /
 ``query-balloon``); KSM lives in ksm.py. ``qmp`` is anything with ``async execute(cmd,
@@ -94,7 +97,7 @@ class Reclaimer:
     """Punches a VM's zero guest pages, a short pause at a time."""
 
     def __init__(self, guest_ram: GuestRam, layout: GuestLayout, qmp,
-                 batch_pages: int = DEFAULT_BATCH_PAGES, name: str = "") -> None:
+                 batch_pages: int = DEFAULT_BATCH_PAGES, name: str = "", debt=None) -> None:
         if batch_pages < 1:
             raise ValueError("batch_pages must be >= 1")
         self.guest_ram = guest_ram
@@ -102,6 +105,7 @@ class Reclaimer:
         self.qmp = qmp
         self.batch_pages = batch_pages
         self.name = name or guest_ram.name
+        self.debt = debt  # contdebt.ContDebt: a cont that fails is owed and retried
         self._lock = asyncio.Lock()  # one reclaim at a time per VM: pauses never nest
 
     async def _pause(self) -> tuple[bool, float, float]:
@@ -120,12 +124,17 @@ class Reclaimer:
                 except ReclaimError as err:
                     log.warning("VM %s: cont after a failed stop failed too: %s", self.name, err)
                 raise
-        if status in _PAUSED_BY_OTHERS:
-            return False, t0, t0
+        if status in _PAUSED_BY_OTHERS:  # not our pause: it may end at any time (shortpause.py)
+            raise ReclaimError(f"VM {self.name} is {status} by someone else; reclaim deferred until it runs")
         raise ReclaimError(f"VM {self.name} is in state {status!r}; not reclaiming")
 
     async def _resume(self) -> None:
-        await _qmp(self.qmp, "cont")
+        try:
+            await _qmp(self.qmp, "cont")
+        except ReclaimError as err:
+            if self.debt is not None:
+                self.debt.owe(str(err))
+            raise
 
     async def run_batch(self, extents: list[tuple[int, int]], result: ReclaimResult) -> None:
         """One pause: stop → check and punch ``extents`` → cont (cont always attempted)."""

@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-pages", type=int, nargs="*", default=[8192], help="batch engine")
     p.add_argument("--pause-budget-ms", type=float, nargs="*", default=[5.0], help="short engine")
     p.add_argument("--rounds", type=int, default=3, help="rounds; engines alternate within a round")
-    p.add_argument("--paused", action="store_true", help="leave the VM paused (-S) instead of running")
+    p.add_argument("--paused", action="store_true", help="leave the VM paused (-S) instead of running: "
+                   "hostd defers a VM paused by others, so nothing is punched (docs/vm.md)")
     p.add_argument("--json", action="store_true", help="one JSON line per run instead of a table")
     args = p.parse_args(argv)
     runs = []

@@ -15,9 +15,12 @@ batch of pages with everything inside it, is reclaim.Reclaimer). Per reclaim:
 
 The guarantee is the first engine's: a page is punched only if it was all zero while the guest
 was stopped (re-checked under this very pause). A page the guest wrote after the pre-check is
-seen non-zero under the pause and skipped. A VM paused by someone else (``paused``,
-``prelaunch``, ``suspended``) is worked on without stop/cont and left paused; any other state
-is refused.
+seen non-zero under the pause and skipped. hostd punches only under a pause it issued itself:
+a VM paused by someone else (``paused``, ``prelaunch``, ``suspended``) is *deferred* (nothing
+checked or punched, the pages come back unprocessed) because whoever holds that pause may end
+it at any time; a RESUME from anyone during hostd's own pause aborts it before the next punch
+(resumeguard.py); any other state is refused. A ``cont`` that fails leaves a debt
+(contdebt.py): retried until the VM runs, and paid first by the next reclaim.
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ import time
 from typing import Iterable
 
 from heapballoon.errors import HeapballoonError, KernelError, ReclaimError
+from heapballoon.host.contdebt import ContDebt
 from heapballoon.host.guestram import PAGE_BYTES, GuestRam
 from heapballoon.host.layout import GuestLayout
 from heapballoon.host.pausestats import PauseSample
 from heapballoon.host.qmpsync import event_time_s
 from heapballoon.host.reclaim import ReclaimResult
+from heapballoon.host.resumeguard import DeferredError, ResumedUnderPause, recheck_and_punch_guarded
 from heapballoon.linux.procfs import ProcFS
 
 DEFAULT_PAUSE_BUDGET_MS = 5.0
@@ -225,7 +230,10 @@ class ShortPauseReclaimer:
     thread, never from the event loop."""
 
     def __init__(self, guest_ram: GuestRam, layout: GuestLayout, qmp, model: PauseModel | None = None,
-                 name: str = "", clock=time.perf_counter, boost: PauseBoost | None = None) -> None:
+                 name: str = "", clock=time.perf_counter, boost: PauseBoost | None = None,
+                 debt: ContDebt | None = None) -> None:
+        self.debt = debt  # the cont hostd owes this VM (contdebt.py); None: a failed cont is only an error
+        self._state_checked = False
         self.guest_ram = guest_ram
         self.layout = layout
         self.qmp = qmp
@@ -237,52 +245,94 @@ class ShortPauseReclaimer:
     def _status(self) -> str:
         return str((self.qmp.execute("query-status") or {}).get("status", "?"))
 
+    def _check_state(self) -> None:
+        """Pay an owed cont (row 7: hostd's own pause is not someone else's), then refuse a VM
+        that is not running: paused, prelaunch or suspended by someone else is *deferred*
+        (nothing re-checked or punched: hostd holds no pause of its own there, and whoever holds
+        it may resume it at any time — an RTC wake from S3, another client's ``cont``); any
+        other state (migrating, shut down, crashed) is refused."""
+        if self.debt is not None and self.debt.owed:
+            self.debt.pay(self.qmp)
+        status = self._status()
+        if status in _PAUSED_BY_OTHERS:
+            raise DeferredError(f"VM {self.name} is {status} by someone else; reclaim deferred until it runs")
+        if status not in _RUNNING:
+            raise ReclaimError(f"VM {self.name} is in state {status!r}; not reclaiming")
+
+    def _cont(self) -> None:
+        try:
+            self.qmp.execute("cont")
+        except HeapballoonError as err:
+            if self.debt is not None:
+                self.debt.owe(str(err))
+            raise
+
     def run_pause(self, work_list: list[tuple[ReclaimResult, list[tuple[int, int]]]],
                   pauses: ReclaimResult) -> None:
         """One pause over candidate runs of one or more reports: stop → re-check and punch →
-        cont. Counts go to each report's result, the pause sample to ``pauses``."""
-        status = self._status()
-        if status not in _RUNNING and status not in _PAUSED_BY_OTHERS:
-            raise ReclaimError(f"VM {self.name} is in state {status!r}; not reclaiming")
-        ours = status in _RUNNING
+        cont. Counts go to each report's result, the pause sample to ``pauses``. The VM must
+        run (hostd's own stop); a RESUME by anyone between our stop and a punch aborts the
+        pause before that punch (:func:`recheck_and_punch_guarded`)."""
+        if not self._state_checked:  # (reclaim_many just did, for the first pause)
+            self._check_state()
+        self._state_checked = False
+        counter = getattr(self.qmp, "resume_count", None)
+        if counter is None:
+            raise ReclaimError(f"VM {self.name}: the monitor cannot report resumes; not punching")
         clock = self.clock
         nbytes = sum(n for _, runs in work_list for _, n in runs)
         done = []
         events = getattr(self.qmp, "events", None)
         if events is not None:
             events.clear()
+        ours = True  # hostd's own pause (also after a failed stop: it may have landed)
         with PAUSE_LOCK, self.boost:
             t0 = clock()
             t1 = t2 = t0
             try:
-                if ours:
-                    try:
-                        with self.boost.stopping():
-                            self.qmp.execute("stop")
-                    finally:  # even a failed stop may have landed: cont below
-                        t1 = clock()
+                stops = getattr(self.qmp, "stop_count", None)
+                s0 = stops() if stops is not None else 0
+                try:
+                    with self.boost.stopping():
+                        self.qmp.execute("stop")
+                finally:  # even a failed stop may have landed: cont below
+                    t1 = clock()
+                base = counter()  # RESUMEs up to our stop's answer (ours, earlier); any more: not ours
+                if stops is not None and stops() == s0:  # no STOP: it was not running any more
+                    ours = False  # someone else's pause (or S3): not ours to end with a cont
+                    raise DeferredError(f"VM {self.name} stopped running before hostd's stop (paused or "
+                                        "suspended by someone else); nothing punched")
+
+                def resumed() -> bool:
+                    return counter() != base
+
                 for result, runs in work_list:
-                    done.append((result, self.guest_ram.recheck_and_punch(runs, clock)))
+                    try:
+                        done.append((result, recheck_and_punch_guarded(self.guest_ram, runs, resumed, clock)))
+                    except ResumedUnderPause as err:
+                        done.append((result, err.work))
+                        raise ResumedUnderPause(f"VM {self.name} was resumed by another client during "
+                                                "hostd's pause; nothing more punched", err.work) from None
             finally:
                 t2 = clock()
-                if ours:
-                    try:
-                        self.qmp.execute("cont")
-                    finally:
-                        t3 = clock()
-                        ms = 1000.0
+                try:
+                    if ours:
+                        self._cont()
+                finally:
+                    t3 = clock()
+                    ms = 1000.0
+                    if ours:
                         sample = PauseSample(
                             (t1 - t0) * ms, sum(w.check_s for _, w in done) * ms,
                             sum(w.punch_s for _, w in done) * ms, (t3 - t2) * ms, (t3 - t0) * ms,
                             nbytes // PAGE_BYTES, _guest_ms(events))
                         pauses.pauses.append(sample)
                         pauses.pauses_ms.append(sample.total_ms)
-                pauses.batches += 1
-                for result, w in done:  # also what was done before an error
-                    result.punched_pages += w.punched_pages
-                    result.skipped_nonzero_pages += w.skipped_nonzero_pages
-        if ours:
-            self.model.learn(pauses.pauses[-1], nbytes)
+                    pauses.batches += 1
+                    for result, w in done:  # also what was done before an error
+                        result.punched_pages += w.punched_pages
+                        result.skipped_nonzero_pages += w.skipped_nonzero_pages
+        self.model.learn(pauses.pauses[-1], nbytes)
 
     def reclaim(self, ranges: Iterable[tuple[int, int]]) -> ReclaimResult:
         """Reclaim the zero pages among ``ranges`` (``[(first_pfn, count)]``). Never raises for
@@ -298,6 +348,8 @@ class ShortPauseReclaimer:
         mapped = []
         queue: list[tuple[ReclaimResult, list[tuple[int, int]]]] = []
         try:
+            self._check_state()  # deferred or refused: nothing looked at
+            self._state_checked = True
             for result, ranges in zip(results, reports):
                 extents, result.rejected_pages = self.layout.ranges_to_offsets(ranges)
                 mapped.append(sum(n for _, n in extents) // PAGE_BYTES)

@@ -69,7 +69,7 @@ def reclaim_short(vm, reports: list, pause_budget_ms: float) -> tuple[list[list[
         if vm.pause_model is None:
             vm.pause_model = PauseModel(pause_budget_ms)
         engine = ShortPauseReclaimer(vm.guest_ram, vm.layout, qmp, vm.pause_model, vm.name,
-                                     boost=_pause_boost(vm, qmp))
+                                     boost=_pause_boost(vm, qmp), debt=vm.debt())
         return extents_list, engine.reclaim_many(reports)
 
 
@@ -90,6 +90,15 @@ async def _qmp_connect(vm):
 
 async def reclaim_batch(vm, ranges, batch_pages: int | None) -> tuple[list[tuple[int, int]], ReclaimResult]:
     """The first engine (fixed batches, everything under the pause) on one report."""
+    debt = vm.debt()
+    if debt.owed:  # hostd's own pause from an earlier cont that failed: end it first (before
+        # our asyncio client takes the socket: QEMU serves one client per QMP socket)
+
+        def pay() -> None:
+            with vm.monitor(QMP_CONNECT_TIMEOUT_S) as sync:
+                debt.pay(sync)
+
+        await asyncio.to_thread(pay)
     qmp = await _qmp_connect(vm)
     try:
         await asyncio.to_thread(_open_ram, vm)
@@ -98,7 +107,7 @@ async def reclaim_batch(vm, ranges, batch_pages: int | None) -> tuple[list[tuple
             log.info("VM %s: guest RAM layout %r", vm.name, vm.layout)
         extents, _ = vm.layout.ranges_to_offsets(ranges)
         _check_fragmentation(vm, [extents])
-        rec = Reclaimer(vm.guest_ram, vm.layout, qmp, name=vm.name,
+        rec = Reclaimer(vm.guest_ram, vm.layout, qmp, name=vm.name, debt=debt,
                         **({"batch_pages": batch_pages} if batch_pages else {}))
         return extents, await rec.reclaim(ranges)
     finally:

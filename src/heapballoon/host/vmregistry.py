@@ -17,6 +17,7 @@ from pathlib import Path
 
 from heapballoon import protocol, transport
 from heapballoon.errors import KernelError, VMError
+from heapballoon.host.contdebt import ContDebt
 from heapballoon.host.guestram import GuestRam
 from heapballoon.host.layout import GuestLayout
 from heapballoon.host.pageset import PageSet
@@ -83,6 +84,7 @@ class VM:
     # hostd reaches the virtio-balloon through the VM's QMP socket; libvirt domains, whose
     # monitor libvirt owns, through libvirt's API (their ``virtio_query``)
     virtio_via_qmp: bool = True
+    cont_debt: ContDebt | None = None  # the cont hostd owes after its own pause (contdebt.py)
 
     @property
     def paths(self) -> VMPaths:
@@ -107,7 +109,15 @@ class VM:
 
         return SyncQMP(self.qmp_path, timeout_s)
 
+    def debt(self) -> ContDebt:
+        """The VM's :class:`ContDebt` (made on first use), retried on fresh monitors."""
+        if self.cont_debt is None:
+            self.cont_debt = ContDebt(self.name, lambda: self.monitor(5.0), self.alive)
+        return self.cont_debt
+
     def close(self) -> None:
+        if self.cont_debt is not None:
+            self.cont_debt.close()
         if self.task is not None:
             self.task.cancel()
         if self.channel is not None:

@@ -24,6 +24,12 @@ log = logging.getLogger("heapballoon.hostd")
 QUANTILES = (("p50", "0.5"), ("p99", "0.99"), ("max", "1"))
 
 
+def cont_owed(vm) -> bool:
+    """hostd paused ``vm`` and its cont failed; retried until the VM runs (host/contdebt.py)."""
+    debt = getattr(vm, "cont_debt", None)
+    return bool(debt is not None and debt.owed)
+
+
 def pause_status(vm) -> dict:
     """The pause figures of ``vm`` (a hostd.VM): cheap, no I/O."""
     stats = vm.pause_stats
@@ -39,6 +45,8 @@ def pause_status(vm) -> dict:
         "pause_window": len(totals),
         "engine": vm.engine,
         "soft_dirty": vm.soft_dirty,
+        # hostd paused the VM and its cont failed: retried until it runs (contdebt.py)
+        "cont_owed": cont_owed(vm),
     }
 
 
@@ -104,6 +112,9 @@ class HostdCollector:
                                     labels=["vm"])
         per_gib = GaugeMetricFamily("heapballoon_vm_pause_ms_per_gib", "Pause time per GiB punched", labels=["vm"])
         punched = CounterMetricFamily("heapballoon_vm_punched_bytes", "Guest RAM bytes punched", labels=["vm"])
+        owed = GaugeMetricFamily("heapballoon_vm_cont_owed",
+                                 "1 while hostd's own pause of the VM could not be ended (its cont is retried)",
+                                 labels=["vm"])
         for vm in vms:
             b = vm.pause_stats.breakdown()
             for part in PARTS:
@@ -113,7 +124,8 @@ class HostdCollector:
             total.add_metric([vm.name], vm.pause_stats.pause_ms_sum / 1000.0)
             per_gib.add_metric([vm.name], vm.pause_stats.pause_ms_per_gib)
             punched.add_metric([vm.name], vm.pause_stats.punched_bytes)
-        yield from (parts, count, total, per_gib, punched)
+            owed.add_metric([vm.name], 1.0 if cont_owed(vm) else 0.0)
+        yield from (parts, count, total, per_gib, punched, owed)
         yield from vm_memory_metrics(vms)
         yield from policy_metrics(getattr(self.daemon, "autopolicy", None))
 

@@ -176,9 +176,10 @@ class LibvirtBackend:
                 why, f = [str(err)], None
             if not why and not f.channel_socket:
                 why = [f"channel {domxml.CHANNEL_PORT} has no socket path in the live XML"]
-            pid = lv.qemu_pid(uuid) if not why else 0
+            pid = lv.qemu_pid(uuid, name=name, qemu_uid=lv.dac_uid(f.dac_label)) if not why else 0
             if not why and not pid:
-                why = ["its QEMU process was not found (is hostd on the domain's host, as root?)"]
+                why = ["its QEMU process was not found, or does not run as libvirt's QEMU user "
+                       "(is hostd on the domain's host, as root?)"]
             starttime = _proc_starttime(pid) if pid else None
             if not why and starttime is None:
                 why = ["its QEMU process exited"]

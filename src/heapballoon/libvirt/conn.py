@@ -8,8 +8,10 @@ build that matches the host's libvirt 9.0; see docs/vm.md for why not the PyPI s
 * :class:`EventThread`: libvirt's default event loop in a daemon thread (lifecycle, migration
   and job events, keepalive, the connection's close callback), handing each event to a
   callable (hostd posts it onto its asyncio loop);
-* :func:`qemu_pid`: a running domain's QEMU process, found in /proc (through heapballoon.linux)
-  by the ``-uuid`` libvirt puts on QEMU's command line;
+* :func:`qemu_pid`: a running domain's QEMU process: libvirt's pid file (root's), else found in
+  /proc (through heapballoon.linux) by the ``-uuid`` libvirt puts on QEMU's command line; either
+  way it must run as libvirt's QEMU user (the domain's DAC label), so a local user's fake
+  ``qemu -uuid <victim>`` is never taken for the domain's QEMU;
 * :class:`DomainMonitor`: what the short-pause engine calls ``qmp`` (``execute(cmd)``), done
   through libvirt because libvirt owns QEMU's monitor: ``stop``/``cont`` are
   ``virDomainSuspend``/``virDomainResume``, ``query-status`` is ``virDomainGetState`` plus the
@@ -21,13 +23,19 @@ build that matches the host's libvirt 9.0; see docs/vm.md for why not the PyPI s
 from __future__ import annotations
 
 import json
+import logging
+import pwd
 import threading
 from typing import Any, Callable
 
 from heapballoon.errors import HeapballoonError, KernelError, ReclaimError
+from heapballoon.linux.pidfile import read_root_pid
 from heapballoon.linux.procfs import ProcFS
 
+log = logging.getLogger("heapballoon.hostd")
+
 DEFAULT_URI = "qemu:///system"
+LIBVIRT_QEMU_RUN_DIR = "/run/libvirt/qemu"  # libvirtd's (system) pid files: <domain>.pid
 KEEPALIVE_INTERVAL_S = 5
 KEEPALIVE_COUNT = 3
 
@@ -68,23 +76,77 @@ def lookup(conn, name: str):
         raise LibvirtError(f"no libvirt domain {name!r}: {one_line(err)}") from err
 
 
-def qemu_pid(uuid: str, procfs: ProcFS | None = None) -> int:
-    """The pid of the live QEMU process that runs the domain with ``uuid`` (0 if none)."""
+def dac_uid(label: str | None) -> int | None:
+    """The uid of libvirt's DAC label (``+64055:+107`` or ``libvirt-qemu:kvm``), None if unknown."""
+    user = (label or "").split(":", 1)[0].strip()
+    if user.startswith("+") and user[1:].isdigit():
+        return int(user[1:])
+    if user.isdigit():
+        return int(user)
+    if not user:
+        return None
+    try:
+        return pwd.getpwnam(user).pw_uid
+    except KeyError:
+        return None
+
+
+def _is_domain_qemu(pid: int, uuid: str, qemu_uid: int | None, procfs: ProcFS) -> bool:
+    """``pid`` is a live QEMU started for ``uuid`` and runs as libvirt's QEMU user
+    (``qemu_uid``, from the domain's DAC label; root only when the label is missing). A process
+    that names the uuid but runs as anyone else (a local user's fake ``qemu -uuid <victim>``)
+    is refused, logged once."""
+    try:
+        argv = procfs.cmdline(pid)
+    except KernelError:
+        return False
+    if not argv or "qemu" not in argv[0].rsplit("/", 1)[-1]:
+        return False
+    if not any(a == "-uuid" and b.lower() == uuid.lower() for a, b in zip(argv, argv[1:])):
+        return False
+    try:
+        uid = procfs.euid_egid(pid)[0]
+    except KernelError:
+        return False
+    want = 0 if qemu_uid is None else qemu_uid
+    if uid != want:
+        if (pid, uuid) not in _refused:
+            if len(_refused) >= MAX_REFUSED_LOGGED:  # bounded: a flood of fakes logs again, no more
+                _refused.clear()
+            _refused.add((pid, uuid))
+            log.warning("process %d claims libvirt domain %s (-uuid) but runs as uid %d, not libvirt's "
+                        "QEMU user (uid %d); ignored", pid, uuid, uid, want)
+        return False
+    return procfs.alive(pid)
+
+
+MAX_REFUSED_LOGGED = 1024
+_refused: set[tuple[int, str]] = set()  # (pid, uuid) already logged
+
+
+def qemu_pid(uuid: str, procfs: ProcFS | None = None, *, name: str = "", qemu_uid: int | None = None,
+             pid_dir: str = LIBVIRT_QEMU_RUN_DIR) -> int:
+    """The pid of the live QEMU process that runs the domain with ``uuid`` (0 if none).
+
+    The pid comes from libvirt's own pid file ``<pid_dir>/<name>.pid`` when there is one (root's,
+    in a root-only directory: see linux.pidfile); only without it is /proc scanned for a QEMU
+    naming the uuid. Either way the process must name ``-uuid <uuid>`` and run as libvirt's QEMU
+    user ``qemu_uid`` (:func:`dac_uid` of the live XML's DAC label): anyone can start a process
+    called ``qemu`` with someone else's uuid, and hostd would open that process's memory file
+    and renice its threads."""
     procfs = procfs or ProcFS()
+    if name:
+        try:
+            pid = read_root_pid(pid_dir, f"{name}.pid")
+        except KernelError:
+            pid = 0  # no pid file (libvirt elsewhere, or an unprivileged one): scan below
+        if pid:
+            return pid if _is_domain_qemu(pid, uuid, qemu_uid, procfs) else 0
     try:
         pids = procfs.pids()
     except KernelError:
         return 0
-    for pid in pids:
-        try:
-            argv = procfs.cmdline(pid)
-        except KernelError:
-            continue
-        if not argv or "qemu" not in argv[0].rsplit("/", 1)[-1]:
-            continue
-        if any(a == "-uuid" and b.lower() == uuid.lower() for a, b in zip(argv, argv[1:])) and procfs.alive(pid):
-            return pid
-    return 0
+    return next((pid for pid in pids if _is_domain_qemu(pid, uuid, qemu_uid, procfs)), 0)
 
 
 class EventThread:
@@ -160,6 +222,21 @@ class DomainMonitor:
         self.uri, self.uuid, self.migration_flag = uri, uuid, migration_flag
         self._conn = None
         self._dom = None
+        self._resumes = 0
+
+    def resume_count(self) -> int:
+        """For the pause path's look before each punch (host.resumeguard): one more each time
+        libvirt does not see the domain paused. libvirt learns of a resume when QEMU answers
+        its ``cont`` or sends RESUME, a little after QEMU restarted the vCPUs: a wider window
+        than hostd's own QMP socket has (docs/vm.md)."""
+        libvirt = import_binding()
+        try:
+            state, _reason = self._dom.state()
+        except libvirt.libvirtError as err:
+            raise ReclaimError(f"libvirt state of domain {self.uuid}: {one_line(err)}") from err
+        if state != libvirt.VIR_DOMAIN_PAUSED:
+            self._resumes += 1
+        return self._resumes
 
     def __enter__(self) -> DomainMonitor:
         libvirt = import_binding()

@@ -19,6 +19,8 @@ hostd needs from a *live* domain's XML, :func:`xml_diff` is the ``--dry-run`` ou
 from __future__ import annotations
 
 import difflib
+import io
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
@@ -44,11 +46,16 @@ class DomainFacts:
     numa_cells: int
     channel_socket: str | None   # the channel's UNIX socket path, None if absent or not yet known
     has_channel: bool
+    dac_label: str | None = None  # live XML: the user:group libvirt runs QEMU as ("+64055:+107")
 
 
 def _parse(xml: str) -> ET.Element:
+    """The document's root, comments kept (as ``ET.Comment`` children) so that :func:`prepare`
+    writes back what the operator wrote, comments included."""
     try:
-        root = ET.fromstring(xml)
+        parser = ET.XMLParser(target=ET.TreeBuilder(insert_comments=True))
+        parser.feed(xml)
+        root = parser.close()
     except ET.ParseError as err:
         raise DomainXMLError(f"not valid domain XML: {err}") from err
     if root.tag != "domain":
@@ -87,9 +94,11 @@ def facts(xml: str) -> DomainFacts:
     if ch is not None and ch.get("type") == "unix":
         src = ch.find("source")
         path = src.get("path") if src is not None and src.get("mode", "bind") == "bind" else None
+    dac = next((s.findtext("label") for s in root.findall("seclabel") if s.get("model") == "dac"), None)
     return DomainFacts(name=(root.findtext("name") or "").strip(), memory_bytes=_memory_bytes(root),
                        memfd_shared=memfd and shared, numa_cells=len(root.findall("./cpu/numa/cell")),
-                       channel_socket=path, has_channel=ch is not None and ch.get("type") == "unix")
+                       channel_socket=path, has_channel=ch is not None and ch.get("type") == "unix",
+                       dac_label=(dac or "").strip() or None)
 
 
 def missing(xml: str) -> list[str]:
@@ -135,6 +144,29 @@ def _indent_like(root: ET.Element) -> None:
         ET.indent(root, space="  ")
 
 
+_RESERVED_PREFIX = re.compile(r"ns\d+$")  # ElementTree's own; register_namespace refuses them
+_OUTSIDE_ROOT = re.compile(r"\s*(?:<\?xml[^>]*\?>\s*)?((?:<!--.*?-->\s*)*)<", re.S)
+
+
+def _namespaces(xml: str) -> list[tuple[str, str]]:
+    """The ``(prefix, uri)`` pairs the document declares (``xmlns:qemu='...'``)."""
+    try:
+        return [ns for _ev, ns in ET.iterparse(io.StringIO(xml), events=("start-ns",))]
+    except ET.ParseError as err:
+        raise DomainXMLError(f"not valid domain XML: {err}") from err
+
+
+def _serialize(root: ET.Element, original: str) -> str:
+    """``root`` as text with the original's namespace prefixes (ElementTree would write
+    ``ns0:``) and its comments before the root element (the tree holds only those inside)."""
+    for prefix, uri in _namespaces(original):
+        if prefix and not _RESERVED_PREFIX.match(prefix):
+            ET.register_namespace(prefix, uri)  # process-wide, but a prefix → URI map only
+    head = _OUTSIDE_ROOT.match(original)
+    lead = head.group(1) if head else ""
+    return lead + ET.tostring(root, encoding="unicode") + "\n"
+
+
 def prepare(xml: str) -> str:
     """The domain XML with memfd shared memory and the channel added; ``xml`` itself (the same
     string) when nothing is missing. DomainXMLError for what prepare cannot fix (NUMA, hugepages)."""
@@ -163,7 +195,7 @@ def prepare(xml: str) -> str:
     if not any(c.get("type") == "virtio-serial" for c in devices.findall("controller")):
         ET.SubElement(devices, "controller", {"type": "virtio-serial", "index": "0"})
     _indent_like(root)
-    out = ET.tostring(root, encoding="unicode") + "\n"
+    out = _serialize(root, xml)
     if missing(out):
         raise DomainXMLError(f"prepare left something missing: {'; '.join(missing(out))}")
     return out
@@ -173,7 +205,7 @@ def normalized(xml: str) -> str:
     """``xml`` re-serialized the way :func:`prepare` writes it (for a diff of like with like)."""
     root = _parse(xml)
     _indent_like(root)
-    return ET.tostring(root, encoding="unicode") + "\n"
+    return _serialize(root, xml)
 
 
 def xml_diff(old: str, new: str, name: str = "domain") -> str:

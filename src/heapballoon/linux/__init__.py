@@ -12,6 +12,7 @@ Each adapter takes an overridable root so tests run on fixture trees; failures a
 * ``ksm``     – ``/sys/kernel/mm/ksm`` knobs and counters
 * ``prctl``   – ``PR_SET_MEMORY_MERGE``
 * ``virtio``  – virtio-serial ports by name (``/sys/class/virtio-ports``), device nodes
+* ``pidfile`` – pid files other root daemons wrote (libvirt's), refused unless root's alone
 * ``libc``    – the one ctypes loader of the C library, used by the modules above
 * ``safefs``  – root's file operations on paths another user controls: directory fds,
   ``O_NOFOLLOW``, ``openat``/``unlinkat``, ``fchown``, ownership checks, trusted run dirs
