@@ -315,3 +315,37 @@ def test_bad_lines_are_counted_in_a_window_and_logged_once(tmp_path, monkeypatch
     assert sum("bad guest message" in m for m in msgs) == 1, msgs
     assert sum("bad lines within" in m for m in msgs) == 1, msgs
     assert not [m for m in msgs if "\n" in m or "\x1b" in m]
+
+
+@pytest.mark.parametrize("budget", ["ranges", "bytes"])
+def test_a_flood_of_pages_messages_is_read_at_the_budget(tmp_path, monkeypatch, budget):
+    """Rows 2 and 8: a guest's ranges and line bytes are read no faster than its budgets (here
+    made small: 2,000 ranges or 64 KiB a second, as much saved); the rest waits in its socket."""
+    per_s = {"ranges": 2000, "bytes": 64 << 10}[budget]
+    monkeypatch.setattr(guestlimits, "RANGES_PER_S" if budget == "ranges" else "BYTES_PER_S", per_s)
+    monkeypatch.setattr(guestlimits, "RANGES_BURST" if budget == "ranges" else "BYTES_BURST", per_s)
+    if budget == "ranges":  # 500 ranges, ~9 KB a line
+        line = protocol.encode(protocol.Pages(1, "remove", tuple((i * 2, 1) for i in range(500))))
+    else:  # one range and 8 KiB of an unknown field (ignored, but read and decoded)
+        line = b'{"v":1,"type":"pages","seq":1,"op":"remove","ranges":[[0,1]],"pad":"' + b"x" * 8192 + b'"}\n'
+    cost = 500 if budget == "ranges" else len(line)
+
+    async def main():
+        async with Host(tmp_path) as host:
+            host.procs.append(_standin(host.vm_dir("rogue"), "rogue", G))
+            host.d.scan()
+            rogue = await (await Guest(os.path.join(host.vm_dir("rogue"), "channel.sock")).start()).connect()
+            t0 = time.monotonic()
+            rogue.writer.write(line * 200)
+            acks = 0
+            while time.monotonic() - t0 < 2.0:
+                try:
+                    await rogue.recv_type(protocol.PagesAck, 2.0 - (time.monotonic() - t0))
+                except asyncio.TimeoutError:
+                    break
+                acks += 1
+            elapsed = time.monotonic() - t0
+            assert 0 < acks * cost <= per_s + per_s * elapsed + cost, (acks, elapsed)
+            assert max(max(t, s) for t, s in [await host.good_latencies() for _ in range(2)]) < LATENCY_BOUND_S
+
+    asyncio.run(main())
