@@ -155,11 +155,14 @@ def test_interval_explosion_is_capped_and_delays_no_other_vm(tmp_path, monkeypat
             rss0 = _rss_bytes()
             rejected = 0  # the legacy VGA hole's pages (not RAM)
 
+            # 393,216 single-page removes, 65,536 a message (encoded first: hostd shares this loop)
+            lines = [protocol.encode(protocol.Pages(k, "remove", tuple((k * protocol.MAX_RANGES * 4 + 1 + 4 * i, 1)
+                                                                      for i in range(protocol.MAX_RANGES))))
+                     for k in range(MESSAGES)]
+
             async def flood():
                 nonlocal rejected
-                for k in range(MESSAGES):  # 393,216 single-page removes, 65,536 a message
-                    first = k * protocol.MAX_RANGES * 4 + 1
-                    await rogue.send(protocol.Pages(k, "remove", tuple((first + 4 * i, 1) for i in range(protocol.MAX_RANGES))))
+                await rogue.send(b"".join(lines))
                 for k in range(MESSAGES):
                     ack = await rogue.recv_type(protocol.PagesAck, 60)
                     assert ack.seq == k
@@ -347,5 +350,46 @@ def test_a_flood_of_pages_messages_is_read_at_the_budget(tmp_path, monkeypatch, 
             elapsed = time.monotonic() - t0
             assert 0 < acks * cost <= per_s + per_s * elapsed + cost, (acks, elapsed)
             assert max(max(t, s) for t, s in [await host.good_latencies() for _ in range(2)]) < LATENCY_BOUND_S
+
+    asyncio.run(main())
+
+
+def test_status_does_not_wait_for_a_fragmented_balloons_hole_count(tmp_path, monkeypatch):
+    """Row 2: a balloon split into many intervals makes its hole count slow (here: 2 s). status
+    still answers within 1 s — the count is made in the background, then shown."""
+    from heapballoon.host import vmstatus
+
+    monkeypatch.setattr(vmstatus, "HOLES_AT_ONCE_MAX_INTERVALS", 100, raising=False)
+    monkeypatch.setattr(vmstatus, "HOLES_MIN_AGE_S", 0.1, raising=False)
+    real = GuestRam.hole_bytes
+
+    def slow_hole_bytes(self, extents):
+        time.sleep(2.0)  # what ~2 M intervals cost
+        return real(self, extents)
+    monkeypatch.setattr(GuestRam, "hole_bytes", slow_hole_bytes)
+
+    async def main():
+        async with Host(tmp_path) as host:
+            host.procs.append(_standin(host.vm_dir("rogue"), "rogue", G))
+            host.d.scan()
+            vm = host.d.vms["rogue"]
+            fd = os.memfd_create("hb-rogue-ram")
+            os.ftruncate(fd, G)
+            os.pwrite(fd, b"\x01" * (32 * M), 0)  # 32 MiB allocated, the rest a hole
+            vm.guest_ram = GuestRam(fd, G)
+            for k in range(1000):  # 1,000 intervals of 4 pages over 62.5 MiB: 488 in the hole
+                vm.balloon.add(k * 16, 4)
+            holes = (1000 - 32 * M // P // 16) * 4 * P
+            for _ in range(3):
+                target_s, status_s = await host.good_latencies()
+                assert max(target_s, status_s) < LATENCY_BOUND_S, (target_s, status_s)
+
+            deadline = time.monotonic() + 15
+            while True:  # bounded polling: the count shows up once made
+                status = (await asyncio.to_thread(hostd.request, host.sock, protocol.StatusRequest(id=2))).body
+                if next(v for v in status["vms"] if v["name"] == "rogue")["reclaimed_bytes"] == holes:
+                    break
+                assert time.monotonic() < deadline, "the background hole count never showed"
+                await asyncio.sleep(0.2)
 
     asyncio.run(main())

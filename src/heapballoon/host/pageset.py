@@ -44,10 +44,13 @@ class PageSet:
         return self._n
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        """(first_page, count) per interval, ascending."""
+        """(first_page, count) per interval, ascending. Safe to run in another thread while
+        the owner edits (status measures in a worker): it never fails, and yields only
+        non-empty intervals, though an edit made meanwhile may be seen in part."""
         for starts, ends in zip(list(self._s), list(self._e)):
             for a, z in zip(starts, ends):
-                yield a, z - a
+                if z > a:
+                    yield a, z - a
 
     def nbytes(self) -> int:
         """Memory held by the intervals themselves (16 bytes each, plus block slack)."""
