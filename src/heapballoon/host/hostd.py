@@ -44,6 +44,10 @@ pauses bounded in time by ``--pause-budget-ms``, the pause path in one worker th
 own blocking QMP socket) or ``batch`` (reclaim.Reclaimer: fixed batches, check and punch all
 under the pause; kept for comparison).
 
+Limits: what one guest may cost hostd (pages verified, ranges and bytes a second, balloon
+intervals, bad lines, sends that must drain) is guestlimits.py's, listed in docs/protocol.md
+("Limits", Guest ↔ hostd); no guest can delay another VM's target, status or pauses.
+
 Safety: a VM's memfd is found from its own QEMU process (pid from vm.json, confirmed by the
 process start time and its command line naming the VM dir), page numbers are mapped through
 that VM's own layout, and pages are punched only while QEMU is stopped and only if zero.
