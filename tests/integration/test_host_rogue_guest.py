@@ -257,6 +257,7 @@ def test_a_report_flood_is_held_to_the_pages_budget(tmp_path, monkeypatch):
                     json.dump({"name": "rogue", "pid": qemu.pid, "memory_bytes": ram_bytes, "cpus": 1,
                                "reclaim": "pfn"}, f)
                 await until(lambda: os.path.exists(os.path.join(vm_dir, "qmp-hostd.sock")), 10, what="QMP socket")
+                await qemu.qmp.execute("cont")  # a running VM (its firmware loops), as a guest's would be
                 host.d.scan()
                 rogue = await (await Guest(os.path.join(vm_dir, "channel.sock")).start()).connect()
                 await rogue.send(protocol.GuestHello(ram_bytes, P, "rogue-boot"))
@@ -273,6 +274,7 @@ def test_a_report_flood_is_held_to_the_pages_budget(tmp_path, monkeypatch):
                             await rogue.send(protocol.Pages(sent, "add", ((first + (sent % 8) * 4096, 4096),)))
                         for _ in range(4):
                             ack = await rogue.recv_type(protocol.PagesAck, 30)
+                            assert not ack.error, ack
                             verified += ack.skipped_nonzero + ack.punched
                 task = asyncio.create_task(flood())
                 lat = await _measure_while(host, lambda: not task.done())
