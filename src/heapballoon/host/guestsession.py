@@ -31,7 +31,7 @@ RECONNECT_MIN_S, RECONNECT_MAX_S = 0.1, 5.0
 KSM_BOOST_S = 30.0
 COALESCE_MAX_REPORTS = 16  # pages reports reclaimed together at most (the guest sends ≤ 8 MiB each)
 COALESCE_WAIT_S = 0.002  # how long to wait for one more queued report
-REMOVE_SLICE_RANGES = 2048  # a remove's balloon edits between two yields to the event loop
+EDIT_SLICE = 2048  # balloon edits (~5 µs each) between two yields to the event loop
 RECLAIM_FAILED = "reclaim failed on the host (hostd's log has the details)"  # what a guest is told
 
 
@@ -249,9 +249,7 @@ class GuestSessions:
                         extents, res = await vmreclaim.reclaim_batch(vm, m.ranges, self.batch_pages)
                         extents_list.append(extents)
                         results.append(res)
-                for extents in extents_list:
-                    for off, length in extents:
-                        vm.balloon.add(off // PAGE_BYTES, length // PAGE_BYTES)
+                await self._balloon_edit(vm.balloon.add, [e for extents in extents_list for e in extents])
             except (HeapballoonError, OSError) as err:
                 for m in msgs:
                     log.warning("VM %s: pages seq %d (%d pages) not reclaimed: %s", vm.name, m.seq,
@@ -275,13 +273,8 @@ class GuestSessions:
         layout = vm.layout
         extents, rejected = await asyncio.get_running_loop().run_in_executor(
             guard.executor, layout.ranges_to_offsets, msg.ranges)
-        removed = 0
         forgotten = vm.balloon.forgotten_pages
-        for k in range(0, len(extents), REMOVE_SLICE_RANGES):
-            if k:
-                await asyncio.sleep(0)  # other VMs' work runs between slices
-            for off, length in extents[k:k + REMOVE_SLICE_RANGES]:
-                removed += vm.balloon.remove(off // PAGE_BYTES, length // PAGE_BYTES)
+        removed = await self._balloon_edit(vm.balloon.remove, extents)
         if vm.balloon.forgotten_pages > forgotten:
             guard.note("fragmented", "balloon at its cap of %d intervals: %d pages forgotten by hostd's "
                        "accounting (guest RAM untouched)", MAX_BALLOON_INTERVALS,
@@ -289,6 +282,18 @@ class GuestSessions:
         log.debug("VM %s: pages seq %d key %s: guest took back %d pages (%d were in the balloon, %d rejected)",
                   vm.name, msg.seq, log_text(msg.key or "-"), sum(c for _, c in msg.ranges), removed, rejected)
         return protocol.PagesAck(msg.seq, rejected=rejected)
+
+    @staticmethod
+    async def _balloon_edit(edit, extents: list[tuple[int, int]]) -> int:
+        """``edit`` (the balloon's add or remove) of each extent, EDIT_SLICE at a time with
+        the event loop's other work in between; the sum of what the edits returned."""
+        total = 0
+        for k in range(0, len(extents), EDIT_SLICE):
+            if k:
+                await asyncio.sleep(0)  # other VMs' work runs between slices
+            for off, length in extents[k:k + EDIT_SLICE]:
+                total += edit(off // PAGE_BYTES, length // PAGE_BYTES)
+        return total
 
     def _boost_ksm(self) -> None:
         """A ksm VM reported balloon pages: KSM on and boosted (the one KSM controller, taken
