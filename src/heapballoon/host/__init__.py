@@ -12,8 +12,9 @@ Layers, bottom up, one module each:
 * ``vmreclaim`` hostd's per-VM glue: QMP, RAM file, layout, engine, acks
 * ``vmstatus``  status figures and Prometheus metrics of hostd
 * ``ksm``       ksm VMs (private RAM): smaps Rss of guest RAM, temporary KSM boost
-* ``pageset``   interval set for balloon accounting
+* ``pageset``   interval set for balloon accounting (blocked, capped: cheap whatever a guest sends)
 * ``vmregistry`` the VMs hostd knows: identity checks, per-VM state (on vm.vmdir's contract)
+* ``guestlimits`` what one guest may cost hostd: budgets, bad lines, faults logged once, its worker
 * ``guestsession`` the channel to each guest: handshake, pages reports, acks, KSM boost
 * ``hostd``     the daemon: scan loop, control socket, state file, the command line
 * ``scratchvm`` a throwaway guest-less QEMU for tests and the punch benchmark

@@ -214,7 +214,7 @@ class AutoPolicy:
                     log.info("VM %s: virtio balloon not set: %s", vm.name, err)
             if not w.pinned and w.target_of("heap") != vm.target_bytes:
                 vm.target_bytes = w.target_of("heap")
-                await self.daemon._send_target(vm)
+                await self.daemon._send_target(vm)  # queued on the VM's channel: never waits on its guest
             if w.changed:
                 log.info("%s", workload_line(w))
 

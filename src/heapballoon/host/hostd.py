@@ -44,6 +44,10 @@ pauses bounded in time by ``--pause-budget-ms``, the pause path in one worker th
 own blocking QMP socket) or ``batch`` (reclaim.Reclaimer: fixed batches, check and punch all
 under the pause; kept for comparison).
 
+Limits: what one guest may cost hostd (pages verified, ranges and bytes a second, balloon
+intervals, bad lines, sends that must drain) is guestlimits.py's, listed in docs/protocol.md
+("Limits", Guest ↔ hostd); no guest can delay another VM's target, status or pauses.
+
 Safety: a VM's memfd is found from its own QEMU process (pid from vm.json, confirmed by the
 process start time and its command line naming the VM dir), page numbers are mapped through
 that VM's own layout, and pages are punched only while QEMU is stopped and only if zero.
@@ -66,6 +70,7 @@ from heapballoon.host import vmstatus
 from heapballoon.driver.ksmctl import KsmController
 from heapballoon.linux.ksm import KSM
 from heapballoon.host.shortpause import DEFAULT_PAUSE_BUDGET_MS, GIL_SWITCH_INTERVAL_S, PauseModel
+from heapballoon.host.guestlimits import GuestGuard
 from heapballoon.host.guestsession import GuestSessions
 from heapballoon.host.hostcontrol import ControlRequests
 from heapballoon.host.vmreclaim import MAX_BALLOON_INTERVALS  # noqa: F401 - part of hostd's API
@@ -99,6 +104,7 @@ class HostDaemon(GuestSessions, ControlRequests):
         self.state_path = os.path.join(run_dir, STATE_FILE)
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
+        self._guards: dict[str, GuestGuard] = {}  # VM name → its guest's limits (guestlimits.py)
         self._ksm = KsmController(KSM(), "auto", os.path.join(run_dir, "hostd-ksm.json"))
         self._ksm_until = 0.0
         self.autopolicy = None  # autopolicy.AutoPolicy with --policy auto
@@ -164,6 +170,9 @@ class HostDaemon(GuestSessions, ControlRequests):
         vm.close()
         if self.vms.get(vm.name) is vm:
             del self.vms[vm.name]
+            guard = self._guards.pop(vm.name, None)
+            if guard is not None:
+                guard.close()
 
     async def _scan_loop(self) -> None:
         while True:
@@ -181,11 +190,11 @@ class HostDaemon(GuestSessions, ControlRequests):
     # ------------------------------------------------------------ guest channel
 
     async def _send_target(self, vm: VM) -> None:
+        """Have the VM's current target sent to its guest. Never waits on the guest: the
+        channel's own sender sends it (the latest target wins), so a guest that stops reading
+        delays no caller — the policy, ``target --vm`` — and no other VM (guestsession.py)."""
         if vm.channel is not None:
-            try:
-                await vm.channel.send(protocol.GuestTarget(vm.target_bytes))
-            except (OSError, ConnectionError) as err:
-                log.info("VM %s: cannot send target: %s", vm.name, err)
+            vm.channel.want_target()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -214,6 +223,9 @@ class HostDaemon(GuestSessions, ControlRequests):
         for vm in list(self.vms.values()):
             vm.close()
         self.vms.clear()
+        for guard in self._guards.values():
+            guard.close()
+        self._guards.clear()
         if self._server is not None:
             self._server.close()
             try:

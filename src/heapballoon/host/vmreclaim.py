@@ -20,6 +20,7 @@ from heapballoon.host.layout import GuestLayout
 from heapballoon.host.reclaim import Reclaimer, ReclaimResult
 from heapballoon.host.shortpause import PauseBoost, PauseModel, ShortPauseReclaimer
 from heapballoon.linux.procfs import ProcFS
+from heapballoon.textsafe import log_text
 
 log = logging.getLogger("heapballoon.hostd")
 
@@ -125,7 +126,7 @@ def account(vm, msg: protocol.Pages, res: ReclaimResult) -> protocol.PagesAck:
         vm.totals[k] += v
     log.info("VM %s: pages seq %d key %s: %d reported, %d punched, %d already, %d non-zero skipped, "
              "%d rejected in %d pauses (pre-check %.1f ms), pause max %.1f ms, sum %.1f ms%s", vm.name,
-             msg.seq, msg.key or "-", sum(c for _, c in msg.ranges), res.punched_pages, res.already_pages,
+             msg.seq, log_text(msg.key or "-"), sum(c for _, c in msg.ranges), res.punched_pages, res.already_pages,
              res.skipped_nonzero_pages, res.rejected_pages, res.batches, res.precheck_ms,
              max(res.pauses_ms, default=0.0), sum(res.pauses_ms), f", error: {res.error}" if res.error else "")
     return protocol.PagesAck(msg.seq, res.punched_pages, res.already_pages, res.skipped_nonzero_pages,

@@ -80,6 +80,7 @@ class VM:
     virtio_target_bytes: int = 0
     virtio_error: str = ""
     policy_reason: str = ""  # hostd --policy auto: why the VM's targets are what they are
+    holes: object = None  # vmstatus.HoleCount of a balloon too fragmented to measure at once
     ram_backend: str = "ram0"  # QEMU's id of the guest-RAM memory backend (libvirt: pc.ram)
     # hostd reaches the virtio-balloon through the VM's QMP socket; libvirt domains, whose
     # monitor libvirt owns, through libvirt's API (their ``virtio_query``)

@@ -11,6 +11,8 @@ read at every scrape from hostd's live state (prometheus_client, like the driver
 from __future__ import annotations
 
 import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from prometheus_client import start_http_server
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
@@ -22,6 +24,45 @@ from heapballoon.host.pausestats import PARTS
 
 log = logging.getLogger("heapballoon.hostd")
 QUANTILES = (("p50", "0.5"), ("p99", "0.99"), ("max", "1"))
+# A balloon of more intervals than this is not measured while status waits (a hole count costs
+# ~1 µs an interval; a guest's removes may split a balloon up to MAX_BALLOON_INTERVALS): its
+# reclaimed_bytes is counted in the background and is then up to a few seconds old.
+HOLES_AT_ONCE_MAX_INTERVALS = 65536
+HOLES_MIN_AGE_S = 5.0  # a background count is started again at most this often per VM
+_holes_worker = ThreadPoolExecutor(1, thread_name_prefix="hostd-holes")  # one for all: bounded
+
+
+class HoleCount:
+    """The last background count of one VM's balloon holes (bytes), and the one under way."""
+
+    def __init__(self) -> None:
+        self.bytes: int | None = None
+        self.done_at = float("-inf")
+        self.future: Future | None = None
+
+    def get(self, vm) -> int | None:
+        """The latest count (None before the first); starts another when due. Never waits."""
+        if self.future is not None and self.future.done():
+            try:
+                self.bytes = self.future.result()
+            except (ReclaimError, OSError) as err:
+                log.info("VM %s: cannot measure guest RAM: %s", vm.name, err)
+            self.future, self.done_at = None, time.monotonic()
+        if self.future is None and time.monotonic() - self.done_at >= HOLES_MIN_AGE_S:
+            ram, balloon = vm.guest_ram, vm.balloon
+            self.future = _holes_worker.submit(
+                lambda: ram.hole_bytes([(p * PAGE_BYTES, n * PAGE_BYTES) for p, n in balloon]))
+        return self.bytes
+
+
+def reclaimed_bytes(vm) -> int | None:
+    """Bytes of the VM's balloon that are holes in its RAM file: counted now for a balloon of
+    up to HOLES_AT_ONCE_MAX_INTERVALS intervals, else the latest background count."""
+    if len(vm.balloon) <= HOLES_AT_ONCE_MAX_INTERVALS:
+        return vm.guest_ram.hole_bytes([(p * PAGE_BYTES, n * PAGE_BYTES) for p, n in vm.balloon])
+    if not isinstance(vm.holes, HoleCount):
+        vm.holes = HoleCount()
+    return vm.holes.get(vm)
 
 
 def cont_owed(vm) -> bool:
@@ -65,7 +106,7 @@ def vm_status(vm) -> dict:
                 vm.guest_ram = GuestRam.open(vm.pid, vm.memory_bytes)
             if vm.guest_ram is not None:
                 resident = vm.guest_ram.resident_bytes()
-                reclaimed = vm.guest_ram.hole_bytes([(p * PAGE_BYTES, n * PAGE_BYTES) for p, n in vm.balloon])
+                reclaimed = reclaimed_bytes(vm)
         except (ReclaimError, OSError) as err:
             log.info("VM %s: cannot measure guest RAM: %s", vm.name, err)
     gs = vm.guest_status
