@@ -63,11 +63,13 @@ def frames_by_addr(monkeypatch):
     table: dict[int, list[int]] = {}
     threads: list[int] = []
 
-    def fake_chunk_frames(procfs, pid, chunk):
+    def fake_chunk_frames(procfs, pid, chunk, heap=None):
         threads.append(threading.get_ident())
         return table[chunk.addr]
 
     monkeypatch.setattr(gd, "chunk_frames", fake_chunk_frames)
+    monkeypatch.setattr(gd.pagemap, "heap_ranges", lambda procfs, pid: [(0, 1 << 63)])
+    monkeypatch.setattr(gd.ProcFS, "starttime", lambda self, pid: 1)  # the fake JVM's start time
     return table, threads
 
 
@@ -157,7 +159,7 @@ def test_ping_resyncs_everything(tmp_path, frames_by_addr):
 def test_unreadable_pagemap_is_retried_not_reported(tmp_path, monkeypatch):
     from heapballoon.errors import KernelError
 
-    def gone(procfs, pid, chunk):
+    def gone(procfs, pid, chunk, heap=None):
         raise KernelError("no pagemap")
 
     monkeypatch.setattr(gd, "chunk_frames", gone)
