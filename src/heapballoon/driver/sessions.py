@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from heapballoon import protocol, transport
 from heapballoon.driver.peerlimits import BadLines, Outbox, TokenBucket
-from heapballoon.errors import KernelError, MessageTooLarge, ProtocolError
+from heapballoon.errors import KernelError, MessageTooLarge, PeerStalled, ProtocolError
 from heapballoon.linux.peercred import peer_cred
 from heapballoon.status import TargetsReply
 from heapballoon.textsafe import log_text
@@ -105,7 +105,7 @@ class AgentSessions:
                 await self._agent_session(chan, peer, first, bad)
             else:
                 await self._control_session(chan, peer, first, bad)
-        except (ConnectionError, MessageTooLarge) as err:
+        except (ConnectionError, MessageTooLarge, PeerStalled) as err:
             log.warning("dropping %s: %s", peer.describe(), log_text(err))
         except Exception:  # noqa: BLE001 - one bad peer must never take the daemon down
             log.exception("unexpected error on a connection of %s; dropped it", peer.describe())
