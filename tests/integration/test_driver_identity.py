@@ -205,3 +205,27 @@ def test_an_agent_whose_verification_raises_is_dropped_and_the_daemon_goes_on(tm
             await asyncio.wait_for(task, 5)
 
     asyncio.run(scenario())
+
+
+def test_a_control_client_flooding_requests_is_dropped(tmp_path):
+    """CLI ↔ driver limit: a connection may send CONTROL_RATE_PER_S requests a second (burst
+    CONTROL_BURST); a status flood (each reply builds the whole status) is dropped, logged once."""
+    path = str(tmp_path / "hb.sock")
+
+    async def scenario():
+        driver, task = await start(path)
+        try:
+            reader, writer = await asyncio.open_unix_connection(path, limit=1 << 24)
+            writer.write(protocol.encode(protocol.StatusRequest(id=1)) * 1000)
+            await writer.drain()
+            replies = 0
+            while await asyncio.wait_for(reader.readline(), 5):
+                replies += 1
+            writer.close()
+            assert 50 <= replies <= 200, replies  # the burst, then dropped
+            assert not task.done()
+        finally:
+            driver.stop()
+            await task
+
+    asyncio.run(scenario())

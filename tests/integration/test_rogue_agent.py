@@ -174,9 +174,11 @@ def test_rogue_agent_floods_are_dropped_and_logged_once(daemons, rogues):
     bad.cmd("send", lines=[bad.hello([], heap_max_bytes=GIB, name="x\nFAKE heapballoon.driver ERROR owned")])
     wait_for(lambda: jvm(d, bad.pid), 10, what="registered")
     valid = bad.state([], heap_max_bytes=GIB, epoch=1)
-    bad.cmd("send", lines=["[" * 5000, valid, "not json\nFAKE heapballoon.driver ERROR x", valid] * 40,
+    big_type = '{"v":1,"type":"' + "x" * 5000 + '"}'  # its error once quoted all 5,000 characters back
+    bad.cmd("send", lines=["[" * 5000, valid, "not json\nFAKE heapballoon.driver ERROR x", valid, big_type] * 40,
             timeout_s=2.0)
     wait_for(lambda: bad.eof, 10, what="the bad-line peer dropped")
+    assert bad.got and max(len(g) for g in bad.got) < 500
     log = d.log()
     assert "\nFAKE" not in log, log[-2000:]
     assert log.count("sent a bad message") == 1, log[-3000:]

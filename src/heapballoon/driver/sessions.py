@@ -49,6 +49,7 @@ CHUNKS_PER_UNIT = 64  # parsing a state costs one unit per this many chunks (a f
 CONTROL_RATE_PER_S = 20.0
 CONTROL_BURST = 100.0
 STATE_CHANGING = (protocol.SetTarget,)
+MAX_ERROR_REPLY_CHARS = 300
 
 
 class PeerDropped(ConnectionError):
@@ -130,8 +131,8 @@ class AgentSessions:
                 if over:
                     raise PeerDropped(f"{len(bad.times)} bad messages within {BAD_LINES_WINDOW_S:g} s "
                                       f"({bad.total} in all)") from err
-                with contextlib.suppress(ConnectionError):
-                    await chan.send(protocol.Error(error=str(err)))
+                with contextlib.suppress(ConnectionError):  # cut: a bad line never earns a large reply
+                    await chan.send(protocol.Error(error=log_text(err, MAX_ERROR_REPLY_CHARS)))
 
     async def _agent_session(self, chan: transport.LineChannel, peer: Peer, hello: protocol.Hello,
                              bad: BadLines) -> None:
