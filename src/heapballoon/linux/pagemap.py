@@ -265,12 +265,17 @@ def clip_ranges(ranges: list[tuple[int, int]], allowed: list[tuple[int, int]]) -
 
 
 def heap_ranges(procfs: ProcFS, pid: Pid) -> list[tuple[int, int]]:
-    """Where a balloon can be: the process's private, writable, anonymous mappings (a Java
-    heap is one), as sorted ``(start, end)``. File mappings, shared memory, stacks and unmapped
-    space are never balloon pages, whatever an agent claims."""
+    """Where a balloon can be: the process's writable heap-like mappings, as sorted ``(start,
+    end)``: private anonymous ones (most Java heaps) and shared memfd ones (ZGC maps its heap
+    from ``/memfd:java_heap``; the agent frees those pages with MADV_REMOVE). Files, other
+    shared memory and unmapped space are never balloon pages, whatever an agent claims."""
     out = []
     for m in procfs.maps(pid):
-        if m.perms[:2] == "rw" and m.perms[3:4] == "p" and (m.path == "" or m.path.startswith("[anon:")):
+        if m.perms[:2] != "rw":
+            continue
+        private_anon = m.perms[3:4] == "p" and (m.path == "" or m.path.startswith("[anon:"))
+        shared_memfd = m.perms[3:4] == "s" and m.path.startswith("/memfd:")
+        if private_anon or shared_memfd:
             out.append((m.start, m.end))
     return merge_ranges(out)
 
