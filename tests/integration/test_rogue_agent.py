@@ -163,7 +163,8 @@ def test_rogue_agent_floods_are_dropped_and_logged_once(daemons, rogues):
     """Rows 13 and 12: bad lines (deep JSON, garbage) with a valid line between each once reset
     the 16-bad-lines counter forever, each logged (2,810 warnings in a probe); a message flood
     was never limited. Now bad lines are counted in a window and the peer is dropped, logged
-    once; a flood of states is dropped for its rate; peer text cannot fake log lines."""
+    once; events are counted, only a few logged; a flood of states is dropped for its rate;
+    peer text cannot fake log lines, and error replies stay short."""
     require_root()
     d = daemons.start()
     bad, flood = rogues(), rogues()
@@ -185,6 +186,15 @@ def test_rogue_agent_floods_are_dropped_and_logged_once(daemons, rogues):
 
     flood.cmd("send", lines=[flood.hello([], heap_max_bytes=GIB, name="flood")])
     wait_for(lambda: jvm(d, flood.pid), 10, what="registered")
+    events = [protocol.encode(protocol.Event(kind="inflate_done", reason=f"r{i}")).decode().rstrip("\n")
+              for i in range(1000)]
+    flood.cmd("send", lines=events)
+    wait_for(lambda: (j := jvm(d, flood.pid)) and j["events"].get("inflate_done") == 1000, 10, what="events counted")
+    assert d.log().count("event inflate_done") <= 10, "every event of a flood logged"
+    kinds = [protocol.encode(protocol.Event(kind=f"k{i}")).decode().rstrip("\n") for i in range(100)]
+    flood.cmd("send", lines=kinds)
+    wait_for(lambda: jvm(d, flood.pid)["events"].get("other") == 100 - 15, 10, what="odd kinds counted as other")
+    assert len(jvm(d, flood.pid)["events"]) == 17
     states = [flood.state([], heap_max_bytes=GIB, epoch=e) for e in range(2, 12)]
     flood.cmd("send", lines=states * 1000, timeout_s=2.0)
     wait_for(lambda: flood.eof, 10, what="the flooding agent dropped")

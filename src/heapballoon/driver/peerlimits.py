@@ -2,6 +2,7 @@
 
 * :class:`BadLines`: bad lines counted in a sliding window (a valid line in between no longer
   resets the count), and a peer's errors logged once, then summarised with a count.
+* :class:`LogBudget`: a few log lines of a kind per peer and minute, then a count.
 * :class:`TokenBucket`: a message (or work) rate with a burst.
 * :class:`Outbox`: what the tick sends one agent, sent by that agent's own task, so an agent
   that stops reading holds nobody but itself (newest target wins; at most one waiting).
@@ -36,6 +37,31 @@ class BadLines:
         while self.times and now - self.times[0] > self.window_s:
             self.times.popleft()
         return len(self.times) > self.limit
+
+
+class LogBudget:
+    """At most ``per_window`` log lines of one kind from one peer per ``window_s``; the rest are
+    counted, and the next line allowed says how many were not logged."""
+
+    def __init__(self, per_window: int, window_s: float, clock=time.monotonic) -> None:
+        self.per_window = per_window
+        self.window_s = window_s
+        self.clock = clock
+        self.start = clock()
+        self.used = 0
+        self.suppressed = 0
+
+    def allow(self) -> tuple[bool, int]:
+        """(whether to log this one, how many were suppressed before it)."""
+        now = self.clock()
+        if now - self.start >= self.window_s:
+            self.start, self.used = now, 0
+        if self.used >= self.per_window:
+            self.suppressed += 1
+            return False, 0
+        self.used += 1
+        skipped, self.suppressed = self.suppressed, 0
+        return True, skipped
 
 
 class TokenBucket:

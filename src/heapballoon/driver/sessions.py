@@ -32,7 +32,7 @@ import os
 from dataclasses import dataclass
 
 from heapballoon import protocol, transport
-from heapballoon.driver.peerlimits import BadLines, Outbox, TokenBucket
+from heapballoon.driver.peerlimits import BadLines, LogBudget, Outbox, TokenBucket
 from heapballoon.errors import KernelError, MessageTooLarge, PeerStalled, ProtocolError
 from heapballoon.linux.peercred import peer_cred
 from heapballoon.status import TargetsReply
@@ -46,6 +46,8 @@ BAD_LINES_WINDOW_S = 60.0
 AGENT_RATE_PER_S = 200.0  # a real agent sends at most ~20 states a second (its loop ticks every 50 ms)
 AGENT_BURST = 2000.0
 CHUNKS_PER_UNIT = 64  # parsing a state costs one unit per this many chunks (a full state: 1,025)
+MAX_EVENT_KINDS = 16  # distinct event kinds counted per JVM (docs name 5); the rest count as "other"
+AGENT_LOG_LINES = 10  # events and rejections an agent may have logged a minute; the rest are counted
 CONTROL_RATE_PER_S = 20.0
 CONTROL_BURST = 100.0
 STATE_CHANGING = (protocol.SetTarget,)
@@ -169,6 +171,7 @@ class AgentSessions:
                  format_size(hello.state.balloon_bytes), format_size(hello.target_bytes))
         self._wake.set()
         rate = TokenBucket(AGENT_RATE_PER_S, AGENT_BURST, self.clock)
+        logged = LogBudget(AGENT_LOG_LINES, 60.0, self.clock)
         last = None
         try:
             while True:
@@ -189,16 +192,23 @@ class AgentSessions:
                     if self.policy is not None:
                         self.policy.on_state(pid, msg, self.clock())
                 elif isinstance(msg, protocol.Event):
-                    rec.events[msg.kind] = rec.events.get(msg.kind, 0) + 1
+                    kind = msg.kind if msg.kind in rec.events or len(rec.events) < MAX_EVENT_KINDS else "other"
+                    rec.events[kind] = rec.events.get(kind, 0) + 1
                     if msg.kind == "moved":
                         rec.moved_chunks += 1
-                    log.info("pid %d event %s: released %s in %d ms (%s)", pid, log_text(msg.kind, 64),
-                             format_size(msg.released_bytes), msg.latency_ms, log_text(msg.reason))
+                    ok, skipped = logged.allow()
+                    if ok:
+                        log.info("pid %d event %s: released %s in %d ms (%s)%s", pid, log_text(msg.kind, 64),
+                                 format_size(msg.released_bytes), msg.latency_ms, log_text(msg.reason),
+                                 f" [{skipped} more events/rejections not logged]" if skipped else "")
                     self._wake.set()
                 elif isinstance(msg, protocol.Pong):
                     pass
                 elif isinstance(msg, protocol.Error):  # the agent rejected something we sent
-                    log.warning("agent pid %d rejected a message: %s", pid, log_text(msg.error))
+                    ok, skipped = logged.allow()
+                    if ok:
+                        log.warning("agent pid %d rejected a message: %s%s", pid, log_text(msg.error),
+                                    f" [{skipped} more events/rejections not logged]" if skipped else "")
                 else:
                     await chan.send(protocol.Error(error=f"unexpected {msg.TYPE!r} from an agent"))
         finally:
