@@ -125,7 +125,7 @@ class BalloonTick:
                  and self._verify_due(rec, now)]
         for rec in self.registry:
             if not rec.state.chunks or rec.hello.address_mode == "none":
-                rec.reclaimed_bytes, rec.balloon_pages, rec.scan = 0, 0, None
+                rec.reclaimed_bytes, rec.balloon_pages, rec.released_pages, rec.scan = 0, 0, 0, None
         if not plans:
             return
         results = await asyncio.to_thread(_read_verifications, self.procfs, plans, self.zero_pfn)
@@ -159,6 +159,7 @@ class BalloonTick:
             rec.verified_epoch = rec.state.chunks_epoch
             rec.reclaimed_bytes = v.reclaimed_bytes
             rec.balloon_pages = v.balloon_pages
+            rec.released_pages = v.not_resident_pages
             self.after_verify(rec, v)
 
     def _verify_due(self, rec: JVMRecord, now: float) -> bool:
@@ -171,7 +172,9 @@ class BalloonTick:
         if (rec.verified_s is None or rec.verified_epoch != rec.state.chunks_epoch or rec.drop_seen_s is not None
                 or rec.scan is not None):
             return True
-        if rec.reclaimed_bytes < rec.state.balloon_bytes - REVERIFY_SLACK_BYTES:
+        # Settled means every page released (not resident), whether or not it counts as
+        # reclaimed: a balloon in heap the JVM never used is settled too.
+        if rec.released_pages * pagemap.PAGE_SIZE < rec.state.balloon_bytes - REVERIFY_SLACK_BYTES:
             return True
         return now - rec.verified_s >= self.reverify_s * (0.5 + (rec.pid % 97) / 97)
 
@@ -199,7 +202,7 @@ class BalloonTick:
             self.policy.maybe_tick([r for r in self.registry if r.connected], self.clock())
         await self._send_targets()
         await self._verify_all()
-        waiting = sum(max(0, r.balloon_pages - r.reclaimed_bytes // pagemap.PAGE_SIZE)
+        waiting = sum(max(0, r.balloon_pages - r.released_pages)
                       for r in self.registry if r.state.reclaim == "ksm")
         try:
             self.ksmctl.tick(waiting)

@@ -26,6 +26,7 @@ class JVMRecord:
     sent: protocol.Target | None = None
     reclaimed_bytes: int = 0
     balloon_pages: int = 0
+    released_pages: int = 0  # balloon pages not resident now (reclaimed_bytes is at most this)
     verified_epoch: int = -1  # chunks_epoch of the state the last published verification used
     drop_seen_s: float | None = None  # when a verification first showed fewer pages reclaimed
     verified_s: float | None = None  # when a verification was last published (driver clock)
