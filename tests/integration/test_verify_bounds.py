@@ -6,7 +6,6 @@ Real pagemap of this process: a private anonymous mapping, written and then rele
 from __future__ import annotations
 
 import ctypes
-import json
 import mmap
 import os
 
