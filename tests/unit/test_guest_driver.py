@@ -174,6 +174,33 @@ def test_unreadable_pagemap_is_retried_not_reported(tmp_path, monkeypatch):
     assert pages(drv, "add") == [] and drv.reported == {}
 
 
+def test_a_guest_agent_whose_balloon_cannot_be_read_is_dropped_not_the_driver(tmp_path, monkeypatch):
+    """Hostile input row 4, guest side (it shares the code): a MemoryError reading one JVM's
+    frames (a rogue's huge chunk) once escaped report_to_host and the tick; now that agent is
+    dropped and the others are reported."""
+    def boom(procfs, pid, chunk, heap=None):
+        if chunk.addr == 0x10000:
+            raise MemoryError("a 1 TiB chunk")
+        return [77]
+
+    monkeypatch.setattr(gd, "chunk_frames", boom)
+    monkeypatch.setattr(gd.pagemap, "heap_ranges", lambda procfs, pid: [(0, 1 << 63)], raising=False)
+    monkeypatch.setattr(gd.ProcFS, "starttime", lambda self, pid: 1)
+    dropped = []
+
+    async def run():
+        drv = make_driver(tmp_path)
+        drv.drop_agent = lambda pid, why: dropped.append(pid)
+        drv.registry.upsert(PID, 1, hello((protocol.Chunk(1, 0x10000, 4096),)))
+        drv.registry.upsert(PID + 1, 1, hello((protocol.Chunk(1, 0x20000, 4096),)))
+        await drv.report_to_host()
+        return drv
+
+    drv = asyncio.run(run())
+    assert dropped == [PID]
+    assert [m.ranges for m in pages(drv, "add")] == [((77, 1),)]
+
+
 def test_find_port_by_name(tmp_path):
     for entry, name in (("vport1p1", "org.heapballoon.exec"), ("vport1p2", "org.heapballoon.0"), ("vport1p3", "")):
         (tmp_path / entry).mkdir()

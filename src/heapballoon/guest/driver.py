@@ -102,8 +102,15 @@ def read_frames(procfs: ProcFS, pid: int, jobs: tuple[tuple[str, protocol.Chunk]
     return tuple(out)
 
 
-def read_plans(procfs: ProcFS, plans: tuple[ScanPlan, ...]) -> tuple[tuple[FrameScan, ...], ...]:
-    return tuple(read_frames(procfs, p.pid, p.jobs, p.starttime) for p in plans)
+def read_plans(procfs: ProcFS, plans: tuple[ScanPlan, ...]) -> tuple:
+    """Each plan's FrameScans, or the exception its reading raised (that agent alone is dropped)."""
+    out = []
+    for p in plans:
+        try:
+            out.append(read_frames(procfs, p.pid, p.jobs, p.starttime))
+        except Exception as err:  # noqa: BLE001 - one agent's failure (MemoryError ...) is its own
+            out.append(err)
+    return tuple(out)
 
 
 class Uplink:
@@ -301,7 +308,9 @@ class GuestDriver(Driver):
         results = await asyncio.to_thread(read_plans, self.procfs, tuple(plans))
         for plan, scans in zip(plans, results):
             rec = self.registry.get(plan.pid)
-            if rec is not None and rec.starttime == plan.starttime:  # still the same JVM
+            if isinstance(scans, BaseException):
+                self.drop_agent(plan.pid, f"reading its balloon failed: {type(scans).__name__}: {scans}")
+            elif rec is not None and rec.starttime == plan.starttime:  # still the same JVM
                 self._apply(rec, plan, scans)
 
     def _forget_gone(self) -> None:
