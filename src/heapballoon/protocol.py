@@ -17,6 +17,10 @@ from heapballoon.errors import MessageTooLarge, ProtocolError
 VERSION = 1
 MAX_LINE_BYTES = 1 << 20
 MAX_CHUNKS = 65536
+MAX_CHUNK_BYTES = 1 << 40
+# A balloon lives in its JVM's heap: its chunks never total more than the state's heap_max_bytes
+# (when given), nor ever more than x86-64's 128 TiB of user address space.
+MAX_BALLOON_BYTES = 1 << 47
 MAX_U64 = (1 << 64) - 1
 GCS = ("G1", "Parallel", "Serial", "ZGC", "Shenandoah", "unknown")
 RECLAIM_MODES = ("direct", "ksm", "report")
@@ -88,7 +92,7 @@ class Chunk:
     def parse(cls, d: Any) -> Chunk:
         if not isinstance(d, dict):
             raise ProtocolError("chunk must be an object")
-        c = cls(_int(d, "id"), _int(d, "addr", hi=(1 << 63) - 1), _int(d, "len", hi=1 << 40),
+        c = cls(_int(d, "id"), _int(d, "addr", hi=(1 << 63) - 1), _int(d, "len", hi=MAX_CHUNK_BYTES),
                 bool(d.get("released", False)))
         if c.addr + c.len > (1 << 63):
             raise ProtocolError("chunk range overflows the address space")
@@ -120,8 +124,13 @@ class State(Message):
             raise ProtocolError("field 'chunks' must be a list")
         if len(raw_chunks) > MAX_CHUNKS:
             raise ProtocolError(f"too many chunks: {len(raw_chunks)} > {MAX_CHUNKS}")
+        chunks = tuple(Chunk.parse(c) for c in raw_chunks)
+        heap_max_bytes = _int(d, "heap_max_bytes", 0)
+        total = sum(c.len for c in chunks)
+        if total > MAX_BALLOON_BYTES or (heap_max_bytes and total > heap_max_bytes):
+            raise ProtocolError(f"chunks total {total} bytes, more than the heap ({heap_max_bytes} bytes) can hold")
         return cls(
-            heap_max_bytes=_int(d, "heap_max_bytes", 0),
+            heap_max_bytes=heap_max_bytes,
             heap_committed_bytes=_int(d, "heap_committed_bytes", 0),
             heap_used_bytes=_int(d, "heap_used_bytes", 0),
             live_bytes=_int(d, "live_bytes", 0),
@@ -131,7 +140,7 @@ class State(Message):
             target_bytes=_int(d, "target_bytes", 0),
             reclaim=_str(d, "reclaim", "ksm", RECLAIM_MODES),
             chunks_epoch=_int(d, "chunks_epoch", 0),
-            chunks=tuple(Chunk.parse(c) for c in raw_chunks),
+            chunks=chunks,
             balloon_max_bytes=_int(d, "balloon_max_bytes", -1, lo=-1),
             flaps=_int(d, "flaps", 0),
             live_source=_str(d, "live_source", "", max_len=128),

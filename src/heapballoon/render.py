@@ -31,7 +31,14 @@ except ImportError:  # a guest without the host extras: plain text (see render_p
     Console = None  # type: ignore[assignment,misc]
     RenderableType = Any  # type: ignore[misc]
 
+from heapballoon.textsafe import CONTROL_CHARS, display_text
 from heapballoon.units import format_size
+
+
+def _clean(value: Any) -> str:
+    """Peer text for plain output and rich ``Text`` (not markup): control characters (terminal
+    escapes, newlines) replaced by ``?``. Markup contexts (cells, titles) use display_text."""
+    return CONTROL_CHARS.sub("?", str(value))
 
 
 def short_size(size_bytes: int | float) -> str:
@@ -97,7 +104,7 @@ FOLD_BEFORE = 4  # columns of this priority and above are dropped before a name 
 
 def _cell(row: dict, col: Column) -> str:
     value = row.get(col.key)
-    return "-" if value is None else col.fmt(value)
+    return "-" if value is None else _clean(col.fmt(value))
 
 
 def _choose(columns: tuple[Column, ...], rows: list[dict], width: int) -> tuple[list[Column], list[Column]]:
@@ -136,7 +143,7 @@ def _table(title: str, columns: tuple[Column, ...], rows: list[dict], width: int
         else:
             table.add_column(c.header, justify="right", no_wrap=True)
     for row in rows:
-        table.add_row(*(_cell(row, c) for c in kept))
+        table.add_row(*(display_text(_cell(row, c)) for c in kept))
     return table, dropped
 
 
@@ -145,7 +152,7 @@ def _policy_line(node: dict) -> str | None:
     if node.get("policy") != "auto":
         return None
     budget = node.get("budget_bytes")
-    return (f"auto: {node.get('policy_state') or '-'}, budget "
+    return (f"auto: {_clean(node.get('policy_state') or '-')}, budget "
             f"{format_size(budget) if budget is not None else 'none'}")
 
 
@@ -156,10 +163,10 @@ def _node_lines(node: dict) -> list[Text]:
         lines.append(Text(f"policy {line}", style="bold"))
     lines.append(Text(f"node target {format_size(node.get('target_bytes', 0))}, "
                       f"balloon {format_size(node.get('balloon_bytes', 0))}, "
-                      f"reclaimed {format_size(node.get('reclaimed_bytes', 0))}, KSM: {node.get('ksm', '-')}"))
+                      f"reclaimed {format_size(node.get('reclaimed_bytes', 0))}, KSM: {_clean(node.get('ksm', '-'))}"))
     if node.get("unmet_bytes"):
         lines.append(Text(f"target not met: {format_size(node['unmet_bytes'])} short"
-                          + (f" ({node['unmet_reason']})" if node.get("unmet_reason") else ""), style="bold yellow"))
+                          + (f" ({_clean(node['unmet_reason'])})" if node.get("unmet_reason") else ""), style="bold yellow"))
     return lines
 
 
@@ -198,9 +205,9 @@ def status_renderable(body: dict, width: int) -> RenderableType:
         parts.extend(Text(line) for line in vm_policy_lines(body))
         for vm in vms:
             if vm.get("jvms"):
-                add(f"JVMs in {vm['name']}", JVM_COLUMNS, vm["jvms"])
+                add(f"JVMs in {display_text(vm['name'])}", JVM_COLUMNS, vm["jvms"])
         for name, why in body.get("left_alone", {}).items():
-            parts.append(Text(f"left alone: {name}: {why}"))
+            parts.append(Text(f"left alone: {_clean(name)}: {_clean(why)}"))
     parts.append(_legend(dropped, shown))
     return Group(*parts)
 
@@ -228,7 +235,7 @@ def render_plain(body: dict, width: int = 80) -> str:
     if "vms" in body:
         table(f"VMs ({len(body['vms'])})", VM_COLUMNS, body["vms"])
         out.extend(vm_policy_lines(body))
-        out.extend(f"left alone: {name}: {why}" for name, why in body.get("left_alone", {}).items())
+        out.extend(f"left alone: {_clean(name)}: {_clean(why)}" for name, why in body.get("left_alone", {}).items())
     return "\n".join(out)
 
 
@@ -236,12 +243,12 @@ def vm_policy_lines(body: dict) -> list[str]:
     """hostd --policy auto: its state, then who gives what and why, a line per VM."""
     if not body.get("vm_policy"):
         return []
-    lines = [f"VM policy: {body['vm_policy']}"]
+    lines = [f"VM policy: {_clean(body['vm_policy'])}"]
     for vm in body.get("vms", []):
         if vm.get("policy_reason"):
-            lines.append(f"  {vm['name']}: guest free {format_size(vm.get('virtio_target_bytes') or 0)} "
+            lines.append(f"  {_clean(vm['name'])}: guest free {format_size(vm.get('virtio_target_bytes') or 0)} "
                          f"+ heap {format_size(vm.get('target_bytes') or 0)}"
-                         f"{' (pinned)' if vm.get('pinned') else ''}: {vm['policy_reason']}")
+                         f"{' (pinned)' if vm.get('pinned') else ''}: {_clean(vm['policy_reason'])}")
     return lines
 
 

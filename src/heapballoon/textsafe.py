@@ -1,29 +1,62 @@
-"""Text from peers, made safe to log: one pure helper, :func:`log_text`.
+"""Peer strings made safe to show: names are text, never markup or terminal escapes.
 
-A guest, an agent or a CLI client chooses the strings it sends (names, keys, boot ids, bad
-lines). Written into a log as they are, a newline fakes a log line of its own and an escape
-sequence reaches the operator's terminal. :func:`log_text` keeps printable characters, escapes
-everything else (and the backslash itself, so an escape in the output is never ambiguous) and
-caps the length.
+Any string a peer chose (a JVM's name from an agent's ``hello``, a VM or JVM name from a guest's
+``guest_status``, a key, a boot id, a bad line, an error or reason text) goes through one of
+these before it reaches a log line or a terminal:
+
+* :func:`log_text` for logs: every non-printable character (newlines included, so a peer cannot
+  fake a log line; escape sequences; bidirectional overrides) becomes a visible escape
+  (``\\n``, ``\\x1b``, ``\\u202e``), a backslash of the peer's own is doubled so an escape in
+  the output is never ambiguous, and the text is cut to ``max_len`` characters.
+* :func:`display_text` for tables rendered with rich markup: control characters are replaced
+  by ``?`` (no escape sequence reaches the operator's terminal) and rich markup is escaped
+  (``"[/x]"`` shows as ``[/x]`` instead of crashing the renderer).
+
+Pure standard library (the guest driver runs on Python 3.9 without PyPI packages).
 """
 
 from __future__ import annotations
 
+import re
+
 MAX_LOG_CHARS = 200
+# C0 and C1 controls, DEL, the Unicode line/paragraph separators and the bidirectional
+# overrides/isolates (they reorder what a terminal shows).
+CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# What rich reads as a tag, exactly as rich.markup.escape finds it.
+_MARKUP = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
 
 
-def log_text(value: object, max_chars: int = MAX_LOG_CHARS) -> str:
-    """``value`` as one printable line: control and other non-printable characters escaped
-    (``\\n``, ``\\x1b``, ``\\u2028``), a backslash doubled, at most ``max_chars`` characters
-    of the original kept (the rest counted: ``…(+N chars)``). Bytes are decoded as UTF-8 with
-    undecodable bytes escaped."""
+def _escape_char(ch: str) -> str:
+    if ch == "\\":
+        return "\\\\"
+    if ch.isprintable():
+        return ch
+    return repr(ch)[1:-1]  # \n, \r, \t, \x1b, \u2028, ...
+
+
+def log_text(value: object, max_len: int = MAX_LOG_CHARS) -> str:
+    """``value`` as one printable log token: non-printable characters escaped, a backslash
+    doubled, at most ``max_len`` characters of the original kept (the rest counted:
+    ``…(+N chars)``). Bytes are decoded as UTF-8, undecodable bytes escaped."""
+    if value is None:
+        return ""
     if isinstance(value, (bytes, bytearray, memoryview)):
         text = bytes(value).decode("utf-8", "backslashreplace")
     else:
         text = value if isinstance(value, str) else str(value)
-    extra = len(text) - max_chars
-    if extra > 0:
-        text = text[:max_chars]
-    out = "".join(ch if ch.isprintable() and ch != "\\" else ("\\\\" if ch == "\\" else repr(ch)[1:-1])
-                  for ch in text)
-    return f"{out}…(+{extra} chars)" if extra > 0 else out
+    cut = len(text) - max_len
+    if cut > 0:
+        text = text[:max_len]
+    out = "".join(_escape_char(ch) for ch in text)
+    return f"{out}…(+{cut} chars)" if cut > 0 else out
+
+
+def display_text(s: object) -> str:
+    """``s`` for a rich table cell or title: control characters replaced by ``?``, markup
+    escaped so rich shows it literally."""
+    text = CONTROL_CHARS.sub("?", "" if s is None else str(s))
+    text = _MARKUP.sub(lambda m: f"{m.group(1)}{m.group(1)}\\{m.group(2)}", text)
+    if text.endswith("\\") and not text.endswith("\\\\"):
+        text += "\\"  # a lone trailing backslash would escape what rich puts after it
+    return text

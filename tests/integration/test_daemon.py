@@ -1,7 +1,8 @@
 """The driver daemon over a real Unix socket, with this test process playing the agent.
 
 The "balloon chunk" is an mmap of this very process, so the daemon's pagemap verification
-reads real kernel state: untouched pages count as reclaimed, written ones do not.
+reads real kernel state: pages written and then released (MADV_DONTNEED) count as reclaimed,
+written ones do not (and never-touched ones would not either: tests/integration/test_rogue_agent.py).
 """
 
 from __future__ import annotations
@@ -54,6 +55,18 @@ class FakeAgent:
         self.task.cancel()
 
 
+def released_region(nbytes: int) -> mmap.mmap:
+    """An anonymous mapping whose pages were resident (written) and are released now: what a
+    balloon chunk's pages are after the agent's madvise. The driver counts them up to what this
+    process gave back (peak resident set minus resident now), and the driver runs in this very
+    process, allocating as it goes: 16 MiB more is made resident and given back, for headroom."""
+    region = mmap.mmap(-1, nbytes + 16 * MIB, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)  # as a Java heap is
+    for off in range(0, len(region), MIB):
+        region[off:off + MIB] = b"\x01" * MIB
+    region.madvise(mmap.MADV_DONTNEED)
+    return region
+
+
 async def ask(path, msg):
     return await asyncio.to_thread(transport.request, path, msg, 5.0)
 
@@ -77,7 +90,7 @@ async def stop(driver, task):
 
 
 def test_target_status_and_verification(sock_path):
-    region = mmap.mmap(-1, 4 * MIB)
+    region = released_region(4 * MIB)
 
     addr = ctypes.addressof(ctypes.c_char.from_buffer(region))
     chunk = protocol.Chunk(id=1, addr=addr, len=4 * MIB)
@@ -92,7 +105,7 @@ def test_target_status_and_verification(sock_path):
         assert reply.id == 7
         await until(lambda: agent.targets and agent.targets[-1].target_bytes == 512 * MIB)
         assert agent.targets[-1].reclaim == "ksm"
-        # Untouched anonymous pages are not present: all 1024 count as reclaimed.
+        # Released pages are not present: all 1024 count as reclaimed.
         await until(lambda: driver.registry.get(os.getpid()).reclaimed_bytes == 4 * MIB)
         region[:2 * MIB] = b"\x01" * (2 * MIB)  # the "application" dirties half of it
         await until(lambda: driver.registry.get(os.getpid()).reclaimed_bytes == 2 * MIB)
@@ -212,7 +225,7 @@ def test_tick_splits_a_node_target_among_jvms_by_what_each_can_hold(tmp_path):
 def test_a_settled_balloon_is_read_again_only_every_few_seconds(sock_path):
     """pagemap is read every tick for a balloon that changed or is not fully reclaimed yet; a
     settled one only every reverify_s (staggered by pid), and at once when its chunks move."""
-    region = mmap.mmap(-1, 4 * MIB)
+    region = released_region(4 * MIB)
     addr = ctypes.addressof(ctypes.c_char.from_buffer(region))
     chunk = protocol.Chunk(id=1, addr=addr, len=4 * MIB)
 

@@ -63,11 +63,13 @@ def frames_by_addr(monkeypatch):
     table: dict[int, list[int]] = {}
     threads: list[int] = []
 
-    def fake_chunk_frames(procfs, pid, chunk):
+    def fake_chunk_frames(procfs, pid, chunk, heap=None):
         threads.append(threading.get_ident())
         return table[chunk.addr]
 
     monkeypatch.setattr(gd, "chunk_frames", fake_chunk_frames)
+    monkeypatch.setattr(gd.pagemap, "heap_ranges", lambda procfs, pid: [(0, 1 << 63)])
+    monkeypatch.setattr(gd.ProcFS, "starttime", lambda self, pid: 1)  # the fake JVM's start time
     return table, threads
 
 
@@ -157,7 +159,7 @@ def test_ping_resyncs_everything(tmp_path, frames_by_addr):
 def test_unreadable_pagemap_is_retried_not_reported(tmp_path, monkeypatch):
     from heapballoon.errors import KernelError
 
-    def gone(procfs, pid, chunk):
+    def gone(procfs, pid, chunk, heap=None):
         raise KernelError("no pagemap")
 
     monkeypatch.setattr(gd, "chunk_frames", gone)
@@ -170,6 +172,33 @@ def test_unreadable_pagemap_is_retried_not_reported(tmp_path, monkeypatch):
 
     drv = asyncio.run(run())
     assert pages(drv, "add") == [] and drv.reported == {}
+
+
+def test_a_guest_agent_whose_balloon_cannot_be_read_is_dropped_not_the_driver(tmp_path, monkeypatch):
+    """Hostile input row 4, guest side (it shares the code): a MemoryError reading one JVM's
+    frames (a rogue's huge chunk) once escaped report_to_host and the tick; now that agent is
+    dropped and the others are reported."""
+    def boom(procfs, pid, chunk, heap=None):
+        if chunk.addr == 0x10000:
+            raise MemoryError("a 1 TiB chunk")
+        return [77]
+
+    monkeypatch.setattr(gd, "chunk_frames", boom)
+    monkeypatch.setattr(gd.pagemap, "heap_ranges", lambda procfs, pid: [(0, 1 << 63)], raising=False)
+    monkeypatch.setattr(gd.ProcFS, "starttime", lambda self, pid: 1)
+    dropped = []
+
+    async def run():
+        drv = make_driver(tmp_path)
+        drv.drop_agent = lambda pid, why: dropped.append(pid)
+        drv.registry.upsert(PID, 1, hello((protocol.Chunk(1, 0x10000, 4096),)))
+        drv.registry.upsert(PID + 1, 1, hello((protocol.Chunk(1, 0x20000, 4096),)))
+        await drv.report_to_host()
+        return drv
+
+    drv = asyncio.run(run())
+    assert dropped == [PID]
+    assert [m.ranges for m in pages(drv, "add")] == [((77, 1),)]
 
 
 def test_find_port_by_name(tmp_path):

@@ -76,3 +76,25 @@ def test_sources_default_to_both_and_are_kept_in_cost_order():
     assert parse_config("").sources == ("guest_free", "heap")
     assert parse_config('sources = ["heap"]\n').sources == ("heap",)
     assert parse_config('sources = ["heap", "guest_free"]\n').sources == ("guest_free", "heap")
+
+
+@pytest.mark.parametrize("text, key, line", [
+    ("budget = " + "9" * 400 + "\n", "budget", 1),
+    ("\nmax_step = 1125899906842625\n", "max_step", 2),
+    ('[[workload]]\nmatch = "a"\nreservation = ' + "1" * 30 + "\n", "workload[0].reservation", 3),
+    ('[[workload]]\nmatch = "a"\nreservation = "2G"\nlimit = "1G"\n', "workload[0].reservation", 3),
+    ("interval_s = " + "9" * 400 + "\n", "interval_s", 1),
+])
+def test_hostile_sizes_are_one_line_errors(text, key, line):
+    """Hostile input row 14: integer sizes get the 1 PiB cap strings get (a 400-digit budget
+    passed, then overflowed the tick and the process-mode driver exited), and a reservation
+    above its limit is refused. One short line naming the key, never the 400 digits."""
+    with pytest.raises(PolicyConfigError) as err:
+        parse_config(text, source="p.toml")
+    msg = str(err.value)
+    assert "\n" not in msg and key in msg and f"line {line}" in msg and len(msg) < 200, msg
+
+
+def test_sizes_up_to_1_pib_and_reservation_up_to_limit_still_read():
+    cfg = parse_config(f'budget = {1 << 50}\n[[workload]]\nmatch = "a"\nreservation = "1G"\nlimit = "1G"\n')
+    assert cfg.budget_bytes == 1 << 50 and cfg.rules[0].reservation_bytes == cfg.rules[0].limit_bytes

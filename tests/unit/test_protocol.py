@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -14,7 +15,9 @@ states = st.builds(protocol.State, heap_max_bytes=u63, heap_committed_bytes=u63,
                    reclaim=st.sampled_from(protocol.RECLAIM_MODES), chunks_epoch=u63,
                    chunks=st.lists(chunks, max_size=5).map(tuple),
                    balloon_max_bytes=st.integers(-1, 1 << 40), flaps=u63,
-                   live_source=st.sampled_from(["", "MarkSweepCompact", "G1 concurrent cycle (inferred)"]))
+                   live_source=st.sampled_from(["", "MarkSweepCompact", "G1 concurrent cycle (inferred)"])).map(
+    # a balloon lives in its heap: its chunks never total more than heap_max_bytes
+    lambda s: dataclasses.replace(s, heap_max_bytes=max(s.heap_max_bytes, sum(c.len for c in s.chunks))))
 
 
 @given(states)
@@ -105,3 +108,16 @@ def test_decode_never_crashes_on_deep_nesting(depth, opener):
         protocol.decode('{"v":1,"type":"ping","x":' + opener * depth + "0" * (opener != "[") + closer * depth + "}")
     except ProtocolError:
         pass
+
+
+def test_a_state_claiming_more_than_its_heap_is_rejected():
+    """Hostile input row 4 (protocol half): 65,536 chunks of 1 TiB each once passed; a balloon's
+    chunks now total at most the state's heap_max_bytes (and 128 TiB in any case)."""
+    chunk = {"id": 1, "addr": 1 << 30, "len": 1 << 40}
+    with pytest.raises(ProtocolError, match="more than the heap"):
+        protocol.decode(json.dumps({"v": 1, "type": "state", "heap_max_bytes": 1 << 30, "chunks": [chunk]}))
+    many = [dict(chunk, id=i) for i in range(200)]
+    with pytest.raises(ProtocolError, match="more than the heap"):
+        protocol.decode(json.dumps({"v": 1, "type": "state", "chunks": many}))
+    ok = protocol.decode(json.dumps({"v": 1, "type": "state", "heap_max_bytes": 1 << 40, "chunks": [chunk]}))
+    assert ok.chunks[0].len == 1 << 40

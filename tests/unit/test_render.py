@@ -6,7 +6,7 @@ import io
 import pytest
 from rich.console import Console
 
-from heapballoon.render import render_status, short_size
+from heapballoon.render import render_plain, render_status, short_size
 from heapballoon.status import DriverStatus, HostStatus, JvmStatus, NodeStatus
 
 MIB, GIB = 1 << 20, 1 << 30
@@ -132,3 +132,28 @@ def test_piped_status_keeps_each_explanation_on_one_line():
     assert any(line.startswith("VM policy: low:") and line.rstrip().endswith("(live set + headroom)")
                for line in text.splitlines())
     assert "  pa: guest free 0 B + heap 544.0 MiB: active 77%, shares 1000: at its floor (live+headroom)" in text
+
+
+HOSTILE = ("[/x]", "evil\x1b[2J\x1b]0;owned\x07", "[bold red]fake[/bold red]", "line\nFAKE LOG LINE", "\u202eesrever",
+           "trail\\")
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_hostile_names_in_status_are_text(terminal):
+    """Hostile input row 11: names from an agent's hello or a guest's guest_status are text, never
+    markup or terminal escapes: "[/x]" does not crash status (MarkupError), no escape sequence
+    or newline of a name reaches the operator's terminal, and the brackets show as typed."""
+    jvms = tuple(_jvm(100 + i, name) for i, name in enumerate(HOSTILE))
+    body = DriverStatus(jvms, NodeStatus(target_bytes=0, balloon_bytes=0, reclaimed_bytes=0, ksm="off",
+                                         ksm_boosted=False, zero_pfn_known=True, bad_messages=0)).to_dict()
+    vms = [dict(name=name, memory_bytes=GIB, target_bytes=0, balloon_bytes=0, reclaimed_bytes=0,
+                host_resident_bytes=GIB, pause_ms_p99=1.0, policy_reason=f"why {name}",
+                jvms=[_jvm(7, name).to_dict()]) for name in HOSTILE]
+    host = {"vms": vms, "vm_policy": "auto [/x]", "left_alone": {HOSTILE[1]: "because [/x]"}}
+    for b in (body, host):
+        out = _render(b, 200, terminal)
+        assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+        assert "FAKE LOG LINE" not in out.replace("line?FAKE LOG LINE", "")  # the newline became "?"
+        assert "[/x]" in out and "[bold red]fake[/bold red]" in out
+        plain = render_plain(b, 200)
+        assert "\x1b" not in plain and "\u202e" not in plain and "line?FAKE LOG LINE" in plain

@@ -19,7 +19,7 @@ from heapballoon import protocol
 from heapballoon.driver import policy
 from heapballoon.driver.registry import JVMRecord
 from heapballoon.driver.tickreport import Unmet, jvm_detail, node_summary
-from heapballoon.driver.verify import Verification, verify_chunks
+from heapballoon.driver.verify import Scan, Verification, verify_step
 from heapballoon.errors import KernelError
 from heapballoon.linux import pagemap
 from heapballoon.linux.procfs import ProcFS
@@ -100,36 +100,51 @@ class BalloonTick:
                     self.saved_explicit.pop(f"{rec.pid}:{rec.starttime}", None)
 
     async def _send_targets(self) -> None:
+        """Hand each agent its new target. Never waits on an agent: each has an outbox sent by
+        a task of its own (``peerlimits.Outbox``), so one that stops reading is dropped after
+        the transport's send timeout and holds up no tick and no other agent."""
         for rec, want in self.tick():
-            chan = self.channels.get(rec.pid)
-            if chan is None:
+            outbox = self.outboxes.get(rec.pid)
+            if outbox is None:
                 continue
-            try:
-                await chan.send(want)
-                rec.sent = want
-            except (ConnectionError, OSError) as err:
-                log.warning("could not send target to pid %d: %s", rec.pid, err)
+            outbox.put(want)
+            rec.sent = want
 
     async def _verify_all(self) -> None:
         """Count reclaimed balloon pages of every JVM through pagemap: the pagemap reads run in a
-        worker thread as a pure function of (pid, chunks); the records are updated back here,
-        on the event loop, which owns them. Off where VERIFY_PAGEMAP is False (the guest)."""
+        worker thread as a pure function of (pid, start time, chunks, scan so far); the records
+        are updated back here, on the event loop, which owns them. At most
+        ``verify.MAX_VERIFY_PAGES_PER_TICK`` pages per agent a tick: a bigger balloon is read over
+        several ticks. An agent whose verification raises is dropped, and the others go on.
+        Off where VERIFY_PAGEMAP is False (the guest)."""
         if not self.VERIFY_PAGEMAP:
             return
         now = self.clock()
-        plans = [(rec.pid, rec.state.chunks) for rec in self.registry
-                 if rec.state.chunks and rec.hello.address_mode != "none" and self._verify_due(rec, now)]
+        plans = [(rec.pid, rec.starttime, rec.state.chunks, rec.scan, rec.peak_bytes) for rec in self.registry
+                 if rec.state.chunks and rec.hello.address_mode != "none"
+                 and self._verify_due(rec, now)]
         for rec in self.registry:
             if not rec.state.chunks or rec.hello.address_mode == "none":
-                rec.reclaimed_bytes, rec.balloon_pages = 0, 0
+                rec.reclaimed_bytes, rec.balloon_pages, rec.released_pages, rec.scan = 0, 0, 0, None
         if not plans:
             return
         results = await asyncio.to_thread(_read_verifications, self.procfs, plans, self.zero_pfn)
         now = self.clock()
         for pid, chunks, v in results:
             rec = self.registry.get(pid)
-            if rec is None or rec.state.chunks != chunks or v is None:
+            if rec is None or rec.state.chunks != chunks:
                 continue  # gone, or its balloon changed while we read: the next tick counts it
+            if isinstance(v, BaseException):
+                rec.scan = None
+                self.drop_agent(pid, f"verifying its balloon failed: {type(v).__name__}: {v}")
+                continue
+            if isinstance(v, Scan):
+                rec.scan = v  # more to read next tick
+                continue
+            rec.scan = None
+            if v is None:
+                continue  # pagemap unreadable now
+            rec.peak_bytes = max(rec.peak_bytes, v.peak_bytes)
             if v.reclaimed_bytes < rec.reclaimed_bytes and rec.verified_epoch == rec.state.chunks_epoch:
                 # Fewer pages reclaimed at the same addresses: either the JVM wrote to its
                 # balloon, or a collection moved the chunks and the agent's new addresses are
@@ -144,6 +159,7 @@ class BalloonTick:
             rec.verified_epoch = rec.state.chunks_epoch
             rec.reclaimed_bytes = v.reclaimed_bytes
             rec.balloon_pages = v.balloon_pages
+            rec.released_pages = v.not_resident_pages
             self.after_verify(rec, v)
 
     def _verify_due(self, rec: JVMRecord, now: float) -> bool:
@@ -153,9 +169,12 @@ class BalloonTick:
         ``reverify_s`` (REVERIFY_S, staggered by pid so the JVMs do not all come due on one tick;
         a write into it shows up then), the others every tick: new or moved chunks, a drop
         waiting for the agent's new addresses, KSM still merging."""
-        if rec.verified_s is None or rec.verified_epoch != rec.state.chunks_epoch or rec.drop_seen_s is not None:
+        if (rec.verified_s is None or rec.verified_epoch != rec.state.chunks_epoch or rec.drop_seen_s is not None
+                or rec.scan is not None):
             return True
-        if rec.reclaimed_bytes < rec.state.balloon_bytes - REVERIFY_SLACK_BYTES:
+        # Settled means every page released (not resident), whether or not it counts as
+        # reclaimed: a balloon in heap the JVM never used is settled too.
+        if rec.released_pages * pagemap.PAGE_SIZE < rec.state.balloon_bytes - REVERIFY_SLACK_BYTES:
             return True
         return now - rec.verified_s >= self.reverify_s * (0.5 + (rec.pid % 97) / 97)
 
@@ -183,7 +202,7 @@ class BalloonTick:
             self.policy.maybe_tick([r for r in self.registry if r.connected], self.clock())
         await self._send_targets()
         await self._verify_all()
-        waiting = sum(max(0, r.balloon_pages - r.reclaimed_bytes // pagemap.PAGE_SIZE)
+        waiting = sum(max(0, r.balloon_pages - r.released_pages)
                       for r in self.registry if r.state.reclaim == "ksm")
         try:
             self.ksmctl.tick(waiting)
@@ -195,12 +214,16 @@ class BalloonTick:
 
 
 def _read_verifications(procfs: ProcFS, plans, zero_pfn):
-    """Worker thread: pagemap verification of each (pid, chunks); touches no daemon state."""
+    """Worker thread: one verification step per (pid, start time, chunks, scan, peak); touches no
+    daemon state. Per agent: a Scan (more to read), a Verification, None (unreadable now), or
+    the exception that agent's verification raised (MemoryError included): it is dropped."""
     out = []
-    for pid, chunks in plans:
+    for pid, starttime, chunks, scan, peak_bytes in plans:
         try:
-            out.append((pid, chunks, verify_chunks(procfs, pid, chunks, zero_pfn)))
+            out.append((pid, chunks, verify_step(procfs, pid, starttime, chunks, scan, zero_pfn, peak_bytes)))
         except KernelError as err:
             log.debug("pagemap of pid %d unreadable: %s", pid, err)
             out.append((pid, chunks, None))
+        except Exception as err:  # noqa: BLE001 - one agent's failure is that agent's alone
+            out.append((pid, chunks, err))
     return out

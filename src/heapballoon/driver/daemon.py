@@ -36,6 +36,7 @@ import time
 from heapballoon import transport
 from heapballoon.driver.balloontick import REVERIFY_S, BalloonTick
 from heapballoon.driver.ksmctl import KsmController
+from heapballoon.driver.peerlimits import Outbox
 from heapballoon.driver.registry import Registry
 from heapballoon.driver.sessions import AgentSessions
 from heapballoon.driver.tickreport import TickLog, Unmet, unmet
@@ -70,6 +71,7 @@ class Driver(AgentSessions, BalloonTick):
         self.registry = Registry()
         self.policy = policy  # an AutoPolicy (--policy auto), or None: targets are set by hand
         self.channels: dict[int, transport.LineChannel] = {}
+        self.outboxes: dict[int, Outbox] = {}  # pid → what the tick sends that agent, by a task of its own
         self.node_target_bytes: int | None = None
         self.saved_explicit: dict[str, int] = {}
         self.ksmctl = KsmController(ksm or KSM(), ksm_mode, socket_path + ".ksm.json", clock=clock)
@@ -80,6 +82,7 @@ class Driver(AgentSessions, BalloonTick):
         self._wake = asyncio.Event()
         self.tick_log = TickLog(log)
         self.tick_ms = 0.0  # how long the last step() took
+        self.tick_errors: set[str] = set()  # kinds of error a tick raised (each logged in full once)
 
     def _bind_events(self) -> None:
         """Remake the events on the running loop, keeping their state: on Python 3.9 (the guest
@@ -179,7 +182,10 @@ class Driver(AgentSessions, BalloonTick):
             ready.set()
         try:
             while not self._stop.is_set():
-                await self.step()
+                try:
+                    await self.step()
+                except Exception as err:  # noqa: BLE001 - a tick that fails must not end the daemon
+                    self._tick_failed(err)
                 self._wake.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.interval_s)
@@ -191,6 +197,16 @@ class Driver(AgentSessions, BalloonTick):
                 os.unlink(self.socket_path)
             self.ksmctl.close()
             log.info("stopped")
+
+    def _tick_failed(self, err: Exception) -> None:
+        """Log a failed tick: with its traceback the first time a kind of error is seen, then
+        as one line (a tick runs every second)."""
+        kind = type(err).__name__
+        if kind not in self.tick_errors:
+            self.tick_errors.add(kind)
+            log.exception("a tick failed (the daemon goes on; the next %s is logged in one line)", kind)
+        else:
+            log.warning("a tick failed: %s: %s", kind, err)
 
     def stop(self) -> None:
         self._stop.set()

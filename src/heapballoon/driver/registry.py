@@ -26,9 +26,12 @@ class JVMRecord:
     sent: protocol.Target | None = None
     reclaimed_bytes: int = 0
     balloon_pages: int = 0
+    released_pages: int = 0  # balloon pages not resident now (reclaimed_bytes is at most this)
     verified_epoch: int = -1  # chunks_epoch of the state the last published verification used
     drop_seen_s: float | None = None  # when a verification first showed fewer pages reclaimed
     verified_s: float | None = None  # when a verification was last published (driver clock)
+    scan: object | None = None  # a verification under way (driver.verify.Scan), resumed next tick
+    peak_bytes: int = 0  # the highest peak resident set (VmHWM) a verification saw
     moved_chunks: int = 0
     drift_pages: int = 0
     events: dict[str, int] = field(default_factory=dict)
@@ -77,6 +80,7 @@ class Registry:
         if old is not None and old.starttime == starttime:
             rec.explicit_target_bytes = old.explicit_target_bytes
             rec.events = old.events
+            rec.peak_bytes = old.peak_bytes
         self.jvms[pid] = rec
         return rec
 

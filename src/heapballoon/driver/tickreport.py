@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from heapballoon.driver import policy
+from heapballoon.textsafe import log_text
 from heapballoon.units import format_size
 
 MIB = 1 << 20
@@ -37,7 +38,7 @@ class JvmDetail:
 
     def line(self, live_bytes: int = -1, committed_bytes: int = -1) -> str:
         extra = "" if live_bytes < 0 else f" live={format_size(live_bytes)} committed={format_size(committed_bytes)}"
-        return (f"pid {self.pid} {self.name} {'up' if self.connected else 'down'} target={self.target_mib}M "
+        return (f"pid {self.pid} {log_text(self.name, 64)} {'up' if self.connected else 'down'} target={self.target_mib}M "
                 f"balloon={self.balloon_mib}M reclaimed={self.reclaimed_mib}M {self.reclaim}{extra}")
 
 

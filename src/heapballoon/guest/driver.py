@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from heapballoon import protocol
 from heapballoon.driver.daemon import Driver
 from heapballoon.driver.registry import JVMRecord
-from heapballoon.driver.verify import chunk_frames
+from heapballoon.driver.verify import MAX_VERIFY_PAGES_PER_TICK, chunk_frames
 from heapballoon.errors import KernelError, ProtocolError
 from heapballoon.linux import pagemap
 from heapballoon.linux.procfs import ProcFS
@@ -71,21 +71,46 @@ class FrameScan:
     frames: frozenset[int] | None
 
 
-def read_frames(procfs: ProcFS, pid: int, jobs: tuple[tuple[str, protocol.Chunk], ...]) -> tuple[FrameScan, ...]:
-    """Guest frames behind each chunk of ``jobs``. Pure: reads pagemap, touches no driver state,
-    so it is what runs in a worker thread."""
+def read_frames(procfs: ProcFS, pid: int, jobs: tuple[tuple[str, protocol.Chunk], ...], starttime: int | None = None,
+                budget_pages: int = MAX_VERIFY_PAGES_PER_TICK) -> tuple[FrameScan, ...]:
+    """Guest frames behind each chunk of ``jobs``, inside the process's heap mappings only, at
+    most ``budget_pages`` pages (the chunks past it read as unreadable now: next time). Pure:
+    reads pagemap, touches no driver state, so it is what runs in a worker thread. Nothing counts
+    unless ``pid`` is still the process started at ``starttime``."""
+    try:
+        heap = pagemap.heap_ranges(procfs, pid)
+    except KernelError:
+        return tuple(FrameScan(key, chunk.addr, None) for key, chunk in jobs)
     out = []
+    left = budget_pages
     for key, chunk in jobs:
-        try:
-            frames: frozenset[int] | None = frozenset(f for f in chunk_frames(procfs, pid, chunk) if f)
-        except KernelError:
-            frames = None
+        frames: frozenset[int] | None = None
+        if left > 0:
+            try:
+                read = chunk_frames(procfs, pid, chunk, heap)
+                left -= len(read)
+                frames = frozenset(f for f in read if f)
+            except KernelError:
+                frames = None
         out.append(FrameScan(key, chunk.addr, frames))
+    try:
+        same = starttime is None or procfs.starttime(pid) == starttime
+    except KernelError:
+        same = False
+    if not same:  # the pid is another process now: what was read is not the JVM's
+        return tuple(FrameScan(key, chunk.addr, None) for key, chunk in jobs)
     return tuple(out)
 
 
-def read_plans(procfs: ProcFS, plans: tuple[ScanPlan, ...]) -> tuple[tuple[FrameScan, ...], ...]:
-    return tuple(read_frames(procfs, p.pid, p.jobs) for p in plans)
+def read_plans(procfs: ProcFS, plans: tuple[ScanPlan, ...]) -> tuple:
+    """Each plan's FrameScans, or the exception its reading raised (that agent alone is dropped)."""
+    out = []
+    for p in plans:
+        try:
+            out.append(read_frames(procfs, p.pid, p.jobs, p.starttime))
+        except Exception as err:  # noqa: BLE001 - one agent's failure (MemoryError ...) is its own
+            out.append(err)
+    return tuple(out)
 
 
 class Uplink:
@@ -283,7 +308,9 @@ class GuestDriver(Driver):
         results = await asyncio.to_thread(read_plans, self.procfs, tuple(plans))
         for plan, scans in zip(plans, results):
             rec = self.registry.get(plan.pid)
-            if rec is not None and rec.starttime == plan.starttime:  # still the same JVM
+            if isinstance(scans, BaseException):
+                self.drop_agent(plan.pid, f"reading its balloon failed: {type(scans).__name__}: {scans}")
+            elif rec is not None and rec.starttime == plan.starttime:  # still the same JVM
                 self._apply(rec, plan, scans)
 
     def _forget_gone(self) -> None:

@@ -201,6 +201,107 @@ def count_pages(entries: array.array | bytes | Iterable[int], zero_pfn: int | No
                      reclaimed=pages - present - swapped + zero)
 
 
+def add_counts(a: PageCount, b: PageCount) -> PageCount:
+    return PageCount(a.pages + b.pages, a.present + b.present, a.swapped + b.swapped, a.zero + b.zero,
+                     a.reclaimed + b.reclaimed)
+
+
+NO_PAGES = PageCount(0, 0, 0, 0, 0)
+# Entries per pread when counting: 512 KiB of pagemap, so a range of any size is read in bounded
+# pieces (a rogue agent's 1 TiB chunk once meant a 2 GiB read and a MemoryError).
+READ_PIECE_PAGES = 1 << 16
+
+
+def count_range(procfs: ProcFS, pid: Pid, start_addr: int, npages: int, zero_pfn: int | None, *,
+                file=None) -> PageCount:
+    """:func:`count_pages` of ``npages`` entries from ``start_addr``, read in pieces of at most
+    :data:`READ_PIECE_PAGES` (memory stays bounded whatever the range)."""
+    total = NO_PAGES
+    done = 0
+    while done < npages:
+        n = min(READ_PIECE_PAGES, npages - done)
+        total = add_counts(total, count_pages(read_entries(procfs, pid, start_addr + done * PAGE_SIZE, n, file=file),
+                                              zero_pfn))
+        done += n
+    return total
+
+
+def frames_of_range(procfs: ProcFS, pid: Pid, start_addr: int, npages: int, *, file=None) -> list[int]:
+    """:func:`frames` of ``npages`` entries from ``start_addr``, read in bounded pieces."""
+    out: list[int] = []
+    done = 0
+    while done < npages:
+        n = min(READ_PIECE_PAGES, npages - done)
+        out.extend(frames(read_entries(procfs, pid, start_addr + done * PAGE_SIZE, n, file=file)))
+        done += n
+    return out
+
+
+def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Sorted union of ``(start, end)`` ranges (overlapping or touching ones joined)."""
+    out: list[list[int]] = []
+    for start, end in sorted(r for r in ranges if r[1] > r[0]):
+        if out and start <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    return [(a, b) for a, b in out]
+
+
+def clip_ranges(ranges: list[tuple[int, int]], allowed: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of ``ranges`` inside ``allowed`` (both sorted, disjoint ``(start, end)`` lists)."""
+    out = []
+    i = j = 0
+    while i < len(ranges) and j < len(allowed):
+        start = max(ranges[i][0], allowed[j][0])
+        end = min(ranges[i][1], allowed[j][1])
+        if start < end:
+            out.append((start, end))
+        if ranges[i][1] < allowed[j][1]:
+            i += 1
+        else:
+            j += 1
+    return out
+
+
+def heap_ranges(procfs: ProcFS, pid: Pid) -> list[tuple[int, int]]:
+    """Where a balloon can be: the process's writable heap-like mappings, as sorted ``(start,
+    end)``: private anonymous ones (most Java heaps) and shared memfd ones (ZGC maps its heap
+    from ``/memfd:java_heap``; the agent frees those pages with MADV_REMOVE). Files, other
+    shared memory and unmapped space are never balloon pages, whatever an agent claims."""
+    out = []
+    for m in procfs.maps(pid):
+        if m.perms[:2] != "rw":
+            continue
+        private_anon = m.perms[3:4] == "p" and (m.path == "" or m.path.startswith("[anon:"))
+        shared_memfd = m.perms[3:4] == "s" and m.path.startswith("/memfd:")
+        if private_anon or shared_memfd:
+            out.append((m.start, m.end))
+    return merge_ranges(out)
+
+
+@dataclass(frozen=True)
+class Residency:
+    """A process's memory as the kernel counts it: its peak resident set (``VmHWM``), its
+    resident set now (``VmRSS``) and what of it is in swap (``VmSwap``)."""
+
+    peak_bytes: int
+    resident_bytes: int
+    swap_bytes: int
+
+
+def residency(procfs: ProcFS, pid: Pid) -> Residency:
+    st = procfs.status(pid)
+
+    def kib(key: str) -> int:
+        try:
+            return int(st.get(key, "0 kB").split()[0]) * 1024
+        except (ValueError, IndexError) as err:
+            raise KernelError(f"cannot parse {key} of PID {pid}") from err
+
+    return Residency(kib("VmHWM"), kib("VmRSS"), kib("VmSwap"))
+
+
 def frames(entries: Iterable[int]) -> list[int]:
     """PFN of each entry, 0 where the page is absent (or PFNs are hidden)."""
     return [e & PFN_MASK if e & PRESENT else 0 for e in entries]

@@ -41,7 +41,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from heapballoon.errors import UsageError
-from heapballoon.units import parse_size
+from heapballoon.units import MAX_SIZE_BYTES, format_size, parse_size
 
 DEFAULT_PATH = "/etc/heapballoon/policy.toml"
 DEFAULT_SHARES = 1000
@@ -175,6 +175,10 @@ def parse(text: str, source: str = "<policy>") -> PolicyConfig:
             reservation_bytes=r.size(raw, "reservation", 0, "workload", i) or 0,
             limit_bytes=r.size(raw, "limit", None, "workload", i),
         ))
+        rule = rules[-1]
+        if rule.limit_bytes is not None and rule.reservation_bytes > rule.limit_bytes:
+            raise r.error("reservation", "workload", f"({format_size(rule.reservation_bytes)}) is more than its "
+                          f"limit ({format_size(rule.limit_bytes)})", i)
     budget = r.size(doc, "budget", None, "", none_ok=True)
     return _build(r, doc, budget, thresholds, psi, rules, source)
 
@@ -200,6 +204,12 @@ def _build(r, doc, budget, thresholds, psi, rules, source) -> PolicyConfig:
         budget_set="budget" in doc,
         source=source,
     )
+
+
+def _short(v) -> str:
+    """A value for a one-line error: its repr, cut (a 400-digit number stays readable)."""
+    text = repr(v)
+    return text if len(text) <= 40 else f"{text[:20]}...({len(text)} characters)"
 
 
 class _Reader:
@@ -265,7 +275,7 @@ class _Reader:
         if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
             raise self.error(key, section, f"must be {'an integer' if integer else 'a number'}, got {v!r}", index)
         if not (lo <= v <= hi) or (isinstance(v, float) and not math.isfinite(v)):
-            raise self.error(key, section, f"must be between {lo:g} and {hi:g}, got {v!r}", index)
+            raise self.error(key, section, f"must be between {lo:g} and {hi:g}, got {_short(v)}", index)
         return v if integer else float(v)
 
     def size(self, d: dict, key: str, default, section: str, index: int = 0, positive: bool = False,
@@ -288,8 +298,10 @@ class _Reader:
                 raise UsageError("not a size")
         except UsageError as err:
             hint = ' or "none"' if none_ok else ""
-            raise self.error(key, section, f'must be a size like "512M" or a number of bytes{hint}, got {v!r}',
+            raise self.error(key, section, f'must be a size like "512M" or a number of bytes{hint}, got {_short(v)}',
                              index) from err
+        if out > MAX_SIZE_BYTES:  # as for strings: no size past 1 PiB (a 400-digit int overflowed the tick)
+            raise self.error(key, section, f"must be at most {format_size(MAX_SIZE_BYTES)}, got {_short(v)}", index)
         if positive and out <= 0:
             raise self.error(key, section, f"must be more than 0, got {v!r}", index)
         return out
