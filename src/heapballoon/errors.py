@@ -13,6 +13,7 @@ One root, so the CLI can turn any of them into a one-line message and a non-zero
      ├── AttachError           the HotSpot attach protocol failed
      ├── AgentBuildError       the Java agent could not be built
      ├── KernelError           a /proc, /sys or syscall operation failed
+     │    └── UnsafePath       a path another user controls (linux/safefs.py): refused
      ├── VMError               a QEMU virtual machine could not be started or driven
      │    ├── ImageError       the guest image could not be built
      │    ├── VMDirError       a VM directory (vm.json, its files) is missing or invalid

@@ -180,3 +180,42 @@ def test_run_dir_as_root_refuses_one_of_another_user_and_accepts_a_missing_one_i
         vmdir.run_dir()
     monkeypatch.setenv("HEAPBALLOON_RUN_DIR", str(tmp_path / "later"))
     assert vmdir.run_dir() == tmp_path / "later"  # not made here: whoever starts a VM makes it
+
+
+def test_hostd_state_tmp_symlink_is_not_followed_and_a_symlinked_state_is_not_read(tmp_path, secret, caplog):
+    from heapballoon.host.hostd import STATE_FILE, HostDaemon
+
+    d = HostDaemon(str(tmp_path / "hostd.sock"), str(tmp_path))
+    os.symlink(secret, tmp_path / (STATE_FILE + ".tmp"))
+    d.targets = {"vm1": 256 * MIB}
+    d.save_state()
+    assert untouched(secret)
+    assert json.loads((tmp_path / STATE_FILE).read_text())["targets"] == {"vm1": 256 * MIB}
+    (tmp_path / STATE_FILE).unlink()
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps({"targets": {"vm2": 1}}))
+    os.symlink(elsewhere, tmp_path / STATE_FILE)
+    d.load_state()
+    assert d.targets == {} and "symlink" in caplog.text
+
+
+def test_ksm_saved_settings_tmp_symlink_is_not_followed(tmp_path, secret):
+    from heapballoon.driver.ksmctl import KsmController
+
+    class FakeKSM:
+        def available(self):
+            return True
+
+        def writable(self):
+            return True
+
+        def snapshot(self, knobs):
+            return {k: 0 for k in knobs}
+
+        def write(self, knob, value):
+            pass
+
+    saved = tmp_path / "ksm.saved.json"
+    os.symlink(secret, str(saved) + ".tmp")
+    KsmController(FakeKSM(), "auto", str(saved)).setup()
+    assert untouched(secret) and json.loads(saved.read_text())

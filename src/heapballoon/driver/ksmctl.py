@@ -20,6 +20,7 @@ import os
 import time
 
 from heapballoon.errors import KernelError
+from heapballoon.linux import safefs
 from heapballoon.linux.ksm import KSM
 
 log = logging.getLogger("heapballoon.ksm")
@@ -54,15 +55,12 @@ class KsmController:
                 raise KernelError(f"--ksm on: {self.reason}")
             return False
         try:
-            with open(self.saved_path) as f:
-                self.original = {k: int(v) for k, v in json.load(f).items() if k in KNOBS}
+            saved = json.loads(safefs.read_small(self.saved_path))  # no symlink followed, ≤ 1 MiB
+            self.original = {k: int(v) for k, v in saved.items() if k in KNOBS}
             log.warning("restoring KSM settings saved by a previous daemon: %s", self.original)
-        except (FileNotFoundError, ValueError, OSError, AttributeError):
+        except (FileNotFoundError, ValueError, OSError, KernelError, AttributeError):
             self.original = self.ksm.snapshot(KNOBS)
-            tmp = self.saved_path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(self.original, f)
-            os.replace(tmp, self.saved_path)
+            safefs.write_atomic(*os.path.split(self.saved_path), json.dumps(self.original).encode())
         self.ksm.write("use_zero_pages", 1)
         self.ksm.write("run", 1)
         self.active = True

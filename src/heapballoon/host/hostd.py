@@ -68,6 +68,7 @@ from heapballoon import protocol, transport
 from heapballoon.errors import KernelError, UsageError
 from heapballoon.host import vmstatus
 from heapballoon.driver.ksmctl import KsmController
+from heapballoon.linux import safefs
 from heapballoon.linux.ksm import KSM
 from heapballoon.host.shortpause import DEFAULT_PAUSE_BUDGET_MS, GIL_SWITCH_INTERVAL_S, PauseModel
 from heapballoon.host.guestlimits import GuestGuard
@@ -115,21 +116,18 @@ class HostDaemon(GuestSessions, ControlRequests):
 
     def load_state(self) -> None:
         try:
-            with open(self.state_path) as f:
-                raw = json.load(f)
+            raw = json.loads(safefs.read_small(self.state_path))  # no symlink followed, ≤ 1 MiB
             self.targets = {str(k): int(v) for k, v in raw.get("targets", {}).items() if int(v) >= 0}
         except FileNotFoundError:
             self.targets = {}
-        except (OSError, ValueError, TypeError, AttributeError) as err:
+        except (OSError, KernelError, ValueError, TypeError, AttributeError) as err:
             log.warning("ignoring unreadable state file %s: %s", self.state_path, err)
             self.targets = {}
 
     def save_state(self) -> None:
         os.makedirs(self.run_dir, exist_ok=True)
-        tmp = f"{self.state_path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump({"targets": self.targets}, f)
-        os.replace(tmp, self.state_path)
+        # O_EXCL|O_NOFOLLOW temp file in the directory's fd, then rename: nothing planted is followed
+        safefs.write_atomic(*os.path.split(self.state_path), json.dumps({"targets": self.targets}).encode())
 
     # ------------------------------------------------------------ registry
 
