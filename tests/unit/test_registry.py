@@ -45,3 +45,19 @@ def test_status_shows_balloon_max_and_flaps():
     assert status.balloon_max_bytes == 400 * MIB
     assert status.flaps == 0
     assert status.to_dict()["balloon_max_bytes"] == 400 * MIB
+
+
+def test_a_capped_reclaimed_figure_does_not_flicker_with_the_resident_set():
+    """An idle JVM whose balloon is capped by what it gave back (VmHWM − RSS) sees its RSS move
+    by KiBs: the published figure stays, so the tick log stays quiet (test_scale_small)."""
+    from heapballoon.driver.verify import Verification, steady_reclaimed_bytes
+
+    MIB = 1 << 20
+    capped = Verification(balloon_pages=30_000, reclaimed_pages=25_000, present_pages=0, not_resident_pages=30_000)
+    old = 25_010 * 4096
+    assert steady_reclaimed_bytes(old, capped) == old  # 40 KiB of jitter: kept
+    far = Verification(balloon_pages=30_000, reclaimed_pages=20_000, present_pages=0, not_resident_pages=30_000)
+    assert steady_reclaimed_bytes(old, far) == 20_000 * 4096  # a real change: published
+    uncapped = Verification(balloon_pages=30_000, reclaimed_pages=25_000, present_pages=0, not_resident_pages=25_000)
+    assert steady_reclaimed_bytes(old, uncapped) == 25_000 * 4096  # exact when not capped
+    assert steady_reclaimed_bytes(0, capped) == 25_000 * 4096 and MIB

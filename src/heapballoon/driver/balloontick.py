@@ -19,7 +19,7 @@ from heapballoon import protocol
 from heapballoon.driver import policy
 from heapballoon.driver.registry import JVMRecord
 from heapballoon.driver.tickreport import Unmet, jvm_detail, node_summary
-from heapballoon.driver.verify import Scan, Verification, verify_step
+from heapballoon.driver.verify import Scan, Verification, steady_reclaimed_bytes, verify_step
 from heapballoon.errors import KernelError
 from heapballoon.linux import pagemap
 from heapballoon.linux.procfs import ProcFS
@@ -157,7 +157,7 @@ class BalloonTick:
             rec.drop_seen_s = None
             rec.verified_s = now
             rec.verified_epoch = rec.state.chunks_epoch
-            rec.reclaimed_bytes = v.reclaimed_bytes
+            rec.reclaimed_bytes = steady_reclaimed_bytes(rec.reclaimed_bytes, v)
             rec.balloon_pages = v.balloon_pages
             rec.released_pages = v.not_resident_pages
             self.after_verify(rec, v)

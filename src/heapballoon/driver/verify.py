@@ -47,6 +47,23 @@ class Verification:
         return self.reclaimed_pages * pagemap.PAGE_SIZE
 
 
+# A capped figure moves with the process's resident set (a JIT, a thread stack): a change
+# smaller than this is not published, so an idle JVM's reclaimed_bytes (and the log line that
+# shows it) does not flicker. At most this much off, in either direction.
+CAP_JITTER_BYTES = 1 << 20
+CAP_JITTER_FRACTION = 0.01
+
+
+def steady_reclaimed_bytes(old_bytes: int, v: Verification) -> int:
+    """What to publish for ``v``: its figure, except that a *capped* one (fewer pages given back
+    than found released) within the jitter band of ``old_bytes`` keeps ``old_bytes``."""
+    new = v.reclaimed_bytes
+    capped = v.reclaimed_pages < v.not_resident_pages
+    if capped and abs(new - old_bytes) < max(CAP_JITTER_BYTES, old_bytes * CAP_JITTER_FRACTION):
+        return old_bytes
+    return new
+
+
 @dataclass(frozen=True)
 class Scan:
     """A verification under way: the (merged, clipped) ranges of one state's chunks, and how
