@@ -255,19 +255,7 @@ def write_atomic(directory: str, name: str, data: bytes, mode: int = 0o600) -> N
     tmp = name + ".tmp"
     try:
         remove_at(fd, tmp)  # a stale one (or anything planted there): the name, never its target
-        try:
-            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
-        except OSError as err:
-            raise UnsafePath(f"cannot create {os.path.join(directory, tmp)}: {_why(err)}") from err
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(out, view):]
-        except OSError as err:
-            _unlink_quiet(fd, tmp)
-            raise UnsafePath(f"cannot write {os.path.join(directory, tmp)}: {_why(err)}") from err
-        finally:
-            os.close(out)
+        _create_and_write(fd, tmp, data, mode, directory)
         try:
             os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
         except OSError as err:
@@ -284,21 +272,27 @@ def write_new(directory: str, name: str, data: bytes, mode: int = 0o644) -> None
     fd = open_dir(directory, follow=True)
     try:
         remove_at(fd, name)
-        try:
-            out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=fd)
-        except OSError as err:
-            raise UnsafePath(f"cannot create {os.path.join(directory, name)}: {_why(err)}") from err
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(out, view):]
-        except OSError as err:
-            _unlink_quiet(fd, name)
-            raise UnsafePath(f"cannot write {os.path.join(directory, name)}: {_why(err)}") from err
-        finally:
-            os.close(out)
+        _create_and_write(fd, name, data, mode, directory)
     finally:
         os.close(fd)
+
+
+def _create_and_write(dir_fd: int, name: str, data: bytes, mode: int, shown_dir: str) -> None:
+    """Make ``name`` in ``dir_fd`` with ``O_CREAT|O_EXCL|O_NOFOLLOW`` and write ``data`` (the
+    file is unlinked again if writing fails)."""
+    try:
+        out = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
+    except OSError as err:
+        raise UnsafePath(f"cannot create {os.path.join(shown_dir, name)}: {_why(err)}") from err
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(out, view):]
+    except OSError as err:
+        _unlink_quiet(dir_fd, name)
+        raise UnsafePath(f"cannot write {os.path.join(shown_dir, name)}: {_why(err)}") from err
+    finally:
+        os.close(out)
 
 
 def read_small(path: str, max_bytes: int = 1 << 20, owner: Optional[int] = None) -> bytes:
