@@ -143,14 +143,36 @@ def test_attach_into_nobodys_jvm_with_the_agent_in_a_root_only_cache(root_only, 
     assert again.returncode == 0 and f"(from {staged}," in again.stdout, again.stdout + again.stderr
 
 
+CID = "0123456789abcdef" * 4
+POD_UID = "1a2b3c4d-5e6f-4a0b-9c8d-7e6f5a4b3c2d"
+
+
+@pytest.fixture
+def pod_cgroup():
+    """A v1 memory cgroup laid out as the kubelet's (cgroupfs driver) under a test-only parent."""
+    from heapballoon.linux import cgroup
+
+    if not cgroup.v1_available():
+        pytest.skip("needs a cgroup v1 memory controller (this test's pod cgroup)")
+    parent = cgroup.MemoryCgroup(f"hb-test-stage-{os.getpid()}").create()
+    g = parent.child(f"kubepods/burstable/pod{POD_UID}/{CID}").create()
+    yield g
+    parent.remove()
+
+
 def test_attach_into_a_container_with_its_own_pid_and_mount_namespace(root_only, classes, run_dir, daemons,
-                                                                       jvm_factory):
+                                                                       pod_cgroup, jvm_factory, monkeypatch):
     d = daemons.start("--socket-mode", "666", sock=str(run_dir / "hb.sock"))
     c = jvm_factory(classes, container=True)
+    pod_cgroup.add_pid(c.pid)
     assert nspid(c.pid)[-1] == 1 and os.stat(f"/proc/{c.pid}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino
     out = run_cli("attach", c.pid, "--name", "boxed", sock=d.sock)
     assert out.returncode == 0, out.stderr
-    joined(d, c.pid, "boxed")  # the driver knows it by its host pid
+    rec = joined(d, c.pid, "boxed")  # the driver knows it by its host pid
+    assert (rec["cgroup"], rec["container_id"], rec["pod_uid"]) == (f"/{pod_cgroup.name}", CID, POD_UID)
+    monkeypatch.setenv("COLUMNS", "160")  # wide enough for the identity columns
+    table = run_cli("status", sock=d.sock).stdout
+    assert CID[:12] in table and POD_UID[:8] in table, table
     inside = Path(f"/proc/{c.pid}/root/tmp")
     assert stat.S_ISSOCK((inside / ".java_pid1").lstat().st_mode)  # its attach socket, by its namespace pid
     staged = [p for p in inside.iterdir() if p.name.startswith("heapballoon-agent-")]

@@ -343,6 +343,19 @@ class ProcFS:
                 return path
         return None
 
+    def cgroup(self, pid: Pid) -> str:
+        """The cgroup that holds ``pid``'s memory: its v1 ``memory`` path, else its v2 (unified,
+        ``0::``) path; "" when neither is listed."""
+        unified = ""
+        for line in self.read_text(f"{pid}/cgroup").splitlines():
+            hierarchy, _, rest = line.partition(":")
+            controllers, _, path = rest.partition(":")
+            if "memory" in controllers.split(","):
+                return path
+            if hierarchy == "0" and controllers == "":
+                unified = path
+        return unified
+
     def uptime_s(self) -> float:
         return float(self.read_text("uptime").split()[0])
 
