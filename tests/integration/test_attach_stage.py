@@ -129,7 +129,8 @@ def joined(d, pid: int, name: str):
 
 
 def test_attach_into_nobodys_jvm_with_the_agent_in_a_root_only_cache(root_only, classes, run_dir, daemons,
-                                                                     jvm_factory):
+                                                                     request, jvm_factory):
+    existed = {p.name for p in Path("/tmp").iterdir() if p.name.startswith("heapballoon-agent-")}
     d = daemons.start("--socket-mode", "666", sock=str(run_dir / "hb.sock"))
     j = jvm_factory(classes)
     out = run_cli("attach", j.pid, "--name", "nobodys", sock=d.sock)
@@ -137,6 +138,8 @@ def test_attach_into_nobodys_jvm_with_the_agent_in_a_root_only_cache(root_only, 
     assert "a copy it can read" in out.stdout, out.stdout
     joined(d, j.pid, "nobodys")
     staged = Path(out.stdout.split("(from ", 1)[1].split(",", 1)[0])
+    if staged.name not in existed:  # the copies stay for the JVM's life: ours to clean up after it
+        request.addfinalizer(lambda: shutil.rmtree(staged, ignore_errors=True))
     s = staged.lstat()
     assert stat.S_ISDIR(s.st_mode) and (s.st_uid, stat.S_IMODE(s.st_mode)) == (0, 0o755)
     again = run_cli("attach", j.pid, "--name", "nobodys", sock=d.sock)  # the copy is reused as it is
