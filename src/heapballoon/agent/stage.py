@@ -205,8 +205,8 @@ def for_jvm(pid: int, jar: Path, native: Optional[Path], socket_path: str,
         creds = jvm_creds(procfs, pid)
         check_socket(procfs, pid, socket_path, creds)
         real = [os.path.realpath(p) for p in ([jar] if native is None else [jar, native])]
-        if all(sees_our_file(procfs, pid, p, creds) for p in real):
-            return str(jar), None if native is None else str(native), False
+        if all(sees_our_file(procfs, pid, p, creds) for p in real):  # the paths checked, symlinks resolved
+            return real[0], None if native is None else real[1], False
         where = stage(procfs, pid, real)
     except ProcessGone:
         raise NotAJVM(f"no process with PID {pid}") from None

@@ -20,6 +20,7 @@ The cgroup path carries the pod's UID, not its namespace and name: those need th
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ class CgroupIdentity:
     pod_uid: str = ""
 
 
+@functools.lru_cache(maxsize=4096)  # every status of every JVM asks; paths change rarely
 def identify(path: str) -> CgroupIdentity:
     """The container id (the innermost one named) and pod UID in cgroup ``path``."""
     container = pod = ""
