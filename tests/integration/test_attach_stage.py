@@ -71,13 +71,20 @@ def root_only(artifacts):
 
 
 class NobodyJVM:
-    def __init__(self, classes: Path, container: bool = False) -> None:
+    def __init__(self, classes: Path, container: bool = False, host_path: Path | None = None) -> None:
+        """``host_path``: the container gets a /run of its own, with only ``host_path`` (a
+        directory under /run) bind-mounted in at the same path, as a Kubernetes hostPath volume."""
         java = [shutil.which("java"), *JAVA_FLAGS, "-cp", str(classes), "Sleeper"]
         if container:
             if not (shutil.which("unshare") and shutil.which("setpriv")):
                 pytest.skip("needs unshare(1) and setpriv(1) (util-linux)")
-            inner = ("mount -t tmpfs -o mode=1777 tmpfs /tmp && exec setpriv --reuid=65534 --regid=65534 "
-                     "--clear-groups " + " ".join(java))
+            mounts = "mount -t tmpfs -o mode=1777 tmpfs /tmp"
+            if host_path is not None:
+                assert host_path.parent == Path("/run")
+                mounts += (f" && mkdir /tmp/.hostpath && mount --bind {host_path} /tmp/.hostpath"
+                           f" && mount -t tmpfs -o mode=755 tmpfs /run && mkdir {host_path}"
+                           f" && mount --move /tmp/.hostpath {host_path} && rmdir /tmp/.hostpath")
+            inner = f"{mounts} && exec setpriv --reuid=65534 --regid=65534 --clear-groups " + " ".join(java)
             cmd, ids = ["unshare", "--pid", "--mount", "--fork", "--mount-proc", "--kill-child", "sh", "-c", inner], {}
         else:
             cmd, ids = java, dict(user=NOBODY, group=NOBODY, extra_groups=[])
@@ -105,8 +112,8 @@ class NobodyJVM:
 def jvm_factory():
     started = []
 
-    def start(classes, container=False):
-        j = NobodyJVM(classes, container)
+    def start(classes, container=False, host_path=None):
+        j = NobodyJVM(classes, container, host_path)
         started.append(j)
         return j
 
@@ -163,10 +170,15 @@ def pod_cgroup():
     parent.remove()
 
 
+@pytest.mark.parametrize("run", ["the host's /run", "its own /run, the socket's directory bind-mounted"])
 def test_attach_into_a_container_with_its_own_pid_and_mount_namespace(root_only, classes, run_dir, daemons,
-                                                                       pod_cgroup, jvm_factory, monkeypatch):
+                                                                       pod_cgroup, jvm_factory, monkeypatch, run):
     d = daemons.start("--socket-mode", "666", sock=str(run_dir / "hb.sock"))
-    c = jvm_factory(classes, container=True)
+    c = jvm_factory(classes, container=True, host_path=run_dir if "bind" in run else None)
+    if "bind" in run:  # the container's /run is not ours: only the socket's directory is the same
+        theirs, ours = os.stat(f"/proc/{c.pid}/root/run"), os.stat("/run")
+        assert (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino)
+        assert os.stat(f"/proc/{c.pid}/root{run_dir}").st_ino == run_dir.stat().st_ino
     pod_cgroup.add_pid(c.pid)
     assert nspid(c.pid)[-1] == 1 and os.stat(f"/proc/{c.pid}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino
     out = run_cli("attach", c.pid, "--name", "boxed", sock=d.sock)
