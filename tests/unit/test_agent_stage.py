@@ -161,6 +161,22 @@ def test_what_another_user_planted_at_the_name_is_never_followed_or_used(tmpdir_
     assert (s.st_uid, stat.S_IMODE(s.st_mode)) == (0, 0o700)
     after = at.lstat()  # the planted entry is left as it was
     assert (after.st_ino, after.st_uid, after.st_mode) == (before_at.st_ino, before_at.st_uid, before_at.st_mode)
+    assert safetree.stage_copies(fd, name, FILES) == used  # the next attach reuses that directory
+
+
+@needs_root
+def test_a_fresh_name_of_another_user_is_not_reused(tmpdir_fd):
+    t, fd, vault = tmpdir_fd
+    name = stage.stage_name(FILES)
+    (t / name).write_bytes(b"nobody's")
+    os.chown(t / name, NOBODY, NOBODY)
+    decoy = t / f"{name}-00000000"
+    os.symlink(vault, decoy)
+    os.chown(decoy, NOBODY, NOBODY, follow_symlinks=False)
+    used = safetree.stage_copies(fd, name, FILES)
+    assert used not in (name, decoy.name)
+    assert_staged(t / used)
+    assert sorted(p.name for p in vault.iterdir()) == ["secret"]
 
 
 def test_lstat_chain_stops_at_a_symlink_and_at_a_missing_name(tmp_path):

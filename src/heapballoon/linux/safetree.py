@@ -10,8 +10,9 @@ jobs of ``heapballoon attach`` in a JVM's own mount namespace (``/proc/PID/root`
   ``mkdirat`` and ``O_CREAT|O_EXCL|O_NOFOLLOW`` relative to fds, modes set with ``fchmod``) in a
   directory others may write, such as a container's ``/tmp``. An entry of that name that is not
   exactly such a directory of ours (a symlink, a file, another user's directory, a
-  group/other-writable one) is never followed, entered or trusted: the copies go into a fresh
-  directory with a random suffix instead. Inside our directory, a file is kept only when it is a
+  group/other-writable one) is never followed, entered or trusted: the copies go into a
+  directory ``<name>-<8 hex>`` of ours instead (one made earlier, checked likewise, else a fresh
+  one). Inside our directory, a file is kept only when it is a
   regular file of ours with the wanted bytes and mode; anything else is replaced with
   ``renameat`` from a new file (never written through).
 
@@ -70,10 +71,11 @@ def _ours(st: os.stat_result) -> bool:
             and not st.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
 
 
-def _open_own_dir(parent_fd: int, name: str) -> int | None:
+def _open_own_dir(parent_fd: int, name: str, create: bool = True) -> int | None:
     """An fd of directory ``name`` when it is ours (made now, or earlier by us); else None."""
     try:
-        os.mkdir(name, 0o700, dir_fd=parent_fd)  # mkdirat: never follows a symlink at name
+        if create:
+            os.mkdir(name, 0o700, dir_fd=parent_fd)  # mkdirat: never follows a symlink at name
     except FileExistsError:
         pass
     except OSError as err:
@@ -139,6 +141,17 @@ def _put(dir_fd: int, name: str, data: bytes, shown: str) -> None:
         raise UnsafePath(f"cannot write {shown}/{name}: {_why(err)}") from err
 
 
+def _fresh_names(parent_fd: int, name: str) -> list[str]:
+    """The ``name-<8 hex>`` entries in ``parent_fd`` (the fresh directories made before)."""
+    try:
+        entries = os.listdir(parent_fd)
+    except OSError:
+        return []
+    tail = len(name) + 1 + 8
+    return sorted(e for e in entries if len(e) == tail and e.startswith(name + "-")
+                  and all(c in "0123456789abcdef" for c in e[len(name) + 1:]))
+
+
 def stage_copies(parent_fd: int, name: str, files: dict[str, bytes], shown: str = "") -> str:
     """Directory ``name`` in ``parent_fd`` holding ``files`` (file name → bytes), owned by us:
     mode 0755, files 0644. Returns the directory's name: ``name``, or ``name-<random>`` when
@@ -147,6 +160,12 @@ def stage_copies(parent_fd: int, name: str, files: dict[str, bytes], shown: str 
     shown = shown or name
     used = name
     fd = _open_own_dir(parent_fd, name)
+    if fd is None:  # taken: an earlier fresh directory of ours, if there is one
+        for entry in _fresh_names(parent_fd, name):
+            fd = _open_own_dir(parent_fd, entry, create=False)
+            if fd is not None:
+                used = entry
+                break
     tries = 0
     while fd is None:
         tries += 1
