@@ -137,13 +137,18 @@ def cmd_run(args) -> int:
 
 
 def cmd_attach(args) -> int:
-    from heapballoon.agent import build
+    from heapballoon.agent import build, stage
     from heapballoon.agent.attach import attach_agent
 
     pid = _pid(args.pid)
-    options = build.agent_options(transport.socket_path(args.socket), args.name, build.native_lib())
-    out = attach_agent(pid, str(build.agent_jar()), options)
-    print(f"agent loaded into JVM {pid}" + (f": {out.strip()}" if out.strip() else ""))
+    sock = transport.socket_path(args.socket)
+    # The JVM opens these in its own mount namespace as its own user: copies in its /tmp
+    # when it could not read ours (another user's JVM, a container), see agent/stage.py.
+    jar, native, copied = stage.for_jvm(pid, build.agent_jar(), build.native_lib(), sock)
+    options = build.agent_options(sock, args.name, native)
+    out = attach_agent(pid, jar, options)
+    print(f"agent loaded into JVM {pid}" + (f" (from {os.path.dirname(jar)}, a copy it can read)" if copied else "")
+          + (f": {out.strip()}" if out.strip() else ""))
     return 0
 
 

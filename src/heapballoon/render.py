@@ -85,7 +85,10 @@ JVM_COLUMNS = (
     Column("FREED", "reclaimed_bytes", short_size, 0),
     Column("MODE", "reclaim", str, 6, text=True),
     Column("REASON", "target_reason", str, 2, text=True, min_width=12),
+    Column("CONTAINER", "container_id", lambda v: v[:12], 7, text=True),
+    Column("POD", "pod_uid", lambda v: v[:8], 7, text=True),
 )
+OPTIONAL = ("REASON", "CONTAINER", "POD")  # shown only when some row has one
 VM_COLUMNS = (
     Column("VM", "name", str, 0, text=True, min_width=8),
     Column("MEM", "memory_bytes", short_size, 1),
@@ -112,7 +115,7 @@ def _choose(columns: tuple[Column, ...], rows: list[dict], width: int) -> tuple[
     skipped. Then low-value columns (priority ≥ ``FOLD_BEFORE``) go, lowest first, until every
     column fits at its natural width; if that is not enough, names and reasons may fold (at
     their minimum width) and more columns go, lowest priority first."""
-    present = [c for c in columns if c.header != "REASON" or any(r.get(c.key) for r in rows)]
+    present = [c for c in columns if c.header not in OPTIONAL or any(r.get(c.key) for r in rows)]
 
     def need(cols: list[Column], fold: bool) -> int:
         total = 0

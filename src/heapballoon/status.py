@@ -116,6 +116,10 @@ class JvmStatus:
     drift_pages: int
     events: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     target_reason: str = ""  # --policy auto: why this target (shares, activity, floor, pinned)
+    # Identity (docs/containers.md): the JVM's memory cgroup, and what its path names.
+    cgroup: str = ""
+    container_id: str = ""  # the runtime's 64-hex container id
+    pod_uid: str = ""  # the Kubernetes pod's UID
 
     def to_dict(self) -> dict:
         return _plain(self)

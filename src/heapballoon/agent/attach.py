@@ -30,6 +30,9 @@ Every file operation goes through :mod:`heapballoon.linux.safefs` relative to di
 is the JVM user's own): the trigger file is made with ``O_CREAT|O_EXCL|O_NOFOLLOW`` and chowned
 through its fd, a planted symlink or another user's file there is unlinked (never followed),
 and ``.java_pid<N>`` is talked to only when it is a socket owned by the JVM's euid.
+
+The jar path must be one the JVM can open, in its namespace, as its user: ``heapballoon attach``
+gets one from :mod:`heapballoon.agent.stage` (copies in the JVM's /tmp when ours will not do).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from types import MappingProxyType
 
 from heapballoon import protocol
 from heapballoon.driver import policy
+from heapballoon.linux import cgroupid
 from heapballoon.status import JvmStatus
 
 
@@ -36,6 +37,7 @@ class JVMRecord:
     drift_pages: int = 0
     events: dict[str, int] = field(default_factory=dict)
     last_seen_s: float = field(default_factory=time.monotonic)
+    cgroup: str = ""  # its memory cgroup, read at hello (docs/containers.md)
 
     @property
     def name(self) -> str:
@@ -59,6 +61,7 @@ class JVMRecord:
 
     def status(self, target_bytes: int) -> JvmStatus:
         s = self.state
+        ident = cgroupid.identify(self.cgroup)
         return JvmStatus(
             pid=self.pid, name=self.name, gc=self.hello.gc, jvm_version=self.hello.jvm_version,
             connected=self.connected, heap_max_bytes=s.heap_max_bytes, heap_committed_bytes=s.heap_committed_bytes,
@@ -67,6 +70,7 @@ class JVMRecord:
             flaps=s.flaps, balloon_bytes=s.balloon_bytes, reclaimed_bytes=self.reclaimed_bytes, reclaim=s.reclaim,
             address_mode=self.hello.address_mode, chunks=len(s.chunks), gc_count=s.gc_count, gc_time_ms=s.gc_time_ms,
             moved_chunks=self.moved_chunks, drift_pages=self.drift_pages, events=MappingProxyType(dict(self.events)),
+            cgroup=self.cgroup, container_id=ident.container_id, pod_uid=ident.pod_uid,
         )
 
 

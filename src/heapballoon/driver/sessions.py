@@ -155,6 +155,8 @@ class AgentSessions:
         if pid != hello.pid:
             log.info("agent says pid %d, socket peer is pid %d (pid namespace?): using %d", hello.pid, pid, pid)
         rec = self.registry.upsert(pid, peer.starttime, hello)
+        with contextlib.suppress(KernelError):  # its identity in status: cgroup, container, pod
+            rec.cgroup = self.procfs.cgroup(pid)
         saved = self.saved_explicit.get(f"{pid}:{peer.starttime}")
         if rec.explicit_target_bytes is None:
             if saved is not None:

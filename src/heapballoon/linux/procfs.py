@@ -163,6 +163,22 @@ class ProcFS:
         except (KeyError, IndexError, ValueError) as err:
             raise KernelError(f"cannot parse Uid/Gid in {self.path(pid, 'status')}") from err
 
+    def groups(self, pid: Pid) -> list[int]:
+        """Supplementary group ids (``Groups:``), as this namespace sees them."""
+        try:
+            return [int(x) for x in self.status(pid).get("Groups", "").split()]
+        except ValueError as err:
+            raise KernelError(f"cannot parse Groups in {self.path(pid, 'status')}") from err
+
+    def namespace(self, pid: Pid, kind: str) -> int:
+        """The inode of ``pid``'s ``kind`` namespace (``/proc/PID/ns/mnt``, ``user``, ...): equal
+        for two processes exactly when they share that namespace."""
+        relpath = f"{pid}/ns/{kind}"
+        try:
+            return os.stat(self.path(relpath)).st_ino
+        except OSError as exc:
+            raise self._error(relpath, exc) from exc
+
     def catches_signal(self, pid: Pid, signum: int) -> bool:
         """Whether the process has a handler installed for ``signum`` (``SigCgt`` mask)."""
         mask = int(self.status(pid).get("SigCgt", "0"), 16)
@@ -326,6 +342,19 @@ class ProcFS:
             if controller in controllers.split(","):
                 return path
         return None
+
+    def cgroup(self, pid: Pid) -> str:
+        """The cgroup that holds ``pid``'s memory: its v1 ``memory`` path, else its v2 (unified,
+        ``0::``) path; "" when neither is listed."""
+        unified = ""
+        for line in self.read_text(f"{pid}/cgroup").splitlines():
+            hierarchy, _, rest = line.partition(":")
+            controllers, _, path = rest.partition(":")
+            if "memory" in controllers.split(","):
+                return path
+            if hierarchy == "0" and controllers == "":
+                unified = path
+        return unified
 
     def uptime_s(self) -> float:
         return float(self.read_text("uptime").split()[0])
