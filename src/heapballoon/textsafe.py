@@ -53,10 +53,9 @@ def log_text(value: object, max_len: int = MAX_LOG_CHARS) -> str:
 
 
 def display_text(s: object) -> str:
-    """``s`` for a rich table cell or title: control characters replaced by ``?``, markup
-    escaped so rich shows it literally."""
+    """``s`` for a rich table cell, or the end of a title: control characters replaced by
+    ``?``, markup escaped so rich shows it literally. The result must *end* the markup string
+    it goes into (a trailing backslash is left as it is, so it shows as itself; followed by a
+    tag of ours, it would escape that tag)."""
     text = CONTROL_CHARS.sub("?", "" if s is None else str(s))
-    text = _MARKUP.sub(lambda m: f"{m.group(1)}{m.group(1)}\\{m.group(2)}", text)
-    if text.endswith("\\") and not text.endswith("\\\\"):
-        text += "\\"  # a lone trailing backslash would escape what rich puts after it
-    return text
+    return _MARKUP.sub(lambda m: f"{m.group(1)}{m.group(1)}\\{m.group(2)}", text)

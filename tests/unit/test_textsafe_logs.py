@@ -32,3 +32,11 @@ def test_display_text_renders_as_itself_without_controls(s):
     assert console.export_text() == "".join("?" if ord(c) < 32 or 0x7f <= ord(c) <= 0x9f or c in "\u2028\u2029"
                                             or 0x202a <= ord(c) <= 0x202e or 0x2066 <= ord(c) <= 0x2069 else c
                                             for c in s)
+
+
+def test_display_text_of_a_trailing_backslash_shows_one_backslash():
+    """Found by hypothesis in a helper's run: '\\' rendered as two backslashes."""
+    from rich.text import Text
+
+    for s in ("\\", "a\\", "[b]\\", "\\\\"):
+        assert Text.from_markup(display_text(s)).plain == s
