@@ -120,10 +120,16 @@ def test_a_budget_in_the_file_wins_and_none_lifts_it():
     assert tick(parse_config(''), PolicyState(), obs, 0.0)[1].budget_bytes == 1000 * MIB
 
 
-def test_psi_escalates_unless_memory_is_plentiful():
-    tight = replace(HOST, mem_available_bytes=3 * GIB, psi_some_avg10=40.0)
+def test_psi_escalates_only_while_the_machine_is_short_of_its_margin():
+    # 24 GiB: minFree 819 MiB, the margin (goal) 1.75 x that = 1433 MiB
+    tight = replace(HOST, mem_available_bytes=600 * MIB, psi_full_avg10=40.0)  # soft by free memory
     _, d = tick(PolicyConfig(), PolicyState(), Observations(tight, (jvm("a", 1100 * MIB, 0.0),)), 0.0)
-    assert d.state == "soft" and d.workloads[0].target_bytes > 0
+    assert d.state == "hard" and d.workloads[0].target_bytes > 0
+    # issue 16: clear (minFree is free): stalls are pages coming back (or another tenant's),
+    # and a bigger balloon would not stop them
+    roomy = replace(HOST, mem_available_bytes=GIB, psi_some_avg10=40.0, psi_full_avg10=40.0)
+    _, d = tick(PolicyConfig(), PolicyState(), Observations(roomy, (jvm("a", 1100 * MIB, 0.0),)), 0.0)
+    assert d.state == "clear" and d.workloads[0].target_bytes == 0
     loose = replace(HOST, psi_some_avg10=40.0)
     _, d = tick(PolicyConfig(), PolicyState(), Observations(loose, (jvm("a", 1100 * MIB, 0.0),)), 0.0)
     assert d.state == "high" and d.workloads[0].target_bytes == 0
