@@ -17,8 +17,9 @@ The pressure q is the worst of two signals, each over its target:
 
 The aim (the sources' total, on top of what the other constraints want; the largest wins):
 
-* q < 1: rise by ``proactive_step`` × (1 − q) a tick (32 MiB; 64 MiB/s at two ticks a
-  second). Proportional, so it slows as the cost nears its target and does not overshoot it.
+* q < 1: rise by ``proactive_step`` × (1 − q) a tick (32 MiB a tick), but at least the
+  deadband (8 MiB: a smaller change is not sent, and the aim would stall at q = 0.75).
+  Proportional, so it slows as the cost nears its target and overshoots by a deadband at most.
 * 1 ≤ q < 2: hold (a band, so the aim does not ring around the target).
 * q ≥ 2: give back one step a tick, and a workload whose own GC cost is past its target
   takes no more (:func:`room_cap`): past twice its target, it gives a step back itself.
@@ -48,7 +49,8 @@ def pressure(config: PolicyConfig, obs: Observations, psi_some_pct: float) -> fl
 def want(config: PolicyConfig, obs: Observations, prev_total: int, psi_some_pct: float) -> float:
     q = pressure(config, obs, psi_some_pct)
     if q < 1:
-        return prev_total + config.proactive_step_bytes * (1 - q)
+        # at least the deadband: a smaller change is not sent, and the aim would stall short
+        return prev_total + max(config.deadband_bytes, config.proactive_step_bytes * (1 - q))
     if q < HOLD_BAND:
         return prev_total
     return max(0, prev_total - config.proactive_step_bytes)
