@@ -20,15 +20,19 @@ The law in five steps:
    therefore sticky: it rises at once and falls with a half-life of ``demand_half_life_s``;
    predicted free = free − Σ (demand − resident − held). Without this, giving back would look
    free and the loop would give back until the heaps touch their pages again (a slow
-   oscillation).
+   oscillation). What is sticky is resident + held + *uncommitted heap* (maximum −
+   committed): a heap the JVM shrinks itself (self-sizing) leaves that sum unchanged, so the
+   demand falls at once by what it uncommitted. That memory is found, not coming back.
 
    With r = predicted free / minFree, the state is ``high`` (r ≥ 4), ``clear`` (r ≥ 1), ``soft``
    (r ≥ 0.64), ``hard`` (r ≥ 0.32) or ``low``. A state only *improves* once r passes the
    better state's threshold by ``hysteresis`` (10 %): the state does not flicker on a border.
-   PSI (``/proc/pressure/memory``) is the machine's signal, so it escalates only while the
-   machine (host or cgroup) is not ``high``: some ≥ ``psi.soft_some`` makes the state at least
-   soft, full ≥ ``psi.hard_full`` at least hard. (A budget alone is not a reason to believe
-   stalls are ours: with plenty of free memory, PSI is left to whoever causes it.)
+   PSI (``/proc/pressure/memory``) is the machine's signal, taken as the stall share since
+   the last tick (the rate of its ``total`` counters; avg10 lingers ~10 s), and it escalates
+   only while a machine constraint (host or cgroup) is below clear: some ≥ ``psi.soft_some``
+   makes the state at least soft, full ≥ ``psi.hard_full`` at least hard. (A budget alone is
+   not a reason to believe stalls are ours; with minFree free, stalls are pages swapped out
+   earlier coming back, or another tenant's: a bigger balloon does not stop them.)
 
 2. **How much should the sources hold in total (want)?** Let H be what the sources hold now and
    P the sum of last tick's targets.
@@ -44,7 +48,11 @@ The law in five steps:
      moves, except what floors and pins force.
    * high: want = P − (free − high·minFree): give back the surplus *at once*, but no more than
      keeps free above the high threshold, so giving back cannot itself push the state down.
-   * PSI escalation: want ≥ P + one step (senpai-like: small, bounded steps while stalled).
+   * PSI escalation: want ≥ P + one step (senpai-like: small, bounded steps while stalled),
+     but never so far that the short constraint's free passes its high threshold: the next
+     tick would give it back (issue 16: targets swung 510–750 MiB that way).
+   * proactive (``proactive = true``, proactive.py): want ≥ P + a step while neither PSI nor
+     any ballooned JVM's GC cost reaches its target; hold in a band above; give back past it.
    * limits: a workload resident above its ``limit`` gives the excess whatever the state.
 
    The constraint that wants most wins; the worst state is the node's state.
@@ -68,7 +76,11 @@ The law in five steps:
    ``reservation``. What no source can give is ``unmet`` and said so.
 
 5. **Bounded steps.** A target rises by at most ``max_step`` a tick (2× in hard, unbounded in
-   low), and falls at once: a workload whose live set rises, or pressure that clears, gets
+   low), or by the *measured deficit* (want − P of the short constraints, step 2) when that is
+   more: the aim is static, so reaching it in one tick cannot wind up, and a breach or a large
+   margin is met in one tick plus the balloons' inflation, not ``deficit / max_step`` ticks.
+   The bound stays for the blind pushes (PSI, proactive) and for shifts. A target falls at
+   once: a workload whose live set rises, or pressure that clears, gets
    its memory back in the same tick, and the next ticks take the difference from the others.
    Changes smaller than ``deadband`` are not made (except to zero), so small noise in RSS
    does not churn the balloons.
@@ -83,8 +95,7 @@ from heapballoon.policy import proactive
 from heapballoon.policy.config import PolicyConfig
 from heapballoon.policy.constraints import aim, effective_budget, esxi_min_free_bytes, psi_pct, step_bytes
 from heapballoon.policy.model import (
-    SOURCE_KINDS, STATES, Decisions, HostObservation, Observations, PolicyState, SourceDecision, WorkloadDecision,
-    WorkloadObservation,
+    SOURCE_KINDS, Decisions, Observations, PolicyState, SourceDecision, WorkloadDecision, WorkloadObservation,
 )
 from heapballoon.units import format_size
 
