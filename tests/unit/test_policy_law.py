@@ -364,3 +364,23 @@ def test_unknown_activity_gives_when_the_limit_is_breached():
     _, d = tick(PolicyConfig(), PolicyState(), obs, 0.0)
     assert d.state == "low"
     assert d.by_key()["a"].target_bytes > 50 * MIB and "not measured" not in d.by_key()["a"].reason
+
+
+def test_psi_is_the_stall_share_since_the_last_tick_not_the_lingering_avg10():
+    """Issue 16: avg10 stays high ~10 s after the stalls stop; the law takes the rate of PSI's
+    total counters between ticks (avg10 only on the first tick), and a tick that comes too soon
+    after the last keeps the last rate."""
+    cfg = PolicyConfig()
+    host = replace(HOST, mem_available_bytes=600 * MIB, psi_some_avg10=40.0, psi_full_avg10=40.0,
+                   psi_some_total_us=5e6, psi_full_total_us=2e6)
+    obs = Observations(host, (jvm("a", 1100 * MIB, 0.0),))
+    s, d = tick(cfg, PolicyState(), obs, 0.0)
+    assert d.psi_some_pct == 40.0 and d.state == "hard"  # first tick: avg10
+    s, d = tick(cfg, s, obs, 1.0)  # no stall since: 0 %, whatever avg10 says
+    assert d.psi_some_pct == 0.0 and d.state == "soft"
+    stalled = Observations(replace(host, psi_some_total_us=5.3e6, psi_full_total_us=2.2e6), obs.workloads)
+    s, d = tick(cfg, s, stalled, 2.0)  # 300 ms of 1 s: 30 %; full 20 %
+    assert abs(d.psi_some_pct - 30.0) < 1e-6 and d.state == "hard"
+    soon = Observations(replace(host, psi_some_total_us=5.31e6, psi_full_total_us=2.2e6), obs.workloads)
+    s, d = tick(cfg, s, soon, 2.05)  # 50 ms later: the last rate stands
+    assert abs(d.psi_some_pct - 30.0) < 1e-6

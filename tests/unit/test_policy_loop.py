@@ -13,7 +13,7 @@ steps in between. No wall clock anywhere: the assertions are about simulated sec
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from heapballoon.policy import (
     HostObservation, Observations, PolicyConfig, PolicyState, SourceObservation, WorkloadObservation, tick,
@@ -177,7 +177,6 @@ def test_the_margin_is_reached_in_one_tick_even_when_it_is_large():
     unballooned = sum(j.unballooned for j in jvms.values())
     min_free = 3.23 * GIB
     node = Node(jvms, limit=None, host_total=total, cache=int(total - unballooned - 0.8 * min_free))
-    global RECLAIM_BYTES_PER_S
     _, history = run(node, 10.0)
     met = first_met(history, lambda d, usage, resident: total - usage >= 1.7 * min_free)
     assert history[0][1].state == "soft"

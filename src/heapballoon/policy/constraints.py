@@ -79,18 +79,28 @@ def goal_ratio(config: PolicyConfig) -> float:
     return th.clear + (th.high - th.clear) / 4
 
 
-def psi_pct(host: HostObservation, state: PolicyState, now_s: float) -> tuple[float, float, tuple[float, float] | None]:
+PSI_MIN_SPAN_S = 0.5  # a rate over a shorter span (a tick a reload or a pin asked for) is noise
+
+
+def psi_pct(host: HostObservation, state: PolicyState, now_s: float
+            ) -> tuple[float, float, tuple[float, float, float, float, float] | None]:
     """(some %, full %) stalled since the last tick, from PSI's ``total`` counters; avg10 when
-    the totals are not there (yet). Also the totals to remember."""
+    the totals are not there (yet). Also what to remember: the totals, their time and the
+    rates. A tick less than PSI_MIN_SPAN_S after the one that took the last rate keeps that
+    rate and its reference (one 10 ms stall over 50 ms would read 20 %)."""
     if host.psi_some_total_us is None or host.psi_full_total_us is None:
         return host.psi_some_avg10, host.psi_full_avg10, None
-    totals = (host.psi_some_total_us, host.psi_full_total_us)
+    some_t, full_t = host.psi_some_total_us, host.psi_full_total_us
     prev = state.psi_totals_us
-    dt = now_s - state.last_s if state.last_s is not None else 0.0
-    if prev is None or dt <= 0 or totals[0] < prev[0] or totals[1] < prev[1]:
-        return host.psi_some_avg10, host.psi_full_avg10, totals  # first tick: the best there is
-    rate = [min(100.0, (t - p) / (dt * 1e6) * 100.0) for t, p in zip(totals, prev)]
-    return rate[0], rate[1], totals
+    if prev is None or some_t < prev[0] or full_t < prev[1] or now_s < prev[2]:
+        # first tick (or counters reset): the best there is
+        return host.psi_some_avg10, host.psi_full_avg10, (some_t, full_t, now_s, host.psi_some_avg10,
+                                                          host.psi_full_avg10)
+    span = now_s - prev[2]
+    if span < PSI_MIN_SPAN_S:
+        return prev[3], prev[4], prev
+    some, full = (min(100.0, (t - p) / (span * 1e6) * 100.0) for t, p in ((some_t, prev[0]), (full_t, prev[1])))
+    return some, full, (some_t, full_t, now_s, some, full)
 
 
 def aim(config: PolicyConfig, state: PolicyState, obs: Observations, budget: int | None, resident: int, held: int,

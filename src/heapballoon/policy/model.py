@@ -103,8 +103,8 @@ class PolicyState:
     # key → sticky demand, resident + held (rises at once, falls slowly; see law.py)
     demand: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     last_s: float | None = None
-    # the PSI totals (some, full, µs) seen last tick, for their rate
-    psi_totals_us: tuple[float, float] | None = None
+    # PSI's totals (some, full, µs), when they were read, and the rates (%) taken then
+    psi_totals_us: tuple[float, float, float, float, float] | None = None
 
 
 @dataclass(frozen=True)
