@@ -55,6 +55,21 @@ def test_observations_come_from_proc_cgroup_and_the_registry(tmp_path):
     w = {w.key: w for w in obs.workloads}
     assert w["101"].resident_bytes == 1100 * MIB and w["102"].held_bytes == 200 * MIB
     assert w["101"].sources[0].reclaimable_bytes == 790 * MIB
+    assert (obs.host.psi_some_total_us, obs.host.psi_full_total_us) == (9, 3)  # the law's rate (issue 16)
+
+
+def test_self_sizing_and_gc_cost_are_observed(tmp_path):
+    """Issue 16: uncommitted heap (maximum − committed) and the share of time in GC, from the
+    agent's states."""
+    procfs, cg = fake_proc(tmp_path, {101: 700})
+    p = AutoPolicy(None, procfs=procfs, cgroup=cg)
+    rec = record(101)
+    rec.state = replace(rec.state, heap_committed_bytes=600 * MIB, gc_time_ms=1000)
+    p.on_state(101, rec.state, 0.0)
+    rec.state = replace(rec.state, gc_time_ms=1300)
+    w = p.observe([rec], 3.0).workloads[0]
+    assert w.uncommitted_bytes == GIB - 600 * MIB
+    assert abs(w.gc_cost - 0.1) < 1e-9  # 300 ms of GC in 3 s
 
 
 def test_targets_follow_the_law_and_pins_win(tmp_path, caplog):

@@ -56,6 +56,7 @@ def test_host_reading_from_proc(tmp_path):
     h = read_host(7 * MIB, ProcFS(str(tmp_path)))
     assert (h.mem_total_bytes, h.mem_available_bytes, h.psi_some_avg10, h.psi_full_avg10, h.memory_budget_bytes) == (
         1000 * 1024, 400 * 1024, 12.5, 3.25, 7 * MIB)
+    assert (h.psi_some_total_us, h.psi_full_total_us) == (1, 2)  # the law's rate (issue 16)
     (tmp_path / "pressure" / "memory").unlink()  # no PSI: no pressure
     assert read_host(None, ProcFS(str(tmp_path))).psi_some_avg10 == 0.0
 

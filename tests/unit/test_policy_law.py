@@ -120,10 +120,16 @@ def test_a_budget_in_the_file_wins_and_none_lifts_it():
     assert tick(parse_config(''), PolicyState(), obs, 0.0)[1].budget_bytes == 1000 * MIB
 
 
-def test_psi_escalates_unless_memory_is_plentiful():
-    tight = replace(HOST, mem_available_bytes=3 * GIB, psi_some_avg10=40.0)
+def test_psi_escalates_only_while_the_machine_is_short_of_its_margin():
+    # 24 GiB: minFree 819 MiB, the margin (goal) 1.75 x that = 1433 MiB
+    tight = replace(HOST, mem_available_bytes=600 * MIB, psi_full_avg10=40.0)  # soft by free memory
     _, d = tick(PolicyConfig(), PolicyState(), Observations(tight, (jvm("a", 1100 * MIB, 0.0),)), 0.0)
-    assert d.state == "soft" and d.workloads[0].target_bytes > 0
+    assert d.state == "hard" and d.workloads[0].target_bytes > 0
+    # issue 16: clear (minFree is free): stalls are pages coming back (or another tenant's),
+    # and a bigger balloon would not stop them
+    roomy = replace(HOST, mem_available_bytes=GIB, psi_some_avg10=40.0, psi_full_avg10=40.0)
+    _, d = tick(PolicyConfig(), PolicyState(), Observations(roomy, (jvm("a", 1100 * MIB, 0.0),)), 0.0)
+    assert d.state == "clear" and d.workloads[0].target_bytes == 0
     loose = replace(HOST, psi_some_avg10=40.0)
     _, d = tick(PolicyConfig(), PolicyState(), Observations(loose, (jvm("a", 1100 * MIB, 0.0),)), 0.0)
     assert d.state == "high" and d.workloads[0].target_bytes == 0
@@ -358,3 +364,23 @@ def test_unknown_activity_gives_when_the_limit_is_breached():
     _, d = tick(PolicyConfig(), PolicyState(), obs, 0.0)
     assert d.state == "low"
     assert d.by_key()["a"].target_bytes > 50 * MIB and "not measured" not in d.by_key()["a"].reason
+
+
+def test_psi_is_the_stall_share_since_the_last_tick_not_the_lingering_avg10():
+    """Issue 16: avg10 stays high ~10 s after the stalls stop; the law takes the rate of PSI's
+    total counters between ticks (avg10 only on the first tick), and a tick that comes too soon
+    after the last keeps the last rate."""
+    cfg = PolicyConfig()
+    host = replace(HOST, mem_available_bytes=600 * MIB, psi_some_avg10=40.0, psi_full_avg10=40.0,
+                   psi_some_total_us=5e6, psi_full_total_us=2e6)
+    obs = Observations(host, (jvm("a", 1100 * MIB, 0.0),))
+    s, d = tick(cfg, PolicyState(), obs, 0.0)
+    assert d.psi_some_pct == 40.0 and d.state == "hard"  # first tick: avg10
+    s, d = tick(cfg, s, obs, 1.0)  # no stall since: 0 %, whatever avg10 says
+    assert d.psi_some_pct == 0.0 and d.state == "soft"
+    stalled = Observations(replace(host, psi_some_total_us=5.3e6, psi_full_total_us=2.2e6), obs.workloads)
+    s, d = tick(cfg, s, stalled, 2.0)  # 300 ms of 1 s: 30 %; full 20 %
+    assert abs(d.psi_some_pct - 30.0) < 1e-6 and d.state == "hard"
+    soon = Observations(replace(host, psi_some_total_us=5.31e6, psi_full_total_us=2.2e6), obs.workloads)
+    s, d = tick(cfg, s, soon, 2.05)  # 50 ms later: the last rate stands
+    assert abs(d.psi_some_pct - 30.0) < 1e-6

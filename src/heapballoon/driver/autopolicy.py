@@ -67,12 +67,12 @@ def allocated_between(a: protocol.State, b: protocol.State, after_gc_bytes: int 
 
 
 class ActivityMeter:
-    """One JVM's allocation rate over the last few seconds, from its successive states."""
+    """One JVM's allocation rate and GC cost over the last few seconds, from its successive states."""
 
     def __init__(self) -> None:
         self.last: protocol.State | None = None
         self.total_bytes = 0
-        self.samples: deque[tuple[float, int]] = deque()
+        self.samples: deque[tuple[float, int, int]] = deque()  # (time, bytes allocated, GC ms), cumulative
         self.after_gc: deque[int] = deque(maxlen=POST_GC_SAMPLES)
 
     def update(self, state: protocol.State, now_s: float) -> None:
@@ -84,15 +84,25 @@ class ActivityMeter:
                 self.after_gc.append(max(0, state.heap_used_bytes - state.balloon_bytes))
             self.total_bytes += allocated_between(self.last, state, min(self.after_gc, default=None))
         self.last = state
-        self.samples.append((now_s, self.total_bytes))
+        self.samples.append((now_s, self.total_bytes, state.gc_time_ms))
         while len(self.samples) > 2 and now_s - self.samples[1][0] >= RATE_WINDOW_S:
             self.samples.popleft()
 
     def rate_bytes_per_s(self) -> float | None:
         if len(self.samples) < 2:
             return None
-        (t0, b0), (t1, b1) = self.samples[0], self.samples[-1]
+        (t0, b0, _), (t1, b1, _) = self.samples[0], self.samples[-1]
         return (b1 - b0) / (t1 - t0) if t1 - t0 >= MIN_SPAN_S else None
+
+    def gc_cost(self) -> float | None:
+        """Share of wall time spent in collections over the window (the agent's gc_time_ms),
+        0..1; None until MIN_SPAN_S of states."""
+        if len(self.samples) < 2:
+            return None
+        (t0, _, g0), (t1, _, g1) = self.samples[0], self.samples[-1]
+        if t1 - t0 < MIN_SPAN_S:
+            return None
+        return min(1.0, max(0, g1 - g0) / 1000.0 / (t1 - t0))
 
     def active_fraction(self, heap_bytes: int) -> float | None:
         rate = self.rate_bytes_per_s()
@@ -141,9 +151,11 @@ class AutoPolicy:
     def _host(self, pids: list[tuple[int, int]]) -> HostObservation:
         mem = self.procfs.meminfo()
         some = full = 0.0
+        some_total = full_total = None
         try:
             psi = self.procfs.pressure("memory")
             some, full = psi.get("some", {}).get("avg10", 0.0), psi.get("full", {}).get("avg10", 0.0)
+            some_total, full_total = psi.get("some", {}).get("total"), psi.get("full", {}).get("total")
         except KernelError:
             pass  # no PSI on this kernel: free memory alone decides
         limit = usage = None
@@ -166,7 +178,8 @@ class AutoPolicy:
                 limit = usage = None
         return HostObservation(
             mem_total_bytes=mem.get("MemTotal", 0), mem_available_bytes=mem.get("MemAvailable", mem.get("MemFree", 0)),
-            psi_some_avg10=some, psi_full_avg10=full, cgroup_limit_bytes=limit, cgroup_usage_bytes=usage,
+            psi_some_avg10=some, psi_full_avg10=full, psi_some_total_us=some_total, psi_full_total_us=full_total,
+            cgroup_limit_bytes=limit, cgroup_usage_bytes=usage,
             memory_budget_bytes=self.memory_budget_bytes)
 
     def observe(self, records, now_s: float) -> Observations:
@@ -190,7 +203,10 @@ class AutoPolicy:
                                            held_bytes=rec.reclaimed_bytes,
                                            target_bytes=current),),
                 active_fraction=meter.active_fraction(max(s.heap_committed_bytes, s.heap_max_bytes)),
-                pinned_target_bytes=rec.explicit_target_bytes))
+                pinned_target_bytes=rec.explicit_target_bytes,
+                # a heap the JVM shrank (self-sizing) is memory found (policy/law.py, 1.)
+                uncommitted_bytes=max(0, s.heap_max_bytes - s.heap_committed_bytes) if s.heap_committed_bytes else 0,
+                gc_cost=meter.gc_cost()))
         for pid in list(self.meters):
             if pid not in alive:
                 del self.meters[pid]

@@ -134,10 +134,14 @@ def read_host(budget_bytes: int | None, procfs: ProcFS | None = None) -> HostObs
     try:
         psi = procfs.pressure("memory")
         some, full = psi.get("some", {}).get("avg10", 0.0), psi.get("full", {}).get("avg10", 0.0)
+        # the law takes the stall share since its last tick from these (policy/constraints.py)
+        some_total, full_total = psi.get("some", {}).get("total"), psi.get("full", {}).get("total")
     except KernelError:
         some = full = 0.0
+        some_total = full_total = None
     return HostObservation(mem_total_bytes=mem.get("MemTotal", 0), mem_available_bytes=mem.get("MemAvailable", 0),
-                           psi_some_avg10=some, psi_full_avg10=full, memory_budget_bytes=budget_bytes)
+                           psi_some_avg10=some, psi_full_avg10=full, psi_some_total_us=some_total,
+                           psi_full_total_us=full_total, memory_budget_bytes=budget_bytes)
 
 
 class AutoPolicy:

@@ -14,6 +14,10 @@ means the defaults). Every key, its type and range is checked here; the first ba
     activity_half_life_s = 30   # how slowly a workload's active fraction falls
     demand_half_life_s = 60     # how slowly its demand (resident + held) falls
     sources = ["guest_free", "heap"]  # VM mode: what may be taken (process mode has heap only)
+    proactive = false           # take idle heap until PSI or GC cost says it costs (proactive.py)
+    proactive_step = "32M"      # most the proactive aim rises in one tick
+    proactive_psi_some = 0.5    # percent of time stalled on memory that counts as a cost
+    proactive_gc_cost = 5.0     # percent of a JVM's time in GC that counts as a cost
 
     [thresholds]                # state boundaries, as multiples of minFree
     high = 4.0
@@ -78,6 +82,10 @@ class PolicyConfig:
     idle_tax: float = 0.75
     max_step_bytes: int = 256 * MIB
     min_free_bytes: int | None = None
+    # The budget's minFree. A budget caps the JVMs' RSS, which no kernel enforces: the margin
+    # under it needs to cover what they grow in one tick (pre-touched heaps grow only by what
+    # a balloon gives back, which the law itself decides). Where the budget stands for a
+    # kernel limit (a memory cgroup), the cgroup constraint keeps the larger margin (docs).
     budget_min_free: float = 0.02
     deadband_bytes: int = 8 * MIB
     hysteresis: float = 0.1  # a state improves only once free passes its threshold by 10 %
@@ -86,6 +94,10 @@ class PolicyConfig:
     thresholds: Thresholds = field(default_factory=Thresholds)
     psi_soft_some: float = 10.0
     psi_hard_full: float = 10.0
+    proactive: bool = False
+    proactive_step_bytes: int = 32 * MIB
+    proactive_psi_some: float = 0.5  # percent
+    proactive_gc_cost: float = 5.0  # percent
     rules: tuple[WorkloadRule, ...] = ()
     # VM mode: which sources the policy may take from (a source left out is given back and
     # kept at 0): guest free memory through virtio-balloon, idle JVM heap through balloons
@@ -109,7 +121,8 @@ class PolicyConfig:
 # ---------------------------------------------------------------- reading
 
 _TOP = {"budget", "interval_s", "idle_tax", "max_step", "min_free", "budget_min_free", "deadband",
-        "hysteresis", "activity_half_life_s", "demand_half_life_s", "thresholds", "psi", "workload", "sources"}
+        "hysteresis", "activity_half_life_s", "demand_half_life_s", "thresholds", "psi", "workload", "sources",
+        "proactive", "proactive_step", "proactive_psi_some", "proactive_gc_cost"}
 _THRESHOLDS = {"high", "clear", "soft", "hard"}
 _PSI = {"soft_some", "hard_full"}
 _RULE = {"match", "shares", "reservation", "limit"}
@@ -199,6 +212,10 @@ def _build(r, doc, budget, thresholds, psi, rules, source) -> PolicyConfig:
         thresholds=thresholds,
         psi_soft_some=r.number(psi, "soft_some", default.psi_soft_some, lo=0.0, hi=100.0, section="psi"),
         psi_hard_full=r.number(psi, "hard_full", default.psi_hard_full, lo=0.0, hi=100.0, section="psi"),
+        proactive=r.boolean(doc, "proactive", default.proactive),
+        proactive_step_bytes=r.size(doc, "proactive_step", default.proactive_step_bytes, "", positive=True),
+        proactive_psi_some=r.number(doc, "proactive_psi_some", default.proactive_psi_some, lo=0.001, hi=100.0),
+        proactive_gc_cost=r.number(doc, "proactive_gc_cost", default.proactive_gc_cost, lo=0.001, hi=100.0),
         rules=tuple(rules),
         sources=r.sources(doc),
         budget_set="budget" in doc,
@@ -266,6 +283,13 @@ class _Reader:
         if (not isinstance(v, list) or not v or any(x not in SOURCES for x in v) or len(set(v)) != len(v)):
             raise self.error("sources", "", f"must be a list of distinct names from {list(SOURCES)}, got {v!r}")
         return tuple(x for x in SOURCES if x in v)
+
+    def boolean(self, d: dict, key: str, default: bool) -> bool:
+        if key not in d:
+            return default
+        if not isinstance(d[key], bool):
+            raise self.error(key, "", f"must be true or false, got {_short(d[key])}")
+        return d[key]
 
     def number(self, d: dict, key: str, default, lo: float, hi: float, section: str = "", index: int = 0,
                integer: bool = False):

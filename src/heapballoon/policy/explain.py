@@ -30,7 +30,7 @@ def summary_line(d: Decisions) -> str:
         names += f", +{len(changed) - MAX_CHANGES_IN_LINE} more"
     line = (f"policy {state_text(d)} [{d.constraint}] budget={budget_text(d)} "
             f"resident={format_size(d.resident_bytes)} held={format_size(d.held_bytes)} "
-            f"target={format_size(d.target_bytes)} n={len(d.workloads)}")
+            f"target={format_size(d.target_bytes)} psi={d.psi_some_pct:.1f}% n={len(d.workloads)}")
     if changed:
         line += f" changed: {names}"
     return line

@@ -20,15 +20,19 @@ The law in five steps:
    therefore sticky: it rises at once and falls with a half-life of ``demand_half_life_s``;
    predicted free = free − Σ (demand − resident − held). Without this, giving back would look
    free and the loop would give back until the heaps touch their pages again (a slow
-   oscillation).
+   oscillation). What is sticky is resident + held + *uncommitted heap* (maximum −
+   committed): a heap the JVM shrinks itself (self-sizing) leaves that sum unchanged, so the
+   demand falls at once by what it uncommitted. That memory is found, not coming back.
 
    With r = predicted free / minFree, the state is ``high`` (r ≥ 4), ``clear`` (r ≥ 1), ``soft``
    (r ≥ 0.64), ``hard`` (r ≥ 0.32) or ``low``. A state only *improves* once r passes the
    better state's threshold by ``hysteresis`` (10 %): the state does not flicker on a border.
-   PSI (``/proc/pressure/memory``) is the machine's signal, so it escalates only while the
-   machine (host or cgroup) is not ``high``: some ≥ ``psi.soft_some`` makes the state at least
-   soft, full ≥ ``psi.hard_full`` at least hard. (A budget alone is not a reason to believe
-   stalls are ours: with plenty of free memory, PSI is left to whoever causes it.)
+   PSI (``/proc/pressure/memory``) is the machine's signal, taken as the stall share since
+   the last tick (the rate of its ``total`` counters; avg10 lingers ~10 s), and it escalates
+   only while a machine constraint (host or cgroup) is below clear: some ≥ ``psi.soft_some``
+   makes the state at least soft, full ≥ ``psi.hard_full`` at least hard. (A budget alone is
+   not a reason to believe stalls are ours; with minFree free, stalls are pages swapped out
+   earlier coming back, or another tenant's: a bigger balloon does not stop them.)
 
 2. **How much should the sources hold in total (want)?** Let H be what the sources hold now and
    P the sum of last tick's targets.
@@ -44,7 +48,11 @@ The law in five steps:
      moves, except what floors and pins force.
    * high: want = P − (free − high·minFree): give back the surplus *at once*, but no more than
      keeps free above the high threshold, so giving back cannot itself push the state down.
-   * PSI escalation: want ≥ P + one step (senpai-like: small, bounded steps while stalled).
+   * PSI escalation: want ≥ P + one step (senpai-like: small, bounded steps while stalled),
+     but never so far that the short constraint's free passes its high threshold: the next
+     tick would give it back (issue 16: targets swung 510–750 MiB that way).
+   * proactive (``proactive = true``, proactive.py): want ≥ P + a step while neither PSI nor
+     any ballooned JVM's GC cost reaches its target; hold in a band above; give back past it.
    * limits: a workload resident above its ``limit`` gives the excess whatever the state.
 
    The constraint that wants most wins; the worst state is the node's state.
@@ -68,7 +76,11 @@ The law in five steps:
    ``reservation``. What no source can give is ``unmet`` and said so.
 
 5. **Bounded steps.** A target rises by at most ``max_step`` a tick (2× in hard, unbounded in
-   low), and falls at once: a workload whose live set rises, or pressure that clears, gets
+   low), or by the *measured deficit* (want − P of the short constraints, step 2) when that is
+   more: the aim is static, so reaching it in one tick cannot wind up, and a breach or a large
+   margin is met in one tick plus the balloons' inflation, not ``deficit / max_step`` ticks.
+   The bound stays for the blind pushes (PSI, proactive) and for shifts. A target falls at
+   once: a workload whose live set rises, or pressure that clears, gets
    its memory back in the same tick, and the next ticks take the difference from the others.
    Changes smaller than ``deadband`` are not made (except to zero), so small noise in RSS
    does not churn the balloons.
@@ -77,56 +89,20 @@ The law in five steps:
 from __future__ import annotations
 
 import heapq
-import math
 from types import MappingProxyType
 
+from heapballoon.policy import proactive
 from heapballoon.policy.config import PolicyConfig
+from heapballoon.policy.constraints import aim, effective_budget, esxi_min_free_bytes, psi_pct, step_bytes
 from heapballoon.policy.model import (
-    SOURCE_KINDS, STATES, Decisions, HostObservation, Observations, PolicyState, SourceDecision, WorkloadDecision,
-    WorkloadObservation,
+    SOURCE_KINDS, Decisions, Observations, PolicyState, SourceDecision, WorkloadDecision, WorkloadObservation,
 )
 from heapballoon.units import format_size
 
+__all__ = ["tick", "effective_budget", "esxi_min_free_bytes"]
+
 MIB = 1 << 20
-GIB = 1 << 30
 IDLE_BELOW = 0.2  # an active fraction below this reads "idle" in reasons
-
-
-def esxi_min_free_bytes(total_bytes: int) -> int:
-    """ESXi's minFree: 6 % of the first 4 GiB, 4 % of the next 8, 2 % of the next 16, 1 % above."""
-    out, rest = 0.0, max(0, total_bytes)
-    for size, pct in ((4 * GIB, 0.06), (8 * GIB, 0.04), (16 * GIB, 0.02), (math.inf, 0.01)):
-        part = min(rest, size)
-        out += part * pct
-        rest -= part
-        if rest <= 0:
-            break
-    return int(out)
-
-
-def effective_budget(config: PolicyConfig, obs: Observations) -> int | None:
-    """The policy file's ``budget`` when it says one (even "none"), else ``--memory-budget``."""
-    return config.budget_bytes if config.budget_set else obs.host.memory_budget_bytes
-
-
-def _rank(state: str) -> int:
-    return STATES.index(state)
-
-
-def _state_of(ratio: float, prev: str, config: PolicyConfig) -> str:
-    th = config.thresholds
-    bounds = (("high", th.high), ("clear", th.clear), ("soft", th.soft), ("hard", th.hard), ("low", -math.inf))
-    raw = next(name for name, bound in bounds if ratio >= bound)
-    if _rank(raw) >= _rank(prev):
-        return raw  # worse (or the same) at once
-    for name, bound in bounds:  # better only with a margin
-        if _rank(raw) <= _rank(name) < _rank(prev) and ratio >= bound * (1 + config.hysteresis):
-            return name
-    return prev
-
-
-def _step_bytes(state: str, config: PolicyConfig) -> float:
-    return {"hard": 2 * config.max_step_bytes, "low": math.inf}.get(state, config.max_step_bytes)
 
 
 def _activity(config: PolicyConfig, state: PolicyState, w: WorkloadObservation, now_s: float) -> float | None:
@@ -144,8 +120,11 @@ def _activity(config: PolicyConfig, state: PolicyState, w: WorkloadObservation, 
 
 
 def _demand(config: PolicyConfig, state: PolicyState, w: WorkloadObservation, now_s: float) -> int:
-    """Sticky resident + held: rises at once, falls with a half-life (module docstring, 1.)."""
-    measured = w.unballooned_bytes
+    """Sticky resident + held + uncommitted heap: rises at once, falls with a half-life (module
+    docstring, 1.); the demand is this less the uncommitted heap. Heap the JVM uncommitted is
+    memory found, not pages coming back: the sum does not move when a heap shrinks, so the
+    demand falls at once by what the heap gave up (and rises at once when it grows again)."""
+    measured = w.unballooned_bytes + max(0, w.uncommitted_bytes)
     prev = state.demand.get(w.key)
     if prev is None or measured >= prev or state.last_s is None:
         return measured
@@ -161,50 +140,6 @@ def _prev_target(state: PolicyState, w: WorkloadObservation, kind: str) -> int:
     return sum(s.target_bytes for s in w.sources if s.kind == kind)
 
 
-def _aim(config: PolicyConfig, state: PolicyState, host: HostObservation, budget: int | None, resident: int, held: int,
-         prev_total: int, coming_back: int) -> tuple[str, str, float]:
-    """Steps 1 and 2 of the law: the node's state, the constraint that sets the aim, and what
-    the sources should hold in total."""
-    cons: list[tuple[str, float, int]] = []  # name, free, minFree
-    if budget is not None:
-        cons.append(("budget", budget - resident, max(16 * MIB, int(budget * config.budget_min_free))))
-    if host.mem_total_bytes > 0:
-        cons.append(("host", host.mem_available_bytes, config.min_free_bytes or esxi_min_free_bytes(host.mem_total_bytes)))
-    if host.cgroup_limit_bytes and host.cgroup_usage_bytes is not None:
-        cons.append(("cgroup", host.cgroup_limit_bytes - host.cgroup_usage_bytes,
-                     esxi_min_free_bytes(host.cgroup_limit_bytes)))
-    th = config.thresholds
-    verdicts: list[tuple[str, str, float]] = []  # name, state, want
-    for name, free, min_free in cons:
-        free -= coming_back
-        min_free = max(1, min_free)
-        st = _state_of(free / min_free, state.state, config)
-        if st == "high":
-            want = prev_total - (free - th.high * min_free)
-        elif st == "clear":
-            want = prev_total
-        else:  # never below last tick's targets: the aim only rises while memory is short
-            goal = (th.clear + (th.high - th.clear) / 4) * min_free
-            want = max(prev_total, held + (goal - free))
-        verdicts.append((name, st, want))
-    if not verdicts:
-        verdicts.append(("none", "high", 0))
-    machine_state = max((v[1] for v in verdicts if v[0] in ("host", "cgroup")), key=_rank, default="high")
-    if machine_state != "high":
-        psi = None
-        if host.psi_full_avg10 >= config.psi_hard_full:
-            psi = "hard"
-        elif host.psi_some_avg10 >= config.psi_soft_some:
-            psi = "soft"
-        if psi is not None:
-            verdicts.append(("psi", psi, prev_total + _step_bytes(psi, config)))
-    node_state = max((v[1] for v in verdicts), key=_rank)
-    constraint, _, want_f = max(verdicts, key=lambda v: (v[2], -_rank(v[1])))
-    if node_state == "high" and want_f <= 0:
-        constraint = "none"  # nothing to hold: no constraint is binding
-    return node_state, constraint, want_f
-
-
 def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
          now_s: float) -> tuple[PolicyState, Decisions]:
     """One decision of the policy (module docstring: the law)."""
@@ -213,11 +148,13 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
     resident = sum(w.resident_bytes for w in wls)
     prev_total = sum(_prev_target(state, w, s.kind) for w in wls for s in w.sources)
     budget = effective_budget(config, obs)
-    demand = {w.key: _demand(config, state, w, now_s) for w in wls}
+    sticky = {w.key: _demand(config, state, w, now_s) for w in wls}
+    demand = {w.key: sticky[w.key] - max(0, w.uncommitted_bytes) for w in wls}
     coming_back = sum(demand[w.key] - w.unballooned_bytes for w in wls)  # pages a give-back left
+    psi_some, psi_full, psi_totals = psi_pct(obs.host, state, now_s)
 
-    node_state, constraint, want_f = _aim(config, state, obs.host, budget, resident, held, prev_total,
-                                          coming_back)
+    node_state, constraint, want_f, need = aim(config, state, obs, budget, resident, held, prev_total,
+                                               coming_back, (psi_some, psi_full), now_s)
 
     # activity, shares, floors
     known = {w.key: a for w in wls if (a := _activity(config, state, w, now_s)) is not None}
@@ -228,6 +165,12 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
                    for w in wls}
     limit = {w.key: w.limit_bytes if w.limit_bytes is not None else rules[w.key].limit_bytes for w in wls}
     room = {(w.key, s.kind): max(0, s.reclaimable_bytes) for w in wls for s in w.sources}
+    if node_state in ("high", "clear"):  # proactive: a JVM whose GC cost is past its target takes no more
+        for w in wls:
+            for s in w.sources:
+                cap = proactive.room_cap(config, w, _prev_target(state, w, s.kind))
+                if cap is not None:
+                    room[(w.key, s.kind)] = min(room[(w.key, s.kind)], cap)
     wl_room = {w.key: max(0, demand[w.key] - reservation[w.key]) for w in wls}
     alloc = {(w.key, s.kind): 0 for w in wls for s in w.sources}
     given = {w.key: 0 for w in wls}
@@ -251,10 +194,11 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
         pinned_total += w.pinned_target_bytes - max(0, left)
     # not measured yet (just registered): while memory is merely short (clear, soft) it holds
     # what it holds until its activity is known, so a first guess does not make it, or the
-    # others, inflate and deflate again. With plenty (high) it gives back like the rest, and
-    # in hard or low (a limit breached or about to be) it gives like the rest too, counted as
-    # fully active: holding back there leaves the breach to the kernel (reclaim, swap, OOM)
-    # for the seconds it takes to measure an allocation rate.
+    # others, inflate and deflate again (counted as active, a balloon kept across a daemon
+    # restart would be given back, then taken again). With plenty (high) it gives back like
+    # the rest, and in hard or low (a limit breached or about to be) it gives like the rest
+    # too, counted as fully active: holding back there leaves the breach to the kernel
+    # (reclaim, swap, OOM) for the seconds it takes to measure an allocation rate.
     waiting = [w for w in wls if w.pinned_target_bytes is None and w.key not in known
                and node_state in ("clear", "soft")]
     for w in waiting:
@@ -293,7 +237,12 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
         takers = [w for w in free_wls if (w.key, kind) in room]
         # A quantum that does not depend on what is asked: then asking more only extends the
         # same sequence of gives, and every source's share is monotone in pressure.
-        quantum = max(MIB, sum(room[(w.key, kind)] for w in takers) // 256)
+        # And small, at most half the deadband (up to 32768 quanta for the largest rooms): the
+        # split then moves with the demands by about what they move, and noise (a few pages of
+        # RSS, two JVMs of equal ρ) shifts less than the deadband. Quanta of room/256 (730 MiB
+        # for 14 JVMs of 16 GiB) moved whole quanta between equal JVMs from one tick to the next.
+        room_total = sum(room[(w.key, kind)] for w in takers)
+        quantum = max(MIB, min(config.deadband_bytes // 2, room_total // 256), room_total // 32768)
         heap = [(rho(w), w.key) for w in takers]
         heapq.heapify(heap)
         while remaining > 0 and heap:
@@ -306,7 +255,10 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
     unmet = remaining
 
     # 5. bounded steps, deadband; decisions and reasons
-    step = _step_bytes(node_state, config)
+    # A measured deficit is reached in one tick (constraints.py: the aim is static, so this
+    # cannot wind up); the state's bound still limits blind pushes (PSI, proactive) and what
+    # others take over from a workload that gave back.
+    step = max(step_bytes(node_state, config), need)
     targets: dict[str, dict[str, int]] = {}
     decisions = []
     for w in wls:
@@ -349,13 +301,14 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
         state=node_state,
         targets=MappingProxyType({key: MappingProxyType(v) for key, v in targets.items()}),
         activity=MappingProxyType(known),
-        demand=MappingProxyType(demand),
+        demand=MappingProxyType(sticky),
         last_s=now_s,
+        psi_totals_us=psi_totals,
     )
     return new_state, Decisions(
         state=node_state, constraint=constraint, budget_bytes=budget, resident_bytes=resident, held_bytes=held,
         want_bytes=want, find_bytes=max(0, want - held), unmet_bytes=unmet, unmet_reason=unmet_reason,
-        workloads=tuple(decisions),
+        workloads=tuple(decisions), psi_some_pct=round(psi_some, 3),
     )
 
 

@@ -37,6 +37,10 @@ class HostObservation:
     mem_available_bytes: int
     psi_some_avg10: float = 0.0  # /proc/pressure/memory, percent of time stalled
     psi_full_avg10: float = 0.0
+    # PSI's ``total`` counters (µs stalled since boot): the law takes their rate between two
+    # ticks, which is the stall share *now*; avg10 lingers ~10 s after the stalls stop.
+    psi_some_total_us: float | None = None
+    psi_full_total_us: float | None = None
     cgroup_limit_bytes: int | None = None  # a memory cgroup that holds every managed workload
     cgroup_usage_bytes: int | None = None
     memory_budget_bytes: int | None = None  # --memory-budget (the policy file's budget wins)
@@ -64,6 +68,12 @@ class WorkloadObservation:
     shares: int | None = None
     reservation_bytes: int | None = None
     limit_bytes: int | None = None
+    # Heap the JVM itself gave up (maximum − committed heap): JVM self-sizing. A heap that
+    # shrinks is memory found, not pages that come back (law.py, 1.).
+    uncommitted_bytes: int = 0
+    # Share of wall time the workload spent collecting garbage lately, 0..1; None: not known.
+    # The proactive mode's per-workload cost signal (proactive.py).
+    gc_cost: float | None = None
 
     @property
     def held_bytes(self) -> int:
@@ -93,6 +103,8 @@ class PolicyState:
     # key → sticky demand, resident + held (rises at once, falls slowly; see law.py)
     demand: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     last_s: float | None = None
+    # PSI's totals (some, full, µs), when they were read, and the rates (%) taken then
+    psi_totals_us: tuple[float, float, float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -124,7 +136,7 @@ class WorkloadDecision:
 @dataclass(frozen=True)
 class Decisions:
     state: str  # one of STATES
-    constraint: str  # what set the state: "budget", "host", "cgroup", "psi", "limit" or "none"
+    constraint: str  # what set the aim: "budget", "host", "cgroup", "psi", "proactive", "limit" or "none"
     budget_bytes: int | None  # the budget in force (None: the host decides)
     resident_bytes: int  # managed workloads' resident total
     held_bytes: int  # what their sources hold now
@@ -133,6 +145,7 @@ class Decisions:
     unmet_bytes: int  # of want, what no source can give (floors, reservations, pins)
     unmet_reason: str
     workloads: tuple[WorkloadDecision, ...] = ()
+    psi_some_pct: float = 0.0  # the memory stall share the law used (rate of PSI's total, or avg10)
 
     @property
     def target_bytes(self) -> int:
