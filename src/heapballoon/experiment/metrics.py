@@ -143,7 +143,8 @@ def summarize(cell, cfg, load: LoadResult, samples: Samples, counters: dict, bas
         "throughput_ratio": round(len(ok) / baseline_ok, 3) if baseline_ok else None,
         "latency_p50_ms": _round(percentile(ok, 0.50)), "latency_p99_ms": _round(percentile(ok, 0.99)),
         "service_p99_ms": counters.get("service_p99_ms"),
-        "oom_events": counters["jvm_oom"] + counters["oom_kills"] + counters["died"],
+        # a service the cgroup OOM-killed is both a kill and a death: counted once
+        "oom_events": counters["jvm_oom"] + counters["oom_kills"] + max(0, counters["died"] - counters["oom_kills"]),
         "jvm_oom_errors": counters["jvm_oom"], "cgroup_oom_kills": counters["oom_kills"],
         "services_died": counters["died"], "limit_hits": counters["limit_hits"],
         "swap_in_pages": counters["pswpin"] + counters["swpin_zero"],

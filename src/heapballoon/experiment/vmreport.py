@@ -41,7 +41,10 @@ def write(cfg, doc: dict, figures: list[str]) -> str:
     lines = [f"# Overcommit experiment (VM mode{', quick' if cfg.quick else ''})", "",
              f"- command: `{doc['command']}`", f"- seed: {doc['seed']}", f"- machine: {doc['machine']}",
              f"- started {doc['started']}, took {doc['duration_s']} s; each cell {cfg.cell_s:.0f} s of load, "
-             f"guests booted afresh per cell",
+             f"guests booted afresh per cell; {doc.get('rounds_run', 1)} round(s) of the interleaved plan, each with "
+             f"its own unconstrained baseline" + ("; every figure is the median over the rounds, the rounds' "
+                                                  "min–max in brackets" if doc.get("rounds_run", 1) > 1 else ""),
+             f"- swap: {'a swap file' if cfg.swap else 'off (no swap file, swappiness 0: overcommit ends in OOM kills)'}",
              f"- guests: {cfg.services} QEMU guests (TCG, {cfg.guest_cpus} vCPU, {cfg.guest_memory_bytes >> 20} MiB RAM "
              f"as a shared memfd), each running one CacheService JVM (the guest JVM's default collector), heap "
              f"{cfg.heap_bytes >> 20} MiB (-Xms = -Xmx, AlwaysPreTouch, {cfg.warmup_bytes >> 20} MiB of non-zero "
