@@ -133,9 +133,10 @@ def consolidation_cfg(cfg: Config, services: int) -> Config:
     return replace(cfg, services=services, memory_bytes=cfg.fixed_memory_bytes())
 
 
-def cell_overhead_s(services: int) -> float:
-    """Wall time a cell costs beyond its load: the services start one at a time."""
-    return CELL_OVERHEAD_S + SERVICE_START_S * services
+def cell_overhead_s(services: int, burst_s: float = 0.0) -> float:
+    """Wall time a cell costs beyond its load: the services start one at a time (a start-up burst
+    of ``burst_s`` each with ``--heaps burst``)."""
+    return CELL_OVERHEAD_S + (SERVICE_START_S + burst_s) * services
 
 
 def plan(cfg: Config) -> list[Cell]:
@@ -158,10 +159,11 @@ def consolidation_counts(cfg: Config) -> range:
 
 
 def _estimate(cfg: Config, cell_s: float) -> float:
-    levels = len(plan(cfg)) * (cell_s + cell_overhead_s(cfg.services))
+    burst_s = cfg.burst_s if cfg.heaps == "burst" else 0.0
+    levels = len(plan(cfg)) * (cell_s + cell_overhead_s(cfg.services, burst_s))
     sweep = 0.0
     if cfg.consolidation:  # at most: every manager passes every N
-        sweep = cfg.rounds * sum((1 + len(cfg.managers)) * (cell_s + cell_overhead_s(n))
+        sweep = cfg.rounds * sum((1 + len(cfg.managers)) * (cell_s + cell_overhead_s(n, burst_s))
                                  for n in consolidation_counts(cfg))
     return SETUP_S + levels + sweep
 
