@@ -142,3 +142,22 @@ def test_options_swap_heaps_consolidation_and_vm_rounds():
         cli.config_of(_args(mode="vm", rounds=0), "c")
     with pytest.raises(UsageError, match="--cell-s"):  # five services need five 3 s slots
         cli.config_of(_args(consolidation="on", cell_s=12), "c")
+
+
+def test_vm_mode_rounds_report_medians_per_manager_and_level():
+    from heapballoon.experiment import vmconfig, vmmode
+
+    cfg = dataclasses.replace(vmconfig.quick("/tmp/x"), rounds=3)
+    cells = vmconfig.plan(cfg)
+    assert len(cells) == 3 * (1 + len(cfg.managers)) and {c.round for c in cells} == {0, 1, 2}
+
+    def entry(manager, r, p99):
+        return {"manager": manager, "mode": "vm", "overcommit": 0 if manager == "unconstrained" else 50, "round": r,
+                "order": r, "throughput_ratio": 1.0, "latency_p99_ms": p99, "oom_events": 0, "data_errors": 0}
+
+    entries = [entry(m, r, p99) for r, p99s in enumerate(((10.0, 40.0), (30.0, 20.0), (20.0, 60.0)))
+               for m, p99 in zip(("unconstrained", "heapballoon"), p99s)]
+    doc = vmmode.results_doc(cfg, 0.0, entries)
+    assert doc["rounds_run"] == 3 and len(doc["baselines"]) == 3 and len(doc["rounds"]) == 3
+    assert doc["runs"][0]["latency_p99_ms"] == 40.0 and doc["runs"][0]["range"]["latency_p99_ms"] == [20.0, 60.0]
+    assert doc["baseline"]["latency_p99_ms"] == 20.0

@@ -106,6 +106,20 @@ def run_cell(cfg: VMConfig, cell: Cell, sandbox: Sandbox, jar: str, run_dir: str
     return entry, load, samples
 
 
+def results_doc(cfg: VMConfig, started: float, entries: list[dict]) -> dict:
+    """results.json: per manager and level the median over the rounds (each round's cells measured
+    against that round's baseline), every round's entries, the baselines."""
+    from heapballoon.experiment import report
+
+    cells = [r for r in entries if r["manager"] != "unconstrained"]
+    bases = [r for r in entries if r["manager"] == "unconstrained"]
+    return {"command": cfg.command, "seed": cfg.seed, "machine": report.machine_line(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "duration_s": round(time.time() - started, 1), "config": report.config_dict(cfg),
+            "rounds_run": cfg.rounds, "runs": rounds.aggregate(cells), "baseline": rounds.aggregate(bases)[0],
+            "baselines": bases, "rounds": cells}
+
+
 def run(cfg: VMConfig, console) -> dict:
     """Run every cell of ``plan(cfg)`` with guests and write the output directory."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -163,14 +177,7 @@ def run(cfg: VMConfig, console) -> dict:
         else:
             os.environ["HEAPBALLOON_RUN_DIR"] = old_env
         shutil.rmtree(run_dir, ignore_errors=True)
-    doc = {"command": cfg.command, "seed": cfg.seed, "machine": report.machine_line(),
-           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-           "duration_s": round(time.time() - started, 1), "config": report.config_dict(cfg),
-           "rounds_run": cfg.rounds,
-           "runs": rounds.aggregate([r for r in runs if r["manager"] != "unconstrained"]),
-           "baseline": rounds.aggregate([r for r in runs if r["manager"] == "unconstrained"])[0],
-           "baselines": [r for r in runs if r["manager"] == "unconstrained"],
-           "rounds": [r for r in runs if r["manager"] != "unconstrained"]}
+    doc = results_doc(cfg, started, runs)
     with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
         json.dump(doc, f, indent=2)
     _write_csv(os.path.join(cfg.out_dir, "memory.csv"), metrics.SERVICE_FIELDS, service_rows)
