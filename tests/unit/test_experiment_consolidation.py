@@ -83,9 +83,12 @@ def test_wins_and_losses_name_the_best_and_the_failing():
             {"manager": "heapballoon", "overcommit": 50, "latency_p99_ms": 10.0, "swap_out_pages": 100, "oom_events": 0,
              "data_errors": 0}]
     lines = report.wins_and_losses(runs)
-    assert "At 50%: best p99 **heapballoon** (10.0 ms), worst none (30.0 ms)." in lines
+    assert "At 50%: best p99 **heapballoon** (10.0 ms), worst heapballoon (10.0 ms), of those with 0 OOM events." in lines
     assert "At 50%: least swap-out **heapballoon** (100 pages)." in lines
     assert any("none (2 OOM events" in s for s in lines)
+    everyone = report.wins_and_losses([dict(r, oom_events=1, cgroup_swap_peak_bytes=0) for r in runs])
+    assert "At 50%: every manager had OOM events; p99 ranks none of them." in everyone
+    assert not any("swap-out" in s for s in everyone)  # no swap in the services' cgroup: nothing to rank
 
 
 def test_swap_off_makes_no_swap_file_and_sets_swappiness_zero(tmp_path):

@@ -15,7 +15,8 @@ from heapballoon.experiment.rounds import worst
 COLUMNS = [("manager", "manager"), ("throughput_ratio", "throughput ratio"), ("latency_p50_ms", "p50 ms"),
            ("latency_p99_ms", "p99 ms"), ("oom_events", "OOM events"), ("cgroup_oom_kills", "of which OOM kills"), ("swap_out_pages", "swap-out pages"),
            ("swap_out_zero_pages", "of which zero"), ("swap_in_pages", "swap-in pages"), ("major_faults", "major faults"),
-           ("peak_cgroup_bytes", "peak MiB"), ("reaction_s", "reaction s"), ("manager_cpu_s", "manager CPU s"),
+           ("peak_cgroup_bytes", "peak MiB"), ("cgroup_swap_peak_bytes", "cgroup swap peak MiB"),
+           ("reaction_s", "reaction s"), ("manager_cpu_s", "manager CPU s"),
            ("data_errors", "data errors")]
 
 
@@ -30,7 +31,7 @@ def config_dict(cfg: Config) -> dict:
 def _fmt(key: str, value) -> str:
     if value is None:
         return "—"
-    if key == "peak_cgroup_bytes":
+    if key in ("peak_cgroup_bytes", "cgroup_swap_peak_bytes"):
         return f"{value / (1 << 20):.0f}"
     if isinstance(value, float):
         return str(round(value, 3))
@@ -81,14 +82,18 @@ def wins_and_losses(runs: list[dict]) -> list[str]:
         at = [r for r in runs if r["overcommit"] == level]
         if len(at) < 2:
             continue
-        timed = [r for r in at if r.get("latency_p99_ms") is not None]
+        # p99 only among managers that kept every service (a killed service's load is not timed)
+        timed = [r for r in at if r.get("latency_p99_ms") is not None and not r.get("oom_events")]
         if timed:
             best = min(timed, key=lambda r: r["latency_p99_ms"])
             worst_ = max(timed, key=lambda r: r["latency_p99_ms"])
             out.append(f"At {level}%: best p99 **{best['manager']}** ({best['latency_p99_ms']} ms), worst "
-                       f"{worst_['manager']} ({worst_['latency_p99_ms']} ms).")
+                       f"{worst_['manager']} ({worst_['latency_p99_ms']} ms), of those with 0 OOM events.")
+        else:
+            out.append(f"At {level}%: every manager had OOM events; p99 ranks none of them.")
+        # swap only where the services' cgroup swapped (host-wide counters include other jobs')
         swapped = [r for r in at if r.get("swap_out_pages") is not None]
-        if swapped and any(r["swap_out_pages"] for r in swapped):
+        if swapped and any(r.get("cgroup_swap_peak_bytes", 1) for r in swapped):
             least = min(swapped, key=lambda r: r["swap_out_pages"])
             out.append(f"At {level}%: least swap-out **{least['manager']}** ({least['swap_out_pages']} pages).")
         failing = [f"{r['manager']} ({r['oom_events']} OOM events, {r.get('data_errors', 0)} data errors)"
@@ -188,7 +193,8 @@ def write(cfg: Config, doc: dict, figures: list[str]) -> str:
               "when they differ; a cell's throughput ratio is against its own round's baseline. " if n > 1 else "") +
              "Throughput ratio = requests served / requests the unconstrained run served. OOM events = JVM "
              "OutOfMemoryErrors + cgroup OOM kills + services that died. Swap and major faults are host-wide "
-             "counters over the cell (from before the JVMs start); \"of which zero\": zero-filled pages the kernel "
+             "counters over the cell (from before the JVMs start; they include other jobs' paging: the cgroup swap "
+             "peak is the services' own); \"of which zero\": zero-filled pages the kernel "
              "swapped out without writing (swpout_zero). Reaction = time from the cgroup's usage at 95 % of its limit to the manager's "
              "first 32 MiB freed (— : no pressure, or the manager freed nothing; none never frees). Manager CPU = the daemon's (heapballoon) or the stepping thread's CPU; self-sizing's work is GC inside the JVMs, not separated out (0), and it reports no freed pages (reaction —).", ""]
     lines += consolidation_lines(doc)

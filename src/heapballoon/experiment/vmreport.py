@@ -26,11 +26,11 @@ def _losses(runs: list[dict]) -> list[str]:
 
 def _table(runs: list[dict], level: int) -> list[str]:
     lines = report.table(runs, level)
-    lines[0] += " cgroup swap peak MiB | cgroup major faults | guests ready s | QEMU peak MiB |"
-    lines[1] += "---|---|---|---|"
+    lines[0] += " cgroup major faults | guests ready s | QEMU peak MiB |"
+    lines[1] += "---|---|---|"
     rows = sorted((r for r in runs if r["overcommit"] == level), key=lambda r: r["manager"])
     for i, r in enumerate(rows):
-        lines[2 + i] += (f" {r['cgroup_swap_peak_bytes'] >> 20} | {r['cgroup_major_faults']} | {r['guests_ready_s']} |"
+        lines[2 + i] += (f" {r['cgroup_major_faults']} | {r['guests_ready_s']} |"
                          f" {r['qemu_rss_peak_bytes'] >> 20} |")
     return lines
 
