@@ -8,6 +8,9 @@ resident and dirty as in a long-running service whose heap grew once. The
 memory *given* to the services at overcommit X% is ``heaps / (1 + X/100)`` plus a fixed
 non-heap allowance per JVM (metaspace, code, threads, GC structures), so at 0% nothing needs
 to be reclaimed and at 50% the committed heaps exceed what the heaps are given by 50%.
+With ``heaps="burst"`` the heaps are not pre-touched: the warm-up garbage grows them over
+``burst_s``. The consolidation sweep's cells instead give N services a fixed memory
+(``fixed_memory_bytes``: what 2 services use unconstrained; ``consolidation_cfg``).
 """
 
 from __future__ import annotations
