@@ -148,9 +148,11 @@ def run(cfg: Config, console) -> dict:
     os.makedirs(cfg.out_dir, exist_ok=True)
     cells = plan(cfg)
     est = estimated_s(cfg)
+    sweep = (f" + the consolidation sweep (N = {', '.join(str(n) for n in consolidation_counts(cfg))} services "
+             f"in {cfg.fixed_memory_bytes() >> 20} MiB, each round)" if cfg.consolidation else "")
     console.print(f"{len(cells)} cells ({cfg.rounds} round{'s' if cfg.rounds > 1 else ''} of "
-                  f"{len(cells) // cfg.rounds}), {cfg.cell_s:g} s of load each: about {est / 60:.0f} min "
-                  f"(estimated {est:.0f} s)")
+                  f"{len(cells) // cfg.rounds}){sweep}, {cfg.cell_s:g} s of load each: at most about "
+                  f"{est / 60:.0f} min (estimated {est:.0f} s)")
     _signalled.clear()
     old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     run_dir = None
