@@ -143,6 +143,9 @@ def test_options_swap_heaps_consolidation_and_vm_rounds():
         cli.config_of(_args(mode="vm", consolidation="on"), "c")
     with pytest.raises(UsageError, match="--rounds"):
         cli.config_of(_args(mode="vm", rounds=0), "c")
+    assert cli.config_of(_args(settle_s=5.0), "c").settle_s == 5.0
+    with pytest.raises(UsageError, match="--settle-s"):
+        cli.config_of(_args(settle_s=-1.0), "c")
     with pytest.raises(UsageError, match="--cell-s"):  # five services need five 3 s slots
         cli.config_of(_args(consolidation="on", cell_s=12), "c")
 

@@ -4,7 +4,7 @@ parser by :func:`add_commands`::
     heapballoon experiment --out DIR [--quick] [--mode process|vm] [--levels 0,50]
                            [--managers none,heapballoon] [--rounds N] [--cell-s S] [--seed N]
                            [--policy auto|manual] [--swap on|off] [--heaps pretouch|burst]
-                           [--consolidation on|off]
+                           [--consolidation on|off] [--settle-s S]
     heapballoon experiment --clean
 
 Process mode's settings are experiment.config's, VM mode's experiment.vmconfig's; every bad
@@ -50,6 +50,8 @@ def add_commands(sub) -> None:
     e.add_argument("--heaps", choices=("pretouch", "burst"), default="pretouch",
                    help="production heaps, -Xms = -Xmx: pretouch (AlwaysPreTouch, default) or burst (grown by a "
                         "start-up burst); self-sizing keeps its small -Xms either way (labelled in the report)")
+    e.add_argument("--settle-s", type=float, metavar="S",
+                   help="process mode: seconds between one service being ready and the next starting (default 1)")
     e.add_argument("--consolidation", choices=("on", "off"),
                    help="process mode: after the levels, the most services each manager holds at the SLO in a fixed "
                         "memory (N = 2..5); default on in the full run, off with --quick")
@@ -83,6 +85,10 @@ def config_of(args: argparse.Namespace, command: str):
         changes["rounds"] = args.rounds
     if args.cell_s is not None:
         changes["cell_s"] = args.cell_s
+    if getattr(args, "settle_s", None) is not None:
+        if not 0 <= args.settle_s <= 600:
+            raise UsageError(f"invalid --settle-s {args.settle_s:g}: must be 0..600 seconds")
+        changes["settle_s"] = args.settle_s
     cfg = dataclasses.replace(cfg, **changes)
     mode.validate(cfg)
     return cfg

@@ -38,7 +38,7 @@ SLO_P99_FACTOR = 2.0
 # Wall time a cell costs beyond its load: stop the JVMs and the manager, summarize (CELL_OVERHEAD_S),
 # plus starting each JVM (pre-touch or burst, warm-up churn, data set, the agent) one at a time.
 CELL_OVERHEAD_S = 4.0
-SERVICE_START_S = 3.0  # each service, started one at a time (ready, then settle_s), measured ~2-4 s
+SERVICE_START_S = 2.0  # each service until it is ready (then settle_s before the next), measured ~1-3 s
 SETUP_S = 30.0  # building (cached) jars, the swap file, the report and plots
 
 
@@ -136,10 +136,10 @@ def consolidation_cfg(cfg: Config, services: int) -> Config:
     return replace(cfg, services=services, memory_bytes=cfg.fixed_memory_bytes())
 
 
-def cell_overhead_s(services: int, burst_s: float = 0.0) -> float:
-    """Wall time a cell costs beyond its load: the services start one at a time (a start-up burst
-    of ``burst_s`` each with ``--heaps burst``)."""
-    return CELL_OVERHEAD_S + (SERVICE_START_S + burst_s) * services
+def cell_overhead_s(services: int, burst_s: float = 0.0, settle_s: float = 1.0) -> float:
+    """Wall time a cell costs beyond its load: the services start one at a time, ``settle_s``
+    apart (a start-up burst of ``burst_s`` each with ``--heaps burst``)."""
+    return CELL_OVERHEAD_S + (SERVICE_START_S + burst_s + settle_s) * services
 
 
 def plan(cfg: Config) -> list[Cell]:
@@ -163,10 +163,10 @@ def consolidation_counts(cfg: Config) -> range:
 
 def _estimate(cfg: Config, cell_s: float) -> float:
     burst_s = cfg.burst_s if cfg.heaps == "burst" else 0.0
-    levels = len(plan(cfg)) * (cell_s + cell_overhead_s(cfg.services, burst_s))
+    levels = len(plan(cfg)) * (cell_s + cell_overhead_s(cfg.services, burst_s, cfg.settle_s))
     sweep = 0.0
     if cfg.consolidation:  # at most: every manager passes every N
-        sweep = cfg.rounds * sum((1 + len(cfg.managers)) * (cell_s + cell_overhead_s(n, burst_s))
+        sweep = cfg.rounds * sum((1 + len(cfg.managers)) * (cell_s + cell_overhead_s(n, burst_s, cfg.settle_s))
                                  for n in consolidation_counts(cfg))
     return SETUP_S + levels + sweep
 
