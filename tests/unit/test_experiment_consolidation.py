@@ -75,6 +75,8 @@ def test_sweep_stops_each_manager_at_its_first_failure_with_a_baseline_per_n():
     assert "| self-sizing | 5 | 5, 5, 5 | 2.5× | held every N tried |" in text
     assert "Most services held: **self-sizing** (5)" in text and "none holds 2" in text
     assert "Not measured" in "\n".join(report.consolidation_lines({"consolidation": None}))
+    tie = consolidation.summarize(cfg, [{m: 2 for m in cfg.managers}], entries)
+    assert "Every manager held 2" in "\n".join(report.consolidation_lines({"consolidation": tie}))
 
 
 def test_wins_and_losses_name_the_best_and_the_failing():

@@ -42,7 +42,7 @@ def judge(entry: dict, baseline_p99_ms: float | None) -> Verdict:
         reasons.append("no request served")
     elif baseline_p99_ms and p99 > SLO_P99_FACTOR * baseline_p99_ms:
         reasons.append(f"p99 {p99:g} ms > {SLO_P99_FACTOR:g} × {baseline_p99_ms:g} ms")
-    return Verdict(not reasons, "; ".join(reasons))
+    return Verdict(not reasons, ", ".join(reasons))
 
 
 def sweep(cfg: Config, round_: int, first_index: int, measure: Callable[[Cell], dict]) -> tuple[list[dict], dict[str, int]]:

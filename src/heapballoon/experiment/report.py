@@ -120,7 +120,10 @@ def consolidation_lines(doc: dict) -> list[str]:
     if held:
         top = max(held.values())
         best = sorted(m for m, n in held.items() if n == top)
-        lines.append(f"- Most services held: **{', '.join(best)}** ({top:g}).")
+        if len(best) == len(held) > 1:
+            lines.append(f"- Every manager held {top:g}: consolidation separates none of them in this run.")
+        else:
+            lines.append(f"- Most services held: **{', '.join(best)}** ({top:g}).")
         for m, n in sorted(held.items()):
             if m not in best:
                 lines.append(f"- {m} holds {n:g}: fewer than {', '.join(best)}.")
@@ -177,8 +180,7 @@ def write(cfg: Config, doc: dict, figures: list[str]) -> str:
              f"({cfg.warmup_bytes >> 20} MiB of non-zero garbage at start), data set {cfg.data_bytes >> 20} MiB, cache values "
              f"{cfg.value_bytes >> 10} KiB, up to {cfg.max_keys} keys, TTL {cfg.ttl_s:.0f} s; "
              f"{cfg.busy_rate_per_s:.0f} req/s busy, {cfg.idle_rate_per_s:.0f} req/s idle, one service busy at a time",
-             f"- memory given at X% = heaps / (1 + X/100) + {cfg.nonheap_allowance_bytes >> 20} MiB non-heap per JVM; "
-             f"swap file {cfg.swap_bytes >> 30} GiB",
+             f"- memory given at X% = heaps / (1 + X/100) + {cfg.nonheap_allowance_bytes >> 20} MiB non-heap per JVM",
              f"- swap: " + (f"a {cfg.swap_bytes >> 30} GiB swap file" if cfg.swap else
                              "**off** (no swap file, swappiness 0 in the cgroups): overcommit ends in cgroup OOM kills"),
              f"- heaps: every manager's JVMs run -Xms = -Xmx, " +
