@@ -68,10 +68,10 @@ dist: deps venv
 # The overcommit experiment (root: cgroups, swap file): OUT=dir, QUICK=1 for the 5-minute version,
 # MODE=vm for two QEMU guests (process mode by default).
 OUT ?= experiment-out
-# make experiment [QUICK=1] [MODE=vm] [OUT=DIR]: the overcommit experiment (root); DIR gets the report
+# make experiment [QUICK=1] [MODE=vm] [SWAP=off] [OUT=DIR]: the overcommit experiment (root); DIR gets the report
 OUT ?= experiment-out
 experiment: deps venv
-	@$(VENV)/bin/heapballoon experiment $(if $(QUICK),--quick) $(if $(MODE),--mode $(MODE)) --out $(OUT)
+	@$(VENV)/bin/heapballoon experiment $(if $(QUICK),--quick) $(if $(MODE),--mode $(MODE)) $(if $(SWAP),--swap $(SWAP)) --out $(OUT)
 
 bench: deps venv
 	@$(VPY) benchmarks/reclaim_process.py

@@ -3,7 +3,8 @@ a real swap file; the output directory is checked (files, the results.json schem
 and the machine is checked to be left as it was (no cgroup, no swap file, no JVM left).
 
 The throughput figure is only checked to be present and sane: the machine is shared and noisy.
-Takes about 3 minutes (marked ``experiment``; `make test` runs it as its own phase).
+Takes about 4 minutes, the swap-off run 1 more (marked ``experiment``; `make test` runs them as
+their own phase).
 """
 
 from __future__ import annotations
@@ -55,10 +56,14 @@ def test_quick_experiment_writes_report_results_and_plots(tmp_path):
     for r in runs:
         assert r["rounds_measured"] == 1 and r["per_round"]["throughput_ratio"] == [r["throughput_ratio"]]
         assert r["heap_committed_end_bytes"] == 3 * 384 << 20, r  # -Xms = -Xmx: nothing shrinks the heaps
+        assert r["services"] == 3 and r["heap_config"] == "-Xms = -Xmx, pre-touched", r
     hb50 = next(r for r in runs if r["manager"] == "heapballoon" and r["overcommit"] == 50)
     assert hb50["reclaimed_bytes_peak"] > 0, "heapballoon reclaimed nothing at 50% overcommit"
 
+    assert doc["consolidation"] is None  # --quick leaves the sweep out (its time)
     report = (out / "report.md").read_text()
+    assert report.index("## Consolidation") < report.index("## Where each manager wins and loses") < \
+        report.index("## 0% overcommit")
     assert "## 0% overcommit" in report and "## 50% overcommit" in report
     assert "## Where heapballoon loses" in report
     assert ("is **met**" in report) != ("is **not met**" in report)
@@ -78,6 +83,38 @@ def test_quick_experiment_writes_report_results_and_plots(tmp_path):
                                                                        f"heapballoon-experiment-{run}-managers")]
     left = subprocess.run(["pgrep", "-f", "cacheservice.jar .*--seed 300[0-9] "], capture_output=True, text=True)
     assert left.stdout.strip() == "", f"this run's JVMs left running: {left.stdout}"
+
+
+def test_swap_off_counts_cgroup_oom_kills_and_the_run_goes_on(tmp_path):
+    """Without swap, three pre-touched 384 MiB heaps cannot fit in the memory given at 50 %: under
+    none the cgroup OOM-kills a JVM (v1 counts it in the victim's child group only); the cell is
+    measured all the same, the report shows the kill, and nothing is left behind."""
+    require_java()
+    require_root()
+    if not cgroup.v1_available():
+        pytest.skip("no cgroup v1 memory controller on this machine (the experiment needs it)")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "heapballoon", "experiment", "--levels", "50", "--managers", "none",
+                             "--rounds", "1", "--cell-s", "9", "--swap", "off", "--consolidation", "off",
+                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    doc = json.loads((out / "results.json").read_text())
+    none = doc["runs"][0]
+    assert none["manager"] == "none" and none["overcommit"] == 50
+    assert none["cgroup_oom_kills"] >= 1 and none["oom_events"] >= none["cgroup_oom_kills"], none
+    assert none["swap_out_pages"] >= 0 and doc["config"]["swap"] is False
+    assert doc["baseline"]["oom_events"] == 0  # unconstrained: nothing killed
+    report = (out / "report.md").read_text()
+    assert "swap: **off**" in report and "| none |" in report
+    row = next(line for line in report.splitlines() if line.startswith("| none |"))
+    assert f"| {none['oom_events']} | {none['cgroup_oom_kills']} |" in row
+    assert not os.path.exists(f"/var/tmp/heapballoon-experiment-{proc.pid}.swap")  # none made, none left
+    assert not [d for d in os.listdir(cgroup.MEMORY_V1_ROOT) if d.startswith(f"heapballoon-experiment-{proc.pid}")]
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path):

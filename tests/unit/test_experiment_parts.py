@@ -73,11 +73,20 @@ def test_active_swaps_on_a_fixture_tree(tmp_path):
     assert swap.active_swaps(str(tmp_path)) == ["/var/tmp/x.swap"]
 
 
-def test_acceptance_line():
-    run = {"manager": "heapballoon", "overcommit": 50, "throughput_ratio": 0.95, "oom_events": 0, "data_errors": 0}
-    assert "**met**" in report.acceptance([run])
-    assert "**not met**" in report.acceptance([{**run, "oom_events": 1}])
-    assert "Not measured" in report.acceptance([])
+def test_acceptance_line_is_issue_16s_bar():
+    run = {"manager": "heapballoon", "overcommit": 50, "throughput_ratio": 0.95, "oom_events": 0, "data_errors": 0,
+           "latency_p99_ms": 10.0, "swap_out_pages": 100}
+    none = {**run, "manager": "none", "latency_p99_ms": 10.0, "swap_out_pages": 200, "oom_events": 0}
+    assert "**met**" in report.acceptance([run, none])
+    assert "**not met**" in report.acceptance([{**run, "oom_events": 1}, none])
+    assert "**not met**" in report.acceptance([{**run, "latency_p99_ms": 11.5}, none])   # p99 > 1.1 x none's
+    assert "**not met**" in report.acceptance([{**run, "swap_out_pages": 101}, none])    # more than half none's swap
+    assert "**not met**" in report.acceptance([{**run, "throughput_ratio": 0.94}, none])
+    assert "Not measured" in report.acceptance([]) and "Not measured" in report.acceptance([run])
+    # without swap: heapballoon's OOM events decide, none's are shown
+    off = report.acceptance([run, {**none, "oom_events": 2}], swap=False)
+    assert "**met**" in off and "none has 2 OOM events" in off
+    assert "**not met**" in report.acceptance([{**run, "oom_events": 1}, none], swap=False)
 
 
 def test_plan_repeats_rounds_each_with_its_baseline_and_rotates_per_round():
@@ -96,11 +105,13 @@ def test_plan_repeats_rounds_each_with_its_baseline_and_rotates_per_round():
 
 def test_full_run_fits_its_budget_and_defaults():
     cfg = config.full("/tmp/x")
-    assert cfg.rounds == 3 and cfg.levels_pct == (0, 25, 50, 100) and "self-sizing" in cfg.managers
-    assert len(config.plan(cfg)) == 3 * (1 + 4 * 4)
+    assert cfg.rounds == 3 and cfg.levels_pct == (0, 50, 100) and "self-sizing" in cfg.managers
+    assert "heapballoon+self-sizing" in cfg.managers and cfg.consolidation
+    assert len(config.plan(cfg)) == 3 * (1 + 3 * 5)
     assert config.estimated_s(cfg) <= config.FULL_BUDGET_S and cfg.cell_s % 3 == 0
     q = config.quick("/tmp/x")
     assert q.rounds == 1 and q.managers == config.QUICK_MANAGERS and config.estimated_s(q) < 300
+    assert not q.consolidation and q.swap
 
 
 def test_levels_and_managers_options_are_parsed_or_refused_in_one_line():
@@ -126,7 +137,7 @@ def test_rounds_aggregate_to_medians_with_per_round_values_and_range():
                 "throughput_ratio": ratio, "latency_p99_ms": p99, "oom_events": oom, "swap_out_pages": 100 * r,
                 "data_errors": errors, "reaction_s": None, "manager_settings": "s", "manager_cpu_s": 0.1}
 
-    entries = [entry("heapballoon", 0, 0.8, 30.0, 0), entry("none", 0, 0.5, 90.0, 1),
+    entries = [entry("heapballoon", 0, 0.8, 30.0, 0), entry("none", 0, 0.5, 90.0, 1),  # noqa: E501
                entry("heapballoon", 1, 0.95, 10.0, 0, errors=2), entry("none", 1, 0.7, 50.0, 0),
                entry("heapballoon", 2, 0.9, 20.0, 1), entry("none", 2, 0.6, 70.0, 0)]
     runs = rounds.aggregate(entries)
@@ -142,7 +153,7 @@ def test_rounds_aggregate_to_medians_with_per_round_values_and_range():
     assert two[0]["throughput_ratio"] == 0.875 and two[0]["data_errors"] == 2
     # the bar: median throughput, but OOM events and data errors in every round
     assert "**not met**" in report.acceptance(runs)
-    assert "median of 3 rounds" in report.acceptance(runs)
+    assert "medians of 3 rounds" in report.acceptance(runs)
     lost = report.losses(runs)
     assert not any("throughput" in s for s in lost)  # 0.9 against none's median 0.6
 
@@ -157,15 +168,16 @@ def test_report_shows_medians_with_ranges_and_says_when_heapballoon_lost_to_no_b
     def entry(manager, r, ratio, p99):
         return {"manager": manager, "mode": "process", "overcommit": 50, "order": r, "round": r,
                 "throughput_ratio": ratio, "latency_p99_ms": p99, "oom_events": 0, "data_errors": 0,
+                "swap_out_pages": 10 if manager == "heapballoon" else 100,
                 "manager_cpu_s": 0.1, "memory_given_bytes": 984 * MIB, "manager_settings": f"{manager} settings"}
 
     entries = [entry(m, r, ratio, p99) for r in range(3)
-               for m, ratio, p99 in (("none", 0.7 + r / 10, 50.0), ("heapballoon", 0.92 + r / 100, 20.0))]
+               for m, ratio, p99 in (("none", 0.7 + r / 10, 50.0), ("heapballoon", 0.96 + r / 100, 20.0))]
     base = {"throughput_rps": 300.0, "latency_p99_ms": 5.0, "committed_heap_bytes": 1152 * MIB}
     doc = {"command": "c", "seed": 1, "machine": "m", "started": "s", "duration_s": 1, "rounds_run": 3,
            "runs": rounds.aggregate(entries), "baseline": base}
     text = report.write(cfg, doc, [])
-    assert "| heapballoon | 0.93 (0.92–0.94) |" in text and "| none | 0.8 (0.7–0.9) |" in text
+    assert "| heapballoon | 0.97 (0.96–0.98) |" in text and "| none | 0.8 (0.7–0.9) |" in text
     assert "- heapballoon lost to no baseline." in text and "**met**" in text
     entries += [entry("heapballoon", 3, 0.1, 99.0)]  # a 4th round would not change the median much...
     slow = [dict(e, latency_p99_ms=80.0) if e["manager"] == "heapballoon" else e for e in entries[:6]]

@@ -1,12 +1,15 @@
 """The overcommit experiment (``heapballoon experiment``): the same Java services under several
 memory managers, interleaved in one run, with real memory pressure (a v1 memory cgroup and a
-swap file), written out as report.md, results.json, CSV time series and PNG plots.
+swap file, or none: ``--swap off``), written out as report.md, results.json, CSV time series
+and PNG plots.
 
 * ``config``   – the run's settings, the cells (round × manager × overcommit level) and their order
 * ``workload`` – the Java services (CacheService JVMs) in their cgroups
 * ``loadgen``  – the phase-shifted asyncio load generator and its latency records
 * ``sandbox``  – the swap file and the memory cgroups, made and always removed
-* ``managers`` – none, JVM self-sizing, cgroup-limit stepping (senpai-like), heapballoon
+* ``managers`` – none, JVM self-sizing, cgroup-limit stepping (senpai-like), heapballoon,
+  heapballoon+self-sizing
+* ``consolidation`` – the headline: the most services each manager holds at the SLO in a fixed memory
 * ``metrics``  – the sampler (memory, swap, faults, PSI) and per-cell summaries
 * ``report``   – results.json and report.md; ``plots`` – the PNG figures
 * ``runner``   – runs the cells with progress and cleans up on any exit

@@ -3,7 +3,8 @@ parser by :func:`add_commands`::
 
     heapballoon experiment --out DIR [--quick] [--mode process|vm] [--levels 0,50]
                            [--managers none,heapballoon] [--rounds N] [--cell-s S] [--seed N]
-                           [--policy auto|manual]
+                           [--policy auto|manual] [--swap on|off] [--heaps pretouch|burst]
+                           [--consolidation on|off] [--settle-s S]
     heapballoon experiment --clean
 
 Process mode's settings are experiment.config's, VM mode's experiment.vmconfig's; every bad
@@ -36,13 +37,24 @@ def add_commands(sub) -> None:
                    help="managers, e.g. none,heapballoon (process mode: none, self-sizing, cgroup-step, "
                         "heapballoon; VM mode: none, virtio-balloon, heapballoon, heapballoon+virtio)")
     e.add_argument("--rounds", type=int, metavar="N",
-                   help="repeat the interleaved plan N times (medians reported; process mode)")
+                   help="repeat the interleaved plan N times (medians reported)")
     e.add_argument("--cell-s", type=float, metavar="S", help="seconds of load per cell")
     e.add_argument("--clean", action="store_true",
                    help="only remove what killed runs left (cgroups, their processes, swap files) and exit")
     e.add_argument("--seed", type=int, default=1, help="seed of the data sets and the load (default 1)")
     e.add_argument("--policy", choices=("manual", "auto"), default="auto",
                    help="heapballoon's policy: auto (daemon --policy auto --memory-budget) or manual (target all)")
+    e.add_argument("--swap", choices=("on", "off"), default="on",
+                   help="on: a swap file, the kernel swaps at the limit (default); off: no swap (the Kubernetes "
+                        "default), overcommit the managers do not absorb ends in cgroup OOM kills")
+    e.add_argument("--heaps", choices=("pretouch", "burst"), default="pretouch",
+                   help="production heaps, -Xms = -Xmx: pretouch (AlwaysPreTouch, default) or burst (grown by a "
+                        "start-up burst); self-sizing keeps its small -Xms either way (labelled in the report)")
+    e.add_argument("--settle-s", type=float, metavar="S",
+                   help="process mode: seconds between one service being ready and the next starting (default 1)")
+    e.add_argument("--consolidation", choices=("on", "off"),
+                   help="process mode: after the levels, the most services each manager holds at the SLO in a fixed "
+                        "memory (N = 2..5); default on in the full run, off with --quick")
     e.set_defaults(func=cmd_experiment)
 
 
@@ -55,14 +67,16 @@ def config_of(args: argparse.Namespace, command: str):
     if args.mode == "vm":
         from heapballoon.experiment import vmconfig
 
-        if args.rounds not in (None, 1):
-            raise UsageError("--rounds: VM mode runs one round (rounds are built for process mode only)")
+        if args.consolidation == "on":
+            raise UsageError("--consolidation: process mode only")
         mode, known = vmconfig, vmconfig.VM_MANAGERS
     else:
         mode, known = config, config.MANAGERS
     make = mode.quick if args.quick else mode.full
     cfg = make(os.path.abspath(args.out), args.seed, command)
-    changes = {"policy": args.policy}
+    changes = {"policy": args.policy, "swap": args.swap == "on", "heaps": args.heaps}
+    if args.consolidation is not None and args.mode != "vm":
+        changes["consolidation"] = args.consolidation == "on"
     if args.levels is not None:
         changes["levels_pct"] = config.parse_levels(args.levels)
     if args.managers is not None:
@@ -71,6 +85,10 @@ def config_of(args: argparse.Namespace, command: str):
         changes["rounds"] = args.rounds
     if args.cell_s is not None:
         changes["cell_s"] = args.cell_s
+    if getattr(args, "settle_s", None) is not None:
+        if not 0 <= args.settle_s <= 600:
+            raise UsageError(f"invalid --settle-s {args.settle_s:g}: must be 0..600 seconds")
+        changes["settle_s"] = args.settle_s
     cfg = dataclasses.replace(cfg, **changes)
     mode.validate(cfg)
     return cfg

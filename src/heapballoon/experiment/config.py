@@ -8,25 +8,37 @@ resident and dirty as in a long-running service whose heap grew once. The
 memory *given* to the services at overcommit X% is ``heaps / (1 + X/100)`` plus a fixed
 non-heap allowance per JVM (metaspace, code, threads, GC structures), so at 0% nothing needs
 to be reclaimed and at 50% the committed heaps exceed what the heaps are given by 50%.
+With ``heaps="burst"`` the heaps are not pre-touched: the warm-up garbage grows them over
+``burst_s``. The consolidation sweep's cells instead give N services a fixed memory
+(``fixed_memory_bytes``: what 2 services use unconstrained; ``consolidation_cfg``).
 """
 
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from heapballoon.errors import UsageError
 
 MIB = 1 << 20
-MANAGERS = ("none", "self-sizing", "cgroup-step", "heapballoon")
+MANAGERS = ("none", "self-sizing", "cgroup-step", "heapballoon", "heapballoon+self-sizing")
 QUICK_MANAGERS = ("none", "cgroup-step", "heapballoon")
-FULL_LEVELS = (0, 25, 50, 100)
+# Managers whose JVMs run the small -Xms variant (self-sizing's: the heap may shrink); the others
+# run the production config, -Xms = -Xmx.
+SMALL_XMS_MANAGERS = ("self-sizing", "heapballoon+self-sizing")
+HEAPS = ("pretouch", "burst")
+FULL_LEVELS = (0, 50, 100)
 FULL_ROUNDS = 3
-FULL_BUDGET_S = 35 * 60
-# Wall time a cell costs beyond its load: start three JVMs (pre-touch, warm-up churn, data set),
-# wait for the agents, stop them, summarize: 2-17 s, ~9 s on average, measured on the 2-CPU test
-# machine (docs/benchmarks.md), so the estimate errs long.
-CELL_OVERHEAD_S = 10.0
+FULL_BUDGET_S = 75 * 60
+# Consolidation: the memory that holds CONSOLIDATION_BASE services unconstrained (heap plus the
+# non-heap allowance each), and N = BASE, BASE+1, ... services in it.
+CONSOLIDATION_BASE = 2
+CONSOLIDATION_MAX = 5
+SLO_P99_FACTOR = 2.0
+# Wall time a cell costs beyond its load: stop the JVMs and the manager, summarize (CELL_OVERHEAD_S),
+# plus starting each JVM (pre-touch or burst, warm-up churn, data set, the agent) one at a time.
+CELL_OVERHEAD_S = 4.0
+SERVICE_START_S = 2.0  # each service until it is ready (then settle_s before the next), measured ~1-3 s
 SETUP_S = 30.0  # building (cached) jars, the swap file, the report and plots
 
 
@@ -57,15 +69,35 @@ class Config:
     swap_dir: str = "/var/tmp"
     command: str = "heapballoon experiment"
     policy: str = "auto"  # or "manual": `target all` = the excess (the stand-in before the policy existed)
+    swap: bool = True  # False: no swap file and swappiness 0 in the cgroups (overcommit ends in OOM kills)
+    heaps: str = "pretouch"  # production heaps (-Xms = -Xmx): "pretouch" (AlwaysPreTouch) or "burst" (grown by a start-up burst)
+    burst_s: float = 4.0  # "burst": the warm-up garbage is allocated over this long
+    settle_s: float = 1.0  # the services start one at a time, this long apart after each is ready
+    touch_bytes: int = 256 << 10  # of the data set, read by every request (swapped-out data costs latency)
+    consolidation: bool = False  # the consolidation sweep (N services in a fixed memory) after the levels
+    consolidation_max: int = CONSOLIDATION_MAX
+    memory_bytes: int | None = None  # a fixed memory given (consolidation cells), else by level
+
+    def fixed_memory_bytes(self) -> int:
+        """The consolidation sweep's memory: what CONSOLIDATION_BASE services use unconstrained."""
+        return CONSOLIDATION_BASE * (self.heap_bytes + self.nonheap_allowance_bytes)
+
+    def heap_share_bytes(self, level_pct: int) -> int:
+        """Each service's share of the memory given to heaps."""
+        return (self.given_bytes(level_pct) - self.services * self.nonheap_allowance_bytes) // self.services
 
     def given_bytes(self, level_pct: int) -> int:
-        """Memory the services' cgroup may use at ``level_pct`` overcommit."""
+        """Memory the services' cgroup may use at ``level_pct`` overcommit (or the fixed memory)."""
+        if self.memory_bytes is not None:
+            return self.memory_bytes
         heaps = self.services * self.heap_bytes
         return int(heaps * 100 / (100 + level_pct)) + self.services * self.nonheap_allowance_bytes
 
     def excess_bytes(self, level_pct: int) -> int:
         """How far the committed heaps exceed the memory given to heaps."""
         heaps = self.services * self.heap_bytes
+        if self.memory_bytes is not None:
+            return max(0, heaps - (self.memory_bytes - self.services * self.nonheap_allowance_bytes))
         return heaps - int(heaps * 100 / (100 + level_pct))
 
     def load(self, service: int, t_s: float) -> float:
@@ -84,11 +116,30 @@ class Cell:
     level_pct: int
     index: int
     round: int = 0
+    services: int = 0  # a consolidation cell: this many services in the fixed memory (0: a level cell)
 
     @property
     def key(self) -> str:
-        """The same for every round of a manager and level."""
-        return f"{self.manager}@{self.level_pct}"
+        """The same for every round of a manager and level (or number of services)."""
+        return f"{self.manager}@n{self.services}" if self.services else f"{self.manager}@{self.level_pct}"
+
+
+def consolidation_level_pct(cfg: Config, services: int) -> int:
+    """The overcommit that ``services`` services make in the fixed memory: how far their heaps
+    exceed the memory left for heaps once each has its non-heap allowance."""
+    for_heaps = cfg.fixed_memory_bytes() - services * cfg.nonheap_allowance_bytes
+    return max(0, round((services * cfg.heap_bytes / for_heaps - 1) * 100))
+
+
+def consolidation_cfg(cfg: Config, services: int) -> Config:
+    """The config of a consolidation cell: ``services`` services, the fixed memory."""
+    return replace(cfg, services=services, memory_bytes=cfg.fixed_memory_bytes())
+
+
+def cell_overhead_s(services: int, burst_s: float = 0.0, settle_s: float = 1.0) -> float:
+    """Wall time a cell costs beyond its load: the services start one at a time, ``settle_s``
+    apart (a start-up burst of ``burst_s`` each with ``--heaps burst``)."""
+    return CELL_OVERHEAD_S + (SERVICE_START_S + burst_s + settle_s) * services
 
 
 def plan(cfg: Config) -> list[Cell]:
@@ -106,16 +157,33 @@ def plan(cfg: Config) -> list[Cell]:
     return cells
 
 
+def consolidation_counts(cfg: Config) -> range:
+    return range(CONSOLIDATION_BASE, cfg.consolidation_max + 1)
+
+
+def _estimate(cfg: Config, cell_s: float) -> float:
+    burst_s = cfg.burst_s if cfg.heaps == "burst" else 0.0
+    levels = len(plan(cfg)) * (cell_s + cell_overhead_s(cfg.services, burst_s, cfg.settle_s))
+    sweep = 0.0
+    if cfg.consolidation:  # at most: every manager passes every N
+        sweep = cfg.rounds * sum((1 + len(cfg.managers)) * (cell_s + cell_overhead_s(n, burst_s, cfg.settle_s))
+                                 for n in consolidation_counts(cfg))
+    return SETUP_S + levels + sweep
+
+
 def estimated_s(cfg: Config) -> float:
-    """The run's expected wall time: every cell's load plus its measured overhead, plus set-up."""
-    return SETUP_S + len(plan(cfg)) * (cfg.cell_s + CELL_OVERHEAD_S)
+    """The run's expected wall time at most: every cell's load plus its overhead, plus set-up
+    (the consolidation sweep counted as if no manager failed early)."""
+    return _estimate(cfg, cfg.cell_s)
 
 
 def full_cell_s() -> float:
     """Cell length of the full run: the longest multiple of 3 s (one slot per service) with which
-    the default full plan fits in ``FULL_BUDGET_S``."""
-    cells = FULL_ROUNDS * (1 + len(FULL_LEVELS) * len(MANAGERS))
-    return float(max(12, int(((FULL_BUDGET_S - SETUP_S) / cells - CELL_OVERHEAD_S) // 3 * 3)))
+    the default full plan fits in ``FULL_BUDGET_S`` (at least 15 s: five services' slots)."""
+    probe = Config(out_dir="", quick=False, levels_pct=FULL_LEVELS, managers=MANAGERS, rounds=FULL_ROUNDS,
+                   consolidation=True)
+    per_s = (_estimate(probe, 1.0) - _estimate(probe, 0.0))
+    return float(max(15, int((FULL_BUDGET_S - _estimate(probe, 0.0)) / per_s // 3 * 3)))
 
 
 def quick(out_dir: str, seed: int = 1, command: str = "heapballoon experiment --quick") -> Config:
@@ -124,9 +192,10 @@ def quick(out_dir: str, seed: int = 1, command: str = "heapballoon experiment --
 
 
 def full(out_dir: str, seed: int = 1, command: str = "heapballoon experiment") -> Config:
-    """The full process-mode run: four levels, four managers, three rounds in ~35 minutes."""
+    """The full process-mode run: three levels, five managers, three rounds, and the consolidation
+    sweep in each round: 21 s cells, at most ~70 minutes (less when managers leave the sweep early)."""
     return Config(out_dir=out_dir, seed=seed, quick=False, levels_pct=FULL_LEVELS, managers=MANAGERS,
-                  rounds=FULL_ROUNDS, cell_s=full_cell_s(), command=command)
+                  rounds=FULL_ROUNDS, cell_s=full_cell_s(), consolidation=True, command=command)
 
 
 def parse_levels(text: str) -> tuple[int, ...]:
@@ -161,8 +230,11 @@ def validate(cfg: Config) -> None:
         raise UsageError(f"unknown managers {sorted(unknown)}: choose from {', '.join(MANAGERS)}")
     if not 1 <= cfg.rounds <= 50:
         raise UsageError(f"invalid --rounds {cfg.rounds}: must be 1..50")
-    if not 3 * cfg.services <= cfg.cell_s <= 3600:
-        raise UsageError(f"invalid --cell-s {cfg.cell_s:g}: must be {3 * cfg.services}..3600 seconds")
+    most = max(cfg.services, cfg.consolidation_max if cfg.consolidation else 0)
+    if not 3 * most <= cfg.cell_s <= 3600:
+        raise UsageError(f"invalid --cell-s {cfg.cell_s:g}: must be {3 * most}..3600 seconds")
+    if cfg.heaps not in HEAPS:
+        raise UsageError(f"invalid --heaps {cfg.heaps!r}: choose from {', '.join(HEAPS)}")
 
 
 def machine() -> str:

@@ -12,6 +12,8 @@
   ``REFAULT_PER_S`` major faults a second in its ``memory.stat``) and the host's memory PSI
   (``some avg10``) stays under ``PSI_MAX_PCT``; on pressure it is raised 10 %. Writing a lower
   limit makes the kernel reclaim (to swap) at once, like senpai's ``memory.high``.
+* ``heapballoon+self-sizing`` – both: heapballoon's daemon and agents on JVMs with self-sizing's
+  flags (its small ``-Xms``).
 * ``heapballoon`` – ``heapballoon daemon`` on a private socket, the JVMs started through
   ``heapballoon run``; policy ``auto`` gives the daemon ``--memory-budget`` = the memory given,
   policy ``manual`` (until the automatic policy exists) sets ``heapballoon target all`` to the
@@ -96,13 +98,17 @@ class SelfSizing(Manager):
                 f"collection), so with G1 the shrinking comes from the periodic collections and the free ratios")
 
     def jvm_args(self, cfg: Config, level_pct: int) -> list[str]:
-        share_mib = max(SELF_SIZING_MIN_HEAP_BYTES, cfg.heap_bytes * 100 // (100 + level_pct)) >> 20
-        return ["-XX:+UseG1GC", f"-Xms{SELF_SIZING_MIN_HEAP_BYTES >> 20}m",
-                f"-XX:InitialHeapSize={cfg.heap_bytes >> 20}m",
-                f"-XX:MinHeapFreeRatio={SELF_SIZING_FREE_RATIO_PCT[0]}",
-                f"-XX:MaxHeapFreeRatio={SELF_SIZING_FREE_RATIO_PCT[1]}",
-                f"-XX:G1PeriodicGCInterval={SELF_SIZING_INTERVAL_MS}", "-XX:G1PeriodicGCSystemLoadThreshold=0",
-                f"-XX:SoftMaxHeapSize={share_mib}m"]
+        return self_sizing_args(cfg, level_pct)
+
+
+def self_sizing_args(cfg: Config, level_pct: int) -> list[str]:
+    share_mib = max(SELF_SIZING_MIN_HEAP_BYTES, min(cfg.heap_bytes, cfg.heap_share_bytes(level_pct))) >> 20
+    return ["-XX:+UseG1GC", f"-Xms{SELF_SIZING_MIN_HEAP_BYTES >> 20}m",
+            f"-XX:InitialHeapSize={cfg.heap_bytes >> 20}m",
+            f"-XX:MinHeapFreeRatio={SELF_SIZING_FREE_RATIO_PCT[0]}",
+            f"-XX:MaxHeapFreeRatio={SELF_SIZING_FREE_RATIO_PCT[1]}",
+            f"-XX:G1PeriodicGCInterval={SELF_SIZING_INTERVAL_MS}", "-XX:G1PeriodicGCSystemLoadThreshold=0",
+            f"-XX:SoftMaxHeapSize={share_mib}m"]
 
 
 class CgroupStep(Manager):
@@ -259,6 +265,21 @@ def stop_daemon(proc: subprocess.Popen, procfs: ProcFS, wait_s: float, leftovers
     return cpu_s
 
 
+class HeapballoonSelfSizing(Heapballoon):
+    """heapballoon's daemon and agents on JVMs that also size themselves (self-sizing's flags, its
+    small -Xms): a heap that shrinks is memory found, the balloon takes what idle heap is left."""
+
+    name = "heapballoon+self-sizing"
+
+    def __init__(self, run_dir: str, policy: str, log_path: str, procfs: ProcFS | None = None) -> None:
+        super().__init__(run_dir, policy, log_path, procfs)
+        self.settings += "; the JVMs with self-sizing's flags (" + SelfSizing.settings.split(" (")[0] + \
+            ", the small -Xms, G1 periodic collections; see self-sizing)"
+
+    def jvm_args(self, cfg: Config, level_pct: int) -> list[str]:
+        return self_sizing_args(cfg, level_pct)
+
+
 def make(name: str, run_dir: str, policy: str, log_path: str) -> Manager:
     """The manager called ``name``; heapballoon's daemon logs to ``log_path`` (kept with the results)."""
     if name == "cgroup-step":
@@ -267,4 +288,6 @@ def make(name: str, run_dir: str, policy: str, log_path: str) -> Manager:
         return SelfSizing()
     if name == "heapballoon":
         return Heapballoon(run_dir, policy, log_path)
+    if name == "heapballoon+self-sizing":
+        return HeapballoonSelfSizing(run_dir, policy, log_path)
     return Manager()

@@ -143,7 +143,8 @@ def summarize(cell, cfg, load: LoadResult, samples: Samples, counters: dict, bas
         "throughput_ratio": round(len(ok) / baseline_ok, 3) if baseline_ok else None,
         "latency_p50_ms": _round(percentile(ok, 0.50)), "latency_p99_ms": _round(percentile(ok, 0.99)),
         "service_p99_ms": counters.get("service_p99_ms"),
-        "oom_events": counters["jvm_oom"] + counters["oom_kills"] + counters["died"],
+        # a service the cgroup OOM-killed is both a kill and a death: counted once
+        "oom_events": counters["jvm_oom"] + counters["oom_kills"] + max(0, counters["died"] - counters["oom_kills"]),
         "jvm_oom_errors": counters["jvm_oom"], "cgroup_oom_kills": counters["oom_kills"],
         "services_died": counters["died"], "limit_hits": counters["limit_hits"],
         "swap_in_pages": counters["pswpin"] + counters["swpin_zero"],
@@ -151,7 +152,10 @@ def summarize(cell, cfg, load: LoadResult, samples: Samples, counters: dict, bas
         "swap_out_zero_pages": counters["swpout_zero"], "swap_in_zero_pages": counters["swpin_zero"],
         "major_faults": counters["pgmajfault"],
         "cgroup_major_faults": counters["cgroup_major_faults"],
-        "peak_cgroup_bytes": peak, "reclaimed_bytes_end": last.get("reclaimed_bytes", 0) if host else 0,
+        "peak_cgroup_bytes": peak,
+        # the experiment's own swap (host-wide counters include other jobs' paging)
+        "cgroup_swap_peak_bytes": max((r.get("cgroup_swap_bytes", 0) for r in host), default=0),
+        "reclaimed_bytes_end": last.get("reclaimed_bytes", 0) if host else 0,
         "reclaimed_bytes_peak": max((r["reclaimed_bytes"] for r in host), default=0),
         "reaction_s": reaction_s(host), "manager_cpu_s": round(counters["manager_cpu_s"], 2),
         "data_checks": counters["data_checks"], "data_errors": counters["data_errors"],

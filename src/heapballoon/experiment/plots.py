@@ -107,10 +107,46 @@ def latency_cdf(cfg, doc, loads, path) -> None:
     plt.close(fig)
 
 
+def consolidation(cfg, doc, path) -> None:
+    """Services each manager holds at the SLO in the fixed memory (median, bars: the rounds' min–max),
+    beside the p99 of every consolidation cell against the number of services."""
+    cons = doc["consolidation"]
+    names = sorted(cons["managers"], key=lambda m: -(cons["managers"][m]["held_services"] or 0))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    held = [cons["managers"][m]["held_services"] or 0 for m in names]
+    rng = [cons["managers"][m]["range"] or [h, h] for m, h in zip(names, held)]
+    ax.bar(names, held, yerr=[[max(0, h - r[0]) for h, r in zip(held, rng)], [max(0, r[1] - h) for h, r in zip(held, rng)]],
+           capsize=4, color="tab:blue", alpha=0.8)
+    ax.axhline(cons["base_services"], color="0.5", linestyle=":", label=f"{cons['base_services']}: fit unconstrained")
+    ax.set_ylabel("services held at the SLO")
+    ax.set_title(f"Services held in {cons['memory_bytes'] >> 20} MiB ({'swap on' if cons['swap'] else 'swap off'})")
+    ax.tick_params(axis="x", labelrotation=20)
+    ax.legend(fontsize=8)
+    for m in ["unconstrained"] + names:
+        pts = sorted((c["services"], c["latency_p99_ms"]) for c in cons["cells"]
+                     if c["manager"] == m and c.get("latency_p99_ms") is not None and c.get("round", 0) == 0)
+        if pts:
+            style = "k--" if m == "unconstrained" else "-o"
+            ax2.plot([p[0] for p in pts], [p[1] for p in pts], style, label=m)
+    ax2.set_xticks(range(cons["base_services"], cons["max_services"] + 1))
+    ax2.set_xlabel("services in the fixed memory")
+    ax2.set_ylabel("p99 latency (ms, round 1)")
+    ax2.set_yscale("log")
+    ax2.grid(alpha=0.3, which="both")
+    ax2.legend(fontsize=8)
+    _footer(fig, cfg, doc)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def write_all(cfg, doc, service_rows, loads) -> list[str]:
     paths = [os.path.join(cfg.out_dir, n) for n in ("memory_over_time.png", "throughput_vs_overcommit.png",
                                                      "latency_cdf.png")]
     memory_over_time(cfg, doc, service_rows, paths[0])
     throughput_vs_level(cfg, doc, paths[1])
     latency_cdf(cfg, doc, loads, paths[2])
+    if doc.get("consolidation"):
+        paths.insert(0, os.path.join(cfg.out_dir, "consolidation.png"))
+        consolidation(cfg, doc, paths[0])
     return paths

@@ -8,6 +8,10 @@ level and one child cgroup per service (so a manager can limit services one by o
 daemon), so that the leftovers of a SIGKILLed run can be found (``leftovers``).
 :meth:`Sandbox.close` ends any process still in those cgroups and removes the cgroups and the
 swap file, whatever happened before.
+
+Without swap (``swap=False``, ``--swap off``, the Kubernetes default) no swap file is made and
+every cgroup's ``memory.swappiness`` is 0, so reclaim in them never swaps (even if the machine
+has swap of its own): overcommit the managers do not absorb ends in cgroup OOM kills.
 """
 
 from __future__ import annotations
@@ -27,8 +31,10 @@ class SandboxError(HeapballoonError):
 
 
 class Sandbox:
-    def __init__(self, swap_bytes: int, swap_dir: str, cgroup_root: str = cgroup.MEMORY_V1_ROOT) -> None:
+    def __init__(self, swap_bytes: int, swap_dir: str, cgroup_root: str = cgroup.MEMORY_V1_ROOT,
+                 swap_on: bool = True) -> None:
         self.swap_bytes = swap_bytes
+        self.swap_on = swap_on
         self.swap_path = os.path.join(swap_dir, f"heapballoon-experiment-{os.getpid()}.swap")
         self.parent = MemoryCgroup(f"heapballoon-experiment-{os.getpid()}", cgroup_root)
         self.managers = MemoryCgroup(f"heapballoon-experiment-{os.getpid()}-managers", cgroup_root)
@@ -46,9 +52,12 @@ class Sandbox:
 
         try:
             leftovers.write_marker(self.swap_dir)  # who owns this run, for a later --clean
-            swap.make_swapfile(self.swap_path, self.swap_bytes)
-            self.swap_made = True
+            if self.swap_on:
+                swap.make_swapfile(self.swap_path, self.swap_bytes)
+                self.swap_made = True
             self.parent.create()
+            if not self.swap_on:
+                self.parent.set_swappiness(0)
             self.managers.create()
         except KernelError as err:
             self.close()
@@ -60,7 +69,22 @@ class Sandbox:
         for c in self.parent.children():
             c.remove()
         self.parent.set_limit_bytes(limit_bytes if limit_bytes is not None else cgroup.UNLIMITED)
-        return [self.parent.child(f"svc{i}").create() for i in range(services)]
+        children = [self.parent.child(f"svc{i}").create() for i in range(services)]
+        if not self.swap_on:
+            for c in children:
+                c.set_swappiness(0)
+        return children
+
+    def oom_kills(self) -> int:
+        """cgroup OOM kills so far in the parent and its children (cgroup v1 counts a kill only in
+        the victim's own group, not its ancestors)."""
+        total = self.parent.oom_control().oom_kill
+        for c in self.parent.children():
+            try:
+                total += c.oom_control().oom_kill
+            except KernelError:
+                pass
+        return total
 
     def close(self) -> list[str]:
         """Remove the cgroups and the swap file; the problems met (already logged), if any."""

@@ -84,3 +84,5 @@ def validate(cfg: VMConfig) -> None:
         raise UsageError(f"unknown VM-mode managers {sorted(unknown)}: choose from {', '.join(VM_MANAGERS)}")
     if cfg.services < 1:
         raise UsageError("VM mode needs at least one guest")
+    if not 1 <= cfg.rounds <= 50:
+        raise UsageError(f"invalid --rounds {cfg.rounds}: must be 1..50")

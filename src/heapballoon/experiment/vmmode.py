@@ -19,7 +19,7 @@ import tempfile
 import time
 
 from heapballoon.agent import build
-from heapballoon.experiment import loadgen, metrics, vmguests, vmmanagers
+from heapballoon.experiment import loadgen, metrics, rounds, vmguests, vmmanagers
 from heapballoon.experiment.config import Cell
 from heapballoon.experiment.runner import _on_signal, _write_csv
 from heapballoon.experiment.sandbox import Sandbox
@@ -50,7 +50,7 @@ def _counters(guests, sandbox, children, oom_before, fail_before, vm_before) -> 
     for child in children:
         c["cgroup_major_faults"] += child.stat().get("total_pgmajfault", 0)
     c["service_p99_ms"] = round(max(p99s), 2) if p99s else None
-    c["oom_kills"] = sandbox.parent.oom_control().oom_kill - oom_before + c["guest_oom_kills"]
+    c["oom_kills"] = sandbox.oom_kills() - oom_before + c["guest_oom_kills"]
     c["limit_hits"] = sandbox.parent.failcnt() - fail_before
     vm_after = ProcFS().vmstat()
     for key in ("pswpin", "pswpout", "swpin_zero", "swpout_zero", "pgmajfault"):
@@ -63,8 +63,8 @@ def run_cell(cfg: VMConfig, cell: Cell, sandbox: Sandbox, jar: str, run_dir: str
     limit = None if cell.manager == "unconstrained" else cfg.given_bytes(cell.level_pct)
     children = sandbox.cell_cgroups(cfg.services, limit)
     manager = vmmanagers.make(cell.manager, run_dir,
-                              os.path.join(cfg.out_dir, f"hostd-{cell.manager}-{cell.level_pct}.log"))
-    oom_before = sandbox.parent.oom_control().oom_kill
+                              os.path.join(cfg.out_dir, f"hostd-{cell.manager}-{cell.level_pct}.log"))  # appended per round
+    oom_before = sandbox.oom_kills()
     fail_before = sandbox.parent.failcnt()
     vm_before = ProcFS().vmstat()
     started: list[str] = []
@@ -86,7 +86,8 @@ def run_cell(cfg: VMConfig, cell: Cell, sandbox: Sandbox, jar: str, run_dir: str
         qemu_peak = max((r["rss_bytes"] for r in samples.service_rows), default=0)
         os.makedirs(os.path.join(cfg.out_dir, "consoles"), exist_ok=True)
         for g in guests:
-            with open(os.path.join(cfg.out_dir, "consoles", f"{cell.manager}-{cell.level_pct}-{g.name}.log"), "w") as f:
+            with open(os.path.join(cfg.out_dir, "consoles", f"{cell.manager}-{cell.level_pct}-r{cell.round + 1}-{g.name}.log"),
+                      "w") as f:
                 f.write(g.console())
     finally:
         manager.stop()
@@ -105,6 +106,20 @@ def run_cell(cfg: VMConfig, cell: Cell, sandbox: Sandbox, jar: str, run_dir: str
     return entry, load, samples
 
 
+def results_doc(cfg: VMConfig, started: float, entries: list[dict]) -> dict:
+    """results.json: per manager and level the median over the rounds (each round's cells measured
+    against that round's baseline), every round's entries, the baselines."""
+    from heapballoon.experiment import report
+
+    cells = [r for r in entries if r["manager"] != "unconstrained"]
+    bases = [r for r in entries if r["manager"] == "unconstrained"]
+    return {"command": cfg.command, "seed": cfg.seed, "machine": report.machine_line(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+            "duration_s": round(time.time() - started, 1), "config": report.config_dict(cfg),
+            "rounds_run": cfg.rounds, "runs": rounds.aggregate(cells), "baseline": rounds.aggregate(bases)[0],
+            "baselines": bases, "rounds": cells}
+
+
 def run(cfg: VMConfig, console) -> dict:
     """Run every cell of ``plan(cfg)`` with guests and write the output directory."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -118,7 +133,7 @@ def run(cfg: VMConfig, console) -> dict:
     run_dir = tempfile.mkdtemp(prefix="hbv-")  # short: QEMU's and hostd's socket paths must fit sun_path
     old_env = os.environ.get("HEAPBALLOON_RUN_DIR")
     os.environ["HEAPBALLOON_RUN_DIR"] = run_dir  # the guests live in the experiment's own run dir
-    sandbox = Sandbox(cfg.swap_bytes, cfg.swap_dir)
+    sandbox = Sandbox(cfg.swap_bytes, cfg.swap_dir, swap_on=cfg.swap)
     started = time.time()
     runs, loads, service_rows, host_rows = [], {}, [], []
     try:
@@ -128,24 +143,26 @@ def run(cfg: VMConfig, console) -> dict:
             build.native_lib()
             build_image()
         sandbox.open()
-        console.print(f"swap file {sandbox.swap_path} ({cfg.swap_bytes >> 20} MiB), cgroup {sandbox.parent.path}, "
+        console.print((f"swap file {sandbox.swap_path} ({cfg.swap_bytes >> 20} MiB)" if cfg.swap else "no swap") +
+                      f", cgroup {sandbox.parent.path}, "
                       f"{cfg.services} guests of {cfg.guest_memory_bytes >> 20} MiB")
         baseline_ok = None
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} cells"),
                       TimeElapsedColumn(), console=console) as progress:
             task = progress.add_task("cells", total=len(cells))
             for cell in cells:
-                progress.update(task, description=f"{cell.manager} at {cell.level_pct}% overcommit")
+                progress.update(task, description=f"round {cell.round + 1}: {cell.manager} at {cell.level_pct}% overcommit")
                 entry, load, samples = run_cell(cfg, cell, sandbox, jar, run_dir, baseline_ok)
-                if cell.manager == "unconstrained":
+                if cell.manager == "unconstrained":  # each round against its own baseline
                     baseline_ok = entry["requests_ok"]
                     entry["throughput_ratio"] = 1.0
+                entry["round"] = cell.round
                 runs.append(entry)
-                loads[cell.key] = load
+                loads[f"{cell.key}#{cell.round}"] = load
                 service_rows += samples.service_rows
                 host_rows += samples.host_rows
                 progress.console.print(
-                    f"  {cell.manager:>18} @ {cell.level_pct:>3}%: throughput {entry['throughput_ratio']}, "
+                    f"  r{cell.round + 1} {cell.manager:>18} @ {cell.level_pct:>3}%: throughput {entry['throughput_ratio']}, "
                     f"p99 {entry['latency_p99_ms']} ms, OOM {entry['oom_events']}, swap out {entry['swap_out_pages']} "
                     f"pages, data errors {entry['data_errors']}, guests ready after {entry['guests_ready_s']} s")
                 progress.advance(task)
@@ -160,16 +177,13 @@ def run(cfg: VMConfig, console) -> dict:
         else:
             os.environ["HEAPBALLOON_RUN_DIR"] = old_env
         shutil.rmtree(run_dir, ignore_errors=True)
-    doc = {"command": cfg.command, "seed": cfg.seed, "machine": report.machine_line(),
-           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-           "duration_s": round(time.time() - started, 1), "config": report.config_dict(cfg),
-           "runs": [r for r in runs if r["manager"] != "unconstrained"], "baseline": runs[0]}
+    doc = results_doc(cfg, started, runs)
     with open(os.path.join(cfg.out_dir, "results.json"), "w") as f:
         json.dump(doc, f, indent=2)
     _write_csv(os.path.join(cfg.out_dir, "memory.csv"), metrics.SERVICE_FIELDS, service_rows)
     _write_csv(os.path.join(cfg.out_dir, "host.csv"), metrics.HOST_FIELDS, host_rows)
-    _write_csv(os.path.join(cfg.out_dir, "requests.csv"), ["cell", "service", "t_s", "latency_ms", "ok"],
-               ({"cell": key, "service": r.service, "t_s": round(r.t_s, 3), "latency_ms": round(r.latency_ms, 3),
+    _write_csv(os.path.join(cfg.out_dir, "requests.csv"), ["cell", "round", "service", "t_s", "latency_ms", "ok"],
+               ({"cell": key.split("#")[0], "round": int(key.split("#")[1]) + 1, "service": r.service, "t_s": round(r.t_s, 3), "latency_ms": round(r.latency_ms, 3),
                  "ok": int(r.ok)} for key, load in loads.items() for r in load.records))
     figures = plots.write_all(cfg, doc, service_rows, loads)
     vmreport.write(cfg, doc, figures)

@@ -26,11 +26,11 @@ def _losses(runs: list[dict]) -> list[str]:
 
 def _table(runs: list[dict], level: int) -> list[str]:
     lines = report.table(runs, level)
-    lines[0] += " cgroup swap peak MiB | cgroup major faults | guests ready s | QEMU peak MiB |"
-    lines[1] += "---|---|---|---|"
+    lines[0] += " cgroup major faults | guests ready s | QEMU peak MiB |"
+    lines[1] += "---|---|---|"
     rows = sorted((r for r in runs if r["overcommit"] == level), key=lambda r: r["manager"])
     for i, r in enumerate(rows):
-        lines[2 + i] += (f" {r['cgroup_swap_peak_bytes'] >> 20} | {r['cgroup_major_faults']} | {r['guests_ready_s']} |"
+        lines[2 + i] += (f" {r['cgroup_major_faults']} | {r['guests_ready_s']} |"
                          f" {r['qemu_rss_peak_bytes'] >> 20} |")
     return lines
 
@@ -41,7 +41,10 @@ def write(cfg, doc: dict, figures: list[str]) -> str:
     lines = [f"# Overcommit experiment (VM mode{', quick' if cfg.quick else ''})", "",
              f"- command: `{doc['command']}`", f"- seed: {doc['seed']}", f"- machine: {doc['machine']}",
              f"- started {doc['started']}, took {doc['duration_s']} s; each cell {cfg.cell_s:.0f} s of load, "
-             f"guests booted afresh per cell",
+             f"guests booted afresh per cell; {doc.get('rounds_run', 1)} round(s) of the interleaved plan, each with "
+             f"its own unconstrained baseline" + ("; every figure is the median over the rounds, the rounds' "
+                                                  "min–max in brackets" if doc.get("rounds_run", 1) > 1 else ""),
+             f"- swap: {'a swap file' if cfg.swap else 'off (no swap file, swappiness 0: overcommit ends in OOM kills)'}",
              f"- guests: {cfg.services} QEMU guests (TCG, {cfg.guest_cpus} vCPU, {cfg.guest_memory_bytes >> 20} MiB RAM "
              f"as a shared memfd), each running one CacheService JVM (the guest JVM's default collector), heap "
              f"{cfg.heap_bytes >> 20} MiB (-Xms = -Xmx, AlwaysPreTouch, {cfg.warmup_bytes >> 20} MiB of non-zero "

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from dataclasses import dataclass, field
 
@@ -59,11 +60,14 @@ def fetch_stats(name: str, port: int, timeout_s: float, error: type[HeapballoonE
 def java_command(cfg: Config, index: int, jar: str, jvm_args: list[str] | tuple[str, ...] = ()) -> list[str]:
     """The service's command line; ``jvm_args`` (a manager's) come after the defaults and override them."""
     heap_mib = cfg.heap_bytes >> 20
-    return ["java", f"-Xms{heap_mib}m", f"-Xmx{heap_mib}m", "-XX:+AlwaysPreTouch", "-XX:-UseContainerSupport",
-            "-Dsun.net.httpserver.nodelay=true", *jvm_args, "-jar", jar, "--port", "0", "--data-mib", str(cfg.data_bytes >> 20),
+    pretouch = cfg.heaps == "pretouch"
+    return ["java", f"-Xms{heap_mib}m", f"-Xmx{heap_mib}m", "-XX:+AlwaysPreTouch" if pretouch else "-XX:-AlwaysPreTouch",
+            "-XX:-UseContainerSupport", "-Dsun.net.httpserver.nodelay=true", *jvm_args, "-jar", jar, "--port", "0",
+            "--data-mib", str(cfg.data_bytes >> 20),
             "--value-kib", str(cfg.value_bytes >> 10), "--ttl-ms", str(int(cfg.ttl_s * 1000)),
             "--seed", str(cfg.seed * 1000 + index), "--churn-kib", str(cfg.churn_bytes >> 10),
-            "--warmup-mib", str(cfg.warmup_bytes >> 20)]
+            "--warmup-mib", str(cfg.warmup_bytes >> 20), "--warmup-ms", str(0 if pretouch else int(cfg.burst_s * 1000)),
+            "--touch-kib", str(cfg.touch_bytes >> 10)]
 
 
 def start(cfg: Config, index: int, jar: str, cgroup: MemoryCgroup, env: dict[str, str] | None,
@@ -104,6 +108,23 @@ def wait_ready(services: list[Service], timeout_s: float = 120.0) -> None:
         if not svc.ready.wait(timeout_s):
             tail = "; ".join(svc.stderr_tail[-3:]) or f"exit status {svc.proc.poll()}"
             raise WorkloadError(f"{svc.name} did not start within {timeout_s:.0f} s: {tail}")
+
+
+def wait_ready_or_killed(svc: Service, timeout_s: float = 120.0) -> bool:
+    """True once ``svc`` answers; False if it was OOM-killed first (its cgroup counted the kill:
+    overcommit the manager did not absorb, measured, and the run goes on); WorkloadError if it
+    exited otherwise or did not start in time."""
+    deadline = time.monotonic() + timeout_s
+    while not svc.ready.wait(0.1):
+        if svc.proc.poll() is not None:
+            if svc.cgroup.oom_control().oom_kill > 0:
+                return False
+            tail = "; ".join(svc.stderr_tail[-3:]) or f"exit status {svc.proc.poll()}"
+            raise WorkloadError(f"{svc.name} exited before it was ready: {tail}")
+        if time.monotonic() > deadline:
+            tail = "; ".join(svc.stderr_tail[-3:]) or "no output"
+            raise WorkloadError(f"{svc.name} did not start within {timeout_s:.0f} s: {tail}")
+    return True
 
 
 def stop(services: list[Service], timeout_s: float = 10.0) -> None:

@@ -136,6 +136,10 @@ class MemoryCgroup:
     def limit_bytes(self) -> int:
         return int(self._read("memory.limit_in_bytes"))
 
+    def set_swappiness(self, swappiness: int) -> None:
+        """``memory.swappiness``; 0 keeps reclaim in this group off anonymous memory (no swapping)."""
+        self._write("memory.swappiness", str(int(swappiness)))
+
     def set_soft_limit_bytes(self, limit_bytes: int) -> None:
         self._write("memory.soft_limit_in_bytes", str(min(int(limit_bytes), UNLIMITED)))
 

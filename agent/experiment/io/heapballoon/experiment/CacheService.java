@@ -19,7 +19,8 @@ import java.util.zip.CRC32;
  * The experiment's workload: a small HTTP service on the JDK's own server (com.sun.net.httpserver).
  *
  * <pre>
- * java CacheService --port P --data-mib D --value-kib V --ttl-ms T --seed S --churn-kib C --warmup-mib W [--bind A]
+ * java CacheService --port P --data-mib D --value-kib V --ttl-ms T --seed S --churn-kib C --warmup-mib W
+ *                    [--warmup-ms B] [--touch-kib R] [--bind A]
  * GET /get?k=N   the value of key N: from the cache, else computed from the data set and cached
  * GET /stats     {"requests":..,"hits":..,"misses":..,"data_checks":..,"data_errors":..,
  *                 "oom_errors":..,"cache_entries":..,"cache_bytes":..,"p50_us":..,"p99_us":..,
@@ -35,6 +36,9 @@ import java.util.zip.CRC32;
  * Before it is ready it allocates W MiB of short-lived, non-zero garbage, so the heap's free
  * regions hold old data as in a service that has run a while (not the zero pages of a fresh heap,
  * which a kernel since 6.12 swaps out without writing them).
+ * With B > 0 the warm-up is spread over B ms (a start-up burst that grows a heap not pre-touched).
+ * Each request also reads R KiB of the data set (one byte a page, from a key-dependent piece), so
+ * data pages the kernel swapped out cost request latency, not only the background check's.
  * An OutOfMemoryError anywhere is counted (oom_errors) and answered with HTTP 503.
  */
 public final class CacheService {
@@ -52,6 +56,7 @@ public final class CacheService {
     final int valueBytes;
     final long ttlMs;
     final int churnBytes;
+    int touchBytes;
     final Map<Integer, Entry> cache = new ConcurrentHashMap<>();
     final AtomicLong requests = new AtomicLong(), hits = new AtomicLong(), misses = new AtomicLong();
     final AtomicLong dataChecks = new AtomicLong(), dataErrors = new AtomicLong(), oomErrors = new AtomicLong();
@@ -91,6 +96,17 @@ public final class CacheService {
         int off = Math.floorMod(k * 131, PIECE);
         for (int i = 0; i < v.length; i++) v[i] = (byte) (src[(off + i) % PIECE] ^ k);
         return v;
+    }
+
+    long touch(int k) {
+        long sum = 0;
+        int pages = touchBytes >> 12;
+        int start = Math.floorMod(k * 17, data.length);
+        for (int i = 0; i < pages; i++) {
+            byte[] p = data[(start + (i >> 4)) % data.length];
+            sum += p[(i & 15) << 12];
+        }
+        return sum;
     }
 
     long get(int k) {
@@ -146,6 +162,7 @@ public final class CacheService {
             int k = Integer.parseInt(q == null ? "0" : q.substring(q.indexOf('=') + 1));
             sink = new byte[churnBytes];
             long c = get(k);
+            if (touch(k) == Long.MIN_VALUE) sink = null;  // keeps the reads
             requests.incrementAndGet();
             reply(ex, 200, Long.toHexString(c) + "\n");
         } catch (OutOfMemoryError oom) {
@@ -169,7 +186,8 @@ public final class CacheService {
     }
 
     public static void main(String[] args) throws Exception {
-        int port = 0, dataMib = 64, valueKib = 32, churnKib = 64, warmupMib = 0;
+        int port = 0, dataMib = 64, valueKib = 32, churnKib = 64, warmupMib = 0, touchKib = 0;
+        long warmupMs = 0;
         long ttlMs = 8000, seed = 1;
         String bind = "127.0.0.1";  // a guest service (VM mode) binds 0.0.0.0: reached through a port forward
         for (int i = 0; i + 1 < args.length; i += 2) {
@@ -181,13 +199,21 @@ public final class CacheService {
                 case "--seed": seed = Long.parseLong(args[i + 1]); break;
                 case "--churn-kib": churnKib = Integer.parseInt(args[i + 1]); break;
                 case "--warmup-mib": warmupMib = Integer.parseInt(args[i + 1]); break;
+                case "--warmup-ms": warmupMs = Long.parseLong(args[i + 1]); break;
+                case "--touch-kib": touchKib = Integer.parseInt(args[i + 1]); break;
                 case "--bind": bind = args[i + 1]; break;
                 default: throw new IllegalArgumentException("unknown argument " + args[i]);
             }
         }
         CacheService svc = new CacheService(dataMib, valueKib, ttlMs, seed, churnKib);
+        svc.touchBytes = touchKib << 10;
         byte[][] ring = new byte[16][];
-        for (long i = 0; i < (long) warmupMib * 16; i++) {  // 64 KiB pieces
+        long pieces = (long) warmupMib * 16, t0 = System.currentTimeMillis();
+        for (long i = 0; i < pieces; i++) {  // 64 KiB pieces
+            if (warmupMs > 0 && (i & 63) == 0) {  // every 4 MiB: keep to the burst's pace
+                long ahead = t0 + warmupMs * i / pieces - System.currentTimeMillis();
+                if (ahead > 0) Thread.sleep(ahead);
+            }
             byte[] b = new byte[PIECE];
             Arrays.fill(b, (byte) (0x5a ^ i));
             ring[(int) (i & 15)] = b;
