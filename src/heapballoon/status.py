@@ -116,6 +116,17 @@ class JvmStatus:
     drift_pages: int
     events: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     target_reason: str = ""  # --policy auto: why this target (shares, activity, floor, pinned)
+    # Issue 15: times the JVM cleared the balloon's soft references itself (a failure: it was one
+    # step from an OutOfMemoryError); the headroom the agent keeps and the allocation rate it follows;
+    # the GC threads' share of the JVM's CPU and the pause p99, with and without a balloon (-1: not
+    # measured yet).
+    soft_cleared: int = 0
+    headroom_bytes: int = 0
+    alloc_bytes_per_s: int = 0
+    gc_cpu_share: float = -1.0
+    gc_cpu_share_no_balloon: float = -1.0
+    pause_p99_ms: int = -1
+    pause_p99_ms_no_balloon: int = -1
 
     def to_dict(self) -> dict:
         return _plain(self)
