@@ -9,7 +9,6 @@ on it, the benchmark tabulates it.
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ class Rate:
 # Low: the issue-6 scenario. High: 1.6 GiB/s, the live set replaced every 2 s. At that rate a
 # 700 MiB live set leaves a 1 GiB heap too little room with or without a balloon, so the grow
 # phase is low-rate only (it tests the give-way rule, which does not depend on the rate).
-RATES = {"low": Rate("low", 100, 0, True), "high": Rate("high", int(os.environ.get("HB_CHURN", 1500)), int(os.environ.get("HB_ROTATE", 100)), False)}
+RATES = {"low": Rate("low", 100, 0, True), "high": Rate("high", 1500, 100, False)}
 
 
 @dataclass(frozen=True)
