@@ -56,6 +56,14 @@ final class Controller {
     /** After the balloon grew, collections that move its chunks are still the growth's cost. */
     static final long SETTLE_MS = 30_000;
     static final long INFLATE_BUDGET_NS = 30_000_000L;
+    /**
+     * Shenandoah's heuristics start a cycle from the free heap and the allocation rate they saw:
+     * a balloon that took 79 MiB in one tick at 1.6 GiB/s (JDK 25) emptied the heap faster than
+     * any trigger could follow, the application's next allocation failed, and the degenerated
+     * collection cleared every soft reference. 8 MiB a tick (160 MiB/s, 512 MiB in ~3 s) is a
+     * tenth of such an application's own rate.
+     */
+    static final long SHENANDOAH_INFLATE_BYTES_PER_TICK = 8L << 20;
     static final int MAX_PENDING_EVENTS = 64;
 
     final HeapStats stats;
@@ -327,8 +335,11 @@ final class Controller {
         long deadline = System.nanoTime() + INFLATE_BUDGET_NS;
         boolean grew = false;
         boolean blocked = false;
-        while (balloon.footprintBytes() + chunkBytes <= limit && balloon.chunkCount() < Balloon.MAX_CHUNKS
-                && System.nanoTime() < deadline) {
+        // Shenandoah: at most SHENANDOAH_INFLATE_BYTES_PER_TICK a tick (see the constant).
+        long stopAt = "Shenandoah".equals(stats.gc) ? balloon.footprintBytes() + SHENANDOAH_INFLATE_BYTES_PER_TICK
+                : Long.MAX_VALUE;
+        while (balloon.footprintBytes() + chunkBytes <= Math.min(limit, stopAt)
+                && balloon.chunkCount() < Balloon.MAX_CHUNKS && System.nanoTime() < deadline) {
             if (balloon.footprintBytes() + chunkBytes > balloonMaxBytes()) {
                 blocked = true;
                 break;
