@@ -77,6 +77,8 @@ final class Controller {
     private final long jvmStartMs = runtime.getStartTime();
     /** Uptime minus GcInfo time, an upper bound (GC-notification thread only). */
     private long gcClockOffsetMs = Long.MAX_VALUE;
+    /** The balloon at the last young collection (GC-notification thread only). */
+    private long balloonAtLastYoungBytes;
 
     /** Pending event lines, sent by the agent thread. */
     final ConcurrentLinkedQueue<String> events = new ConcurrentLinkedQueue<>();
@@ -194,7 +196,13 @@ final class Controller {
         java.util.Map<String, java.lang.management.MemoryUsage> before = info.getGcInfo().getMemoryUsageBeforeGc();
         java.util.Map<String, java.lang.management.MemoryUsage> after = info.getGcInfo().getMemoryUsageAfterGc();
         if (LiveSet.classify(bean) == LiveSet.Kind.PARTIAL) {
-            headroom.promoted(LiveSet.old(after) - LiveSet.old(before));
+            long promoted = LiveSet.old(after) - LiveSet.old(before);
+            long footprint = balloon.footprintBytes();
+            if (!stats.regionBased()) {
+                promoted -= Math.max(0, footprint - balloonAtLastYoungBytes); // new chunks, promoted from eden
+            }
+            balloonAtLastYoungBytes = footprint;
+            headroom.promoted(promoted);
         }
         if (bean.endsWith("Cycles")) {
             headroom.cycle(info.getGcInfo().getDuration());

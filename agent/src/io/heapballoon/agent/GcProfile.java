@@ -13,11 +13,14 @@ import java.util.Arrays;
  * the GC CPU share (CPU time of the JVM's GC threads over the CPU time of the whole JVM, from
  * /proc/self/task) and the pause p99 (the last {@value #PAUSES} pause durations of
  * GarbageCollectorMXBean notifications; concurrent "Cycles" are not pauses). Shown per JVM in
- * {@code status --json}. Linux only; elsewhere the CPU share reads -1.
+ * {@code status --json}. The first {@value #STARTUP_MS} ms of the JVM count in neither. Linux only;
+ * elsewhere the CPU share reads -1.
  */
 final class GcProfile {
     static final int PAUSES = 2048;
     static final long SAMPLE_MS = 1000;
+    /** JVM start-up (class loading, JIT, the application building its data) is no one's GC cost. */
+    static final long STARTUP_MS = 5000;
     /** Thread-name prefixes of HotSpot's GC threads (comm is cut at 15 characters). */
     static final String[] GC_THREADS = {"GC Thread", "G1 ", "VM Thread", "ZDriver", "ZDirector", "ZWorker", "ZStat",
         "ZUnmapper", "ZUncommit", "ZRelocat", "Shenandoah", "Shen"};
@@ -76,8 +79,9 @@ final class GcProfile {
         } catch (IOException | RuntimeException e) {
             return;
         }
+        boolean started = java.lang.management.ManagementFactory.getRuntimeMXBean().getUptime() >= STARTUP_MS;
         synchronized (this) {
-            if (lastGcTicks >= 0 && gc >= lastGcTicks && all >= lastCpuTicks) {
+            if (started && lastGcTicks >= 0 && gc >= lastGcTicks && all >= lastCpuTicks) {
                 int b = balloonHeld ? 1 : 0;
                 gcCpuTicks[b] += gc - lastGcTicks;
                 cpuTicks[b] += all - lastCpuTicks;
