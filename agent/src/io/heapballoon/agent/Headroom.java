@@ -35,7 +35,7 @@ final class Headroom {
     static final double CONCURRENT_CYCLES = 3.0;
     /** The cycle time is the median of this many recent cycles: one slow cycle on a busy machine is not the norm. */
     static final int CYCLES_KEPT = 9;
-    static final long FULL_INTERVAL_MS = 500;
+    static final long FULL_INTERVAL_MS = 250;
 
     private final HeapStats stats;
     private final Options options;
