@@ -111,8 +111,9 @@ class Outcome:
         return max((s.soft_cleared for s in self.samples), default=0)
 
     def live_error_range(self) -> tuple[float, float]:
-        """(min, max) of live_bytes / the true live set over the samples after a complete collection."""
-        ratios = [s.live_bytes / (LIVE_MIB * MIB) for s in self.samples if s.live_from_complete]
+        """(min, max) of live_bytes / the true live set over the window's samples that a complete
+        collection set (by 20 s after the target one has run on every collector)."""
+        ratios = [s.live_bytes / (LIVE_MIB * MIB) for s in self.window if s.live_from_complete]
         return (min(ratios), max(ratios)) if ratios else (0.0, float("inf"))
 
     def table(self) -> str:
