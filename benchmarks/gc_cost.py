@@ -9,8 +9,8 @@ same JVM, one after the other, so they share the machine's noise. Per phase:
 
 * throughput: MiB/s the application allocated (it paces itself to the rate; less means it
   could not keep up),
-* GC CPU share: CPU time of the JVM's GC threads over the JVM's CPU time, measured from
-  /proc/<pid>/task over exactly that phase (the agent's own rule: GcProfile.GC_THREADS),
+* GC CPU share: CPU time of the JVM's GC threads (the agent's rule: GcProfile.GC_THREADS) over
+  the CPU time it could use (wall time × CPUs), from /proc/<pid>/task over exactly that phase,
 * pause p99: the agent's `pause_p99_ms` / `pause_p99_ms_no_balloon` in `status --json` (the last
   2048 pauses with and without a balloon held),
 
@@ -24,6 +24,7 @@ Needs root (pagemap) and `make jdks` (JDK 21 and 25).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -66,9 +67,10 @@ class Phase:
 
     def end(self) -> tuple[float, float]:
         """(throughput MiB/s, GC CPU share) since the phase began."""
-        gc, cpu = cpu_ticks(self.jvm.pid)
-        mib_per_s = (self.jvm.last().get("allocated_mib", 0) - self.alloc0) / (time.monotonic() - self.t0)
-        return mib_per_s, (gc - self.gc0) / max(1, cpu - self.cpu0)
+        gc, _ = cpu_ticks(self.jvm.pid)
+        wall_s = time.monotonic() - self.t0
+        mib_per_s = (self.jvm.last().get("allocated_mib", 0) - self.alloc0) / wall_s
+        return mib_per_s, (gc - self.gc0) / 100 / (wall_s * os.cpu_count())
 
 
 def run_one(jdk: int, gc: str, rate: int, workdir: Path) -> dict:

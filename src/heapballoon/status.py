@@ -118,7 +118,7 @@ class JvmStatus:
     target_reason: str = ""  # --policy auto: why this target (shares, activity, floor, pinned)
     # Issue 15: times the JVM cleared the balloon's soft references itself (a failure: it was one
     # step from an OutOfMemoryError); the headroom the agent keeps and the allocation rate it follows;
-    # the GC threads' share of the JVM's CPU and the pause p99, with and without a balloon (-1: not
+    # the GC threads' share of the CPUs the JVM may use and the pause p99, with and without a balloon (-1: not
     # measured yet).
     soft_cleared: int = 0
     headroom_bytes: int = 0

@@ -24,7 +24,7 @@ JVM_GAUGES = (
 )
 
 GC_COST_GAUGES = (
-    ("gc_cpu_share", "GC threads' share of the JVM's CPU time, with or without a balloon held"),
+    ("gc_cpu_share", "GC threads' CPU time over the CPU time the JVM could use, with or without a balloon held"),
     ("pause_p99_ms", "99th percentile of recent GC pauses, with or without a balloon held"),
 )
 
