@@ -93,6 +93,7 @@ def test_balloon_holds_on_every_collector(daemons, apps, jdk, gc):
         finally:
             j.stop()
     why = _why(out, d, j)
+    print(why)
     check_window(out, gc, why)
     # What the balloon costs the collector at 100 MiB/s: GC CPU share (GC threads over the JVM's CPU,
     # measured by the agent) at most 5 points above the same JVM's before the target was set.
