@@ -318,6 +318,7 @@ final class Controller {
         overBoundSinceMs = 0;
         long released = balloon.shrinkTo(footprint - Math.max(footprint / 4, balloon.geometry.footprintBytes));
         gcCost.restart(now);
+        headroom.learnFromCost(released); // before backOff: a rise of H explains the give-back (no flap)
         backOff(now, liveBytes());
         event("pressure_release", released, String.format("gc pauses %.0f%% of the last %d s (%.0f%% without a balloon)",
                 share * 100, GC_WINDOW_MS / 1000, baseline * 100), 0);

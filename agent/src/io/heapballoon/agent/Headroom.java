@@ -24,8 +24,9 @@ import java.lang.management.ManagementFactory;
  * The rates are decaying peaks (half-life {@value #DECAY_HALF_LIFE_MS} ms): a burst raises the
  * headroom at once, and it comes down slowly, so a quiet second does not let the balloon take
  * back what the next busy second needs. When the JVM clears the balloon's soft references (it was
- * one step from an OutOfMemoryError), the learned part grows by half the headroom then in effect,
- * up to an eighth of the heap. docs/agent.md has the law and why these constants.
+ * one step from an OutOfMemoryError), the learned part grows by half the headroom then in effect;
+ * when the GC-cost rule gives memory back, by what it gave back. Up to an eighth of the heap,
+ * halving every {@value #LEARNED_HALF_LIFE_MS} ms. docs/agent.md has the law and why these constants.
  */
 final class Headroom {
     static final long RATE_SAMPLE_MS = 500;
@@ -36,6 +37,7 @@ final class Headroom {
     /** The cycle time is the median of this many recent cycles: one slow cycle on a busy machine is not the norm. */
     static final int CYCLES_KEPT = 9;
     static final long FULL_INTERVAL_MS = 250;
+    static final long LEARNED_HALF_LIFE_MS = 600_000;
 
     private final HeapStats stats;
     private final Options options;
@@ -52,6 +54,7 @@ final class Headroom {
     private final long[] cyclesMs = new long[CYCLES_KEPT];
     private int cycleCount;
     private volatile long learnedBytes;
+    private volatile long learnedAtMs;
 
     Headroom(HeapStats stats, Options options) {
         this.stats = stats;
@@ -98,11 +101,13 @@ final class Headroom {
     }
 
     long bytes() {
-        return Math.max(baseBytes(), needBytes()) + learnedBytes;
+        return Math.max(baseBytes(), needBytes()) + learnedBytes();
     }
 
+    /** The learned part, halving every LEARNED_HALF_LIFE_MS: a lesson from a busy hour fades. */
     long learnedBytes() {
-        return learnedBytes;
+        long learned = learnedBytes;
+        return learned == 0 ? 0 : (long) decayed(learned, System.currentTimeMillis() - learnedAtMs, LEARNED_HALF_LIFE_MS);
     }
 
     double allocBytesPerS() {
@@ -119,13 +124,26 @@ final class Headroom {
 
     /** The JVM cleared balloon soft references: this JVM needs more room. Returns the new headroom. */
     long learnFromClear() {
-        long before = bytes();
-        learnedBytes = Math.min(stats.maxBytes() / 8, learnedBytes + Math.max(before / 2, 16L << 20));
+        return learn(Math.max(bytes() / 2, 16L << 20));
+    }
+
+    /** The GC-cost rule gave {@code releasedBytes} back: keep that much more free, so the balloon does not re-take it. */
+    long learnFromCost(long releasedBytes) {
+        return learn(releasedBytes);
+    }
+
+    private synchronized long learn(long moreBytes) {
+        learnedBytes = Math.min(stats.maxBytes() / 8, learnedBytes() + moreBytes);
+        learnedAtMs = System.currentTimeMillis();
         return bytes();
     }
 
     private static double decayed(double peak, long elapsedMs) {
-        return peak * Math.pow(0.5, (double) elapsedMs / DECAY_HALF_LIFE_MS);
+        return decayed(peak, elapsedMs, DECAY_HALF_LIFE_MS);
+    }
+
+    private static double decayed(double value, long elapsedMs, long halfLifeMs) {
+        return value * Math.pow(0.5, (double) elapsedMs / halfLifeMs);
     }
 
     /** Agent thread, every tick: the allocation and promotion rates. */
