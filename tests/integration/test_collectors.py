@@ -76,7 +76,8 @@ def check_window(out: scenario.Outcome, gc: str, why: str) -> None:
     assert out.reclaimed_ratio_min() >= 0.85, why
     assert out.flaps_in_window() == 0 and out.samples[-1].flaps == 0, why
     assert out.soft_cleared() == 0, why
-    # The live estimate, once a complete collection set it: within −10 % / +25 % of 200 MiB.
+    # The live estimate in the window (by then a complete collection has run, or a young one bounds
+    # it as closely): within −10 % / +25 % of 200 MiB.
     low, high = out.live_error_range()
     assert 0.90 <= low and high <= 1.25, why
 
