@@ -89,7 +89,11 @@ final class Headroom {
 
     /** What this collector needs between collections at the current rates (see the class doc). */
     long needBytes() {
-        switch (stats.gc) {
+        return needBytes(stats.gc, allocBytesPerS, promoBytesPerS, cycleMs);
+    }
+
+    static long needBytes(String gc, double allocBytesPerS, double promoBytesPerS, double cycleMs) {
+        switch (gc) {
             case "G1":
                 return (long) (allocBytesPerS * G1_YOUNG_MS / 1000 + promoBytesPerS * G1_OLD_MS / 1000);
             case "ZGC":
