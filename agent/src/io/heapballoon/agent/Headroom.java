@@ -29,7 +29,10 @@ import java.lang.management.ManagementFactory;
  * halving every {@value #LEARNED_HALF_LIFE_MS} ms. docs/agent.md has the law and why these constants.
  */
 final class Headroom {
-    static final long RATE_SAMPLE_MS = 500;
+    /** Rates are measured over this long: a collector's need follows what lasts over its cycles, not one burst. */
+    static final long RATE_SAMPLE_MS = 2000;
+    /** JVM start-up (loading data, a load spike) is not the steady state the headroom is for. */
+    static final long STARTUP_MS = 5000;
     static final long DECAY_HALF_LIFE_MS = 30_000;
     static final long G1_YOUNG_MS = 100;
     static final long G1_OLD_MS = 250;
@@ -156,6 +159,12 @@ final class Headroom {
             return;
         }
         if (lastAllocatedBytes >= 0 && nowMs - lastSampleMs < RATE_SAMPLE_MS) {
+            return;
+        }
+        if (ManagementFactory.getRuntimeMXBean().getUptime() < STARTUP_MS) {
+            synchronized (this) {
+                promotedSinceSampleBytes = 0;
+            }
             return;
         }
         // The agent's own allocations (balloon chunks) are not the application's.
