@@ -335,7 +335,8 @@ final class Controller {
      */
     private long inflateMarginBytes() {
         long h = headroomBytes();
-        return "Shenandoah".equals(stats.gc) ? Math.max(h / 2, 2 * headroom.baseBytes()) : h / 2;
+        // G1: also the eden it sized at its last collection and has not filled (HeapStats).
+        return "Shenandoah".equals(stats.gc) ? Math.max(h / 2, 2 * headroom.baseBytes()) : h / 2 + stats.edenUnfilledBytes();
     }
 
     /** Grows the balloon towards {@code limit}; true when the live-set estimate stopped it. */

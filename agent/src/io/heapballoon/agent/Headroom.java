@@ -5,7 +5,7 @@ import java.lang.management.ManagementFactory;
 /**
  * Owns the headroom H: the free heap the balloon leaves the collector, and the rates it follows.
  *
- * <p>H = max(H<sub>base</sub>, need) + learned, where H<sub>base</sub> is the driver's figure (or
+ * <p>H = max(H<sub>base</sub>, need, G1's to-space reserve) + learned, where H<sub>base</sub> is the driver's figure (or
  * the option, or max(64 MiB, 5 % of the heap)), and need is what this collector needs between
  * two collections that free memory, at the application's allocation rate R (bytes allocated by
  * every thread but the agent's, {@code ThreadMXBean.getTotalThreadAllocatedBytes}) and the
@@ -57,11 +57,14 @@ final class Headroom {
     private final long[] cyclesMs = new long[CYCLES_KEPT];
     private int cycleCount;
     private volatile long learnedBytes;
+    /** G1 keeps G1ReservePercent (10 %) of the heap free as to-space; the balloon leaves it that at least. */
+    private final long g1ReserveBytes;
     private volatile long learnedAtMs;
 
     Headroom(HeapStats stats, Options options) {
         this.stats = stats;
         this.options = options;
+        this.g1ReserveBytes = "G1".equals(stats.gc) ? stats.maxBytes() * HeapStats.vmOptionLong("G1ReservePercent", 10) / 100 : 0;
         java.lang.management.ThreadMXBean bean = ManagementFactory.getThreadMXBean();
         com.sun.management.ThreadMXBean t = bean instanceof com.sun.management.ThreadMXBean
                 ? (com.sun.management.ThreadMXBean) bean : null;
@@ -108,7 +111,7 @@ final class Headroom {
     }
 
     long bytes() {
-        return Math.max(baseBytes(), needBytes()) + learnedBytes();
+        return Math.max(Math.max(baseBytes(), needBytes()), g1ReserveBytes) + learnedBytes();
     }
 
     /** The learned part, halving every LEARNED_HALF_LIFE_MS: a lesson from a busy hour fades. */
