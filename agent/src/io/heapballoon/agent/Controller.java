@@ -335,8 +335,10 @@ final class Controller {
      */
     private long inflateMarginBytes() {
         long h = headroomBytes();
-        // G1: also the eden it sized at its last collection and has not filled (HeapStats).
-        return "Shenandoah".equals(stats.gc) ? Math.max(h / 2, 2 * headroom.baseBytes()) : h / 2 + stats.edenUnfilledBytes();
+        // G1: at least its to-space reserve (a balloon that took it left a young collection no room
+        // to evacuate into on JDK 21 at 100 MiB/s: the full collection after it cleared the balloon).
+        return "Shenandoah".equals(stats.gc) ? Math.max(h / 2, 2 * headroom.baseBytes())
+                : Math.max(h / 2, headroom.g1ReserveBytes());
     }
 
     /** Grows the balloon towards {@code limit}; true when the live-set estimate stopped it. */

@@ -114,6 +114,10 @@ final class Headroom {
         return Math.max(Math.max(baseBytes(), needBytes()), g1ReserveBytes) + learnedBytes();
     }
 
+    long g1ReserveBytes() {
+        return g1ReserveBytes;
+    }
+
     /** The learned part, halving every LEARNED_HALF_LIFE_MS: a lesson from a busy hour fades. */
     long learnedBytes() {
         long learned = learnedBytes;

@@ -114,26 +114,6 @@ final class HeapStats {
         return "G1".equals(gc) || "ZGC".equals(gc) || "Shenandoah".equals(gc);
     }
 
-    /**
-     * G1: what of the young generation it sized at its last collection eden has not filled yet
-     * (eden committed − used). Those regions are spoken for until the next collection re-sizes
-     * the young generation; a balloon that takes them leaves eden no room (JDK 21 at 100 MiB/s:
-     * "Evacuation Failure", then a full collection that cleared the balloon). 0 for others.
-     */
-    long edenUnfilledBytes() {
-        if (!"G1".equals(gc)) {
-            return 0;
-        }
-        long sum = 0;
-        for (MemoryPoolMXBean pool : ManagementFactory.getMemoryPoolMXBeans()) {
-            if (pool.getType() == MemoryType.HEAP && pool.getName().contains("Eden")) {
-                java.lang.management.MemoryUsage u = pool.getUsage();
-                sum += Math.max(0, u.getCommitted() - u.getUsed());
-            }
-        }
-        return sum;
-    }
-
     long committedBytes() {
         return memory.getHeapMemoryUsage().getCommitted();
     }
