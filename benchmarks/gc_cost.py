@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO / "tests"))
 import jdks  # noqa: E402
 from hbtest import DaemonFactory, JVMFactory, run_cli, wait_for  # noqa: E402
 
-PHASE_S = 25.0
+PHASE_S = 20.0
 SETTLE_S = 10.0
 GC_THREADS = ("GC Thread", "G1 ", "VM Thread", "ZDriver", "ZDirector", "ZWorker", "ZStat", "ZUnmapper", "ZUncommit",
               "ZRelocat", "Shenandoah", "Shen")
