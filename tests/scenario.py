@@ -44,11 +44,12 @@ class Rate:
         return ("--rotate-mib-per-s", self.rotate_mib_per_s) if self.rotate_mib_per_s else ()
 
 
-# Low: the issue-6 scenario. High: 1700 MiB/s offered (1.66 GiB/s, so that what the application
-# achieves between pauses stays above 1.5 GiB/s), the live set replaced every 2 s. At that rate a
+# Low: the issue-6 scenario. High: 1600 MiB/s offered (1.56 GiB/s; measured 1.47–1.57 over the
+# window, the low end on Serial, whose full collections stop the application), the live set
+# replaced every 2 s. At 1700 MiB/s JDK 17 Shenandoah soft-cleared once in 4 runs. At that rate a
 # 700 MiB live set leaves a 1 GiB heap too little room with or without a balloon, so the grow
 # phase is low-rate only (it tests the give-way rule, which does not depend on the rate).
-RATES = {"low": Rate("low", 100, 0, True), "high": Rate("high", 1600, 100, False, baseline_s=22.0)}
+RATES = {"low": Rate("low", 100, 0, True), "high": Rate("high", 1500, 100, False, baseline_s=22.0)}
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Each pair runs the scenario of scenario.py: a 1 GiB pre-touched heap, 200 MiB live, started with
 `heapballoon run`, target 512M, sampled every 2 s for a minute. At the low rate (100 MiB/s) the
-live set then grows to 700 MiB and shrinks back. At the high rate (1700 MiB/s, the live set
+live set then grows to 700 MiB and shrinks back. At the high rate (1600 MiB/s, the live set
 replaced every 2 s) the window is the test. Marked ``matrix``: `make test` runs these two at a
 time, but a high-rate JVM runs alone (it takes two cores: an exclusive lock, which low-rate runs
 share), and a rotating subset of the high-rate pairs runs each day (:func:`high_rate_pairs`),
