@@ -209,13 +209,14 @@ class JVMFactory:
 
     def run(self, daemon: Daemon | None, heap: str = "1g", live_mib: int = 200, churn_mib_per_s: int = 100,
             gc: str | None = "G1", extra_jvm: tuple = (), name: str = "churn", wrapper: tuple | None = None,
-            spike_mib: int = 0, java_bin: str = "java") -> JVM:
-        """``gc`` None: the JVM's own choice; ``java_bin``: which JDK (see jdks.py)."""
+            spike_mib: int = 0, java_bin: str = "java", app_args: tuple = ()) -> JVM:
+        """``gc`` None: the JVM's own choice; ``java_bin``: which JDK (see jdks.py); ``app_args``:
+        more ChurnApp options (e.g. ``("--rotate-mib-per-s", 100)``)."""
         from heapballoon.agent import build
 
         gc_flags = [f"-XX:+Use{gc}GC"] if gc else []
         java = [java_bin, f"-Xms{heap}", f"-Xmx{heap}", *gc_flags, *extra_jvm, "-jar", str(build.demo_jar()),
-                "--live-mib", str(live_mib), "--churn-mib-per-s", str(churn_mib_per_s), "--spike-mib", str(spike_mib)]
+                "--live-mib", str(live_mib), "--churn-mib-per-s", str(churn_mib_per_s), "--spike-mib", str(spike_mib), *map(str, app_args)]
         if wrapper is not None:
             cmd = [*wrapper, *java]
         else:

@@ -99,6 +99,9 @@ class Chunk:
         return c
 
 
+GC_COST_FIELDS = ("gc_cpu_permille", "gc_cpu_permille_no_balloon", "pause_p99_ms", "pause_p99_ms_no_balloon")
+
+
 @_msg("state")
 class State(Message):
     heap_max_bytes: int = 0
@@ -116,6 +119,15 @@ class State(Message):
     balloon_max_bytes: int = -1
     flaps: int = 0
     live_source: str = ""
+    # Issue 15: the JVM clearing balloon soft references, the rate-following headroom, and the
+    # balloon's GC cost (permille of the JVM's CPU; p99 pause), each with and without a balloon.
+    soft_cleared: int = 0
+    headroom_bytes: int = 0
+    alloc_bytes_per_s: int = 0
+    gc_cpu_permille: int = -1
+    gc_cpu_permille_no_balloon: int = -1
+    pause_p99_ms: int = -1
+    pause_p99_ms_no_balloon: int = -1
 
     @classmethod
     def parse(cls, d: dict) -> State:
@@ -144,6 +156,10 @@ class State(Message):
             balloon_max_bytes=_int(d, "balloon_max_bytes", -1, lo=-1),
             flaps=_int(d, "flaps", 0),
             live_source=_str(d, "live_source", "", max_len=128),
+            soft_cleared=_int(d, "soft_cleared", 0),
+            headroom_bytes=_int(d, "headroom_bytes", 0),
+            alloc_bytes_per_s=_int(d, "alloc_bytes_per_s", 0),
+            **{k: _int(d, k, -1, lo=-1, hi=1 << 40) for k in GC_COST_FIELDS},
         )
 
 

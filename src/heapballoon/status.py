@@ -120,6 +120,17 @@ class JvmStatus:
     cgroup: str = ""
     container_id: str = ""  # the runtime's 64-hex container id
     pod_uid: str = ""  # the Kubernetes pod's UID
+    # Issue 15: times the JVM cleared the balloon's soft references itself (a failure: it was one
+    # step from an OutOfMemoryError); the headroom the agent keeps and the allocation rate it follows;
+    # the GC threads' share of the CPUs the JVM may use and the pause p99, with and without a balloon (-1: not
+    # measured yet).
+    soft_cleared: int = 0
+    headroom_bytes: int = 0
+    alloc_bytes_per_s: int = 0
+    gc_cpu_share: float = -1.0
+    gc_cpu_share_no_balloon: float = -1.0
+    pause_p99_ms: int = -1
+    pause_p99_ms_no_balloon: int = -1
 
     def to_dict(self) -> dict:
         return _plain(self)

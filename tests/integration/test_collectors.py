@@ -1,12 +1,21 @@
-"""The balloon holds on every HotSpot collector and JDK (issue 6's acceptance, every pair).
+"""The balloon holds on every HotSpot collector and JDK (issues 6 and 15, every pair).
 
-Each pair runs the whole scenario of scenario.py: a 1 GiB pre-touched heap, 200 MiB live,
-churning 100 MiB/s, started with `heapballoon run`, target 512M, sampled every 2 s for a
-minute; then the live set grows to 700 MiB and shrinks back. Marked ``matrix``: `make test`
-runs these two at a time.
+Each pair runs the scenario of scenario.py: a 1 GiB pre-touched heap, 200 MiB live, started with
+`heapballoon run`, target 512M, sampled every 2 s for a minute. At the low rate (100 MiB/s) the
+live set then grows to 700 MiB and shrinks back. At the high rate (1600 MiB/s, the live set
+replaced every 2 s) the window is the test. Marked ``matrix``: `make test` runs these two at a
+time, but a high-rate JVM runs alone (it takes two cores: an exclusive lock, which low-rate runs
+share), and a rotating subset of the high-rate pairs runs each day (:func:`high_rate_pairs`),
+every pair within ``ceil(len(MATRIX) / HIGH_RATE_PER_RUN)`` days.
 """
 
 from __future__ import annotations
+
+import contextlib
+import fcntl
+import math
+import os
+import time
 
 import pytest
 
@@ -15,32 +24,108 @@ import scenario
 from hbtest import MIB, require_root
 
 pytestmark = [pytest.mark.jvm, pytest.mark.matrix]
+IDS = [f"jdk{j}-{g}" for j, g in jdks.MATRIX]
+HIGH_RATE_PER_RUN = 4
+HIGH_RATE_LOCK = "/tmp/heapballoon-high-rate.lock"
 
 
-@pytest.mark.parametrize("jdk,gc", jdks.MATRIX, ids=[f"jdk{j}-{g}" for j, g in jdks.MATRIX])
-def test_balloon_holds_on_every_collector(daemons, apps, jdk, gc):
-    java = jdks.require_java(jdk)
-    require_root()
-    d = daemons.start()
-    j = apps.run(d, heap="1g", live_mib=200, churn_mib_per_s=100, gc=None, java_bin=java,
-                 extra_jvm=(*jdks.GC_FLAGS[gc], "-XX:+AlwaysPreTouch"), name=f"jdk{jdk}-{gc}")
-    out = scenario.run(d, j, jdk, gc)
-    table = "\n".join(f"  t={s.t_s:5.1f}s balloon={s.balloon_bytes >> 20} max={s.balloon_max_bytes >> 20} "
-                      f"reclaimed={s.reclaimed_bytes >> 20} live={s.live_bytes >> 20} flaps={s.flaps}"
-                      for s in out.samples)
-    why = f"\n{table}\nnotes: {out.notes}\n--- daemon log tail ---\n{d.log()[-2500:]}\n--- JVM stderr ---\n{j.stderr()[-1500:]}"
+def high_rate_pairs(run_id: int | None = None) -> list[tuple[int, str]]:
+    """The high-rate pairs this run covers: HIGH_RATE_PER_RUN consecutive pairs of the matrix,
+    starting at run_id × HIGH_RATE_PER_RUN (wrapping). run_id is $HEAPBALLOON_RUN_ID, else the
+    day number, so consecutive days cover every pair; HEAPBALLOON_HIGH_RATE=all runs them all."""
+    if os.environ.get("HEAPBALLOON_HIGH_RATE") == "all":
+        return list(jdks.MATRIX)
+    if run_id is None:
+        run_id = int(os.environ.get("HEAPBALLOON_RUN_ID") or time.time() // 86400)
+    n = len(jdks.MATRIX)
+    start = run_id * HIGH_RATE_PER_RUN % n
+    return [jdks.MATRIX[(start + i) % n] for i in range(HIGH_RATE_PER_RUN)]
 
+
+def test_high_rate_rotation_covers_every_pair():
+    days = math.ceil(len(jdks.MATRIX) / HIGH_RATE_PER_RUN)
+    assert {p for day in range(days) for p in high_rate_pairs(day)} == set(jdks.MATRIX)
+
+
+@contextlib.contextmanager
+def machine(exclusive: bool):
+    """A high-rate JVM keeps both cores busy: it runs alone (LOCK_EX); low-rate runs share (LOCK_SH)."""
+    with open(HIGH_RATE_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _why(out: scenario.Outcome, d, j) -> str:
+    return (f"\nallocation {out.alloc_mib_per_s} MiB/s\n{out.table()}\nnotes: {out.notes}\nstatus: {out.final_status}"
+            f"\n--- daemon log tail ---\n{d.log()[-2500:]}\n--- JVM stderr ---\n{j.stderr()[-2500:]}")
+
+
+def check_window(out: scenario.Outcome, gc: str, why: str) -> None:
+    """Issue 15's criteria for the sampled minute, at any rate."""
     assert out.reported_gc == jdks.REPORTED_GC.get(gc, gc), why
     assert out.window, why
-    # The largest balloon it can hold: the heap for region collectors, the old generation otherwise.
-    floor_mib = 300 if gc in ("Serial", "Parallel") else 512
+    # The largest balloon it can hold: most of the heap for region collectors (the headroom the
+    # allocation rate needs comes off it), the old generation otherwise.
+    floor_mib = 300 if gc in ("Serial", "Parallel") else 448
     assert min(s.balloon_max_bytes for s in out.window) >= floor_mib * MIB, why
     # From 20 s to 60 s: every sample holds ≥ 90 % of min(512 MiB, balloon_max), ≥ 85 % reclaimed.
     assert out.balloon_ratio_min() >= 0.90, why
     assert out.reclaimed_ratio_min() >= 0.85, why
     assert out.flaps_in_window() == 0 and out.samples[-1].flaps == 0, why
+    assert out.soft_cleared() == 0, why
+    # The live estimate in the window (by then a complete collection has run, or a young one bounds
+    # it as closely): within −10 % / +25 % of 200 MiB.
+    low, high = out.live_error_range()
+    assert 0.90 <= low and high <= 1.25, why
+
+
+@pytest.mark.parametrize("jdk,gc", jdks.MATRIX, ids=IDS)
+def test_balloon_holds_on_every_collector(daemons, apps, jdk, gc):
+    java = jdks.require_java(jdk)
+    require_root()
+    with machine(exclusive=False):
+        d = daemons.start()
+        j = scenario.start(apps, d, java, jdks.GC_FLAGS[gc], f"jdk{jdk}-{gc}")
+        try:
+            out = scenario.run(d, j, jdk, gc)
+        finally:
+            j.stop()
+    why = _why(out, d, j)
+    print(why)
+    check_window(out, gc, why)
+    # What the balloon costs the collector at 100 MiB/s: GC CPU share (GC threads over the JVM's CPU,
+    # measured by the agent) at most 5 points above the same JVM's before the target was set.
+    s = out.final_status
+    assert s.get("gc_cpu_share", -1) >= 0 and s.get("gc_cpu_share_no_balloon", -1) >= 0, why
+    assert s["gc_cpu_share"] - s["gc_cpu_share_no_balloon"] <= 0.05, why
     # Growing to 700 MiB live: the balloon gives way, no OutOfMemoryError; back to 200 MiB: it re-inflates.
     assert not out.oom, why
     assert out.gave_way, why
     assert out.reinflate_s is not None and out.reinflate_s <= scenario.REINFLATE_WITHIN_S, why
+    assert out.data_errors == 0, why
+
+
+@pytest.mark.parametrize("jdk,gc", jdks.MATRIX, ids=IDS)
+def test_balloon_holds_at_a_high_allocation_rate(daemons, apps, jdk, gc):
+    chosen = high_rate_pairs()
+    print(f"high-rate pairs this run: {', '.join(f'jdk{j}-{g}' for j, g in chosen)}")
+    if (jdk, gc) not in chosen:
+        pytest.skip("high-rate pair not in this run's rotating subset (HEAPBALLOON_HIGH_RATE=all runs every pair)")
+    java = jdks.require_java(jdk)
+    require_root()
+    rate = scenario.RATES["high"]
+    with machine(exclusive=True):
+        d = daemons.start()
+        j = scenario.start(apps, d, java, jdks.GC_FLAGS[gc], f"jdk{jdk}-{gc}-high", rate)
+        try:
+            out = scenario.run(d, j, jdk, gc, rate)
+        finally:
+            j.stop()
+    why = _why(out, d, j)
+    print(why)
+    check_window(out, gc, why)
+    assert not out.oom, why
     assert out.data_errors == 0, why

@@ -16,9 +16,16 @@ JVM_GAUGES = (
     ("heap_committed_bytes", "Committed heap"),
     ("live_bytes", "Live data after the last complete collection, balloon excluded"),
     ("balloon_max_bytes", "The largest balloon the JVM can hold now"),
+    ("headroom_bytes", "Free heap the balloon leaves the collector (follows the allocation rate)"),
+    ("alloc_bytes_per_s", "Allocation rate the headroom follows (a decaying peak)"),
     ("target_bytes", "Balloon target"),
     ("balloon_bytes", "Balloon held in the heap"),
     ("reclaimed_bytes", "Balloon memory verified reclaimed through pagemap"),
+)
+
+GC_COST_GAUGES = (
+    ("gc_cpu_share", "GC threads' CPU time over the CPU time the JVM could use, with or without a balloon held"),
+    ("pause_p99_ms", "99th percentile of recent GC pauses, with or without a balloon held"),
 )
 
 
@@ -38,6 +45,18 @@ class DriverCollector:
         for j in status["jvms"]:
             flaps.add_metric([str(j["pid"]), j["name"]], j["flaps"])
         yield flaps
+        cleared = CounterMetricFamily("heapballoon_jvm_soft_cleared", "Times the JVM cleared balloon soft references "
+                                      "itself (one step from an OutOfMemoryError)", labels=["pid", "name"])
+        for j in status["jvms"]:
+            cleared.add_metric([str(j["pid"]), j["name"]], j.get("soft_cleared", 0))
+        yield cleared
+        for key, doc in GC_COST_GAUGES:
+            g = GaugeMetricFamily(f"heapballoon_jvm_{key}", doc, labels=["pid", "name", "balloon"])
+            for j in status["jvms"]:
+                for balloon, suffix in (("yes", ""), ("no", "_no_balloon")):
+                    if j.get(key + suffix, -1) >= 0:
+                        g.add_metric([str(j["pid"]), j["name"], balloon], j[key + suffix])
+            yield g
         node = status["node"]
         yield GaugeMetricFamily("heapballoon_node_target_bytes", "Node balloon target", value=node["target_bytes"])
         yield GaugeMetricFamily("heapballoon_bad_messages", "Rejected protocol messages", value=node["bad_messages"])

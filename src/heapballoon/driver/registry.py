@@ -71,7 +71,14 @@ class JVMRecord:
             address_mode=self.hello.address_mode, chunks=len(s.chunks), gc_count=s.gc_count, gc_time_ms=s.gc_time_ms,
             moved_chunks=self.moved_chunks, drift_pages=self.drift_pages, events=MappingProxyType(dict(self.events)),
             cgroup=self.cgroup, container_id=ident.container_id, pod_uid=ident.pod_uid,
+            soft_cleared=s.soft_cleared, headroom_bytes=s.headroom_bytes, alloc_bytes_per_s=s.alloc_bytes_per_s,
+            gc_cpu_share=_share(s.gc_cpu_permille), gc_cpu_share_no_balloon=_share(s.gc_cpu_permille_no_balloon),
+            pause_p99_ms=s.pause_p99_ms, pause_p99_ms_no_balloon=s.pause_p99_ms_no_balloon,
         )
+
+
+def _share(permille: int) -> float:
+    return permille / 1000 if permille >= 0 else -1.0
 
 
 class Registry:

@@ -84,13 +84,17 @@ public final class ChurnApp {
     static byte[][] makeBlock(int index) {
         byte[][] block = new byte[PIECES][];
         for (int p = 0; p < PIECES; p++) {
-            byte[] piece = new byte[PIECE_BYTES];
-            int s = shift(index, p);
-            System.arraycopy(TEMPLATE, s, piece, 0, PIECE_BYTES - s);
-            System.arraycopy(TEMPLATE, 0, piece, PIECE_BYTES - s, s);
-            block[p] = piece;
+            block[p] = makePiece(index, p);
         }
         return block;
+    }
+
+    static byte[] makePiece(int block, int p) {
+        byte[] piece = new byte[PIECE_BYTES];
+        int s = shift(block, p);
+        System.arraycopy(TEMPLATE, s, piece, 0, PIECE_BYTES - s);
+        System.arraycopy(TEMPLATE, 0, piece, PIECE_BYTES - s, s);
+        return piece;
     }
 
     /** Offset of the first wrong byte of a piece, or -1 when it is intact. */
@@ -108,21 +112,27 @@ public final class ChurnApp {
     /** A load spike at start: this much short-lived data, then a full GC. Leaves the heap dirty
      *  but mostly empty, as a service's heap looks after a burst of traffic. */
     private int spikeMib;
-    /** Live-set turnover: this many 1 MiB blocks a second are rebuilt (same content), so old
-     *  data dies below younger objects, as in a cache with churn. */
+    /** Live-set turnover: this many MiB a second of the live set are rebuilt (same content),
+     *  64 KiB piece by piece, so old data dies below younger objects, as in a cache with churn. */
     private int rotateMibPerS;
     /** System.gc() this often (0: never): with Serial or Parallel a full GC compacts the heap. */
     private int gcIntervalS;
-    private int rotateNext;
+    private long rotateNext;
+    private long rotatedBytes;
 
-    private void rotate() {
+    /** Continuous turnover: replaces the pieces due by now (same content), one 64 KiB piece at
+     *  a time, so old-generation data dies at a steady rate rather than in bursts. */
+    private void rotate(long dueBytes) {
         synchronized (lock) {
-            for (int i = 0; i < rotateMibPerS && !blocks.isEmpty(); i++) {
-                rotateNext %= blocks.size();
-                blocks.set(rotateNext, makeBlock(rotateNext));
-                allocatedBytes += BLOCK_BYTES;
-                rotateNext++;
+            while (rotatedBytes < dueBytes && !blocks.isEmpty()) {
+                int piece = (int) (rotateNext % PIECES);
+                int block = (int) (rotateNext / PIECES % blocks.size());
+                blocks.get(block)[piece] = makePiece(block, piece);
+                allocatedBytes += PIECE_BYTES;
+                rotatedBytes += PIECE_BYTES;
+                rotateNext = (rotateNext + 1) % ((long) blocks.size() * PIECES);
             }
+            rotatedBytes = Math.max(rotatedBytes, dueBytes - BLOCK_BYTES); // an empty live set owes nothing
         }
     }
 
@@ -148,7 +158,6 @@ public final class ChurnApp {
         long nextReportNs = System.nanoTime();
         long nextCheckNs = System.nanoTime() + checkIntervalS * 1_000_000_000L;
         long churnStartNs = System.nanoTime();
-        long nextRotateNs = System.nanoTime() + 1_000_000_000L;
         long nextGcNs = System.nanoTime() + gcIntervalS * 1_000_000_000L;
         long churnedBytes = 0;
         while (!quit) {
@@ -166,9 +175,8 @@ public final class ChurnApp {
                 verify();
                 nextCheckNs = now + checkIntervalS * 1_000_000_000L;
             }
-            if (rotateMibPerS > 0 && now >= nextRotateNs) {
-                rotate();
-                nextRotateNs = now + 1_000_000_000L;
+            if (rotateMibPerS > 0) {
+                rotate((long) ((now - churnStartNs) / 1e9 * rotateMibPerS * BLOCK_BYTES));
             }
             if (gcIntervalS > 0 && now >= nextGcNs) {
                 System.gc();

@@ -170,6 +170,13 @@ final class AgentLoop implements Runnable {
         s.liveSource = controller.live.source();
         s.balloonMaxBytes = controller.balloonMaxBytes();
         s.flaps = controller.flaps();
+        s.softCleared = controller.softCleared();
+        s.headroomBytes = controller.headroomBytes();
+        s.allocBytesPerS = (long) controller.headroom.allocBytesPerS();
+        s.gcCpuPermille = controller.profile.gcCpuPermille(true);
+        s.gcCpuPermilleNoBalloon = controller.profile.gcCpuPermille(false);
+        s.pauseP99Ms = controller.profile.pauseP99Ms(true);
+        s.pauseP99MsNoBalloon = controller.profile.pauseP99Ms(false);
         s.gcCount = stats.gcCount();
         s.gcTimeMs = stats.gcTimeMs();
         s.targetBytes = controller.targetBytes();

@@ -3,7 +3,7 @@ package io.heapballoon.agent;
 /**
  * Owns the size of one balloon chunk: a byte[] whose whole object (header + payload) exactly
  * fills the collector's allocation unit (G1 humongous regions, ZGC 2 MiB large-page granules),
- * about 8 MiB, so no heap is wasted around it. {@code footprintBytes} is what it occupies.
+ * about 8 MiB, so no heap is wasted around it; with Shenandoah, one region. {@code footprintBytes} is what it occupies.
  */
 final class ChunkGeometry {
     static final long NOMINAL_CHUNK_BYTES = 8L << 20;
@@ -23,6 +23,14 @@ final class ChunkGeometry {
             unit = regionBytes;
         } else if ("ZGC".equals(gc)) {
             unit = ZGC_GRANULE_BYTES;
+        }
+        if ("Shenandoah".equals(gc) && regionBytes > 0) {
+            // Exactly one region: an object of the region's size is not humongous there, so it
+            // needs one empty region, not a run of contiguous ones. An 8 MiB chunk (16 regions of
+            // a 1 GiB heap) failed to allocate in a fragmented heap at 1.6 GiB/s ("Failed to
+            // allocate Shared, 8192K"), and the degenerated collection that followed cleared every
+            // soft reference. A full region has no garbage, so no cycle evacuates (moves) it.
+            return new ChunkGeometry((int) (regionBytes - arrayHeaderBytes), regionBytes);
         }
         long footprint = NOMINAL_CHUNK_BYTES;
         if (unit > 0) {

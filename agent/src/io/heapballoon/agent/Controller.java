@@ -30,13 +30,13 @@ import java.util.concurrent.atomic.AtomicBoolean;
  *       with every give-back that no rise of the live set explains and that comes within
  *       {@value #BACKOFF_RESET_MS} ms of the previous one.
  *       With region-based collectors a chunk is allocated only while the heap has a chunk plus
- *       H/2 free (2H with Shenandoah), so inflation goes at the collector's pace instead of forcing emergency
+ *       H/2 free (Shenandoah: at least 2 H<sub>base</sub>), so inflation goes at the collector's pace instead of forcing emergency
  *       collections (which clear soft references).</li>
  *   <li><b>Probe</b>: when the estimate is what holds the balloon below its target and no
  *       complete collection (nor growth) has happened for a while (Serial and Parallel may go minutes
- *       without one), ask for one with System.gc(), at most once per {@value #PROBE_MIN_MS} ms
+ *       without one), ask for one with System.gc(), at most once per {@value ExplicitGc#PROBE_MIN_MS} ms
  *       and never more often than keeps its pauses under 2% of wall time.</li>
- *   <li><b>Settle</b> (Serial, Parallel): when growth stops, {@value #SETTLE_COLLECTIONS}
+ *   <li><b>Settle</b> (Serial, Parallel): when growth stops, {@value ExplicitGc#SETTLE_COLLECTIONS}
  *       explicit collections, one a tick, so full compaction moves the new chunks now rather
  *       than at some later collection.</li>
  *   <li><b>Flaps</b>: a give-back whose trigger shows no rise of the live set since the balloon
@@ -52,25 +52,33 @@ final class Controller {
     static final long GC_WINDOW_MS = 20_000;
     /** The GC-cost bound must be exceeded this long without a break before it acts. */
     static final long GC_SUSTAIN_MS = 10_000;
-    /** Serial's full collection compacts fully every 4th time (MarkSweepAlwaysCompactCount). */
-    static final int SETTLE_COLLECTIONS = 4;
-    static final long ASSIST_MIN_MS = 500;
     static final double GC_EXTRA_SHARE = 0.10;
-    static final long PROBE_MIN_MS = 10_000;
     /** After the balloon grew, collections that move its chunks are still the growth's cost. */
     static final long SETTLE_MS = 30_000;
     static final long INFLATE_BUDGET_NS = 30_000_000L;
+    /**
+     * Shenandoah's heuristics start a cycle from the free heap and the allocation rate they saw:
+     * a balloon that took 79 MiB in one tick at 1.6 GiB/s (JDK 25) emptied the heap faster than
+     * any trigger could follow, the application's next allocation failed, and the degenerated
+     * collection cleared every soft reference. 8 MiB a tick (160 MiB/s, 512 MiB in ~3 s) is a
+     * tenth of such an application's own rate.
+     */
+    static final long SHENANDOAH_INFLATE_BYTES_PER_TICK = 8L << 20;
     static final int MAX_PENDING_EVENTS = 64;
 
     final HeapStats stats;
     final Balloon balloon;
     final LiveSet live;
     final GcCost gcCost;
-    private final Options options;
+    final Headroom headroom;
+    final GcProfile profile = new GcProfile();
+    private final ExplicitGc explicit;
     private final java.lang.management.RuntimeMXBean runtime = ManagementFactory.getRuntimeMXBean();
     private final long jvmStartMs = runtime.getStartTime();
     /** Uptime minus GcInfo time, an upper bound (GC-notification thread only). */
     private long gcClockOffsetMs = Long.MAX_VALUE;
+    /** The balloon at the last young collection (GC-notification thread only). */
+    private long balloonAtLastYoungBytes;
 
     /** Pending event lines, sent by the agent thread. */
     final ConcurrentLinkedQueue<String> events = new ConcurrentLinkedQueue<>();
@@ -79,9 +87,10 @@ final class Controller {
 
     private volatile long targetBytes;
     private volatile String requestedReclaim = "ksm";
-    private volatile long driverHeadroomBytes;
     private volatile boolean inflating;
     private volatile long flaps;
+    /** Times the JVM itself cleared balloon soft references. */
+    private volatile long softCleared;
 
     // Back-off state, guarded by this.
     private long holdUntilMs;
@@ -91,23 +100,20 @@ final class Controller {
     private long ceilingBytes = Long.MAX_VALUE;
     private long ceilingCompleteCount = -1;
     private boolean flapCandidate;
-    /** The live estimate when the balloon last grew. */
+    /** The live estimate and the headroom when the balloon last grew. */
     private long liveAtGrowthBytes = -1;
+    private long headroomAtGrowthBytes;
     /** When the balloon last grew (currentTimeMillis). */
     private volatile long lastGrowthMs;
     /** Since when the GC cost has been over its bound without a break (0: it is not). Agent thread. */
     private long overBoundSinceMs;
     /** Settling collections still to run after inflation (Serial, Parallel). Agent thread. */
-    private int settleLeft;
-    // Probe and assist state: agent thread only.
-    private long lastAssistMs;
-    private long lastProbeMs;
-    private long lastProbeCostMs;
 
     Controller(HeapStats stats, Balloon balloon, Options options) {
         this.stats = stats;
         this.balloon = balloon;
-        this.options = options;
+        this.headroom = new Headroom(stats, options);
+        this.explicit = new ExplicitGc(stats.gc);
         this.live = new LiveSet(stats.gc, stats.hasG1ConcurrentBean(), stats.regionBytes);
         this.gcCost = new GcCost(stats, GC_WINDOW_MS);
     }
@@ -120,24 +126,19 @@ final class Controller {
         return flaps;
     }
 
+    long softCleared() {
+        return softCleared;
+    }
+
     /** The reclaim mode in effect: "direct" needs native release, else it falls back to "ksm". */
     String reclaim() {
         String r = requestedReclaim;
         return "direct".equals(r) && !balloon.canRelease() ? "ksm" : r;
     }
 
+    /** H: the driver's (or the static) headroom, or what the allocation rate needs (Headroom). */
     long headroomBytes() {
-        if (driverHeadroomBytes > 0) {
-            return driverHeadroomBytes;
-        }
-        if (options.headroomBytes >= 0) {
-            return options.headroomBytes;
-        }
-        // 5% of the heap, at least 64 MiB, but at most an eighth of a small heap (128 MiB keeps
-        // 16 MiB; 64 MiB there left Serial's old generation no room for any balloon).
-        // driver/policy.py headroom_bytes computes the same.
-        long max = stats.maxBytes();
-        return Math.max(Math.min(64L << 20, max / 8), max / 20);
+        return headroom.bytes();
     }
 
     /** The application's live bytes: the estimate, or heap used less the balloon before any GC. */
@@ -157,7 +158,7 @@ final class Controller {
     void onTarget(long target, String reclaim, long headroom) {
         targetBytes = Math.max(0, target);
         requestedReclaim = reclaim;
-        driverHeadroomBytes = headroom;
+        this.headroom.setDriverBytes(headroom);
         balloon.setDirect("direct".equals(reclaim()));
         inflating = balloon.footprintBytes() + balloon.geometry.footprintBytes <= targetBytes;
         changed.set(true);
@@ -174,7 +175,9 @@ final class Controller {
     /** A give-back happened: start (or lengthen) the back-off and cap re-inflation. */
     private synchronized void backOff(long now, long liveBytes) {
         long tolerance = Math.max(headroomBytes() / 4, balloon.geometry.footprintBytes);
-        flapCandidate = liveAtGrowthBytes >= 0 && liveBytes <= liveAtGrowthBytes + tolerance;
+        // A rise of the live set, or of the headroom the allocation rate needs, explains a give-back.
+        flapCandidate = liveAtGrowthBytes >= 0 && liveBytes <= liveAtGrowthBytes + tolerance
+                && headroomBytes() <= headroomAtGrowthBytes + tolerance;
         // A give-back that a rising live set explains is the balloon doing its job: the back-off
         // stays short. One that nothing explains may repeat: each doubles the back-off.
         boolean repeated = now - lastReleaseMs < BACKOFF_RESET_MS;
@@ -189,8 +192,24 @@ final class Controller {
     void afterGc(GarbageCollectionNotificationInfo info) {
         long gcEndMs = jvmStartMs + info.getGcInfo().getEndTime();
         noteCleared(balloon.touchAndCollectCleared());
-        LiveSet.Sample[] samples = live.samples(info.getGcName(), info.getGcInfo().getMemoryUsageBeforeGc(),
-                info.getGcInfo().getMemoryUsageAfterGc(), stats.heapPools());
+        String bean = info.getGcName();
+        java.util.Map<String, java.lang.management.MemoryUsage> before = info.getGcInfo().getMemoryUsageBeforeGc();
+        java.util.Map<String, java.lang.management.MemoryUsage> after = info.getGcInfo().getMemoryUsageAfterGc();
+        if (LiveSet.classify(bean) == LiveSet.Kind.PARTIAL) {
+            long promoted = LiveSet.old(after) - LiveSet.old(before);
+            long footprint = balloon.footprintBytes();
+            if (!stats.regionBased()) {
+                promoted -= Math.max(0, footprint - balloonAtLastYoungBytes); // new chunks, promoted from eden
+            }
+            balloonAtLastYoungBytes = footprint;
+            headroom.promoted(promoted);
+        }
+        if (bean.endsWith("Cycles")) {
+            headroom.cycle(info.getGcInfo().getDuration());
+        } else {
+            profile.pause(info.getGcInfo().getDuration(), balloon.footprintBytes() > 0);
+        }
+        LiveSet.Sample[] samples = live.samples(bean, before, after, stats.heapPools());
         if (samples.length == 0) {
             return; // a "Pauses" bean: the matching "Cycles" notification carries the figures
         }
@@ -231,34 +250,31 @@ final class Controller {
         }
     }
 
+    /**
+     * The JVM cleared balloon soft references: it was one step from an OutOfMemoryError, so the
+     * balloon left it too little room. Counted, and this JVM's headroom grows (Headroom.learnFromClear).
+     */
     private void noteCleared(long clearedBytes) {
         if (clearedBytes > 0) {
+            long before = headroomBytes();
+            long after;
+            synchronized (this) {
+                softCleared++;
+                after = headroom.learnFromClear();
+            }
             backOff(System.currentTimeMillis(), liveBytes());
-            event("soft_cleared", clearedBytes, "JVM cleared balloon soft references", 0);
+            String reason = String.format("JVM cleared balloon soft references: headroom %d MiB -> %d MiB",
+                    before >> 20, after >> 20);
+            Log.info("soft references cleared (" + (clearedBytes >> 20) + " MiB); " + reason.substring(reason.indexOf("headroom")));
+            event("soft_cleared", clearedBytes, reason, 0);
         }
-    }
-
-    /**
-     * Shenandoah, holding a balloon: start a concurrent cycle (System.gc() is concurrent there)
-     * when less than 2H of the heap is free. Its heuristics count free bytes, not free regions:
-     * with the balloon taking half the heap, fragmented regions left it no room for the next
-     * object before it started a cycle, and the degenerated collection that follows an allocation
-     * failure clears every soft reference (JDK 21 and 25, seen in the matrix). At most every
-     * ASSIST_MIN_MS.
-     */
-    private void assistShenandoah(long now) {
-        if (!"Shenandoah".equals(stats.gc) || balloon.footprintBytes() == 0 || now - lastAssistMs < ASSIST_MIN_MS
-                || stats.maxBytes() - stats.usedBytes() >= 2 * headroomBytes()) {
-            return;
-        }
-        lastAssistMs = now;
-        System.gc();
     }
 
     /** Agent thread, every tick: keep chunks fresh, watch GC cost, move towards the target. */
     void tick() {
         long now = System.currentTimeMillis();
-        assistShenandoah(now);
+        headroom.sample(now);
+        profile.sample(now, balloon.footprintBytes() > 0);
         noteCleared(balloon.touchAndCollectCleared());
         watchGcCost(now);
         long target = targetBytes;
@@ -279,7 +295,9 @@ final class Controller {
         }
         boolean blockedByEstimate = inflate(limit);
         if (blockedByEstimate || limit < target) {
-            maybeProbe(now);
+            if (targetBytes - balloon.footprintBytes() >= balloon.geometry.footprintBytes) {
+                explicit.maybeProbe(now, Math.max(live.completeAtMs(), lastGrowthMs));
+            }
         }
     }
 
@@ -300,6 +318,7 @@ final class Controller {
         overBoundSinceMs = 0;
         long released = balloon.shrinkTo(footprint - Math.max(footprint / 4, balloon.geometry.footprintBytes));
         gcCost.restart(now);
+        headroom.learnFromCost(released); // before backOff: a rise of H explains the give-back (no flap)
         backOff(now, liveBytes());
         event("pressure_release", released, String.format("gc pauses %.0f%% of the last %d s (%.0f%% without a balloon)",
                 share * 100, GC_WINDOW_MS / 1000, baseline * 100), 0);
@@ -307,15 +326,19 @@ final class Controller {
 
     /**
      * Region-based collectors: the heap that must stay free after a chunk is allocated. H/2 for
-     * G1 and ZGC. Shenandoah: 2H, the level below which the assist starts a cycle. Its adaptive
-     * heuristics keep their own reserves on top of free bytes, and a chunk (a humongous object
-     * needing contiguous free regions) allocated into the last H/2 failed mid-cycle on JDK 25
+     * G1 and ZGC. Shenandoah: at least twice the static headroom. Its adaptive heuristics keep
+     * their own reserves on top of free bytes, and a chunk allocated into the last H/2 failed
+     * mid-cycle on JDK 25
      * ("Failed to allocate Shared, 8192K"): the degenerated collection that followed cleared
      * the whole balloon, and each one raised the heuristics' penalty, which made the next
      * cycles more eager still (GC log, matrix run).
      */
     private long inflateMarginBytes() {
-        return "Shenandoah".equals(stats.gc) ? 2 * headroomBytes() : headroomBytes() / 2;
+        long h = headroomBytes();
+        // G1: at least its to-space reserve (a balloon that took it left a young collection no room
+        // to evacuate into on JDK 21 at 100 MiB/s: the full collection after it cleared the balloon).
+        return "Shenandoah".equals(stats.gc) ? Math.max(h / 2, 2 * headroom.baseBytes())
+                : Math.max(h / 2, headroom.g1ReserveBytes());
     }
 
     /** Grows the balloon towards {@code limit}; true when the live-set estimate stopped it. */
@@ -324,8 +347,11 @@ final class Controller {
         long deadline = System.nanoTime() + INFLATE_BUDGET_NS;
         boolean grew = false;
         boolean blocked = false;
-        while (balloon.footprintBytes() + chunkBytes <= limit && balloon.chunkCount() < Balloon.MAX_CHUNKS
-                && System.nanoTime() < deadline) {
+        // Shenandoah: at most SHENANDOAH_INFLATE_BYTES_PER_TICK a tick (see the constant).
+        long stopAt = "Shenandoah".equals(stats.gc) ? balloon.footprintBytes() + SHENANDOAH_INFLATE_BYTES_PER_TICK
+                : Long.MAX_VALUE;
+        while (balloon.footprintBytes() + chunkBytes <= Math.min(limit, stopAt)
+                && balloon.chunkCount() < Balloon.MAX_CHUNKS && System.nanoTime() < deadline) {
             if (balloon.footprintBytes() + chunkBytes > balloonMaxBytes()) {
                 blocked = true;
                 break;
@@ -356,6 +382,7 @@ final class Controller {
                     Log.info("flap: re-inflating after a give-back that no rise of the live set explained");
                 }
                 liveAtGrowthBytes = liveBytes();
+                headroomAtGrowthBytes = headroomBytes();
             }
             changed.set(true);
         }
@@ -364,46 +391,10 @@ final class Controller {
             event("inflate_done", 0, "", 0);
         }
         if (grew && !stats.regionBased()) {
-            settleLeft = SETTLE_COLLECTIONS;
-        } else if (!grew && settleLeft > 0) {
-            settle();
+            explicit.grew();
+        } else if (!grew) {
+            explicit.settleIfDue();
         }
         return blocked;
-    }
-
-    /**
-     * Serial and Parallel keep the new chunks where promotion put them, with dead space below,
-     * and move them at a later full compaction, which rewrites their pages (and, in a guest,
-     * makes the host reclaim them again). Once growth stops, a few explicit collections settle
-     * the balloon at once (Parallel compacts fully on System.gc(); Serial every 4th time), one a
-     * tick: a one-time cost per inflation, instead of moves at some later moment.
-     */
-    private void settle() {
-        settleLeft--;
-        long t0 = System.nanoTime();
-        System.gc();
-        lastProbeMs = System.currentTimeMillis();
-        Log.debug("settling collection took " + (System.nanoTime() - t0) / 1_000_000 + " ms");
-    }
-
-    /**
-     * Asks for a complete collection when a stale estimate is what holds the balloon back:
-     * the last complete collection (or probe) is at least PROBE_MIN_MS old, and the last
-     * probe's pause, repeated at this interval, would cost under 2% of wall time.
-     */
-    private void maybeProbe(long now) {
-        if (targetBytes - balloon.footprintBytes() < balloon.geometry.footprintBytes) {
-            return;
-        }
-        long interval = Math.max(PROBE_MIN_MS, 50 * lastProbeCostMs);
-        if (now - Math.max(Math.max(live.completeAtMs(), lastProbeMs), lastGrowthMs) < interval) {
-            return;
-        }
-        lastProbeMs = now;
-        long t0 = System.nanoTime();
-        System.gc();
-        lastProbeCostMs = (System.nanoTime() - t0) / 1_000_000;
-        lastProbeMs = System.currentTimeMillis();
-        Log.debug("probe collection took " + lastProbeCostMs + " ms; live set now " + (liveBytes() >> 20) + " MiB");
     }
 }

@@ -36,7 +36,8 @@ final class HeapStats {
                 heapPools.add(pool.getName());
             }
         }
-        regionBytes = "G1".equals(gc) ? vmOptionLong("G1HeapRegionSize", 0) : 0;
+        regionBytes = "G1".equals(gc) ? vmOptionLong("G1HeapRegionSize", 0)
+                : "Shenandoah".equals(gc) ? shenandoahRegionBytes(maxBytes()) : 0;
         objectAlignmentBytes = (int) vmOptionLong("ObjectAlignmentInBytes", 8);
     }
 
@@ -56,6 +57,22 @@ final class HeapStats {
             }
         }
         return "unknown";
+    }
+
+    /**
+     * Shenandoah's region size, as HotSpot picks it (ShenandoahHeapRegion::setup_sizes): the
+     * heap over ShenandoahTargetNumRegions, within ShenandoahMin/MaxRegionSize, rounded down to
+     * a power of two; or ShenandoahRegionSize when set.
+     */
+    static long shenandoahRegionBytes(long heapBytes) {
+        long set = vmOptionLong("ShenandoahRegionSize", 0);
+        if (set > 0) {
+            return set;
+        }
+        long target = Math.max(1, vmOptionLong("ShenandoahTargetNumRegions", 2048));
+        long min = vmOptionLong("ShenandoahMinRegionSize", 256L << 10);
+        long max = vmOptionLong("ShenandoahMaxRegionSize", 32L << 20);
+        return Long.highestOneBit(Math.max(1, Math.min(max, Math.max(min, heapBytes / target))));
     }
 
     static long vmOptionLong(String name, long dflt) {

@@ -104,6 +104,14 @@ final class Wire {
         String liveSource = "";
         long balloonMaxBytes;
         long flaps;
+        long softCleared;
+        long headroomBytes;
+        long allocBytesPerS;
+        /** GC threads' CPU over the JVM's, in permille, and the pause p99; -1: not measured yet. */
+        long gcCpuPermille = -1;
+        long gcCpuPermilleNoBalloon = -1;
+        long pauseP99Ms = -1;
+        long pauseP99MsNoBalloon = -1;
         long gcCount;
         long gcTimeMs;
         long balloonBytes;
@@ -140,7 +148,7 @@ final class Wire {
     }
 
     private static Json.Obj fields(Json.Obj obj, StateFields s) {
-        return obj.put("heap_max_bytes", s.heapMaxBytes)
+        obj.put("heap_max_bytes", s.heapMaxBytes)
                 .put("heap_committed_bytes", s.heapCommittedBytes)
                 .put("heap_used_bytes", s.heapUsedBytes)
                 .put("live_bytes", s.liveBytes)
@@ -154,6 +162,21 @@ final class Wire {
                 .put("reclaim", s.reclaim)
                 .put("chunks_epoch", s.chunksEpoch)
                 .raw("chunks", s.chunksJson);
+        // Issue 15's fields travel only once they say something: the driver defaults them.
+        putIf(obj, "soft_cleared", s.softCleared, 0);
+        putIf(obj, "headroom_bytes", s.headroomBytes, 0);
+        putIf(obj, "alloc_bytes_per_s", s.allocBytesPerS, 0);
+        putIf(obj, "gc_cpu_permille", s.gcCpuPermille, -1);
+        putIf(obj, "gc_cpu_permille_no_balloon", s.gcCpuPermilleNoBalloon, -1);
+        putIf(obj, "pause_p99_ms", s.pauseP99Ms, -1);
+        putIf(obj, "pause_p99_ms_no_balloon", s.pauseP99MsNoBalloon, -1);
+        return obj;
+    }
+
+    private static void putIf(Json.Obj obj, String name, long value, long absent) {
+        if (value != absent) {
+            obj.put(name, value);
+        }
     }
 
     /** One chunk's entry: {"id":..,"addr":..,"len":..,"released":..}. */
