@@ -23,6 +23,16 @@ from heapballoon.poll import Timeout, wait_until
 
 PY = sys.executable
 MIB = 1 << 20
+# A JVM that prints "ready" and sleeps: the target of the attach tests.
+SLEEPER = """
+public class Sleeper {
+    public static void main(String[] a) throws Exception {
+        System.out.println("ready");
+        System.out.flush();
+        Thread.sleep(120_000);
+    }
+}
+"""
 
 
 def wait_for(pred, timeout_s: float = 10.0, interval_s: float = 0.1, what: str = "condition"):

@@ -22,19 +22,10 @@ import pytest
 from heapballoon.agent import attach as attach_mod
 from heapballoon.agent.attach import attach_agent
 from heapballoon.errors import AttachError, NotAJVM
-from hbtest import wait_for
+from hbtest import SLEEPER, wait_for
 
 pytestmark = pytest.mark.jvm
 
-SLEEPER = """
-public class Sleeper {
-    public static void main(String[] a) throws Exception {
-        System.out.println("ready");
-        System.out.flush();
-        Thread.sleep(120_000);
-    }
-}
-"""
 AGENT = """
 import java.nio.file.*;
 public class TestAgent {

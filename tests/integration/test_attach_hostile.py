@@ -22,21 +22,12 @@ import pytest
 
 from heapballoon.agent.attach import attach_agent
 from heapballoon.errors import AttachError
-from hbtest import wait_for
+from hbtest import SLEEPER, wait_for
 
 pytestmark = [pytest.mark.jvm, pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run a JVM as nobody")]
 
 NOBODY = 65534
-SLEEPER = """
-public class Sleeper {
-    public static void main(String[] a) throws Exception {
-        System.out.println("ready");
-        System.out.flush();
-        Thread.sleep(120_000);
-    }
-}
-"""
 AGENT = """
 import java.nio.file.*;
 public class TestAgent {

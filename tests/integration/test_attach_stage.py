@@ -21,21 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from hbtest import run_cli, wait_for
+from hbtest import SLEEPER, run_cli, wait_for
 
 pytestmark = [pytest.mark.jvm, pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run JVMs as nobody and namespaces")]
 
 NOBODY = 65534
-SLEEPER = """
-public class Sleeper {
-    public static void main(String[] a) throws Exception {
-        System.out.println("ready");
-        System.out.flush();
-        Thread.sleep(120_000);
-    }
-}
-"""
 JAVA_FLAGS = ["-Xmx32m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"]
 
 
