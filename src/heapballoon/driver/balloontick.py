@@ -120,7 +120,8 @@ class BalloonTick:
         if not self.VERIFY_PAGEMAP:
             return
         now = self.clock()
-        plans = [(rec.pid, rec.starttime, rec.state.chunks, rec.scan, rec.peak_bytes) for rec in self.registry
+        plans = [(rec.pid, rec.starttime, rec.state.chunks, rec.scan, rec.peak_bytes, rec.given_back_bytes)
+                 for rec in self.registry
                  if rec.state.chunks and rec.hello.address_mode != "none"
                  and self._verify_due(rec, now)]
         for rec in self.registry:
@@ -145,6 +146,7 @@ class BalloonTick:
             if v is None:
                 continue  # pagemap unreadable now
             rec.peak_bytes = max(rec.peak_bytes, v.peak_bytes)
+            rec.given_back_bytes = max(rec.given_back_bytes, v.given_back_bytes)
             if v.reclaimed_bytes < rec.reclaimed_bytes and rec.verified_epoch == rec.state.chunks_epoch:
                 # Fewer pages reclaimed at the same addresses: either the JVM wrote to its
                 # balloon, or a collection moved the chunks and the agent's new addresses are
@@ -218,9 +220,10 @@ def _read_verifications(procfs: ProcFS, plans, zero_pfn):
     daemon state. Per agent: a Scan (more to read), a Verification, None (unreadable now), or
     the exception that agent's verification raised (MemoryError included): it is dropped."""
     out = []
-    for pid, starttime, chunks, scan, peak_bytes in plans:
+    for pid, starttime, chunks, scan, peak_bytes, given_back_bytes in plans:
         try:
-            out.append((pid, chunks, verify_step(procfs, pid, starttime, chunks, scan, zero_pfn, peak_bytes)))
+            out.append((pid, chunks, verify_step(procfs, pid, starttime, chunks, scan, zero_pfn, peak_bytes,
+                                                 given_back_bytes=given_back_bytes)))
         except KernelError as err:
             log.debug("pagemap of pid %d unreadable: %s", pid, err)
             out.append((pid, chunks, None))

@@ -33,6 +33,7 @@ class JVMRecord:
     verified_s: float | None = None  # when a verification was last published (driver clock)
     scan: object | None = None  # a verification under way (driver.verify.Scan), resumed next tick
     peak_bytes: int = 0  # the highest peak resident set (VmHWM) a verification saw
+    given_back_bytes: int = 0  # the most it was ever seen below that peak (caps reclaimed_bytes)
     moved_chunks: int = 0
     drift_pages: int = 0
     events: dict[str, int] = field(default_factory=dict)
@@ -92,6 +93,7 @@ class Registry:
             rec.explicit_target_bytes = old.explicit_target_bytes
             rec.events = old.events
             rec.peak_bytes = old.peak_bytes
+            rec.given_back_bytes = old.given_back_bytes
         self.jvms[pid] = rec
         return rec
 

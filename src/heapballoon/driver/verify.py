@@ -11,7 +11,9 @@ before and not resident after**:
   ``use_zero_pages``).
 * *Resident before*: a page the process never touched is also "not present". So the count is
   capped by what the process really gave back, as the kernel counts it: its peak resident set
-  (``VmHWM``, and the highest the driver saw) minus what is resident or swapped now. An agent
+  (``VmHWM``, and the highest the driver saw) minus what is resident or swapped now — the
+  *most* it was ever seen below its peak (``given_back_bytes``, kept per JVM), so a JVM that
+  later grows elsewhere (JIT, metaspace) does not see its balloon's credit shrink. An agent
   that maps a huge range and never touches it shows 0 reclaimed; a balloon inflated into heap
   the JVM never used saves nothing now, and shows (about) nothing.
 
@@ -40,6 +42,7 @@ class Verification:
     present_pages: int
     not_resident_pages: int = 0  # before the cap
     peak_bytes: int = 0  # the highest peak resident set seen, this verification included
+    given_back_bytes: int = 0  # the most the process was ever seen below its peak, this one included
     claimed_pages: int = 0  # every claimed whole page, inside the heap or not
 
     @property
@@ -103,7 +106,7 @@ def _check_same_process(procfs: ProcFS, pid: int, starttime: int) -> None:
 
 def verify_step(procfs: ProcFS, pid: int, starttime: int, chunks: tuple[protocol.Chunk, ...], scan: Scan | None,
                 zero_pfn: int | None, peak_bytes: int,
-                budget_pages: int = MAX_VERIFY_PAGES_PER_TICK) -> Scan | Verification:
+                budget_pages: int = MAX_VERIFY_PAGES_PER_TICK, given_back_bytes: int = 0) -> Scan | Verification:
     """One tick of verification of one agent (worker thread; touches no driver state): read
     at most ``budget_pages`` more pages; the next :class:`Scan`, or the :class:`Verification`
     once every page is read. KernelError (ProcessGone) when ``pid`` is not the process started
@@ -132,9 +135,11 @@ def verify_step(procfs: ProcFS, pid: int, starttime: int, chunks: tuple[protocol
         res = pagemap.residency(procfs, pid)
         _check_same_process(procfs, pid, starttime)
     peak = max(peak_bytes, res.peak_bytes)
-    given_back_pages = max(0, peak - res.resident_bytes - res.swap_bytes) // pagemap.PAGE_SIZE
+    given_back = max(given_back_bytes, peak - res.resident_bytes - res.swap_bytes, 0)
+    given_back_pages = given_back // pagemap.PAGE_SIZE
     return Verification(balloon_pages=count.pages, reclaimed_pages=min(count.reclaimed, given_back_pages),
                         present_pages=count.present, not_resident_pages=count.reclaimed, peak_bytes=peak,
+                        given_back_bytes=given_back,
                         claimed_pages=scan.claimed_pages)
 
 
