@@ -384,3 +384,25 @@ def test_psi_is_the_stall_share_since_the_last_tick_not_the_lingering_avg10():
     soon = Observations(replace(host, psi_some_total_us=5.31e6, psi_full_total_us=2.2e6), obs.workloads)
     s, d = tick(cfg, s, soon, 2.05)  # 50 ms later: the last rate stands
     assert abs(d.psi_some_pct - 30.0) < 1e-6
+
+
+def test_each_cgroup_keeps_its_own_jvms_under_its_limit_and_the_budget_applies_on_top():
+    """Issue 18: a container near its limit balloons *its* JVM, not the node's other idle one;
+    a node budget still takes from everyone on top."""
+    from heapballoon.policy import GroupObservation
+
+    limit, usage = 1150 * MIB, 1120 * MIB  # 30 MiB free, minFree 69 MiB: hard
+    boxed = jvm("boxed", 1080 * MIB, 0.0)
+    other = jvm("other", 1100 * MIB, 0.0)  # idle too, and larger: the node-wide rule would pick it
+    host = replace(HOST, groups=(GroupObservation("/pod/a", limit, usage, ("boxed",)),))
+    state, d = tick(PolicyConfig(), PolicyState(), Observations(host, (boxed, other)), 0.0)
+    t = {w.key: w.target_bytes for w in d.workloads}
+    margin = 1.75 * esxi_min_free_bytes(limit)
+    assert t["boxed"] >= margin - (limit - usage) - MIB and t["other"] == 0
+    assert d.constraint == "cgroup /pod/a" and d.state == "hard" and state.group_states["/pod/a"] == "hard"
+    assert [(g.path, g.state) for g in d.groups] == [("/pod/a", "hard")]
+    assert "cgroup /pod/a: hard" in explain_text(d)
+    _, d2 = tick(PolicyConfig(), PolicyState(), Observations(replace(host, memory_budget_bytes=1800 * MIB),
+                                                             (boxed, other)), 0.0)
+    t2 = {w.key: w.target_bytes for w in d2.workloads}
+    assert t2["boxed"] >= t["boxed"] and t2["other"] > 0 and sum(t2.values()) >= 2180 * MIB - 1800 * MIB
