@@ -92,7 +92,7 @@ import heapq
 from types import MappingProxyType
 
 from heapballoon.policy import proactive
-from heapballoon.policy.config import PolicyConfig
+from heapballoon.policy.config import PolicyConfig, WorkloadIdentity
 from heapballoon.policy.constraints import aim, effective_budget, esxi_min_free_bytes, psi_pct, rank, step_bytes
 from heapballoon.policy.groups import group_aims, worst
 from heapballoon.policy.model import (
@@ -165,7 +165,8 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
     # activity, shares, floors
     known = {w.key: a for w in wls if (a := _activity(config, state, w, now_s)) is not None}
     act = {w.key: known.get(w.key, 1.0) for w in wls}
-    rules = {w.key: config.rule_for(w.name) for w in wls}
+    rules = {w.key: config.rule_for(WorkloadIdentity(w.name, w.pod, w.pod_uid, w.container, w.container_id))
+             for w in wls}
     shares = {w.key: w.shares if w.shares is not None else rules[w.key].shares for w in wls}
     reservation = {w.key: w.reservation_bytes if w.reservation_bytes is not None else rules[w.key].reservation_bytes
                    for w in wls}

@@ -86,6 +86,11 @@ class WorkloadObservation:
     # Share of wall time the workload spent collecting garbage lately, 0..1; None: not known.
     # The proactive mode's per-workload cost signal (proactive.py).
     gc_cost: float | None = None
+    # JVMs in containers: what the policy file's pod/container rules select by ("" unknown)
+    pod: str = ""  # namespace/name
+    pod_uid: str = ""
+    container: str = ""  # the container's name
+    container_id: str = ""
 
     @property
     def held_bytes(self) -> int:
