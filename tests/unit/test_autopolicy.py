@@ -191,29 +191,43 @@ def test_each_jvm_is_observed_in_every_limited_cgroup_it_is_in_on_v2(tmp_path):
 
 def test_pod_and_container_names_reach_the_policy_files_rules(tmp_path):
     """Issue 18: a JVM in a pod is selected by `pod = "ns/name"` and `container = "name"` in the
-    policy file: ids from its cgroup path (v1, kubelet cgroupfs layout), names from the
-    kubelet's log directories (fixture tree); a JVM outside Kubernetes has none."""
+    policy file: the names the driver read at its hello (ids from its cgroup path, v1 kubelet
+    cgroupfs layout; names from the kubelet's log directories, a fixture tree); a JVM outside
+    Kubernetes has none."""
     from pathlib import Path
 
     from heapballoon.linux.kubelet import KubeletLogs
     from test_cgroupmem import CID, FIXTURES, UID, V1_CONTAINER
 
-    root = tmp_path / "proc"
     procfs, _ = fake_proc(tmp_path, {101: 900, 102: 400})
-    (root / "101" / "cgroup").write_text(f"4:memory:{V1_CONTAINER}\n")
-    (root / "102" / "cgroup").write_text("4:memory:/system.slice\n")
     policy = tmp_path / "policy.toml"
     policy.write_text('[[workload]]\npod = "shop/orders-*"\ncontainer = "app"\nshares = 4000\n')
     kubelet = KubeletLogs(str(Path(FIXTURES).parent / "kubelet"))
-    p = AutoPolicy(str(policy), None, procfs=procfs, cgroup=CgroupMemory(str(FIXTURES / "v1"), str(tmp_path)),
-                   kubelet=kubelet)
+    p = AutoPolicy(str(policy), None, procfs=procfs, cgroup=CgroupMemory(str(FIXTURES / "v1"), str(tmp_path)))
     recs = [record(101), record(102)]
+    for rec, path in zip(recs, (V1_CONTAINER, "/system.slice")):  # what the driver reads at hello
+        names = kubelet.names(path)
+        rec.cgroup, rec.pod, rec.container = path, names.pod, names.container
     w = {w.key: w for w in p.observe(recs, 0.0).workloads}
     assert (w["101"].pod, w["101"].pod_uid, w["101"].container, w["101"].container_id) == (
         "shop/orders-7d9f", UID, "app", CID)
     assert (w["102"].pod, w["102"].container_id) == ("", "")
     p.maybe_tick(recs, 0.0)
     assert {d.key: d.shares for d in p.decisions.workloads} == {"101": 4000, "102": 1000}
+    status = recs[0].status(0)
+    assert (status.pod, status.container, status.pod_uid, status.container_id) == ("shop/orders-7d9f", "app", UID, CID)
+
+
+def test_kubelet_log_directories_name_pods_and_containers(tmp_path):
+    from pathlib import Path
+
+    from heapballoon.linux.kubelet import KubeletLogs
+    from test_cgroupmem import CID, FIXTURES
+
+    kubelet = KubeletLogs(str(Path(FIXTURES).parent / "kubelet"))
     assert kubelet.pod("99999999-0000-4000-8000-000000000001") == "kube-system/coredns-5d78"
-    assert kubelet.container("ab" * 32) == "coredns" and kubelet.pod("nope") == ""
-    assert KubeletLogs(str(tmp_path / "none")).container(CID) == ""
+    assert kubelet.container("ab" * 32) == "coredns" and kubelet.pod("nope") == "" and kubelet.container("") == ""
+    assert KubeletLogs(str(tmp_path / "none")).container(CID) == ""  # not a Kubernetes node
+    (tmp_path / "pods" / "no-underscores-here").mkdir(parents=True)
+    (tmp_path / "pods" / "a_b_c_d").mkdir()
+    assert KubeletLogs(str(tmp_path)).pod("d") == "" and KubeletLogs(str(tmp_path)).pod("here") == ""

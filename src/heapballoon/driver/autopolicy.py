@@ -28,7 +28,6 @@ from heapballoon import protocol
 from heapballoon.errors import KernelError
 from heapballoon.linux.cgroupid import identify
 from heapballoon.linux.cgroupmem import CgroupMemory
-from heapballoon.linux.kubelet import KubeletLogs
 from heapballoon.linux.procfs import ProcFS
 from heapballoon.status import PolicyReport
 from heapballoon.policy import (
@@ -117,20 +116,17 @@ class AutoPolicy:
     """The policy engine run for one node driver. Owned by the driver's event loop thread."""
 
     def __init__(self, policy_file: str | None = None, memory_budget_bytes: int | None = None, *,
-                 procfs: ProcFS | None = None, cgroup: CgroupMemory | None = None,
-                 kubelet: KubeletLogs | None = None) -> None:
+                 procfs: ProcFS | None = None, cgroup: CgroupMemory | None = None) -> None:
         self.path = policy_file or DEFAULT_POLICY_PATH
         self.config: PolicyConfig = load_config(self.path)  # a bad file at start is the CLI's error
         self.memory_budget_bytes = memory_budget_bytes
         self.procfs = procfs or ProcFS()
         self.cgroup = cgroup or CgroupMemory()
-        self.kubelet = kubelet or KubeletLogs()
         self.state = PolicyState()
         self.decisions: Decisions | None = None
         self.by_key: dict[str, WorkloadDecision] = {}
         self.meters: dict[int, ActivityMeter] = {}
         self.groups: dict[tuple[int, int], str | None] = {}
-        self.identities: dict[tuple[int, int], dict[str, str]] = {}
         self.ticks = 0
         self.last_tick_s: float | None = None
         self.due = True  # tick at the next step (a reload, a pin); a new JVM waits for the interval
@@ -208,16 +204,6 @@ class AutoPolicy:
                 self.groups[key] = None
         return self.groups[key]
 
-    def _identity(self, key: tuple[int, int]) -> dict[str, str]:
-        """Pod and container of a JVM, for the policy file's rules: the ids from its cgroup
-        path, the names from the kubelet's log directories (linux/kubelet.py)."""
-        if key not in self.identities:
-            ident = identify(self._group_of(key) or "")
-            self.identities[key] = dict(
-                pod_uid=ident.pod_uid, pod=self.kubelet.pod(ident.pod_uid), container_id=ident.container_id,
-                container=self.kubelet.container(ident.container_id))
-        return self.identities[key]
-
     def observe(self, records, now_s: float) -> Observations:
         workloads = []
         alive = set()
@@ -233,6 +219,7 @@ class AutoPolicy:
             meter.update(rec.state, now_s)  # the same state again is not a new sample
             s = rec.state
             current = rec.sent.target_bytes if rec.sent is not None else s.target_bytes
+            ids = identify(rec.cgroup)
             workloads.append(WorkloadObservation(
                 key=str(rec.pid), name=rec.name, kind="jvm", resident_bytes=rss,
                 sources=(SourceObservation("heap", reclaimable_bytes=rec.balloon_max_bytes,
@@ -242,13 +229,14 @@ class AutoPolicy:
                 pinned_target_bytes=rec.explicit_target_bytes,
                 # a heap the JVM shrank (self-sizing) is memory found (policy/law.py, 1.)
                 uncommitted_bytes=max(0, s.heap_max_bytes - s.heap_committed_bytes) if s.heap_committed_bytes else 0,
-                gc_cost=meter.gc_cost(), **self._identity((rec.pid, rec.starttime))))
+                gc_cost=meter.gc_cost(),
+                # the policy file's pod/container rules: what the driver read at hello
+                pod=rec.pod, pod_uid=ids.pod_uid, container=rec.container, container_id=ids.container_id))
         for pid in list(self.meters):
             if pid not in alive:
                 del self.meters[pid]
         for key in [k for k in self.groups if k[0] not in alive]:
             del self.groups[key]
-            self.identities.pop(key, None)
         pids = [(r.pid, r.starttime) for r in records if r.pid in alive]
         return Observations(self._host(pids), tuple(workloads))
 

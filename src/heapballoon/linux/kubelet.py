@@ -17,9 +17,22 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
+
+from heapballoon.linux.cgroupid import identify
 
 DEFAULT_ROOT = "/var/log"
 _CONTAINER_LOG = re.compile(r"^([^_]+)_([^_]+)_(.+)-([0-9a-f]{64})\.log$")
+
+
+@dataclass(frozen=True)
+class Names:
+    """Who a JVM is, from its cgroup path and the kubelet: ids ("" none) and names ("" unknown)."""
+
+    container_id: str = ""
+    pod_uid: str = ""
+    container: str = ""  # the container's name
+    pod: str = ""  # namespace/name
 
 
 class KubeletLogs:
@@ -31,6 +44,11 @@ class KubeletLogs:
             return sorted(e.name for e in os.scandir(os.path.join(self.root, sub)))
         except OSError:
             return []
+
+    def names(self, cgroup_path: str) -> Names:
+        """The ids a cgroup path names (linux/cgroupid.py) and, where the kubelet has them, the names."""
+        ident = identify(cgroup_path)
+        return Names(ident.container_id, ident.pod_uid, self.container(ident.container_id), self.pod(ident.pod_uid))
 
     def pod(self, pod_uid: str) -> str:
         """``namespace/name`` of the pod with ``pod_uid``; "" when not found."""
