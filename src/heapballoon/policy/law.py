@@ -159,7 +159,8 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
                                                coming_back, (psi_some, psi_full), now_s)
     # each limited cgroup's own aim (groups.py): its workloads give that first
     aims = group_aims(config, state, obs, {w.key: sum(_prev_target(state, w, s.kind) for s in w.sources) for w in wls},
-                      {w.key: w.held_bytes for w in wls}, {w.key: demand[w.key] - w.unballooned_bytes for w in wls})
+                      {w.key: w.held_bytes for w in wls}, {w.key: demand[w.key] - w.unballooned_bytes for w in wls},
+                      now_s)
     node_state = worst(node_state, aims)
 
     # activity, shares, floors
@@ -271,7 +272,8 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
         members = set(a.keys)
         has = sum(alloc[(key, kind)] for (key, kind) in alloc if key in members)
         left = fill([w for w in free_wls if w.key in members], max(0, a.want_bytes - has))
-        group_decisions.append(GroupDecision(a.path, a.state, a.limit_bytes, a.usage_bytes, a.want_bytes, left))
+        group_decisions.append(GroupDecision(a.path, a.state, a.limit_bytes, a.usage_bytes, a.want_bytes, left,
+                                             a.growth_bytes))
         need = max(need, a.need_bytes)
     taken = sum(given[w.key] for w in free_wls)  # by limits and groups
     if aims and pinned_total + taken > want_f and any(a.want_bytes for a in aims):
@@ -330,6 +332,7 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
         last_s=now_s,
         psi_totals_us=psi_totals,
         group_states=MappingProxyType({a.path: a.state for a in aims}),
+        group_demand=MappingProxyType({a.path: (a.demand_bytes, now_s) for a in aims}),
     )
     return new_state, Decisions(
         state=node_state, constraint=constraint, budget_bytes=budget, resident_bytes=resident, held_bytes=held,

@@ -124,6 +124,8 @@ class PolicyState:
     psi_totals_us: tuple[float, float, float, float, float] | None = None
     # cgroup path → its state last tick (groups.py; the same hysteresis as the node's)
     group_states: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # cgroup path → (its usage + what its workloads held, when): the group's growth rate (groups.py)
+    group_demand: Mapping[str, tuple[int, float]] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -162,6 +164,7 @@ class GroupDecision:
     usage_bytes: int
     want_bytes: int  # what its workloads' sources should hold at least
     unmet_bytes: int = 0  # of want, what its workloads could not give
+    growth_bytes: int = 0  # free taken ahead by this much: the group's growth (groups.py)
 
 
 @dataclass(frozen=True)
