@@ -12,7 +12,9 @@ The law in five steps:
    * ``host``: free = MemAvailable, minFree = ``min_free`` or ESXi's sliding scale (6 % of the
      first 4 GiB, 4 % of the next 8, 2 % of the next 16, 1 % of the rest: 899 MiB for 28 GiB);
    * ``cgroup`` (when the workloads share a memory cgroup with a limit): free = limit − usage,
-     minFree from the same scale applied to the limit.
+     minFree from the same scale applied to the limit;
+   * each limited cgroup of *some* workloads (a container, a pod; groups.py): the same rule
+     for its own workloads, which give its want first (step 3); the node's aim on top.
 
    Free memory is *predicted*, not just measured: a balloon that deflated leaves garbage
    whose pages come back only when the heap reuses them, so resident + held drops for a while

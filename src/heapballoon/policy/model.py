@@ -170,7 +170,9 @@ class GroupDecision:
 @dataclass(frozen=True)
 class Decisions:
     state: str  # one of STATES
-    constraint: str  # what set the aim: "budget", "host", "cgroup", "psi", "proactive", "limit" or "none"
+    # what set the aim: "budget", "host", "cgroup", "cgroup PATH" (one container's, groups.py),
+    # "psi", "proactive", "limit" or "none"
+    constraint: str
     budget_bytes: int | None  # the budget in force (None: the host decides)
     resident_bytes: int  # managed workloads' resident total
     held_bytes: int  # what their sources hold now
