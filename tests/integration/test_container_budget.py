@@ -100,7 +100,8 @@ def container(demo_dir, container_cgroup):
 
 def ready(j: JVM, live_mib: int) -> dict:
     return wait_for(lambda: next((x for x in j.lines if x.get("live_mib") == live_mib), None), 60, 0.2,
-                    what=f"ChurnApp with {live_mib} MiB live (stdout {j.stdout_lines[-3:]}, stderr {j.stderr()[-300:]})")
+                    what=f"ChurnApp with {live_mib} MiB live (stdout {j.stdout_lines[-3:]}, "
+                         f"stderr {j.stderr()[-300:]})")
 
 
 @pytest.mark.parametrize("neighbour", [False, True], ids=["alone", "with an idle JVM outside on the node"])

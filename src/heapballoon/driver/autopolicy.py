@@ -4,9 +4,10 @@ workloads of the shared policy engine (:mod:`heapballoon.policy`).
 This module owns the adapter between the driver and the pure law: it builds
 :class:`~heapballoon.policy.Observations` from the registry and the kernel readers (each JVM's
 RSS through procfs, MemAvailable, PSI, the limited memory cgroups each JVM is in, v1 or v2:
-each one's limit binds its own JVMs, policy/groups.py), measures each JVM's activity, calls :func:`~heapballoon.policy.tick`, and keeps the
-last decisions for the driver, ``status`` and ``policy explain``. It also owns the policy
-file: loaded at start, reloaded on SIGHUP, and a bad file keeps the last good policy.
+each one's limit binds its own JVMs, policy/groups.py), measures each JVM's activity, calls
+:func:`~heapballoon.policy.tick`, and keeps the last decisions for the driver, ``status`` and
+``policy explain``. It also owns the policy file: loaded at start, reloaded on SIGHUP, and a bad
+file keeps the last good policy.
 
 Activity. The agent reports no allocation rate, so it is derived from what each ``state``
 carries: between two collections, heap used rises by what the application allocates (the
@@ -31,9 +32,9 @@ from heapballoon.linux.cgroupmem import CgroupMemory
 from heapballoon.linux.procfs import ProcFS
 from heapballoon.status import PolicyReport
 from heapballoon.policy import (
-    DEFAULT_POLICY_PATH, Decisions, GroupObservation, HostObservation, Observations, PolicyConfig, PolicyConfigError, PolicyState,
-    SourceObservation, WorkloadDecision, WorkloadObservation, explain_text, load_config, state_text, summary_line, tick,
-    workload_line,
+    DEFAULT_POLICY_PATH, Decisions, GroupObservation, HostObservation, Observations, PolicyConfig, PolicyConfigError,
+    PolicyState, SourceObservation, WorkloadDecision, WorkloadObservation, explain_text, load_config, state_text,
+    summary_line, tick, workload_line,
 )
 
 log = logging.getLogger("heapballoon.policy")

@@ -33,13 +33,14 @@ from heapballoon.policy.config import parse as parse_config
 from heapballoon.policy.explain import explain_text, state_text, summary_line, workload_line
 from heapballoon.policy.law import effective_budget, esxi_min_free_bytes, tick
 from heapballoon.policy.model import (
-    SOURCE_KINDS, STATES, Decisions, GroupDecision, GroupObservation, HostObservation, Observations, PolicyState, SourceDecision,
-    SourceObservation, WorkloadDecision, WorkloadObservation,
+    SOURCE_KINDS, STATES, Decisions, GroupDecision, GroupObservation, HostObservation, Observations, PolicyState,
+    SourceDecision, SourceObservation, WorkloadDecision, WorkloadObservation,
 )
 
 __all__ = [
     "DEFAULT_POLICY_PATH", "PolicyConfig", "PolicyConfigError", "WorkloadRule", "load_config", "parse_config",
     "explain_text", "state_text", "summary_line", "workload_line", "effective_budget", "esxi_min_free_bytes",
-    "tick", "SOURCE_KINDS", "STATES", "Decisions", "GroupDecision", "GroupObservation", "HostObservation", "Observations", "PolicyState",
+    "tick", "SOURCE_KINDS", "STATES", "Decisions", "GroupDecision", "GroupObservation", "HostObservation",
+    "Observations", "PolicyState",
     "SourceDecision", "SourceObservation", "WorkloadDecision", "WorkloadObservation",
 ]

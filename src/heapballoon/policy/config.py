@@ -91,7 +91,8 @@ class WorkloadRule:
             return False
         if self.container is not None:
             sel = self.container.lower()
-            by_id = who.container_id and (who.container_id == sel or len(sel) >= 12 and who.container_id.startswith(sel))
+            cid = who.container_id
+            by_id = cid and (cid == sel or len(sel) >= 12 and cid.startswith(sel))
             if not (by_id or who.container and fnmatch.fnmatchcase(who.container, self.container)):
                 return False
         return True
