@@ -6,6 +6,7 @@ Tests read like scripts: ``d = daemons.start()``, ``j = jvms.run(d, heap="1g", l
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -285,3 +286,24 @@ def png_size(path) -> tuple[int, int]:
         head = f.read(24)
     assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
     return struct.unpack(">II", head[16:24])
+
+
+@contextlib.contextmanager
+def pod_cgroup(prefix: str, pod_uid: str, container_id: str, limit_bytes: int | None = None):
+    """A v1 memory cgroup laid out as the kubelet's (cgroupfs driver):
+    ``/<prefix>-PID/kubepods/burstable/pod<uid>/<container id>``, the container's group limited
+    to ``limit_bytes`` if given; the whole tree removed after (its processes must be gone). Skips
+    (with the reason) without a v1 memory controller."""
+    from heapballoon.linux import cgroup
+
+    if not cgroup.v1_available():
+        pytest.skip("needs a cgroup v1 memory controller (a pod's cgroup)")
+    parent = cgroup.MemoryCgroup(f"{prefix}-{os.getpid()}").create()
+    try:
+        g = parent.child(f"kubepods/burstable/pod{pod_uid}/{container_id}").create()
+        if limit_bytes is not None:
+            g.set_limit_bytes(limit_bytes)
+        yield g
+    finally:
+        parent.remove()
+    assert not parent.exists()

@@ -120,6 +120,8 @@ class JvmStatus:
     cgroup: str = ""
     container_id: str = ""  # the runtime's 64-hex container id
     pod_uid: str = ""  # the Kubernetes pod's UID
+    container: str = ""  # the container's name, where the kubelet's log directories say it
+    pod: str = ""  # the pod's namespace/name, likewise (docs/kubernetes.md)
     # Issue 15: times the JVM cleared the balloon's soft references itself (a failure: it was one
     # step from an OutOfMemoryError); the headroom the agent keeps and the allocation rate it follows;
     # the GC threads' share of the CPUs the JVM may use and the pause p99, with and without a balloon (-1: not

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from hbtest import SLEEPER, run_cli, wait_for
+from hbtest import SLEEPER, pod_cgroup, run_cli, wait_for
 
 pytestmark = [pytest.mark.jvm, pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run JVMs as nobody and namespaces")]
@@ -149,33 +149,27 @@ POD_UID = "1a2b3c4d-5e6f-4a0b-9c8d-7e6f5a4b3c2d"
 
 
 @pytest.fixture
-def pod_cgroup():
+def kubelet_cgroup():
     """A v1 memory cgroup laid out as the kubelet's (cgroupfs driver) under a test-only parent."""
-    from heapballoon.linux import cgroup
-
-    if not cgroup.v1_available():
-        pytest.skip("needs a cgroup v1 memory controller (this test's pod cgroup)")
-    parent = cgroup.MemoryCgroup(f"hb-test-stage-{os.getpid()}").create()
-    g = parent.child(f"kubepods/burstable/pod{POD_UID}/{CID}").create()
-    yield g
-    parent.remove()
+    with pod_cgroup("hb-test-stage", POD_UID, CID) as g:
+        yield g
 
 
 @pytest.mark.parametrize("run", ["the host's /run", "its own /run, the socket's directory bind-mounted"])
 def test_attach_into_a_container_with_its_own_pid_and_mount_namespace(root_only, classes, run_dir, daemons,
-                                                                       pod_cgroup, jvm_factory, monkeypatch, run):
+                                                                       kubelet_cgroup, jvm_factory, monkeypatch, run):
     d = daemons.start("--socket-mode", "666", sock=str(run_dir / "hb.sock"))
     c = jvm_factory(classes, container=True, host_path=run_dir if "bind" in run else None)
     if "bind" in run:  # the container's /run is not ours: only the socket's directory is the same
         theirs, ours = os.stat(f"/proc/{c.pid}/root/run"), os.stat("/run")
         assert (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino)
         assert os.stat(f"/proc/{c.pid}/root{run_dir}").st_ino == run_dir.stat().st_ino
-    pod_cgroup.add_pid(c.pid)
+    kubelet_cgroup.add_pid(c.pid)
     assert nspid(c.pid)[-1] == 1 and os.stat(f"/proc/{c.pid}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino
     out = run_cli("attach", c.pid, "--name", "boxed", sock=d.sock)
     assert out.returncode == 0, out.stderr
     rec = joined(d, c.pid, "boxed")  # the driver knows it by its host pid
-    assert (rec["cgroup"], rec["container_id"], rec["pod_uid"]) == (f"/{pod_cgroup.name}", CID, POD_UID)
+    assert (rec["cgroup"], rec["container_id"], rec["pod_uid"]) == (f"/{kubelet_cgroup.name}", CID, POD_UID)
     monkeypatch.setenv("COLUMNS", "160")  # wide enough for the identity columns
     table = run_cli("status", sock=d.sock).stdout
     assert CID[:12] in table and POD_UID[:8] in table, table

@@ -7,7 +7,7 @@ from dataclasses import replace
 from heapballoon import protocol
 from heapballoon.driver.autopolicy import ActivityMeter, AutoPolicy, allocated_between
 from heapballoon.driver.registry import JVMRecord
-from heapballoon.linux.cgroup import MemoryCgroupV1
+from heapballoon.linux.cgroupmem import CgroupMemory
 from heapballoon.linux.procfs import PAGE_SIZE, ProcFS
 
 MIB = 1 << 20
@@ -29,7 +29,8 @@ def fake_proc(tmp_path, rss_mib: dict[int, int], group="/jobs", avail_gib=16):
     cg.mkdir(parents=True)
     (cg / "memory.limit_in_bytes").write_text(str(8 * GIB))
     (cg / "memory.usage_in_bytes").write_text(str(3 * GIB))
-    return ProcFS(str(root)), MemoryCgroupV1(str(tmp_path / "cg"))
+    (tmp_path / "cg" / "memory.limit_in_bytes").write_text(str(1 << 63))  # the v1 root: none
+    return ProcFS(str(root)), CgroupMemory(str(tmp_path / "cg"))
 
 
 def record(pid, *, live_mib=150, balloon_max_mib=790, used_mib=400, gc_count=1, balloon_mib=0, reclaimed_mib=0):
@@ -152,7 +153,7 @@ def test_jvms_in_sibling_cgroups_are_bound_by_their_parents_limit(tmp_path):
         (cgdir / g).mkdir(parents=True, exist_ok=True)
         (cgdir / g / "memory.limit_in_bytes").write_text(str(limit))
         (cgdir / g / "memory.usage_in_bytes").write_text(str(usage))
-    p = AutoPolicy(None, None, procfs=procfs, cgroup=MemoryCgroupV1(str(cgdir)))
+    p = AutoPolicy(None, None, procfs=procfs, cgroup=CgroupMemory(str(cgdir)))
     obs = p.observe([record(101), record(102)], 0.0)
     assert obs.host.cgroup_limit_bytes == 1000 * MIB and obs.host.cgroup_usage_bytes == 990 * MIB
 
@@ -166,6 +167,67 @@ def test_jvms_without_a_limited_ancestor_have_no_cgroup_constraint(tmp_path):
         (cgdir / g).mkdir(parents=True, exist_ok=True)
         (cgdir / g / "memory.limit_in_bytes").write_text(str(1 << 63))
         (cgdir / g / "memory.usage_in_bytes").write_text(str(MIB))
-    p = AutoPolicy(None, None, procfs=procfs, cgroup=MemoryCgroupV1(str(cgdir)))
+    p = AutoPolicy(None, None, procfs=procfs, cgroup=CgroupMemory(str(cgdir)))
     obs = p.observe([record(101), record(102)], 0.0)
     assert obs.host.cgroup_limit_bytes is None and obs.host.cgroup_usage_bytes is None
+
+
+def test_each_jvm_is_observed_in_every_limited_cgroup_it_is_in_on_v2(tmp_path):
+    """Issue 18: a JVM in a pod's container on a v2 node (the fixture tree) is in the pod's
+    group (memory.high binds) and kubepods'; one outside Kubernetes is in neither."""
+    from pathlib import Path
+
+    from test_cgroupmem import FIXTURES, V2_CONTAINER, V2_POD
+
+    root = tmp_path / "proc"
+    procfs, _ = fake_proc(tmp_path, {101: 900, 102: 400})
+    (root / "101" / "cgroup").write_text(f"0::{V2_CONTAINER}\n")
+    (root / "102" / "cgroup").write_text("0::/system.slice\n")
+    cg = CgroupMemory(str(tmp_path / "no-v1"), str(Path(FIXTURES) / "v2"))
+    obs = AutoPolicy(None, None, procfs=procfs, cgroup=cg).observe([record(101), record(102)], 0.0)
+    assert [(g.path, g.limit_bytes, g.usage_bytes, g.keys) for g in obs.host.groups] == [
+        (V2_POD, 1100 * MIB, 1000 * MIB, ("101",)), ("/kubepods.slice", 20 * GIB, 5 * GIB, ("101",))]
+
+
+def test_pod_and_container_names_reach_the_policy_files_rules(tmp_path):
+    """Issue 18: a JVM in a pod is selected by `pod = "ns/name"` and `container = "name"` in the
+    policy file: the names the driver read at its hello (ids from its cgroup path, v1 kubelet
+    cgroupfs layout; names from the kubelet's log directories, a fixture tree); a JVM outside
+    Kubernetes has none."""
+    from pathlib import Path
+
+    from heapballoon.linux.kubelet import KubeletLogs
+    from test_cgroupmem import CID, FIXTURES, UID, V1_CONTAINER
+
+    procfs, _ = fake_proc(tmp_path, {101: 900, 102: 400})
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[[workload]]\npod = "shop/orders-*"\ncontainer = "app"\nshares = 4000\n')
+    kubelet = KubeletLogs(str(Path(FIXTURES).parent / "kubelet"))
+    p = AutoPolicy(str(policy), None, procfs=procfs, cgroup=CgroupMemory(str(FIXTURES / "v1"), str(tmp_path)))
+    recs = [record(101), record(102)]
+    for rec, path in zip(recs, (V1_CONTAINER, "/system.slice")):  # what the driver reads at hello
+        names = kubelet.names(path)
+        rec.cgroup, rec.pod, rec.container = path, names.pod, names.container
+    w = {w.key: w for w in p.observe(recs, 0.0).workloads}
+    assert (w["101"].pod, w["101"].pod_uid, w["101"].container, w["101"].container_id) == (
+        "shop/orders-7d9f", UID, "app", CID)
+    assert (w["102"].pod, w["102"].container_id) == ("", "")
+    p.maybe_tick(recs, 0.0)
+    assert {d.key: d.shares for d in p.decisions.workloads} == {"101": 4000, "102": 1000}
+    status = recs[0].status(0)
+    assert (status.pod, status.container, status.pod_uid, status.container_id) == ("shop/orders-7d9f", "app", UID, CID)
+
+
+def test_kubelet_log_directories_name_pods_and_containers(tmp_path):
+    from pathlib import Path
+
+    from heapballoon.linux.kubelet import KubeletLogs
+    from test_cgroupmem import CID, FIXTURES
+
+    kubelet = KubeletLogs(str(Path(FIXTURES).parent / "kubelet"))
+    assert kubelet.pod("99999999-0000-4000-8000-000000000001") == "kube-system/coredns-5d78"
+    assert kubelet.container("ab" * 32) == "coredns" and kubelet.pod("nope") == "" and kubelet.container("") == ""
+    assert KubeletLogs(str(tmp_path / "none")).container(CID) == ""  # not a Kubernetes node
+    (tmp_path / "pods" / "no-underscores-here").mkdir(parents=True)
+    (tmp_path / "pods" / "a_b_c_d").mkdir()
+    assert KubeletLogs(str(tmp_path)).pod("d") == "" and KubeletLogs(str(tmp_path)).pod("here") == ""

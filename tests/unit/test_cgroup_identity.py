@@ -22,6 +22,8 @@ UID = "1a2b3c4d-5e6f-4a0b-9c8d-7e6f5a4b3c2d"
     (f"/machine.slice/libpod-{CID}.scope", CID, ""),
     (f"/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{CID}.scope", CID, ""),
     (f"/machine.slice/libpod-conmon-{CID}.scope", "", ""),  # podman's monitor, not the container
+    (f"/libpod_parent/libpod-{CID}", CID, ""),  # podman with --cgroup-manager cgroupfs (issue 18)
+    (f"/libpod_parent/libpod-conmon-{CID}", "", ""),
     (f"/kubepods/burstable/pod{UID}/{CID}", CID, UID),
     (f"/kubepods/pod{UID}/{CID}", CID, UID),
     (f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{UID.replace('-', '_')}.slice/"

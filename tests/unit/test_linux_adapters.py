@@ -89,7 +89,7 @@ def test_virtio_ports_by_name_and_device_nodes(tmp_path):
 
 
 def test_psi_and_memory_cgroup_from_fixture_trees(tmp_path):
-    from heapballoon.linux.cgroup import MemoryCgroupV1
+    from heapballoon.linux.cgroupmem import CgroupMemory
 
     (tmp_path / "pressure").mkdir()
     (tmp_path / "pressure" / "memory").write_text("some avg10=2.50 avg60=1.00 avg300=0.10 total=77\n"
@@ -106,9 +106,9 @@ def test_psi_and_memory_cgroup_from_fixture_trees(tmp_path):
     group.mkdir(parents=True)
     (group / "memory.limit_in_bytes").write_text("9223372036854771712\n")
     (group / "memory.usage_in_bytes").write_text("1048576\n")
-    cg = MemoryCgroupV1(str(tmp_path / "cg"))
-    assert cg.limit_bytes("/jobs/a") is None and cg.usage_bytes("/jobs/a") == 1 << 20
+    cg = CgroupMemory(str(tmp_path / "cg"), str(tmp_path / "v2"))
+    assert cg.limit("/jobs/a", 1) is None
     (group / "memory.limit_in_bytes").write_text("2147483648\n")
-    assert cg.limit_bytes("/jobs/a") == 2 << 30
+    assert (cg.limit("/jobs/a", 1).limit_bytes, cg.limit("/jobs/a", 1).usage_bytes) == (2 << 30, 1 << 20)
     with pytest.raises(KernelError, match="cannot read"):
-        cg.limit_bytes("/nope")
+        cg.limit("/nope", 1)

@@ -98,3 +98,27 @@ def test_hostile_sizes_are_one_line_errors(text, key, line):
 def test_sizes_up_to_1_pib_and_reservation_up_to_limit_still_read():
     cfg = parse_config(f'budget = {1 << 50}\n[[workload]]\nmatch = "a"\nreservation = "1G"\nlimit = "1G"\n')
     assert cfg.budget_bytes == 1 << 50 and cfg.rules[0].reservation_bytes == cfg.rules[0].limit_bytes
+
+
+def test_rules_by_pod_and_container_issue_18():
+    from heapballoon.policy.config import WorkloadIdentity
+
+    cfg = parse_config('[[workload]]\npod = "shop/orders-*"\ncontainer = "app"\nshares = 500\n'
+                       '[[workload]]\ncontainer = "4f0e6c3a8b2d"\nlimit = "1G"\n'
+                       '[[workload]]\npod = "1a2b3c4d-0000-4000-8000-00000000abcd"\nreservation = "256M"\n')
+    cid = "4f0e6c3a8b2d" + "0" * 52
+    uid = "1a2b3c4d-0000-4000-8000-00000000abcd"
+    orders = WorkloadIdentity("jvm", pod="shop/orders-7d9f", pod_uid=uid, container="app", container_id=cid)
+    assert cfg.rule_for(orders).shares == 500
+    assert cfg.rule_for(WorkloadIdentity("jvm", pod="shop/orders-7d9f", container="sidecar",
+                                         container_id=cid)).limit_bytes == 1 << 30  # by id prefix
+    assert cfg.rule_for(WorkloadIdentity("jvm", pod_uid=uid)).reservation_bytes == 256 << 20  # by UID
+    assert cfg.rule_for(WorkloadIdentity("jvm")).shares == 1000 and cfg.rule_for("jvm").limit_bytes is None
+    assert cfg.rule_for(WorkloadIdentity("jvm", container_id="4f0e6c3a" + "0" * 56)).limit_bytes is None  # 8 hex: no
+
+
+def test_a_rule_must_select_something():
+    with pytest.raises(PolicyConfigError, match=r"line 1: workload\[0\].match must be .* or the rule must name a pod"):
+        parse_config('[[workload]]\nshares = 5\n')
+    with pytest.raises(PolicyConfigError, match=r"workload\[0\].pod must be a non-empty string"):
+        parse_config('[[workload]]\npod = 3\n')

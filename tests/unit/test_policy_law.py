@@ -384,3 +384,51 @@ def test_psi_is_the_stall_share_since_the_last_tick_not_the_lingering_avg10():
     soon = Observations(replace(host, psi_some_total_us=5.31e6, psi_full_total_us=2.2e6), obs.workloads)
     s, d = tick(cfg, s, soon, 2.05)  # 50 ms later: the last rate stands
     assert abs(d.psi_some_pct - 30.0) < 1e-6
+
+
+def test_each_cgroup_keeps_its_own_jvms_under_its_limit_and_the_budget_applies_on_top():
+    """Issue 18: a container near its limit balloons *its* JVM, not the node's other idle one;
+    a node budget still takes from everyone on top."""
+    from heapballoon.policy import GroupObservation
+
+    limit, usage = 1150 * MIB, 1120 * MIB  # 30 MiB free, minFree 69 MiB: hard
+    boxed = jvm("boxed", 1080 * MIB, 0.0)
+    other = jvm("other", 1100 * MIB, 0.0)  # idle too, and larger: the node-wide rule would pick it
+    host = replace(HOST, groups=(GroupObservation("/pod/a", limit, usage, ("boxed",)),))
+    state, d = tick(PolicyConfig(), PolicyState(), Observations(host, (boxed, other)), 0.0)
+    t = {w.key: w.target_bytes for w in d.workloads}
+    margin = 1.75 * esxi_min_free_bytes(limit)
+    assert t["boxed"] >= margin - (limit - usage) - MIB and t["other"] == 0
+    assert d.constraint == "cgroup /pod/a" and d.state == "hard" and state.group_states["/pod/a"] == "hard"
+    assert [(g.path, g.state) for g in d.groups] == [("/pod/a", "hard")]
+    assert "cgroup /pod/a: hard" in explain_text(d)
+    _, d2 = tick(PolicyConfig(), PolicyState(), Observations(replace(host, memory_budget_bytes=1800 * MIB),
+                                                             (boxed, other)), 0.0)
+    t2 = {w.key: w.target_bytes for w in d2.workloads}
+    assert t2["boxed"] >= t["boxed"] and t2["other"] > 0 and sum(t2.values()) >= 2180 * MIB - 1800 * MIB
+
+
+def test_a_growing_cgroup_is_ballooned_ahead_of_its_growth():
+    """A sidecar writing 20 MiB/s into the container's tmpfs: free (100 MiB, above minFree 69)
+    reads clear, but at that rate it is under minFree within the tick and the inflation that
+    would follow. The group's growth is taken ahead; a balloon that inflates is no growth."""
+    from heapballoon.policy import GroupObservation
+
+    limit = 1150 * MIB
+    boxed = jvm("boxed", 1000 * MIB, 0.0)
+
+    def at(usage, held=0):
+        w = replace(boxed, resident_bytes=boxed.resident_bytes - held,
+                    sources=(SourceObservation("heap", 790 * MIB, held, 0),))
+        return Observations(replace(HOST, groups=(GroupObservation("/pod/a", limit, usage, ("boxed",)),)), (w,))
+
+    state, d = tick(PolicyConfig(), PolicyState(), at(1030 * MIB), 0.0)
+    assert d.state == "clear" and d.by_key()["boxed"].target_bytes == 0
+    still, d_still = tick(PolicyConfig(), state, at(1030 * MIB), 1.0)  # not growing: stays clear
+    assert d_still.state == "clear" and d_still.by_key()["boxed"].target_bytes == 0
+    _, d_grew = tick(PolicyConfig(), state, at(1050 * MIB), 1.0)  # +20 MiB in 1 s: 60 MiB ahead
+    assert d_grew.groups[0].growth_bytes == 60 * MIB and d_grew.state in ("soft", "hard")
+    assert d_grew.by_key()["boxed"].target_bytes >= 1.75 * esxi_min_free_bytes(limit) - (100 * MIB - 60 * MIB) - MIB
+    assert "growing: 60.0 MiB taken ahead" in explain_text(d_grew)
+    _, d_inflated = tick(PolicyConfig(), state, at(1010 * MIB, held=20 * MIB), 1.0)  # usage fell by what it holds
+    assert d_inflated.groups[0].growth_bytes == 0

@@ -3,10 +3,11 @@ workloads of the shared policy engine (:mod:`heapballoon.policy`).
 
 This module owns the adapter between the driver and the pure law: it builds
 :class:`~heapballoon.policy.Observations` from the registry and the kernel readers (each JVM's
-RSS through procfs, MemAvailable, PSI, the JVMs' memory cgroup when they share one with a
-limit), measures each JVM's activity, calls :func:`~heapballoon.policy.tick`, and keeps the
-last decisions for the driver, ``status`` and ``policy explain``. It also owns the policy
-file: loaded at start, reloaded on SIGHUP, and a bad file keeps the last good policy.
+RSS through procfs, MemAvailable, PSI, the limited memory cgroups each JVM is in, v1 or v2:
+each one's limit binds its own JVMs, policy/groups.py), measures each JVM's activity, calls
+:func:`~heapballoon.policy.tick`, and keeps the last decisions for the driver, ``status`` and
+``policy explain``. It also owns the policy file: loaded at start, reloaded on SIGHUP, and a bad
+file keeps the last good policy.
 
 Activity. The agent reports no allocation rate, so it is derived from what each ``state``
 carries: between two collections, heap used rises by what the application allocates (the
@@ -26,13 +27,14 @@ from collections import deque
 
 from heapballoon import protocol
 from heapballoon.errors import KernelError
-from heapballoon.linux.cgroup import MemoryCgroupV1
+from heapballoon.linux.cgroupid import identify
+from heapballoon.linux.cgroupmem import CgroupMemory
 from heapballoon.linux.procfs import ProcFS
 from heapballoon.status import PolicyReport
 from heapballoon.policy import (
-    DEFAULT_POLICY_PATH, Decisions, HostObservation, Observations, PolicyConfig, PolicyConfigError, PolicyState,
-    SourceObservation, WorkloadDecision, WorkloadObservation, explain_text, load_config, state_text, summary_line, tick,
-    workload_line,
+    DEFAULT_POLICY_PATH, Decisions, GroupObservation, HostObservation, Observations, PolicyConfig, PolicyConfigError,
+    PolicyState, SourceObservation, WorkloadDecision, WorkloadObservation, explain_text, load_config, state_text,
+    summary_line, tick, workload_line,
 )
 
 log = logging.getLogger("heapballoon.policy")
@@ -115,12 +117,12 @@ class AutoPolicy:
     """The policy engine run for one node driver. Owned by the driver's event loop thread."""
 
     def __init__(self, policy_file: str | None = None, memory_budget_bytes: int | None = None, *,
-                 procfs: ProcFS | None = None, cgroup: MemoryCgroupV1 | None = None) -> None:
+                 procfs: ProcFS | None = None, cgroup: CgroupMemory | None = None) -> None:
         self.path = policy_file or DEFAULT_POLICY_PATH
         self.config: PolicyConfig = load_config(self.path)  # a bad file at start is the CLI's error
         self.memory_budget_bytes = memory_budget_bytes
         self.procfs = procfs or ProcFS()
-        self.cgroup = cgroup or MemoryCgroupV1()
+        self.cgroup = cgroup or CgroupMemory()
         self.state = PolicyState()
         self.decisions: Decisions | None = None
         self.by_key: dict[str, WorkloadDecision] = {}
@@ -159,28 +161,49 @@ class AutoPolicy:
         except KernelError:
             pass  # no PSI on this kernel: free memory alone decides
         limit = usage = None
-        groups = set()
-        for key in pids:
-            if key not in self.groups:
-                try:
-                    self.groups[key] = self.procfs.cgroup_path(key[0])
-                except KernelError:
-                    self.groups[key] = None
-            groups.add(self.groups[key])
+        groups = {self._group_of(key) for key in pids}
         # The limit that binds every JVM: the nearest one at or above their common ancestor
         # (JVMs in sibling groups under a limited parent share that parent's limit).
         if groups and None not in groups and (common := common_cgroup(groups)) != "/":
             try:
                 found = self.cgroup.nearest_limit(common)
                 if found is not None:
-                    limit, usage = found[1], self.cgroup.usage_bytes(found[0])
+                    limit, usage = found.limit_bytes, found.usage_bytes
             except KernelError:
                 limit = usage = None
         return HostObservation(
             mem_total_bytes=mem.get("MemTotal", 0), mem_available_bytes=mem.get("MemAvailable", mem.get("MemFree", 0)),
             psi_some_avg10=some, psi_full_avg10=full, psi_some_total_us=some_total, psi_full_total_us=full_total,
             cgroup_limit_bytes=limit, cgroup_usage_bytes=usage,
-            memory_budget_bytes=self.memory_budget_bytes)
+            memory_budget_bytes=self.memory_budget_bytes, groups=self._limited_groups(pids))
+
+    def _limited_groups(self, pids: list[tuple[int, int]]) -> tuple[GroupObservation, ...]:
+        """Every limited memory cgroup some JVM is in, with the JVMs in it, deepest first. A
+        cgroup that cannot be read this tick is left out (logged at debug): a container that
+        just went away."""
+        found: dict[str, tuple[int, int, set[str]]] = {}
+        for key in pids:
+            path = self.groups.get(key)
+            if not path:
+                continue
+            try:
+                limits = self.cgroup.limits(path)
+            except KernelError as err:
+                log.debug("cgroup of pid %d: %s", key[0], err)
+                continue
+            for g in limits:
+                found.setdefault(g.path, (g.limit_bytes, g.usage_bytes, set()))[2].add(str(key[0]))
+        order = sorted(found, key=lambda p: (-p.count("/"), p))
+        return tuple(GroupObservation(p, found[p][0], found[p][1], tuple(sorted(found[p][2]))) for p in order)
+
+    def _group_of(self, key: tuple[int, int]) -> str | None:
+        """A JVM's memory cgroup path (read once: a process does not change containers)."""
+        if key not in self.groups:
+            try:
+                self.groups[key] = self.procfs.cgroup(key[0]) or None
+            except KernelError:
+                self.groups[key] = None
+        return self.groups[key]
 
     def observe(self, records, now_s: float) -> Observations:
         workloads = []
@@ -197,6 +220,7 @@ class AutoPolicy:
             meter.update(rec.state, now_s)  # the same state again is not a new sample
             s = rec.state
             current = rec.sent.target_bytes if rec.sent is not None else s.target_bytes
+            ids = identify(rec.cgroup)
             workloads.append(WorkloadObservation(
                 key=str(rec.pid), name=rec.name, kind="jvm", resident_bytes=rss,
                 sources=(SourceObservation("heap", reclaimable_bytes=rec.balloon_max_bytes,
@@ -206,7 +230,9 @@ class AutoPolicy:
                 pinned_target_bytes=rec.explicit_target_bytes,
                 # a heap the JVM shrank (self-sizing) is memory found (policy/law.py, 1.)
                 uncommitted_bytes=max(0, s.heap_max_bytes - s.heap_committed_bytes) if s.heap_committed_bytes else 0,
-                gc_cost=meter.gc_cost()))
+                gc_cost=meter.gc_cost(),
+                # the policy file's pod/container rules: what the driver read at hello
+                pod=rec.pod, pod_uid=ids.pod_uid, container=rec.container, container_id=ids.container_id))
         for pid in list(self.meters):
             if pid not in alive:
                 del self.meters[pid]

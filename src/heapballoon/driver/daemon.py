@@ -42,6 +42,7 @@ from heapballoon.driver.sessions import AgentSessions
 from heapballoon.driver.tickreport import TickLog, Unmet, unmet
 from heapballoon.linux import pagemap, safefs
 from heapballoon.linux.ksm import KSM
+from heapballoon.linux.kubelet import KubeletLogs
 from heapballoon.linux.procfs import ProcFS
 from heapballoon.status import DriverStatus, NodeStatus, PolicyReport
 
@@ -59,10 +60,12 @@ class Driver(AgentSessions, BalloonTick):
 
     def __init__(self, socket_path: str, *, procfs: ProcFS | None = None, ksm: KSM | None = None,
                  ksm_mode: str = "auto", reclaim: str = "auto", interval_s: float = 1.0,
-                 socket_mode: int = 0o600, clock=time.monotonic, policy=None) -> None:
+                 socket_mode: int = 0o600, clock=time.monotonic, policy=None,
+                 kubelet: KubeletLogs | None = None) -> None:
         self.socket_path = socket_path
         self.state_path = socket_path + ".state.json"
         self.procfs = procfs or ProcFS()
+        self.kubelet = kubelet or KubeletLogs()  # pod and container names (docs/kubernetes.md)
         self.reclaim_pref = reclaim
         self.interval_s = interval_s
         self.reverify_s = REVERIFY_S  # see _verify_due

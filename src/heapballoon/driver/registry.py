@@ -39,6 +39,8 @@ class JVMRecord:
     events: dict[str, int] = field(default_factory=dict)
     last_seen_s: float = field(default_factory=time.monotonic)
     cgroup: str = ""  # its memory cgroup, read at hello (docs/containers.md)
+    pod: str = ""  # its pod's namespace/name and its container's name, read at hello from the
+    container: str = ""  # kubelet's log directories ("" unknown; linux/kubelet.py)
 
     @property
     def name(self) -> str:
@@ -72,6 +74,7 @@ class JVMRecord:
             address_mode=self.hello.address_mode, chunks=len(s.chunks), gc_count=s.gc_count, gc_time_ms=s.gc_time_ms,
             moved_chunks=self.moved_chunks, drift_pages=self.drift_pages, events=MappingProxyType(dict(self.events)),
             cgroup=self.cgroup, container_id=ident.container_id, pod_uid=ident.pod_uid,
+            container=self.container, pod=self.pod,
             soft_cleared=s.soft_cleared, headroom_bytes=s.headroom_bytes, alloc_bytes_per_s=s.alloc_bytes_per_s,
             gc_cpu_share=_share(s.gc_cpu_permille), gc_cpu_share_no_balloon=_share(s.gc_cpu_permille_no_balloon),
             pause_p99_ms=s.pause_p99_ms, pause_p99_ms_no_balloon=s.pause_p99_ms_no_balloon,

@@ -157,6 +157,8 @@ class AgentSessions:
         rec = self.registry.upsert(pid, peer.starttime, hello)
         with contextlib.suppress(KernelError):  # its identity in status: cgroup, container, pod
             rec.cgroup = self.procfs.cgroup(pid)
+        names = self.kubelet.names(rec.cgroup)
+        rec.pod, rec.container = names.pod, names.container
         saved = self.saved_explicit.get(f"{pid}:{peer.starttime}")
         if rec.explicit_target_bytes is None:
             if saved is not None:

@@ -1,5 +1,6 @@
-"""cgroup v1 memory controller: read a group's limit and usage (the automatic policy), and make,
-limit, read and remove memory cgroups (the experiment, ``heapballoon.experiment``).
+"""cgroup v1 memory controller: make, limit, read and remove memory cgroups (the experiment,
+``heapballoon.experiment``). The automatic policy reads limits, v1 and v2, through
+:mod:`heapballoon.linux.cgroupmem`.
 
 The one place that touches ``/sys/fs/cgroup/memory`` (or a fixture tree at ``root``). Which
 group a process is in comes from ``ProcFS.cgroup_path``. A limit of ``PAGE_COUNTER_MAX``
@@ -17,7 +18,6 @@ from dataclasses import dataclass
 from heapballoon.errors import KernelError
 
 MEMORY_V1_ROOT = "/sys/fs/cgroup/memory"
-DEFAULT_ROOT = MEMORY_V1_ROOT
 UNLIMITED_ABOVE = 1 << 60
 UNLIMITED = 1 << 63  # anything at or above the kernel's PAGE_COUNTER_MAX reads back as 9223372036854771712
 
@@ -174,39 +174,3 @@ class MemoryCgroup:
             if value.strip().lstrip("-").isdigit():
                 out[key] = int(value)
         return out
-
-
-class MemoryCgroupV1:
-    def __init__(self, root: str = DEFAULT_ROOT) -> None:
-        self.root = root
-
-    def _read_int(self, group: str, name: str) -> int:
-        path = os.path.join(self.root, group.lstrip("/"), name)
-        try:
-            with open(path) as f:
-                return int(f.read().strip())
-        except (OSError, ValueError) as err:
-            raise KernelError(f"cannot read {path}: {getattr(err, 'strerror', None) or err}") from err
-
-    def limit_bytes(self, group: str) -> int | None:
-        """``memory.limit_in_bytes`` of ``group``; None when unlimited."""
-        value = self._read_int(group, "memory.limit_in_bytes")
-        return None if value >= UNLIMITED_ABOVE else value
-
-    def usage_bytes(self, group: str) -> int:
-        return self._read_int(group, "memory.usage_in_bytes")
-
-    def nearest_limit(self, group: str) -> tuple[str, int] | None:
-        """The closest of ``group`` and its ancestors (the root excluded) that has a limit, with
-        that limit; None if none has. v1 charges a group's usage to every ancestor
-        (``use_hierarchy`` is always on since Linux 6.0), so a limit set on a parent binds
-        the processes of all its children: the experiment, systemd slices and container
-        runtimes all put one there."""
-        parts = [p for p in group.strip("/").split("/") if p]
-        while parts:
-            path = "/" + "/".join(parts)
-            limit = self.limit_bytes(path)
-            if limit is not None:
-                return path, limit
-            parts.pop()
-        return None

@@ -8,6 +8,7 @@ cgroups after the container's 64-hex id, and the kubelet after the pod's UID:
 docker (cgroupfs)           ``/docker/<id>``
 docker, podman, containerd,  ``.../docker-<id>.scope``, ``.../libpod-<id>.scope``,
 CRI-O (systemd driver)      ``.../cri-containerd-<id>.scope``, ``.../crio-<id>.scope``
+podman (cgroupfs manager)   ``/libpod_parent/libpod-<id>``
 kubelet, cgroupfs driver    ``/kubepods/burstable/pod<uid>/<id>``, ``/kubepods/pod<uid>/<id>``
 kubelet, systemd driver     ``/kubepods.slice/kubepods-burstable.slice/``
                             ``kubepods-burstable-pod<uid with _ for ->.slice/cri-containerd-<id>.scope``
@@ -25,7 +26,7 @@ import re
 from dataclasses import dataclass
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_SCOPE = re.compile(r"^(?:docker|libpod|cri-containerd|crio|containerd)-([0-9a-f]{64})\.scope$")
+_SCOPE = re.compile(r"^(?:docker|libpod|cri-containerd|crio|containerd)-([0-9a-f]{64})(?:\.scope)?$")
 _UID = r"[0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f]{12}"
 _POD = re.compile(rf"^(?:kubepods(?:-[a-z]+)?-)?pod({_UID})(?:\.slice)?$")
 

@@ -10,7 +10,7 @@ Stable API (other packages import only these names)::
 
     from heapballoon.policy import (
         PolicyConfig, PolicyConfigError, load_config, parse_config, DEFAULT_POLICY_PATH,
-        HostObservation, SourceObservation, WorkloadObservation, Observations,
+        HostObservation, GroupObservation, SourceObservation, WorkloadObservation, Observations,
         PolicyState, Decisions, WorkloadDecision, SourceDecision,
         tick, summary_line, explain_text, state_text, SOURCE_KINDS, STATES,
     )
@@ -23,7 +23,7 @@ Stable API (other packages import only these names)::
         ...
 
 Modules: ``model`` (the dataclasses), ``law`` (the control law, explained in its docstring),
-``config`` (the TOML policy file), ``explain`` (text).
+``groups`` (each limited cgroup's own aim), ``config`` (the TOML policy file), ``explain`` (text).
 """
 
 from heapballoon.policy.config import DEFAULT_PATH as DEFAULT_POLICY_PATH
@@ -33,13 +33,14 @@ from heapballoon.policy.config import parse as parse_config
 from heapballoon.policy.explain import explain_text, state_text, summary_line, workload_line
 from heapballoon.policy.law import effective_budget, esxi_min_free_bytes, tick
 from heapballoon.policy.model import (
-    SOURCE_KINDS, STATES, Decisions, HostObservation, Observations, PolicyState, SourceDecision,
-    SourceObservation, WorkloadDecision, WorkloadObservation,
+    SOURCE_KINDS, STATES, Decisions, GroupDecision, GroupObservation, HostObservation, Observations, PolicyState,
+    SourceDecision, SourceObservation, WorkloadDecision, WorkloadObservation,
 )
 
 __all__ = [
     "DEFAULT_POLICY_PATH", "PolicyConfig", "PolicyConfigError", "WorkloadRule", "load_config", "parse_config",
     "explain_text", "state_text", "summary_line", "workload_line", "effective_budget", "esxi_min_free_bytes",
-    "tick", "SOURCE_KINDS", "STATES", "Decisions", "HostObservation", "Observations", "PolicyState",
+    "tick", "SOURCE_KINDS", "STATES", "Decisions", "GroupDecision", "GroupObservation", "HostObservation",
+    "Observations", "PolicyState",
     "SourceDecision", "SourceObservation", "WorkloadDecision", "WorkloadObservation",
 ]

@@ -34,6 +34,11 @@ means the defaults). Every key, its type and range is checked here; the first ba
     shares = 2000
     reservation = "512M"
     limit = "2G"
+
+    [[workload]]                # by Kubernetes pod and container (process mode; all given must match)
+    pod = "shop/orders-*"       # namespace/name glob, or the pod's UID
+    container = "app"           # container name glob, or its id (or a 12+ hex prefix of it)
+    shares = 500
 """
 
 from __future__ import annotations
@@ -58,11 +63,39 @@ class PolicyConfigError(UsageError):
 
 
 @dataclass(frozen=True)
+class WorkloadIdentity:
+    """What rules can select a workload by: its name, and (JVMs in containers) its pod and
+    container, "" when not known (docs/containers.md: where each comes from)."""
+
+    name: str
+    pod: str = ""  # namespace/name
+    pod_uid: str = ""
+    container: str = ""  # the container's name
+    container_id: str = ""
+
+
+@dataclass(frozen=True)
 class WorkloadRule:
-    match: str
+    match: str = "*"
     shares: int = DEFAULT_SHARES
     reservation_bytes: int = 0
     limit_bytes: int | None = None
+    pod: str | None = None  # namespace/name glob, or a pod UID
+    container: str | None = None  # container name glob, or a container id (12+ hex: a prefix)
+
+    def matches(self, who: WorkloadIdentity) -> bool:
+        if not fnmatch.fnmatchcase(who.name, self.match):
+            return False
+        if self.pod is not None and not (who.pod and fnmatch.fnmatchcase(who.pod, self.pod)
+                                         or who.pod_uid and who.pod_uid == self.pod.lower()):
+            return False
+        if self.container is not None:
+            sel = self.container.lower()
+            cid = who.container_id
+            by_id = cid and (cid == sel or len(sel) >= 12 and cid.startswith(sel))
+            if not (by_id or who.container and fnmatch.fnmatchcase(who.container, self.container)):
+                return False
+        return True
 
 
 @dataclass(frozen=True)
@@ -106,9 +139,11 @@ class PolicyConfig:
     budget_set: bool = False
     source: str = "defaults"  # where it came from, for the log
 
-    def rule_for(self, name: str) -> WorkloadRule:
+    def rule_for(self, who: str | WorkloadIdentity) -> WorkloadRule:
+        """The first rule that matches a name (or a workload's whole identity)."""
+        who = who if isinstance(who, WorkloadIdentity) else WorkloadIdentity(who)
         for rule in self.rules:
-            if fnmatch.fnmatchcase(name, rule.match):
+            if rule.matches(who):
                 return rule
         return WorkloadRule(match="*")
 
@@ -125,7 +160,7 @@ _TOP = {"budget", "interval_s", "idle_tax", "max_step", "min_free", "budget_min_
         "proactive", "proactive_step", "proactive_psi_some", "proactive_gc_cost"}
 _THRESHOLDS = {"high", "clear", "soft", "hard"}
 _PSI = {"soft_some", "hard_full"}
-_RULE = {"match", "shares", "reservation", "limit"}
+_RULE = {"match", "shares", "reservation", "limit", "pod", "container"}
 
 
 def load(path: str | None, *, default_missing_ok: bool = True) -> PolicyConfig:
@@ -178,11 +213,16 @@ def parse(text: str, source: str = "<policy>") -> PolicyConfig:
     rules = []
     for i, raw in enumerate(raw_rules):
         r.known(raw, _RULE, "workload", i)
-        match = raw.get("match")
-        if not isinstance(match, str) or not match:
-            raise r.error("match", "workload", "must be a non-empty string (a name or a glob)", i)
+        selectors = {}
+        for key in ("match", "pod", "container"):
+            if key in raw and (not isinstance(raw[key], str) or not raw[key]):
+                raise r.error(key, "workload", "must be a non-empty string (a name or a glob)", i)
+            selectors[key] = raw.get(key)
+        if not any(selectors.values()):
+            raise r.error("match", "workload", "must be a non-empty string (a name or a glob), "
+                          "or the rule must name a pod or container", i)
         rules.append(WorkloadRule(
-            match=match,
+            match=selectors["match"] or "*", pod=selectors["pod"], container=selectors["container"],
             shares=int(r.number(raw, "shares", DEFAULT_SHARES, lo=1, hi=1_000_000, section="workload", index=i,
                                 integer=True)),
             reservation_bytes=r.size(raw, "reservation", 0, "workload", i) or 0,

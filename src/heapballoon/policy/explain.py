@@ -52,6 +52,11 @@ def explain_text(d: Decisions, tick: int | None = None) -> str:
     ]
     if d.unmet_reason:
         lines.append(f"unmet: {d.unmet_reason}")
+    for g in d.groups:
+        lines.append(f"cgroup {g.path}: {g.state}, usage {format_size(g.usage_bytes)} of limit "
+                     f"{format_size(g.limit_bytes)}; its JVMs hold at least {format_size(g.want_bytes)}"
+                     + (f", {format_size(g.unmet_bytes)} unmet" if g.unmet_bytes else "")
+                     + (f" (growing: {format_size(g.growth_bytes)} taken ahead)" if g.growth_bytes else ""))
     lines.append("who gives (lowest shares per active byte first; idle bytes taxed; cheapest source first):")
     for w in sorted(d.workloads, key=lambda w: -w.target_bytes):
         lines.append("  " + workload_line(w))

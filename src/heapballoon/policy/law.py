@@ -12,7 +12,9 @@ The law in five steps:
    * ``host``: free = MemAvailable, minFree = ``min_free`` or ESXi's sliding scale (6 % of the
      first 4 GiB, 4 % of the next 8, 2 % of the next 16, 1 % of the rest: 899 MiB for 28 GiB);
    * ``cgroup`` (when the workloads share a memory cgroup with a limit): free = limit − usage,
-     minFree from the same scale applied to the limit.
+     minFree from the same scale applied to the limit;
+   * each limited cgroup of *some* workloads (a container, a pod; groups.py): the same rule
+     for its own workloads, which give its want first (step 3); the node's aim on top.
 
    Free memory is *predicted*, not just measured: a balloon that deflated leaves garbage
    whose pages come back only when the heap reuses them, so resident + held drops for a while
@@ -92,10 +94,12 @@ import heapq
 from types import MappingProxyType
 
 from heapballoon.policy import proactive
-from heapballoon.policy.config import PolicyConfig
-from heapballoon.policy.constraints import aim, effective_budget, esxi_min_free_bytes, psi_pct, step_bytes
+from heapballoon.policy.config import PolicyConfig, WorkloadIdentity
+from heapballoon.policy.constraints import aim, effective_budget, esxi_min_free_bytes, psi_pct, rank, step_bytes
+from heapballoon.policy.groups import group_aims, worst
 from heapballoon.policy.model import (
-    SOURCE_KINDS, Decisions, Observations, PolicyState, SourceDecision, WorkloadDecision, WorkloadObservation,
+    SOURCE_KINDS, Decisions, GroupDecision, Observations, PolicyState, SourceDecision, WorkloadDecision,
+    WorkloadObservation,
 )
 from heapballoon.units import format_size
 
@@ -155,11 +159,17 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
 
     node_state, constraint, want_f, need = aim(config, state, obs, budget, resident, held, prev_total,
                                                coming_back, (psi_some, psi_full), now_s)
+    # each limited cgroup's own aim (groups.py): its workloads give that first
+    aims = group_aims(config, state, obs, {w.key: sum(_prev_target(state, w, s.kind) for s in w.sources) for w in wls},
+                      {w.key: w.held_bytes for w in wls}, {w.key: demand[w.key] - w.unballooned_bytes for w in wls},
+                      now_s)
+    node_state = worst(node_state, aims)
 
     # activity, shares, floors
     known = {w.key: a for w in wls if (a := _activity(config, state, w, now_s)) is not None}
     act = {w.key: known.get(w.key, 1.0) for w in wls}
-    rules = {w.key: config.rule_for(w.name) for w in wls}
+    rules = {w.key: config.rule_for(WorkloadIdentity(w.name, w.pod, w.pod_uid, w.container, w.container_id))
+             for w in wls}
     shares = {w.key: w.shares if w.shares is not None else rules[w.key].shares for w in wls}
     reservation = {w.key: w.reservation_bytes if w.reservation_bytes is not None else rules[w.key].reservation_bytes
                    for w in wls}
@@ -218,9 +228,6 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
                 if any(s.kind == kind for s in w.sources):
                     left -= give(w, kind, left)
             forced[w.key] = over
-    forced_total = sum(given[w.key] for w in free_wls)
-    want = max(0, int(want_f), pinned_total + forced_total)
-    remaining = max(0, want - pinned_total - forced_total)
 
     # 3+4. who gives and what: cheapest kind first, lowest shares per active byte first
     k = config.idle_cost
@@ -231,10 +238,17 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
         return shares[w.key] / (in_use * (f + k * (1 - f)))
 
     by_key = {w.key: w for w in free_wls}
-    for kind in SOURCE_KINDS:
-        if remaining <= 0:
-            break
-        takers = [w for w in free_wls if (w.key, kind) in room]
+
+    def fill(among: list[WorkloadObservation], remaining: int) -> int:
+        """Give ``remaining`` from ``among``; what none of them could give."""
+        for kind in SOURCE_KINDS:
+            if remaining <= 0:
+                break
+            remaining = _fill_kind(among, kind, remaining)
+        return remaining
+
+    def _fill_kind(among, kind, remaining):
+        takers = [w for w in among if (w.key, kind) in room]
         # A quantum that does not depend on what is asked: then asking more only extends the
         # same sequence of gives, and every source's share is monotone in pressure.
         # And small, at most half the deadband (up to 32768 quanta for the largest rooms): the
@@ -252,7 +266,22 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
             remaining -= g
             if g > 0:
                 heapq.heappush(heap, (rho(w), key))
-    unmet = remaining
+        return remaining
+
+    # each group's want from its own workloads, deepest group first; then the node's on top
+    group_decisions = []
+    for a in aims:
+        members = set(a.keys)
+        has = sum(alloc[(key, kind)] for (key, kind) in alloc if key in members)
+        left = fill([w for w in free_wls if w.key in members], max(0, a.want_bytes - has))
+        group_decisions.append(GroupDecision(a.path, a.state, a.limit_bytes, a.usage_bytes, a.want_bytes, left,
+                                             a.growth_bytes))
+        need = max(need, a.need_bytes)
+    taken = sum(given[w.key] for w in free_wls)  # by limits and groups
+    if aims and pinned_total + taken > want_f and any(a.want_bytes for a in aims):
+        constraint = "cgroup " + max(aims, key=lambda a: (a.want_bytes, -rank(a.state))).path
+    want = max(0, int(want_f), pinned_total + taken)
+    unmet = fill(free_wls, max(0, want - pinned_total - taken)) + sum(g.unmet_bytes for g in group_decisions)
 
     # 5. bounded steps, deadband; decisions and reasons
     # A measured deficit is reached in one tick (constraints.py: the aim is static, so this
@@ -304,11 +333,13 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
         demand=MappingProxyType(sticky),
         last_s=now_s,
         psi_totals_us=psi_totals,
+        group_states=MappingProxyType({a.path: a.state for a in aims}),
+        group_demand=MappingProxyType({a.path: (a.demand_bytes, now_s) for a in aims}),
     )
     return new_state, Decisions(
         state=node_state, constraint=constraint, budget_bytes=budget, resident_bytes=resident, held_bytes=held,
         want_bytes=want, find_bytes=max(0, want - held), unmet_bytes=unmet, unmet_reason=unmet_reason,
-        workloads=tuple(decisions), psi_some_pct=round(psi_some, 3),
+        workloads=tuple(decisions), psi_some_pct=round(psi_some, 3), groups=tuple(group_decisions),
     )
 
 

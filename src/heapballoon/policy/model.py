@@ -30,6 +30,17 @@ STATES = ("high", "clear", "soft", "hard", "low")
 
 
 @dataclass(frozen=True)
+class GroupObservation:
+    """A memory cgroup with a limit that holds some of the workloads (a container, a pod): their
+    usage is kept under its limit minus a margin, by ballooning those workloads (groups.py)."""
+
+    path: str
+    limit_bytes: int
+    usage_bytes: int
+    keys: tuple[str, ...]  # the workloads in it (or in its descendants)
+
+
+@dataclass(frozen=True)
 class HostObservation:
     """The machine (or the cgroup) the managed workloads share."""
 
@@ -44,6 +55,7 @@ class HostObservation:
     cgroup_limit_bytes: int | None = None  # a memory cgroup that holds every managed workload
     cgroup_usage_bytes: int | None = None
     memory_budget_bytes: int | None = None  # --memory-budget (the policy file's budget wins)
+    groups: tuple[GroupObservation, ...] = ()  # limited cgroups of some workloads, deepest first
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,11 @@ class WorkloadObservation:
     # Share of wall time the workload spent collecting garbage lately, 0..1; None: not known.
     # The proactive mode's per-workload cost signal (proactive.py).
     gc_cost: float | None = None
+    # JVMs in containers: what the policy file's pod/container rules select by ("" unknown)
+    pod: str = ""  # namespace/name
+    pod_uid: str = ""
+    container: str = ""  # the container's name
+    container_id: str = ""
 
     @property
     def held_bytes(self) -> int:
@@ -105,6 +122,10 @@ class PolicyState:
     last_s: float | None = None
     # PSI's totals (some, full, µs), when they were read, and the rates (%) taken then
     psi_totals_us: tuple[float, float, float, float, float] | None = None
+    # cgroup path → its state last tick (groups.py; the same hysteresis as the node's)
+    group_states: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # cgroup path → (its usage + what its workloads held, when): the group's growth rate (groups.py)
+    group_demand: Mapping[str, tuple[int, float]] = field(default_factory=lambda: MappingProxyType({}))
 
 
 @dataclass(frozen=True)
@@ -134,9 +155,24 @@ class WorkloadDecision:
 
 
 @dataclass(frozen=True)
+class GroupDecision:
+    """What one limited cgroup asked of its workloads this tick."""
+
+    path: str
+    state: str
+    limit_bytes: int
+    usage_bytes: int
+    want_bytes: int  # what its workloads' sources should hold at least
+    unmet_bytes: int = 0  # of want, what its workloads could not give
+    growth_bytes: int = 0  # free taken ahead by this much: the group's growth (groups.py)
+
+
+@dataclass(frozen=True)
 class Decisions:
     state: str  # one of STATES
-    constraint: str  # what set the aim: "budget", "host", "cgroup", "psi", "proactive", "limit" or "none"
+    # what set the aim: "budget", "host", "cgroup", "cgroup PATH" (one container's, groups.py),
+    # "psi", "proactive", "limit" or "none"
+    constraint: str
     budget_bytes: int | None  # the budget in force (None: the host decides)
     resident_bytes: int  # managed workloads' resident total
     held_bytes: int  # what their sources hold now
@@ -146,6 +182,7 @@ class Decisions:
     unmet_reason: str
     workloads: tuple[WorkloadDecision, ...] = ()
     psi_some_pct: float = 0.0  # the memory stall share the law used (rate of PSI's total, or avg10)
+    groups: tuple[GroupDecision, ...] = ()
 
     @property
     def target_bytes(self) -> int:

@@ -1,0 +1,174 @@
+"""Issue 18's first "Done when", tried as a new user would: a JVM in a container near its memory
+limit, attached after it started, whose idle heap gives way when a sidecar fills the container's
+tmpfs: no OOM kill, the write succeeds, the JVM's data intact.
+
+The container is plain namespaces: ``unshare --pid --mount --fork --mount-proc`` with tmpfs
+mounts on /tmp and ~/.cache inside (private), in a v1 memory cgroup laid out as the kubelet's
+with a 1150 MiB limit on the container. The JVM: ``-Xms1g -Xmx1g -XX:+AlwaysPreTouch``, the
+ChurnApp with 150 MiB live and no churn (idle), started without the agent. The node daemon runs
+``--policy auto`` with no budget (the host has gigabytes free: only the container's own limit
+can ask anything). The sidecar joins the JVM's mount and pid namespaces (nsenter) and its
+cgroup, and writes 250 MiB into the container's /tmp at 20 MiB/s.
+
+``neighbour``: the same with an idle JVM outside the container on the node. The two share no
+limited cgroup, so only a per-container budget (policy/groups.py) protects the container.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from hbtest import JVM, PY, pod_cgroup, run_cli, wait_for
+
+pytestmark = [pytest.mark.jvm, pytest.mark.root,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and memory cgroups")]
+
+MIB = 1 << 20
+LIMIT_BYTES = 1150 * MIB
+WRITE_MIB, WRITE_MIB_PER_S = 250, 20
+CID = "fedcba9876543210" * 4
+POD_UID = "0f1e2d3c-4b5a-4697-8877-665544332211"
+JAVA = ["-Xms1g", "-Xmx1g", "-XX:+AlwaysPreTouch"]
+SIDECAR = f"""
+import hashlib, sys, time
+h, chunk = hashlib.sha256(), 1 << 20
+start = time.monotonic()
+with open("/tmp/sidecar.bin", "wb") as f:
+    for i in range({WRITE_MIB}):
+        block = bytes([1 + i % 251]) * chunk
+        f.write(block)
+        f.flush()
+        h.update(block)
+        time.sleep(max(0.0, start + (i + 1) / {WRITE_MIB_PER_S} - time.monotonic()))
+print(h.hexdigest())
+"""
+
+
+@pytest.fixture
+def demo_dir(artifacts):
+    """The ChurnApp jar where the container sees it (/var/tmp: its /tmp and ~/.cache are its own)."""
+    d = Path(tempfile.mkdtemp(prefix="hb-test-pods-", dir="/var/tmp"))
+    d.chmod(0o755)
+    shutil.copy(artifacts[2], d / "demo.jar")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def container_cgroup():
+    """/hb-test-pods-PID/kubepods/burstable/pod<uid>/<container id>, the container limited."""
+    with pod_cgroup("hb-test-pods", POD_UID, CID, LIMIT_BYTES) as g:
+        yield g
+
+
+@pytest.fixture
+def container(demo_dir, container_cgroup):
+    """Start the container's JVM (``start()``); killed with its namespace at teardown."""
+    started: list[JVM] = []
+
+    def start() -> tuple[JVM, int]:
+        if not (shutil.which("unshare") and shutil.which("nsenter")):
+            pytest.skip("needs unshare(1) and nsenter(1) (util-linux)")
+        cache = Path.home() / ".cache"
+        inner = (f"mount -t tmpfs -o mode=1777 tmpfs /tmp && mkdir -p {cache} && mount -t tmpfs tmpfs {cache}"
+                 f" && exec {shutil.which('java')} {' '.join(JAVA)} -jar {demo_dir}/demo.jar"
+                 " --live-mib 150 --churn-mib-per-s 0")
+        proc = subprocess.Popen(
+            ["unshare", "--pid", "--mount", "--fork", "--mount-proc", "--kill-child", "sh", "-c", inner],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+            preexec_fn=lambda: container_cgroup.add_pid(os.getpid()))
+        j = JVM(proc)
+        started.append(j)
+        kids = wait_for(lambda: Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split(), 10,
+                        what="the container's PID 1")
+        return j, int(kids[0])
+
+    yield start
+    for j in started:
+        j.stop()  # unshare dies: --kill-child takes the JVM with it
+    wait_for(lambda: not container_cgroup.pids(), 20, 0.1, what="the container's cgroup empty")
+
+
+def ready(j: JVM, live_mib: int) -> dict:
+    return wait_for(lambda: next((x for x in j.lines if x.get("live_mib") == live_mib), None), 60, 0.2,
+                    what=f"ChurnApp with {live_mib} MiB live (stdout {j.stdout_lines[-3:]}, "
+                         f"stderr {j.stderr()[-300:]})")
+
+
+@pytest.mark.parametrize("neighbour", [False, True], ids=["alone", "with an idle JVM outside on the node"])
+def test_an_idle_jvms_heap_gives_way_to_a_sidecar_filling_the_containers_tmpfs(
+        artifacts, container, container_cgroup, daemons, apps, neighbour):
+    run_dir = Path(tempfile.mkdtemp(prefix="hb-test-pods-", dir="/run"))  # the host's /run: the container sees it
+    try:
+        d = daemons.start("--policy", "auto", sock=str(run_dir / "hb.sock"))
+        if neighbour:
+            other = apps.run(d, heap="512m", live_mib=50, churn_mib_per_s=0, name="neighbour")
+            wait_for(lambda: d.jvm(other.pid), 30, 0.2, what="the neighbour JVM in status")
+        j, pid = container()
+        ready(j, 150)
+        assert os.stat(f"/proc/{pid}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino
+        assert not Path(f"/proc/{pid}/root{artifacts[0]}").exists()  # the agent jar is not in its namespace
+
+        out = run_cli("attach", pid, "--name", "boxed", sock=d.sock)
+        assert out.returncode == 0, out.stderr
+        rec = wait_for(lambda: d.jvm(pid), 30, 0.2, what="the attached JVM in status")
+        assert (rec["name"], rec["cgroup"]) == ("boxed", f"/{container_cgroup.name}")
+        assert (rec["container_id"], rec["pod_uid"]) == (CID, POD_UID)
+
+        gives_way(d, j, pid, container_cgroup,
+                  ["nsenter", "--target", str(pid), "--mount", "--pid", "--", PY, "-c", SIDECAR],
+                  preexec_fn=lambda: container_cgroup.add_pid(os.getpid()))
+        if neighbour:
+            assert d.jvm(other.pid)["target_bytes"] == 0  # the node has room: the neighbour keeps its heap
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def gives_way(d, j: JVM, pid: int, cg, sidecar: list[str], **popen) -> None:
+    """The issue's check, once the JVM joined: the policy takes the container under its limit
+    minus minFree; ``sidecar`` (a command in the container and its cgroup) writes 250 MiB into
+    its /tmp at 20 MiB/s; no OOM kill, the write intact, the JVM's data intact, its heap gave way."""
+    # The policy keeps the container under its limit minus the margin before anything else runs.
+    min_free = int(LIMIT_BYTES * 0.06)
+    wait_for(lambda: cg.usage_bytes() <= LIMIT_BYTES - min_free, 60, 0.5,
+             what=f"container usage under limit − minFree (usage {cg.usage_bytes() // MIB} MiB)")
+
+    fails_before = cg.failcnt()  # start-up (page cache, pre-touch) may have hit it
+    side = subprocess.run(sidecar, capture_output=True, text=True, timeout=WRITE_MIB / WRITE_MIB_PER_S * 4 + 60,
+                          **popen)
+    assert side.returncode == 0, side.stderr[-500:]
+    written = Path(f"/proc/{pid}/root/tmp/sidecar.bin")
+    assert written.stat().st_size == WRITE_MIB * MIB
+    h = hashlib.sha256()
+    with open(written, "rb") as f:
+        while block := f.read(MIB):
+            h.update(block)
+    assert h.hexdigest() == side.stdout.strip()
+
+    oom = cg.oom_control()
+    assert (oom.oom_kill, oom.under_oom) == (0, False), oom
+    assert j.proc.poll() is None and os.path.exists(f"/proc/{pid}")
+    checks = j.last().get("checks", 0)
+    j.send("check")
+    after = wait_for(lambda: next((x for x in reversed(j.lines) if x.get("checks", 0) > checks), None), 60, 0.2,
+                     what=f"a fresh check of the JVM's live data (stdout {j.stdout_lines[-4:]}, "
+                          f"stderr {j.stderr()[-400:]!r})")
+    assert after["errors"] == 0 and j.errors() == [], j.errors()
+    held = d.jvm(pid)["reclaimed_bytes"]
+    print(f"container usage {cg.usage_bytes() // MIB} MiB of {LIMIT_BYTES // MIB} MiB, "
+          f"failcnt {fails_before} before the sidecar, {cg.failcnt()} after, "
+          f"balloon reclaimed {held // MIB} MiB, "
+          f"status {json.dumps({k: d.jvm(pid)[k] for k in ('target_bytes', 'target_reason')})}")
+    assert held >= (WRITE_MIB - 100) * MIB  # its idle heap gave way
+    # memory.failcnt (usage hit the limit: the kernel had to reclaim) is reported, not
+    # asserted: ~4300 in 2 of 17 runs on a loaded machine before free was taken ahead of the
+    # group's growth (policy/groups.py), 0 in 14 of 14 since (docs/containers.md)
