@@ -15,7 +15,7 @@ import os
 
 from heapballoon import protocol
 from heapballoon.errors import HeapballoonError, ReclaimError
-from heapballoon.host.guestram import PAGE_BYTES, GuestRam
+from heapballoon.host.guestram import PAGE_BYTES
 from heapballoon.host.layout import GuestLayout
 from heapballoon.host.reclaim import Reclaimer, ReclaimResult
 from heapballoon.host.shortpause import PauseBoost, PauseModel, ShortPauseReclaimer
@@ -31,15 +31,6 @@ QMP_CONNECT_TIMEOUT_S = 5.0
 def _check_fragmentation(vm, extents_list: list[list[tuple[int, int]]]) -> None:
     if len(vm.balloon) + sum(len(e) for e in extents_list) > MAX_BALLOON_INTERVALS:
         raise ReclaimError(f"balloon too fragmented (> {MAX_BALLOON_INTERVALS} intervals)")
-
-
-def _open_ram(vm) -> None:
-    if vm.guest_ram is None:
-        ram = GuestRam.open(vm.pid, vm.memory_bytes)
-        if not vm.alive():  # pid reused between scan and open
-            ram.close()
-            raise ReclaimError(f"QEMU {vm.pid} of VM {vm.name} exited")
-        vm.guest_ram = ram
 
 
 def _pause_boost(vm, qmp) -> PauseBoost:
@@ -60,7 +51,7 @@ def reclaim_short(vm, reports: list, pause_budget_ms: float) -> tuple[list[list[
     """The short engine, all in the calling worker thread: a blocking QMP socket of our own,
     the RAM file and layout if not known yet, then pre-check and short pauses."""
     with vm.monitor(QMP_CONNECT_TIMEOUT_S) as qmp:
-        _open_ram(vm)
+        ram = vm.ram.get()
         if vm.layout is None:
             text = qmp.execute("human-monitor-command", {"command-line": "info mtree -f"})
             vm.layout = GuestLayout.from_mtree(str(text), vm.ram_backend, ram_bytes=vm.memory_bytes)
@@ -69,7 +60,7 @@ def reclaim_short(vm, reports: list, pause_budget_ms: float) -> tuple[list[list[
         _check_fragmentation(vm, extents_list)
         if vm.pause_model is None:
             vm.pause_model = PauseModel(pause_budget_ms)
-        engine = ShortPauseReclaimer(vm.guest_ram, vm.layout, qmp, vm.pause_model, vm.name,
+        engine = ShortPauseReclaimer(ram, vm.layout, qmp, vm.pause_model, vm.name,
                                      boost=_pause_boost(vm, qmp), debt=vm.debt())
         return extents_list, engine.reclaim_many(reports)
 
@@ -102,13 +93,13 @@ async def reclaim_batch(vm, ranges, batch_pages: int | None) -> tuple[list[tuple
         await asyncio.to_thread(pay)
     qmp = await _qmp_connect(vm)
     try:
-        await asyncio.to_thread(_open_ram, vm)
+        ram = await asyncio.to_thread(vm.ram.get)
         if vm.layout is None:
             vm.layout = await GuestLayout.from_qmp(qmp, ram_bytes=vm.memory_bytes)
             log.info("VM %s: guest RAM layout %r", vm.name, vm.layout)
         extents, _ = vm.layout.ranges_to_offsets(ranges)
         _check_fragmentation(vm, [extents])
-        rec = Reclaimer(vm.guest_ram, vm.layout, qmp, name=vm.name, debt=debt,
+        rec = Reclaimer(ram, vm.layout, qmp, name=vm.name, debt=debt,
                         **({"batch_pages": batch_pages} if batch_pages else {}))
         return extents, await rec.reclaim(ranges)
     finally:

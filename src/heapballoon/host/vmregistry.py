@@ -12,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from heapballoon import protocol, transport
-from heapballoon.errors import KernelError, VMError
+from heapballoon.errors import KernelError, ReclaimError, VMError
 from heapballoon.host.contdebt import ContDebt
 from heapballoon.host.guestram import GuestRam
 from heapballoon.host.layout import GuestLayout
@@ -49,6 +50,43 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+class RamFile:
+    """The one owner of a VM's guest-RAM file: opened at most once, by whichever thread first
+    needs it (status, metrics' worker, the reclaim worker), under its own lock, and closed once
+    when hostd forgets the VM; after that it is never opened again (no fd outlives the VM)."""
+
+    def __init__(self, pid: int, memory_bytes: int, alive) -> None:
+        self._pid, self._memory_bytes, self._alive = pid, memory_bytes, alive
+        self._lock = threading.Lock()
+        self._ram: GuestRam | None = None
+        self._closed = False
+
+    @property
+    def current(self) -> GuestRam | None:
+        """The open file, or None if no one has needed it yet (never opens)."""
+        return self._ram
+
+    def get(self) -> GuestRam:
+        """The open file, opened now if needed; ReclaimError if the VM's QEMU is gone."""
+        with self._lock:
+            if self._closed:
+                raise ReclaimError(f"QEMU {self._pid}: hostd forgot this VM")
+            if self._ram is None:
+                ram = GuestRam.open(self._pid, self._memory_bytes)
+                if not self._alive():  # pid reused between scan and open
+                    ram.close()
+                    raise ReclaimError(f"QEMU {self._pid} exited")
+                self._ram = ram
+            return self._ram
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._ram is not None:
+                self._ram.close()  # our fd would keep the dead VM's RAM allocated
+                self._ram = None
+
+
 @dataclass
 class VM:
     """One VM as hostd knows it."""
@@ -60,7 +98,7 @@ class VM:
     memory_bytes: int
     reclaim: str
     target_bytes: int = 0
-    guest_ram: GuestRam | None = None
+    ram: RamFile | None = None  # made in __post_init__: the one owner of the guest-RAM fd
     layout: GuestLayout | None = None
     hello: protocol.GuestHello | None = None
     guest_status: protocol.GuestStatus | None = None
@@ -86,6 +124,15 @@ class VM:
     # monitor libvirt owns, through libvirt's API (their ``virtio_query``)
     virtio_via_qmp: bool = True
     cont_debt: ContDebt | None = None  # the cont hostd owes after its own pause (contdebt.py)
+
+    def __post_init__(self) -> None:
+        if self.ram is None:
+            self.ram = RamFile(self.pid, self.memory_bytes, self.alive)
+
+    @property
+    def guest_ram(self) -> GuestRam | None:
+        """The guest-RAM file if open (read-only view: only ``ram`` opens and closes it)."""
+        return self.ram.current
 
     @property
     def paths(self) -> VMPaths:
@@ -123,9 +170,7 @@ class VM:
             self.task.cancel()
         if self.channel is not None:
             self.channel.close()
-        if self.guest_ram is not None:
-            self.guest_ram.close()  # our fd would keep the dead VM's RAM allocated
-            self.guest_ram = None
+        self.ram.close()
 
 
 def load_vm(vm_dir: str) -> VM | None:

@@ -18,7 +18,7 @@ from prometheus_client import start_http_server
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
 
 from heapballoon.errors import ReclaimError, UsageError
-from heapballoon.host.guestram import PAGE_BYTES, GuestRam
+from heapballoon.host.guestram import PAGE_BYTES
 from heapballoon.host.ksm import guest_rss_bytes
 from heapballoon.host.pausestats import PARTS
 
@@ -102,10 +102,9 @@ def vm_status(vm) -> dict:
             log.info("VM %s: %s", vm.name, err)
     else:
         try:
-            if vm.guest_ram is None and vm.alive():
-                vm.guest_ram = GuestRam.open(vm.pid, vm.memory_bytes)
-            if vm.guest_ram is not None:
-                resident = vm.guest_ram.resident_bytes()
+            ram = vm.ram.current or (vm.ram.get() if vm.alive() else None)  # the VM's one owner opens it
+            if ram is not None:
+                resident = ram.resident_bytes()
                 reclaimed = reclaimed_bytes(vm)
         except (ReclaimError, OSError) as err:
             log.info("VM %s: cannot measure guest RAM: %s", vm.name, err)
