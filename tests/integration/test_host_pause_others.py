@@ -213,18 +213,18 @@ def test_the_next_reclaim_ends_hostds_own_pause_rather_than_deferring(ram, qemu)
 def test_an_owed_cont_shows_in_status_and_metrics(tmp_path):
     """Row 7: while hostd owes a VM its cont, ``status --json`` says ``cont_owed`` and the
     metrics say ``heapballoon_vm_cont_owed 1``."""
-    from types import SimpleNamespace
+    from heapballoon.host.vmsession import VMIdentity, VMSession
+    from heapballoon.host.vmstatus import HostdCollector, snapshot
+    from heapballoon.status import HostStatus
 
-    from heapballoon.host.vmregistry import VM
-    from heapballoon.host.vmstatus import HostdCollector, pause_status
-
-    vm = VM("vm1", str(tmp_path), os.getpid(), 0, 1 << 30, "pfn")
-    assert pause_status(vm)["cont_owed"] is False
+    vm = VMSession(VMIdentity("vm1", str(tmp_path), os.getpid(), 0, 1 << 30, "pfn"))
+    assert snapshot(vm, measure=False).status.cont_owed is False
     debt = vm.debt()
     debt.backoff_first_s = 3600  # no retry during the test
     debt.owe("QMP at x: no answer in 5.0 s")
-    assert pause_status(vm)["cont_owed"] is True
-    samples = {(m.name, s.labels.get("vm")): s.value for m in HostdCollector(SimpleNamespace(vms={"vm1": vm})).collect()
+    wire = HostStatus((snapshot(vm, measure=False).status,)).to_dict()  # what hostd's status reply carries
+    assert HostStatus.from_dict(wire).vms[0].cont_owed is True, wire["vms"][0]
+    samples = {(m.name, s.labels.get("vm")): s.value for m in HostdCollector(lambda: [vm]).collect()
                for s in m.samples}
     assert samples[("heapballoon_vm_cont_owed", "vm1")] == 1.0
     vm.close()

@@ -15,7 +15,7 @@ import pytest
 from heapballoon.host import vmstatus
 from heapballoon.host.guestram import GuestRam
 from heapballoon.host.scratchvm import ScratchVM
-from heapballoon.host.vmregistry import VM
+from heapballoon.host.vmsession import VMIdentity, VMSession
 from heapballoon.linux.procfs import ProcFS
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(120),
@@ -52,15 +52,15 @@ def test_guest_ram_is_opened_once_by_concurrent_status_threads_and_closed_with_t
     async def main():
         async with ScratchVM(RAM_BYTES, vm_dir=str(tmp_path / "vm")) as qemu:
             before = _our_memfd_fds()
-            vm = VM("vm1", qemu.dir, qemu.pid, ProcFS().starttime(qemu.pid), RAM_BYTES, "pfn")
+            vm = VMSession(VMIdentity("vm1", qemu.dir, qemu.pid, ProcFS().starttime(qemu.pid), RAM_BYTES, "pfn"))
             start = threading.Barrier(THREADS)
 
-            def status() -> dict:
+            def status() -> vmstatus.VMSnapshot:
                 start.wait(timeout=10)
-                return vmstatus.vm_status(vm)
+                return vmstatus.snapshot(vm)
 
-            statuses = await asyncio.gather(*(asyncio.to_thread(status) for _ in range(THREADS)))
-            assert all(s["host_resident_bytes"] is not None for s in statuses), statuses
+            snaps = await asyncio.gather(*(asyncio.to_thread(status) for _ in range(THREADS)))
+            assert all(s.status.host_resident_bytes is not None for s in snaps), snaps
             opened = len(opens)
             held = sorted(set(_our_memfd_fds()) - set(before))
             vm.close()
