@@ -28,7 +28,7 @@ from heapballoon import protocol
 from heapballoon.host import guestlimits, guestsession, hostd, vmreclaim
 from heapballoon.host.autopolicy import AutoPolicy
 from heapballoon.host.guestram import PAGE_BYTES as P, GuestRam
-from heapballoon.host.layout import GuestLayout, RamRange
+from heapballoon.qemu.layout import GuestLayout, RamRange
 from heapballoon.host.vmsession import RamFile
 
 pytestmark = [pytest.mark.timeout(120)]

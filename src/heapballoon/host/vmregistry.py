@@ -19,6 +19,7 @@ from typing import Protocol
 from heapballoon.errors import KernelError, VMError
 from heapballoon.host.vmsession import VMIdentity, VMSession, proc_starttime
 from heapballoon.linux.procfs import ProcFS
+from heapballoon.qemu.layout import RamRange
 from heapballoon.vm.vmdir import VMDir, VMPaths, run_dir
 
 log = logging.getLogger("heapballoon.hostd")
@@ -80,7 +81,9 @@ def load_vm(vm_dir: str) -> VMSession | None:
         log.warning("VM %s: process %d does not name %s on its command line; ignoring it",
                     record.name, record.pid, vm_dir)
         return None
-    return VMSession(VMIdentity(record.name, vm_dir, record.pid, starttime, record.memory_bytes, record.reclaim))
+    layout = tuple(RamRange(r.gpa, r.size_bytes, r.offset) for r in record.ram_layout)  # read at launch
+    return VMSession(VMIdentity(record.name, vm_dir, record.pid, starttime, record.memory_bytes, record.reclaim,
+                                ram_layout=layout))
 
 
 class RunDirSource:

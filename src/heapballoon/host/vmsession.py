@@ -24,7 +24,7 @@ from heapballoon import protocol, transport
 from heapballoon.errors import KernelError, ReclaimError
 from heapballoon.host.contdebt import ContDebt
 from heapballoon.host.guestram import GuestRam
-from heapballoon.host.layout import GuestLayout
+from heapballoon.qemu.layout import GuestLayout, RamRange
 from heapballoon.host.pageset import PageSet
 from heapballoon.host.pausestats import PauseStats
 from heapballoon.host.shortpause import PauseModel
@@ -53,6 +53,8 @@ class VMIdentity:
     memory_bytes: int
     reclaim: str  # pfn: memfd RAM hostd punches; ksm: private RAM left to KSM
     ram_backend: str = "ram0"  # QEMU's id of the guest-RAM memory backend (libvirt: pc.ram)
+    # where guest RAM sits, as QEMU said at launch (vm.json's ram_layout; () if not recorded)
+    ram_layout: tuple[RamRange, ...] = ()
 
     def alive(self) -> bool:
         return proc_starttime(self.pid) == self.starttime
@@ -126,9 +128,6 @@ class VMSession:
     virtio_error: str = ""
     policy_reason: str = ""  # hostd --policy auto: why the VM's targets are what they are
     holes: object = None  # vmstatus.HoleCount of a balloon too fragmented to measure at once
-    # hostd reaches the virtio-balloon through the VM's QMP socket; libvirt domains, whose
-    # monitor libvirt owns, through libvirt's API (their ``virtio_query``)
-    virtio_via_qmp: bool = True
     cont_debt: ContDebt | None = None  # the cont hostd owes after its own pause (contdebt.py)
 
     def __post_init__(self) -> None:
@@ -142,6 +141,13 @@ class VMSession:
     memory_bytes = property(lambda self: self.identity.memory_bytes)
     reclaim = property(lambda self: self.identity.reclaim)
     ram_backend = property(lambda self: self.identity.ram_backend)
+
+    def launch_layout(self) -> GuestLayout | None:
+        """The guest RAM layout QEMU reported at launch (read once per VM, into vm.json), or
+        None if the VM's record has none (a libvirt domain: read from its monitor)."""
+        if not self.identity.ram_layout:
+            return None
+        return GuestLayout(self.identity.ram_layout, ram_bytes=self.memory_bytes)
 
     def describe(self) -> str:
         """Where the VM comes from, for hostd's log."""
@@ -176,9 +182,9 @@ class VMSession:
     def monitor(self, timeout_s: float):
         """A blocking monitor for the pause path (``with vm.monitor(t) as qmp: qmp.execute(...)``):
         QMP on the VM's own socket here; libvirt domains go through libvirt."""
-        from heapballoon.host.qmpsync import SyncQMP
+        from heapballoon.qemu.monitor import QMPMonitor
 
-        return SyncQMP(self.qmp_path, timeout_s)
+        return QMPMonitor(self.qmp_path, timeout_s)
 
     def debt(self) -> ContDebt:
         """The VM's :class:`ContDebt` (made on first use), retried on fresh monitors."""

@@ -49,7 +49,6 @@ class LibvirtVM(VMSession):
     uri: str = ""
     socket: str = ""
     migrating: bool = False
-    virtio_via_qmp: bool = False  # libvirt owns the monitor: the balloon goes through its API
 
     @property
     def channel_path(self) -> str:
@@ -57,10 +56,6 @@ class LibvirtVM(VMSession):
 
     def describe(self) -> str:
         return f"libvirt domain, channel {self.socket}"
-
-    async def virtio_query(self, set_actual_bytes: int | None, stats_period_s: int | None) -> tuple[dict, dict]:
-        """host.virtioballoon's read for a libvirt domain (conn.balloon_query, in a thread)."""
-        return await asyncio.to_thread(lv.balloon_query, self.uri, self.uuid, set_actual_bytes, stats_period_s)
 
     def monitor(self, timeout_s: float):
         return lv.DomainMonitor(self.uri, self.uuid, lambda: self.migrating)
