@@ -229,15 +229,13 @@ async def serve(socket_path: str, run_dir: str, batch_pages: int | None = None,
                 ready: asyncio.Event | None = None, engine: str = "short",
                 pause_budget_ms: float | None = None, metrics: str | None = None,
                 metrics_registry=None, policy: str = "manual", memory_budget_bytes: int | None = None,
-                policy_file: str | None = None, libvirt_uri: str | None = None) -> None:
+                policy_file: str | None = None, source: VMSource | None = None) -> None:
     """Run hostd until cancelled (``metrics``: serve Prometheus metrics on ADDR:PORT;
     ``policy="auto"``: autopolicy decides every VM's targets, SIGHUP re-reads its file;
-    ``libvirt_uri``: manage that libvirt's domains instead of the run dir's VMs)."""
+    ``source``: where the VMs come from, default the run dir's; e.g. libvirt's domains)."""
     d = HostDaemon(socket_path, run_dir, batch_pages, engine, pause_budget_ms)
-    if libvirt_uri:
-        from heapballoon.libvirt.backend import LibvirtBackend
-
-        d.source = LibvirtBackend(libvirt_uri, engine)
+    if source is not None:
+        d.source = source
     if policy == "auto":
         from heapballoon.host.autopolicy import AutoPolicy
 
@@ -277,7 +275,9 @@ def request(socket_path: str, msg: protocol.Message, timeout_s: float = 10.0) ->
     return transport.request(socket_path, msg, timeout_s, start_hint=transport.HOSTD_START_HINT)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, libvirt_source=None) -> int:
+    """``heapballoon hostd``. ``libvirt_source(uri, engine)``: the VMSource for ``--libvirt``
+    (heapballoon.cli passes libvirt.backend's; host/ does not import libvirt/)."""
     p = argparse.ArgumentParser(prog="heapballoon hostd", description="host memory manager for heapballoon VMs")
     p.add_argument("--socket", help="control socket (default $HEAPBALLOON_HOST_SOCKET or "
                    f"{transport.DEFAULT_HOST_SOCKET})")
@@ -301,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.libvirt is not None and args.engine != "short":
         p.error("--libvirt works with the short engine only")
+    if args.libvirt is not None and libvirt_source is None:
+        raise UsageError("this hostd was started without libvirt support: run `heapballoon hostd --libvirt`")
     budget = None
     if args.memory_budget is not None:
         from heapballoon.units import parse_size
@@ -320,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             await serve(transport.host_socket_path(args.socket), run_dir_path(args.run_dir), args.batch_pages,
                         engine=args.engine, pause_budget_ms=args.pause_budget_ms, metrics=args.metrics,
                         policy=args.policy, memory_budget_bytes=budget, policy_file=args.policy_file,
-                        libvirt_uri=args.libvirt)
+                        source=libvirt_source(args.libvirt, args.engine) if args.libvirt is not None else None)
         except asyncio.CancelledError:
             log.info("hostd stopping")
 

@@ -97,7 +97,7 @@ class ScratchVM:
 def _qemu_touch(vm: ScratchVM, gpa: int, size_bytes: int):
     """Make QEMU read guest RAM through its own mapping (``pmemsave`` to /dev/null), so its
     page tables map the pages as a running guest's would: a punch then unmaps them too."""
-    return vm.qmp.execute("pmemsave", {"val": gpa, "size": size_bytes, "filename": "/dev/null"})
+    return vm.qmp.execute("pmemsave", {"val": gpa, "size": size_bytes, "filename": os.devnull})
 
 
 async def reclaim_benchmark(memory_bytes: int = 512 << 20, pages: int = 131072,
