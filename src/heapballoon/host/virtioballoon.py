@@ -98,7 +98,8 @@ async def read(vm, set_actual_bytes: int | None = None) -> BalloonReading | None
         balloon, stats = await asyncio.to_thread(_query, vm, set_actual_bytes)
         if not vm.virtio_stats_on:
             vm.virtio_stats_on = True
-            log.info("VM %s: virtio-balloon statistics every %d s", vm.name, STATS_INTERVAL_S)
+            log.info("VM %s: virtio-balloon statistics every %d s%s", vm.name, STATS_INTERVAL_S,
+                     "" if vm.MONITOR == "QMP" else f" (through {vm.MONITOR})")
     first = vm.virtio is None
     vm.virtio = parse_reading(balloon, stats, time.monotonic(), time.time())
     if first and set_actual_bytes is None:

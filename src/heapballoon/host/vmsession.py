@@ -19,6 +19,7 @@ import asyncio
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from heapballoon import protocol, transport
 from heapballoon.errors import KernelError, ReclaimError
@@ -103,6 +104,8 @@ class RamFile:
 class VMSession:
     """hostd's session with one VM (``identity``): every field below is owned by hostd's event
     loop; a worker thread gets the session only under ``lock``."""
+
+    MONITOR: ClassVar[str] = "QMP"  # what monitor() talks to (libvirt domains: "libvirt")
 
     identity: VMIdentity
     target_bytes: int = 0

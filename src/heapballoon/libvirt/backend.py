@@ -29,6 +29,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from heapballoon.errors import HeapballoonError
 from heapballoon.host.vmregistry import Discovery
@@ -44,6 +45,8 @@ RAM_BACKEND = "pc.ram"  # libvirt's id of the guest-RAM backend of a domain with
 @dataclass(eq=False)
 class LibvirtVM(VMSession):
     """A libvirt domain as hostd knows it."""
+
+    MONITOR: ClassVar[str] = "libvirt"  # libvirt owns the domain's monitor: conn.DomainMonitor
 
     uuid: str = ""
     uri: str = ""
