@@ -83,9 +83,15 @@ class LibvirtBackend:
     # ------------------------------------------------------------ connection and events
 
     def _event(self, kind: str, name: str, detail: str) -> None:
-        """On libvirt's event thread: hand the event to hostd's loop."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._on_event, kind, name, detail)
+        """On libvirt's event thread: hand the event to hostd's loop (none once closed, or
+        once that loop has ended: an event that comes in while hostd exits is dropped)."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._on_event, kind, name, detail)
+        except RuntimeError:  # the loop is closed: hostd has stopped
+            pass
 
     def attach(self, sessions: Mapping[str, VMSession], rescan: Callable[[], None]) -> None:
         """hostd's sessions (read: a domain's ``migrating`` flag is set here) and its scan."""
@@ -200,6 +206,8 @@ class LibvirtBackend:
         return Discovery(frozenset(keep), tuple(new), left)
 
     def close(self) -> None:
+        """hostd stops: no more events to its loop, no rescans, and the connection closed."""
+        self._loop, self._rescan = None, None
         if self.conn is not None:
             try:
                 self.conn.close()
