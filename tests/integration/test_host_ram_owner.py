@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from heapballoon.errors import ReclaimError
 from heapballoon.host import vmstatus
 from heapballoon.host.guestram import GuestRam
 from heapballoon.host.scratchvm import ScratchVM
@@ -65,6 +66,10 @@ def test_guest_ram_is_opened_once_by_concurrent_status_threads_and_closed_with_t
             held = sorted(set(_our_memfd_fds()) - set(before))
             vm.close()
             left = sorted(set(_our_memfd_fds()) - set(before))
+            with pytest.raises(ReclaimError, match="forgot"):  # a reclaim still under way cannot reopen it
+                vm.ram.get()
+            assert vmstatus.snapshot(vm).status.host_resident_bytes is None
+            assert sorted(set(_our_memfd_fds()) - set(before)) == left
             return opened, held, left
 
     opened, held, left = asyncio.run(main())

@@ -26,6 +26,7 @@ from heapballoon.errors import KernelError, ReclaimError
 from heapballoon.host.contdebt import ContDebt
 from heapballoon.host.guestram import GuestRam
 from heapballoon.qemu.layout import GuestLayout, RamRange
+from heapballoon.qemu.monitor import QMPMonitor
 from heapballoon.host.pageset import PageSet
 from heapballoon.host.pausestats import PauseStats
 from heapballoon.host.shortpause import PauseModel
@@ -185,8 +186,6 @@ class VMSession:
     def monitor(self, timeout_s: float):
         """A blocking monitor for the pause path (``with vm.monitor(t) as qmp: qmp.execute(...)``):
         QMP on the VM's own socket here; libvirt domains go through libvirt."""
-        from heapballoon.qemu.monitor import QMPMonitor
-
         return QMPMonitor(self.qmp_path, timeout_s)
 
     def debt(self) -> ContDebt:
