@@ -25,13 +25,13 @@ from heapballoon import protocol, transport
 from heapballoon.errors import KernelError, ReclaimError
 from heapballoon.host.contdebt import ContDebt
 from heapballoon.host.guestram import GuestRam
-from heapballoon.qemu.layout import GuestLayout, RamRange
-from heapballoon.qemu.monitor import QMPMonitor
 from heapballoon.host.pageset import PageSet
 from heapballoon.host.pausestats import PauseStats
 from heapballoon.host.shortpause import PauseModel
 from heapballoon.host.virtioballoon import BalloonReading
 from heapballoon.linux.procfs import ProcFS
+from heapballoon.qemu.layout import GuestLayout, RamRange
+from heapballoon.qemu.monitor import QMPMonitor
 from heapballoon.status import JvmStatus
 from heapballoon.vm.vmdir import VMPaths
 
