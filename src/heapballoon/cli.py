@@ -382,7 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _hostd(argv: list[str]) -> int:
     from heapballoon.host import hostd
 
-    return hostd.main(argv)
+    def libvirt_source(uri: str, engine: str):
+        from heapballoon.libvirt.backend import LibvirtBackend  # libvirt/ imports host/, not the reverse
+
+        return LibvirtBackend(uri, engine)
+
+    return hostd.main(argv, libvirt_source=libvirt_source)
 
 
 def _guest_driver(argv: list[str]) -> int:

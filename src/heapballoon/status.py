@@ -230,6 +230,7 @@ class VMStatus:
     # hostd --policy auto: why its targets are what they are; pinned by a manual target
     policy_reason: str = ""
     pinned: bool = False
+    cont_owed: bool = False  # hostd paused the VM and its cont failed: retried until it runs
 
     def to_dict(self) -> dict:
         return _plain(self)

@@ -11,7 +11,7 @@ from heapballoon.errors import ReclaimError
 from heapballoon.host import guestram
 from heapballoon.host.guestram import PAGE_BYTES as P, GuestRam
 from heapballoon.host.ksm import guest_rss_bytes
-from heapballoon.host.layout import GuestLayout, RamRange
+from heapballoon.qemu.layout import GuestLayout, RamRange
 from heapballoon.host.pageset import PageSet
 from heapballoon.host.reclaim import Reclaimer, percentile, split_batches
 

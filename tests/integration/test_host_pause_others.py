@@ -20,8 +20,8 @@ import pytest
 from hbtest import wait_for
 from heapballoon.host.contdebt import ContDebt
 from heapballoon.host.guestram import PAGE_BYTES as P
-from heapballoon.host.layout import GuestLayout, RamRange
-from heapballoon.host.qmpsync import SyncQMP
+from heapballoon.qemu.layout import GuestLayout, RamRange
+from heapballoon.qemu.monitor import QMPMonitor
 from heapballoon.host.shortpause import ShortPauseReclaimer
 
 BASE_PFN = 0x100  # gpa 1 MiB is RAM offset 0
@@ -153,7 +153,7 @@ def test_another_clients_cont_between_check_and_punch_loses_nothing(ram, qemu):
 
     ram.view  # noqa: B018 - made now, so the hook wraps the real one
     ram._view = HookedView(ram._view, qemu, resume_and_write)
-    with SyncQMP(qemu.path, 2.0) as q:
+    with QMPMonitor(qemu.path, 2.0) as q:
         res = ShortPauseReclaimer(ram, lay_for(ram), q).reclaim([(BASE_PFN, 64)])
     assert os.pread(ram.fd, len(written[1]), written[0]) == written[1]
     assert "resumed by another client" in res.error
@@ -172,7 +172,7 @@ def test_vm_paused_by_someone_just_before_hostds_stop_is_not_punched(ram, qemu):
             qemu.status = "suspended"
 
     qemu.on_command = suspend_before_stop
-    with SyncQMP(qemu.path, 2.0) as q:
+    with QMPMonitor(qemu.path, 2.0) as q:
         res = ShortPauseReclaimer(ram, lay_for(ram), q).reclaim([(BASE_PFN, 32)])
     assert res.punched_pages == 0 and res.unprocessed_pages == 32 and "nothing punched" in res.error
     assert "cont" not in qemu.calls and qemu.status == "suspended"
@@ -184,9 +184,9 @@ def test_a_cont_that_times_out_is_retried_until_the_vm_runs(ram, qemu, caplog):
     retries on a fresh connection, and says so in its log."""
     zeros(ram, 0, 16)
     qemu.silent_conts = 1
-    debt = ContDebt("vm1", lambda: SyncQMP(qemu.path, 2.0), backoff_first_s=0.05)
+    debt = ContDebt("vm1", lambda: QMPMonitor(qemu.path, 2.0), backoff_first_s=0.05)
     caplog.set_level(logging.INFO, "heapballoon.hostd")
-    with SyncQMP(qemu.path, 0.3) as q:
+    with QMPMonitor(qemu.path, 0.3) as q:
         res = ShortPauseReclaimer(ram, lay_for(ram), q, debt=debt).reclaim([(BASE_PFN, 16)])
     assert res.punched_pages == 16  # punched under our pause, which the failed cont did not end
     wait_for(lambda: qemu.status == "running" and not debt.owed, 10.0, 0.02, "the VM running again")
@@ -200,9 +200,9 @@ def test_the_next_reclaim_ends_hostds_own_pause_rather_than_deferring(ram, qemu)
     not someone else's. The reclaim ends it, then pauses and punches as usual."""
     zeros(ram, 0, 16)
     qemu.status = "paused"
-    debt = ContDebt("vm1", lambda: SyncQMP(qemu.path, 2.0), backoff_first_s=3600)  # no retry thread run
+    debt = ContDebt("vm1", lambda: QMPMonitor(qemu.path, 2.0), backoff_first_s=3600)  # no retry thread run
     debt.owe("QMP at x: no answer in 5.0 s")
-    with SyncQMP(qemu.path, 2.0) as q:
+    with QMPMonitor(qemu.path, 2.0) as q:
         res = ShortPauseReclaimer(ram, lay_for(ram), q, debt=debt).reclaim([(BASE_PFN, 16)])
     assert res.error == "" and res.punched_pages == 16 and not debt.owed
     assert qemu.calls[:3] == ["qmp_capabilities", "query-status", "cont"]
@@ -213,18 +213,18 @@ def test_the_next_reclaim_ends_hostds_own_pause_rather_than_deferring(ram, qemu)
 def test_an_owed_cont_shows_in_status_and_metrics(tmp_path):
     """Row 7: while hostd owes a VM its cont, ``status --json`` says ``cont_owed`` and the
     metrics say ``heapballoon_vm_cont_owed 1``."""
-    from types import SimpleNamespace
+    from heapballoon.host.vmsession import VMIdentity, VMSession
+    from heapballoon.host.vmstatus import HostdCollector, snapshot
+    from heapballoon.status import HostStatus
 
-    from heapballoon.host.vmregistry import VM
-    from heapballoon.host.vmstatus import HostdCollector, pause_status
-
-    vm = VM("vm1", str(tmp_path), os.getpid(), 0, 1 << 30, "pfn")
-    assert pause_status(vm)["cont_owed"] is False
+    vm = VMSession(VMIdentity("vm1", str(tmp_path), os.getpid(), 0, 1 << 30, "pfn"))
+    assert snapshot(vm, measure=False).status.cont_owed is False
     debt = vm.debt()
     debt.backoff_first_s = 3600  # no retry during the test
     debt.owe("QMP at x: no answer in 5.0 s")
-    assert pause_status(vm)["cont_owed"] is True
-    samples = {(m.name, s.labels.get("vm")): s.value for m in HostdCollector(SimpleNamespace(vms={"vm1": vm})).collect()
+    wire = HostStatus((snapshot(vm, measure=False).status,)).to_dict()  # what hostd's status reply carries
+    assert HostStatus.from_dict(wire).vms[0].cont_owed is True, wire["vms"][0]
+    samples = {(m.name, s.labels.get("vm")): s.value for m in HostdCollector(lambda: [vm]).collect()
                for s in m.samples}
     assert samples[("heapballoon_vm_cont_owed", "vm1")] == 1.0
     vm.close()
@@ -233,14 +233,14 @@ def test_an_owed_cont_shows_in_status_and_metrics(tmp_path):
 def test_qmp_line_over_the_cap_drops_the_connection(qemu):
     """hostd's QMP reader keeps at most MAX_BUFFERED_BYTES of one line, then gives up."""
     from heapballoon.errors import ReclaimError
-    from heapballoon.host.qmpsync import MAX_BUFFERED_BYTES
+    from heapballoon.qemu.monitor import MAX_BUFFERED_BYTES
 
     def flood(cmd):
         if cmd == "query-status":
             qemu.send({"event": "X" * (MAX_BUFFERED_BYTES + 10)})  # sendall of the one line, newline last
 
     qemu.on_command = flood
-    q = SyncQMP(qemu.path, 5.0).connect()
+    q = QMPMonitor(qemu.path, 5.0).connect()
     with pytest.raises(ReclaimError, match="over"):
         q.execute("query-status")
     with pytest.raises(ReclaimError, match="not connected"):

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from heapballoon.host.guestram import PAGE_BYTES as P, GuestRam
-from heapballoon.host.layout import GuestLayout
+from heapballoon.qemu.layout import GuestLayout
 from heapballoon.host.reclaim import Reclaimer
 from heapballoon.host.scratchvm import ScratchVM
 

@@ -28,7 +28,8 @@ from heapballoon import protocol
 from heapballoon.host import guestlimits, guestsession, hostd, vmreclaim
 from heapballoon.host.autopolicy import AutoPolicy
 from heapballoon.host.guestram import PAGE_BYTES as P, GuestRam
-from heapballoon.host.layout import GuestLayout, RamRange
+from heapballoon.qemu.layout import GuestLayout, RamRange
+from heapballoon.host.vmsession import RamFile
 
 pytestmark = [pytest.mark.timeout(120)]
 M, G = 1 << 20, 1 << 30
@@ -204,7 +205,7 @@ def test_a_guest_that_stops_reading_delays_no_other_vm(tmp_path, monkeypatch, ca
             high = ch.writer.transport.get_write_buffer_limits()[1]  # above it, a send waits for the guest
             await until(lambda: ch.writer.transport.get_write_buffer_size() > high, 10, what="hostd's replies backing up")
 
-            policy = AutoPolicy(host.d, policy_path=str(tmp_path / "policy.toml"))
+            policy = AutoPolicy(host.d.table, policy_path=str(tmp_path / "policy.toml"))
             work = lambda name, heap: SimpleNamespace(key=name, reason="test", pinned=False, changed=False,  # noqa: E731
                                                       target_of=lambda src: heap if src == "heap" else 0)
             t0 = time.monotonic()
@@ -378,7 +379,7 @@ def test_status_does_not_wait_for_a_fragmented_balloons_hole_count(tmp_path, mon
             fd = os.memfd_create("hb-rogue-ram")
             os.ftruncate(fd, G)
             os.pwrite(fd, b"\x01" * (32 * M), 0)  # 32 MiB allocated, the rest a hole
-            vm.guest_ram = GuestRam(fd, G)
+            vm.ram = RamFile(vm.pid, G, vm.alive, opener=lambda _pid, _size: GuestRam(fd, G))
             for k in range(1000):  # 1,000 intervals of 4 pages over 62.5 MiB: 488 in the hole
                 vm.balloon.add(k * 16, 4)
             holes = (1000 - 32 * M // P // 16) * 4 * P

@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from heapballoon.errors import KernelError, ReclaimError
 from heapballoon.host import resumeguard
 from heapballoon.host.guestram import PAGE_BYTES as P, GuestRam
-from heapballoon.host.layout import GuestLayout, RamRange
+from heapballoon.qemu.layout import GuestLayout, RamRange
 from heapballoon.host.pausestats import PauseSample, PauseStats, breakdown
 from heapballoon.host.shortpause import MIN_PAUSE_BYTES, PauseModel, ShortPauseReclaimer, take_bytes
 

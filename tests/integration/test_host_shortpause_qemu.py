@@ -13,8 +13,8 @@ import threading
 import pytest
 
 from heapballoon.host.guestram import PAGE_BYTES as P, GuestRam
-from heapballoon.host.layout import GuestLayout
-from heapballoon.host.qmpsync import SyncQMP
+from heapballoon.qemu.layout import GuestLayout
+from heapballoon.qemu.monitor import QMPMonitor
 from heapballoon.host.shortpause import PauseModel, ShortPauseReclaimer
 from heapballoon.host.scratchvm import ScratchVM
 
@@ -34,7 +34,7 @@ class WriterOnStop:
     after the pre-check saw the pages zero. The writer writes through its own handle on the
     guest RAM file (as a device backend would): a real write to the real memfd."""
 
-    def __init__(self, qmp: SyncQMP, strike) -> None:
+    def __init__(self, qmp: QMPMonitor, strike) -> None:
         self.qmp, self.strike, self.stops = qmp, strike, 0
 
     def __getattr__(self, name):  # resume_count, stop_count, events: the real monitor's
@@ -75,7 +75,7 @@ def test_writes_between_precheck_and_pause_survive_in_real_qemu(tmp_path):
             model = PauseModel(budget_ms=5.0, work_ns_per_byte=5.0)  # small pauses: many strikes
 
             def work():
-                with SyncQMP(os.path.join(vm_dir, "qmp-hostd.sock")) as q:
+                with QMPMonitor(os.path.join(vm_dir, "qmp-hostd.sock")) as q:
                     return ShortPauseReclaimer(ram, layout, WriterOnStop(q, strike), model).reclaim([(base, 4096)])
 
             res = await asyncio.to_thread(work)
@@ -97,7 +97,7 @@ class GuestWriterPaused:
     """The QMP hostd uses, with a writer thread playing the guest's vCPU: it writes only while
     the VM runs (``stop`` waits for its write in progress and holds it until ``cont``)."""
 
-    def __init__(self, qmp: SyncQMP, running: threading.Lock) -> None:
+    def __init__(self, qmp: QMPMonitor, running: threading.Lock) -> None:
         self.qmp, self.running = qmp, running
 
     def __getattr__(self, name):  # resume_count, stop_count, events: the real monitor's
@@ -143,7 +143,7 @@ def test_a_writer_racing_the_reclaim_loses_nothing(tmp_path):
                     written[off] = n
 
             def work():
-                with SyncQMP(os.path.join(vm_dir, "qmp-hostd.sock")) as q:
+                with QMPMonitor(os.path.join(vm_dir, "qmp-hostd.sock")) as q:
                     return ShortPauseReclaimer(ram, layout, GuestWriterPaused(q, running),
                                                PauseModel(budget_ms=2.0)).reclaim([(base, pages)])
 
@@ -208,7 +208,7 @@ def test_another_clients_cont_under_hostds_pause_stops_the_punch(tmp_path):
             writer_fd = os.dup(ram.fd)
 
             def other_client_cont_then_guest_write():
-                with SyncQMP(other) as o:
+                with QMPMonitor(other) as o:
                     o.execute("cont")
                 os.pwrite(writer_fd, value.to_bytes(8, "little"), layout.offset_of(base + 200) + 64)
 
@@ -216,7 +216,7 @@ def test_another_clients_cont_under_hostds_pause_stops_the_punch(tmp_path):
             ram._view = ContAfterRecheck(ram._view, other_client_cont_then_guest_write)
 
             def work():
-                with SyncQMP(os.path.join(vm_dir, "qmp-hostd.sock")) as q:
+                with QMPMonitor(os.path.join(vm_dir, "qmp-hostd.sock")) as q:
                     return ShortPauseReclaimer(ram, layout, q).reclaim([(base, 256)])
 
             res = await asyncio.to_thread(work)

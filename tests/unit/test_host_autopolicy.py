@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from heapballoon.host.sessions import SessionTable
 from heapballoon.host.autopolicy import AutoPolicy, VMReading, guest_reserve_bytes, read_host, workload_of
 from heapballoon.policy import HostObservation
 
@@ -64,7 +65,7 @@ def test_host_reading_from_proc(tmp_path):
 def _policy(tmp_path, text="") -> AutoPolicy:
     path = tmp_path / "policy.toml"
     path.write_text(text)
-    return AutoPolicy(SimpleNamespace(vms={}, targets={}), policy_path=str(path), clock=lambda: 0.0)
+    return AutoPolicy(SessionTable(), policy_path=str(path), clock=lambda: 0.0)
 
 
 def simulate(policy: AutoPolicy, vms: list[VMReading], budget_mib: int, ticks: int) -> list[VMReading]:
@@ -122,8 +123,9 @@ def test_active_fraction_from_the_guest_jvms_or_the_guest():
     from heapballoon.host.autopolicy import active_fraction
     from heapballoon.host.virtioballoon import BalloonReading
 
-    jvms = [{"heap_committed_bytes": 768 * MIB, "live_bytes": 150 * MIB}, {"heap_committed_bytes": 256 * MIB,
-                                                                            "live_bytes": 106 * MIB}]
+    # the guest's JVMs as hostd holds them: typed (status.JvmStatus; only these two fields are read)
+    jvms = [SimpleNamespace(heap_committed_bytes=768 * MIB, live_bytes=150 * MIB),
+            SimpleNamespace(heap_committed_bytes=256 * MIB, live_bytes=106 * MIB)]
     assert active_fraction(jvms, None) == 0.25
     stats = BalloonReading(GIB, 300 * MIB, 256 * MIB, GIB, 0, 1.0, 0.0)
     assert active_fraction([], stats) == 0.75  # no JVM: what the guest does not count as available

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from heapballoon.errors import ReclaimError
-from heapballoon.host.layout import GuestLayout, RamRange, parse_mtree_flat, parse_mtree_tree
+from heapballoon.qemu.layout import GuestLayout, RamRange, parse_mtree_flat, parse_mtree_tree
 
 DATA = os.path.join(os.path.dirname(__file__), "test_host_data")
 G = 1 << 30

@@ -176,7 +176,7 @@ def test_a_domain_resumed_by_someone_under_hostds_pause_is_not_punched():
     """Row 6 through libvirt: after hostd's virDomainSuspend and the re-check, someone's
     ``virsh resume`` and a guest write; hostd asks libvirt before the punch and stops."""
     from heapballoon.host.guestram import PAGE_BYTES as P, GuestRam
-    from heapballoon.host.layout import GuestLayout, RamRange
+    from heapballoon.qemu.layout import GuestLayout, RamRange
     from heapballoon.host.shortpause import ShortPauseReclaimer
 
     libvirt = lv.import_binding()

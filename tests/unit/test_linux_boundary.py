@@ -1,8 +1,9 @@
-"""The linux/ boundary: only heapballoon.linux touches /proc, /sys (cgroupfs included) and ctypes.
+"""The linux/ boundary: only heapballoon.linux touches /proc, /sys (cgroupfs included), /dev, raw fds and ctypes.
 
 Every module under src/heapballoon outside linux/ is parsed with ``ast`` (nothing is imported)
-and may neither import ctypes nor hold a string literal that starts with ``/proc`` or ``/sys``
-(an f-string counts by its leading text). Docstrings are prose, not accesses, and are skipped.
+and may neither import ctypes, nor hold a string literal that starts with ``/proc``, ``/sys``
+or ``/dev`` (an f-string counts by its leading text), nor open a raw fd (``os.open``: device
+nodes and the like; ordinary files use ``open``). Docstrings are prose, not accesses, and are skipped.
 The checker itself is tested on bad and good snippets, so this test can fail.
 """
 
@@ -15,11 +16,16 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "heapballoon"
-KERNEL_PATH = re.compile(r"^/(proc|sys)(/|$)")
+KERNEL_PATH = re.compile(r"^/(proc|sys|dev)(/|$)")
 
 # Files that may still cross the boundary: none. Keep it that way; a file added here must be
 # one that really violates it (an entry that does not fails the test below).
 ALLOWLIST: set[str] = set()
+# Raw fds still opened outside linux/, by the guest's virtio-serial port readers: the guest half
+# of issue 19 makes them one port reader (it is being changed in parallel; kept out of this
+# change). Listed exactly: a file that stops opening raw fds fails the test below until removed.
+RAW_FD_KNOWN = {"guest/driver.py", "guest/supervisor.py"}
+RAW_FD = "os.open (a raw fd)"
 
 
 def _docstring_nodes(tree: ast.AST) -> set[int]:
@@ -49,6 +55,9 @@ def violations(source: str, filename: str = "<snippet>") -> list[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.module and (node.module == "ctypes" or node.module.startswith("ctypes.")):
                 found.append(f"line {node.lineno}: from {node.module} import ...")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "open" \
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == "os":
+            found.append(f"line {node.lineno}: {RAW_FD}")
         elif isinstance(node, ast.JoinedStr):
             first = node.values[0] if node.values else None
             if isinstance(first, ast.Constant) and isinstance(first.value, str) and KERNEL_PATH.match(first.value):
@@ -80,6 +89,9 @@ def modules_outside_linux() -> list[Path]:
     "x = b'/proc/meminfo'\n",
     "x = '/proc'\n",
     "def f():\n    '''doc'''\n    return open('/sys/class/virtio-ports')\n",
+    "import os\nos.access('/dev/kvm', os.R_OK)\n",
+    "fd = os.open(path, os.O_RDWR)\n",
+    "x = f'/dev/virtio-ports/{name}'\n",
 ])
 def test_checker_catches(snippet):
     assert violations(snippet), snippet
@@ -93,6 +105,9 @@ def test_checker_catches(snippet):
     "x = '/system'\n",
     "from heapballoon.linux.procfs import ProcFS\nProcFS().meminfo()\n",
     "p = f'{root}/proc'\n",
+    "x = '/devices'\n",
+    "with open(path) as f:\n    f.read()\n",
+    "from heapballoon.linux.devices import kvm_usable\nkvm_usable()\n",
 ])
 def test_checker_allows(snippet):
     assert violations(snippet) == []
@@ -105,6 +120,8 @@ def test_no_module_outside_linux_touches_the_kernel_directly():
     for path in modules_outside_linux():
         rel = path.relative_to(PACKAGE).as_posix()
         found = violations(path.read_text(), rel)
+        if rel in RAW_FD_KNOWN:
+            found = [f for f in found if not f.endswith(RAW_FD)]
         if found and rel not in ALLOWLIST:
             bad[rel] = found
     assert bad == {}, "use heapballoon.linux (ProcFS, KSM, memfd, libc, virtio) instead: " + repr(bad)
@@ -114,6 +131,12 @@ def test_allowlist_holds_only_host_files_that_still_violate():
     assert all(rel.startswith("host/") for rel in ALLOWLIST)
     stale = [rel for rel in sorted(ALLOWLIST) if not violations((PACKAGE / rel).read_text(), rel)]
     assert stale == [], f"{stale} no longer cross the boundary: remove them from ALLOWLIST"
+
+
+def test_raw_fd_known_holds_only_files_that_still_open_raw_fds():
+    stale = [rel for rel in sorted(RAW_FD_KNOWN)
+             if not any(f.endswith(RAW_FD) for f in violations((PACKAGE / rel).read_text(), rel))]
+    assert stale == [], f"{stale} no longer open raw fds: remove them from RAW_FD_KNOWN"
 
 
 def test_the_walk_sees_the_package():

@@ -60,7 +60,7 @@ def _vm(**over):
               guest_balloon_bytes=None, guest_target_bytes=None, totals_pages={"punched": 1}, jvms=[],
               balloon_max_bytes=None, guest_free_bytes=300 << 20, guest_available_bytes=None,
               virtio_actual_bytes=1 << 30, virtio_target_bytes=0, policy_reason="idle 2%, shares 1000: gives 1 GiB",
-              pinned=False)
+              pinned=False, cont_owed=False)
     vm.update(over)
     return vm
 

@@ -93,31 +93,31 @@ def workload_of(r: VMReading, allowed: tuple[str, ...] = ("guest_free", "heap"))
                                sources=sources, active_fraction=r.active_fraction, pinned_target_bytes=r.pinned_bytes)
 
 
-def reading_of(status: dict, vm, pinned_bytes: int | None) -> VMReading | None:
-    """A reading from hostd's status of the VM (vmstatus.vm_status) and its virtio balloon;
-    None if its resident size could not be measured."""
-    if status.get("host_resident_bytes") is None:
+def reading_of(snap: vmstatus.VMSnapshot, pinned_bytes: int | None) -> VMReading | None:
+    """A reading from hostd's snapshot of the VM (vmstatus.snapshot: its status and virtio
+    balloon); None if its resident size could not be measured."""
+    st, r = snap.status, snap.virtio
+    if st.host_resident_bytes is None:
         return None
-    r = vm.virtio
     return VMReading(
-        name=vm.name, memory_bytes=vm.memory_bytes, resident_bytes=status["host_resident_bytes"],
+        name=st.name, memory_bytes=st.memory_bytes, resident_bytes=st.host_resident_bytes,
         guest_available_bytes=(r.free_bytes if r.available_bytes is None else r.available_bytes) if r else None,
-        virtio_held_bytes=r.held_bytes(vm.memory_bytes) if r else 0,
-        virtio_target_bytes=vm.virtio_target_bytes,
-        heap_max_bytes=status.get("balloon_max_bytes") or 0,
-        heap_held_bytes=status.get("reclaimed_bytes") or 0,
-        heap_target_bytes=vm.target_bytes, active_fraction=active_fraction(status.get("jvms") or [], r),
+        virtio_held_bytes=r.held_bytes(st.memory_bytes) if r else 0,
+        virtio_target_bytes=st.virtio_target_bytes,
+        heap_max_bytes=st.balloon_max_bytes or 0,
+        heap_held_bytes=st.reclaimed_bytes or 0,
+        heap_target_bytes=st.target_bytes, active_fraction=active_fraction(st.jvms, r),
         pinned_bytes=pinned_bytes)
 
 
-def active_fraction(jvms: list[dict], reading) -> float | None:
+def active_fraction(jvms, reading) -> float | None:
     """How much of a VM is in use, 0 to 1: its JVMs' live set over their committed heap (the
     heap is what the policy takes from), or, with no JVM, the share of guest memory the guest
     does not count as available; None while neither is known (the engine then holds the VM's
-    targets)."""
-    committed = sum(j.get("heap_committed_bytes", 0) for j in jvms)
+    targets). ``jvms``: the guest's, typed (status.JvmStatus)."""
+    committed = sum(j.heap_committed_bytes for j in jvms)
     if committed > 0:
-        return min(1.0, sum(j.get("live_bytes", 0) for j in jvms) / committed)
+        return min(1.0, sum(j.live_bytes for j in jvms) / committed)
     if reading is not None and reading.total_bytes and reading.available_bytes is not None:
         return min(1.0, max(0.0, 1.0 - reading.available_bytes / reading.total_bytes))
     return None
@@ -145,11 +145,11 @@ def read_host(budget_bytes: int | None, procfs: ProcFS | None = None) -> HostObs
 
 
 class AutoPolicy:
-    """The policy loop of one hostd (``daemon``: a HostDaemon; its ``vms`` and pins, ``targets``)."""
+    """The policy loop of one hostd (``table``: its sessions and pins, a host.sessions.SessionTable)."""
 
-    def __init__(self, daemon, budget_bytes: int | None = None, policy_path: str | None = None,
+    def __init__(self, table, budget_bytes: int | None = None, policy_path: str | None = None,
                  clock=time.monotonic, host_reader=read_host) -> None:
-        self.daemon = daemon
+        self.table = table
         self.budget_bytes = budget_bytes
         self.policy_path = policy_path or DEFAULT_POLICY_PATH
         self.clock = clock
@@ -194,19 +194,15 @@ class AutoPolicy:
         return self.decisions
 
     async def observe(self) -> list[VMReading]:
-        vms = sorted(self.daemon.vms.values(), key=lambda v: v.name)
+        vms = self.table.sessions()
         await virtioballoon.refresh(vms, 0.0)
-        statuses = await asyncio.to_thread(lambda: [vmstatus.vm_status(v) for v in vms])
-        readings = []
-        for vm, status in zip(vms, statuses):
-            r = reading_of(status, vm, self.daemon.targets.get(vm.name))
-            if r is not None:
-                readings.append(r)
-        return readings
+        snaps = await asyncio.to_thread(lambda: [vmstatus.snapshot(v) for v in vms])
+        readings = (reading_of(snap, self.table.pinned_bytes(snap.status.name)) for snap in snaps)
+        return [r for r in readings if r is not None]
 
     async def apply(self, d: Decisions) -> None:
         for w in d.workloads:
-            vm = self.daemon.vms.get(w.key)
+            vm = self.table.get(w.key)
             if vm is None:
                 continue
             vm.policy_reason = w.reason
@@ -218,7 +214,7 @@ class AutoPolicy:
                     log.info("VM %s: virtio balloon not set: %s", vm.name, err)
             if not w.pinned and w.target_of("heap") != vm.target_bytes:
                 vm.target_bytes = w.target_of("heap")
-                await self.daemon._send_target(vm)  # queued on the VM's channel: never waits on its guest
+                self.table.want_target(vm)  # queued on the VM's channel: never waits on its guest
             if w.changed:
                 log.info("%s", workload_line(w))
 
@@ -234,7 +230,7 @@ class AutoPolicy:
     async def release(self) -> None:
         """hostd stops managing: every virtio balloon it inflated is let go (heap targets go
         back to the pins when hostd starts again)."""
-        for vm in list(self.daemon.vms.values()):
+        for vm in self.table.sessions():
             if vm.virtio_target_bytes > 0:
                 try:
                     await virtioballoon.set_actual(vm, vm.memory_bytes)

@@ -22,7 +22,7 @@ from heapballoon.host.guestlimits import (  # noqa: F401 - MAX_BAD_LINES: hostco
 )
 from heapballoon.host.guestram import PAGE_BYTES
 from heapballoon.host.vmreclaim import MAX_BALLOON_INTERVALS
-from heapballoon.host.vmregistry import VM
+from heapballoon.host.vmsession import VMSession
 from heapballoon.textsafe import log_text
 
 log = logging.getLogger("heapballoon.hostd")
@@ -57,16 +57,16 @@ class GuestChannel(transport.LineChannel):
 
 
 class GuestSessions:
-    """The guest-channel half of HostDaemon (uses its ``vms``, ``engine``, ``_guards``, ``_drop`` ...)."""
+    """The guest-channel half of HostDaemon (uses its ``table``, ``engine``, ``_guards`` ...)."""
 
-    def _guard(self, vm: VM) -> GuestGuard:
+    def _guard(self, vm: VMSession) -> GuestGuard:
         guard = self._guards.get(vm.name)
         if guard is None:
             guard = self._guards[vm.name] = GuestGuard(vm.name)
         vm.balloon.max_intervals = MAX_BALLOON_INTERVALS  # removes too: accounting never grows past it
         return guard
 
-    async def _channel_loop(self, vm: VM) -> None:
+    async def _channel_loop(self, vm: VMSession) -> None:
         delay = RECONNECT_MIN_S
         guard = self._guard(vm)
         while vm.alive():
@@ -104,7 +104,7 @@ class GuestSessions:
             guard.faults += faulted
             await asyncio.sleep(RECONNECT_AFTER_FAULT_S if faulted else RECONNECT_MIN_S)
 
-    async def _target_sender(self, vm: VM, ch: GuestChannel, guard: GuestGuard) -> None:
+    async def _target_sender(self, vm: VMSession, ch: GuestChannel, guard: GuestGuard) -> None:
         """Send the VM's current target whenever it is due; a guest that stops reading is
         dropped (the transport aborts the channel, which ends its session)."""
         while True:
@@ -119,7 +119,7 @@ class GuestSessions:
             except (OSError, ConnectionError):
                 return
 
-    def _coalesces(self, vm: VM, msg) -> bool:
+    def _coalesces(self, vm: VMSession, msg) -> bool:
         """A report the short engine may merge with the reports queued right behind it."""
         return (self.engine == "short" and vm.reclaim == "pfn" and vm.hello is not None
                 and isinstance(msg, protocol.Pages) and msg.op == "add")
@@ -135,7 +135,7 @@ class GuestSessions:
         except ProtocolError as err:
             return err
 
-    async def _within_budget(self, vm: VM, guard: GuestGuard, ch: transport.LineChannel,
+    async def _within_budget(self, vm: VMSession, guard: GuestGuard, ch: transport.LineChannel,
                              msgs: list[protocol.Pages]) -> None:
         """Charge what the guest sent since the last charge (bytes; and of ``pages`` messages,
         ranges and pages to verify) to its budgets and wait until they are paid: a guest over
@@ -153,7 +153,7 @@ class GuestSessions:
             guard.note("budget", "guest over its budget; not read for %.2f s", wait_s, level=logging.INFO)
             await asyncio.sleep(wait_s)
 
-    async def _serve_guest(self, vm: VM, ch: transport.LineChannel, guard: GuestGuard | None = None) -> bool:
+    async def _serve_guest(self, vm: VMSession, ch: transport.LineChannel, guard: GuestGuard | None = None) -> bool:
         """Serve one connection until EOF; True when it was dropped for a fault."""
         guard = guard or self._guard(vm)
         pushback: list = []
@@ -196,7 +196,7 @@ class GuestSessions:
             if reply is not None:
                 await ch.send(reply)
 
-    async def _guest_message(self, vm: VM, msg: protocol.Message) -> protocol.Message | None:
+    async def _guest_message(self, vm: VMSession, msg: protocol.Message) -> protocol.Message | None:
         if isinstance(msg, protocol.GuestHello):
             if msg.page_bytes != PAGE_BYTES:
                 return protocol.Error(f"page_bytes {msg.page_bytes} unsupported (hostd handles {PAGE_BYTES})")
@@ -210,10 +210,10 @@ class GuestSessions:
                 log.info("VM %s: guest sees %d bytes of RAM, QEMU was given %d",
                          vm.name, msg.guest_ram_bytes, vm.memory_bytes)
             vm.hello = msg
-            await self._send_target(vm)
+            self.table.want_target(vm)
             return None
         if isinstance(msg, protocol.GuestStatus):
-            vm.guest_status = msg
+            vm.set_guest_status(msg)
             return None
         if isinstance(msg, protocol.Pong):
             return None
@@ -226,13 +226,13 @@ class GuestSessions:
             return await self._pages_add(vm, msg)
         return protocol.Error(f"unexpected message {msg.TYPE!r} on the guest channel")
 
-    async def _pages_add(self, vm: VM, msg: protocol.Pages) -> protocol.PagesAck:
+    async def _pages_add(self, vm: VMSession, msg: protocol.Pages) -> protocol.PagesAck:
         if vm.reclaim == "ksm":
             self._boost_ksm()
             return protocol.PagesAck(msg.seq)  # pages stay mapped for KSM to merge
         return (await self._pages_add_many(vm, [msg]))[0]
 
-    async def _pages_add_many(self, vm: VM, msgs: list[protocol.Pages],
+    async def _pages_add_many(self, vm: VMSession, msgs: list[protocol.Pages],
                               guard: GuestGuard | None = None) -> list[protocol.PagesAck]:
         """Reclaim one or more ``add`` reports (several only with the short engine: they share
         pauses), one ack per report with its own counts. The work runs on the VM's own worker
@@ -255,16 +255,16 @@ class GuestSessions:
                     log.warning("VM %s: pages seq %d (%d pages) not reclaimed: %s", vm.name, m.seq,
                                 sum(c for _, c in m.ranges), err)
                 if not vm.alive():
-                    self._drop(vm, "its QEMU exited during a reclaim")
+                    self.table.drop(vm, "its QEMU exited during a reclaim")
                 return [protocol.PagesAck(m.seq, error=RECLAIM_FAILED) for m in msgs]
         if len(msgs) > 1:
             log.info("VM %s: reports seq %d-%d reclaimed together", vm.name, msgs[0].seq, msgs[-1].seq)
         acks = [vmreclaim.account(vm, m, r) for m, r in zip(msgs, results)]  # logs the details
         if any(r.error for r in results) and not vm.alive():
-            self._drop(vm, "its QEMU exited during a reclaim")
+            self.table.drop(vm, "its QEMU exited during a reclaim")
         return [replace(a, error=RECLAIM_FAILED) if a.error else a for a in acks]
 
-    async def _pages_remove(self, vm: VM, msg: protocol.Pages) -> protocol.PagesAck:
+    async def _pages_remove(self, vm: VMSession, msg: protocol.Pages) -> protocol.PagesAck:
         """Accounting only, in slices with the event loop's other work in between; past the
         balloon's interval cap a split forgets its smaller piece (pageset.py says why that is safe)."""
         if vm.layout is None:

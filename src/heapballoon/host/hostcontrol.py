@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 
 from heapballoon import protocol, transport
 from heapballoon.errors import HeapballoonError, MessageTooLarge, ProtocolError
 from heapballoon.host import virtioballoon, vmstatus
 from heapballoon.host.guestsession import MAX_BAD_LINES
-from heapballoon.host.vmregistry import VM
-from heapballoon.status import HostStatus, PolicyReport, VMStatus
+from heapballoon.host.vmsession import VMSession
+from heapballoon.status import HostStatus, PolicyReport
 
 log = logging.getLogger("heapballoon.hostd")
 
@@ -30,7 +31,7 @@ VIRTIO_READING_MAX_AGE_S = 2.0  # status reads a VM's virtio-balloon again when 
 class ControlRequests:
     """The control-socket half of HostDaemon (uses its ``vms``, ``targets``, ``scan`` ...)."""
 
-    async def _unpin(self, vm: VM, msg: protocol.VMTarget) -> protocol.Message:
+    async def _unpin(self, vm: VMSession, msg: protocol.VMTarget) -> protocol.Message:
         if self.autopolicy is None:
             return protocol.Error(f"hostd runs without --policy auto: give VM {vm.name} a size", msg.id)
         self.targets.pop(vm.name, None)
@@ -38,18 +39,15 @@ class ControlRequests:
         log.info("VM %s: target auto (the policy decides)", vm.name)
         return protocol.Reply(msg.id, {"vm": vm.name, "target_bytes": vm.target_bytes, "auto": True})
 
-    def vm_status(self, vm: VM) -> dict:
-        return vmstatus.vm_status(vm)
-
     async def control_message(self, msg: protocol.Message) -> protocol.Message:
         if isinstance(msg, protocol.StatusRequest):
             self.scan()
             await virtioballoon.refresh(self.vms.values(), VIRTIO_READING_MAX_AGE_S)
-            vms = await asyncio.to_thread(lambda: [self.vm_status(v) for v in sorted(self.vms.values(), key=lambda v: v.name)])
+            snaps = await asyncio.to_thread(lambda: [vmstatus.snapshot(v) for v in self.table.sessions()])
             # built as the typed payload, so what hostd sends always has the documented shape
             pinned = self.autopolicy is not None
             return protocol.Reply(msg.id, HostStatus(
-                tuple(VMStatus.from_dict({**v, "pinned": pinned and v["name"] in self.targets}) for v in vms),
+                tuple(replace(s.status, pinned=pinned and s.status.name in self.targets) for s in snaps),
                 self.autopolicy.status_text() if self.autopolicy else "", self.left_alone).to_dict())
         if isinstance(msg, protocol.PolicyExplainRequest):
             report = self.autopolicy.report() if self.autopolicy else PolicyReport(
@@ -71,7 +69,7 @@ class ControlRequests:
             vm.target_bytes = msg.target_bytes
             self.targets[vm.name] = msg.target_bytes
             self.save_state()
-            await self._send_target(vm)
+            self.table.want_target(vm)
             log.info("VM %s: target %d bytes", vm.name, msg.target_bytes)
             return protocol.Reply(msg.id, {"vm": vm.name, "target_bytes": vm.target_bytes})
         return protocol.Error(f"hostd does not handle {msg.TYPE!r} requests", getattr(msg, "id", 0))

@@ -75,7 +75,9 @@ from heapballoon.host.guestlimits import GuestGuard
 from heapballoon.host.guestsession import GuestSessions
 from heapballoon.host.hostcontrol import ControlRequests
 from heapballoon.host.vmreclaim import MAX_BALLOON_INTERVALS  # noqa: F401 - part of hostd's API
-from heapballoon.host.vmregistry import VM, load_vm, run_dir_path  # noqa: F401 - hostd's API
+from heapballoon.host.sessions import SessionTable
+from heapballoon.host.vmregistry import RunDirSource, VMSource, load_vm, run_dir_path  # noqa: F401 - hostd's API
+from heapballoon.host.vmsession import VMSession
 
 log = logging.getLogger("heapballoon.hostd")
 
@@ -100,8 +102,7 @@ class HostDaemon(GuestSessions, ControlRequests):
         self.engine = engine
         self.pause_budget_ms = pause_budget_ms or DEFAULT_PAUSE_BUDGET_MS
         self.soft_dirty = False
-        self.vms: dict[str, VM] = {}
-        self.targets: dict[str, int] = {}
+        self.table = SessionTable(on_drop=self._forget_guard)  # sessions and pins (sessions.py)
         self.state_path = os.path.join(run_dir, STATE_FILE)
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -110,7 +111,19 @@ class HostDaemon(GuestSessions, ControlRequests):
         self._ksm_until = 0.0
         self.autopolicy = None  # autopolicy.AutoPolicy with --policy auto
         self.left_alone: dict[str, str] = {}  # VMs seen but not managed → why (libvirt backend)
-        self.backend = None  # VMs from elsewhere than the run dir: has scan(self), close()
+        self.source: VMSource = RunDirSource(self.vms_dir)  # or libvirt's (libvirt/backend.py)
+
+    @property
+    def vms(self) -> dict[str, VMSession]:
+        return self.table.vms
+
+    @property
+    def targets(self) -> dict[str, int]:
+        return self.table.targets
+
+    @targets.setter
+    def targets(self, pins: dict[str, int]) -> None:
+        self.table.targets = pins
 
     # ------------------------------------------------------------ state file
 
@@ -132,45 +145,33 @@ class HostDaemon(GuestSessions, ControlRequests):
     # ------------------------------------------------------------ registry
 
     def scan(self) -> None:
-        """Bring the registry in line with the run dir: add new VMs, drop dead ones."""
-        if self.backend is not None:
-            return self.backend.scan(self)
-        seen = set()
-        try:
-            entries = sorted(os.scandir(self.vms_dir), key=lambda e: e.name)
-        except OSError:
-            entries = []
-        for entry in entries:
-            if not entry.is_dir():
-                continue
-            known = next((v for v in self.vms.values() if v.dir == entry.path), None)
-            if known is not None and known.alive():
-                seen.add(known.name)
-                continue
-            vm = load_vm(entry.path)
-            if vm is None or vm.name in seen:
-                continue
+        """Bring the sessions in line with the source's VMs: the one place VMs are admitted
+        (a new session: its pinned target, engine, pause model and guest channel) and dropped."""
+        found = self.source.discover(self.vms)
+        if not found.complete:  # the source could not look: keep what we have, but not the dead
+            for vm in [v for v in self.vms.values() if not v.alive()]:
+                self.table.drop(vm, "its QEMU exited")
+            return
+        self.left_alone = dict(found.left_alone)
+        for vm in found.new:
+            known = self.vms.get(vm.name)
             if known is not None:
-                self._drop(known, "its QEMU exited")
-            seen.add(vm.name)
+                self.table.drop(known, "its QEMU exited or was replaced")
             vm.target_bytes = self.targets.get(vm.name, 0)  # with the policy, a manual target pins
             vm.engine, vm.soft_dirty = self.engine, self.soft_dirty
             vm.pause_model = PauseModel(self.pause_budget_ms)
-            self.vms[vm.name] = vm
+            self.table.add(vm)
             vm.task = asyncio.get_running_loop().create_task(self._channel_loop(vm), name=f"channel-{vm.name}")
-            log.info("VM %s: QEMU pid %d, %d bytes of RAM, reclaim %s, target %d bytes",
-                     vm.name, vm.pid, vm.memory_bytes, vm.reclaim, vm.target_bytes)
-        for name in [n for n in self.vms if n not in seen]:
-            self._drop(self.vms[name], "gone")
+            log.info("VM %s: %s, QEMU pid %d, %d bytes of RAM, reclaim %s, target %d bytes", vm.name,
+                     vm.describe(), vm.pid, vm.memory_bytes, vm.reclaim, vm.target_bytes)
+        admitted = found.keep | {vm.name for vm in found.new}
+        for vm in [v for n, v in self.vms.items() if n not in admitted]:
+            self.table.drop(vm, "gone")
 
-    def _drop(self, vm: VM, why: str) -> None:
-        log.info("VM %s: %s; forgetting it", vm.name, why)
-        vm.close()
-        if self.vms.get(vm.name) is vm:
-            del self.vms[vm.name]
-            guard = self._guards.pop(vm.name, None)
-            if guard is not None:
-                guard.close()
+    def _forget_guard(self, vm: VMSession) -> None:
+        guard = self._guards.pop(vm.name, None)
+        if guard is not None:
+            guard.close()
 
     async def _scan_loop(self) -> None:
         while True:
@@ -185,15 +186,6 @@ class HostDaemon(GuestSessions, ControlRequests):
                     log.warning("KSM: %s", err)
             await asyncio.sleep(SCAN_INTERVAL_S)
 
-    # ------------------------------------------------------------ guest channel
-
-    async def _send_target(self, vm: VM) -> None:
-        """Have the VM's current target sent to its guest. Never waits on the guest: the
-        channel's own sender sends it (the latest target wins), so a guest that stops reading
-        delays no caller — the policy, ``target --vm`` — and no other VM (guestsession.py)."""
-        if vm.channel is not None:
-            vm.channel.want_target()
-
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
@@ -207,20 +199,19 @@ class HostDaemon(GuestSessions, ControlRequests):
                  "present" if sd.supported else "absent", sd.reason)
         self.load_state()
         self._server = await transport.listen(self.socket_path, self._control_client)
+        self.source.attach(self.vms, self.scan)
         self.scan()
         t = asyncio.get_running_loop().create_task(self._scan_loop(), name="hostd-scan")
         self._tasks.add(t)
         log.info("hostd listening on %s, VMs from %s", self.socket_path,
-                 f"libvirt at {self.backend.uri}" if self.backend is not None else self.vms_dir)
+                 self.source.where)
 
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
         if self.autopolicy is not None:
             await self.autopolicy.release()
-        for vm in list(self.vms.values()):
-            vm.close()
-        self.vms.clear()
+        self.table.close_all()
         for guard in self._guards.values():
             guard.close()
         self._guards.clear()
@@ -231,27 +222,24 @@ class HostDaemon(GuestSessions, ControlRequests):
             except OSError:
                 pass
         self._ksm.close()  # the KSM settings hostd found, back (and its save file removed)
-        if self.backend is not None:
-            self.backend.close()
+        self.source.close()
 
 
 async def serve(socket_path: str, run_dir: str, batch_pages: int | None = None,
                 ready: asyncio.Event | None = None, engine: str = "short",
                 pause_budget_ms: float | None = None, metrics: str | None = None,
                 metrics_registry=None, policy: str = "manual", memory_budget_bytes: int | None = None,
-                policy_file: str | None = None, libvirt_uri: str | None = None) -> None:
+                policy_file: str | None = None, source: VMSource | None = None) -> None:
     """Run hostd until cancelled (``metrics``: serve Prometheus metrics on ADDR:PORT;
     ``policy="auto"``: autopolicy decides every VM's targets, SIGHUP re-reads its file;
-    ``libvirt_uri``: manage that libvirt's domains instead of the run dir's VMs)."""
+    ``source``: where the VMs come from, default the run dir's; e.g. libvirt's domains)."""
     d = HostDaemon(socket_path, run_dir, batch_pages, engine, pause_budget_ms)
-    if libvirt_uri:
-        from heapballoon.libvirt.backend import LibvirtBackend
-
-        d.backend = LibvirtBackend(libvirt_uri, engine)
+    if source is not None:
+        d.source = source
     if policy == "auto":
         from heapballoon.host.autopolicy import AutoPolicy
 
-        d.autopolicy = AutoPolicy(d, memory_budget_bytes, policy_file)  # a bad file: hostd does not start
+        d.autopolicy = AutoPolicy(d.table, memory_budget_bytes, policy_file)  # a bad file: hostd does not start
     await d.start()
     loop = asyncio.get_running_loop()
     if d.autopolicy is not None:
@@ -264,7 +252,7 @@ async def serve(socket_path: str, run_dir: str, batch_pages: int | None = None,
     if metrics:
         from heapballoon.driver.metrics import parse_listen
 
-        server = vmstatus.start_metrics(d, *parse_listen(metrics), registry=metrics_registry)
+        server = vmstatus.start_metrics(d.table, d.autopolicy, *parse_listen(metrics), registry=metrics_registry)
         log.info("Prometheus metrics on http://%s/metrics", metrics)
     if ready is not None:
         ready.set()
@@ -287,7 +275,9 @@ def request(socket_path: str, msg: protocol.Message, timeout_s: float = 10.0) ->
     return transport.request(socket_path, msg, timeout_s, start_hint=transport.HOSTD_START_HINT)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, libvirt_source=None) -> int:
+    """``heapballoon hostd``. ``libvirt_source(uri, engine)``: the VMSource for ``--libvirt``
+    (heapballoon.cli passes libvirt.backend's; host/ does not import libvirt/)."""
     p = argparse.ArgumentParser(prog="heapballoon hostd", description="host memory manager for heapballoon VMs")
     p.add_argument("--socket", help="control socket (default $HEAPBALLOON_HOST_SOCKET or "
                    f"{transport.DEFAULT_HOST_SOCKET})")
@@ -311,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.libvirt is not None and args.engine != "short":
         p.error("--libvirt works with the short engine only")
+    if args.libvirt is not None and libvirt_source is None:
+        raise UsageError("this hostd was started without libvirt support: run `heapballoon hostd --libvirt`")
     budget = None
     if args.memory_budget is not None:
         from heapballoon.units import parse_size
@@ -330,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             await serve(transport.host_socket_path(args.socket), run_dir_path(args.run_dir), args.batch_pages,
                         engine=args.engine, pause_budget_ms=args.pause_budget_ms, metrics=args.metrics,
                         policy=args.policy, memory_budget_bytes=budget, policy_file=args.policy_file,
-                        libvirt_uri=args.libvirt)
+                        source=libvirt_source(args.libvirt, args.engine) if args.libvirt is not None else None)
         except asyncio.CancelledError:
             log.info("hostd stopping")
 

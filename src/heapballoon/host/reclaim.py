@@ -25,7 +25,7 @@ from typing import Iterable
 
 from heapballoon.errors import ReclaimError
 from heapballoon.host.guestram import PAGE_BYTES, GuestRam, PunchResult
-from heapballoon.host.layout import GuestLayout
+from heapballoon.qemu.layout import GuestLayout
 from heapballoon.host.pausestats import PauseSample, percentile  # noqa: F401 - percentile re-exported
 
 log = logging.getLogger("heapballoon.host.reclaim")

@@ -97,7 +97,7 @@ class ScratchVM:
 def _qemu_touch(vm: ScratchVM, gpa: int, size_bytes: int):
     """Make QEMU read guest RAM through its own mapping (``pmemsave`` to /dev/null), so its
     page tables map the pages as a running guest's would: a punch then unmaps them too."""
-    return vm.qmp.execute("pmemsave", {"val": gpa, "size": size_bytes, "filename": "/dev/null"})
+    return vm.qmp.execute("pmemsave", {"val": gpa, "size": size_bytes, "filename": os.devnull})
 
 
 async def reclaim_benchmark(memory_bytes: int = 512 << 20, pages: int = 131072,
@@ -107,9 +107,9 @@ async def reclaim_benchmark(memory_bytes: int = 512 << 20, pages: int = 131072,
     ``engine`` ("batch": the first engine, fixed batches; "short": pre-check + time-budgeted
     pauses); throughput, pauses and their parts."""
     from heapballoon.host.guestram import PAGE_BYTES, GuestRam
-    from heapballoon.host.layout import GuestLayout
+    from heapballoon.qemu.layout import GuestLayout
     from heapballoon.host.pausestats import breakdown
-    from heapballoon.host.qmpsync import SyncQMP
+    from heapballoon.qemu.monitor import QMPMonitor
     from heapballoon.host.reclaim import DEFAULT_BATCH_PAGES, Reclaimer
     from heapballoon.host.shortpause import DEFAULT_PAUSE_BUDGET_MS, PauseModel, ShortPauseReclaimer
 
@@ -136,7 +136,7 @@ async def reclaim_benchmark(memory_bytes: int = 512 << 20, pages: int = 131072,
             res = await Reclaimer(ram, layout, vm.qmp, batch_pages=batch_pages).reclaim([(first_pfn, pages)])
         elif engine == "short":
             def work():
-                with SyncQMP(sync_path) as q:
+                with QMPMonitor(sync_path) as q:
                     return ShortPauseReclaimer(ram, layout, q, PauseModel(budget)).reclaim([(first_pfn, pages)])
             res = await asyncio.to_thread(work)
         else:

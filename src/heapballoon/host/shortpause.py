@@ -8,7 +8,7 @@ batch of pages with everything inside it, is reclaim.Reclaimer). Per reclaim:
 2. The candidates are cut into pauses bounded in *time*, not pages: :class:`PauseModel`
    learns what ``stop``, ``cont`` and a byte of re-check+punch cost on this VM and hands out
    as many bytes as fit in ``pause_budget_ms``.
-3. Per pause, in the calling (worker) thread, with a blocking QMP socket (qmpsync) and no
+3. Per pause, in the calling (worker) thread, with a blocking QMP socket (heapballoon.qemu.monitor) and no
    awaits, no logging and no other VM's pause in between (one process-wide lock, taken
    *before* ``stop``): ``query-status``; ``stop``; re-check the candidates in place and punch
    what is still zero; ``cont`` (always attempted, in a ``finally``). Each part is timed.
@@ -34,9 +34,9 @@ from typing import Iterable
 from heapballoon.errors import HeapballoonError, KernelError, ReclaimError
 from heapballoon.host.contdebt import ContDebt
 from heapballoon.host.guestram import PAGE_BYTES, GuestRam
-from heapballoon.host.layout import GuestLayout
+from heapballoon.qemu.layout import GuestLayout
 from heapballoon.host.pausestats import PauseSample
-from heapballoon.host.qmpsync import event_time_s
+from heapballoon.qemu.monitor import event_time_s
 from heapballoon.host.reclaim import ReclaimResult
 from heapballoon.host.resumeguard import DeferredError, ResumedUnderPause, recheck_and_punch_guarded
 from heapballoon.linux.procfs import ProcFS
@@ -226,7 +226,7 @@ def _guest_ms(events) -> float:
 
 class ShortPauseReclaimer:
     """Reclaims a VM's zero guest pages with short pauses. ``qmp``: anything with a blocking
-    ``execute(cmd, arguments=None)`` (qmpsync.SyncQMP). Call :meth:`reclaim` from a worker
+    ``execute(cmd, arguments=None)`` (heapballoon.qemu.monitor.QMPMonitor, or libvirt.conn.DomainMonitor). Call :meth:`reclaim` from a worker
     thread, never from the event loop."""
 
     def __init__(self, guest_ram: GuestRam, layout: GuestLayout, qmp, model: PauseModel | None = None,

@@ -15,12 +15,13 @@ the cheap source and the JVM heap the dear one.
 * :func:`set_actual` asks the device for a guest size (QMP ``balloon``); the guest driver
   inflates or deflates towards it on its own time, so the next reading says how far it got.
 
-A libvirt domain's monitor is libvirt's: for it the same two steps go through libvirt's API
-(virDomainSetMemoryStatsPeriod, virDomainSetMemoryFlags, virDomainMemoryStats; libvirt.conn's
-``balloon_query``, answering in QMP's shape), so libvirt's own view of the domain's memory
-stays right.
+Both go through the VM's monitor (``vm.monitor``, heapballoon.qemu.monitor's interface,
+``balloon``), in a worker thread. A libvirt domain's monitor is libvirt's: for it the same
+steps go through libvirt's API (virDomainSetMemoryStatsPeriod, virDomainSetMemoryFlags,
+virDomainMemoryStats; libvirt.conn's DomainMonitor, answering in QMP's shape), so libvirt's
+own view of the domain's memory stays right.
 
-Every other call is one short ``qemu.qmp`` connection to the VM's hostd monitor, made only while
+Every call is one short connection to the VM's hostd monitor, made only while
 hostd holds ``vm.lock`` (the reclaim worker uses the same monitor under that lock; QEMU serves
 one client per monitor). A VM whose lock is taken is skipped, keeping its last reading:
 statistics are never worth delaying a reclaim for. The guest's figures are its own word and
@@ -35,10 +36,10 @@ import time
 from dataclasses import dataclass
 
 from heapballoon.errors import ReclaimError
+from heapballoon.qemu.monitor import BALLOON_DEVICE_PATH as DEVICE_PATH  # noqa: F401 - experiment/ reads it here
 
 log = logging.getLogger("heapballoon.hostd")
 
-DEVICE_PATH = "/machine/peripheral/balloon0"
 STATS_INTERVAL_S = 2  # how often the guest driver refreshes its statistics (QEMU's property, integer s)
 QMP_TIMEOUT_S = 5.0
 
@@ -86,49 +87,19 @@ def parse_reading(balloon: object, stats: object, now_s: float, wall_s: float) -
                           stat("stat-total-memory"), stat("stat-disk-caches"), age, now_s)
 
 
-async def _connect(vm):
-    from qemu.qmp import QMPClient  # heavy import, only when a VM needs it
-
-    qmp = QMPClient(f"hostd-balloon-{vm.name}")
-    try:
-        await asyncio.wait_for(qmp.connect(vm.qmp_path), QMP_TIMEOUT_S)
-    except Exception as err:  # noqa: BLE001 - any failure to connect is the same to us
-        await _disconnect(qmp)
-        raise ReclaimError(f"cannot connect to QMP at {vm.qmp_path}: {type(err).__name__}: {err}") from err
-    return qmp
-
-
-async def _disconnect(qmp) -> None:
-    try:
-        await asyncio.wait_for(qmp.disconnect(), QMP_TIMEOUT_S)
-    except Exception:  # noqa: BLE001
-        pass
-
-
-async def _execute(qmp, cmd: str, args: dict | None = None):
-    from qemu.qmp import QMPError
-
-    try:
-        return await asyncio.wait_for(qmp.execute(cmd, args), QMP_TIMEOUT_S)
-    except (QMPError, OSError, EOFError, asyncio.TimeoutError) as err:
-        raise ReclaimError(f"QMP {cmd} failed: {type(err).__name__}: {err}") from err
-
-
 async def read(vm, set_actual_bytes: int | None = None) -> BalloonReading | None:
-    """Read ``vm``'s balloon (and first ask for ``set_actual_bytes``, if given) in one QMP
-    connection, or through libvirt's API for a libvirt domain; stores the reading in
-    ``vm.virtio`` and returns it. None, keeping the last reading, when the VM's lock is taken
-    (a reclaim is running). ReclaimError on QMP or libvirt trouble."""
+    """Read ``vm``'s balloon (and first ask for ``set_actual_bytes``, if given) in one
+    connection to its monitor (heapballoon.qemu.monitor: QMP, or libvirt's API for a libvirt
+    domain); stores the reading in ``vm.virtio`` and returns it. None, keeping the last reading,
+    when the VM's lock is taken (a reclaim is running). ReclaimError on QMP or libvirt trouble."""
     if vm.lock.locked():
         return None
     async with vm.lock:
-        if not vm.virtio_via_qmp:  # a libvirt domain: libvirt's balloon API (libvirt.conn)
-            balloon, stats = await vm.virtio_query(set_actual_bytes, None if vm.virtio_stats_on else STATS_INTERVAL_S)
-            if not vm.virtio_stats_on:
-                vm.virtio_stats_on = True
-                log.info("VM %s: virtio-balloon statistics every %d s (through libvirt)", vm.name, STATS_INTERVAL_S)
-        else:
-            balloon, stats = await _query_qmp(vm, set_actual_bytes)
+        balloon, stats = await asyncio.to_thread(_query, vm, set_actual_bytes)
+        if not vm.virtio_stats_on:
+            vm.virtio_stats_on = True
+            log.info("VM %s: virtio-balloon statistics every %d s%s", vm.name, STATS_INTERVAL_S,
+                     "" if vm.MONITOR == "QMP" else f" (through {vm.MONITOR})")
     first = vm.virtio is None
     vm.virtio = parse_reading(balloon, stats, time.monotonic(), time.time())
     if first and set_actual_bytes is None:
@@ -138,22 +109,10 @@ async def read(vm, set_actual_bytes: int | None = None) -> BalloonReading | None
     return vm.virtio
 
 
-async def _query_qmp(vm, set_actual_bytes: int | None) -> tuple[object, object]:
-    """``read``'s QMP exchange on the VM's hostd monitor (the caller holds ``vm.lock``)."""
-    qmp = await _connect(vm)
-    try:
-        if not vm.virtio_stats_on:
-            await _execute(qmp, "qom-set", {"path": DEVICE_PATH, "property": "guest-stats-polling-interval",
-                                            "value": STATS_INTERVAL_S})
-            vm.virtio_stats_on = True
-            log.info("VM %s: virtio-balloon statistics every %d s", vm.name, STATS_INTERVAL_S)
-        if set_actual_bytes is not None:
-            await _execute(qmp, "balloon", {"value": int(set_actual_bytes)})
-        balloon = await _execute(qmp, "query-balloon")
-        stats = await _execute(qmp, "qom-get", {"path": DEVICE_PATH, "property": "guest-stats"})
-    finally:
-        await _disconnect(qmp)
-    return balloon, stats
+def _query(vm, set_actual_bytes: int | None) -> tuple[object, object]:
+    """``read``'s exchange on the VM's monitor, in a worker thread (the caller holds ``vm.lock``)."""
+    with vm.monitor(QMP_TIMEOUT_S) as monitor:
+        return monitor.balloon(set_actual_bytes, None if vm.virtio_stats_on else STATS_INTERVAL_S)
 
 
 async def set_actual(vm, actual_bytes: int) -> BalloonReading | None:

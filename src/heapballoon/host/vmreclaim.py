@@ -1,10 +1,11 @@
 """One VM's reported pages, reclaimed: hostd's glue between a pages report and an engine.
 
 This module owns the per-VM steps around a reclaim: a QMP connection to the VM's hostd monitor
-(asyncio for the batch engine, a blocking socket in a worker thread for the short engine),
-finding the guest-RAM file and the guest-physical layout the first time, the fragmentation
-limit, and turning a :class:`~heapballoon.host.reclaim.ReclaimResult` into the guest's
-``pages_ack`` plus hostd's running totals and pause figures. ``vm`` is a hostd.VM.
+(heapballoon.qemu.monitor: asyncio for the batch engine, a blocking socket in a worker thread
+for the short engine), the guest-RAM file (the session's one owner opens it) and the
+guest-physical layout (vm.json's, read at launch; a libvirt domain's from its monitor, once
+per boot), the fragmentation limit, and turning a :class:`~heapballoon.host.reclaim.ReclaimResult` into the guest's
+``pages_ack`` plus hostd's running totals and pause figures. ``vm`` is a VMSession.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import os
 
 from heapballoon import protocol
 from heapballoon.errors import HeapballoonError, ReclaimError
-from heapballoon.host.guestram import PAGE_BYTES, GuestRam
-from heapballoon.host.layout import GuestLayout
+from heapballoon.host.guestram import PAGE_BYTES
+from heapballoon.qemu.layout import GuestLayout
 from heapballoon.host.reclaim import Reclaimer, ReclaimResult
 from heapballoon.host.shortpause import PauseBoost, PauseModel, ShortPauseReclaimer
+from heapballoon.qemu.monitor import connect_async, disconnect_async
 from heapballoon.linux.procfs import ProcFS
 from heapballoon.textsafe import log_text
 
@@ -33,13 +35,9 @@ def _check_fragmentation(vm, extents_list: list[list[tuple[int, int]]]) -> None:
         raise ReclaimError(f"balloon too fragmented (> {MAX_BALLOON_INTERVALS} intervals)")
 
 
-def _open_ram(vm) -> None:
-    if vm.guest_ram is None:
-        ram = GuestRam.open(vm.pid, vm.memory_bytes)
-        if not vm.alive():  # pid reused between scan and open
-            ram.close()
-            raise ReclaimError(f"QEMU {vm.pid} of VM {vm.name} exited")
-        vm.guest_ram = ram
+def _log_layout(vm) -> None:
+    log.info("VM %s: guest RAM layout %r (%s)", vm.name, vm.layout,
+             "from vm.json, as QEMU said at launch" if vm.identity.ram_layout else "from QEMU's monitor")
 
 
 def _pause_boost(vm, qmp) -> PauseBoost:
@@ -60,33 +58,19 @@ def reclaim_short(vm, reports: list, pause_budget_ms: float) -> tuple[list[list[
     """The short engine, all in the calling worker thread: a blocking QMP socket of our own,
     the RAM file and layout if not known yet, then pre-check and short pauses."""
     with vm.monitor(QMP_CONNECT_TIMEOUT_S) as qmp:
-        _open_ram(vm)
+        ram = vm.ram.get()
         if vm.layout is None:
-            text = qmp.execute("human-monitor-command", {"command-line": "info mtree -f"})
-            vm.layout = GuestLayout.from_mtree(str(text), vm.ram_backend, ram_bytes=vm.memory_bytes)
-            log.info("VM %s: guest RAM layout %r", vm.name, vm.layout)
+            vm.layout = vm.launch_layout() or GuestLayout.from_mtree(
+                str(qmp.execute("human-monitor-command", {"command-line": "info mtree -f"})),
+                vm.ram_backend, ram_bytes=vm.memory_bytes)
+            _log_layout(vm)
         extents_list = [vm.layout.ranges_to_offsets(r)[0] for r in reports]
         _check_fragmentation(vm, extents_list)
         if vm.pause_model is None:
             vm.pause_model = PauseModel(pause_budget_ms)
-        engine = ShortPauseReclaimer(vm.guest_ram, vm.layout, qmp, vm.pause_model, vm.name,
+        engine = ShortPauseReclaimer(ram, vm.layout, qmp, vm.pause_model, vm.name,
                                      boost=_pause_boost(vm, qmp), debt=vm.debt())
         return extents_list, engine.reclaim_many(reports)
-
-
-async def _qmp_connect(vm):
-    from qemu.qmp import QMPClient  # heavy import, only when a VM needs it
-
-    qmp = QMPClient(f"hostd-{vm.name}")
-    try:
-        await asyncio.wait_for(qmp.connect(vm.qmp_path), QMP_CONNECT_TIMEOUT_S)
-    except Exception as err:  # noqa: BLE001
-        try:
-            await qmp.disconnect()
-        except Exception:  # noqa: BLE001
-            pass
-        raise ReclaimError(f"cannot connect to QMP at {vm.qmp_path}: {type(err).__name__}: {err}") from err
-    return qmp
 
 
 async def reclaim_batch(vm, ranges, batch_pages: int | None) -> tuple[list[tuple[int, int]], ReclaimResult]:
@@ -100,22 +84,19 @@ async def reclaim_batch(vm, ranges, batch_pages: int | None) -> tuple[list[tuple
                 debt.pay(sync)
 
         await asyncio.to_thread(pay)
-    qmp = await _qmp_connect(vm)
+    qmp = await connect_async(vm.qmp_path, f"hostd-{vm.name}", QMP_CONNECT_TIMEOUT_S)
     try:
-        await asyncio.to_thread(_open_ram, vm)
+        ram = await asyncio.to_thread(vm.ram.get)
         if vm.layout is None:
-            vm.layout = await GuestLayout.from_qmp(qmp, ram_bytes=vm.memory_bytes)
-            log.info("VM %s: guest RAM layout %r", vm.name, vm.layout)
+            vm.layout = vm.launch_layout() or await GuestLayout.from_qmp(qmp, vm.ram_backend, ram_bytes=vm.memory_bytes)
+            _log_layout(vm)
         extents, _ = vm.layout.ranges_to_offsets(ranges)
         _check_fragmentation(vm, [extents])
-        rec = Reclaimer(vm.guest_ram, vm.layout, qmp, name=vm.name, debt=debt,
+        rec = Reclaimer(ram, vm.layout, qmp, name=vm.name, debt=debt,
                         **({"batch_pages": batch_pages} if batch_pages else {}))
         return extents, await rec.reclaim(ranges)
     finally:
-        try:
-            await qmp.disconnect()
-        except Exception:  # noqa: BLE001
-            pass
+        await disconnect_async(qmp)
 
 
 def account(vm, msg: protocol.Pages, res: ReclaimResult) -> protocol.PagesAck:

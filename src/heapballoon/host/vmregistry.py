@@ -1,30 +1,25 @@
-"""hostd's registry of VMs: one :class:`VM` per live VM directory, and the rule that admits one.
+"""Where hostd's VMs come from: the :class:`VMSource` protocol, and :class:`RunDirSource`, the run dir's VMs.
 
-This module owns what hostd knows about a VM between scans: the identity checks (the pid in
+This module owns *discovery* for the run dir (``RUN_DIR/vms/NAME/``, read through the one
+contract, :mod:`heapballoon.vm.vmdir`) and the identity rule that admits a VM: the pid in
 ``vm.json`` is alive, has the recorded start time, and its command line names the VM's
-directory) and the per-VM state hostd builds up (guest RAM, layout, balloon, pause figures).
-The VM directory itself is read through the one contract, :mod:`heapballoon.vm.vmdir`.
-Owned by hostd's event loop; the reclaim worker gets a VM only under ``vm.lock``.
+directory. A source only says what it found (a :class:`Discovery`); hostd's ``scan`` admits
+and drops sessions in one place (host/hostd.py). The libvirt source is libvirt/backend.py's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from heapballoon import protocol, transport
 from heapballoon.errors import KernelError, VMError
-from heapballoon.host.contdebt import ContDebt
-from heapballoon.host.guestram import GuestRam
-from heapballoon.host.layout import GuestLayout
-from heapballoon.host.pageset import PageSet
-from heapballoon.host.pausestats import PauseStats
-from heapballoon.host.shortpause import PauseModel
-from heapballoon.host.virtioballoon import BalloonReading
+from heapballoon.host.vmsession import VMIdentity, VMSession, proc_starttime
 from heapballoon.linux.procfs import ProcFS
+from heapballoon.qemu.layout import RamRange
 from heapballoon.vm.vmdir import VMDir, VMPaths, run_dir
 
 log = logging.getLogger("heapballoon.hostd")
@@ -34,12 +29,32 @@ def run_dir_path(cli_value: str | None = None) -> str:
     return str(run_dir(cli_value))
 
 
-def _proc_starttime(pid: int) -> int | None:
-    """Start time (clock ticks after boot) of ``pid``: with the pid, a process identity."""
-    try:
-        return ProcFS().starttime(pid)
-    except KernelError:
-        return None
+@dataclass(frozen=True)
+class Discovery:
+    """What a source found at one scan: ``keep``, the names of known sessions still valid;
+    ``new``, sessions to admit (replacing a known one of the same name); ``left_alone``, VMs
+    seen but not managed → why. ``complete`` False: the source could not look (libvirtd away):
+    known sessions stay while their QEMU lives."""
+
+    keep: frozenset[str] = frozenset()
+    new: tuple[VMSession, ...] = ()
+    left_alone: Mapping[str, str] = field(default_factory=dict)
+    complete: bool = True
+
+
+class VMSource(Protocol):
+    """Where a hostd gets its VMs (the run dir, or a libvirtd)."""
+
+    where: str  # for hostd's start-up line
+
+    def attach(self, sessions: Mapping[str, VMSession], rescan: Callable[[], None]) -> None:
+        """hostd's sessions (read only) and a call that makes hostd scan again (source events)."""
+
+    def discover(self, known: Mapping[str, VMSession]) -> Discovery:
+        """The VMs there now, compared with ``known``."""
+
+    def close(self) -> None:
+        """Let go of connections."""
 
 
 def _cmdline(pid: int) -> str:
@@ -49,86 +64,7 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-@dataclass
-class VM:
-    """One VM as hostd knows it."""
-
-    name: str
-    dir: str
-    pid: int
-    starttime: int
-    memory_bytes: int
-    reclaim: str
-    target_bytes: int = 0
-    guest_ram: GuestRam | None = None
-    layout: GuestLayout | None = None
-    hello: protocol.GuestHello | None = None
-    guest_status: protocol.GuestStatus | None = None
-    balloon: PageSet = field(default_factory=PageSet)  # RAM-file page numbers
-    pause_stats: PauseStats = field(default_factory=PauseStats)
-    pause_model: PauseModel | None = None  # short engine: what a pause costs on this VM
-    engine: str = "short"
-    soft_dirty: bool = False  # detected on the host (not used by the engines yet)
-    totals: dict = field(default_factory=lambda: dict(punched=0, already=0, skipped_nonzero=0, rejected=0))
-    channel: transport.LineChannel | None = None
-    task: asyncio.Task | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # virtio-balloon (virtioballoon.py): the last reading, whether the guest's statistics are
-    # on, and what hostd asked the device to hold (bytes taken from the guest; 0: nothing)
-    virtio: BalloonReading | None = None
-    virtio_stats_on: bool = False
-    virtio_target_bytes: int = 0
-    virtio_error: str = ""
-    policy_reason: str = ""  # hostd --policy auto: why the VM's targets are what they are
-    holes: object = None  # vmstatus.HoleCount of a balloon too fragmented to measure at once
-    ram_backend: str = "ram0"  # QEMU's id of the guest-RAM memory backend (libvirt: pc.ram)
-    # hostd reaches the virtio-balloon through the VM's QMP socket; libvirt domains, whose
-    # monitor libvirt owns, through libvirt's API (their ``virtio_query``)
-    virtio_via_qmp: bool = True
-    cont_debt: ContDebt | None = None  # the cont hostd owes after its own pause (contdebt.py)
-
-    @property
-    def paths(self) -> VMPaths:
-        return VMPaths.of(Path(self.dir).parent.parent, Path(self.dir).name)
-
-    @property
-    def qmp_path(self) -> str:
-        own = self.paths.hostd_qmp_socket  # a monitor only hostd uses, if present
-        return str(own if own.exists() else self.paths.qmp_socket)
-
-    @property
-    def channel_path(self) -> str:
-        return str(self.paths.channel_socket)
-
-    def alive(self) -> bool:
-        return _proc_starttime(self.pid) == self.starttime
-
-    def monitor(self, timeout_s: float):
-        """A blocking monitor for the pause path (``with vm.monitor(t) as qmp: qmp.execute(...)``):
-        QMP on the VM's own socket here; libvirt domains go through libvirt."""
-        from heapballoon.host.qmpsync import SyncQMP
-
-        return SyncQMP(self.qmp_path, timeout_s)
-
-    def debt(self) -> ContDebt:
-        """The VM's :class:`ContDebt` (made on first use), retried on fresh monitors."""
-        if self.cont_debt is None:
-            self.cont_debt = ContDebt(self.name, lambda: self.monitor(5.0), self.alive)
-        return self.cont_debt
-
-    def close(self) -> None:
-        if self.cont_debt is not None:
-            self.cont_debt.close()
-        if self.task is not None:
-            self.task.cancel()
-        if self.channel is not None:
-            self.channel.close()
-        if self.guest_ram is not None:
-            self.guest_ram.close()  # our fd would keep the dead VM's RAM allocated
-            self.guest_ram = None
-
-
-def load_vm(vm_dir: str) -> VM | None:
+def load_vm(vm_dir: str) -> VMSession | None:
     """The VM described by ``vm_dir/vm.json`` (the VM-directory contract, vm.vmdir) if its QEMU
     is alive and is really that VM."""
     path = Path(vm_dir)
@@ -137,7 +73,7 @@ def load_vm(vm_dir: str) -> VM | None:
     except VMError as err:
         log.debug("%s: %s", vm_dir, err)
         return None
-    starttime = _proc_starttime(record.pid) if record.pid > 0 else None
+    starttime = proc_starttime(record.pid) if record.pid > 0 else None
     if starttime is None:
         return None
     cmd = _cmdline(record.pid)
@@ -145,4 +81,38 @@ def load_vm(vm_dir: str) -> VM | None:
         log.warning("VM %s: process %d does not name %s on its command line; ignoring it",
                     record.name, record.pid, vm_dir)
         return None
-    return VM(record.name, vm_dir, record.pid, starttime, record.memory_bytes, record.reclaim)
+    layout = tuple(RamRange(r.gpa, r.size_bytes, r.offset) for r in record.ram_layout)  # read at launch
+    return VMSession(VMIdentity(record.name, vm_dir, record.pid, starttime, record.memory_bytes, record.reclaim,
+                                ram_layout=layout))
+
+
+class RunDirSource:
+    """The VMs of ``vms_dir`` (``RUN_DIR/vms``): one per directory whose QEMU is alive."""
+
+    def __init__(self, vms_dir: str) -> None:
+        self.vms_dir = vms_dir
+        self.where = vms_dir
+
+    def attach(self, sessions: Mapping[str, VMSession], rescan: Callable[[], None]) -> None:
+        pass  # the run dir has no events: hostd's scan loop looks every SCAN_INTERVAL_S
+
+    def discover(self, known: Mapping[str, VMSession]) -> Discovery:
+        keep, new = set(), {}
+        try:
+            entries = sorted(os.scandir(self.vms_dir), key=lambda e: e.name)
+        except OSError:
+            entries = []
+        for entry in entries:
+            if not entry.is_dir():
+                continue
+            session = next((v for v in known.values() if v.dir == entry.path), None)
+            if session is not None and session.alive():
+                keep.add(session.name)
+                continue
+            vm = load_vm(entry.path)
+            if vm is not None and vm.name not in keep and vm.name not in new:
+                new[vm.name] = vm
+        return Discovery(frozenset(keep), tuple(new.values()))
+
+    def close(self) -> None:
+        pass

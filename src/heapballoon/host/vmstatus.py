@@ -1,11 +1,13 @@
 """What hostd reports about one VM: ``status --json`` figures and Prometheus metrics.
 
-This module owns the *reporting* side of hostd: :func:`vm_status` builds the status dict of a
-VM (measured by hostd, never taken from the guest; see hostd's docstring for the figures),
-:func:`pause_status` the pause part of it (``pause_breakdown_ms``: p50/p99/max of ``stop``,
+This module owns the *reporting* side of hostd: :func:`snapshot` makes a session's typed,
+frozen :class:`VMSnapshot` (its ``status`` a :class:`~heapballoon.status.VMStatus`, measured
+by hostd, never taken from the guest; see hostd's docstring for the figures), which the
+control socket's ``status``, the policy (autopolicy.py) and the metrics all read;
+:func:`pause_status` is the pause part of it (``pause_breakdown_ms``: p50/p99/max of ``stop``,
 ``check``, ``punch``, ``cont`` and ``total`` over the VM's recent pauses; running totals), and
-:class:`HostdCollector` serves the same pause figures to Prometheus (``hostd --metrics``),
-read at every scrape from hostd's live state (prometheus_client, like the driver's metrics).
+:class:`HostdCollector` serves the figures to Prometheus (``hostd --metrics``), from a cheap
+snapshot taken at every scrape (prometheus_client, like the driver's metrics).
 """
 
 from __future__ import annotations
@@ -13,14 +15,18 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from types import MappingProxyType
 
 from prometheus_client import start_http_server
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
 
 from heapballoon.errors import ReclaimError, UsageError
-from heapballoon.host.guestram import PAGE_BYTES, GuestRam
+from heapballoon.host.guestram import PAGE_BYTES
 from heapballoon.host.ksm import guest_rss_bytes
 from heapballoon.host.pausestats import PARTS
+from heapballoon.host.virtioballoon import BalloonReading
+from heapballoon.status import VMStatus
 
 log = logging.getLogger("heapballoon.hostd")
 QUANTILES = (("p50", "0.5"), ("p99", "0.99"), ("max", "1"))
@@ -72,7 +78,7 @@ def cont_owed(vm) -> bool:
 
 
 def pause_status(vm) -> dict:
-    """The pause figures of ``vm`` (a hostd.VM): cheap, no I/O."""
+    """The pause figures of ``vm`` (a VMSession): cheap, no I/O."""
     stats = vm.pause_stats
     totals = stats.totals()
     b = stats.breakdown()
@@ -91,60 +97,77 @@ def pause_status(vm) -> dict:
     }
 
 
-def vm_status(vm) -> dict:
-    balloon_bytes = vm.balloon.pages * PAGE_BYTES
-    reclaimed = resident = None
+@dataclass(frozen=True)
+class VMSnapshot:
+    """One VM at one moment, as hostd measured it: what status, the metrics and the policy read.
+    ``status`` is the figures as ``status`` shows them (``pinned`` is the control socket's to
+    set); ``virtio`` the last virtio-balloon reading; ``punched_bytes`` all bytes punched."""
+
+    status: VMStatus
+    virtio: BalloonReading | None
+    punched_bytes: int
+
+
+def _measure(vm) -> tuple[int | None, int | None]:
+    """(host-resident bytes, reclaimed bytes) of ``vm``, opening its RAM file if needed."""
     if vm.reclaim == "ksm":
         try:
             smaps = guest_rss_bytes(vm.pid, vm.memory_bytes)
-            resident, reclaimed = smaps["rss_bytes"], smaps["ksm_bytes"]
+            return smaps["rss_bytes"], smaps["ksm_bytes"]
         except ReclaimError as err:
             log.info("VM %s: %s", vm.name, err)
-    else:
-        try:
-            if vm.guest_ram is None and vm.alive():
-                vm.guest_ram = GuestRam.open(vm.pid, vm.memory_bytes)
-            if vm.guest_ram is not None:
-                resident = vm.guest_ram.resident_bytes()
-                reclaimed = reclaimed_bytes(vm)
-        except (ReclaimError, OSError) as err:
-            log.info("VM %s: cannot measure guest RAM: %s", vm.name, err)
-    gs = vm.guest_status
+            return None, None
+    try:
+        ram = vm.ram.current or (vm.ram.get() if vm.alive() else None)  # the VM's one owner opens it
+        if ram is not None:
+            return ram.resident_bytes(), reclaimed_bytes(vm)
+    except (ReclaimError, OSError) as err:
+        log.info("VM %s: cannot measure guest RAM: %s", vm.name, err)
+    return None, None
+
+
+def snapshot(vm, measure: bool = True) -> VMSnapshot:
+    """The VM's snapshot. ``measure``: resident and reclaimed bytes counted now (opens the RAM
+    file, counts holes: a worker thread's job); else the cheap view a metrics scrape takes
+    (resident from an already open file, reclaimed unknown)."""
+    resident, reclaimed = _measure(vm) if measure else (_resident_bytes(vm), None)
+    gs, r = vm.guest_status, vm.virtio
     drift = (vm.balloon.pages - (reclaimed or 0) // PAGE_BYTES) if vm.reclaim != "ksm" else (
         gs.drift_pages if gs else 0)
-    return {
-        "name": vm.name, "pid": vm.pid, "memory_bytes": vm.memory_bytes, "reclaim": vm.reclaim,
-        "target_bytes": vm.target_bytes, "balloon_bytes": balloon_bytes,
-        "reclaimed_bytes": reclaimed, "host_resident_bytes": resident,
-        **pause_status(vm),
-        "drift_pages": drift, "connected": vm.channel is not None, "guest_hello": vm.hello is not None,
-        "guest_balloon_bytes": gs.balloon_bytes if gs else None,
-        "guest_target_bytes": gs.target_bytes if gs else None,
-        "totals_pages": dict(vm.totals),
-        "jvms": list(gs.jvms) if gs else [],
-        "balloon_max_bytes": guest_balloon_max_bytes(gs.jvms) if gs else None,
-        "guest_free_bytes": vm.virtio.free_bytes if vm.virtio else None,
-        "guest_available_bytes": vm.virtio.available_bytes if vm.virtio else None,
-        "virtio_actual_bytes": vm.virtio.actual_bytes if vm.virtio else None,
-        "virtio_target_bytes": vm.virtio_target_bytes,
-        "policy_reason": vm.policy_reason,
-    }
+    p = pause_status(vm)
+    p["pause_breakdown_ms"] = MappingProxyType({k: MappingProxyType(v) for k, v in p["pause_breakdown_ms"].items()})
+    status = VMStatus(
+        name=vm.name, pid=vm.pid, memory_bytes=vm.memory_bytes, reclaim=vm.reclaim,
+        target_bytes=vm.target_bytes, balloon_bytes=vm.balloon.pages * PAGE_BYTES,
+        reclaimed_bytes=reclaimed, host_resident_bytes=resident, **p,
+        drift_pages=drift, connected=vm.channel is not None, guest_hello=vm.hello is not None,
+        guest_balloon_bytes=gs.balloon_bytes if gs else None,
+        guest_target_bytes=gs.target_bytes if gs else None,
+        totals_pages=MappingProxyType(dict(vm.totals)), jvms=vm.guest_jvms,
+        balloon_max_bytes=guest_balloon_max_bytes(vm.guest_jvms) if gs else None,
+        guest_free_bytes=r.free_bytes if r else None,
+        guest_available_bytes=r.available_bytes if r else None,
+        virtio_actual_bytes=r.actual_bytes if r else None,
+        virtio_target_bytes=vm.virtio_target_bytes, policy_reason=vm.policy_reason)
+    return VMSnapshot(status, r, vm.pause_stats.punched_bytes)
 
 
 def guest_balloon_max_bytes(jvms) -> int:
     """The VM's largest balloon: the sum of its JVMs' (as the guest reported; bad values count 0)."""
-    values = (j.get("balloon_max_bytes") for j in jvms)
-    return sum(v for v in values if isinstance(v, int) and not isinstance(v, bool) and v > 0)
+    return sum(j.balloon_max_bytes for j in jvms if j.balloon_max_bytes > 0)
 
 
 class HostdCollector:
-    """Prometheus view of a HostDaemon's VMs, read at scrape time (no copy of the state)."""
+    """Prometheus view of hostd's VMs, read at scrape time: a cheap snapshot of each session
+    (``sessions``: a callable giving them, e.g. a SessionTable's ``sessions``) and the policy's
+    last decisions (``policy``: an AutoPolicy or None)."""
 
-    def __init__(self, daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, sessions, policy=None) -> None:
+        self.sessions = sessions
+        self.policy = policy
 
     def collect(self):
-        vms = sorted(list(self.daemon.vms.values()), key=lambda v: v.name)
+        snaps = [snapshot(vm, measure=False) for vm in sorted(self.sessions(), key=lambda v: v.name)]
         parts = GaugeMetricFamily("heapballoon_vm_pause_part_ms",
                                   "VM pause parts over recent pauses (stop, check, punch, cont, total), ms",
                                   labels=["vm", "part", "quantile"])
@@ -156,19 +179,19 @@ class HostdCollector:
         owed = GaugeMetricFamily("heapballoon_vm_cont_owed",
                                  "1 while hostd's own pause of the VM could not be ended (its cont is retried)",
                                  labels=["vm"])
-        for vm in vms:
-            b = vm.pause_stats.breakdown()
+        for snap in snaps:
+            st = snap.status
             for part in PARTS:
                 for key, q in QUANTILES:
-                    parts.add_metric([vm.name, part, q], b[part][key])
-            count.add_metric([vm.name], vm.pause_stats.pauses)
-            total.add_metric([vm.name], vm.pause_stats.pause_ms_sum / 1000.0)
-            per_gib.add_metric([vm.name], vm.pause_stats.pause_ms_per_gib)
-            punched.add_metric([vm.name], vm.pause_stats.punched_bytes)
-            owed.add_metric([vm.name], 1.0 if cont_owed(vm) else 0.0)
+                    parts.add_metric([st.name, part, q], st.pause_breakdown_ms[part][key])
+            count.add_metric([st.name], st.pauses)
+            total.add_metric([st.name], st.pause_ms_sum / 1000.0)
+            per_gib.add_metric([st.name], st.pause_ms_per_gib)
+            punched.add_metric([st.name], snap.punched_bytes)
+            owed.add_metric([st.name], 1.0 if st.cont_owed else 0.0)
         yield from (parts, count, total, per_gib, punched, owed)
-        yield from vm_memory_metrics(vms)
-        yield from policy_metrics(getattr(self.daemon, "autopolicy", None))
+        yield from vm_memory_metrics(snaps)
+        yield from policy_metrics(self.policy)
 
 
 def _resident_bytes(vm) -> int | None:
@@ -181,7 +204,7 @@ def _resident_bytes(vm) -> int | None:
         return None
 
 
-def vm_memory_metrics(vms):
+def vm_memory_metrics(snaps):
     """Per VM: host-resident RAM, the guest's free/available memory and the virtio balloon."""
     gauges = {key: GaugeMetricFamily(f"heapballoon_vm_{key}", doc, labels=["vm"]) for key, doc in (
         ("host_resident_bytes", "Guest RAM resident on the host (allocated blocks of the RAM memfd)"),
@@ -191,16 +214,16 @@ def vm_memory_metrics(vms):
         ("virtio_target_bytes", "What hostd asked the virtio balloon to take from the guest"),
         ("heap_target_bytes", "The VM's heap balloon target (its JVMs', through the guest channel)"),
     )}
-    for vm in vms:
-        r = vm.virtio
-        for key, value in (("host_resident_bytes", _resident_bytes(vm)),
-                           ("guest_free_bytes", r.free_bytes if r else None),
-                           ("guest_available_bytes", r.available_bytes if r else None),
-                           ("virtio_actual_bytes", r.actual_bytes if r else None),
-                           ("virtio_target_bytes", vm.virtio_target_bytes),
-                           ("heap_target_bytes", vm.target_bytes)):
+    for snap in snaps:
+        st = snap.status
+        for key, value in (("host_resident_bytes", st.host_resident_bytes),
+                           ("guest_free_bytes", st.guest_free_bytes),
+                           ("guest_available_bytes", st.guest_available_bytes),
+                           ("virtio_actual_bytes", st.virtio_actual_bytes),
+                           ("virtio_target_bytes", st.virtio_target_bytes),
+                           ("heap_target_bytes", st.target_bytes)):
             if value is not None:
-                gauges[key].add_metric([vm.name], value)
+                gauges[key].add_metric([st.name], value)
     yield from gauges.values()
 
 
@@ -233,11 +256,12 @@ def policy_metrics(policy):
     yield target
 
 
-def start_metrics(daemon, host: str, port: int, registry=None):
-    """Register the collector and serve ``/metrics`` on host:port (a daemon thread); returns
-    the HTTP server (``shutdown()`` it to stop)."""
+def start_metrics(table, policy, host: str, port: int, registry=None):
+    """Register the collector of ``table``'s sessions (a SessionTable) and ``policy`` (or None)
+    and serve ``/metrics`` on host:port (a daemon thread); returns the HTTP server
+    (``shutdown()`` it to stop)."""
     registry = registry or REGISTRY
-    registry.register(HostdCollector(daemon))
+    registry.register(HostdCollector(table.sessions, policy))
     try:
         server, _thread = start_http_server(port, addr=host, registry=registry)
     except OSError as err:

@@ -1,11 +1,13 @@
 """hostd's libvirt backend: the VM registry filled from a libvirtd instead of heapballoon's run dir.
 
-hostd (host.hostd.HostDaemon) calls :meth:`LibvirtBackend.scan` with itself instead of scanning
-its run dir when started with ``--libvirt``; this module does not import hostd (no cycle).
+With ``--libvirt``, hostd's VM source (host.vmregistry.VMSource) is a :class:`LibvirtBackend`
+instead of the run dir: hostd calls :meth:`LibvirtBackend.discover` at every scan and admits
+or drops sessions itself; this module gets hostd's sessions (read only) and a rescan call,
+never the daemon, and does not import hostd (no cycle).
 
 This module owns *which libvirt domains hostd manages* and keeping that list current:
 
-* discovery (:meth:`LibvirtBackend.scan`): every running domain on the connection; one that
+* discovery (:meth:`LibvirtBackend.discover`): every running domain on the connection; one that
   has memfd shared RAM and the ``org.heapballoon.0`` UNIX channel (domxml's rules, on the
   *live* XML, which holds the socket path libvirt chose) and whose QEMU process is found
   becomes a :class:`LibvirtVM`; any other is kept in ``left_alone`` with the reason, which
@@ -25,11 +27,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from heapballoon.errors import HeapballoonError
-from heapballoon.host.shortpause import PauseModel
-from heapballoon.host.vmregistry import VM, _proc_starttime
+from heapballoon.host.vmregistry import Discovery
+from heapballoon.host.vmsession import VMIdentity, VMSession, proc_starttime
 from heapballoon.libvirt import conn as lv
 from heapballoon.libvirt import domxml
 
@@ -38,53 +42,66 @@ log = logging.getLogger("heapballoon.hostd")
 RAM_BACKEND = "pc.ram"  # libvirt's id of the guest-RAM backend of a domain without NUMA cells
 
 
-@dataclass
-class LibvirtVM(VM):
+@dataclass(eq=False)
+class LibvirtVM(VMSession):
     """A libvirt domain as hostd knows it."""
+
+    MONITOR: ClassVar[str] = "libvirt"  # libvirt owns the domain's monitor: conn.DomainMonitor
 
     uuid: str = ""
     uri: str = ""
     socket: str = ""
     migrating: bool = False
-    virtio_via_qmp: bool = False  # libvirt owns the monitor: the balloon goes through its API
 
     @property
     def channel_path(self) -> str:
         return self.socket
 
-    async def virtio_query(self, set_actual_bytes: int | None, stats_period_s: int | None) -> tuple[dict, dict]:
-        """host.virtioballoon's read for a libvirt domain (conn.balloon_query, in a thread)."""
-        return await asyncio.to_thread(lv.balloon_query, self.uri, self.uuid, set_actual_bytes, stats_period_s)
+    def describe(self) -> str:
+        return f"libvirt domain, channel {self.socket}"
 
     def monitor(self, timeout_s: float):
         return lv.DomainMonitor(self.uri, self.uuid, lambda: self.migrating)
 
 
 class LibvirtBackend:
-    """Where a hostd (``d``, a host.hostd.HostDaemon) gets its VMs: libvirt at ``uri``."""
+    """A hostd's VM source (host.vmregistry.VMSource): the running domains of libvirt at ``uri``."""
 
     def __init__(self, uri: str = lv.DEFAULT_URI, engine: str = "short") -> None:
         if engine != "short":
             raise HeapballoonError("hostd --libvirt works with the short engine only")
         lv.import_binding()  # a clear error now rather than warnings forever
         self.uri = uri
+        self.where = f"libvirt at {uri}"
         self.conn = None
-        self.d = None
+        self._sessions: Mapping[str, VMSession] = {}
+        self._rescan: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._left_alone: dict[str, str] = {}  # the last scan's, to log a domain's reason once
         self._warned = False
 
     # ------------------------------------------------------------ connection and events
 
     def _event(self, kind: str, name: str, detail: str) -> None:
-        """On libvirt's event thread: hand the event to hostd's loop."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._on_event, kind, name, detail)
+        """On libvirt's event thread: hand the event to hostd's loop (none once closed, or
+        once that loop has ended: an event that comes in while hostd exits is dropped)."""
+        loop = self._loop
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(self._on_event, kind, name, detail)
+        except RuntimeError:  # the loop is closed: hostd has stopped
+            pass
+
+    def attach(self, sessions: Mapping[str, VMSession], rescan: Callable[[], None]) -> None:
+        """hostd's sessions (read: a domain's ``migrating`` flag is set here) and its scan."""
+        self._sessions, self._rescan = sessions, rescan
+        self._loop = asyncio.get_running_loop()
 
     def _on_event(self, kind: str, name: str, detail: str) -> None:
-        d = self.d
-        if d is None:
+        if self._rescan is None:
             return
-        vm = d.vms.get(name)
+        vm = self._sessions.get(name)
         if kind == "closed":
             log.warning("libvirt at %s: connection closed (reason %s); reconnecting", self.uri, detail)
             self.conn = None
@@ -104,7 +121,7 @@ class LibvirtBackend:
             if vm is not None and what in ("stopped", "crashed", "started"):
                 vm.migrating = False
         try:
-            d.scan()
+            self._rescan()
         except Exception:  # noqa: BLE001 - an event must not end hostd
             log.exception("scan after a libvirt event failed")
 
@@ -153,21 +170,16 @@ class LibvirtBackend:
                 continue  # went away while listed
         return sorted(out)
 
-    def scan(self, d) -> None:
-        """Bring ``d``'s registry (``d.vms``, ``d.left_alone``) in line with libvirt's running domains."""
-        self.d = d
-        if self._loop is None:
-            self._loop = asyncio.get_running_loop()
+    def discover(self, known: Mapping[str, VMSession]) -> Discovery:
+        """libvirt's running domains compared with hostd's sessions ``known``."""
         domains = self._domains()
-        if domains is None:  # keep what we have until libvirt answers again, but not the dead
-            for name in [n for n, v in d.vms.items() if not v.alive()]:
-                d._drop(d.vms[name], "its QEMU exited")
-            return
-        seen, left = set(), {}
+        if domains is None:  # hostd keeps what it has until libvirt answers again, but not the dead
+            return Discovery(complete=False)
+        keep, new, left = set(), [], {}
         for name, uuid, xml in domains:
-            known = d.vms.get(name)
-            if known is not None and known.uuid == uuid and known.alive():
-                seen.add(name)
+            session = known.get(name)
+            if session is not None and getattr(session, "uuid", None) == uuid and session.alive():
+                keep.add(name)
                 continue
             try:
                 why = domxml.missing(xml)
@@ -180,31 +192,22 @@ class LibvirtBackend:
             if not why and not pid:
                 why = ["its QEMU process was not found, or does not run as libvirt's QEMU user "
                        "(is hostd on the domain's host, as root?)"]
-            starttime = _proc_starttime(pid) if pid else None
+            starttime = proc_starttime(pid) if pid else None
             if not why and starttime is None:
                 why = ["its QEMU process exited"]
             if why:
-                if d.left_alone.get(name) != "; ".join(why):
+                if self._left_alone.get(name) != "; ".join(why):
                     log.info("VM %s: left alone: %s", name, "; ".join(why))
                 left[name] = "; ".join(why)
                 continue
-            if known is not None:
-                d._drop(known, "its QEMU was replaced")
-            vm = LibvirtVM(name, f"libvirt:{name}", pid, starttime, f.memory_bytes, "pfn",
-                           ram_backend=RAM_BACKEND, uuid=uuid, uri=self.uri, socket=f.channel_socket)
-            vm.target_bytes = d.targets.get(name, 0)
-            vm.engine, vm.soft_dirty = d.engine, d.soft_dirty
-            vm.pause_model = PauseModel(d.pause_budget_ms)
-            d.vms[name] = vm
-            seen.add(name)
-            vm.task = asyncio.get_running_loop().create_task(d._channel_loop(vm), name=f"channel-{name}")
-            log.info("VM %s: libvirt domain, QEMU pid %d, %d bytes of RAM, channel %s, target %d bytes",
-                     name, pid, vm.memory_bytes, vm.socket, vm.target_bytes)
-        d.left_alone = left
-        for name in [n for n in d.vms if n not in seen]:
-            d._drop(d.vms[name], "no longer running")
+            new.append(LibvirtVM(VMIdentity(name, f"libvirt:{name}", pid, starttime, f.memory_bytes, "pfn",
+                                            ram_backend=RAM_BACKEND), uuid=uuid, uri=self.uri, socket=f.channel_socket))
+        self._left_alone = left
+        return Discovery(frozenset(keep), tuple(new), left)
 
     def close(self) -> None:
+        """hostd stops: no more events to its loop, no rescans, and the connection closed."""
+        self._loop, self._rescan = None, None
         if self.conn is not None:
             try:
                 self.conn.close()

@@ -259,6 +259,10 @@ class DomainMonitor:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def balloon(self, set_actual_bytes: int | None, stats_period_s: int | None) -> tuple[dict, dict]:
+        """heapballoon.qemu.monitor.Monitor's ``balloon`` through libvirt's API (:func:`balloon_query`)."""
+        return balloon_query(self.uri, self.uuid, set_actual_bytes, stats_period_s)
+
     def _status(self) -> str:
         libvirt = import_binding()
         if self.migration_flag() or migrating(self._dom):

@@ -12,11 +12,13 @@ Each adapter takes an overridable root so tests run on fixture trees; failures a
 * ``ksm``     – ``/sys/kernel/mm/ksm`` knobs and counters
 * ``prctl``   – ``PR_SET_MEMORY_MERGE``
 * ``virtio``  – virtio-serial ports by name (``/sys/class/virtio-ports``), device nodes
+* ``devices`` – device nodes under ``/dev`` (is ``/dev/kvm`` usable)
 * ``pidfile`` – pid files other root daemons wrote (libvirt's), refused unless root's alone
 * ``libc``    – the one ctypes loader of the C library, used by the modules above
 * ``safefs``  – root's file operations on paths another user controls: directory fds,
   ``O_NOFOLLOW``, ``openat``/``unlinkat``, ``fchown``, ownership checks, trusted run dirs
 
-tests/unit/test_linux_boundary.py fails when code outside this package imports ctypes or names
-a ``/proc`` or ``/sys`` path (host/ files still doing so are listed there, to be moved here).
+tests/unit/test_linux_boundary.py fails when code outside this package imports ctypes, names
+a ``/proc``, ``/sys`` or ``/dev`` path, or opens a raw fd with ``os.open`` (files still doing
+so are listed there, with the reason, to be moved here).
 """

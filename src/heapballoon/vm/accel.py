@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from heapballoon.errors import VMError
+from heapballoon.linux.devices import kvm_usable
 
 QEMU = "qemu-system-x86_64"
 PROBE_TIMEOUT_S = 20.0
@@ -61,8 +62,8 @@ def accel_verdict(image=None) -> tuple[str, str]:
         if env not in ("kvm", "tcg"):
             raise VMError(f"HEAPBALLOON_ACCEL must be kvm or tcg, not {env!r}")
         return env, "HEAPBALLOON_ACCEL"
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return "tcg", "/dev/kvm missing or not accessible"
+    if not kvm_usable():
+        return "tcg", "no usable KVM: /dev/kvm missing or not accessible"
     cache = _cache_file()
     cache.parent.mkdir(parents=True, exist_ok=True)
     key = _host_key()

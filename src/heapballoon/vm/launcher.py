@@ -4,7 +4,7 @@ Owns the *lifecycle*: :func:`start_vm` validates the request, fills the VM direc
 (:mod:`heapballoon.vm.vmdir`), builds QEMU's argv (:func:`qemu_command`), starts QEMU
 (``-daemonize``: it outlives the CLI and is not our child, nothing to reap), reads the guest
 RAM layout from QEMU itself (``info mtree -f`` through QMP, parsed by
-:mod:`heapballoon.host.layout`; never assumed) and records it in ``vm.json``; :func:`stop_vm`
+:mod:`heapballoon.qemu.layout`; never assumed) and records it in ``vm.json``; :func:`stop_vm`
 asks QEMU to quit (QMP), then signals, all bounded, and removes the directory.
 
 Guest RAM is one memory backend ``ram0``: a shared memfd for ``reclaim="pfn"`` (hostd maps it
@@ -137,7 +137,7 @@ def qemu_command(paths: VMPaths, memory_bytes: int, cpus: int, reclaim: str, acc
 
 def read_ram_layout(qmp_socket: Path, memory_bytes: int) -> tuple[RamRangeRecord, ...]:
     """Where guest RAM sits in guest-physical address space, as QEMU says (``info mtree -f``)."""
-    from heapballoon.host.layout import GuestLayout
+    from heapballoon.qemu.layout import GuestLayout
     from heapballoon.vm.qmp import hmp
 
     text = hmp(qmp_socket, "info mtree -f", timeout_s=LAYOUT_TIMEOUT_S)

@@ -1,26 +1,36 @@
-"""A small synchronous QMP client for the pause path (one thread, one socket, no event loop).
+"""heapballoon's one QMP client: the :class:`Monitor` interface, a blocking face and an asyncio face.
 
-This module owns the *blocking* QMP connection hostd's reclaim worker uses between ``stop``
+This module owns every conversation with a QEMU monitor socket. :class:`Monitor` is what hostd
+needs of a VM's monitor — ``execute`` (stop, cont, query-status ...), ``resume_count`` /
+``stop_count``, ``events``, and :meth:`Monitor.balloon` (the virtio-balloon: statistics on,
+size, reading) — answered by :class:`QMPMonitor` on QEMU's socket and by libvirt's
+``DomainMonitor`` (heapballoon.libvirt.conn) for domains whose monitor libvirt owns. The asyncio
+face (:func:`connect_async`, :func:`execute_once`, qemu.qmp) serves the batch engine, the
+VM launcher and the CLI.
+
+:class:`QMPMonitor` is the *blocking* connection hostd's reclaim worker uses between ``stop``
 and ``cont``: a plain Unix socket, JSON lines, ``qmp_capabilities`` once, then one command at
-a time. Events QEMU sends meanwhile (``STOP``, ``RESUME``, ...) are kept in :attr:`SyncQMP.events`
+a time. Events QEMU sends meanwhile (``STOP``, ``RESUME``, ...) are kept in :attr:`QMPMonitor.events`
 (the last few, with QEMU's own timestamps: the pause as the guest saw it), and every ``RESUME``
-(or ``WAKEUP``) is counted: :meth:`SyncQMP.resume_count` reads what QEMU has sent without
+(or ``WAKEUP``) is counted: :meth:`QMPMonitor.resume_count` reads what QEMU has sent without
 blocking, so the pause path sees another client's ``cont`` before it punches (QEMU writes the
 RESUME event to every monitor before it restarts the vCPUs and devices). A command that timed
 out closes the connection (a late answer would be taken for the next command's). With it the pause
 path never waits on an asyncio loop that may be busy with other VMs, guest messages or
-status requests. ``qemu.qmp`` (asyncio) stays in use everywhere else.
+status requests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
 from collections import deque
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping, Protocol
 
-from heapballoon.errors import ReclaimError
+from heapballoon.errors import ReclaimError, VMError
 
 RECV_BYTES = 1 << 16
 EVENTS_KEPT = 32
@@ -37,8 +47,29 @@ def event_time_s(event: dict) -> float | None:
         return None
 
 
-class SyncQMP:
-    """``with SyncQMP(path) as q: q.execute("stop")``. Not thread safe: one user at a time."""
+BALLOON_DEVICE_PATH = "/machine/peripheral/balloon0"  # the virtio-balloon vm/launcher.py gives every guest
+
+
+class Monitor(Protocol):
+    """A VM's monitor as hostd uses it (``with vm.monitor(timeout_s) as m: ...``)."""
+
+    events: Any  # QEMU's recent events with timestamps, or None (libvirt gives none)
+
+    def __enter__(self) -> Monitor: ...
+
+    def __exit__(self, *exc) -> None: ...
+
+    def execute(self, cmd: str, arguments: dict | None = None) -> Any: ...
+
+    def resume_count(self) -> int: ...
+
+    def balloon(self, set_actual_bytes: int | None, stats_period_s: int | None) -> tuple[object, object]:
+        """The virtio-balloon: statistics on every ``stats_period_s`` first (if given), ask for
+        ``set_actual_bytes`` (if given), then ``(query-balloon, qom-get guest-stats)`` answers."""
+
+
+class QMPMonitor:
+    """``with QMPMonitor(path) as q: q.execute("stop")``. Not thread safe: one user at a time."""
 
     def __init__(self, path: str, timeout_s: float = 5.0) -> None:
         self.path = path
@@ -49,7 +80,7 @@ class SyncQMP:
         self.resumes = 0  # RESUME/WAKEUP events read on this connection
         self.stops = 0    # STOP events: a stop that found the VM running sends one before its answer
 
-    def connect(self) -> SyncQMP:
+    def connect(self) -> QMPMonitor:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(self.timeout_s)
         try:
@@ -76,7 +107,7 @@ class SyncQMP:
             finally:
                 self._sock = None
 
-    def __enter__(self) -> SyncQMP:
+    def __enter__(self) -> QMPMonitor:
         return self.connect() if self._sock is None else self
 
     def __exit__(self, *exc) -> None:
@@ -172,3 +203,77 @@ class SyncQMP:
                 e = msg["error"]
                 raise ReclaimError(f"QMP {cmd} failed: {e.get('class', '?')}: {e.get('desc', e)}")
             # anything else is an event (STOP, RESUME, ...): kept by _next_line, not an answer
+
+    def balloon(self, set_actual_bytes: int | None, stats_period_s: int | None) -> tuple[object, object]:
+        """:meth:`Monitor.balloon` through QMP (``qom-set``, ``balloon``, ``query-balloon``, ``qom-get``)."""
+        if stats_period_s:
+            self.execute("qom-set", {"path": BALLOON_DEVICE_PATH, "property": "guest-stats-polling-interval",
+                                     "value": int(stats_period_s)})
+        if set_actual_bytes is not None:
+            self.execute("balloon", {"value": int(set_actual_bytes)})
+        return (self.execute("query-balloon"),
+                self.execute("qom-get", {"path": BALLOON_DEVICE_PATH, "property": "guest-stats"}))
+
+
+# ------------------------------------------------------------ the asyncio face (qemu.qmp)
+
+async def connect_async(path: str | Path, name: str, timeout_s: float = 5.0):
+    """A connected qemu.qmp ``QMPClient`` on ``path``; ReclaimError if it cannot connect."""
+    from qemu.qmp import QMPClient  # heavy import, only when a VM needs it
+
+    qmp = QMPClient(name)
+    try:
+        await asyncio.wait_for(qmp.connect(str(path)), timeout_s)
+    except Exception as err:  # noqa: BLE001 - any failure to connect is the same to us
+        await disconnect_async(qmp, timeout_s)
+        raise ReclaimError(f"cannot connect to QMP at {path}: {type(err).__name__}: {err}") from err
+    return qmp
+
+
+async def disconnect_async(qmp, timeout_s: float = 5.0) -> None:
+    try:
+        await asyncio.wait_for(qmp.disconnect(), timeout_s)
+    except Exception:  # noqa: BLE001 - a dead connection is gone anyway
+        pass
+
+
+async def execute_once(socket_path: str | Path, cmd: str, args: Mapping[str, object] | None = None,
+                       timeout_s: float = 5.0) -> Any:
+    """Connect to a QMP unix socket, run one command, disconnect. VMError on any failure.
+
+    ``quit`` is special: QEMU may drop the connection before or right after answering,
+    which counts as success.
+    """
+    from qemu.qmp import QMPError
+
+    try:
+        client = await connect_async(socket_path, "heapballoon", timeout_s)
+    except ReclaimError as e:
+        raise VMError(f"QMP connect to {socket_path} failed: {e}") from e
+    try:
+        return await asyncio.wait_for(client.execute(cmd, args), timeout_s)
+    except (OSError, QMPError, asyncio.TimeoutError, EOFError) as e:
+        if cmd == "quit":
+            return {}
+        raise VMError(f"QMP {cmd} failed: {e or type(e).__name__}") from e
+    finally:
+        await disconnect_async(client, timeout_s)
+
+
+def execute_sync(socket_path: str | Path, cmd: str, args: Mapping[str, object] | None = None,
+                 timeout_s: float = 5.0) -> Any:
+    """Synchronous :func:`execute_once`; safe to call from inside a running event loop."""
+    import concurrent.futures
+
+    coro = execute_once(socket_path, cmd, args, timeout_s)
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def hmp(socket_path: str | Path, command_line: str, timeout_s: float = 5.0) -> str:
+    """A human-monitor command through QMP (``info mtree -f`` and friends)."""
+    return str(execute_sync(socket_path, "human-monitor-command", {"command-line": command_line}, timeout_s))
