@@ -62,12 +62,22 @@ def run_one(jdk: int, seconds: float, workdir: Path) -> dict:
             "last": last[-1] if last else out[-200:]}
 
 
+def _jdk_list(text: str) -> list[int]:
+    try:
+        wanted = [int(j) for j in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of JDK majors: {text!r} (e.g. 17,21,25)") from None
+    if unknown := [j for j in wanted if j not in jdks.COLLECTORS]:
+        raise argparse.ArgumentTypeError(f"no such JDK in the matrix: {unknown} (known: {list(jdks.COLLECTORS)})")
+    return wanted
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--jdks", default="17,21,25")
+    p.add_argument("--jdks", default="17,21,25", type=_jdk_list, help="comma-separated JDK majors")
     p.add_argument("--seconds", type=float, default=40.0)
     args = p.parse_args()
-    wanted = [int(j) for j in args.jdks.split(",")]
+    wanted = args.jdks
     for jdk in wanted:
         if jdks.java(jdk) is None:
             print(f"error: {jdks.missing(jdk)}", file=sys.stderr)
