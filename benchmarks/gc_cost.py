@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import tempfile
 import time
@@ -38,8 +39,14 @@ from hbtest import DaemonFactory, JVMFactory, run_cli, wait_for  # noqa: E402
 
 PHASE_S = 20.0
 SETTLE_S = 10.0
-GC_THREADS = ("GC Thread", "G1 ", "VM Thread", "ZDriver", "ZDirector", "ZWorker", "ZStat", "ZUnmapper", "ZUncommit",
-              "ZRelocat", "Shenandoah", "Shen")
+def _agent_gc_threads() -> tuple[str, ...]:
+    """GcProfile.GC_THREADS, read from the agent's source: one list, the agent's and this benchmark's."""
+    java = (REPO / "agent/src/io/heapballoon/agent/GcProfile.java").read_text()
+    body = re.search(r"GC_THREADS = \{(.*?)\};", java, re.S)
+    return tuple(re.findall(r'"([^"]*)"', body.group(1)))
+
+
+GC_THREADS = _agent_gc_threads()
 
 
 def cpu_ticks(pid: int) -> tuple[int, int]:

@@ -111,9 +111,13 @@ def test_balloon_holds_on_every_collector(daemons, apps, jdk, gc):
 # Known failures of the product at the high rate, still run and reported (xfail, not strict: a pass
 # shows as XPASS). Each names what was seen; issue 15 stays open until this is empty.
 KNOWN_HIGH_RATE_FAILURES = {
-    (25, "Shenandoah"): "issue 15 open: JDK 25 Shenandoah at 1.6 GiB/s clears a balloon of 16 MiB once in the "
-                        "first 2 s after the target (3 of 3 runs alone on 2026-12-04; the learned headroom then "
-                        "holds 512 MiB)",
+    # The JVM's own failure, not the balloon's: with no agent at all, JDK 25.0.2's Shenandoah at this rate in a
+    # 1 GiB heap fails allocations with 170 MiB free and degenerates "Outside of Cycle" (26 times in 35 s alone,
+    # benchmarks/shenandoah_no_balloon.py; JDK 21: 1), and a degenerated collection that handles an allocation
+    # failure clears every soft reference. No headroom prevents it (docs/agent.md, "What is not covered").
+    (25, "Shenandoah"): "JDK 25 Shenandoah degenerates on its own at 1.6 GiB/s (no agent: 26 allocation-failure "
+                        "degenerated collections in 35 s), and each clears every soft reference: 5 soft_cleared "
+                        "in 60 s on 2026-12-04 (16:47), with a balloon of 16 MiB and with a learned headroom of 190 MiB",
 }
 
 
