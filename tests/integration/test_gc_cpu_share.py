@@ -24,7 +24,9 @@ MEASURE_S = 12.0
 # Measured here at 500 MiB/s (2026-12-04): 0.3–0.6 % of two CPUs (JDK 17 0.004, 21 0.004, 21 generational
 # 0.006, 25 0.003): ZGC's work is genuinely small on this workload (64 KiB byte arrays are not scanned, and
 # pages of garbage are freed without relocation). Before the X names were known, JDK 21's read 0.0.
-MIN_GC_CPU_SHARE = 0.002
+# The share is whole permille of the JVM's CPUs: the floor is the smallest non-zero reading, so a
+# slower churn on a busy CI machine (less GC work) still passes while a reading of 0 fails.
+MIN_GC_CPU_SHARE = 0.001
 
 
 @pytest.mark.parametrize("jdk,gc", ZGC_PAIRS, ids=[f"jdk{j}-{g}" for j, g in ZGC_PAIRS])
