@@ -30,6 +30,12 @@ def test_law_grows_by_the_shortfall_from_what_the_balloons_hold():
     assert LAW.step(mem(40), target_bytes=200 * MIB, balloon_bytes=200 * MIB).target_bytes == 260 * MIB
 
 
+def test_default_reserve_is_32_mib_or_3_percent_of_the_guest():
+    assert LocalLaw().reserve(1 << 30) == 32 * MIB
+    assert LocalLaw().reserve(16 << 30) == int((16 << 30) * 0.03)
+    assert LocalLaw().step(mem(20), 0, 0).target_bytes == 12 * MIB
+
+
 def test_law_holds_in_the_band_and_deflates_by_the_surplus_without_pressure():
     assert LAW.step(mem(140), 300 * MIB, 300 * MIB) .reason == "hold"
     step = LAW.step(mem(550), 300 * MIB, 300 * MIB)  # the host gave 400 MiB back

@@ -354,8 +354,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="report: hostd reclaims balloon pages by frame number; direct: the agents free them and the "
                         "host's virtio-balloon or free page reporting takes them (no hostd). auto (default): report "
                         "if the VM has the org.heapballoon.0 port, else direct")
-    p.add_argument("--reserve", type=size_arg, default=LocalLaw.reserve_bytes,
-                   help="direct: keep at least this much guest MemAvailable, inflating JVM balloons (default 96M)")
+    p.add_argument("--reserve", type=size_arg, default=None,
+                   help="direct: keep at least this much guest MemAvailable, inflating JVM balloons "
+                        "(default: 32M or 3%% of guest RAM, whichever is more)")
     p.add_argument("--band", type=size_arg, default=LocalLaw.band_bytes,
                    help="direct: deflate only once MemAvailable is this much above the reserve (default 64M)")
     p.add_argument("--no-local-policy", action="store_true", help="direct: targets only by hand (heapballoon target)")
@@ -371,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("virtio-serial port org.heapballoon.0 not found: running without a host uplink")
     law = None if reclaim != "direct" or args.no_local_policy else LocalLaw(args.reserve, args.band)
     log.info("reclaim %s, uplink %s, local policy %s", reclaim, uplink or "none",
-             f"reserve {args.reserve >> 20} MiB band {args.band >> 20} MiB" if law else "off")
+             f"reserve {'default' if args.reserve is None else args.reserve >> 20} MiB band {args.band >> 20} MiB"
+             if law else "off")
     return serve(GuestDriver(args.socket, uplink, reclaim=reclaim, law=law, report_order=args.report_order,
                              interval_s=args.interval_s, socket_mode=args.socket_mode))
 
