@@ -9,13 +9,11 @@ drive it; what the host gains is QEMU's resident memory, read from the host's /p
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
 import subprocess
 import sys
-import threading
 import time
 
 from hbtest import MIB, parse_app_lines, wait_for
@@ -40,15 +38,17 @@ class Stock:
             raise AssertionError(f"heapballoon {' '.join(map(str, args))}: {proc.stderr}")
         return proc
 
-    def guest(self, name: str, *argv: str) -> str:
-        return self.cli("vm", "exec", name, "--", *argv).stdout
-
-    def guest_status(self, name: str) -> dict:
-        return json.loads(self.guest(name, "python3", "-m", "heapballoon", "status", "--json"))
+    def guest(self, name: str, *argv: str, check=True) -> str:
+        return self.cli("vm", "exec", name, "--", *argv, check=check).stdout
 
     def jvm(self, name: str) -> dict | None:
-        jvms = self.guest_status(name).get("jvms") or []
+        """The guest driver's view of the guest's JVM (None while no driver or JVM is up)."""
+        out = self.guest(name, "python3", "-m", "heapballoon", "status", "--json", check=False)
+        jvms = json.loads(out).get("jvms") if out.strip() else None
         return jvms[0] if jvms else None
+
+    def driver_log(self, name: str) -> str:
+        return self.guest(name, "tail", "-n", "30", "/var/log/driver.log", check=False)
 
     def app_lines(self, name: str) -> list[dict]:
         return parse_app_lines(self.cli("vm", "logs", name).stdout)
@@ -63,7 +63,11 @@ class Stock:
         else:  # what the CLI does, with the guest driver's arguments of this test
             self.vms.start(name, 1 << 30, cpus=1, reclaim="virtio", copies=[(build.demo_jar(), "/opt/churn.jar")],
                            cmd=JAVA_APP, driver_args=driver_args)
-        wait_for(lambda: self.jvm(name), 240, 2.0, what="guest JVM registered with the guest driver")
+        try:
+            wait_for(lambda: self.jvm(name), 240, 2.0, what="guest JVM registered with the guest driver")
+        except AssertionError:
+            print(self.driver_log(name), self.cli("vm", "logs", name).stdout[-3000:])
+            raise
         wait_for(lambda: (lines := self.app_lines(name)) and lines[-1].get("allocated_mib", 0) >= 150 + 300,
                  240, 2.0, what="the guest application running")
 
@@ -83,49 +87,9 @@ class Stock:
 
 def qemu_rss_bytes(pid: int) -> int:
     """QEMU's resident memory as the host sees it (VmRSS), independently of the guest's word."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
+    from heapballoon.linux.procfs import ProcFS
 
-
-class QmpEvents(threading.Thread):
-    """Every QMP event of a VM while it runs, on its second monitor (hostd's, unused here)."""
-
-    def __init__(self, socket_path: str):
-        super().__init__(daemon=True)
-        self.socket_path = socket_path
-        self.events: list[str] = []
-        self.connected = threading.Event()
-        self.loop = asyncio.new_event_loop()
-        self.done: asyncio.Future | None = None
-
-    def run(self) -> None:
-        self.loop.run_until_complete(self._listen())
-
-    async def _listen(self) -> None:
-        from qemu.qmp import QMPClient
-
-        client = QMPClient("stock-test")
-        await client.connect(self.socket_path)
-        self.done = self.loop.create_future()
-        self.connected.set()
-        listener = client.events
-
-        async def collect():
-            async for event in listener:
-                self.events.append(event["event"])
-
-        task = asyncio.ensure_future(collect())
-        await self.done
-        task.cancel()
-        await client.disconnect()
-
-    def stop(self) -> list[str]:
-        self.loop.call_soon_threadsafe(self.done.set_result, None)
-        self.join(10)
-        return self.events
+    return ProcFS().rss_bytes(pid)
 
 
 def qmp_status(name: str) -> str:
@@ -141,6 +105,7 @@ def test_qmp_balloon_takes_idle_heap_with_no_hostd_and_no_pause(vms):
     collector, 150 MiB live and churning. QMP balloon to 624 MiB: QEMU's RSS falls ≥ 300 MiB
     within 90 s, the guest never stops, the JVM's data is intact, no OOM kill, no swap. Back to
     1024 MiB: the JVM balloon deflates within 30 s."""
+    from heapballoon.vm.qmp import EventLog
     from heapballoon.vm.registry import get_vm
 
     stock = Stock(vms)
@@ -149,9 +114,7 @@ def test_qmp_balloon_takes_idle_heap_with_no_hostd_and_no_pause(vms):
     info = get_vm(name)
     assert info.reclaim == "virtio"
     assert not os.path.exists(os.path.join(vms.run_dir, "hostd.sock"))  # no hostd on this host
-    events = QmpEvents(str(info.paths.hostd_qmp_socket))
-    events.start()
-    assert events.connected.wait(10), "QMP event monitor"
+    events = EventLog(info.paths.hostd_qmp_socket)  # no hostd: its monitor is free
     time.sleep(10)  # the guest law's start (MemAvailable already under the reserve?) settles
     rss_before = qemu_rss_bytes(info.pid)
     jvm_before = stock.jvm(name)
@@ -193,4 +156,43 @@ def test_qmp_balloon_takes_idle_heap_with_no_hostd_and_no_pause(vms):
     seen = events.stop()
     assert "STOP" not in seen, seen  # the guest was never paused
     print(f"QMP events while ballooning: {sorted(set(seen))}")
+    print("guest driver log:\n" + stock.driver_log(name))
+    stock.assert_app_intact(name)
+
+
+def test_free_page_reporting_alone_returns_the_balloon_to_the_host(vms):
+    """No host request at all: `heapballoon target` inside the guest, the agent frees the
+    balloon's pages, and free page reporting (order 0: every freed 4 KiB page) hands them to
+    QEMU, whose RSS falls by ≥ 80 % of the balloon. The local law is off, so nothing but the
+    target moves the balloon."""
+    from heapballoon.vm.registry import get_vm
+
+    stock = Stock(vms)
+    name = "fpr"
+    stock.start_app(name, driver_args=["--reclaim", "direct", "--report-order", "0", "--no-local-policy"])
+    info = get_vm(name)
+    assert stock.guest(name, "cat", "/sys/module/page_reporting/parameters/page_reporting_order").strip() == "0"
+    time.sleep(5)
+    rss_before = qemu_rss_bytes(info.pid)
+    stock.guest(name, "python3", "-m", "heapballoon", "target", "all", "256M")
+    t0 = time.monotonic()
+    jvm = wait_for(lambda: (j := stock.jvm(name)) and j["reclaimed_bytes"] >= 200 * MIB and j, 90, 2.0,
+                   what="the guest JVM's balloon freed in the guest")
+    balloon = jvm["balloon_bytes"]
+    trace = []
+
+    def fallen():
+        rss = qemu_rss_bytes(info.pid)
+        trace.append((round(time.monotonic() - t0), rss >> 20))
+        return rss_before - rss >= 0.8 * balloon
+
+    try:
+        wait_for(fallen, 60, 2.0, what=f"QEMU RSS down by 80 % of the {balloon >> 20} MiB balloon "
+                                        f"(before: {rss_before >> 20} MiB)")
+    finally:
+        print("QEMU RSS MiB by second:", trace)
+    print(f"balloon {balloon >> 20} MiB (reclaimed {jvm['reclaimed_bytes'] >> 20} MiB in the guest); QEMU RSS down "
+          f"{(rss_before - qemu_rss_bytes(info.pid)) >> 20} MiB in {time.monotonic() - t0:.0f} s, no host request")
+    assert stock.cli("vm", "balloon", name).stdout.count("balloon asks for 0 B") == 1  # the host asked nothing
+    assert qmp_status(name) == "running"
     stock.assert_app_intact(name)
