@@ -190,12 +190,15 @@ def cmd_vm_balloon(args) -> int:
     from heapballoon.units import format_size, parse_size
     from heapballoon.vm.balloon import query_balloon, set_balloon
 
-    if args.size is None:
-        b = query_balloon(args.name)
-    else:
-        b = set_balloon(args.name, parse_size(args.size))
-    print(f"vm {b.name}: balloon asks for {format_size(b.memory_bytes - b.actual_bytes)}, guest has "
-          f"{format_size(b.actual_bytes)} of {format_size(b.memory_bytes)}")
+    if args.size is not None:
+        size = parse_size(args.size)
+        b = set_balloon(args.name, size)
+        print(f"vm {b.name}: asked the guest to go to {format_size(size)} (the virtio-balloon moves on the guest's "
+              f"time; it has {format_size(b.actual_bytes)} now)")
+        return 0
+    b = query_balloon(args.name)
+    print(f"vm {b.name}: guest has {format_size(b.actual_bytes)} of {format_size(b.memory_bytes)} "
+          f"(the virtio-balloon holds {format_size(b.memory_bytes - b.actual_bytes)})")
     return 0
 
 
