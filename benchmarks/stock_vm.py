@@ -29,18 +29,18 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+
+from hbtest import run_cli, wait_for  # noqa: E402
 
 from heapballoon.agent import build  # noqa: E402
 from heapballoon.linux.procfs import ProcFS  # noqa: E402
-from heapballoon.poll import Timeout, wait_until  # noqa: E402
 
-PY = sys.executable
 MIB = 1 << 20
 WANT = 400 * MIB
 LIMIT_S = 90
@@ -56,10 +56,7 @@ WAYS = {
 
 
 def cli(*args, check=True):
-    p = subprocess.run([PY, "-m", "heapballoon", *map(str, args)], capture_output=True, text=True, timeout=300)
-    if check and p.returncode:
-        raise SystemExit(f"benchmark: heapballoon {' '.join(map(str, args))}: {p.stderr.strip()}")
-    return p.stdout
+    return run_cli(*args, timeout_s=300, check=check).stdout
 
 
 def guest(name, *argv):
@@ -72,13 +69,6 @@ def guest_jvm(name):
     return jvms[0] if jvms else None
 
 
-def wait(pred, timeout_s, what):
-    try:
-        return wait_until(pred, timeout_s, what, interval_s=1.0)
-    except Timeout as err:
-        raise SystemExit(f"benchmark: {err}") from None
-
-
 def one(way, idx):
     from heapballoon.vm.launcher import start_vm, stop_vm
     from heapballoon.vm.qmp import EventLog, qmp_execute
@@ -88,8 +78,8 @@ def one(way, idx):
     info = start_vm(name, 1 << 30, cpus=1, reclaim="virtio", copies=[(build.demo_jar(), "/opt/churn.jar")], cmd=APP,
                     driver_args=driver_args)
     try:
-        wait(lambda: guest_jvm(name), 240, "guest JVM")
-        wait(lambda: '"allocated_mib"' in cli("vm", "logs", name), 240, "guest app")
+        wait_for(lambda: guest_jvm(name), 240, 1.0, what="guest JVM")
+        wait_for(lambda: '"allocated_mib"' in cli("vm", "logs", name), 240, 1.0, what="guest app")
         time.sleep(10)
         procfs = ProcFS()
         before = procfs.rss_bytes(info.pid)
@@ -135,23 +125,23 @@ def main():
             results[way].append(res)
             print(json.dumps(res), file=sys.stderr, flush=True)
 
-    def med(xs):
-        xs = [x for x in xs if x is not None]
-        return statistics.median(xs) if xs else None
-
     print(f"### 400 MiB back from a guest JVM on a stock host (1 GiB guest, 1 vCPU, -Xms768m pre-touched, default "
           f"collector, 150 MiB live; TCG; no hostd), {args.rounds} round(s)\n")
     print("| way | time to QEMU RSS −360 MiB, median | RSS fell (in the limit) | JVM balloon | VM pauses | "
           "guest oom_kill / pswpout | JVM alive, data intact |")
     print("|---|---|---|---|---|---|---|")
     for w in ways:
-        rs = results[w]
-        t = med([x["done_s"] for x in rs])
-        print(f"| {w} | {'%.1f s' % t if t is not None else f'not within {LIMIT_S} s'} | "
-              f"{med([x['fell_mib'] for x in rs]):.0f} MiB | {med([x['balloon_mib'] for x in rs]):.0f} MiB | "
-              f"{sum(x['stops'] for x in rs)} | {max(x['oom_kill'] for x in rs)} / {max(x['pswpout'] for x in rs)} | "
-              f"{all(x['jvm_alive'] for x in rs)}, {all(x['data_ok'] for x in rs)} |")
+        print(table_row(w, results[w]))
 
+
+def table_row(way: str, rs: list[dict]) -> str:
+    times = [x["done_s"] for x in rs if x["done_s"] is not None]
+    took = f"{statistics.median(times):.1f} s" if len(times) == len(rs) else f"not within {LIMIT_S} s ({len(times)}/{len(rs)})"
+    cells = [way, took, f"{statistics.median(x['fell_mib'] for x in rs):.0f} MiB",
+             f"{statistics.median(x['balloon_mib'] for x in rs):.0f} MiB", str(sum(x["stops"] for x in rs)),
+             f"{max(x['oom_kill'] for x in rs)} / {max(x['pswpout'] for x in rs)}",
+             f"{all(x['jvm_alive'] for x in rs)}, {all(x['data_ok'] for x in rs)}"]
+    return "| " + " | ".join(cells) + " |"
 
 if __name__ == "__main__":
     main()

@@ -12,13 +12,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 import time
 
-from hbtest import MIB, parse_app_lines, wait_for
+from hbtest import MIB, parse_app_lines, run_cli, wait_for
 
-PY = sys.executable
 KERNEL_ERRORS = re.compile(r"Out of memory|oom-kill|Kernel panic|BUG:|Oops|Call Trace|general protection")
 JAVA_APP = ["java", "-Xms768m", "-Xmx768m", "-XX:+AlwaysPreTouch", "-jar", "/opt/churn.jar", "--live-mib", "150",
             "--churn-mib-per-s", "50"]
@@ -28,15 +25,10 @@ class Stock:
     """The CLI as a user runs it on a host without hostd, in the VM factory's run dir."""
 
     def __init__(self, vms):
-        self.vms = vms
-        self.env = dict(os.environ, HEAPBALLOON_RUN_DIR=vms.run_dir)
+        self.vms = vms  # its run dir is in os.environ while the test runs
 
     def cli(self, *args, check=True, timeout_s=300):
-        proc = subprocess.run([PY, "-m", "heapballoon", *map(str, args)], env=self.env, capture_output=True,
-                              text=True, timeout=timeout_s)
-        if check and proc.returncode:
-            raise AssertionError(f"heapballoon {' '.join(map(str, args))}: {proc.stderr}")
-        return proc
+        return run_cli(*args, timeout_s=timeout_s, check=check)
 
     def guest(self, name: str, *argv: str, check=True) -> str:
         return self.cli("vm", "exec", name, "--", *argv, check=check).stdout
@@ -92,6 +84,21 @@ def qemu_rss_bytes(pid: int) -> int:
     return ProcFS().rss_bytes(pid)
 
 
+def wait_rss_fall(pid: int, rss_before: int, want_bytes: int, timeout_s: float, t0: float) -> None:
+    """Wait until QEMU's RSS is ``want_bytes`` below ``rss_before``; prints the trace either way."""
+    trace = []
+
+    def fallen():
+        rss = qemu_rss_bytes(pid)
+        trace.append((round(time.monotonic() - t0), rss >> 20))
+        return rss_before - rss >= want_bytes
+
+    try:
+        wait_for(fallen, timeout_s, 2.0, what=f"QEMU RSS down by {want_bytes >> 20} MiB (before: {rss_before >> 20} MiB)")
+    finally:
+        print("QEMU RSS MiB by second:", trace)
+
+
 def qmp_status(name: str) -> str:
     """QMP query-status of VM ``name`` (the VM factory's run dir is in the environment)."""
     from heapballoon.vm.qmp import qmp_execute
@@ -123,17 +130,9 @@ def test_qmp_balloon_takes_idle_heap_with_no_hostd_and_no_pause(vms):
 
     assert "asked the guest to go to 624.0 MiB" in stock.cli("vm", "balloon", name, "624M").stdout
     t0 = time.monotonic()
-    trace = []
-
-    def fallen():
-        rss = qemu_rss_bytes(info.pid)
-        trace.append((round(time.monotonic() - t0), rss >> 20))
-        return rss_before - rss >= 300 * MIB
-
     try:
-        wait_for(fallen, 90, 2.0, what=f"QEMU RSS down by 300 MiB (before: {rss_before >> 20} MiB)")
+        wait_rss_fall(info.pid, rss_before, 300 * MIB, 90, t0)
     finally:
-        print("QEMU RSS MiB by second:", trace)
         print(stock.cli("vm", "balloon", name).stdout.strip())
         print(stock.guest(name, "grep", "-E", "MemTotal|MemAvail|MemFree", "/proc/meminfo"))
     took_s = time.monotonic() - t0
@@ -179,18 +178,7 @@ def test_free_page_reporting_alone_returns_the_balloon_to_the_host(vms):
     jvm = wait_for(lambda: (j := stock.jvm(name)) and j["reclaimed_bytes"] >= 200 * MIB and j, 90, 2.0,
                    what="the guest JVM's balloon freed in the guest")
     balloon = jvm["balloon_bytes"]
-    trace = []
-
-    def fallen():
-        rss = qemu_rss_bytes(info.pid)
-        trace.append((round(time.monotonic() - t0), rss >> 20))
-        return rss_before - rss >= 0.8 * balloon
-
-    try:
-        wait_for(fallen, 60, 2.0, what=f"QEMU RSS down by 80 % of the {balloon >> 20} MiB balloon "
-                                        f"(before: {rss_before >> 20} MiB)")
-    finally:
-        print("QEMU RSS MiB by second:", trace)
+    wait_rss_fall(info.pid, rss_before, int(0.8 * balloon), 60, t0)  # 80 % of the balloon
     print(f"balloon {balloon >> 20} MiB (reclaimed {jvm['reclaimed_bytes'] >> 20} MiB in the guest); QEMU RSS down "
           f"{(rss_before - qemu_rss_bytes(info.pid)) >> 20} MiB in {time.monotonic() - t0:.0f} s, no host request")
     assert "the virtio-balloon holds 0 B" in stock.cli("vm", "balloon", name).stdout  # the host asked nothing
