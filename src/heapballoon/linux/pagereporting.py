@@ -39,13 +39,11 @@ class PageReporting:
         """The current order; KernelError if the kernel has none or it cannot be read."""
         try:
             with open(self.path) as f:
-                text = f.read().strip()
+                return int(f.read().strip())
         except OSError as exc:
             raise KernelError(f"cannot read {self.path}: {exc.strerror}") from exc
-        try:
-            return int(text)
         except ValueError as exc:
-            raise KernelError(f"unexpected value in {self.path}: {text!r}") from exc
+            raise KernelError(f"unexpected value in {self.path}: {exc}") from exc
 
     def set_order(self, order: int) -> int:
         """Set the order (0: report every free 4 KiB page); returns what the kernel holds after."""
