@@ -178,7 +178,7 @@ def cmd_guest_unit(args) -> int:
             raise UsageError("guest-unit --drop-in needs --name SERVICE (the JVM's name in status)")
         print(systemd.drop_in_text(args.name, build.javaagent_arg(sock, args.name)), end="")
     else:
-        print(systemd.unit_text(sock), end="")
+        print(systemd.unit_text(sock, stock=args.stock), end="")
     return 0
 
 
@@ -340,6 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     gu = with_socket(sub.add_parser("guest-unit", help="print the guest driver's systemd unit (or a JVM drop-in)"))
     gu.add_argument("--drop-in", action="store_true", help="print a JVM service's drop-in (JAVA_TOOL_OPTIONS)")
     gu.add_argument("--name", help="with --drop-in: the JVM's name in status")
+    gu.add_argument("--stock", action="store_true",
+                    help="a stock host (no hostd: virtio-balloon, free page reporting): the direct way, no channel")
     gu.set_defaults(func=cmd_guest_unit)
 
     s = with_socket(sub.add_parser("status", help="show JVMs (and VMs) and their balloons"))

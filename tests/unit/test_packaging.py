@@ -59,6 +59,17 @@ def test_guest_unit_runs_this_interpreters_guest_driver():
     assert "[Install]" in text and "Restart=always" in text
 
 
+def test_stock_guest_unit_runs_direct_and_waits_for_no_channel():
+    text = systemd.unit_text("/run/heapballoon/heapballoon.sock", stock=True)
+    lines = text.splitlines()
+    assert [line for line in lines if line.startswith("ExecStart=")] == [
+        f"ExecStart={sys.executable} -m heapballoon guest-driver --socket /run/heapballoon/heapballoon.sock"
+        " --reclaim direct --report-order 0"]
+    assert not [line for line in lines if line.startswith(("Wants=", "After=")) and "virtio" in line]
+    assert "After=systemd-modules-load.service" in lines
+    assert "dev-virtio" in systemd.unit_text("/run/heapballoon/heapballoon.sock")  # the hostd unit still waits
+
+
 def test_drop_in_carries_the_javaagent_option():
     text = systemd.drop_in_text("orders", "-javaagent:/x/a.jar=socket=/run/hb.sock,name=orders")
     assert 'Environment="JAVA_TOOL_OPTIONS=-javaagent:/x/a.jar=socket=/run/hb.sock,name=orders"' in text.splitlines()

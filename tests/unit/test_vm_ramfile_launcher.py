@@ -136,6 +136,14 @@ def test_qemu_argv_names_the_vm_directory(tmp_path, monkeypatch):
     fwd = launcher.qemu_command(p, 1 << 30, 1, "pfn", "tcg", Path("/k"), Path("/i"), forwards=((18080, 8080),))
     assert fwd[fwd.index("-netdev") + 1] == "user,id=net0,restrict=on,hostfwd=tcp:127.0.0.1:18080-:8080"
     assert "virtio-net-pci,netdev=net0" in fwd
+    assert "virtio-balloon-pci,id=balloon0,deflate-on-oom=on" in argv  # pfn: no free page reporting
+
+
+def test_virtio_reclaim_is_private_ram_with_free_page_reporting(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEAPBALLOON_QEMU", "qemu-system-x86_64")
+    argv = launcher.qemu_command(VMPaths.of(tmp_path, "stock"), 1 << 30, 1, "virtio", "tcg", Path("/k"), Path("/i"))
+    assert "memory-backend-ram,id=ram0,size=1024M" in argv and not any("memfd" in a for a in argv)
+    assert "virtio-balloon-pci,id=balloon0,deflate-on-oom=on,free-page-reporting=on" in argv
 
 
 def test_copies_are_checked(tmp_path):

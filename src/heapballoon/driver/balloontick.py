@@ -49,12 +49,17 @@ class BalloonTick:
             return "direct"
         return "ksm"
 
+    def node_target(self) -> int | None:
+        """The node target the tick splits: the one set by hand (``target all``) here; the guest
+        driver's local law raises it (guest.locallaw)."""
+        return self.node_target_bytes
+
     def targets(self) -> dict[int, int]:
         connected = [r for r in self.registry if r.connected]
         if self.policy is not None:
             return self.policy.targets(connected)
         return policy.effective_targets(
-            self.node_target_bytes,
+            self.node_target(),
             {r.pid: r.explicit_target_bytes for r in connected},
             {r.pid: r.excess_bytes for r in connected},
             {r.pid: self.room_bytes(r) for r in connected},
@@ -187,7 +192,7 @@ class BalloonTick:
         """The one short line a tick logs (when it changed, or as a heartbeat): the node's
         state. Whoever adds state to the driver (the policy engine) appends it here."""
         ksm = "boost" if self.ksmctl.boosted else self.ksmctl.reason
-        return node_summary(self.ticks, list(self.registry), self.node_target_bytes, short, ksm)
+        return node_summary(self.ticks, list(self.registry), self.node_target(), short, ksm)
 
     def _log_tick(self) -> None:
         targets = self.targets()

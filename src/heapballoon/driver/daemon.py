@@ -135,7 +135,7 @@ class Driver(AgentSessions, BalloonTick):
             jvms = [dataclasses.replace(j, target_reason=self.policy.reason(j.pid)) for j in jvms]
         report = self.policy_report()
         node = NodeStatus(
-            target_bytes=self.node_target_bytes or 0,
+            target_bytes=self.node_target() or 0,
             balloon_bytes=sum(j.balloon_bytes for j in jvms),
             reclaimed_bytes=sum(j.reclaimed_bytes for j in jvms),
             ksm=self.ksmctl.reason, ksm_boosted=self.ksmctl.boosted,
@@ -147,7 +147,7 @@ class Driver(AgentSessions, BalloonTick):
 
     def unmet(self, targets: dict[int, int]) -> Unmet:
         """What of the node target the split could not hand out, and why."""
-        return unmet(self.node_target_bytes, targets, self.registry)
+        return unmet(self.node_target(), targets, self.registry)
 
     def policy_report(self) -> PolicyReport:
         if self.policy is not None:

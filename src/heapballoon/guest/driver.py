@@ -1,7 +1,15 @@
 """The guest balloon driver (VM mode): the node driver plus an uplink to the host's hostd.
 
-Runs inside the guest (pure standard library: the guest has no PyPI packages). It is the
-process-mode :class:`~heapballoon.driver.daemon.Driver` with three differences:
+Runs inside the guest (pure standard library: the guest has no PyPI packages). Two ways:
+
+* ``--reclaim direct`` (the default when the VM has no ``org.heapballoon.0`` port: a stock host,
+  issue 17): agents free their balloons' pages themselves (``madvise``, as in process mode), a
+  guest-local law (:mod:`heapballoon.guest.locallaw`) sets the node target from MemAvailable and
+  PSI, and the host's own virtio-balloon or free page reporting takes the freed pages. The
+  driver may lower ``page_reporting_order`` (``--report-order``) so single freed 4 KiB pages
+  are reported too. An uplink, if there is one, only carries status.
+* ``--reclaim report`` (hostd's pfn and ksm ways), the process-mode
+  :class:`~heapballoon.driver.daemon.Driver` with three differences:
 
 * the node target comes from the host (``guest_target`` on the virtio-serial port), not from
   a CLI;
@@ -30,9 +38,6 @@ import argparse
 import asyncio
 import logging
 import os
-import queue
-import threading
-import time
 from dataclasses import dataclass
 
 from heapballoon import protocol
@@ -40,7 +45,11 @@ from heapballoon.driver.daemon import Driver
 from heapballoon.driver.registry import JVMRecord
 from heapballoon.driver.verify import MAX_VERIFY_PAGES_PER_TICK, chunk_frames
 from heapballoon.errors import KernelError, ProtocolError
+from heapballoon.guest.direct import LocalPolicy
+from heapballoon.guest.locallaw import LocalLaw
 from heapballoon.linux import pagemap
+from heapballoon.guest.uplink import Uplink
+from heapballoon.linux.pagereporting import PageReporting
 from heapballoon.linux.procfs import ProcFS
 from heapballoon.linux.virtio import VirtioPorts
 
@@ -113,70 +122,26 @@ def read_plans(procfs: ProcFS, plans: tuple[ScanPlan, ...]) -> tuple:
     return tuple(out)
 
 
-class Uplink:
-    """Line I/O on the virtio-serial port, with a reader thread feeding the asyncio loop."""
-
-    MAX_QUEUED = 4096
-
-    def __init__(self, path: str, loop: asyncio.AbstractEventLoop, on_message) -> None:
-        self.path = path
-        self.loop = loop
-        self.on_message = on_message
-        self.fd = os.open(path, os.O_RDWR)
-        # A write blocks while no host is connected: a writer thread keeps the loop free, and
-        # what cannot be queued is dropped (hostd pings on connect and the guest resyncs).
-        self.queue: queue.Queue[bytes] = queue.Queue(self.MAX_QUEUED)
-        self.dropped = 0
-        threading.Thread(target=self._read_loop, name="uplink-reader", daemon=True).start()
-        threading.Thread(target=self._write_loop, name="uplink-writer", daemon=True).start()
-
-    def _read_loop(self) -> None:
-        buf = b""
-        while True:
-            try:
-                data = os.read(self.fd, 65536)
-            except OSError as err:
-                log.error("uplink read failed: %s", err)
-                time.sleep(1)
-                continue
-            if not data:  # host side not connected: the port reads EOF; poll gently
-                time.sleep(0.2)
-                continue
-            buf += data
-            if len(buf) > protocol.MAX_LINE_BYTES and b"\n" not in buf:
-                log.warning("dropping an over-long line from the host")
-                buf = b""
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                if line.strip():
-                    self.loop.call_soon_threadsafe(self.on_message, line)
-
-    def _write_loop(self) -> None:
-        while True:
-            view = memoryview(self.queue.get())
-            while view:
-                try:
-                    view = view[os.write(self.fd, view):]
-                except OSError as err:
-                    log.error("uplink write failed: %s", err)
-                    time.sleep(1)
-
-    def send(self, msg: protocol.Message) -> None:
-        try:
-            self.queue.put_nowait(protocol.encode(msg))
-        except queue.Full:
-            self.dropped += 1
-
-
-class GuestDriver(Driver):
+class GuestDriver(LocalPolicy, Driver):
     # Nothing to count through pagemap here: in VM mode balloon pages stay mapped and the host
     # reclaims them, so the figure is what the host acknowledged, set on the loop thread by
     # report_to_host.
     VERIFY_PAGEMAP = False
 
-    def __init__(self, socket_path: str, uplink_path: str | None, **kw) -> None:
-        super().__init__(socket_path, ksm_mode="off", reclaim="report", **kw)
+    def __init__(self, socket_path: str, uplink_path: str | None, reclaim: str = "report",
+                 law: LocalLaw | None = None, report_order: int | None = None,
+                 page_reporting: PageReporting | None = None, **kw) -> None:
+        super().__init__(socket_path, ksm_mode="off", reclaim=reclaim, **kw)
         self.uplink_path = uplink_path
+        # direct: the agents free balloon pages themselves, counted through pagemap as in
+        # process mode; nothing is reported to a host
+        self.direct = reclaim == "direct"
+        self.VERIFY_PAGEMAP = self.direct
+        self.law = law
+        self.law_target_bytes = 0   # loop thread: the local law's node target
+        self.law_reason = ""
+        self.report_order = report_order
+        self.page_reporting = page_reporting or PageReporting()
         self.uplink: Uplink | None = None
         # Owned by the event loop thread: read and written only there (never in to_thread work).
         self.reported: dict[str, frozenset[int]] = {}  # "pid:chunk" → guest frames the host was told
@@ -197,7 +162,10 @@ class GuestDriver(Driver):
     def room_bytes(self, rec: JVMRecord) -> int:
         """In a guest, balloon pages stay allocated (the host frees them behind the guest's back):
         a heap that grows to hold the balloon costs guest memory. So past the committed heap's
-        excess, a balloon may only grow into what the guest has available, less a reserve."""
+        excess, a balloon may only grow into what the guest has available, less a reserve.
+        On the direct path the guest frees them itself: as in process mode."""
+        if self.direct:
+            return super().room_bytes(rec)
         try:
             available = self.procfs.meminfo().get("MemAvailable", 0)
         except KernelError:
@@ -321,18 +289,21 @@ class GuestDriver(Driver):
             self.reported_addr.pop(key, None)
 
     async def step(self) -> None:
+        self.apply_law()
         await super().step()
-        await self.report_to_host()
-        self._forget_gone()
+        if not self.direct:
+            await self.report_to_host()
+            self._forget_gone()
         if not self.host_target_seen and self.clock() - self.last_hello_s >= HELLO_RETRY_S:
             self._hello_up()
         status = self.status()
-        self._send_up(protocol.GuestStatus(target_bytes=self.node_target_bytes or 0,
+        self._send_up(protocol.GuestStatus(target_bytes=self.node_target() or 0,
                                            balloon_bytes=status["node"]["balloon_bytes"],
                                            drift_pages=self.drift_pages_total, jvms=tuple(status["jvms"])))
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         self.loop = asyncio.get_running_loop()
+        self.set_report_order()
         if self.uplink_path:
             try:
                 self.uplink = Uplink(self.uplink_path, self.loop, self._on_host_line)
@@ -361,6 +332,15 @@ def octal(text: str) -> int:
     return int(text, 8)
 
 
+def size_arg(text: str) -> int:
+    from heapballoon.units import parse_size
+
+    try:
+        return parse_size(text)
+    except Exception as err:  # noqa: BLE001 - argparse turns it into one line and exit 2
+        raise argparse.ArgumentTypeError(str(err)) from err
+
+
 def main(argv: list[str] | None = None) -> int:
     from heapballoon.driver.daemon import serve
 
@@ -370,14 +350,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--interval-s", type=float, default=1.0)
     p.add_argument("--socket-mode", type=octal, default=0o600,
                    help="octal mode of the socket (default 600: JVMs running as root only)")
+    p.add_argument("--reclaim", choices=("auto", "report", "direct"), default="auto",
+                   help="report: hostd reclaims balloon pages by frame number; direct: the agents free them and the "
+                        "host's virtio-balloon or free page reporting takes them (no hostd). auto (default): report "
+                        "if the VM has the org.heapballoon.0 port, else direct")
+    p.add_argument("--reserve", type=size_arg, default=None,
+                   help="direct: keep at least this much guest MemAvailable, inflating JVM balloons "
+                        "(default: 32M or 3%% of guest RAM, whichever is more)")
+    p.add_argument("--band", type=size_arg, default=LocalLaw.band_bytes,
+                   help="direct: deflate only once MemAvailable is this much above the reserve (default 64M)")
+    p.add_argument("--no-local-policy", action="store_true", help="direct: targets only by hand (heapballoon target)")
+    p.add_argument("--report-order", type=int, default=None, metavar="ORDER",
+                   help="set the kernel's page_reporting_order (0: report freed 4 KiB pages; kernel default 9)")
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     uplink = args.uplink or find_port()
-    if uplink is None:
+    reclaim = args.reclaim if args.reclaim != "auto" else ("report" if uplink else "direct")
+    if uplink is None and reclaim == "report":
         log.error("virtio-serial port org.heapballoon.0 not found: running without a host uplink")
-    return serve(GuestDriver(args.socket, uplink, interval_s=args.interval_s, socket_mode=args.socket_mode))
+    law = None if reclaim != "direct" or args.no_local_policy else LocalLaw(args.reserve, args.band)
+    log.info("reclaim %s, uplink %s, local policy %s", reclaim, uplink or "none",
+             f"reserve {'default' if args.reserve is None else args.reserve >> 20} MiB band {args.band >> 20} MiB"
+             if law else "off")
+    return serve(GuestDriver(args.socket, uplink, reclaim=reclaim, law=law, report_order=args.report_order,
+                             interval_s=args.interval_s, socket_mode=args.socket_mode))
 
 
 if __name__ == "__main__":

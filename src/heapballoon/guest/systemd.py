@@ -27,10 +27,20 @@ def shipped_file(name: str) -> Path:
     raise UsageError(f"{name} not found in {package_dir / '_data'}: this installation is incomplete (reinstall heapballoon)")
 
 
-def unit_text(socket_path: str) -> str:
-    """The guest driver's unit, starting ``python -m heapballoon guest-driver`` of this interpreter."""
+STOCK_ARGS = "--reclaim direct --report-order 0"
+
+
+def unit_text(socket_path: str, stock: bool = False) -> str:
+    """The guest driver's unit, starting ``python -m heapballoon guest-driver`` of this interpreter.
+
+    ``stock``: for a VM on a host without hostd (issue 17): the driver frees idle heap itself and
+    reports freed 4 KiB pages, and the unit does not wait for the ``org.heapballoon.0`` port."""
     exec_start = f"ExecStart={sys.executable} -m heapballoon guest-driver --socket {socket_path}"
     text = shipped_file(UNIT).read_text()
+    if stock:
+        exec_start += f" {STOCK_ARGS}"
+        text = re.sub(r"^Wants=dev-virtio.*\n", "", text, count=1, flags=re.M)
+        text = re.sub(r"^After=dev-virtio\S* ", "After=", text, count=1, flags=re.M)
     return re.sub(r"^ExecStart=.*$", lambda _m: exec_start, text, count=1, flags=re.M)
 
 

@@ -3,12 +3,13 @@
     heapballoon image build [--force] [--quiet]
     heapballoon image show
     heapballoon vm accel [--reprobe]
-    heapballoon vm start NAME [--memory 1G] [--cpus 1] [--reclaim pfn|ksm] [--copy HOST:GUEST]...
+    heapballoon vm start NAME [--memory 1G] [--cpus 1] [--reclaim pfn|ksm|virtio] [--copy HOST:GUEST]...
                               [--env K=V]... [--no-wait] [-- CMD...]
     heapballoon vm stop NAME
     heapballoon vm list [--json]
     heapballoon vm logs NAME [--follow]
     heapballoon vm exec NAME [--timeout-s 60] -- CMD...     (exit code = the guest command's)
+    heapballoon vm balloon NAME [SIZE]                      (virtio-balloon: RAM left to the guest)
 
 ``heapballoon hostd`` is registered by heapballoon.cli (it hands every argument to hostd's
 own parser).
@@ -73,8 +74,9 @@ def _start_options(p: argparse.ArgumentParser, defaults: bool = True) -> argpars
     d = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
     p.add_argument("--memory", default=d("1G"), help="guest RAM (default 1G)")
     p.add_argument("--cpus", type=int, default=d(1))
-    p.add_argument("--reclaim", choices=("pfn", "ksm"), default=d("pfn"),
-                   help="pfn: shared memfd RAM reclaimed by page number (default); ksm: mergeable private RAM")
+    p.add_argument("--reclaim", choices=("pfn", "ksm", "virtio"), default=d("pfn"),
+                   help="pfn: shared memfd RAM reclaimed by page number (default); ksm: mergeable private RAM; "
+                        "virtio: no hostd, the stock virtio-balloon with free page reporting (vm balloon)")
     p.add_argument("--copy", action="append", metavar="HOST:GUEST", help="put a file or directory into the guest")
     p.add_argument("--env", action="append", metavar="KEY=VALUE", help="environment of CMD")
     p.add_argument("--no-wait", action="store_true", default=d(False), help="return once QEMU runs, before the guest is ready")
@@ -184,6 +186,22 @@ def cmd_vm_exec(args) -> int:
     return rc
 
 
+def cmd_vm_balloon(args) -> int:
+    from heapballoon.units import format_size, parse_size
+    from heapballoon.vm.balloon import query_balloon, set_balloon
+
+    if args.size is not None:
+        size = parse_size(args.size)
+        b = set_balloon(args.name, size)
+        print(f"vm {b.name}: asked the guest to go to {format_size(size)} (the virtio-balloon moves on the guest's "
+              f"time; it has {format_size(b.actual_bytes)} now)")
+        return 0
+    b = query_balloon(args.name)
+    print(f"vm {b.name}: guest has {format_size(b.actual_bytes)} of {format_size(b.memory_bytes)} "
+          f"(the virtio-balloon holds {format_size(b.memory_bytes - b.actual_bytes)})")
+    return 0
+
+
 def add_commands(sub) -> None:
     """Add ``image`` and ``vm`` to the top-level subparsers ``sub``."""
     img = sub.add_parser("image", help="build or show the guest image (VM mode)")
@@ -195,7 +213,7 @@ def add_commands(sub) -> None:
     isub.add_parser("show", help="show the newest cached image").set_defaults(func=cmd_image_show)
 
     vm = sub.add_parser("vm", help="QEMU guests: start, stop, list, logs, exec")
-    vsub = vm.add_subparsers(dest="vm_command", metavar="start|stop|list|logs|exec|accel")
+    vsub = vm.add_subparsers(dest="vm_command", metavar="start|stop|list|logs|exec|balloon|accel")
     s = vsub.add_parser("start", help="boot a VM (waits until the guest is ready)")
     s.add_argument("name")
     _start_options(s)
@@ -221,6 +239,11 @@ def add_commands(sub) -> None:
     ex.add_argument("--timeout-s", type=float, default=60.0)
     ex.add_argument("cmd", nargs="*", metavar="-- CMD...")
     ex.set_defaults(func=cmd_vm_exec)
+
+    bl = vsub.add_parser("balloon", help="show or set the guest RAM the virtio-balloon leaves (QMP balloon)")
+    bl.add_argument("name")
+    bl.add_argument("size", nargs="?", help="guest RAM to leave, e.g. 624M (omit: show)")
+    bl.set_defaults(func=cmd_vm_balloon)
 
     ac = vsub.add_parser("accel", help="show (or --reprobe) the accelerator verdict: kvm or tcg")
     ac.add_argument("--reprobe", action="store_true")

