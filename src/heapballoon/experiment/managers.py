@@ -197,7 +197,8 @@ class Heapballoon(Manager):
         if proc.returncode != 0:
             raise HeapballoonError(f"heapballoon {' '.join(args)} failed: {proc.stderr.strip()}")
 
-    def before_services(self, cfg, level_pct) -> None:
+    def daemon_command(self, cfg: Config, level_pct: int) -> list[str]:
+        """The daemon's command line (and, for ``proactive``, its policy file written)."""
         cmd = [sys.executable, "-m", "heapballoon", "daemon", "--socket", self.socket, "--reclaim", "direct",
                "--ksm", "off", "--interval-s", "0.5"]
         if self.policy in AUTO_POLICIES:
@@ -206,6 +207,10 @@ class Heapballoon(Manager):
             with open(self.policy_file, "w") as f:
                 f.write(PROACTIVE_FILE)
             cmd += ["--policy-file", self.policy_file]
+        return cmd
+
+    def before_services(self, cfg, level_pct) -> None:
+        cmd = self.daemon_command(cfg, level_pct)
         cgroup = self.cgroup
 
         def enter_cgroup() -> None:  # in the child, before exec: a killed run's daemon can be found
