@@ -237,3 +237,24 @@ def test_self_sizing_lets_g1_shrink_and_names_every_flag():
     assert cmd.index("-XX:InitialHeapSize=384m") < cmd.index("-jar")
     assert cmd.index("-Xms64m") > cmd.index("-Xms384m")  # later options win
     assert managers.make("none", "/tmp", "auto", "/tmp/log").jvm_args(cfg, 50) == []
+
+
+def test_heapballoon_runs_the_proactive_policy_by_default(tmp_path):
+    """Issue 16, swap off: with the budget alone the policy took nothing until the third JVM's
+    pre-touch hit the limit (an OOM kill at 50 %); the experiment's default is what a user
+    should run, the proactive mode."""
+    from heapballoon.experiment import managers
+
+    cfg = config.quick(str(tmp_path))
+    assert cfg.policy == "proactive"
+    m = managers.make("heapballoon", str(tmp_path), cfg.policy, str(tmp_path / "log"))
+    cmd = m.daemon_command(cfg, 50)
+    assert cmd[cmd.index("--memory-budget") + 1] == str(cfg.given_bytes(50))
+    policy_file = cmd[cmd.index("--policy-file") + 1]
+    from heapballoon.policy import load_config
+
+    loaded = load_config(policy_file)
+    assert loaded.proactive and loaded.interval_s == 0.5
+    assert "proactive = true" in m.settings
+    budget_only = managers.make("heapballoon", str(tmp_path / "b"), "auto", str(tmp_path / "log")).daemon_command(cfg, 50)
+    assert "--policy-file" not in budget_only and "--memory-budget" in budget_only

@@ -3,7 +3,7 @@ parser by :func:`add_commands`::
 
     heapballoon experiment --out DIR [--quick] [--mode process|vm] [--levels 0,50]
                            [--managers none,heapballoon] [--rounds N] [--cell-s S] [--seed N]
-                           [--policy auto|manual] [--swap on|off] [--heaps pretouch|burst]
+                           [--policy proactive|auto|manual] [--swap on|off] [--heaps pretouch|burst]
                            [--consolidation on|off] [--settle-s S]
     heapballoon experiment --clean
 
@@ -42,8 +42,10 @@ def add_commands(sub) -> None:
     e.add_argument("--clean", action="store_true",
                    help="only remove what killed runs left (cgroups, their processes, swap files) and exit")
     e.add_argument("--seed", type=int, default=1, help="seed of the data sets and the load (default 1)")
-    e.add_argument("--policy", choices=("manual", "auto"), default="auto",
-                   help="heapballoon's policy: auto (daemon --policy auto --memory-budget) or manual (target all)")
+    e.add_argument("--policy", choices=("manual", "auto", "proactive"), default="proactive",
+                   help="process mode, heapballoon's policy: proactive (default: daemon --policy auto "
+                        "--memory-budget with `proactive = true` in a policy file, idle heap taken ahead of need), "
+                        "auto (the budget alone: takes only once memory is short) or manual (target all)")
     e.add_argument("--swap", choices=("on", "off"), default="on",
                    help="on: a swap file, the kernel swaps at the limit (default); off: no swap (the Kubernetes "
                         "default), overcommit the managers do not absorb ends in cgroup OOM kills")

@@ -68,7 +68,9 @@ class Config:
     swap_bytes: int = 3 << 30
     swap_dir: str = "/var/tmp"
     command: str = "heapballoon experiment"
-    policy: str = "auto"  # or "manual": `target all` = the excess (the stand-in before the policy existed)
+    # heapballoon's: "proactive" (auto + `proactive = true`), "auto" (the budget alone) or "manual"
+    # (`target all` = the excess, the stand-in before the policy existed)
+    policy: str = "proactive"
     swap: bool = True  # False: no swap file and swappiness 0 in the cgroups (overcommit ends in OOM kills)
     heaps: str = "pretouch"  # production heaps (-Xms = -Xmx): "pretouch" (AlwaysPreTouch) or "burst" (grown by a start-up burst)
     burst_s: float = 4.0  # "burst": the warm-up garbage is allocated over this long

@@ -41,6 +41,9 @@ PSI_MAX_PCT = 10.0
 STEP_DOWN = 0.03
 STEP_UP = 0.10
 FLOOR_BYTES = 96 << 20
+AUTO_POLICIES = ("auto", "proactive")  # the experiment's --policy values that run the daemon's own policy
+# --policy proactive: the policy ticks as often as the daemon steps (its own default is 1 s)
+PROACTIVE_FILE = "proactive = true\ninterval_s = 0.5\n"
 
 
 class Manager:
@@ -178,9 +181,12 @@ class Heapballoon(Manager):
         self.procfs = procfs or ProcFS()
         self.daemon: subprocess.Popen | None = None
         self._cpu_s = 0.0
-        self.settings = ("daemon --reclaim direct --ksm off --interval-s 0.5, " +
-                         ("--policy auto --memory-budget = memory given" if policy == "auto" else
-                          "manual stand-in: `target all` = committed heaps - heap memory given"))
+        self.policy_file = os.path.join(run_dir, "policy.toml")
+        self.settings = ("daemon --reclaim direct --ksm off --interval-s 0.5, " + {
+            "auto": "--policy auto --memory-budget = memory given",
+            "proactive": "--policy auto --memory-budget = memory given, policy file `proactive = true`, "
+                         "`interval_s = 0.5` (the policy ticks with the daemon)",
+        }.get(policy, "manual stand-in: `target all` = committed heaps - heap memory given"))
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "HEAPBALLOON_SOCKET": self.socket}
@@ -191,11 +197,20 @@ class Heapballoon(Manager):
         if proc.returncode != 0:
             raise HeapballoonError(f"heapballoon {' '.join(args)} failed: {proc.stderr.strip()}")
 
-    def before_services(self, cfg, level_pct) -> None:
+    def daemon_command(self, cfg: Config, level_pct: int) -> list[str]:
+        """The daemon's command line (and, for ``proactive``, its policy file written)."""
         cmd = [sys.executable, "-m", "heapballoon", "daemon", "--socket", self.socket, "--reclaim", "direct",
                "--ksm", "off", "--interval-s", "0.5"]
-        if self.policy == "auto":
+        if self.policy in AUTO_POLICIES:
             cmd += ["--policy", "auto", "--memory-budget", str(cfg.given_bytes(level_pct))]
+        if self.policy == "proactive":
+            with open(self.policy_file, "w") as f:
+                f.write(PROACTIVE_FILE)
+            cmd += ["--policy-file", self.policy_file]
+        return cmd
+
+    def before_services(self, cfg, level_pct) -> None:
+        cmd = self.daemon_command(cfg, level_pct)
         cgroup = self.cgroup
 
         def enter_cgroup() -> None:  # in the child, before exec: a killed run's daemon can be found
@@ -224,7 +239,7 @@ class Heapballoon(Manager):
             wait_until(registered, 60, "the agents to register")
         except Timeout as err:
             raise HeapballoonError(f"agents did not register with the daemon: {err}") from err
-        if self.policy != "auto":
+        if self.policy not in AUTO_POLICIES:
             self._cli("target", "all", str(cfg.excess_bytes(level_pct)))
 
     def reclaimed_bytes(self) -> int | None:

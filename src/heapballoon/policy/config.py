@@ -15,7 +15,7 @@ means the defaults). Every key, its type and range is checked here; the first ba
     demand_half_life_s = 60     # how slowly its demand (resident + held) falls
     sources = ["guest_free", "heap"]  # VM mode: what may be taken (process mode has heap only)
     proactive = false           # take idle heap until PSI or GC cost says it costs (proactive.py)
-    proactive_step = "32M"      # most the proactive aim rises in one tick
+    proactive_step = "32M"      # least the proactive aim rises a tick (else half the idle heap left)
     proactive_psi_some = 0.5    # percent of time stalled on memory that counts as a cost
     proactive_gc_cost = 5.0     # percent of a JVM's time in GC that counts as a cost
 

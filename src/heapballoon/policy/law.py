@@ -53,8 +53,9 @@ The law in five steps:
    * PSI escalation: want ≥ P + one step (senpai-like: small, bounded steps while stalled),
      but never so far that the short constraint's free passes its high threshold: the next
      tick would give it back (issue 16: targets swung 510–750 MiB that way).
-   * proactive (``proactive = true``, proactive.py): want ≥ P + a step while neither PSI nor
-     any ballooned JVM's GC cost reaches its target; hold in a band above; give back past it.
+   * proactive (``proactive = true``, proactive.py): want ≥ P + half the idle heap not taken
+     yet (at least a step) while neither PSI nor any ballooned JVM's GC cost reaches its
+     target; hold in a band above; give back past it.
    * limits: a workload resident above its ``limit`` gives the excess whatever the state.
 
    The constraint that wants most wins; the worst state is the node's state.

@@ -17,9 +17,18 @@ The pressure q is the worst of two signals, each over its target:
 
 The aim (the sources' total, on top of what the other constraints want; the largest wins):
 
-* q < 1: rise by ``proactive_step`` × (1 − q) a tick (32 MiB a tick), but at least the
-  deadband (8 MiB: a smaller change is not sent, and the aim would stall at q = 0.75).
-  Proportional, so it slows as the cost nears its target and overshoots by a deadband at most.
+* q < 1: rise by (1 − q) × the larger of ``proactive_step`` (32 MiB) and half the idle heap
+  not taken yet (the sources' room, what the agents say they can give above live set +
+  headroom, minus what is held), but at least the deadband (8 MiB: a smaller change is not
+  sent, and the aim would stall at q = 0.75). Proportional, so it slows as the cost nears
+  its target and overshoots by a deadband at most. Half the room a tick, not a fixed step,
+  because the mode must have the idle heap *before* the next demand: real JVMs showed it
+  (issue 16, ``experiment --quick --swap off``): a JVM pre-touches 384 MiB in under a
+  second, 3 s after the first JVM registered, and at 32 MiB a tick the balloons held 32 MiB
+  when the cgroup OOM-killed a service. Half the room is safe to take at once because the
+  room is already above the agent's floor (live set + headroom for its allocation rate, plus
+  a quarter) and a balloon deflates at once when the JVM needs the memory; it is a half, not
+  the whole, so that a GC cost that rises with the balloon is seen before the last of it.
 * 1 ≤ q < 2: hold (a band, so the aim does not ring around the target).
 * q ≥ 2: give back one step a tick, and a workload whose own GC cost is past its target
   takes no more (:func:`room_cap`): past twice its target, it gives a step back itself.
@@ -35,6 +44,7 @@ from heapballoon.policy.config import PolicyConfig
 from heapballoon.policy.model import Observations, WorkloadObservation
 
 HOLD_BAND = 2.0  # between 1 and this many times the target, the aim holds
+ROOM_SHARE = 0.5  # of the idle heap not taken yet, the most the aim rises in one tick (with q = 0)
 
 
 def pressure(config: PolicyConfig, obs: Observations, psi_some_pct: float) -> float:
@@ -49,8 +59,10 @@ def pressure(config: PolicyConfig, obs: Observations, psi_some_pct: float) -> fl
 def want(config: PolicyConfig, obs: Observations, prev_total: int, psi_some_pct: float) -> float:
     q = pressure(config, obs, psi_some_pct)
     if q < 1:
+        left = sum(max(0, s.reclaimable_bytes) for w in obs.workloads for s in w.sources) - prev_total
+        rise = max(config.proactive_step_bytes, ROOM_SHARE * left) * (1 - q)
         # at least the deadband: a smaller change is not sent, and the aim would stall short
-        return prev_total + max(config.deadband_bytes, config.proactive_step_bytes * (1 - q))
+        return prev_total + max(config.deadband_bytes, rise)
     if q < HOLD_BAND:
         return prev_total
     return max(0, prev_total - config.proactive_step_bytes)
