@@ -54,3 +54,20 @@ def test_no_argparse_internals_in_command_registration():
         strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
         assert not private, f"{rel} reaches into {private}"
         assert "_name_parser_map" not in strings and "\x01" not in strings, rel
+
+
+@pytest.mark.parametrize("argv", [["vm", "exec", "g1", "--timeout-s", "7", "--", "echo", "hi"],
+                                  ["vm", "exec", "--timeout-s", "7", "g1", "--", "echo", "hi"],
+                                  ["vm", "exec", "g1", "--timeout-s=7", "--", "echo", "hi"]])
+def test_vm_exec_takes_timeout_before_or_after_the_name(monkeypatch, argv):
+    import heapballoon.vm.execclient as execclient
+    seen = []
+    monkeypatch.setattr(execclient, "vm_exec", lambda name, cmd, timeout_s: seen.append((name, cmd, timeout_s)) or (0, "", ""))
+    assert cli.main(argv) == 0
+    assert seen == [("g1", ["echo", "hi"], 7.0)]
+
+
+def test_vm_exec_bad_timeout_is_one_line(capsys):
+    assert cli.main(["vm", "exec", "g1", "--timeout-s", "soon", "--", "true"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--timeout-s takes seconds" in err

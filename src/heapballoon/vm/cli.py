@@ -174,13 +174,28 @@ def cmd_vm_logs(args) -> int:
         return 0
 
 
+def _exec_options(timeout_s: float, rest: list[str]) -> tuple[float, list[str]]:
+    """``--timeout-s`` written after NAME (argparse hands it over in the command's remainder)."""
+    while rest and rest[0] != "--" and rest[0].startswith("--timeout-s"):
+        opt = rest.pop(0)
+        value = opt.partition("=")[2] if "=" in opt else (rest.pop(0) if rest else "")
+        try:
+            timeout_s = float(value)
+        except ValueError:
+            raise UsageError(f"vm exec: --timeout-s takes seconds, not {value!r}") from None
+        if not 0 < timeout_s <= 86400:
+            raise UsageError(f"vm exec: --timeout-s must be in (0, 86400], not {value}")
+    return timeout_s, rest
+
+
 def cmd_vm_exec(args) -> int:
     from heapballoon.vm.execclient import vm_exec
 
-    argv = _cmd_argv(args.cmd)
+    timeout_s, rest = _exec_options(args.timeout_s, list(args.cmd))
+    argv = _cmd_argv(rest)
     if not argv:
         raise UsageError("vm exec: no command given (heapballoon vm exec NAME -- CMD...)")
-    rc, out, err = vm_exec(args.name, argv, timeout_s=args.timeout_s)
+    rc, out, err = vm_exec(args.name, argv, timeout_s=timeout_s)
     sys.stdout.write(out)
     sys.stderr.write(err)
     return rc
@@ -237,7 +252,7 @@ def add_commands(sub) -> None:
     ex = vsub.add_parser("exec", help="run a command in a VM; exits with its exit code")
     ex.add_argument("name")
     ex.add_argument("--timeout-s", type=float, default=60.0)
-    ex.add_argument("cmd", nargs="*", metavar="-- CMD...")
+    ex.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
     ex.set_defaults(func=cmd_vm_exec)
 
     bl = vsub.add_parser("balloon", help="show or set the guest RAM the virtio-balloon leaves (QMP balloon)")
