@@ -38,6 +38,9 @@ WRITE_MIB, WRITE_MIB_PER_S = 250, 20
 CID = "fedcba9876543210" * 4
 POD_UID = "0f1e2d3c-4b5a-4697-8877-665544332211"
 JAVA = ["-Xms1g", "-Xmx1g", "-XX:+AlwaysPreTouch"]
+# The sidecar's Python, as the container sees it: the interpreter itself, not the venv's link to
+# it (a checkout under /tmp, as CI's clone is, puts the venv inside the container's private /tmp).
+SIDECAR_PY = os.path.realpath(PY)
 SIDECAR = f"""
 import hashlib, sys, time
 h, chunk = hashlib.sha256(), 1 << 20
@@ -125,7 +128,7 @@ def test_an_idle_jvms_heap_gives_way_to_a_sidecar_filling_the_containers_tmpfs(
         assert (rec["container_id"], rec["pod_uid"]) == (CID, POD_UID)
 
         gives_way(d, j, pid, container_cgroup,
-                  ["nsenter", "--target", str(pid), "--mount", "--pid", "--", PY, "-c", SIDECAR],
+                  ["nsenter", "--target", str(pid), "--mount", "--pid", "--", SIDECAR_PY, "-c", SIDECAR],
                   preexec_fn=lambda: container_cgroup.add_pid(os.getpid()))
         if neighbour:
             assert d.jvm(other.pid)["target_bytes"] == 0  # the node has room: the neighbour keeps its heap
