@@ -4,12 +4,18 @@ import java.util.ArrayDeque;
 
 /**
  * Owns the GC-cost measurement: the share of wall time spent in GC pauses over a sliding
- * window, and that share as last measured over a whole window with no balloon (the baseline
- * the balloon's extra cost is judged against). Agent thread only.
+ * window, that share as last measured over a whole window with no balloon (the baseline
+ * the balloon's extra cost is judged against), and whether the share has been over its bound
+ * (baseline + {@value #EXTRA_SHARE}) for {@value #SUSTAIN_MS} ms without a break.
+ * Agent thread only (every field).
  */
 final class GcCost {
     /** Before any balloon-free window was measured, assume this baseline. */
     static final double DEFAULT_BASELINE = 0.05;
+    /** The balloon may add this share of wall time to GC pauses (10 points: a tenth of the application's time). */
+    static final double EXTRA_SHARE = 0.10;
+    /** The bound must be exceeded this long without a break before it acts. */
+    static final long SUSTAIN_MS = 10_000;
 
     private final HeapStats stats;
     private final long windowMs;
@@ -17,6 +23,8 @@ final class GcCost {
     private double baseline = -1;
     /** When a balloon was last held (currentTimeMillis), 0 for never. */
     private long balloonHeldAtMs;
+    /** Since when the share has been over its bound without a break (0: it is not). */
+    private long overBoundSinceMs;
 
     GcCost(HeapStats stats, long windowMs) {
         this.stats = stats;
@@ -45,6 +53,27 @@ final class GcCost {
         if (balloonHeldAtMs < oldest[0]) {
             baseline = share; // a whole window without a balloon
         }
+        return share;
+    }
+
+    /**
+     * Samples (see sample) and judges: the pause share once it has been over the bound for
+     * {@value #SUSTAIN_MS} ms without a break while a balloon was held (the judgement then
+     * starts over), else -1.
+     */
+    double sustainedOverBound(long nowMs, boolean balloonHeld) {
+        double share = sample(nowMs, balloonHeld);
+        if (!balloonHeld || share < 0 || share <= baselineShare() + EXTRA_SHARE) {
+            overBoundSinceMs = 0;
+            return -1;
+        }
+        if (overBoundSinceMs == 0) {
+            overBoundSinceMs = nowMs;
+        }
+        if (nowMs - overBoundSinceMs < SUSTAIN_MS) {
+            return -1; // a burst of slow collections (a busy machine) is not the balloon's running cost
+        }
+        overBoundSinceMs = 0;
         return share;
     }
 
