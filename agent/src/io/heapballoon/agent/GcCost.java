@@ -1,6 +1,7 @@
 package io.heapballoon.agent;
 
 import java.util.ArrayDeque;
+import java.util.function.LongSupplier;
 
 /**
  * Owns the GC-cost measurement: the share of wall time spent in GC pauses over a sliding
@@ -17,7 +18,8 @@ final class GcCost {
     /** The bound must be exceeded this long without a break before it acts. */
     static final long SUSTAIN_MS = 10_000;
 
-    private final HeapStats stats;
+    /** The JVM's total GC pause time so far, in ms (HeapStats.pauseTimeMs; a counter in tests). */
+    private final LongSupplier pauseTimeMs;
     private final long windowMs;
     private final ArrayDeque<long[]> samples = new ArrayDeque<>();
     private double baseline = -1;
@@ -27,7 +29,11 @@ final class GcCost {
     private long overBoundSinceMs;
 
     GcCost(HeapStats stats, long windowMs) {
-        this.stats = stats;
+        this(stats::pauseTimeMs, windowMs);
+    }
+
+    GcCost(LongSupplier pauseTimeMs, long windowMs) {
+        this.pauseTimeMs = pauseTimeMs;
         this.windowMs = windowMs;
     }
 
@@ -36,7 +42,7 @@ final class GcCost {
      * while less than a window has been seen.
      */
     double sample(long nowMs, boolean balloonHeld) {
-        long pauseMs = stats.pauseTimeMs();
+        long pauseMs = pauseTimeMs.getAsLong();
         samples.addLast(new long[] {nowMs, pauseMs});
         if (balloonHeld) {
             balloonHeldAtMs = nowMs;
@@ -84,6 +90,6 @@ final class GcCost {
     /** Forgets the window (after a give-back, the old window no longer says anything). */
     void restart(long nowMs) {
         samples.clear();
-        samples.addLast(new long[] {nowMs, stats.pauseTimeMs()});
+        samples.addLast(new long[] {nowMs, pauseTimeMs.getAsLong()});
     }
 }
