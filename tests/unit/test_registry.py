@@ -7,10 +7,11 @@ from heapballoon.driver.registry import JVMRecord
 MIB = 1 << 20
 
 
-def record(pid, *, committed_mib, live_mib, balloon_max_mib=None, gc="Serial"):
+def record(pid, *, committed_mib, live_mib, balloon_max_mib=None, gc="Serial", headroom_mib=0):
     state = protocol.State(heap_max_bytes=committed_mib * MIB, heap_committed_bytes=committed_mib * MIB,
                            live_bytes=live_mib * MIB,
-                           balloon_max_bytes=-1 if balloon_max_mib is None else balloon_max_mib * MIB)
+                           balloon_max_bytes=-1 if balloon_max_mib is None else balloon_max_mib * MIB,
+                           headroom_bytes=headroom_mib * MIB)
     hello = protocol.Hello(pid=pid, name=f"j{pid}", agent_version="t", jvm_version="17", jvm_vendor="t", gc=gc,
                            region_bytes=0, address_mode="jni", reclaim_modes=("direct",), target_bytes=0, state=state)
     return JVMRecord(pid=pid, starttime=1, hello=hello, state=state)
@@ -27,6 +28,19 @@ def test_an_older_agent_falls_back_to_the_heap_estimate():
     rec = record(1, committed_mib=1024, live_mib=200)
     assert rec.balloon_max_bytes == policy.room_bytes(1024 * MIB, 200 * MIB)
     assert rec.excess_bytes == policy.excess_bytes(1024 * MIB, 200 * MIB, 1024 * MIB)
+
+
+def test_excess_leaves_the_headroom_the_agent_reports():
+    # G1, 1 GiB heap, 200 MiB live, an allocation rate that needs 300 MiB of headroom: the
+    # static 64 MiB would call 760 MiB idle (capped at balloon_max, 700); the agent's figure, 524.
+    rec = record(1, committed_mib=1024, live_mib=200, balloon_max_mib=700, gc="G1", headroom_mib=300)
+    assert rec.excess_bytes == (1024 - 200 - 300) * MIB
+
+
+def test_an_agent_without_balloon_max_still_has_its_headroom_used():
+    rec = record(1, committed_mib=1024, live_mib=200, headroom_mib=300)
+    assert rec.balloon_max_bytes == (1024 - 200 - 300) * MIB
+    assert rec.excess_bytes == (1024 - 200 - 300) * MIB
 
 
 def test_node_split_hands_no_jvm_more_than_it_can_hold():

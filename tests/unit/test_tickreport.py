@@ -9,10 +9,10 @@ from heapballoon.driver.tickreport import TickLog, jvm_detail, node_summary, unm
 MIB = 1 << 20
 
 
-def record(pid, *, heap_mib=128, live_mib=16, balloon_max_mib=0, balloon_mib=0, explicit=None):
+def record(pid, *, heap_mib=128, live_mib=16, balloon_max_mib=0, balloon_mib=0, explicit=None, headroom_mib=0):
     state = protocol.State(heap_max_bytes=heap_mib * MIB, heap_committed_bytes=heap_mib * MIB,
                            live_bytes=live_mib * MIB, balloon_max_bytes=balloon_max_mib * MIB,
-                           balloon_bytes=balloon_mib * MIB)
+                           balloon_bytes=balloon_mib * MIB, headroom_bytes=headroom_mib * MIB)
     hello = protocol.Hello(pid=pid, name=f"j{pid}", agent_version="t", jvm_version="17", jvm_vendor="t",
                            gc="Serial", region_bytes=0, address_mode="jni", reclaim_modes=("direct",),
                            target_bytes=0, state=state)
@@ -25,6 +25,13 @@ def test_small_heaps_with_no_room_say_why():
     assert short.bytes == 2048 * MIB
     assert "100 JVMs can hold at most 0 B" in short.reason and "100 have no room" in short.reason
     assert "heap max 128.0 MiB" in short.reason
+    assert "headroom 16.0 MiB" in short.reason  # the static figure: these agents report none
+
+
+def test_no_room_names_the_headroom_the_agent_reports():
+    recs = [record(1, headroom_mib=90)]
+    short = unmet(512 * MIB, {1: 0}, recs)
+    assert "headroom 90.0 MiB" in short.reason
 
 
 def test_met_and_absent_targets_say_nothing():

@@ -5,7 +5,10 @@ A JVM's *excess* is heap it holds but does not need::
     excess = committed − live − headroom          (never below 0)
 
 ``live`` is the application's data right after the last GC (the agent subtracts its own
-balloon), ``headroom`` the slack the application keeps for allocation between collections.
+balloon), ``headroom`` the slack the application keeps for allocation between collections:
+the agent's own figure (``state.headroom_bytes``, which follows the allocation rate and what the
+JVM taught it, Headroom.java), and only when an agent does not report one (older than
+issue 15) the static :func:`headroom_bytes`.
 A node target (``heapballoon target all SIZE``) is split among JVMs in proportion to their
 excess — the JVM with the most idle heap gives the most — and no JVM is asked for more than
 its excess; what a capped JVM cannot give is handed on to the others (water-filling). A
@@ -25,15 +28,24 @@ CHUNK_BYTES = 8 * MIB  # the agent's nominal balloon chunk (ChunkGeometry.NOMINA
 
 
 def headroom_bytes(heap_max_bytes: int) -> int:
-    """Slack kept free in a heap: 5 % of its maximum, at least 64 MiB, but never more than an
-    eighth of a small heap (a 128 MiB heap keeps 16 MiB: 64 MiB there left no room for any
-    balloon in Serial's old generation). The agent computes the same (Controller.headroomBytes)."""
+    """Static slack for a heap whose agent does not report its headroom: 5 % of its maximum, at
+    least 64 MiB, but never more than an eighth of a small heap (a 128 MiB heap keeps 16 MiB:
+    64 MiB there left no room for any balloon in Serial's old generation). The agent's
+    H_base default is the same (Headroom.baseBytes); its H adds what the allocation rate needs."""
     floor = min(MIN_HEADROOM_BYTES, int(heap_max_bytes * SMALL_HEAP_HEADROOM_FRACTION))
     return max(floor, int(heap_max_bytes * HEADROOM_FRACTION))
 
 
-def excess_bytes(heap_committed_bytes: int, live_bytes: int, heap_max_bytes: int) -> int:
-    return max(0, heap_committed_bytes - live_bytes - headroom_bytes(heap_max_bytes))
+def agent_headroom_bytes(heap_max_bytes: int, reported_bytes: int = 0) -> int:
+    """The headroom the agent keeps: what it reported (``state.headroom_bytes``), or, when it
+    reported none (0: an older agent), the static :func:`headroom_bytes`."""
+    return reported_bytes if reported_bytes > 0 else headroom_bytes(heap_max_bytes)
+
+
+def excess_bytes(heap_committed_bytes: int, live_bytes: int, heap_max_bytes: int,
+                 reported_headroom_bytes: int = 0) -> int:
+    headroom = agent_headroom_bytes(heap_max_bytes, reported_headroom_bytes)
+    return max(0, heap_committed_bytes - live_bytes - headroom)
 
 
 def split_target(node_target_bytes: int, excess_by_pid: Mapping[int, int]) -> dict[int, int]:
@@ -64,9 +76,9 @@ def split_target(node_target_bytes: int, excess_by_pid: Mapping[int, int]) -> di
     return shares
 
 
-def room_bytes(heap_max_bytes: int, live_bytes: int) -> int:
+def room_bytes(heap_max_bytes: int, live_bytes: int, reported_headroom_bytes: int = 0) -> int:
     """The most a balloon can hold if the heap grows to its maximum: max − live − headroom."""
-    return max(0, heap_max_bytes - live_bytes - headroom_bytes(heap_max_bytes))
+    return max(0, heap_max_bytes - live_bytes - agent_headroom_bytes(heap_max_bytes, reported_headroom_bytes))
 
 
 def effective_targets(node_target_bytes: int | None, explicit: Mapping[int, int | None],

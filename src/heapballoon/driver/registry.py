@@ -50,7 +50,7 @@ class JVMRecord:
     def excess_bytes(self) -> int:
         """Idle committed heap, never more than the agent says a balloon can hold."""
         s = self.state
-        excess = policy.excess_bytes(s.heap_committed_bytes, s.live_bytes, s.heap_max_bytes)
+        excess = policy.excess_bytes(s.heap_committed_bytes, s.live_bytes, s.heap_max_bytes, s.headroom_bytes)
         return min(excess, s.balloon_max_bytes) if s.balloon_max_bytes >= 0 else excess
 
     @property
@@ -60,7 +60,7 @@ class JVMRecord:
         s = self.state
         if s.balloon_max_bytes >= 0:
             return s.balloon_max_bytes
-        return policy.room_bytes(s.heap_max_bytes, s.live_bytes)
+        return policy.room_bytes(s.heap_max_bytes, s.live_bytes, s.headroom_bytes)
 
     def status(self, target_bytes: int) -> JvmStatus:
         s = self.state

@@ -86,7 +86,7 @@ def unmet(node_target_bytes: int | None, targets: Mapping[int, int], records: It
         parts.append(f"{len(full)} have no room at all: the agent keeps the live set + 1.25 × headroom free "
                      f"and a balloon gets only the rest of the {where} (e.g. pid {r.pid}: {r.hello.gc}, heap max "
                      f"{format_size(r.state.heap_max_bytes)}, live {format_size(r.state.live_bytes)}, headroom "
-                     f"{format_size(policy.headroom_bytes(r.state.heap_max_bytes))})")
+                     f"{format_size(policy.agent_headroom_bytes(r.state.heap_max_bytes, r.state.headroom_bytes))})")
     return Unmet(short, "; ".join(parts), (10 * short // node_target_bytes, pinned, len(free), len(full)))
 
 

@@ -96,7 +96,7 @@ final class AgentLoop implements Runnable {
 
     private void serve(DriverLink link) throws IOException {
         link.send(hello());
-        controller.events.clear(); // the hello carries the full state
+        controller.out.clearEvents(); // the hello carries the full state
         long lastStateMs = System.currentTimeMillis();
         while (true) {
             for (String line : link.poll(TICK_MS)) {
@@ -104,11 +104,11 @@ final class AgentLoop implements Runnable {
             }
             safeTick();
             String event;
-            while ((event = controller.events.poll()) != null) {
+            while ((event = controller.out.pollEvent()) != null) {
                 link.send(event);
             }
             long now = System.currentTimeMillis();
-            if (controller.changed.getAndSet(false) || now - lastStateMs >= options.intervalMs) {
+            if (controller.out.takeChanged() || now - lastStateMs >= options.intervalMs) {
                 link.send(Wire.state(stateFields()));
                 lastStateMs = now;
             }

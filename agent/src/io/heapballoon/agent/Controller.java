@@ -2,14 +2,14 @@ package io.heapballoon.agent;
 
 import com.sun.management.GarbageCollectionNotificationInfo;
 import java.lang.management.ManagementFactory;
-import java.util.concurrent.ConcurrentLinkedQueue;
-import java.util.concurrent.atomic.AtomicBoolean;
 
 /**
- * Owns the balloon's control law: the target and reclaim mode from the driver, the headroom,
- * when to inflate, when to give memory back, and the back-off that keeps the balloon from
- * flapping. Called from the agent thread (tick) and the GC-notification thread (afterGc);
- * every field below is either volatile or touched under {@code this}.
+ * Owns the balloon's control law: the target and reclaim mode from the driver, when to inflate
+ * and when to give memory back. Its parts own the rest: Headroom (H), LiveSet (L), GcCost and
+ * GcProfile (GC time), ExplicitGc (probes, settling), BackOff (what a give-back leaves behind:
+ * hold, ceiling, flaps) and Outbox (events and the changed flag for the driver). Called from the
+ * agent thread (onTarget, tick) and the GC-notification thread (afterGc); each field below says
+ * which thread owns it.
  *
  * <p>The law, with C the balloon's capacity (the heap; the old generation for Serial and
  * Parallel), L the live-set estimate (LiveSet: complete collections only), B the balloon and
@@ -19,16 +19,16 @@ import java.util.concurrent.atomic.AtomicBoolean;
  *       A young collection never triggers it: when the old generation fills with garbage the
  *       collector cleans up, and the balloon stays. Second rule, GC cost: when the share of
  *       wall time spent in GC pauses over {@value #GC_WINDOW_MS} ms exceeds what it was without
- *       a balloon by more than {@value #GC_EXTRA_SHARE}, for {@value #GC_SUSTAIN_MS} ms without a
+ *       a balloon by more than {@value GcCost#EXTRA_SHARE}, for {@value GcCost#SUSTAIN_MS} ms without a
  *       break (10 percentage points: a tenth of the
  *       application's time; a balloon that costs more than that is not worth its memory), a
  *       quarter of the balloon is given back.</li>
  *   <li><b>Inflate</b> while L + B + chunk + H + H/4 &le; C (the H/4 is hysteresis), and never
  *       during a back-off. After a give-back the balloon may not grow past its new size until
  *       a complete collection <em>after</em> the give-back shows a live set that leaves room;
- *       the back-off ({@value #BACKOFF_MIN_MS} ms) doubles, up to {@value #BACKOFF_MAX_MS} ms,
+ *       the back-off ({@value BackOff#MIN_MS} ms) doubles, up to {@value BackOff#MAX_MS} ms,
  *       with every give-back that no rise of the live set explains and that comes within
- *       {@value #BACKOFF_RESET_MS} ms of the previous one.
+ *       {@value BackOff#RESET_MS} ms of the previous one.
  *       With region-based collectors a chunk is allocated only while the heap has a chunk plus
  *       H/2 free (Shenandoah: at least 2 H<sub>base</sub>), so inflation goes at the collector's pace instead of forcing emergency
  *       collections (which clear soft references).</li>
@@ -46,13 +46,7 @@ import java.util.concurrent.atomic.AtomicBoolean;
  * clears them before it would throw OutOfMemoryError, whatever this law decides.
  */
 final class Controller {
-    static final long BACKOFF_MIN_MS = 5_000;
-    static final long BACKOFF_MAX_MS = 160_000;
-    static final long BACKOFF_RESET_MS = 300_000;
     static final long GC_WINDOW_MS = 20_000;
-    /** The GC-cost bound must be exceeded this long without a break before it acts. */
-    static final long GC_SUSTAIN_MS = 10_000;
-    static final double GC_EXTRA_SHARE = 0.10;
     /** After the balloon grew, collections that move its chunks are still the growth's cost. */
     static final long SETTLE_MS = 30_000;
     static final long INFLATE_BUDGET_NS = 30_000_000L;
@@ -64,7 +58,6 @@ final class Controller {
      * tenth of such an application's own rate.
      */
     static final long SHENANDOAH_INFLATE_BYTES_PER_TICK = 8L << 20;
-    static final int MAX_PENDING_EVENTS = 64;
 
     final HeapStats stats;
     final Balloon balloon;
@@ -73,6 +66,9 @@ final class Controller {
     final Headroom headroom;
     final GcProfile profile = new GcProfile();
     private final ExplicitGc explicit;
+    private final BackOff backOff = new BackOff();
+    /** Events and the changed flag for the driver (both threads write; the agent thread sends). */
+    final Outbox out = new Outbox();
     private final java.lang.management.RuntimeMXBean runtime = ManagementFactory.getRuntimeMXBean();
     private final long jvmStartMs = runtime.getStartTime();
     /** Uptime minus GcInfo time, an upper bound (GC-notification thread only). */
@@ -80,34 +76,15 @@ final class Controller {
     /** The balloon at the last young collection (GC-notification thread only). */
     private long balloonAtLastYoungBytes;
 
-    /** Pending event lines, sent by the agent thread. */
-    final ConcurrentLinkedQueue<String> events = new ConcurrentLinkedQueue<>();
-    /** Set whenever the state changed and should be sent now. */
-    final AtomicBoolean changed = new AtomicBoolean();
-
+    /** The driver's target and reclaim mode (written by the agent thread, read by both). */
     private volatile long targetBytes;
     private volatile String requestedReclaim = "ksm";
+    /** Inflating towards the target until inflate_done is sent (agent thread). */
     private volatile boolean inflating;
-    private volatile long flaps;
-    /** Times the JVM itself cleared balloon soft references. */
+    /** Times the JVM itself cleared balloon soft references (both threads; ++ under this). */
     private volatile long softCleared;
-
-    // Back-off state, guarded by this.
-    private long holdUntilMs;
-    private long backoffMs = BACKOFF_MIN_MS;
-    private long lastReleaseMs;
-    /** After a give-back: the balloon stays at most this big until a newer complete collection. */
-    private long ceilingBytes = Long.MAX_VALUE;
-    private long ceilingCompleteCount = -1;
-    private boolean flapCandidate;
-    /** The live estimate and the headroom when the balloon last grew. */
-    private long liveAtGrowthBytes = -1;
-    private long headroomAtGrowthBytes;
-    /** When the balloon last grew (currentTimeMillis). */
+    /** When the balloon last grew (currentTimeMillis; written by the agent thread). */
     private volatile long lastGrowthMs;
-    /** Since when the GC cost has been over its bound without a break (0: it is not). Agent thread. */
-    private long overBoundSinceMs;
-    /** Settling collections still to run after inflation (Serial, Parallel). Agent thread. */
 
     Controller(HeapStats stats, Balloon balloon, Options options) {
         this.stats = stats;
@@ -123,7 +100,7 @@ final class Controller {
     }
 
     long flaps() {
-        return flaps;
+        return backOff.flaps();
     }
 
     long softCleared() {
@@ -161,31 +138,15 @@ final class Controller {
         this.headroom.setDriverBytes(headroom);
         balloon.setDirect("direct".equals(reclaim()));
         inflating = balloon.footprintBytes() + balloon.geometry.footprintBytes <= targetBytes;
-        changed.set(true);
+        out.changed();
     }
 
-    void event(String kind, long releasedBytes, String reason, long latencyMs) {
-        events.add(Wire.event(kind, releasedBytes, reason, latencyMs));
-        while (events.size() > MAX_PENDING_EVENTS) {
-            events.poll();
-        }
-        changed.set(true);
-    }
-
-    /** A give-back happened: start (or lengthen) the back-off and cap re-inflation. */
-    private synchronized void backOff(long now, long liveBytes) {
-        long tolerance = Math.max(headroomBytes() / 4, balloon.geometry.footprintBytes);
+    /** A give-back happened: start (or lengthen) the back-off and cap re-inflation (BackOff). */
+    private void backOff(long now, long liveBytes) {
+        long headroomBytes = headroomBytes();
         // A rise of the live set, or of the headroom the allocation rate needs, explains a give-back.
-        flapCandidate = liveAtGrowthBytes >= 0 && liveBytes <= liveAtGrowthBytes + tolerance
-                && headroomBytes() <= headroomAtGrowthBytes + tolerance;
-        // A give-back that a rising live set explains is the balloon doing its job: the back-off
-        // stays short. One that nothing explains may repeat: each doubles the back-off.
-        boolean repeated = now - lastReleaseMs < BACKOFF_RESET_MS;
-        backoffMs = flapCandidate && repeated ? Math.min(BACKOFF_MAX_MS, backoffMs * 2) : BACKOFF_MIN_MS;
-        lastReleaseMs = now;
-        holdUntilMs = now + backoffMs;
-        ceilingBytes = balloon.footprintBytes();
-        ceilingCompleteCount = live.completeCount();
+        long tolerance = Math.max(headroomBytes / 4, balloon.geometry.footprintBytes);
+        backOff.gaveBack(now, liveBytes, headroomBytes, tolerance, balloon.footprintBytes(), live.completeCount());
     }
 
     /** GC-notification thread: fold the collection into the live set; give back on real pressure. */
@@ -227,12 +188,12 @@ final class Controller {
             }
         }
         if (balloon.refreshAddresses()) {
-            event("moved", 0, info.getGcName(), 0);
+            out.event("moved", 0, info.getGcName(), 0);
             if (System.currentTimeMillis() - lastGrowthMs < SETTLE_MS) {
                 gcCost.restart(System.currentTimeMillis()); // settling in after growth, not running cost
             }
         }
-        changed.set(true);
+        out.changed();
     }
 
     /** The give-back rule, judged only on complete collections. */
@@ -244,7 +205,7 @@ final class Controller {
             long released = balloon.shrinkTo(Math.max(0, capacity - headroom - liveBytes));
             long now = System.currentTimeMillis();
             backOff(now, liveBytes);
-            event("pressure_release", released, String.format("%s: live %d MiB + balloon %d MiB + headroom %d MiB > %d MiB",
+            out.event("pressure_release", released, String.format("%s: live %d MiB + balloon %d MiB + headroom %d MiB > %d MiB",
                     source, liveBytes >> 20, footprint >> 20, headroom >> 20, capacity >> 20),
                     Math.max(0, now - gcEndMs));
         }
@@ -266,7 +227,7 @@ final class Controller {
             String reason = String.format("JVM cleared balloon soft references: headroom %d MiB -> %d MiB",
                     before >> 20, after >> 20);
             Log.info("soft references cleared (" + (clearedBytes >> 20) + " MiB); " + reason.substring(reason.indexOf("headroom")));
-            event("soft_cleared", clearedBytes, reason, 0);
+            out.event("soft_cleared", clearedBytes, reason, 0);
         }
     }
 
@@ -280,18 +241,12 @@ final class Controller {
         long target = targetBytes;
         if (balloon.footprintBytes() > target) {
             balloon.shrinkTo(target);
-            changed.set(true);
+            out.changed();
             return;
         }
-        long limit;
-        synchronized (this) {
-            if (now < holdUntilMs) {
-                return;
-            }
-            if (ceilingBytes != Long.MAX_VALUE && live.completeCount() > ceilingCompleteCount) {
-                ceilingBytes = Long.MAX_VALUE; // fresh information since the give-back
-            }
-            limit = Math.min(target, ceilingBytes);
+        long limit = backOff.limitBytes(now, target, live.completeCount());
+        if (limit < 0) {
+            return; // backing off after a give-back
         }
         boolean blockedByEstimate = inflate(limit);
         if (blockedByEstimate || limit < target) {
@@ -302,25 +257,17 @@ final class Controller {
     }
 
     private void watchGcCost(long now) {
-        double share = gcCost.sample(now, balloon.footprintBytes() > 0);
-        double baseline = gcCost.baselineShare();
         long footprint = balloon.footprintBytes();
-        if (footprint == 0 || share < 0 || share <= baseline + GC_EXTRA_SHARE) {
-            overBoundSinceMs = 0;
+        double share = gcCost.sustainedOverBound(now, footprint > 0);
+        if (share < 0) {
             return;
         }
-        if (overBoundSinceMs == 0) {
-            overBoundSinceMs = now;
-        }
-        if (now - overBoundSinceMs < GC_SUSTAIN_MS) {
-            return; // a burst of slow collections (a busy machine) is not the balloon's running cost
-        }
-        overBoundSinceMs = 0;
+        double baseline = gcCost.baselineShare();
         long released = balloon.shrinkTo(footprint - Math.max(footprint / 4, balloon.geometry.footprintBytes));
         gcCost.restart(now);
         headroom.learnFromCost(released); // before backOff: a rise of H explains the give-back (no flap)
         backOff(now, liveBytes());
-        event("pressure_release", released, String.format("gc pauses %.0f%% of the last %d s (%.0f%% without a balloon)",
+        out.event("pressure_release", released, String.format("gc pauses %.0f%% of the last %d s (%.0f%% without a balloon)",
                 share * 100, GC_WINDOW_MS / 1000, baseline * 100), 0);
     }
 
@@ -366,7 +313,7 @@ final class Controller {
                 long dropped = balloon.dropNewest(1);
                 backOff(System.currentTimeMillis(), liveBytes());
                 inflating = false;
-                event("oom_avoided", dropped, "OutOfMemoryError while inflating", 0);
+                out.event("oom_avoided", dropped, "OutOfMemoryError while inflating", 0);
                 return false;
             }
             balloon.add(array);
@@ -375,20 +322,14 @@ final class Controller {
         if (grew) {
             lastGrowthMs = System.currentTimeMillis();
             gcCost.restart(lastGrowthMs); // growing costs GC time once: judge only what follows
-            synchronized (this) {
-                if (flapCandidate) {
-                    flapCandidate = false;
-                    flaps++;
-                    Log.info("flap: re-inflating after a give-back that no rise of the live set explained");
-                }
-                liveAtGrowthBytes = liveBytes();
-                headroomAtGrowthBytes = headroomBytes();
+            if (backOff.grew(liveBytes(), headroomBytes())) {
+                Log.info("flap: re-inflating after a give-back that no rise of the live set explained");
             }
-            changed.set(true);
+            out.changed();
         }
         if (inflating && (balloon.footprintBytes() + chunkBytes > targetBytes || balloon.chunkCount() >= Balloon.MAX_CHUNKS)) {
             inflating = false;
-            event("inflate_done", 0, "", 0);
+            out.event("inflate_done", 0, "", 0);
         }
         if (grew && !stats.regionBased()) {
             explicit.grew();

@@ -105,6 +105,14 @@ class WireTest {
         f.targetBytes = (Long) s.get("target_bytes");
         f.reclaim = (String) s.get("reclaim");
         f.chunksEpoch = (Long) s.get("chunks_epoch");
+        // Issue 15's optional fields: absent in the older golden lines, so the defaults stay.
+        f.softCleared = (Long) s.getOrDefault("soft_cleared", f.softCleared);
+        f.headroomBytes = (Long) s.getOrDefault("headroom_bytes", f.headroomBytes);
+        f.allocBytesPerS = (Long) s.getOrDefault("alloc_bytes_per_s", f.allocBytesPerS);
+        f.gcCpuPermille = (Long) s.getOrDefault("gc_cpu_permille", f.gcCpuPermille);
+        f.gcCpuPermilleNoBalloon = (Long) s.getOrDefault("gc_cpu_permille_no_balloon", f.gcCpuPermilleNoBalloon);
+        f.pauseP99Ms = (Long) s.getOrDefault("pause_p99_ms", f.pauseP99Ms);
+        f.pauseP99MsNoBalloon = (Long) s.getOrDefault("pause_p99_ms_no_balloon", f.pauseP99MsNoBalloon);
         StringBuilder chunks = new StringBuilder("[");
         for (Map<String, Object> c : (List<Map<String, Object>>) s.get("chunks")) {
             if (chunks.length() > 1) {
