@@ -199,7 +199,7 @@ def test_an_agent_whose_verification_raises_is_dropped_and_the_daemon_goes_on(tm
             assert not task.done(), task
             ticks = driver.ticks
             await until(lambda: driver.ticks > ticks + 3, 5, what="ticks going on")
-            assert not driver.channels
+            assert not driver.registry.channels()
         finally:
             driver.stop()
             await asyncio.wait_for(task, 5)

@@ -33,7 +33,7 @@ REAP_SWEEP_TICKS = 30
 
 
 class BalloonTick:
-    """The controller and the tick of Driver (uses its ``registry``, ``channels``, ``policy`` ...)."""
+    """The controller and the tick of Driver (uses its ``registry``, ``policy`` ...)."""
 
     # Whether balloon pages are verified here through pagemap (the guest driver: no, the
     # host acknowledges them).
@@ -109,7 +109,7 @@ class BalloonTick:
         a task of its own (``peerlimits.Outbox``), so one that stops reading is dropped after
         the transport's send timeout and holds up no tick and no other agent."""
         for rec, want in self.tick():
-            outbox = self.outboxes.get(rec.pid)
+            outbox = self.registry.outbox(rec.pid)
             if outbox is None:
                 continue
             outbox.put(want)

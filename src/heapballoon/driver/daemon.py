@@ -36,7 +36,6 @@ import time
 from heapballoon import transport
 from heapballoon.driver.balloontick import REVERIFY_S, BalloonTick
 from heapballoon.driver.ksmctl import KsmController
-from heapballoon.driver.peerlimits import Outbox
 from heapballoon.driver.registry import Registry
 from heapballoon.driver.sessions import AgentSessions
 from heapballoon.driver.tickreport import TickLog, Unmet, unmet
@@ -71,10 +70,8 @@ class Driver(AgentSessions, BalloonTick):
         self.reverify_s = REVERIFY_S  # see _verify_due
         self.socket_mode = socket_mode
         self.clock = clock
-        self.registry = Registry()
+        self.registry = Registry()  # the JVM table: records, agent channels and outboxes
         self.policy = policy  # an AutoPolicy (--policy auto), or None: targets are set by hand
-        self.channels: dict[int, transport.LineChannel] = {}
-        self.outboxes: dict[int, Outbox] = {}  # pid → what the tick sends that agent, by a task of its own
         self.node_target_bytes: int | None = None
         self.saved_explicit: dict[str, int] = {}
         self.ksmctl = KsmController(ksm or KSM(), ksm_mode, socket_path + ".ksm.json", clock=clock)
@@ -194,7 +191,7 @@ class Driver(AgentSessions, BalloonTick):
                     await asyncio.wait_for(self._wake.wait(), self.interval_s)
         finally:
             server.close()
-            for chan in list(self.channels.values()):
+            for chan in self.registry.channels():
                 chan.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.socket_path)

@@ -19,8 +19,8 @@ may spend ``AGENT_RATE_PER_S`` units a second (a message, plus one per ``CHUNKS_
 chunks of a new state), a CLI connection ``CONTROL_RATE_PER_S`` requests. Over a limit the
 peer is dropped and logged once. It is a mixin of :class:`heapballoon.driver.daemon.Driver`
 and declares no state of its own: the attributes it reads and writes (``registry``,
-``channels``, ``outboxes``, ``bad_messages``, the targets) are declared in ``Driver.__init__``
-and owned by the event loop thread.
+``bad_messages``, the targets) are declared in ``Driver.__init__``; each agent's channel and
+outbox are the JVM table's (``driver.registry``). All are owned by the event loop thread.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ class Peer:
 
 
 class AgentSessions:
-    """The connection half of Driver (uses its ``registry``, ``channels``, ``_wake`` ...)."""
+    """The connection half of Driver (uses its ``registry``, ``_wake`` ...)."""
 
     def identify(self, writer: asyncio.StreamWriter) -> Peer:
         """The peer's pid, uid and start time, read at accept (before any message)."""
@@ -165,9 +165,8 @@ class AgentSessions:
                 rec.explicit_target_bytes = saved
             elif hello.target_bytes and not self.node_target_bytes and self.policy is None:
                 rec.explicit_target_bytes = hello.target_bytes  # the balloon survives our restart
-        self.channels[pid] = chan
         outbox = Outbox(chan, pid, log)
-        self.outboxes[pid] = outbox
+        self.registry.attach(pid, chan, outbox)
         if self.policy is not None:
             self.policy.on_state(pid, hello.state, self.clock())
         log.info("agent connected: pid=%d name=%s gc=%s jvm=%s address_mode=%s balloon=%s target=%s",
@@ -217,10 +216,7 @@ class AgentSessions:
                     await chan.send(protocol.Error(error=f"unexpected {msg.TYPE!r} from an agent"))
         finally:
             outbox.close()
-            if self.outboxes.get(pid) is outbox:
-                del self.outboxes[pid]
-            if self.channels.get(pid) is chan:
-                del self.channels[pid]
+            if self.registry.detach(pid, chan, outbox):
                 rec.connected = False
                 rec.sent = None
                 rec.scan = None
@@ -229,7 +225,7 @@ class AgentSessions:
 
     def drop_agent(self, pid: int, why: str) -> None:
         """Drop one agent's connection now (its session ends and cleans up), logged once."""
-        chan = self.channels.get(pid)
+        chan = self.registry.channel(pid)
         if chan is not None:
             log.warning("dropping agent pid %d: %s", pid, log_text(why))
             chan.abort()
