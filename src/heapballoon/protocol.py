@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from heapballoon.errors import MessageTooLarge, ProtocolError
+from heapballoon.status import JvmStatus
 
 VERSION = 1
 MAX_LINE_BYTES = 1 << 20
@@ -413,22 +414,26 @@ class PagesAck(Message):
 
 @_msg("guest_status")
 class GuestStatus(Message):
-    """Guest driver → hostd: the guest's balloon, JVM by JVM (``jvms`` entries as in status)."""
+    """Guest driver → hostd: the guest's balloon, JVM by JVM (``jvms``: the driver's typed JVM
+    status, :class:`heapballoon.status.JvmStatus`, validated here at the channel)."""
 
     target_bytes: int = 0
     balloon_bytes: int = 0
     drift_pages: int = 0
-    jvms: tuple = ()
+    jvms: tuple[JvmStatus, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"v": VERSION, "type": self.TYPE, "target_bytes": self.target_bytes,
+                "balloon_bytes": self.balloon_bytes, "drift_pages": self.drift_pages,
+                "jvms": [j.to_dict() for j in self.jvms]}
 
     @classmethod
     def parse(cls, d: dict) -> GuestStatus:
         jvms = d.get("jvms", [])
         if not isinstance(jvms, list) or len(jvms) > 4096 or not all(isinstance(j, dict) for j in jvms):
             raise ProtocolError("field 'jvms' must be a list of objects")
-        from heapballoon.status import JvmStatus  # the entries are the driver's typed JVM status
-
-        jvms = [JvmStatus.from_dict(j).to_dict() for j in jvms]
-        return cls(_int(d, "target_bytes", 0), _int(d, "balloon_bytes", 0), _int(d, "drift_pages", 0), tuple(jvms))
+        return cls(_int(d, "target_bytes", 0), _int(d, "balloon_bytes", 0), _int(d, "drift_pages", 0),
+                   tuple(JvmStatus.from_dict(j) for j in jvms))
 
 
 def register(cls: type[Message]) -> type[Message]:

@@ -7,7 +7,7 @@ thread, :func:`_read_verifications`, a pure function of copies), steer KSM, and 
 (``driver.tickreport``). :class:`Ticker` owns the tick's own state (declared in its
 ``__init__``); it writes the verification figures of the JVM table's records. All of it is owned
 by the event loop thread. The guest driver changes what a tick does through the constructor's
-hooks (``node_target``, ``room_bytes``, ``after_verify``, ``verify_pagemap``), not by subclassing.
+hooks (``node_target``, ``room_bytes``, ``verify_pagemap``), not by subclassing.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from heapballoon.driver.ksmctl import KsmController
 from heapballoon.driver.registry import JVMRecord, Registry
 from heapballoon.driver.targetbook import TargetBook
 from heapballoon.driver.tickreport import TickLog, Unmet, jvm_detail, node_summary, unmet
-from heapballoon.driver.verify import Scan, Verification, steady_reclaimed_bytes, verify_step
+from heapballoon.driver.verify import Scan, steady_reclaimed_bytes, verify_step
 from heapballoon.errors import KernelError
 from heapballoon.linux import pagemap
 from heapballoon.linux.procfs import ProcFS
@@ -45,8 +45,7 @@ class Ticker:
     def __init__(self, registry: Registry, book: TargetBook, *, procfs: ProcFS, ksmctl: KsmController,
                  clock, policy, reclaim_pref: str, drop_agent: Callable[[int, str], None],
                  verify_pagemap: bool = True, node_target: Callable[[], int | None] | None = None,
-                 room_bytes: Callable[[JVMRecord], int] | None = None,
-                 after_verify: Callable[[JVMRecord, Verification], None] | None = None) -> None:
+                 room_bytes: Callable[[JVMRecord], int] | None = None) -> None:
         self.registry = registry
         self.book = book
         self.procfs = procfs
@@ -60,7 +59,6 @@ class Ticker:
         self.verify_pagemap = verify_pagemap
         self._node_target = node_target or (lambda: self.book.node_target_bytes)
         self._room_bytes = room_bytes or (lambda rec: rec.balloon_max_bytes)
-        self._after_verify = after_verify
         self.ticks = 0
         self.tick_ms = 0.0  # how long the last step() took
         self.tick_errors: set[str] = set()  # kinds of error a tick raised (each logged in full once)
@@ -200,8 +198,6 @@ class Ticker:
             rec.reclaimed_bytes = steady_reclaimed_bytes(rec.reclaimed_bytes, v)
             rec.balloon_pages = v.balloon_pages
             rec.released_pages = v.not_resident_pages
-            if self._after_verify is not None:
-                self._after_verify(rec, v)
 
     def verify_due(self, rec: JVMRecord, now: float) -> bool:
         """Whether a JVM's balloon is read through pagemap this tick. Reading every page of every

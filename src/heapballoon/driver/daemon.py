@@ -23,7 +23,7 @@ Targets survive a daemon restart twice over: they are saved to a state file next
 socket, and agents report the target they still hold in their ``hello``. With ``--policy
 auto`` (:mod:`heapballoon.driver.autopolicy`) the policy engine decides every target that is
 not pinned by hand; SIGHUP reloads its file. The guest driver composes a ``Driver`` with its
-own hooks (``node_target``, ``room_bytes``, ``after_verify``, ``verify_pagemap``) and runs it
+own hooks (``node_target``, ``room_bytes``, ``verify_pagemap``) and runs it
 with its own step; it does not subclass it.
 """
 
@@ -44,12 +44,11 @@ from heapballoon.driver.ksmctl import KsmController
 from heapballoon.driver.registry import JVMRecord, Registry
 from heapballoon.driver.sessions import AgentServer
 from heapballoon.driver.targetbook import TargetBook
-from heapballoon.driver.verify import Verification
 from heapballoon.linux import pagemap, safefs
 from heapballoon.linux.ksm import KSM
 from heapballoon.linux.kubelet import KubeletLogs
 from heapballoon.linux.procfs import ProcFS
-from heapballoon.status import DriverStatus, NodeStatus, PolicyReport, TargetsReply
+from heapballoon.status import DriverStatus, JvmStatus, NodeStatus, PolicyReport, TargetsReply
 from heapballoon.units import format_size
 
 log = logging.getLogger("heapballoon.driver")
@@ -67,8 +66,7 @@ class Driver:
                  socket_mode: int = 0o600, clock=time.monotonic, policy=None,
                  kubelet: KubeletLogs | None = None, verify_pagemap: bool = True,
                  node_target: Callable[[], int | None] | None = None,
-                 room_bytes: Callable[[JVMRecord], int] | None = None,
-                 after_verify: Callable[[JVMRecord, Verification], None] | None = None) -> None:
+                 room_bytes: Callable[[JVMRecord], int] | None = None) -> None:
         self.socket_path = socket_path
         self.procfs = procfs or ProcFS()
         self.interval_s = interval_s
@@ -82,8 +80,7 @@ class Driver:
                                   clock=clock, policy=policy, wake=self.wake, control=self.control)
         self.ticker = Ticker(self.registry, self.book, procfs=self.procfs, ksmctl=self.ksmctl, clock=clock,
                              policy=policy, reclaim_pref=reclaim, drop_agent=self.server.drop_agent,
-                             verify_pagemap=verify_pagemap, node_target=node_target, room_bytes=room_bytes,
-                             after_verify=after_verify)
+                             verify_pagemap=verify_pagemap, node_target=node_target, room_bytes=room_bytes)
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
 
@@ -144,14 +141,19 @@ class Driver:
                  "auto" if msg.auto else format_size(msg.target_bytes))
         return protocol.Reply(id=req_id, body=TargetsReply(self.ticker.targets()).to_dict())
 
+    def jvm_statuses(self, targets: dict[int, int]) -> tuple[JvmStatus, ...]:
+        """Every JVM's typed status, by pid (``targets``: the ticker's split, taken once)."""
+        jvms = sorted((r.status(targets.get(r.pid, r.explicit_target_bytes or 0)) for r in self.registry),
+                      key=lambda j: j.pid)
+        if self.policy is not None:
+            jvms = [dataclasses.replace(j, target_reason=self.policy.reason(j.pid)) for j in jvms]
+        return tuple(jvms)
+
     def status_typed(self) -> DriverStatus:
         ticker = self.ticker
         targets = ticker.targets()
-        jvms = sorted((r.status(targets.get(r.pid, r.explicit_target_bytes or 0)) for r in self.registry),
-                      key=lambda j: j.pid)
+        jvms = self.jvm_statuses(targets)
         short = ticker.unmet(targets)
-        if self.policy is not None:
-            jvms = [dataclasses.replace(j, target_reason=self.policy.reason(j.pid)) for j in jvms]
         report = self.policy_report()
         node = NodeStatus(
             target_bytes=ticker.node_target() or 0,
@@ -162,7 +164,7 @@ class Driver:
             unmet_bytes=short.bytes, unmet_reason=short.reason, tick_ms=round(ticker.tick_ms, 2),
             policy=report.mode, policy_state=report.state, budget_bytes=report.budget_bytes,
         )
-        return DriverStatus(tuple(jvms), node)
+        return DriverStatus(jvms, node)
 
     def policy_report(self) -> PolicyReport:
         if self.policy is not None:

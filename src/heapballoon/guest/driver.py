@@ -308,10 +308,11 @@ class GuestDriver:
             self._forget_gone()
         if not self.host_target_seen and self.clock() - self.last_hello_s >= HELLO_RETRY_S:
             self._hello_up()
-        status = self.node.status()
-        self._send_up(protocol.GuestStatus(target_bytes=self.node_target() or 0,
-                                           balloon_bytes=status["node"]["balloon_bytes"],
-                                           drift_pages=self.drift_pages_total, jvms=tuple(status["jvms"])))
+        if self.uplink is not None:  # its JVMs typed end to end; the node figure is their sum
+            jvms = self.node.jvm_statuses(self.node.ticker.targets())
+            self._send_up(protocol.GuestStatus(target_bytes=self.node_target() or 0,
+                                               balloon_bytes=sum(j.balloon_bytes for j in jvms),
+                                               drift_pages=self.drift_pages_total, jvms=jvms))
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
         self.local.set_report_order()
