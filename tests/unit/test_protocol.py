@@ -136,3 +136,20 @@ def test_guest_status_jvms_are_typed_at_the_channel():
     assert back == msg and isinstance(back.jvms[0], JvmStatus)
     with pytest.raises(ProtocolError):  # an entry that is not a JVM status is refused here, at the socket
         protocol.decode(b'{"v":1,"type":"guest_status","jvms":[{"pid":42,"name":"app"}]}')
+
+
+def test_each_channel_decodes_its_own_messages_only():
+    from heapballoon.protocol import agent, control, guest
+
+    hello_line = protocol.encode(protocol.GuestHello(guest_ram_bytes=1 << 30, page_bytes=4096, boot_id="b"))
+    status_line = protocol.encode(protocol.StatusRequest(id=1))
+    target_line = protocol.encode(protocol.Target(target_bytes=1 << 20, reclaim="report"))
+    assert isinstance(guest.decode(hello_line), protocol.GuestHello)
+    assert isinstance(control.decode(status_line), protocol.StatusRequest)
+    assert isinstance(agent.decode(target_line), protocol.Target)
+    for decode, line in ((agent.decode, hello_line), (guest.decode, status_line), (control.decode, target_line)):
+        with pytest.raises(ProtocolError, match="unknown message type"):
+            decode(line)
+    for decode in (agent.decode, control.decode, guest.decode):  # ping, pong and error are everyone's
+        assert decode(protocol.encode(protocol.Error(error="no", id=2))) == protocol.Error(error="no", id=2)
+    assert protocol.decode(hello_line) == guest.decode(hello_line)  # the driver's socket takes every channel
