@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import logging
 import os
 import platform
 import shutil
@@ -39,11 +38,6 @@ def _interval(text: str) -> float:
     if not 0.1 <= value <= 3600:
         raise argparse.ArgumentTypeError(f"invalid interval {text!r}: between 0.1 and 3600 seconds")
     return value
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
 
 
 # ---------------------------------------------------------------------- host or guest
@@ -76,29 +70,6 @@ def require_host(command: str) -> None:
 
 
 # ---------------------------------------------------------------------- process mode
-
-def cmd_daemon(args) -> int:
-    from heapballoon.driver.daemon import Driver, serve
-
-    policy = None
-    if args.policy == "auto":
-        from heapballoon.driver.autopolicy import AutoPolicy
-
-        budget = parse_size(args.memory_budget) if args.memory_budget is not None else None
-        policy = AutoPolicy(args.policy_file, budget)  # a bad policy file: one line, exit 2
-    elif args.memory_budget is not None or args.policy_file is not None:
-        raise UsageError("--memory-budget and --policy-file need --policy auto")
-    _setup_logging(args.log_level)
-    driver = Driver(transport.socket_path(args.socket), ksm_mode=args.ksm, reclaim=args.reclaim,
-                    interval_s=args.interval_s, socket_mode=int(args.socket_mode, 8), policy=policy)
-    if args.metrics:
-        if not _importable("prometheus_client"):
-            raise UsageError("--metrics needs prometheus_client: pip install 'heapballoon[host]'")
-        from heapballoon.driver.metrics import start_metrics
-
-        start_metrics(driver, args.metrics)
-    return serve(driver)
-
 
 def cmd_run(args) -> int:
     from heapballoon.agent import build
@@ -302,21 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--socket", help="driver socket (default $HEAPBALLOON_SOCKET or %s)" % transport.DEFAULT_SOCKET)
         return sp
 
-    d = with_socket(sub.add_parser("daemon", help="run the balloon driver daemon"))
-    d.add_argument("--ksm", choices=("auto", "on", "off"), default="auto", help="configure KSM (default auto)")
-    d.add_argument("--reclaim", choices=("auto", "direct", "ksm"), default="auto",
-                   help="how balloon pages are freed: direct (agent madvise, default when available) or ksm")
-    d.add_argument("--interval-s", type=float, default=1.0, help="control loop period in seconds")
-    d.add_argument("--socket-mode", default="600", help="octal mode of the socket (default 600: root only)")
-    d.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics, e.g. 127.0.0.1:9477")
-    d.add_argument("--log-level", default="info")
-    d.add_argument("--policy", choices=("manual", "auto"), default="manual",
-                   help="manual: targets by hand (default); auto: decided from pressure, shares and idleness")
-    d.add_argument("--memory-budget", metavar="SIZE",
-                   help="--policy auto: cap the JVMs' resident total (the policy file's budget wins)")
-    d.add_argument("--policy-file", metavar="PATH",
-                   help="--policy auto: TOML policy, reloaded on SIGHUP (default /etc/heapballoon/policy.toml)")
-    d.set_defaults(func=cmd_daemon)
+    from heapballoon.driver import cli as driver_cli  # the driver daemon
+
+    driver_cli.add_commands(sub, with_socket)
 
     r = with_socket(sub.add_parser("run", help="run a command with the agent loaded into its JVMs"))
     r.add_argument("--name", help="name shown in status (default: the main class)")

@@ -97,7 +97,7 @@ def test_target_status_and_verification(sock_path):
 
     async def scenario():
         driver, task = await start(sock_path)
-        driver.reverify_s = 0.0  # read the balloon every tick (the schedule is tested below)
+        driver.ticker.reverify_s = 0.0  # read the balloon every tick (the schedule is tested below)
         agent = FakeAgent(sock_path)
         await agent.connect(hello(chunks=[chunk]))
         await until(lambda: driver.registry.get(os.getpid()) is not None)
@@ -214,8 +214,8 @@ def test_tick_splits_a_node_target_among_jvms_by_what_each_can_hold(tmp_path):
         state = protocol.State(heap_max_bytes=1024 * MIB, heap_committed_bytes=1024 * MIB, live_bytes=live_mib * MIB,
                                balloon_max_bytes=max_mib * MIB)
         driver.registry.upsert(pid, 1, protocol.Hello(**{**h.__dict__, "pid": pid, "gc": gc, "state": state}))
-    driver.node_target_bytes = 900 * MIB
-    sent = {rec.pid: t.target_bytes for rec, t in driver.tick()}
+    driver.book.node_target_bytes = 900 * MIB
+    sent = {rec.pid: t.target_bytes for rec, t in driver.ticker.tick()}
     assert sum(sent.values()) == 900 * MIB
     assert sent[1003] <= 100 * MIB
     assert sent[1001] > sent[1002] > 0  # more idle heap gives more
@@ -231,18 +231,18 @@ def test_a_settled_balloon_is_read_again_only_every_few_seconds(sock_path):
 
     async def scenario():
         driver, task = await start(sock_path)
-        driver.reverify_s = 3600.0
+        driver.ticker.reverify_s = 3600.0
         agent = FakeAgent(sock_path)
         await agent.connect(hello(chunks=[chunk]))  # balloon_bytes = 4 MiB
         await until(lambda: (r := driver.registry.get(os.getpid())) is not None and r.reclaimed_bytes == 4 * MIB)
         rec = driver.registry.get(os.getpid())
-        assert not driver._verify_due(rec, driver.clock())  # settled: not read again for a while
+        assert not driver.ticker.verify_due(rec, driver.clock())  # settled: not read again for a while
         region[:2 * MIB] = b"\x01" * (2 * MIB)
         await asyncio.sleep(0.5)
         assert rec.reclaimed_bytes == 4 * MIB  # not read: the write is not seen yet
-        driver.reverify_s = 0.0
+        driver.ticker.reverify_s = 0.0
         await until(lambda: rec.reclaimed_bytes == 2 * MIB)  # due again: seen
-        assert driver._verify_due(rec, driver.clock())  # not fully reclaimed: read every tick
+        assert driver.ticker.verify_due(rec, driver.clock())  # not fully reclaimed: read every tick
         driver.stop()
         await task
 

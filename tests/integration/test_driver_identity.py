@@ -197,9 +197,9 @@ def test_an_agent_whose_verification_raises_is_dropped_and_the_daemon_goes_on(tm
             replies = asyncio.create_task(talk(path, hello([protocol.Chunk(1, 1 << 30, 4 * MIB)]), timeout_s=10))
             await until(lambda: replies.done() or task.done(), 8, what="the agent dropped")
             assert not task.done(), task
-            ticks = driver.ticks
-            await until(lambda: driver.ticks > ticks + 3, 5, what="ticks going on")
-            assert not driver.channels
+            ticks = driver.ticker.ticks
+            await until(lambda: driver.ticker.ticks > ticks + 3, 5, what="ticks going on")
+            assert not driver.registry.channels()
         finally:
             driver.stop()
             await asyncio.wait_for(task, 5)

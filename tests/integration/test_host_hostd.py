@@ -27,7 +27,7 @@ GUEST_JVM = JvmStatus(
     heap_committed_bytes=768 * M, heap_used_bytes=300 * M, live_bytes=150 * M, live_source="MarkSweepCompact",
     excess_bytes=280 * M, balloon_max_bytes=280 * M, target_bytes=280 * M, flaps=0, balloon_bytes=4 * M,
     reclaimed_bytes=4 * M, reclaim="report", address_mode="jni", chunks=1, gc_count=9, gc_time_ms=40,
-    moved_chunks=0, drift_pages=0).to_dict()
+    moved_chunks=0, drift_pages=0)
 
 
 class FakeGuest:
@@ -163,7 +163,8 @@ def test_hostd_with_fake_guest(tmp_path, caplog, engine):
                                 json.dumps([[i * 7, 3] for i in range(65537)]).encode() + b"}\n")
                 assert isinstance(await peer.recv(), protocol.Error)
                 # a guest_status whose JVM entry is not a JVM status is refused at the boundary
-                await peer.send(protocol.GuestStatus(8 * M, 4 * M, 0, ({"pid": 42, "name": "app"},)))
+                await peer.send(b'{"v":1,"type":"guest_status","target_bytes":8,"balloon_bytes":4,"drift_pages":0,'
+                                b'"jvms":[{"pid":42,"name":"app"}]}\n')
                 assert isinstance(await peer.recv(), protocol.Error)
                 await peer.send(protocol.GuestStatus(8 * M, 4 * M, 0, (GUEST_JVM,)))
                 await peer.send(protocol.Pages(4, "remove", ((base + 1000, 24),), "42:1"))
@@ -182,7 +183,7 @@ def test_hostd_with_fake_guest(tmp_path, caplog, engine):
                 assert s["balloon_bytes"] == 1000 * P
                 assert s["reclaimed_bytes"] == 999 * P and s["drift_pages"] == 1
                 assert abs(s["host_resident_bytes"] - ram.resident_bytes()) < 4 * M
-                assert s["pause_ms_p99"] > 0 and s["jvms"] == [GUEST_JVM]
+                assert s["pause_ms_p99"] > 0 and s["jvms"] == [GUEST_JVM.to_dict()]
                 b = s["pause_breakdown_ms"]
                 assert set(b) == {"stop", "check", "punch", "cont", "total", "guest"}
                 if engine == "short":  # QEMU's STOP → RESUME timestamps: within hostd's own figure
@@ -297,7 +298,7 @@ def test_hostd_policy_auto_meets_a_budget_through_the_guest_channel(tmp_path, ca
                 target = await peer.recv_type(protocol.GuestTarget)
                 while target.target_bytes == 0:
                     target = await peer.recv_type(protocol.GuestTarget)
-                assert 0 < target.target_bytes <= GUEST_JVM["balloon_max_bytes"]
+                assert 0 < target.target_bytes <= GUEST_JVM.balloon_max_bytes
                 status = (await control(sock, protocol.StatusRequest(id=1))).body
                 (s,) = status["vms"]
                 assert status["policy"].startswith(("soft", "hard", "low")) and "budget 48.0 MiB" in status["policy"]

@@ -30,6 +30,7 @@ GUEST_FUNCTIONS = {
     "heapballoon.cli": {"build_parser", "main", "_guest_driver", "cmd_run", "cmd_attach", "cmd_agent_path",
                         "cmd_guest_unit", "cmd_status", "_status_body", "cmd_target"},
     "heapballoon.vm.cli": {"add_commands"},  # only builds the parser; its commands are host side
+    "heapballoon.driver.cli": {"add_commands"},  # the daemon's parser (cmd_daemon, as when it was in cli.py)
     "heapballoon.libvirt.cli": {"add_commands"},  # the same
     "heapballoon.experiment.cli": {"add_commands"},  # the same
 }

@@ -87,21 +87,21 @@ def test_direct_driver_splits_the_laws_target_by_idle_heap_and_tells_agents_dire
     procfs = fake_proc(tmp_path, available_mib=40)
     drv = gd.GuestDriver(str(tmp_path / "hb.sock"), None, reclaim="direct", law=LAW, procfs=procfs,
                          page_reporting=PageReporting(str(tmp_path / "no-sys")))
-    assert drv.VERIFY_PAGEMAP  # direct: balloon pages are counted through pagemap, as in process mode
+    assert drv.node.ticker.verify_pagemap  # direct: balloon pages are counted through pagemap, as in process mode
     big = drv.registry.upsert(101, 1, jvm_hello(101, 1024, 200))
     small = drv.registry.upsert(102, 1, jvm_hello(102, 512, 200))
     for rec in (big, small):
         rec.connected = True
     drv.apply_law()
-    assert drv.law_target_bytes == 60 * MIB and drv.node_target() == 60 * MIB
-    targets = dict((rec.pid, t) for rec, t in drv.tick())
+    assert drv.local.law_target_bytes == 60 * MIB and drv.node_target() == 60 * MIB
+    targets = dict((rec.pid, t) for rec, t in drv.node.ticker.tick())
     assert targets[101].reclaim == targets[102].reclaim == "direct"
     assert targets[101].target_bytes + targets[102].target_bytes == 60 * MIB
     assert targets[101].target_bytes > targets[102].target_bytes  # more idle heap, bigger share
     # a target set by hand (heapballoon target all) is a floor the law only raises
-    drv.node_target_bytes = 300 * MIB
+    drv.node.book.node_target_bytes = 300 * MIB
     assert drv.node_target() == 300 * MIB
-    drv.set_report_order()  # no page_reporting in this "kernel": a warning, not a crash
+    drv.local.set_report_order()  # no page_reporting in this "kernel": a warning, not a crash
 
 
 def test_guest_driver_without_a_port_defaults_to_direct(tmp_path, monkeypatch):
@@ -115,9 +115,9 @@ def test_guest_driver_without_a_port_defaults_to_direct(tmp_path, monkeypatch):
     monkeypatch.setattr("heapballoon.driver.daemon.serve", fake_serve)
     assert gd.main(["--socket", str(tmp_path / "s"), "--reserve", "128M"]) == 0
     drv = seen["driver"]
-    assert drv.direct and drv.reclaim_pref == "direct" and drv.law.reserve_bytes == 128 * MIB
+    assert drv.direct and drv.node.ticker.reclaim_pref == "direct" and drv.local.law.reserve_bytes == 128 * MIB
     assert gd.main(["--socket", str(tmp_path / "s"), "--uplink", "/dev/vport1p1"]) == 0
-    assert not seen["driver"].direct and seen["driver"].law is None
+    assert not seen["driver"].direct and seen["driver"].local.law is None
     with pytest.raises(SystemExit) as exc:
         gd.main(["--reserve", "lots"])
     assert exc.value.code == 2

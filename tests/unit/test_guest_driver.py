@@ -209,3 +209,29 @@ def test_find_port_by_name(tmp_path):
     assert gd.find_port("org.heapballoon.0", ports) == "/dev/vport1p2"
     assert gd.find_port("nope", ports) is None
     assert gd.find_port("x", VirtioPorts(str(tmp_path / "missing"))) is None
+
+
+def test_a_step_sends_the_host_typed_jvms_without_building_the_whole_status(tmp_path, monkeypatch):
+    import os
+
+    from heapballoon.linux.procfs import ProcFS
+    from heapballoon.status import JvmStatus
+
+    drv = make_driver(tmp_path)
+    pid = os.getpid()
+    state = protocol.State(heap_max_bytes=256 << 20, heap_committed_bytes=256 << 20, live_bytes=64 << 20,
+                           balloon_bytes=32 << 20, reclaim="report")
+    hello = protocol.Hello(pid=pid, name="app", agent_version="t", jvm_version="17", jvm_vendor="t", gc="G1",
+                           region_bytes=1 << 20, address_mode="jni", reclaim_modes=("report",), target_bytes=0,
+                           state=state)
+    drv.registry.upsert(pid, ProcFS().starttime(pid), hello)
+
+    def whole_status():
+        raise AssertionError("the guest built the whole status to send one number")
+
+    monkeypatch.setattr(drv.node, "status", whole_status)
+    monkeypatch.setattr(drv.node, "status_typed", whole_status)
+    asyncio.run(drv.step())
+    sent = [m for m in drv.uplink.sent if isinstance(m, protocol.GuestStatus)]
+    assert len(sent) == 1 and sent[0].balloon_bytes == 32 << 20
+    assert [type(j) for j in sent[0].jvms] == [JvmStatus] and sent[0].jvms[0].pid == pid

@@ -121,3 +121,35 @@ def test_a_state_claiming_more_than_its_heap_is_rejected():
         protocol.decode(json.dumps({"v": 1, "type": "state", "chunks": many}))
     ok = protocol.decode(json.dumps({"v": 1, "type": "state", "heap_max_bytes": 1 << 40, "chunks": [chunk]}))
     assert ok.chunks[0].len == 1 << 40
+
+
+def test_guest_status_jvms_are_typed_at_the_channel():
+    from heapballoon.status import JvmStatus
+
+    jvm = JvmStatus(pid=42, name="app", gc="G1", jvm_version="17", connected=True, heap_max_bytes=1 << 30,
+                    heap_committed_bytes=1 << 30, heap_used_bytes=1 << 29, live_bytes=1 << 28, live_source="",
+                    excess_bytes=1 << 28, balloon_max_bytes=1 << 28, target_bytes=1 << 27, flaps=0,
+                    balloon_bytes=1 << 27, reclaimed_bytes=0, reclaim="report", address_mode="jni", chunks=2,
+                    gc_count=3, gc_time_ms=4, moved_chunks=0, drift_pages=0)
+    msg = protocol.GuestStatus(target_bytes=1 << 27, balloon_bytes=1 << 27, drift_pages=5, jvms=(jvm,))
+    back = protocol.decode(protocol.encode(msg))
+    assert back == msg and isinstance(back.jvms[0], JvmStatus)
+    with pytest.raises(ProtocolError):  # an entry that is not a JVM status is refused here, at the socket
+        protocol.decode(b'{"v":1,"type":"guest_status","jvms":[{"pid":42,"name":"app"}]}')
+
+
+def test_each_channel_decodes_its_own_messages_only():
+    from heapballoon.protocol import agent, control, guest
+
+    hello_line = protocol.encode(protocol.GuestHello(guest_ram_bytes=1 << 30, page_bytes=4096, boot_id="b"))
+    status_line = protocol.encode(protocol.StatusRequest(id=1))
+    target_line = protocol.encode(protocol.Target(target_bytes=1 << 20, reclaim="report"))
+    assert isinstance(guest.decode(hello_line), protocol.GuestHello)
+    assert isinstance(control.decode(status_line), protocol.StatusRequest)
+    assert isinstance(agent.decode(target_line), protocol.Target)
+    for decode, line in ((agent.decode, hello_line), (guest.decode, status_line), (control.decode, target_line)):
+        with pytest.raises(ProtocolError, match="unknown message type"):
+            decode(line)
+    for decode in (agent.decode, control.decode, guest.decode):  # ping, pong and error are everyone's
+        assert decode(protocol.encode(protocol.Error(error="no", id=2))) == protocol.Error(error="no", id=2)
+    assert protocol.decode(hello_line) == guest.decode(hello_line)  # the driver's socket takes every channel

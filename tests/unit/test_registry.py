@@ -1,8 +1,8 @@
-"""The registry's sizing of each JVM: excess and balloon_max from what the agent reports."""
+"""The JVM table (registry): each JVM's sizing from what the agent reports, and who owns a live session."""
 
 from heapballoon import protocol
 from heapballoon.driver import policy
-from heapballoon.driver.registry import JVMRecord
+from heapballoon.driver.registry import JVMRecord, Registry
 
 MIB = 1 << 20
 
@@ -75,3 +75,14 @@ def test_a_capped_reclaimed_figure_does_not_flicker_with_the_resident_set():
     uncapped = Verification(balloon_pages=30_000, reclaimed_pages=25_000, present_pages=0, not_resident_pages=25_000)
     assert steady_reclaimed_bytes(old, uncapped) == 25_000 * 4096  # exact when not capped
     assert steady_reclaimed_bytes(0, capped) == 25_000 * 4096 and MIB
+
+
+def test_an_older_session_ending_leaves_the_newer_one_attached():
+    table = Registry()
+    old_chan, old_outbox, new_chan, new_outbox = object(), object(), object(), object()
+    table.attach(7, old_chan, old_outbox)
+    table.attach(7, new_chan, new_outbox)  # the same pid reconnected before the old session ended
+    assert table.detach(7, old_chan, old_outbox) is False
+    assert table.channel(7) is new_chan and table.outbox(7) is new_outbox
+    assert table.detach(7, new_chan, new_outbox) is True
+    assert table.channel(7) is None and table.outbox(7) is None and table.channels() == []

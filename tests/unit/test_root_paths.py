@@ -114,7 +114,7 @@ def test_daemon_cli_says_why_in_one_line(tmp_path):
 def test_driver_state_tmp_symlink_is_not_followed(tmp_path, secret):
     driver = Driver(str(tmp_path / "hb.sock"), ksm_mode="off")
     os.symlink(secret, tmp_path / "hb.sock.state.json.tmp")
-    driver.node_target_bytes = 512 * MIB
+    driver.book.node_target_bytes = 512 * MIB
     driver.save_state()
     assert untouched(secret)
     assert json.loads((tmp_path / "hb.sock.state.json").read_text())["node_target_bytes"] == 512 * MIB
@@ -125,8 +125,8 @@ def test_driver_state_file_that_is_a_symlink_is_not_read(tmp_path, caplog):
     target.write_text(json.dumps({"node_target_bytes": 123}))
     os.symlink(target, tmp_path / "hb.sock.state.json")
     driver = Driver(str(tmp_path / "hb.sock"), ksm_mode="off")
-    driver.load_state()
-    assert driver.node_target_bytes is None
+    driver.book.load()
+    assert driver.book.node_target_bytes is None
     assert "symlink" in caplog.text
 
 

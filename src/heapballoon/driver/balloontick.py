@@ -1,12 +1,13 @@
-"""The driver's per-tick balloon work: deciding targets, then doing each tick's I/O.
+"""The driver's ticker: deciding targets, then doing each tick's I/O.
 
-This module owns what one tick of :class:`heapballoon.driver.daemon.Driver` does, in order
-(:meth:`BalloonTick.step`): forget JVMs that are gone, let the policy engine tick, send each
-agent the target :meth:`BalloonTick.tick` decides, verify every balloon through pagemap (in a
-worker thread, :func:`_read_verifications`, a pure function of copies), steer KSM, and log the
-tick (``driver.tickreport``). It is a mixin of ``Driver`` and declares no state of its own: the
-attributes it reads and writes are declared in ``Driver.__init__`` and owned, like every
-JVMRecord, by the event loop thread.
+This module owns what one tick of a driver (node or guest) does, in order
+(:meth:`Ticker.step`): forget JVMs that are gone, let the policy engine tick, send each agent
+the target :meth:`Ticker.tick` decides, verify every balloon through pagemap (in a worker
+thread, :func:`_read_verifications`, a pure function of copies), steer KSM, and log the tick
+(``driver.tickreport``). :class:`Ticker` owns the tick's own state (declared in its
+``__init__``); it writes the verification figures of the JVM table's records. All of it is owned
+by the event loop thread. The guest driver changes what a tick does through the constructor's
+hooks (``node_target``, ``room_bytes``, ``verify_pagemap``), not by subclassing.
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Callable
 
 from heapballoon import protocol
 from heapballoon.driver import policy
-from heapballoon.driver.registry import JVMRecord
-from heapballoon.driver.tickreport import Unmet, jvm_detail, node_summary
-from heapballoon.driver.verify import Scan, Verification, steady_reclaimed_bytes, verify_step
+from heapballoon.driver.ksmctl import KsmController
+from heapballoon.driver.registry import JVMRecord, Registry
+from heapballoon.driver.targetbook import TargetBook
+from heapballoon.driver.tickreport import TickLog, Unmet, jvm_detail, node_summary, unmet
+from heapballoon.driver.verify import Scan, steady_reclaimed_bytes, verify_step
 from heapballoon.errors import KernelError
 from heapballoon.linux import pagemap
 from heapballoon.linux.procfs import ProcFS
@@ -32,12 +36,35 @@ REVERIFY_SLACK_BYTES = 1 << 20  # "fully reclaimed": all but this much of the ba
 REAP_SWEEP_TICKS = 30
 
 
-class BalloonTick:
-    """The controller and the tick of Driver (uses its ``registry``, ``channels``, ``policy`` ...)."""
+class Ticker:
+    """The controller and the tick. Reads the JVM table (``registry``), the targets set by hand
+    (``book``) and the policy; drops an agent through ``drop_agent``. Its own mutable state,
+    owned by the event loop thread: ``ticks``, ``tick_ms``, ``tick_errors``, ``tick_log``,
+    ``zero_pfn`` (read once at start) and ``reverify_s``."""
 
-    # Whether balloon pages are verified here through pagemap (the guest driver: no, the
-    # host acknowledges them).
-    VERIFY_PAGEMAP = True
+    def __init__(self, registry: Registry, book: TargetBook, *, procfs: ProcFS, ksmctl: KsmController,
+                 clock, policy, reclaim_pref: str, drop_agent: Callable[[int, str], None],
+                 verify_pagemap: bool = True, node_target: Callable[[], int | None] | None = None,
+                 room_bytes: Callable[[JVMRecord], int] | None = None) -> None:
+        self.registry = registry
+        self.book = book
+        self.procfs = procfs
+        self.ksmctl = ksmctl
+        self.clock = clock
+        self.policy = policy  # an AutoPolicy (--policy auto), or None: targets are set by hand
+        self.reclaim_pref = reclaim_pref
+        self.drop_agent = drop_agent
+        # Whether balloon pages are verified here through pagemap (the guest driver's report
+        # way: no, the host acknowledges them).
+        self.verify_pagemap = verify_pagemap
+        self._node_target = node_target or (lambda: self.book.node_target_bytes)
+        self._room_bytes = room_bytes or (lambda rec: rec.balloon_max_bytes)
+        self.ticks = 0
+        self.tick_ms = 0.0  # how long the last step() took
+        self.tick_errors: set[str] = set()  # kinds of error a tick raised (each logged in full once)
+        self.tick_log = TickLog(log)
+        self.zero_pfn: int | None = None
+        self.reverify_s = REVERIFY_S  # see verify_due
 
     # ------------------------------------------------------------------ policy
 
@@ -50,9 +77,9 @@ class BalloonTick:
         return "ksm"
 
     def node_target(self) -> int | None:
-        """The node target the tick splits: the one set by hand (``target all``) here; the guest
-        driver's local law raises it (guest.locallaw)."""
-        return self.node_target_bytes
+        """The node target the tick splits: the one set by hand (``target all``) by default; the
+        guest driver's local law raises it (guest.locallaw)."""
+        return self._node_target()
 
     def targets(self) -> dict[int, int]:
         connected = [r for r in self.registry if r.connected]
@@ -66,10 +93,14 @@ class BalloonTick:
         )
 
     def room_bytes(self, rec: JVMRecord) -> int:
-        """Most a balloon may hold in this JVM: what its agent says it can hold (up to the
-        maximum heap, or the old generation for Serial and Parallel), since here the kernel
+        """Most a balloon may hold in this JVM. By default what its agent says it can hold (up
+        to the maximum heap, or the old generation for Serial and Parallel), since the kernel
         frees balloon pages (direct or KSM) and a heap that grows to hold them costs nothing."""
-        return rec.balloon_max_bytes
+        return self._room_bytes(rec)
+
+    def unmet(self, targets: dict[int, int]) -> Unmet:
+        """What of the node target the split could not hand out, and why."""
+        return unmet(self.node_target(), targets, self.registry)
 
     def tick(self) -> list[tuple[JVMRecord, protocol.Target]]:
         """Decide which agents must be sent a new target. Pure: reads only the registry."""
@@ -102,14 +133,14 @@ class BalloonTick:
                 self.registry.remove(rec.pid)
                 log.info("forgot JVM pid=%d (%s)", rec.pid, "exited" if not alive else "gone quiet")
                 if not alive:
-                    self.saved_explicit.pop(f"{rec.pid}:{rec.starttime}", None)
+                    self.book.forget(rec)
 
     async def _send_targets(self) -> None:
         """Hand each agent its new target. Never waits on an agent: each has an outbox sent by
         a task of its own (``peerlimits.Outbox``), so one that stops reading is dropped after
         the transport's send timeout and holds up no tick and no other agent."""
         for rec, want in self.tick():
-            outbox = self.outboxes.get(rec.pid)
+            outbox = self.registry.outbox(rec.pid)
             if outbox is None:
                 continue
             outbox.put(want)
@@ -121,14 +152,14 @@ class BalloonTick:
         are updated back here, on the event loop, which owns them. At most
         ``verify.MAX_VERIFY_PAGES_PER_TICK`` pages per agent a tick: a bigger balloon is read over
         several ticks. An agent whose verification raises is dropped, and the others go on.
-        Off where VERIFY_PAGEMAP is False (the guest)."""
-        if not self.VERIFY_PAGEMAP:
+        Off where ``verify_pagemap`` is False (the guest's report way)."""
+        if not self.verify_pagemap:
             return
         now = self.clock()
         plans = [(rec.pid, rec.starttime, rec.state.chunks, rec.scan, rec.peak_bytes, rec.given_back_bytes)
                  for rec in self.registry
                  if rec.state.chunks and rec.hello.address_mode != "none"
-                 and self._verify_due(rec, now)]
+                 and self.verify_due(rec, now)]
         for rec in self.registry:
             if not rec.state.chunks or rec.hello.address_mode == "none":
                 rec.reclaimed_bytes, rec.balloon_pages, rec.released_pages, rec.scan = 0, 0, 0, None
@@ -167,9 +198,8 @@ class BalloonTick:
             rec.reclaimed_bytes = steady_reclaimed_bytes(rec.reclaimed_bytes, v)
             rec.balloon_pages = v.balloon_pages
             rec.released_pages = v.not_resident_pages
-            self.after_verify(rec, v)
 
-    def _verify_due(self, rec: JVMRecord, now: float) -> bool:
+    def verify_due(self, rec: JVMRecord, now: float) -> bool:
         """Whether a JVM's balloon is read through pagemap this tick. Reading every page of every
         balloon every tick cost 380 ms a tick with 100 JVMs holding 4.7 GiB; a balloon whose
         chunks did not change and whose pages are all reclaimed is read again every
@@ -184,9 +214,6 @@ class BalloonTick:
         if rec.released_pages * pagemap.PAGE_SIZE < rec.state.balloon_bytes - REVERIFY_SLACK_BYTES:
             return True
         return now - rec.verified_s >= self.reverify_s * (0.5 + (rec.pid % 97) / 97)
-
-    def after_verify(self, rec: JVMRecord, v: Verification) -> None:
-        """Hook for the guest driver (VM mode), which reports page numbers to the host."""
 
     def _tick_summary(self, targets: dict[int, int], short: Unmet) -> str:
         """The one short line a tick logs (when it changed, or as a heartbeat): the node's
@@ -218,6 +245,16 @@ class BalloonTick:
         if self.policy is None:  # the policy logs its own summary line
             self._log_tick()
         self.tick_ms = (time.perf_counter() - started) * 1000
+
+    def failed(self, err: Exception) -> None:
+        """Log a failed tick: with its traceback the first time a kind of error is seen, then
+        as one line (a tick runs every second)."""
+        kind = type(err).__name__
+        if kind not in self.tick_errors:
+            self.tick_errors.add(kind)
+            log.exception("a tick failed (the daemon goes on; the next %s is logged in one line)", kind)
+        else:
+            log.warning("a tick failed: %s: %s", kind, err)
 
 
 def _read_verifications(procfs: ProcFS, plans, zero_pfn):

@@ -1,7 +1,9 @@
-"""The driver's registry of JVMs: one record per connected (or recently connected) agent.
+"""The driver's JVM table: one record per connected (or recently connected) agent.
 
-The registry owns who is known and what each said last; it does no I/O. Records are keyed by
-pid and carry the process start time, so a recycled pid is never mistaken for the old JVM.
+:class:`Registry` is the one owner of per-JVM state: the records (who is known and what each
+said last), and for each connected agent its line channel and its outbox (what the tick sends
+it). It does no I/O of its own. Records are keyed by pid and carry the process start time, so a
+recycled pid is never mistaken for the old JVM. Owned by the driver's event loop thread.
 """
 
 from __future__ import annotations
@@ -9,11 +11,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from heapballoon import protocol
 from heapballoon.driver import policy
 from heapballoon.linux import cgroupid
 from heapballoon.status import JvmStatus
+
+if TYPE_CHECKING:
+    from heapballoon.driver.peerlimits import Outbox
+    from heapballoon.transport import LineChannel
 
 
 @dataclass
@@ -86,8 +93,41 @@ def _share(permille: int) -> float:
 
 
 class Registry:
+    """The JVM table. Its mutable state (all owned by the event loop thread): ``jvms`` (the
+    records), ``_channels`` and ``_outboxes`` (pid → the connected agent's channel and outbox,
+    set by :meth:`attach`, cleared by :meth:`detach`)."""
+
     def __init__(self) -> None:
         self.jvms: dict[int, JVMRecord] = {}
+        self._channels: dict[int, LineChannel] = {}
+        self._outboxes: dict[int, Outbox] = {}
+
+    def attach(self, pid: int, chan: LineChannel, outbox: Outbox) -> None:
+        """A session for ``pid`` is live: its channel and outbox replace any older one."""
+        self._channels[pid] = chan
+        self._outboxes[pid] = outbox
+
+    def detach(self, pid: int, chan: LineChannel, outbox: Outbox) -> bool:
+        """A session ended: forget its channel and outbox unless a newer session holds the pid.
+        True when ``chan`` was the live one (the JVM is now disconnected)."""
+        if self._outboxes.get(pid) is outbox:
+            del self._outboxes[pid]
+        if self._channels.get(pid) is chan:
+            del self._channels[pid]
+            return True
+        return False
+
+    def channel(self, pid: int) -> LineChannel | None:
+        """The connected agent's channel, or None."""
+        return self._channels.get(pid)
+
+    def outbox(self, pid: int) -> Outbox | None:
+        """The connected agent's outbox, or None."""
+        return self._outboxes.get(pid)
+
+    def channels(self) -> list[LineChannel]:
+        """Every live agent channel (a copy)."""
+        return list(self._channels.values())
 
     def upsert(self, pid: int, starttime: int, hello: protocol.Hello) -> JVMRecord:
         old = self.jvms.get(pid)

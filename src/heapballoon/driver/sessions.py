@@ -4,8 +4,8 @@ This module owns the conversation with each peer. At accept, before any message,
 identified from ``SO_PEERCRED`` (pid, uid) and its process start time is read. The first
 valid message, which must come within ``FIRST_MESSAGE_TIMEOUT_S``, decides whether it is an
 agent (``hello``, then ``state`` and ``event`` messages for as long as it runs) or a CLI
-client (control requests: ``status``, ``policy_explain``, ``set_target``, answered by
-:meth:`AgentSessions.control`).
+client (control requests: ``status``, ``policy_explain``, ``set_target``, handed to the
+``control`` callable the server was given: :meth:`heapballoon.driver.daemon.Driver.control`).
 
 Identity: an agent *is* the process that connected. Its pid comes from SO_PEERCRED, never
 from what it claims (no peer pid: refused), and at ``hello`` the process must still be the
@@ -17,10 +17,9 @@ Limits (docs/protocol.md, "Limits"): ``MAX_BAD_LINES`` bad lines within
 ``BAD_LINES_WINDOW_S`` drop a peer (a peer's errors are logged once, then counted); an agent
 may spend ``AGENT_RATE_PER_S`` units a second (a message, plus one per ``CHUNKS_PER_UNIT``
 chunks of a new state), a CLI connection ``CONTROL_RATE_PER_S`` requests. Over a limit the
-peer is dropped and logged once. It is a mixin of :class:`heapballoon.driver.daemon.Driver`
-and declares no state of its own: the attributes it reads and writes (``registry``,
-``channels``, ``outboxes``, ``bad_messages``, the targets) are declared in ``Driver.__init__``
-and owned by the event loop thread.
+peer is dropped and logged once. :class:`AgentServer` owns ``bad_messages`` and each
+session's own limits; it writes what an agent says into the JVM table (``Registry``: records,
+channels, outboxes). All of it is owned by the event loop thread.
 """
 
 from __future__ import annotations
@@ -30,12 +29,16 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 from heapballoon import protocol, transport
 from heapballoon.driver.peerlimits import BadLines, LogBudget, Outbox, TokenBucket
+from heapballoon.driver.registry import Registry
+from heapballoon.driver.targetbook import TargetBook
 from heapballoon.errors import KernelError, MessageTooLarge, PeerStalled, ProtocolError
+from heapballoon.linux.kubelet import KubeletLogs
 from heapballoon.linux.peercred import peer_cred
-from heapballoon.status import TargetsReply
+from heapballoon.linux.procfs import ProcFS
 from heapballoon.textsafe import log_text
 from heapballoon.units import format_size
 
@@ -50,7 +53,6 @@ MAX_EVENT_KINDS = 16  # distinct event kinds counted per JVM (docs name 5); the 
 AGENT_LOG_LINES = 10  # events and rejections an agent may have logged a minute; the rest are counted
 CONTROL_RATE_PER_S = 20.0
 CONTROL_BURST = 100.0
-STATE_CHANGING = (protocol.SetTarget,)
 MAX_ERROR_REPLY_CHARS = 300
 
 
@@ -71,8 +73,23 @@ class Peer:
         return f"pid {self.pid}" if self.pid else "a peer without a pid"
 
 
-class AgentSessions:
-    """The connection half of Driver (uses its ``registry``, ``channels``, ``_wake`` ...)."""
+class AgentServer:
+    """Accepts every connection on the driver's socket and owns the agent sessions. Mutable
+    state of its own (event loop thread): ``bad_messages``. ``wake`` asks for a tick now;
+    ``control`` answers one control request (``privileged``: from root or the daemon's uid)."""
+
+    def __init__(self, registry: Registry, book: TargetBook, *, procfs: ProcFS, kubelet: KubeletLogs, clock,
+                 policy, wake: Callable[[], None],
+                 control: Callable[[protocol.Message, bool], protocol.Message]) -> None:
+        self.registry = registry
+        self.book = book
+        self.procfs = procfs
+        self.kubelet = kubelet  # pod and container names (docs/kubernetes.md)
+        self.clock = clock
+        self.policy = policy
+        self.wake = wake
+        self.control = control
+        self.bad_messages = 0
 
     def identify(self, writer: asyncio.StreamWriter) -> Peer:
         """The peer's pid, uid and start time, read at accept (before any message)."""
@@ -159,21 +176,15 @@ class AgentSessions:
             rec.cgroup = self.procfs.cgroup(pid)
         names = self.kubelet.names(rec.cgroup)
         rec.pod, rec.container = names.pod, names.container
-        saved = self.saved_explicit.get(f"{pid}:{peer.starttime}")
-        if rec.explicit_target_bytes is None:
-            if saved is not None:
-                rec.explicit_target_bytes = saved
-            elif hello.target_bytes and not self.node_target_bytes and self.policy is None:
-                rec.explicit_target_bytes = hello.target_bytes  # the balloon survives our restart
-        self.channels[pid] = chan
+        self.book.adopt(rec, hello, policy_decides=self.policy is not None)
         outbox = Outbox(chan, pid, log)
-        self.outboxes[pid] = outbox
+        self.registry.attach(pid, chan, outbox)
         if self.policy is not None:
             self.policy.on_state(pid, hello.state, self.clock())
         log.info("agent connected: pid=%d name=%s gc=%s jvm=%s address_mode=%s balloon=%s target=%s",
                  pid, log_text(rec.name), hello.gc, log_text(hello.jvm_version), hello.address_mode,
                  format_size(hello.state.balloon_bytes), format_size(hello.target_bytes))
-        self._wake.set()
+        self.wake()
         rate = TokenBucket(AGENT_RATE_PER_S, AGENT_BURST, self.clock)
         logged = LogBudget(AGENT_LOG_LINES, 60.0, self.clock)
         last = None
@@ -191,7 +202,7 @@ class AgentSessions:
                 rec.last_seen_s = self.clock()
                 if isinstance(msg, protocol.State):
                     if msg.chunks_epoch != rec.state.chunks_epoch or msg.chunks != rec.state.chunks:
-                        self._wake.set()
+                        self.wake()
                     rec.state = msg
                     if self.policy is not None:
                         self.policy.on_state(pid, msg, self.clock())
@@ -205,7 +216,7 @@ class AgentSessions:
                         log.info("pid %d event %s: released %s in %d ms (%s)%s", pid, log_text(msg.kind, 64),
                                  format_size(msg.released_bytes), msg.latency_ms, log_text(msg.reason),
                                  f" [{skipped} more events/rejections not logged]" if skipped else "")
-                    self._wake.set()
+                    self.wake()
                 elif isinstance(msg, protocol.Pong):
                     pass
                 elif isinstance(msg, protocol.Error):  # the agent rejected something we sent
@@ -217,19 +228,16 @@ class AgentSessions:
                     await chan.send(protocol.Error(error=f"unexpected {msg.TYPE!r} from an agent"))
         finally:
             outbox.close()
-            if self.outboxes.get(pid) is outbox:
-                del self.outboxes[pid]
-            if self.channels.get(pid) is chan:
-                del self.channels[pid]
+            if self.registry.detach(pid, chan, outbox):
                 rec.connected = False
                 rec.sent = None
                 rec.scan = None
                 log.info("agent disconnected: pid=%d", pid)
-                self._wake.set()
+                self.wake()
 
     def drop_agent(self, pid: int, why: str) -> None:
         """Drop one agent's connection now (its session ends and cleans up), logged once."""
-        chan = self.channels.get(pid)
+        chan = self.registry.channel(pid)
         if chan is not None:
             log.warning("dropping agent pid %d: %s", pid, log_text(why))
             chan.abort()
@@ -243,37 +251,3 @@ class AgentSessions:
                 raise PeerDropped(f"more than {CONTROL_RATE_PER_S:g} control requests a second")
             await chan.send(self.control(msg, privileged))
             msg = await self._recv_valid(chan, peer, bad)
-
-    def control(self, msg: protocol.Message, privileged: bool = True) -> protocol.Message:
-        """Answer one control request (``privileged``: from root or the daemon's uid)."""
-        req_id = getattr(msg, "id", 0)
-        if isinstance(msg, STATE_CHANGING) and not privileged:
-            return protocol.Error(id=req_id, error=f"{msg.TYPE!r} needs root or the daemon's user (uid "
-                                  f"{os.geteuid()}); status and policy explain are open to every user")
-        if isinstance(msg, protocol.StatusRequest):
-            return protocol.Reply(id=req_id, body=self.status())
-        if isinstance(msg, protocol.PolicyExplainRequest):
-            return protocol.Reply(id=req_id, body=self.policy_report().to_dict())
-        if isinstance(msg, protocol.SetTarget):
-            if msg.pid is None and self.policy is not None:
-                return protocol.Error(id=req_id, error="the policy sets node targets here (daemon --policy auto): "
-                                      "set a budget in the policy file, or pin one JVM with `target PID SIZE`")
-            if msg.pid is None:
-                self.node_target_bytes = msg.target_bytes
-                if msg.target_bytes == 0:
-                    for rec in self.registry:
-                        rec.explicit_target_bytes = None
-            else:
-                rec = self.registry.get(msg.pid)
-                if rec is None or not rec.connected:
-                    return protocol.Error(id=req_id, error=f"no JVM with PID {msg.pid} is registered with this daemon "
-                                          "(`heapballoon status` lists them; `heapballoon run` or `attach` adds one)")
-                rec.explicit_target_bytes = None if msg.auto else msg.target_bytes
-                if self.policy is not None:
-                    self.policy.due = True
-            self.save_state()
-            self._wake.set()
-            log.info("target set: %s → %s", "all" if msg.pid is None else f"pid {msg.pid}",
-                     "auto" if msg.auto else format_size(msg.target_bytes))
-            return protocol.Reply(id=req_id, body=TargetsReply(self.targets()).to_dict())
-        return protocol.Error(id=req_id, error=f"{msg.TYPE!r} is not a request this daemon answers")

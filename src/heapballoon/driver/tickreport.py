@@ -91,7 +91,7 @@ def unmet(node_target_bytes: int | None, targets: Mapping[int, int], records: It
 
 
 def node_summary(tick: int, records: list, node_target_bytes: int | None, short: Unmet, ksm: str) -> str:
-    """The node part of a tick's summary line (``Driver._tick_summary`` may append to it)."""
+    """The node part of a tick's summary line (``Ticker._tick_summary`` may append to it)."""
     up = sum(1 for r in records if r.connected)
     balloon = sum(r.state.balloon_bytes for r in records)
     reclaimed = sum(r.reclaimed_bytes for r in records)

@@ -1,4 +1,4 @@
-"""The guest balloon driver (VM mode): the node driver plus an uplink to the host's hostd.
+"""The guest balloon driver (VM mode): the node driver's parts plus an uplink to the host's hostd.
 
 Runs inside the guest (pure standard library: the guest has no PyPI packages). Two ways:
 
@@ -8,9 +8,8 @@ Runs inside the guest (pure standard library: the guest has no PyPI packages). T
   PSI, and the host's own virtio-balloon or free page reporting takes the freed pages. The
   driver may lower ``page_reporting_order`` (``--report-order``) so single freed 4 KiB pages
   are reported too. An uplink, if there is one, only carries status.
-* ``--reclaim report`` (hostd's pfn and ksm ways), the process-mode
-  :class:`~heapballoon.driver.daemon.Driver` with three differences:
-
+* ``--reclaim report`` (hostd's pfn and ksm ways): the process mode's parts, composed by a
+  :class:`~heapballoon.driver.daemon.Driver` (not subclassed), with three differences:
 * the node target comes from the host (``guest_target`` on the virtio-serial port), not from
   a CLI;
 * agents are told ``reclaim: report``: balloon pages stay zeroed and mapped in the guest;
@@ -24,8 +23,8 @@ The port is a character device (/dev/vportNpM). Host connects and disconnects ar
 to the guest, so the guest re-announces itself (``guest_hello`` and a full resync) whenever
 hostd pings it, and repeats its hello until the host answers.
 
-Threads: the event loop thread owns every piece of mutable state of :class:`GuestDriver` (see
-the comments where it is declared). Reading pagemap is the only work done in a worker thread,
+Threads: the event loop thread owns every piece of mutable state of :class:`GuestDriver` and
+of its parts (see the comments where it is declared). Reading pagemap is the only work done in a worker thread,
 by :func:`read_frames`, a pure function that takes a snapshot of the chunks and returns what it
 read; the loop thread then applies the result. :class:`Uplink`'s reader and writer threads own
 only the port's file descriptor and their buffers, and hand lines to the loop with
@@ -122,28 +121,31 @@ def read_plans(procfs: ProcFS, plans: tuple[ScanPlan, ...]) -> tuple:
     return tuple(out)
 
 
-class GuestDriver(LocalPolicy, Driver):
-    # Nothing to count through pagemap here: in VM mode balloon pages stay mapped and the host
-    # reclaims them, so the figure is what the host acknowledged, set on the loop thread by
-    # report_to_host.
-    VERIFY_PAGEMAP = False
+class GuestDriver:
+    """The guest driver: a composed :class:`~heapballoon.driver.daemon.Driver` (JVM table,
+    targets, agent server, ticker), the local policy (``local``, the direct way), the uplink to
+    hostd and the host report. Every attribute below is owned by the event loop thread; the
+    report state (``reported`` ... ``drift_pages_total``) is this class's own."""
+
+    GUEST_RESERVE_BYTES = 96 << 20
 
     def __init__(self, socket_path: str, uplink_path: str | None, reclaim: str = "report",
                  law: LocalLaw | None = None, report_order: int | None = None,
-                 page_reporting: PageReporting | None = None, **kw) -> None:
-        super().__init__(socket_path, ksm_mode="off", reclaim=reclaim, **kw)
-        self.uplink_path = uplink_path
+                 page_reporting: PageReporting | None = None, procfs: ProcFS | None = None, **kw) -> None:
+        self.procfs = procfs or ProcFS()
         # direct: the agents free balloon pages themselves, counted through pagemap as in
-        # process mode; nothing is reported to a host
+        # process mode; nothing is reported to a host. Otherwise nothing is counted through
+        # pagemap here: balloon pages stay mapped and the host reclaims them, so the figure is
+        # what the host acknowledged, set by report_to_host.
         self.direct = reclaim == "direct"
-        self.VERIFY_PAGEMAP = self.direct
-        self.law = law
-        self.law_target_bytes = 0   # loop thread: the local law's node target
-        self.law_reason = ""
-        self.report_order = report_order
-        self.page_reporting = page_reporting or PageReporting()
+        self.local = LocalPolicy(law, self.procfs, report_order, page_reporting)
+        self.node = Driver(socket_path, procfs=self.procfs, ksm_mode="off", reclaim=reclaim,
+                           verify_pagemap=self.direct, node_target=self.node_target, room_bytes=self.room_bytes,
+                           **kw)
+        self.registry = self.node.registry
+        self.clock = self.node.clock
+        self.uplink_path = uplink_path
         self.uplink: Uplink | None = None
-        # Owned by the event loop thread: read and written only there (never in to_thread work).
         self.reported: dict[str, frozenset[int]] = {}  # "pid:chunk" → guest frames the host was told
         self.reported_addr: dict[str, int] = {}   # "pid:chunk" → chunk address when last reported
         self.acked_pages: dict[str, int] = {}      # "pid:chunk" → pages the host holds reclaimed
@@ -157,7 +159,9 @@ class GuestDriver(LocalPolicy, Driver):
 
     # ------------------------------------------------------------------ policy
 
-    GUEST_RESERVE_BYTES = 96 << 20
+    def node_target(self) -> int | None:
+        """The node target the ticker splits: set by hand or by hostd, raised by the local law."""
+        return self.local.node_target(self.node.book.node_target_bytes)
 
     def room_bytes(self, rec: JVMRecord) -> int:
         """In a guest, balloon pages stay allocated (the host frees them behind the guest's back):
@@ -165,13 +169,21 @@ class GuestDriver(LocalPolicy, Driver):
         excess, a balloon may only grow into what the guest has available, less a reserve.
         On the direct path the guest frees them itself: as in process mode."""
         if self.direct:
-            return super().room_bytes(rec)
+            return rec.balloon_max_bytes
         try:
             available = self.procfs.meminfo().get("MemAvailable", 0)
         except KernelError:
             available = 0
         spare = max(0, available - self.GUEST_RESERVE_BYTES)
-        return min(super().room_bytes(rec), rec.excess_bytes + spare)
+        return min(rec.balloon_max_bytes, rec.excess_bytes + spare)
+
+    def apply_law(self) -> None:
+        """One step of the local law; a moved node target wakes the ticker."""
+        if self.local.apply_law(self.registry):
+            self.node.wake()
+
+    def drop_agent(self, pid: int, why: str) -> None:
+        self.node.server.drop_agent(pid, why)
 
     # ------------------------------------------------------------------ host link
 
@@ -196,17 +208,17 @@ class GuestDriver(LocalPolicy, Driver):
             return
         if isinstance(msg, protocol.GuestTarget):
             self.host_target_seen = True
-            if msg.target_bytes != self.node_target_bytes:
+            if msg.target_bytes != self.node.book.node_target_bytes:
                 log.info("host target: %d bytes", msg.target_bytes)
-            self.node_target_bytes = msg.target_bytes
-            self._wake.set()
+            self.node.book.node_target_bytes = msg.target_bytes
+            self.node.wake()
         elif isinstance(msg, protocol.Ping):
             self._send_up(protocol.Pong(id=msg.id))
             self._hello_up()
             self.reported.clear()  # a (new) hostd: report every page again
             self.reported_addr.clear()
             self.acked_pages.clear()
-            self._wake.set()
+            self.node.wake()
         elif isinstance(msg, protocol.PagesAck):
             key = self.pending.pop(msg.seq, None)
             if key is not None:
@@ -290,27 +302,33 @@ class GuestDriver(LocalPolicy, Driver):
 
     async def step(self) -> None:
         self.apply_law()
-        await super().step()
+        await self.node.ticker.step()
         if not self.direct:
             await self.report_to_host()
             self._forget_gone()
         if not self.host_target_seen and self.clock() - self.last_hello_s >= HELLO_RETRY_S:
             self._hello_up()
-        status = self.status()
-        self._send_up(protocol.GuestStatus(target_bytes=self.node_target() or 0,
-                                           balloon_bytes=status["node"]["balloon_bytes"],
-                                           drift_pages=self.drift_pages_total, jvms=tuple(status["jvms"])))
+        if self.uplink is not None:  # its JVMs typed end to end; the node figure is their sum
+            jvms = self.node.jvm_statuses(self.node.ticker.targets())
+            self._send_up(protocol.GuestStatus(target_bytes=self.node_target() or 0,
+                                               balloon_bytes=sum(j.balloon_bytes for j in jvms),
+                                               drift_pages=self.drift_pages_total, jvms=jvms))
 
     async def run(self, ready: asyncio.Event | None = None) -> None:
-        self.loop = asyncio.get_running_loop()
-        self.set_report_order()
+        self.local.set_report_order()
         if self.uplink_path:
             try:
-                self.uplink = Uplink(self.uplink_path, self.loop, self._on_host_line)
+                self.uplink = Uplink(self.uplink_path, asyncio.get_running_loop(), self._on_host_line)
                 self._hello_up()
             except OSError as err:
                 log.error("no uplink to the host (%s): running without one", err)
-        await super().run(ready)
+        await self.node.run(ready, step=self.step)
+
+    def stop(self) -> None:
+        self.node.stop()
+
+    def reload_policy(self) -> None:  # SIGHUP (serve): the guest has no policy file
+        self.node.reload_policy()
 
 
 def _boot_id(procfs: ProcFS) -> str:

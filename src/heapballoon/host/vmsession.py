@@ -158,9 +158,9 @@ class VMSession:
         return f"run dir {self.dir}"
 
     def set_guest_status(self, msg: protocol.GuestStatus) -> None:
-        """The guest's latest status (validated at the channel), its JVMs typed once here."""
+        """The guest's latest status (validated and typed at the channel)."""
         self.guest_status = msg
-        self.guest_jvms = tuple(JvmStatus.from_dict(j) for j in msg.jvms)
+        self.guest_jvms = msg.jvms
 
     @property
     def guest_ram(self) -> GuestRam | None:
