@@ -82,6 +82,18 @@ def check_window(out: scenario.Outcome, gc: str, why: str) -> None:
     assert 0.90 <= low and high <= 1.25, why
 
 
+# Known failures of the GC-cost bar at 100 MiB/s, by collector: only that bar turns into an xfail
+# (non-strict: still run and reported); every other check of the pair stays an assertion. Issue 15
+# stays open until this is empty.
+KNOWN_GC_COST_FAILURES = {
+    # Parallel's old generation holds the live set and the balloon; full collections (PS MarkSweep) then
+    # run often and slide the chunks. jdk21-Parallel, 2026-12-04: +7.9 points in CI, +8.9 and +6.5 points
+    # alone, the last on the code before this round's changes (it passed in the previous landing CI).
+    "Parallel": "issue 15, open: Parallel's full collections with the balloon in its old generation cost "
+                "more than 5 points of GC CPU share at 100 MiB/s",
+}
+
+
 @pytest.mark.parametrize("jdk,gc", jdks.MATRIX, ids=IDS)
 def test_balloon_holds_on_every_collector(daemons, apps, jdk, gc):
     java = jdks.require_java(jdk)
@@ -100,12 +112,15 @@ def test_balloon_holds_on_every_collector(daemons, apps, jdk, gc):
     # measured by the agent) at most 5 points above the same JVM's before the target was set.
     s = out.final_status
     assert s.get("gc_cpu_share", -1) >= 0 and s.get("gc_cpu_share_no_balloon", -1) >= 0, why
-    assert s["gc_cpu_share"] - s["gc_cpu_share_no_balloon"] <= 0.05, why
     # Growing to 700 MiB live: the balloon gives way, no OutOfMemoryError; back to 200 MiB: it re-inflates.
     assert not out.oom, why
     assert out.gave_way, why
     assert out.reinflate_s is not None and out.reinflate_s <= scenario.REINFLATE_WITHIN_S, why
     assert out.data_errors == 0, why
+    extra = s["gc_cpu_share"] - s["gc_cpu_share_no_balloon"]
+    if extra > 0.05 and gc in KNOWN_GC_COST_FAILURES:  # every other check above still holds for the pair
+        pytest.xfail(f"{KNOWN_GC_COST_FAILURES[gc]} (this run: +{extra * 100:.1f} points)")
+    assert extra <= 0.05, why
 
 
 # Known failures of the product at the high rate, still run and reported (xfail, not strict: a pass
