@@ -8,18 +8,14 @@ from dataclasses import dataclass, field
 
 from heapballoon.errors import ProtocolError
 from heapballoon.protocol import wire
-from heapballoon.protocol.wire import Message, int_field, message, str_field
+from heapballoon.protocol.wire import IdOnly, Message, int_field, message, str_field
 
 TYPES: dict[str, type[Message]] = {}  # this channel's own messages
 
 
 @message(TYPES, "status_request")
-class StatusRequest(Message):
+class StatusRequest(IdOnly):
     id: int = 0
-
-    @classmethod
-    def parse(cls, d: dict) -> StatusRequest:
-        return cls(int_field(d, "id", 0))
 
 
 @message(TYPES, "set_target")
@@ -41,14 +37,10 @@ class SetTarget(Message):
 
 
 @message(TYPES, "policy_explain")
-class PolicyExplainRequest(Message):
+class PolicyExplainRequest(IdOnly):
     """CLI → driver: the policy's last tick, explained (``heapballoon policy explain``)."""
 
     id: int = 0
-
-    @classmethod
-    def parse(cls, d: dict) -> PolicyExplainRequest:
-        return cls(int_field(d, "id", 0))
 
 
 @message(TYPES, "vm_target")
