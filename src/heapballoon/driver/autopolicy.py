@@ -182,16 +182,18 @@ class AutoPolicy:
         cgroup that cannot be read this tick is left out (logged at debug): a container that
         just went away."""
         found: dict[str, tuple[int, int, set[str]]] = {}
+        read: dict[str, list] = {}  # each cgroup's limits read once a tick, however many JVMs share it
         for key in pids:
             path = self.groups.get(key)
             if not path:
                 continue
-            try:
-                limits = self.cgroup.limits(path)
-            except KernelError as err:
-                log.debug("cgroup of pid %d: %s", key[0], err)
-                continue
-            for g in limits:
+            if path not in read:
+                try:
+                    read[path] = self.cgroup.limits(path)
+                except KernelError as err:
+                    log.debug("cgroup of pid %d: %s", key[0], err)
+                    read[path] = []
+            for g in read[path]:
                 found.setdefault(g.path, (g.limit_bytes, g.usage_bytes, set()))[2].add(str(key[0]))
         order = sorted(found, key=lambda p: (-p.count("/"), p))
         return tuple(GroupObservation(p, found[p][0], found[p][1], tuple(sorted(found[p][2]))) for p in order)
