@@ -124,11 +124,18 @@ def test_5g_guest_pages_above_4g_map_where_qemu_reads_them():
             for gpa, value in marks.items():
                 assert await _xp(vm, gpa) == value, hex(gpa)
             assert layout.offset_of((2 * G) // P) is None and layout.offset_of((4 * G) // P - 1) is None
+            # Once the VM runs, SeaBIOS puts its tables in the top 128 KiB of low RAM (seen: 32 pages
+            # below 2 GiB rewritten within 0.5 s of cont), so 2 GiB - 4 KiB was the guest's to change:
+            # a CI run read 0 there. The pages checked after cont sit below what firmware touches.
+            del marks[2 * G - P]
+            low = 2 * G - 16 * M
+            marks[low - P] = 0x3333
+            os.pwrite(ram.fd, (0x3333).to_bytes(8, "little"), layout.offset_of((low - P) // P))
             # a reclaim across the split: the marked pages survive, zero ones around them go
-            for gpa in (4 * G + P, 2 * G - 2 * P):
+            for gpa in (4 * G + P, low - 2 * P):
                 os.pwrite(ram.fd, bytes(P), layout.offset_of(gpa // P))
             await vm.qmp.execute("cont")  # hostd punches only under a pause of its own
-            res = await Reclaimer(ram, layout, vm.qmp).reclaim([((2 * G) // P - 2, 2), ((4 * G) // P, 2)])
+            res = await Reclaimer(ram, layout, vm.qmp).reclaim([(low // P - 2, 2), ((4 * G) // P, 2)])
             assert (res.punched_pages, res.skipped_nonzero_pages) == (2, 2)
             for gpa, value in marks.items():
                 assert await _xp(vm, gpa) == value, hex(gpa)
