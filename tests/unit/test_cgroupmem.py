@@ -66,3 +66,20 @@ def test_garbage_and_missing_groups_are_one_clear_error(tmp_path):
         cg.limits("/gone")
     with pytest.raises(KernelError, match="invalid cgroup path"):
         cg.limits("/kubepods.slice/../etc")
+
+
+def test_v2_a_group_without_the_memory_controller_has_no_limit_of_its_own_but_its_ancestors_bind(tmp_path):
+    """A pod slice whose ``cgroup.subtree_control`` does not enable ``memory`` gives its
+    children no memory.* files at all (as in a guest's cgroup2 where a runtime enabled it only
+    down to the pod): the container has no limit of its own, its pod's still binds."""
+    shutil.copytree(FIXTURES / "v2", tmp_path / "v2")
+    leaf = tmp_path / "v2" / V2_POD.lstrip("/") / "runtime-leaf"
+    leaf.mkdir()
+    (leaf / "cgroup.procs").write_text("4242\n")
+    cg = CgroupMemory(v1_root=str(tmp_path / "none"), v2_root=str(tmp_path / "v2"))
+    found = cg.limits(f"{V2_POD}/runtime-leaf")
+    assert [(g.path, g.limit_file, g.limit_bytes) for g in found] == [
+        (V2_POD, "memory.high", 1100 * MIB), ("/kubepods.slice", "memory.max", 20 * GIB)]
+    assert cg.limit(f"{V2_POD}/runtime-leaf", 2) is None
+    with pytest.raises(KernelError, match="cannot read .*/gone/memory.max"):
+        cg.limits(f"{V2_POD}/gone")  # a group that is not there is still an error, not "no limit"

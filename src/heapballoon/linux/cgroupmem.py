@@ -10,7 +10,9 @@ never from ``/proc/cgroups`` (a kernel built without CONFIG_MEMCG_V1 lists nothi
 * **v2** (``<v2_root>`` = ``/sys/fs/cgroup``, when its ``cgroup.controllers`` lists
   ``memory``): ``memory.max`` (the OOM killer's line) and ``memory.high`` (above it the kernel
   throttles and reclaims), ``"max"`` meaning none, and ``memory.current``. The lower of the
-  two binds: the policy keeps usage under it.
+  two binds: the policy keeps usage under it. A group whose parent does not enable ``memory``
+  in its ``cgroup.subtree_control`` has no memory files: no limit of its own (its ancestors'
+  still bind); a group that is not there at all is an error.
 
 Which hierarchy a group path belongs to is the machine's: with the v1 memory controller
 mounted, ``/proc/PID/cgroup``'s ``memory`` line is the path (ProcFS.cgroup), else the unified
@@ -95,6 +97,8 @@ class CgroupMemory:
                 return None
             return LimitedGroup(group, 1, "memory.limit_in_bytes", limit,
                                 self._number(os.path.join(d, "memory.usage_in_bytes")) or 0)
+        if not os.path.exists(os.path.join(d, "memory.max")) and os.path.isdir(d):
+            return None  # the memory controller is not enabled for it (its parent's subtree_control)
         found = [(v, name) for name in ("memory.max", "memory.high")
                  if (v := self._number(os.path.join(d, name))) is not None]
         if not found:
