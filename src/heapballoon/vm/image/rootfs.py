@@ -16,6 +16,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from heapballoon.agent.build import AGENT_JAR, NATIVE_LIB
 from heapballoon.errors import ImageError
 from heapballoon.vm.image.keys import JRE_MODULES, init_script_path, package_dir, package_files
 from heapballoon.vm.image.kmods import GUEST_MODULES, select_modules
@@ -131,6 +132,13 @@ def stage(root: Path, jdk: Path, jar: Path | None, native: Path | None, prog: Pr
         shutil.copy2(jar, root / GUEST_AGENT_JAR.lstrip("/"))
     if native is not None:
         shutil.copy2(native, root / GUEST_AGENT_NATIVE.lstrip("/"))
+    # ...which is also the guest package's prebuilt agent (agent/build.py), so that
+    # `heapballoon attach` in the guest finds it (it has no agent sources to build from)
+    shipped = site / "heapballoon" / "_agent"
+    for artifact, guest_path, name in ((jar, GUEST_AGENT_JAR, AGENT_JAR), (native, GUEST_AGENT_NATIVE, NATIVE_LIB)):
+        if artifact is not None:
+            shipped.mkdir(exist_ok=True)
+            os.symlink(guest_path, shipped / name)
 
     # byte-compile (unchecked-hash: valid whatever the file times are in the guest)
     prog.step("byte-compiling the guest python")
