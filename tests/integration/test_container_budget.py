@@ -22,38 +22,20 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
+from containerbudget import (CID, LIMIT_BYTES, LIVE_MIB, MIB, MIN_FREE_BYTES, POD_UID, SIDECAR, SIDECAR_TIMEOUT_S,
+                             Outcome, assert_gave_way, container_init)
 from hbtest import JVM, PY, pod_cgroup, run_cli, wait_for
 
 pytestmark = [pytest.mark.jvm, pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and memory cgroups")]
 
-MIB = 1 << 20
-LIMIT_BYTES = 1150 * MIB
-WRITE_MIB, WRITE_MIB_PER_S = 250, 20
-CID = "fedcba9876543210" * 4
-POD_UID = "0f1e2d3c-4b5a-4697-8877-665544332211"
-JAVA = ["-Xms1g", "-Xmx1g", "-XX:+AlwaysPreTouch"]
 # The sidecar's Python, as the container sees it: the interpreter itself, not the venv's link to
 # it (a checkout under /tmp, as CI's clone is, puts the venv inside the container's private /tmp).
 SIDECAR_PY = os.path.realpath(PY)
-SIDECAR = f"""
-import hashlib, sys, time
-h, chunk = hashlib.sha256(), 1 << 20
-start = time.monotonic()
-with open("/tmp/sidecar.bin", "wb") as f:
-    for i in range({WRITE_MIB}):
-        block = bytes([1 + i % 251]) * chunk
-        f.write(block)
-        f.flush()
-        h.update(block)
-        time.sleep(max(0.0, start + (i + 1) / {WRITE_MIB_PER_S} - time.monotonic()))
-print(h.hexdigest())
-"""
 
 
 @pytest.fixture
@@ -81,10 +63,7 @@ def container(demo_dir, container_cgroup):
     def start() -> tuple[JVM, int]:
         if not (shutil.which("unshare") and shutil.which("nsenter")):
             pytest.skip("needs unshare(1) and nsenter(1) (util-linux)")
-        cache = Path.home() / ".cache"
-        inner = (f"mount -t tmpfs -o mode=1777 tmpfs /tmp && mkdir -p {cache} && mount -t tmpfs tmpfs {cache}"
-                 f" && exec {shutil.which('java')} {' '.join(JAVA)} -jar {demo_dir}/demo.jar"
-                 " --live-mib 150 --churn-mib-per-s 0")
+        inner = container_init(shutil.which("java"), f"{demo_dir}/demo.jar", str(Path.home() / ".cache"))
         proc = subprocess.Popen(
             ["unshare", "--pid", "--mount", "--fork", "--mount-proc", "--kill-child", "sh", "-c", inner],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
@@ -117,7 +96,7 @@ def test_an_idle_jvms_heap_gives_way_to_a_sidecar_filling_the_containers_tmpfs(
             other = apps.run(d, heap="512m", live_mib=50, churn_mib_per_s=0, name="neighbour")
             wait_for(lambda: d.jvm(other.pid), 30, 0.2, what="the neighbour JVM in status")
         j, pid = container()
-        ready(j, 150)
+        ready(j, LIVE_MIB)
         assert os.stat(f"/proc/{pid}/ns/mnt").st_ino != os.stat("/proc/self/ns/mnt").st_ino
         assert not Path(f"/proc/{pid}/root{artifacts[0]}").exists()  # the agent jar is not in its namespace
 
@@ -139,39 +118,35 @@ def test_an_idle_jvms_heap_gives_way_to_a_sidecar_filling_the_containers_tmpfs(
 def gives_way(d, j: JVM, pid: int, cg, sidecar: list[str], **popen) -> None:
     """The issue's check, once the JVM joined: the policy takes the container under its limit
     minus minFree; ``sidecar`` (a command in the container and its cgroup) writes 250 MiB into
-    its /tmp at 20 MiB/s; no OOM kill, the write intact, the JVM's data intact, its heap gave way."""
+    its /tmp at 20 MiB/s; then :func:`containerbudget.assert_gave_way`."""
     # The policy keeps the container under its limit minus the margin before anything else runs.
-    min_free = int(LIMIT_BYTES * 0.06)
-    wait_for(lambda: cg.usage_bytes() <= LIMIT_BYTES - min_free, 60, 0.5,
+    wait_for(lambda: cg.usage_bytes() <= LIMIT_BYTES - MIN_FREE_BYTES, 60, 0.5,
              what=f"container usage under limit − minFree (usage {cg.usage_bytes() // MIB} MiB)")
 
     fails_before = cg.failcnt()  # start-up (page cache, pre-touch) may have hit it
-    side = subprocess.run(sidecar, capture_output=True, text=True, timeout=WRITE_MIB / WRITE_MIB_PER_S * 4 + 60,
-                          **popen)
-    assert side.returncode == 0, side.stderr[-500:]
+    side = subprocess.run(sidecar, capture_output=True, text=True, timeout=SIDECAR_TIMEOUT_S, **popen)
     written = Path(f"/proc/{pid}/root/tmp/sidecar.bin")
-    assert written.stat().st_size == WRITE_MIB * MIB
     h = hashlib.sha256()
-    with open(written, "rb") as f:
-        while block := f.read(MIB):
-            h.update(block)
-    assert h.hexdigest() == side.stdout.strip()
+    if written.exists():
+        with open(written, "rb") as f:
+            while block := f.read(MIB):
+                h.update(block)
 
     oom = cg.oom_control()
-    assert (oom.oom_kill, oom.under_oom) == (0, False), oom
-    assert j.proc.poll() is None and os.path.exists(f"/proc/{pid}")
+    alive = j.proc.poll() is None and os.path.exists(f"/proc/{pid}")
     checks = j.last().get("checks", 0)
-    j.send("check")
+    if alive:
+        j.send("check")
     after = wait_for(lambda: next((x for x in reversed(j.lines) if x.get("checks", 0) > checks), None), 60, 0.2,
                      what=f"a fresh check of the JVM's live data (stdout {j.stdout_lines[-4:]}, "
-                          f"stderr {j.stderr()[-400:]!r})")
-    assert after["errors"] == 0 and j.errors() == [], j.errors()
-    held = d.jvm(pid)["reclaimed_bytes"]
+                          f"stderr {j.stderr()[-400:]!r})") if alive else {}
+    held = d.jvm(pid)["reclaimed_bytes"] if alive else 0
     print(f"container usage {cg.usage_bytes() // MIB} MiB of {LIMIT_BYTES // MIB} MiB, "
           f"failcnt {fails_before} before the sidecar, {cg.failcnt()} after, "
           f"balloon reclaimed {held // MIB} MiB, "
-          f"status {json.dumps({k: d.jvm(pid)[k] for k in ('target_bytes', 'target_reason')})}")
-    assert held >= (WRITE_MIB - 100) * MIB  # its idle heap gave way
+          f"status {json.dumps({k: d.jvm(pid)[k] for k in ('target_bytes', 'target_reason')}) if alive else '-'}")
+    assert_gave_way(Outcome(side.returncode, side.stderr, side.stdout, written.stat().st_size if written.exists()
+                            else -1, h.hexdigest(), oom.oom_kill, oom.under_oom, alive, after, j.errors(), held))
     # memory.failcnt (usage hit the limit: the kernel had to reclaim) is reported, not
     # asserted: ~4300 in 2 of 17 runs on a loaded machine before free was taken ahead of the
     # group's growth (policy/groups.py), 0 in 14 of 14 since (docs/containers.md)

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
+from containerbudget import APP, JAVA, LIMIT_BYTES, SIDECAR
 from hbtest import JVM, run_cli, wait_for
-from test_container_budget import JAVA, LIMIT_BYTES, SIDECAR, gives_way, ready
+from test_container_budget import gives_way, ready
 
 pytestmark = [pytest.mark.jvm, pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for podman with memory limits")]
@@ -70,8 +71,7 @@ def podman_jvm(podman_env, rootfs, artifacts):
         proc = subprocess.Popen(
             [*PODMAN, "run", "-i", "--rm", "--name", name, "--network", "none", "--memory", f"{LIMIT_BYTES // MIB}m",
              "--tmpfs", "/tmp:rw,mode=1777", "-v", f"{app}:/app:ro", "-v", f"{run_dir}:{run_dir}",
-             "--rootfs", f"{rootfs}:O", "/usr/bin/java", *JAVA, "-jar", "/app/demo.jar",
-             "--live-mib", "150", "--churn-mib-per-s", "0"],
+             "--rootfs", f"{rootfs}:O", "/usr/bin/java", *JAVA, "-jar", "/app/demo.jar", *APP],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
             env=podman_env)
         j = JVM(proc)
