@@ -65,7 +65,7 @@ class Outcome:
 
 
 def assert_gave_way(o: Outcome) -> None:
-    assert o.sidecar_rc == 0, o.sidecar_stderr[-500:]
+    assert o.sidecar_rc == 0, (f"oom_kills {o.oom_kills}, JVM alive {o.jvm_alive}", o.sidecar_stderr[-500:])
     assert o.written_bytes == WRITE_MIB * MIB
     assert o.written_sha256 == o.sidecar_sha256.strip()
     assert (o.oom_kills, o.under_oom) == (0, False), o
