@@ -20,8 +20,9 @@ namespaces through `vm exec`, as root on the node:
   250 MiB into the container's /tmp at 20 MiB/s: no OOM kill (memory.events ``oom_kill``), the
   write intact, the JVM's data intact, its idle heap gave way.
 
-Not scaled down: the issue's sizes fit a 2.5 GiB TCG guest with 2 vCPUs (pre-touching the 1 GiB
-heap took ~10 s under TCG here; the whole test about 1.5 min, see docs/containers.md).
+Not scaled down: the issue's sizes fit a 2.5 GiB TCG guest with 2 vCPUs (the 1 GiB heap was
+pre-touched and the JVM reporting in 4-8 s under TCG here; the whole test 48-85 s in 4 runs, see
+docs/containers.md).
 """
 
 from __future__ import annotations
