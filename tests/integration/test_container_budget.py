@@ -29,7 +29,8 @@ import pytest
 
 from hbtest import JVM, PY, pod_cgroup, run_cli, wait_for
 
-pytestmark = [pytest.mark.jvm, pytest.mark.root,
+# serial: a memory cgroup near its limit and a sidecar writing at a set rate (cgroups, timing).
+pytestmark = [pytest.mark.jvm, pytest.mark.root, pytest.mark.serial,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and memory cgroups")]
 
 MIB = 1 << 20
