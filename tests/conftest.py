@@ -12,7 +12,7 @@ follows them without anyone remembering to:
   node daemon as root through the ``daemons`` fixture, or that marks itself so (it starts a
   daemon or hostd another way). Each such daemon takes over /sys/kernel/mm/ksm, saves the knobs
   at start and restores them at exit: two at once would restore each other's settings. Such a
-  test holds an exclusive flock on KSM_LOCK from before its first fixture until after its
+  test holds an exclusive flock (hbtest.ksm_owner_lock) from before its first fixture until after its
   daemons are gone. The collector matrix is left out: it runs its daemons two at a time by
   design (its JVMs reclaim directly, so no daemon boosts KSM).
 
@@ -20,14 +20,11 @@ follows them without anyone remembering to:
 silently stops grouping: pytest-xdist issue 1386.)
 """
 
-import fcntl
-
 import pytest
 
-from hbtest import DaemonFactory, JVMFactory
+from hbtest import DaemonFactory, JVMFactory, ksm_owner_lock
 
 SERIAL_DIRS = ("/tests/vm/", "/tests/libvirt/")
-KSM_LOCK = "/tmp/heapballoon-test-ksm.lock"
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m selects
@@ -45,12 +42,8 @@ def one_ksm_owner_at_a_time(request):
     if request.node.get_closest_marker("ksm_owner") is None:
         yield
         return
-    with open(KSM_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    with ksm_owner_lock():
+        yield
 
 
 @pytest.fixture
