@@ -50,12 +50,17 @@ jdks: venv
 demo: deps venv
 	@$(VPY) -m heapballoon.demo
 
-# Two phases: the collector matrix runs its JVMs two at a time (pytest-xdist); everything
-# else, QEMU guests included, runs one test at a time so guests are not starved of CPU.
+# Four phases (docs/testing.md): (1) two at a time (pytest-xdist), every test not marked serial
+# (tests whose daemons take over KSM hold a lock: one at a time); (2) the serial tests,
+# one at a time (QEMU guests, CPU-share, pause and latency bars, KSM, cgroups); (3) the
+# collector matrix, two JVMs at a time; (4) the experiment (swap, cgroups), alone. Each phase
+# ends with its slowest tests (--durations).
+PYTEST := $(VPY) -m pytest -p no:cacheprovider --durations=25
 test: deps venv jdks
-	@rc=0; $(VPY) -m pytest -p no:cacheprovider -m "not matrix and not experiment" tests || rc=$$?; \
-	$(VPY) -m pytest -p no:cacheprovider -n 2 -m matrix tests || rc=$$?; \
-	$(VPY) -m pytest -p no:cacheprovider -m experiment tests || rc=$$?; \
+	@rc=0; $(PYTEST) -n 2 -m "not matrix and not experiment and not serial" tests || rc=$$?; \
+	$(PYTEST) -m "serial and not matrix and not experiment" tests || rc=$$?; \
+	$(PYTEST) -n 2 -m matrix tests || rc=$$?; \
+	$(PYTEST) -m experiment tests || rc=$$?; \
 	exit $$rc
 
 # The wheel and the sdist, both carrying the prebuilt agent (docs/guest.md); built with the

@@ -7,6 +7,7 @@ Tests read like scripts: ``d = daemons.start()``, ``j = jvms.run(d, heap="1g", l
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -34,6 +35,21 @@ public class Sleeper {
     }
 }
 """
+
+
+KSM_LOCK = "/tmp/heapballoon-test-ksm.lock"
+
+
+@contextlib.contextmanager
+def ksm_owner_lock(path: str = KSM_LOCK):
+    """Held by a test whose daemons take over /sys/kernel/mm/ksm, so two such tests never overlap
+    when tests run two at a time (tests/conftest.py, docs/testing.md)."""
+    with open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def wait_for(pred, timeout_s: float = 10.0, interval_s: float = 0.1, what: str = "condition"):

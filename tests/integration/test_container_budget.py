@@ -30,7 +30,8 @@ from containerbudget import (CID, LIMIT_BYTES, LIVE_MIB, MIB, MIN_FREE_BYTES, PO
                              Outcome, assert_gave_way, container_init)
 from hbtest import JVM, PY, pod_cgroup, run_cli, wait_for
 
-pytestmark = [pytest.mark.jvm, pytest.mark.root,
+# serial: a memory cgroup near its limit and a sidecar writing at a set rate (cgroups, timing).
+pytestmark = [pytest.mark.jvm, pytest.mark.root, pytest.mark.serial,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and memory cgroups")]
 
 # The sidecar's Python, as the container sees it: the interpreter itself, not the venv's link to

@@ -27,7 +27,8 @@ from containerbudget import APP, JAVA, LIMIT_BYTES, SIDECAR
 from hbtest import JVM, run_cli, wait_for
 from test_container_budget import gives_way, ready
 
-pytestmark = [pytest.mark.jvm, pytest.mark.root,
+# serial: as test_container_budget.py, in podman (cgroups, timing).
+pytestmark = [pytest.mark.jvm, pytest.mark.root, pytest.mark.serial,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root for podman with memory limits")]
 
 MIB = 1 << 20

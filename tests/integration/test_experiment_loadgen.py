@@ -9,7 +9,12 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import pytest
+
 from heapballoon.experiment import config, loadgen
+
+# serial: request rates and wall-clock bounds on a Python HTTP server, not beside a busy neighbour.
+pytestmark = [pytest.mark.serial]
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -16,7 +16,8 @@ import pytest
 import jdks
 from hbtest import require_root, wait_for
 
-pytestmark = [pytest.mark.jvm]
+# serial: the share is measured on a JVM allocating 500 MiB/s, alone on the machine's cores.
+pytestmark = [pytest.mark.jvm, pytest.mark.serial]
 ZGC_PAIRS = [(jdk, gc) for jdk, gc in jdks.MATRIX if gc.startswith("ZGC")]
 CHURN_MIB_PER_S = 500
 # The agent starts counting GcProfile.STARTUP_MS (5 s) after JVM start; this many seconds follow.

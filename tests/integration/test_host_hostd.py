@@ -18,7 +18,8 @@ from heapballoon.host import hostd
 from heapballoon.host.guestram import PAGE_BYTES as P, GuestRam
 from heapballoon.host.scratchvm import ScratchVM
 
-pytestmark = [pytest.mark.vm, pytest.mark.timeout(120),
+# hostd takes over /sys/kernel/mm/ksm while it serves: one KSM owner at a time (tests/conftest.py).
+pytestmark = [pytest.mark.vm, pytest.mark.ksm_owner, pytest.mark.timeout(120),
               pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 not installed")]
 M = 1 << 20
 RAM = 256 * M

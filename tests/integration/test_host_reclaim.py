@@ -13,7 +13,9 @@ from heapballoon.qemu.layout import GuestLayout
 from heapballoon.host.reclaim import Reclaimer
 from heapballoon.host.scratchvm import ScratchVM
 
-pytestmark = [pytest.mark.vm, pytest.mark.timeout(120),
+# serial: a running TCG QEMU's firmware writes guest RAM while hostd reclaims; the page counts depend on
+# when it does (2 of 4 failed on a loaded machine, 2026-12-04), so not beside a busy neighbour.
+pytestmark = [pytest.mark.vm, pytest.mark.serial, pytest.mark.timeout(120),
               pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 not installed")]
 M, G = 1 << 20, 1 << 30
 

@@ -31,7 +31,8 @@ from heapballoon.host.guestram import PAGE_BYTES as P, GuestRam
 from heapballoon.qemu.layout import GuestLayout, RamRange
 from heapballoon.host.vmsession import RamFile
 
-pytestmark = [pytest.mark.timeout(120)]
+# serial: a 1 s latency bound (LATENCY_BOUND_S) while a TCG QEMU and a flooding rogue run.
+pytestmark = [pytest.mark.timeout(120), pytest.mark.serial]
 M, G = 1 << 20, 1 << 30
 LATENCY_BOUND_S = 1.0
 

@@ -18,7 +18,8 @@ from heapballoon.qemu.monitor import QMPMonitor
 from heapballoon.host.shortpause import PauseModel, ShortPauseReclaimer
 from heapballoon.host.scratchvm import ScratchVM
 
-pytestmark = [pytest.mark.vm, pytest.mark.timeout(120),
+# serial: a running TCG QEMU whose pause timings the engine learns (pause counts are checked).
+pytestmark = [pytest.mark.vm, pytest.mark.serial, pytest.mark.timeout(120),
               pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 not installed")]
 M = 1 << 20
 RAM = 256 * M

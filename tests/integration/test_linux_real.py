@@ -22,7 +22,8 @@ from heapballoon.linux.ksm import KSM
 from heapballoon.linux.pagemap import (PAGE_SIZE, PagemapReader, count_pages, read_entries, zero_pfn)
 from heapballoon.linux.procfs import ProcFS
 
-pytestmark = pytest.mark.root
+# serial: the KSM test writes /sys/kernel/mm/ksm and checks its restore; a daemon beside it would change them.
+pytestmark = [pytest.mark.root, pytest.mark.serial]
 
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root: pagemap hides PFNs from other users")

@@ -15,7 +15,8 @@ import pytest
 
 from hbtest import MIB, require_java, require_root, rss_bytes, run_cli, wait_for
 
-pytestmark = pytest.mark.jvm
+# serial: three pre-touched 1 GiB JVMs, one churning hard, and RSS shares that must move.
+pytestmark = [pytest.mark.jvm, pytest.mark.serial]
 
 BUDGET_MIB = 1800
 SLACK = 1.05

@@ -17,7 +17,8 @@ import pytest
 
 from hbtest import MIB, require_java, require_root, rss_bytes, wait_for
 
-pytestmark = pytest.mark.jvm
+# serial: a 5 s bound on reacting, measured on the wall clock.
+pytestmark = [pytest.mark.jvm, pytest.mark.serial]
 
 SHORT_MIB = 400
 MET_WITHIN_S = 5.0

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from hbtest import require_java, run_cli, wait_for
+
+# serial: ten JVMs and a daemon: a load that would starve a neighbour's bars.
+pytestmark = [pytest.mark.serial]
 
 MIB = 1 << 20
 N = 10
