@@ -21,10 +21,9 @@ KERNEL_PATH = re.compile(r"^/(proc|sys|dev)(/|$)")
 # Files that may still cross the boundary: none. Keep it that way; a file added here must be
 # one that really violates it (an entry that does not fails the test below).
 ALLOWLIST: set[str] = set()
-# Raw fds still opened outside linux/, by the guest's virtio-serial port readers: the guest half
-# of issue 19 makes them one port reader (it is being changed in parallel; kept out of this
-# change). Listed exactly: a file that stops opening raw fds fails the test below until removed.
-RAW_FD_KNOWN = {"guest/uplink.py", "guest/supervisor.py"}
+# Raw fds opened outside linux/: none (the guest's two port readers became one,
+# linux/virtio.PortFile). Listed exactly: a file that stops opening raw fds fails the test below.
+RAW_FD_KNOWN: set[str] = set()
 RAW_FD = "os.open (a raw fd)"
 
 
