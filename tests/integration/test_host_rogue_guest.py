@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import pytest
 
 from hbtest import until
-from heapballoon import protocol
+from heapballoon import protocol, transport
 from heapballoon.host import guestlimits, guestsession, hostd, vmreclaim
 from heapballoon.host.autopolicy import AutoPolicy
 from heapballoon.host.guestram import PAGE_BYTES as P, GuestRam
@@ -312,7 +312,7 @@ def test_bad_lines_are_counted_in_a_window_and_logged_once(tmp_path, monkeypatch
             errors = 0
             while await rogue.recv_type(protocol.Error, 10) is not None:
                 errors += 1
-            assert errors == guestlimits.MAX_BAD_LINES  # then EOF: dropped
+            assert errors == transport.MAX_BAD_LINES  # then EOF: dropped
             await rogue.connect(10)  # and reconnected
             assert max(max(t, s) for t, s in [await host.good_latencies() for _ in range(2)]) < LATENCY_BOUND_S
 
