@@ -11,7 +11,7 @@ import pytest
 from heapballoon.host.guestram import PAGE_BYTES as P, GuestRam
 from heapballoon.qemu.layout import GuestLayout
 from heapballoon.host.reclaim import Reclaimer
-from heapballoon.host.scratchvm import ScratchVM
+from scratchvm import ScratchVM
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(120),
               pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 not installed")]

@@ -270,11 +270,6 @@ async def serve(socket_path: str, run_dir: str, batch_pages: int | None = None,
         await d.stop()
 
 
-def request(socket_path: str, msg: protocol.Message, timeout_s: float = 10.0) -> protocol.Reply:
-    """One control request to hostd (synchronous); RemoteError on an error reply."""
-    return transport.request(socket_path, msg, timeout_s, start_hint=transport.HOSTD_START_HINT)
-
-
 def main(argv: list[str] | None = None, libvirt_source=None) -> int:
     """``heapballoon hostd``. ``libvirt_source(uri, engine)``: the VMSource for ``--libvirt``
     (heapballoon.cli passes libvirt.backend's; host/ does not import libvirt/)."""
