@@ -249,7 +249,8 @@ def test_hostd_with_fake_guest(tmp_path, caplog, engine):
 def test_vm_json_pid_of_another_process_is_ignored(tmp_path):
     """A well-formed vm.json (written through the VM-directory contract) naming a process that
     is not QEMU, and a junk one: hostd manages neither. Its control socket decodes the control
-    channel only (issue 19): a guest's message there is a bad line, answered naming the channel."""
+    channel only (issue 19): a guest's message there is a bad line, answered naming the channel;
+    bad lines are counted as on every socket (transport.BadLines: 16 within 60 s drop the client)."""
     run_dir = tmp_path / "run"
     paths = VMPaths.of(run_dir, "x")
     paths.dir.mkdir(parents=True)
@@ -268,6 +269,16 @@ def test_vm_json_pid_of_another_process_is_ignored(tmp_path):
                 await control(sock, protocol.VMTarget("x", 1))
             with pytest.raises(RemoteError, match="'guest_hello' does not belong on the control channel"):
                 await control(sock, protocol.GuestHello(RAM))
+            # bad lines, a valid request between each: still the 16th within a minute drops the client
+            reader, writer = await asyncio.open_unix_connection(sock)
+            for i in range(20):
+                writer.write(b"junk\n" + protocol.encode(protocol.StatusRequest(id=i)))
+            await writer.drain()
+            replies = []
+            while line := await asyncio.wait_for(reader.readline(), 10):
+                replies.append(protocol.control.decode(line))
+            assert [type(r).__name__ for r in replies] == ["Error", "Reply"] * 15 + ["Error"], replies
+            writer.close()
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
