@@ -33,8 +33,8 @@ GUEST_LINE = protocol.encode(protocol.GuestHello(guest_ram_bytes=GIB))
     (protocol.control.decode, "control", GUEST_LINE),
     (protocol.guest.decode, "guest", AGENT_LINE),
     (protocol.guest.decode, "guest", CONTROL_LINE),
-    (protocol.decode_first, "driver socket's first", GUEST_LINE),
-    (protocol.decode_first, "driver socket's first", AGENT_LINE),
+    (protocol.decode_first, "agent or control", GUEST_LINE),
+    (protocol.decode_first, "agent or control", AGENT_LINE),
 ])
 def test_a_message_of_another_channel_is_refused_naming_the_channel(decode, channel, foreign):
     with pytest.raises(ProtocolError, match=f"does not belong on the {channel} channel"):

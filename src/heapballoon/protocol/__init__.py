@@ -28,7 +28,7 @@ DRIVER_SOCKET: dict[str, type[Message]] = {**wire.TYPES, agent.Hello.TYPE: agent
 
 def decode_first(line: bytes | str) -> Message:
     """The first line on the driver's socket: an agent's ``hello`` or a control request."""
-    return wire.decode_with(DRIVER_SOCKET, line, "driver socket's first")
+    return wire.decode_with(DRIVER_SOCKET, line, "agent or control")
 
 
 def decode(line: bytes | str) -> Message:
