@@ -74,6 +74,35 @@ async def until(pred, timeout_s: float = 5.0, interval_s: float = 0.02, what: st
     return last
 
 
+def hold_for(pred, duration_s: float, interval_s: float = 0.1, what: str = "condition", show=None):
+    """Bounded observation, for "this does NOT happen": ``pred()`` must stay truthy for all of
+    ``duration_s``, polled every ``interval_s``; the first falsy value fails the test at once
+    (an AssertionError naming ``what``, what was seen and ``show()`` if given). Returns the last value."""
+    t0 = time.monotonic()
+    while True:
+        last = pred()
+        if not last:
+            seen = f"{last!r}" + (f"; {show()!r}" if show else "")
+            raise AssertionError(f"{what} stopped holding after {time.monotonic() - t0:.2f} s (saw {seen})")
+        if time.monotonic() - t0 >= duration_s:
+            return last
+        time.sleep(interval_s)
+
+
+async def holds(pred, duration_s: float, interval_s: float = 0.02, what: str = "condition"):
+    """hold_for for asyncio tests: the same rule, sleeping on the event loop."""
+    import asyncio
+
+    t0 = time.monotonic()
+    while True:
+        last = pred()
+        if not last:
+            raise AssertionError(f"{what} stopped holding after {time.monotonic() - t0:.2f} s (saw {last!r})")
+        if time.monotonic() - t0 >= duration_s:
+            return last
+        await asyncio.sleep(interval_s)
+
+
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:

@@ -39,7 +39,7 @@ class Narrator:
     """What the demo shows: headings, the commands it runs and their output, on one rich console.
 
     Made in :func:`main` (nothing is created at import time) and handed to each part of the
-    demo, the VM part included (``heapballoon.vm.demo`` never imports this module).
+    demo, the VM part included (``heapballoon.demo_vm`` never imports this module).
     """
 
     def __init__(self, console) -> None:
@@ -159,7 +159,7 @@ def process_demo(env: dict, ui: Narrator) -> None:
 
 def vm_demo(env: dict, ui: Narrator) -> None:
     try:
-        from heapballoon.vm import demo as vmdemo
+        from heapballoon import demo_vm as vmdemo
     except ImportError:
         ui.console.print("[yellow]VM mode is not available in this build; skipped.[/]")
         return

@@ -2,22 +2,29 @@
 
 This module owns bytes on sockets, nothing about what messages mean:
 
-* :class:`LineChannel` wraps an asyncio stream pair: ``recv()`` returns the next decoded
-  message (``None`` at EOF), raising :class:`MessageTooLarge` for an over-long line and
+* :class:`LineChannel` wraps an asyncio stream pair: ``recv()`` returns the next message,
+  decoded by the channel's own ``decode`` (``protocol.agent.decode``, ``protocol.control.decode``
+  or ``protocol.guest.decode``; ``None`` at EOF), raising :class:`MessageTooLarge` for an over-long line and
   :class:`ProtocolError` for a bad one; ``send()`` writes one message and waits at most
   ``timeout_s`` (:data:`SEND_TIMEOUT_S`) for it to drain, else aborts the connection and raises
   :class:`PeerStalled`: a peer that stops reading is dropped, never waited on.
 * :func:`request` is the synchronous one-shot client the CLI uses: connect, send one control
   request, return the reply or raise :class:`DaemonUnavailable` / :class:`RemoteError`.
+* :class:`BadLines`: the one bad-line counter every socket uses (agents and CLI clients on the
+  driver's socket, hostd's control socket, each guest channel): the ``MAX_BAD_LINES``-th bad
+  line within ``BAD_LINES_WINDOW_S`` drops the peer; valid lines in between do not reset it.
 * :func:`socket_path` resolves ``--socket`` / ``HEAPBALLOON_SOCKET`` / the default.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import socket
 import struct
+import time
+from typing import Callable
 
 from heapballoon import protocol
 from heapballoon.errors import DaemonUnavailable, MessageTooLarge, PeerStalled, ProtocolError, RemoteError
@@ -30,6 +37,8 @@ STREAM_LIMIT = protocol.MAX_LINE_BYTES + 1
 # local process or a guest on this host: a healthy one drains a 1 MiB line in milliseconds, so
 # 2 s only ever fires on a peer that stopped reading, and bounds how long it can hold its sender.
 SEND_TIMEOUT_S = 2.0
+MAX_BAD_LINES = 16  # this many bad lines within BAD_LINES_WINDOW_S drop a peer (docs/protocol.md)
+BAD_LINES_WINDOW_S = 60.0
 
 
 def socket_path(cli_value: str | None = None) -> str:
@@ -53,16 +62,46 @@ def peer_pid(writer: asyncio.StreamWriter) -> int | None:
     return pid or None
 
 
-class LineChannel:
-    """One NDJSON connection: decoded messages in, encoded messages out."""
+class BadLines:
+    """One peer's bad lines in the last ``window_s``: :meth:`add` says when the window holds
+    ``limit`` of them (then the peer is dropped). Valid lines in between do not reset the count.
+    ``total`` counts every bad line, for the one log line that says how many."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, clock=time.monotonic, limit: int = MAX_BAD_LINES, window_s: float = BAD_LINES_WINDOW_S) -> None:
+        self.clock = clock
+        self.limit = limit
+        self.window_s = window_s
+        self.times: collections.deque[float] = collections.deque()
+        self.total = 0
+
+    def add(self) -> bool:
+        """Count one bad line; True when the window now holds ``limit`` of them."""
+        now = self.clock()
+        self.times.append(now)
+        self.total += 1
+        while self.times and self.times[0] < now - self.window_s:
+            self.times.popleft()
+        return len(self.times) >= self.limit
+
+
+class LineChannel:
+    """One NDJSON connection: messages in, decoded by ``decode`` (its channel's; a session may
+    switch it once it knows which channel it is), encoded messages out."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 decode: Callable[[bytes], protocol.Message]) -> None:
         self.reader = reader
         self.writer = writer
+        self.decode = decode
         # An idle agent's heartbeat is the same line every second: decoding is pure and
         # messages are frozen, so a repeated line yields the message decoded last time.
         self._last_line = b""
         self._last_msg: protocol.Message | None = None
+
+    def switch(self, decode: Callable[[bytes], protocol.Message]) -> None:
+        """Decode from now on with ``decode`` (a session that has learnt its channel)."""
+        self.decode = decode
+        self._last_line, self._last_msg = b"", None
 
     async def recv_line(self) -> bytes | None:
         """Next raw line without its newline; None at EOF; MessageTooLarge if over the limit."""
@@ -82,7 +121,7 @@ class LineChannel:
             if line == self._last_line and self._last_msg is not None:
                 return self._last_msg
             if line.strip():
-                msg = protocol.decode(line)
+                msg = self.decode(line)
                 self._last_line, self._last_msg = line, msg
                 return msg
 
@@ -162,7 +201,7 @@ def request(path: str, msg: protocol.Message, timeout_s: float = 10.0,
         raise DaemonUnavailable(f"the daemon on {path} did not answer within {timeout_s:g} s") from err
     finally:
         sock.close()
-    reply = protocol.decode(buf.rstrip(b"\n"))
+    reply = protocol.control.decode(buf.rstrip(b"\n"))
     if isinstance(reply, protocol.Error):
         raise RemoteError(reply.error, msg.to_dict())
     if not isinstance(reply, protocol.Reply):

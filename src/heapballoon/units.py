@@ -13,6 +13,8 @@ from heapballoon.errors import UsageError
 _UNITS = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 MAX_SIZE_BYTES = 1 << 50
+# The page heapballoon counts in, host and guest (x86-64: 4 KiB); defined here only.
+PAGE_BYTES = 4096
 
 
 def parse_size(text: str) -> int:

@@ -22,7 +22,7 @@ import pytest
 from heapballoon.agent import attach as attach_mod
 from heapballoon.agent.attach import attach_agent
 from heapballoon.errors import AttachError, NotAJVM
-from hbtest import SLEEPER, wait_for
+from hbtest import SLEEPER, hold_for, wait_for
 
 pytestmark = pytest.mark.jvm
 
@@ -147,8 +147,7 @@ def test_non_jvm_pid_is_not_a_jvm_and_is_not_signalled():
     try:
         with pytest.raises(NotAJVM, match=f"^PID {sleeper.pid} is not a Java virtual machine$"):
             attach_agent(sleeper.pid, "/nonexistent.jar")
-        time.sleep(0.05)
-        assert sleeper.poll() is None  # SIGQUIT would have killed it
+        hold_for(lambda: sleeper.poll() is None, 0.5, 0.05, what="the non-JVM alive (SIGQUIT would kill it)")
     finally:
         sleeper.kill()
         sleeper.wait()

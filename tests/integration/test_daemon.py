@@ -19,7 +19,7 @@ import pytest
 from heapballoon import protocol, transport
 from heapballoon.driver.daemon import Driver
 from heapballoon.errors import DaemonUnavailable, RemoteError
-from hbtest import until
+from hbtest import holds, until
 
 MIB = 1 << 20
 
@@ -37,6 +37,7 @@ class FakeAgent:
     def __init__(self, path):
         self.path = path
         self.targets: list[protocol.Target] = []
+        self.errors: list[protocol.Error] = []
 
     async def connect(self, msg: protocol.Hello):
         self.reader, self.writer = await asyncio.open_unix_connection(self.path)
@@ -49,6 +50,8 @@ class FakeAgent:
             msg = protocol.decode(line)
             if isinstance(msg, protocol.Target):
                 self.targets.append(msg)
+            elif isinstance(msg, protocol.Error):
+                self.errors.append(msg)
 
     async def close(self):
         self.writer.close()
@@ -140,6 +143,36 @@ def test_unknown_pid_is_a_clear_error(sock_path):
         driver, task = await start(sock_path)
         with pytest.raises(RemoteError, match="no JVM with PID 999999"):
             await ask(sock_path, protocol.SetTarget(pid=999999, target_bytes=1))
+        await stop(driver, task)
+
+    asyncio.run(scenario())
+
+
+def test_each_session_decodes_only_its_own_channel(sock_path):
+    """Issue 19: the driver's socket carries two channels; once a peer's first message says
+    which it is, a message of the other channel is a bad line with an error naming the channel
+    (the session goes on)."""
+    async def line_of(reader):
+        return protocol.decode(await asyncio.wait_for(reader.readline(), 5))
+
+    async def scenario():
+        driver, task = await start(sock_path)
+        reader, writer = await asyncio.open_unix_connection(sock_path)  # a CLI client
+        writer.write(protocol.encode(protocol.StatusRequest(id=1)) + protocol.encode(hello().state)
+                     + protocol.encode(protocol.StatusRequest(id=2)))
+        replies = [await line_of(reader) for _ in range(3)]
+        assert [type(r) for r in replies] == [protocol.Reply, protocol.Error, protocol.Reply], replies
+        assert "'state' does not belong on the control channel" in replies[1].error
+        writer.close()
+        agent = FakeAgent(sock_path)
+        await agent.connect(hello())
+        await until(lambda: driver.registry.get(os.getpid()) is not None)
+        agent.writer.write(protocol.encode(protocol.StatusRequest(id=3)))
+        await agent.writer.drain()
+        await until(lambda: agent.errors, what="an error reply to the agent")
+        assert "'status_request' does not belong on the agent channel" in agent.errors[0].error
+        assert driver.registry.get(os.getpid()).connected
+        await agent.close()
         await stop(driver, task)
 
     asyncio.run(scenario())
@@ -238,8 +271,7 @@ def test_a_settled_balloon_is_read_again_only_every_few_seconds(sock_path):
         rec = driver.registry.get(os.getpid())
         assert not driver.ticker.verify_due(rec, driver.clock())  # settled: not read again for a while
         region[:2 * MIB] = b"\x01" * (2 * MIB)
-        await asyncio.sleep(0.5)
-        assert rec.reclaimed_bytes == 4 * MIB  # not read: the write is not seen yet
+        await holds(lambda: rec.reclaimed_bytes == 4 * MIB, 0.5, what="no re-read (the write not seen yet)")
         driver.ticker.reverify_s = 0.0
         await until(lambda: rec.reclaimed_bytes == 2 * MIB)  # due again: seen
         assert driver.ticker.verify_due(rec, driver.clock())  # not fully reclaimed: read every tick

@@ -8,15 +8,18 @@ import json
 import logging
 import os
 import shutil
+import time
 
 import pytest
 
-from heapballoon import protocol
+from heapballoon import protocol, transport
 from heapballoon.status import JvmStatus
 from heapballoon.errors import RemoteError
 from heapballoon.host import hostd
 from heapballoon.host.guestram import PAGE_BYTES as P, GuestRam
-from heapballoon.host.scratchvm import ScratchVM
+from heapballoon.vm.vmdir import VMDir, VMPaths
+from hbtest import until
+from scratchvm import ScratchVM
 
 # hostd takes over /sys/kernel/mm/ksm while it serves: one KSM owner at a time (tests/conftest.py).
 pytestmark = [pytest.mark.vm, pytest.mark.ksm_owner, pytest.mark.timeout(120),
@@ -63,15 +66,26 @@ class Peer:
         line = await asyncio.wait_for(self.reader.readline(), timeout_s)
         return protocol.decode(line) if line else None
 
-    async def recv_type(self, cls, timeout_s: float = 10.0):
+    async def recv_type(self, cls, timeout_s: float = 10.0, missing_ok: bool = False):
+        """The next ``cls`` message (None at EOF); TimeoutError after ``timeout_s`` of silence,
+        or None then if ``missing_ok`` (an observation: nothing came)."""
         while True:
-            msg = await self.recv(timeout_s)
+            try:
+                msg = await self.recv(timeout_s)
+            except asyncio.TimeoutError:
+                if missing_ok:
+                    return None
+                raise
             if msg is None or isinstance(msg, cls):
                 return msg
 
 
 async def control(sock: str, msg) -> protocol.Reply:
-    return await asyncio.to_thread(hostd.request, sock, msg)
+    return await asyncio.to_thread(transport.request, sock, msg)
+
+
+async def policy_ticks(sock: str) -> int:
+    return (await control(sock, protocol.PolicyExplainRequest(id=6))).body["ticks"]
 
 
 def _free_port() -> int:
@@ -100,18 +114,14 @@ def test_hostd_with_fake_guest(tmp_path, caplog, engine):
     async def main():
         extra = ("-qmp", f"unix:{vm_dir}/qmp-hostd.sock,server=on,wait=off")
         async with ScratchVM(RAM, vm_dir=vm_dir, extra_args=extra) as vm:
-            with open(os.path.join(vm_dir, "vm.json"), "w") as f:
-                json.dump({"name": "vm1", "pid": vm.pid, "memory_bytes": RAM, "cpus": 1, "reclaim": "pfn"}, f)
+            await until(lambda: os.path.exists(os.path.join(vm_dir, "qmp-hostd.sock")), 10, what="QMP socket")
+            await asyncio.to_thread(vm.save_vm_json)  # vm.json as the launcher writes it
             guest = FakeGuest(os.path.join(vm_dir, "channel.sock"))
             await guest.start()
             ram = GuestRam.open(vm.pid, RAM)
             base = (64 * M) // P
             os.pwrite(ram.fd, bytes(1024 * P), base * P)  # ram0 offset == gpa below 2 GiB
             os.pwrite(ram.fd, b"keep me", (base + 5) * P + 9)
-            for _ in range(200):  # bounded wait for QEMU's second QMP socket
-                if os.path.exists(os.path.join(vm_dir, "qmp-hostd.sock")):
-                    break
-                await asyncio.sleep(0.01)
 
             await vm.qmp.execute("cont")  # a running VM: hostd must stop/cont around punches
             port = _free_port()
@@ -238,24 +248,38 @@ def test_hostd_with_fake_guest(tmp_path, caplog, engine):
 
 
 def test_vm_json_pid_of_another_process_is_ignored(tmp_path):
+    """A well-formed vm.json (written through the VM-directory contract) naming a process that
+    is not QEMU, and a junk one: hostd manages neither. Its control socket decodes the control
+    channel only (issue 19): a guest's message there is a bad line, answered naming the channel;
+    bad lines are counted as on every socket (transport.BadLines: 16 within 60 s drop the client)."""
     run_dir = tmp_path / "run"
-    (run_dir / "vms" / "x").mkdir(parents=True)
-    (run_dir / "vms" / "x" / "vm.json").write_text(json.dumps({"name": "x", "pid": os.getpid(), "memory_bytes": RAM}))
+    paths = VMPaths.of(run_dir, "x")
+    paths.dir.mkdir(parents=True)
+    VMDir(paths=paths, pid=os.getpid(), memory_bytes=RAM).save()
     (run_dir / "vms" / "junk").mkdir()
-    (run_dir / "vms" / "junk" / "vm.json").write_text("{not json")
+    (run_dir / "vms" / "junk" / "vm.json").write_text("{not json")  # garbage on purpose: no contract writes it
     sock = str(tmp_path / "h.sock")
 
     async def main():
         task = asyncio.create_task(hostd.serve(sock, str(run_dir)))
         try:
-            for _ in range(200):
-                if os.path.exists(sock):
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: os.path.exists(sock), 5, what="hostd's control socket")
             status = (await control(sock, protocol.StatusRequest(id=1))).body
             assert status["vms"] == [] and status["policy"] == ""  # no --policy auto
             with pytest.raises(RemoteError, match="no VM named x"):
                 await control(sock, protocol.VMTarget("x", 1))
+            with pytest.raises(RemoteError, match="'guest_hello' does not belong on the control channel"):
+                await control(sock, protocol.GuestHello(RAM))
+            # bad lines, a valid request between each: still the 16th within a minute drops the client
+            reader, writer = await asyncio.open_unix_connection(sock)
+            for i in range(20):
+                writer.write(b"junk\n" + protocol.encode(protocol.StatusRequest(id=i)))
+            await writer.drain()
+            replies = []
+            while line := await asyncio.wait_for(reader.readline(), 10):
+                replies.append(protocol.control.decode(line))
+            assert [type(r).__name__ for r in replies] == ["Error", "Reply"] * 15 + ["Error"], replies
+            writer.close()
         finally:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -278,8 +302,8 @@ def test_hostd_policy_auto_meets_a_budget_through_the_guest_channel(tmp_path, ca
         extra = ("-qmp", f"unix:{vm_dir}/qmp-hostd.sock,server=on,wait=off",
                  "-device", "virtio-balloon-pci,id=balloon0,deflate-on-oom=on")
         async with ScratchVM(RAM, vm_dir=vm_dir, extra_args=extra) as vm:
-            with open(os.path.join(vm_dir, "vm.json"), "w") as f:
-                json.dump({"name": "vm1", "pid": vm.pid, "memory_bytes": RAM, "cpus": 1, "reclaim": "pfn"}, f)
+            await until(lambda: os.path.exists(os.path.join(vm_dir, "qmp-hostd.sock")), 10, what="QMP socket")
+            await asyncio.to_thread(vm.save_vm_json)  # vm.json as the launcher writes it
             guest = FakeGuest(os.path.join(vm_dir, "channel.sock"))
             await guest.start()
             with GuestRam.open(vm.pid, RAM) as ram:  # 96 MiB of guest data, resident on the host
@@ -313,9 +337,20 @@ def test_hostd_policy_auto_meets_a_budget_through_the_guest_channel(tmp_path, ca
                 # a manual target pins the VM; auto gives it back to the policy
                 await control(sock, protocol.VMTarget("vm1", 8 * M, id=2))
                 assert await peer.recv_type(protocol.GuestTarget) == protocol.GuestTarget(8 * M)
-                await asyncio.sleep(1.5)  # policy ticks: the pin holds
-                s = (await control(sock, protocol.StatusRequest(id=3))).body["vms"][0]
-                assert s["pinned"] and s["target_bytes"] == 8 * M and s["policy_reason"].startswith("pinned")
+                # the next policy tick says so; then, observed over three more (0.5 s each), the
+                # pin holds all along and the guest is sent no other target (fails at once if it is)
+                deadline = time.monotonic() + 10
+                while not (await control(sock, protocol.StatusRequest(id=3))).body["vms"][0]["policy_reason"] \
+                        .startswith("pinned"):
+                    assert time.monotonic() < deadline, "no policy tick saw the pin within 10 s"
+                    await asyncio.sleep(0.1)
+                ticks_then, deadline = await policy_ticks(sock), time.monotonic() + 10
+                while (ticks := await policy_ticks(sock)) < ticks_then + 3:
+                    assert time.monotonic() < deadline, f"the policy stopped ticking at {ticks}"
+                    sent = await peer.recv_type(protocol.GuestTarget, timeout_s=0.1, missing_ok=True)
+                    assert sent in (None, protocol.GuestTarget(8 * M)), f"the policy moved a pinned VM: {sent}"
+                    s = (await control(sock, protocol.StatusRequest(id=3))).body["vms"][0]
+                    assert s["pinned"] and s["target_bytes"] == 8 * M and s["policy_reason"].startswith("pinned")
                 await control(sock, protocol.VMTarget("vm1", 0, id=4, auto=True))
                 target = await peer.recv_type(protocol.GuestTarget)
                 assert target.target_bytes > 8 * M
@@ -327,10 +362,7 @@ def test_hostd_policy_auto_meets_a_budget_through_the_guest_channel(tmp_path, ca
                 await guest.stop()
             task = asyncio.create_task(hostd.serve(sock, run_dir))  # manual: "auto" is refused
             try:
-                for _ in range(200):
-                    if os.path.exists(sock):
-                        break
-                    await asyncio.sleep(0.01)
+                await until(lambda: os.path.exists(sock), 5, what="hostd's control socket")
                 with pytest.raises(RemoteError, match="without --policy auto"):
                     await control(sock, protocol.VMTarget("vm1", 0, auto=True))
             finally:

@@ -12,7 +12,7 @@ import pytest
 
 from heapballoon.host import vmreclaim
 from heapballoon.host.guestram import PAGE_BYTES as P
-from heapballoon.host.scratchvm import ScratchVM
+from scratchvm import ScratchVM
 from heapballoon.host.vmregistry import load_vm
 from heapballoon.qemu.layout import GuestLayout
 from heapballoon.qemu.monitor import QMPMonitor

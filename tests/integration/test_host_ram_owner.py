@@ -15,7 +15,7 @@ import pytest
 from heapballoon.errors import ReclaimError
 from heapballoon.host import vmstatus
 from heapballoon.host.guestram import GuestRam
-from heapballoon.host.scratchvm import ScratchVM
+from scratchvm import ScratchVM
 from heapballoon.host.vmsession import VMIdentity, VMSession
 from heapballoon.linux.procfs import ProcFS
 

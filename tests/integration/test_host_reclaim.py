@@ -11,7 +11,7 @@ import pytest
 from heapballoon.host.guestram import PAGE_BYTES as P, GuestRam
 from heapballoon.qemu.layout import GuestLayout
 from heapballoon.host.reclaim import Reclaimer
-from heapballoon.host.scratchvm import ScratchVM
+from scratchvm import ScratchVM
 
 # serial: a running TCG QEMU's firmware writes guest RAM while hostd reclaims; the page counts depend on
 # when it does (2 of 4 failed on a loaded machine, 2026-12-04), so not beside a busy neighbour.

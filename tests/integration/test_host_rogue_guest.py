@@ -11,7 +11,6 @@ each come within 1 s (docs/protocol.md, "Limits", Guest ↔ hostd).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shutil
@@ -24,12 +23,13 @@ from types import SimpleNamespace
 import pytest
 
 from hbtest import until
-from heapballoon import protocol
+from heapballoon import protocol, transport
 from heapballoon.host import guestlimits, guestsession, hostd, vmreclaim
 from heapballoon.host.autopolicy import AutoPolicy
 from heapballoon.host.guestram import PAGE_BYTES as P, GuestRam
 from heapballoon.qemu.layout import GuestLayout, RamRange
 from heapballoon.host.vmsession import RamFile
+from heapballoon.vm.vmdir import VMDir, VMPaths
 
 # serial: a 1 s latency bound (LATENCY_BOUND_S) while a TCG QEMU and a flooding rogue run.
 pytestmark = [pytest.mark.timeout(120), pytest.mark.serial]
@@ -72,8 +72,9 @@ def _standin(vm_dir: str, name: str, memory_bytes: int) -> subprocess.Popen:
     """A process hostd's registry accepts as VM ``name``'s QEMU (its argv names the VM dir)."""
     os.makedirs(vm_dir)
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", vm_dir])
-    with open(os.path.join(vm_dir, "vm.json"), "w") as f:
-        json.dump({"name": name, "pid": proc.pid, "memory_bytes": memory_bytes, "cpus": 1, "reclaim": "pfn"}, f)
+    paths = VMPaths.of(os.path.dirname(os.path.dirname(vm_dir)), name)
+    assert str(paths.dir) == vm_dir
+    VMDir(paths=paths, pid=proc.pid, memory_bytes=memory_bytes).save()  # the VM-directory contract
     return proc
 
 
@@ -109,13 +110,13 @@ class Host:
         """Seconds for a new target of ``good`` to reach its guest, and for a ``status``."""
         self.target += M
         t0 = time.monotonic()
-        reply = asyncio.create_task(asyncio.to_thread(hostd.request, self.sock, protocol.VMTarget("good", self.target)))
+        reply = asyncio.create_task(asyncio.to_thread(transport.request, self.sock, protocol.VMTarget("good", self.target)))
         while (await self.good.recv_type(protocol.GuestTarget, 10)).target_bytes != self.target:
             pass
         target_s = time.monotonic() - t0
         await reply
         t0 = time.monotonic()
-        status = (await asyncio.to_thread(hostd.request, self.sock, protocol.StatusRequest(id=1))).body
+        status = (await asyncio.to_thread(transport.request, self.sock, protocol.StatusRequest(id=1))).body
         assert {v["name"] for v in status["vms"]} >= {"good"}
         return target_s, time.monotonic() - t0
 
@@ -215,7 +216,7 @@ def test_a_guest_that_stops_reading_delays_no_other_vm(tmp_path, monkeypatch, ca
                 pass
             assert time.monotonic() - t0 < LATENCY_BOUND_S
             t0 = time.monotonic()
-            await asyncio.to_thread(hostd.request, host.sock, protocol.VMTarget("rogue", 6 * M))
+            await asyncio.to_thread(transport.request, host.sock, protocol.VMTarget("rogue", 6 * M))
             assert time.monotonic() - t0 < LATENCY_BOUND_S
             assert max(max(t, s) for t, s in [await host.good_latencies() for _ in range(3)]) < LATENCY_BOUND_S
 
@@ -233,7 +234,7 @@ def test_a_report_flood_is_held_to_the_pages_budget(tmp_path, monkeypatch):
     """Row 8: the rogue (a real QEMU, its RAM all data) sends `pages add` of 16 MiB again and
     again. hostd verifies no more than its budget (here 64 MiB a second, 64 MiB saved), on the
     rogue's own worker thread, and the good VM's target and status come within 1 s."""
-    from heapballoon.host.scratchvm import ScratchVM
+    from scratchvm import ScratchVM
 
     rate = 64 * M // P
     monkeypatch.setattr(guestlimits, "ADD_PAGES_PER_S", rate)
@@ -255,10 +256,8 @@ def test_a_report_flood_is_held_to_the_pages_budget(tmp_path, monkeypatch):
             async with ScratchVM(ram_bytes, vm_dir=vm_dir, extra_args=extra) as qemu:
                 with GuestRam.open(qemu.pid, ram_bytes) as ram:  # all data: every report is verified in full
                     os.pwrite(ram.fd, b"\x01" * (128 * M), 64 * M)
-                with open(os.path.join(vm_dir, "vm.json"), "w") as f:
-                    json.dump({"name": "rogue", "pid": qemu.pid, "memory_bytes": ram_bytes, "cpus": 1,
-                               "reclaim": "pfn"}, f)
                 await until(lambda: os.path.exists(os.path.join(vm_dir, "qmp-hostd.sock")), 10, what="QMP socket")
+                await asyncio.to_thread(qemu.save_vm_json)  # vm.json as the launcher writes it
                 await qemu.qmp.execute("cont")  # a running VM (its firmware loops), as a guest's would be
                 host.d.scan()
                 rogue = await (await Guest(os.path.join(vm_dir, "channel.sock")).start()).connect()
@@ -313,7 +312,7 @@ def test_bad_lines_are_counted_in_a_window_and_logged_once(tmp_path, monkeypatch
             errors = 0
             while await rogue.recv_type(protocol.Error, 10) is not None:
                 errors += 1
-            assert errors == guestlimits.MAX_BAD_LINES  # then EOF: dropped
+            assert errors == transport.MAX_BAD_LINES  # then EOF: dropped
             await rogue.connect(10)  # and reconnected
             assert max(max(t, s) for t, s in [await host.good_latencies() for _ in range(2)]) < LATENCY_BOUND_S
 
@@ -390,7 +389,7 @@ def test_status_does_not_wait_for_a_fragmented_balloons_hole_count(tmp_path, mon
 
             deadline = time.monotonic() + 15
             while True:  # bounded polling: the count shows up once made
-                status = (await asyncio.to_thread(hostd.request, host.sock, protocol.StatusRequest(id=2))).body
+                status = (await asyncio.to_thread(transport.request, host.sock, protocol.StatusRequest(id=2))).body
                 if next(v for v in status["vms"] if v["name"] == "rogue")["reclaimed_bytes"] == holes:
                     break
                 assert time.monotonic() < deadline, "the background hole count never showed"

@@ -16,7 +16,8 @@ from heapballoon.host.guestram import PAGE_BYTES as P, GuestRam
 from heapballoon.qemu.layout import GuestLayout
 from heapballoon.qemu.monitor import QMPMonitor
 from heapballoon.host.shortpause import PauseModel, ShortPauseReclaimer
-from heapballoon.host.scratchvm import ScratchVM
+from hbtest import until
+from scratchvm import ScratchVM
 
 # serial: a running TCG QEMU whose pause timings the engine learns (pause counts are checked).
 pytestmark = [pytest.mark.vm, pytest.mark.serial, pytest.mark.timeout(120),
@@ -201,10 +202,8 @@ def test_another_clients_cont_under_hostds_pause_stops_the_punch(tmp_path):
             base = (64 * M) // P
             os.pwrite(ram.fd, bytes(256 * P), layout.offset_of(base))
             await vm.qmp.execute("cont")
-            for _ in range(200):  # bounded wait for QEMU's extra QMP sockets
-                if os.path.exists(other) and os.path.exists(os.path.join(vm_dir, "qmp-hostd.sock")):
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: os.path.exists(other) and os.path.exists(os.path.join(vm_dir, "qmp-hostd.sock")), 10,
+                        what="QEMU's extra QMP sockets")
             gpa, value = (base + 200) * P + 64, 0x5EC07D
             writer_fd = os.dup(ram.fd)
 

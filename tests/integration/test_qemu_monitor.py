@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from heapballoon.host.scratchvm import ScratchVM
+from scratchvm import ScratchVM
 from heapballoon.host.virtioballoon import parse_reading
 from heapballoon.qemu.monitor import QMPMonitor
 

@@ -14,11 +14,10 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
-from hbtest import MIB, parse_app_lines, wait_for
+from hbtest import MIB, hold_for, parse_app_lines, wait_for
 from lvhost import Libvirtd, domain_xml, guest_files, virsh
 
 PY = sys.executable
@@ -309,5 +308,4 @@ def test_shutdown_domain_disappears_from_status(lv, guest, host):
     wait_for(lambda: host.vm(NAME) is None, 20, 0.5, what="the domain gone from status")
     status = host.cli("status", "--vms")
     assert status.returncode == 0 and status.stderr == ""
-    time.sleep(1)
-    assert "Traceback" not in host.log()
+    hold_for(lambda: "Traceback" not in host.log(), 1, 0.2, what="no traceback in hostd's log")

@@ -7,7 +7,8 @@ import logging
 
 from hypothesis import given, strategies as st
 
-from heapballoon.host.guestlimits import BAD_LINES_WINDOW_S, LOG_REPEAT_S, MAX_BAD_LINES, GuestGuard, TokenBucket
+from heapballoon.host.guestlimits import LOG_REPEAT_S, GuestGuard, TokenBucket
+from heapballoon.transport import BAD_LINES_WINDOW_S, MAX_BAD_LINES
 from heapballoon.textsafe import log_text
 
 

@@ -2,7 +2,7 @@
 
 Cycles are looked for with ``ast`` on two graphs: module-level imports, and every import
 including the lazy ones inside functions. The cycle finder is tested on made-up graphs, and
-the old demo.py ↔ vm/demo.py cycle is what the second graph catches.
+the old demo.py ↔ vm/demo.py (now demo_vm.py) cycle is what the second graph catches.
 """
 
 from __future__ import annotations
@@ -135,9 +135,33 @@ def test_no_package_level_import_loops_even_through_lazy_imports():
 
 def test_the_demo_and_the_vm_demo_do_not_import_each_other():
     g = graph()
-    assert "heapballoon.demo" not in g["heapballoon.vm.demo"]
-    src = (PACKAGE / "vm" / "demo.py").read_text()
+    assert "heapballoon.demo" not in g["heapballoon.demo_vm"]
+    src = (PACKAGE / "demo_vm.py").read_text()
     assert "heapballoon.demo" not in {n.module for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom)}
+
+
+TOOLS = ("heapballoon.experiment", "heapballoon.demo", "heapballoon.demo_vm")
+
+
+def importers_of_tools(g: dict[str, set[str]]) -> dict[str, set[str]]:
+    """Modules outside the tools (and the CLI, which registers their commands) that import one."""
+    def tool(m: str) -> bool:
+        return any(m == t or m.startswith(t + ".") for t in TOOLS)
+
+    return {m: {d for d in deps if tool(d)} for m, deps in g.items()
+            if not tool(m) and m != "heapballoon.cli" and any(tool(d) for d in deps)}
+
+
+def test_the_tools_checker_sees_an_import_of_a_tool():
+    g = {"heapballoon.host.hostd": {"heapballoon.experiment.runner"}, "heapballoon.cli": {"heapballoon.experiment.cli"},
+         "heapballoon.demo": {"heapballoon.demo_vm"}}
+    assert importers_of_tools(g) == {"heapballoon.host.hostd": {"heapballoon.experiment.runner"}}
+
+
+def test_no_runtime_module_imports_a_tool():
+    """Issue 19: the tools kept in the package (experiment/, the demos; docs/architecture.md says
+    why) are leaves: only the CLI reaches them, lazily, to register their commands."""
+    assert importers_of_tools(graph(lazy=True)) == {}
 
 
 PROBE = r"""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 
 import pytest
 
@@ -13,6 +12,7 @@ from heapballoon.errors import ReclaimError
 from heapballoon.libvirt import conn as lv
 from heapballoon.libvirt import domxml
 from heapballoon.linux.procfs import ProcFS
+from hbtest import wait_for
 
 UUID = "493b902c-5344-40b0-9e2c-3edd025b2502"
 
@@ -157,13 +157,12 @@ def test_a_real_fake_qemu_run_by_nobody_is_refused(tmp_path):
                             executable="/bin/sh", user=65534, group=65534, stdin=subprocess.PIPE, cwd="/")
     try:
         procfs = ProcFS()
-        for _ in range(500):  # bounded: until the child has exec'd (its argv is the fake's)
+        def execd():  # the child has exec'd: its argv is the fake's
             try:
-                if procfs.cmdline(fake.pid)[0] == "qemu-system-x86_64":
-                    break
-            except Exception:  # noqa: BLE001
-                pass
-            time.sleep(0.01)
+                return procfs.cmdline(fake.pid)[0] == "qemu-system-x86_64"
+            except Exception:  # noqa: BLE001 - not there yet
+                return False
+        wait_for(execd, 5, 0.01, what="the fake QEMU exec'd")
         assert procfs.euid_egid(fake.pid)[0] == 65534
         uid = lv.dac_uid(domxml.facts(LIVE_XML).dac_label)
         assert lv.qemu_pid(UUID, name="victim", qemu_uid=uid, pid_dir=str(tmp_path)) == 0

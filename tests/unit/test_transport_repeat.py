@@ -15,7 +15,7 @@ def test_a_repeated_line_is_decoded_once_and_others_as_usual():
         b = protocol.encode(protocol.State(heap_used_bytes=2))
         reader.feed_data(a + a + b + b"{bad\n" + b"{bad\n" + a)
         reader.feed_eof()
-        chan = transport.LineChannel(reader, None)
+        chan = transport.LineChannel(reader, None, protocol.agent.decode)
         first, again, other = await chan.recv(), await chan.recv(), await chan.recv()
         assert first is again and first.heap_used_bytes == 1 and other.heap_used_bytes == 2
         for _ in range(2):  # a bad line is refused every time it comes

@@ -16,7 +16,7 @@ def test_send_to_a_peer_that_never_reads_times_out_and_drops_it():
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         reader, writer = await asyncio.open_unix_connection(sock=a)
-        chan = transport.LineChannel(reader, writer)
+        chan = transport.LineChannel(reader, writer, protocol.control.decode)
         big = protocol.Error(error="x" * 4000)
         t0 = time.monotonic()
         with pytest.raises(PeerStalled, match="did not read"):
@@ -35,7 +35,7 @@ def test_send_to_a_reading_peer_is_unaffected():
     async def main():
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         reader, writer = await asyncio.open_unix_connection(sock=a)
-        chan = transport.LineChannel(reader, writer)
+        chan = transport.LineChannel(reader, writer, protocol.control.decode)
         await chan.send(protocol.Ping(id=7), timeout_s=0.3)
         b.settimeout(2)
         assert protocol.decode(b.recv(1000).rstrip(b"\n")) == protocol.Ping(id=7)

@@ -59,13 +59,9 @@ def host(vms):
 
 def memfd_resident_bytes(name: str) -> int:
     """Measured from the host, independently of hostd: the guest RAM memfd's allocated blocks."""
-    from heapballoon.vm.qemu import open_guest_ram
+    from heapballoon.vm.ramfile import resident_bytes
 
-    fd, _size = open_guest_ram(name, writable=False)
-    try:
-        return os.fstat(fd).st_blocks * 512
-    finally:
-        os.close(fd)
+    return resident_bytes(name)
 
 
 def app_lines(host: Host, name: str) -> list[dict]:

@@ -15,20 +15,18 @@ import sys
 
 from heapballoon import transport
 from heapballoon.errors import UsageError
-from heapballoon.units import parse_size
 
 
 def cmd_daemon(args) -> int:
     from heapballoon.driver.daemon import Driver, serve
+    from heapballoon.policy.config import memory_budget_option  # tomllib: not on the guest's side
 
     policy = None
+    memory_budget_bytes = memory_budget_option(args.policy, args.memory_budget, args.policy_file)
     if args.policy == "auto":
         from heapballoon.driver.autopolicy import AutoPolicy
 
-        budget = parse_size(args.memory_budget) if args.memory_budget is not None else None
-        policy = AutoPolicy(args.policy_file, budget)  # a bad policy file: one line, exit 2
-    elif args.memory_budget is not None or args.policy_file is not None:
-        raise UsageError("--memory-budget and --policy-file need --policy auto")
+        policy = AutoPolicy(args.policy_file, memory_budget_bytes)  # a bad policy file: one line, exit 2
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     driver = Driver(transport.socket_path(args.socket), ksm_mode=args.ksm, reclaim=args.reclaim,

@@ -1,7 +1,5 @@
 """Limits the driver holds every peer to (docs/protocol.md, "Limits"): pure bookkeeping, no I/O.
 
-* :class:`BadLines`: bad lines counted in a sliding window (a valid line in between no longer
-  resets the count), and a peer's errors logged once, then summarised with a count.
 * :class:`LogBudget`: a few log lines of a kind per peer and minute, then a count.
 * :class:`TokenBucket`: a message (or work) rate with a burst.
 * :class:`Outbox`: what the tick sends one agent, sent by that agent's own task, so an agent
@@ -11,32 +9,11 @@
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import time
 
 from heapballoon import protocol, transport
 from heapballoon.errors import PeerStalled
-
-
-class BadLines:
-    """Bad lines of one peer in the last ``window_s``; over ``limit`` the peer is dropped."""
-
-    def __init__(self, limit: int, window_s: float, clock=time.monotonic) -> None:
-        self.limit = limit
-        self.window_s = window_s
-        self.clock = clock
-        self.times: collections.deque[float] = collections.deque()
-        self.total = 0
-
-    def add(self) -> bool:
-        """Count one bad line; True when the peer is over the limit."""
-        now = self.clock()
-        self.times.append(now)
-        self.total += 1
-        while self.times and now - self.times[0] > self.window_s:
-            self.times.popleft()
-        return len(self.times) > self.limit
 
 
 class LogBudget:

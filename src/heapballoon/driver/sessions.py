@@ -13,7 +13,7 @@ one that connected (same start time), so a recycled pid can never bind another p
 Requests that change state (``set_target``) need root or the daemon's own uid; ``status`` and
 ``policy_explain`` are open to whoever can connect.
 
-Limits (docs/protocol.md, "Limits"): ``MAX_BAD_LINES`` bad lines within
+Limits (docs/protocol.md, "Limits"): ``transport.MAX_BAD_LINES`` bad lines within
 ``BAD_LINES_WINDOW_S`` drop a peer (a peer's errors are logged once, then counted); an agent
 may spend ``AGENT_RATE_PER_S`` units a second (a message, plus one per ``CHUNKS_PER_UNIT``
 chunks of a new state), a CLI connection ``CONTROL_RATE_PER_S`` requests. Over a limit the
@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from heapballoon import protocol, transport
-from heapballoon.driver.peerlimits import BadLines, LogBudget, Outbox, TokenBucket
+from heapballoon.transport import BAD_LINES_WINDOW_S, BadLines
+from heapballoon.driver.peerlimits import LogBudget, Outbox, TokenBucket
 from heapballoon.driver.registry import Registry
 from heapballoon.driver.targetbook import TargetBook
 from heapballoon.errors import KernelError, MessageTooLarge, PeerStalled, ProtocolError
@@ -44,8 +45,6 @@ from heapballoon.units import format_size
 
 log = logging.getLogger("heapballoon.driver")
 FIRST_MESSAGE_TIMEOUT_S = 5.0
-MAX_BAD_LINES = 16
-BAD_LINES_WINDOW_S = 60.0
 AGENT_RATE_PER_S = 200.0  # a real agent sends at most ~20 states a second (its loop ticks every 50 ms)
 AGENT_BURST = 2000.0
 CHUNKS_PER_UNIT = 64  # parsing a state costs one unit per this many chunks (a full state: 1,025)
@@ -111,9 +110,9 @@ class AgentServer:
         return peer.uid is not None and peer.uid in (0, os.geteuid())
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        chan = transport.LineChannel(reader, writer)
+        chan = transport.LineChannel(reader, writer, protocol.decode_first)
         peer = self.identify(writer)
-        bad = BadLines(MAX_BAD_LINES, BAD_LINES_WINDOW_S, self.clock)
+        bad = BadLines(self.clock)
         try:
             try:
                 first = await asyncio.wait_for(self._recv_valid(chan, peer, bad), FIRST_MESSAGE_TIMEOUT_S)
@@ -122,8 +121,10 @@ class AgentServer:
             if first is None:
                 return
             if isinstance(first, protocol.Hello):
+                chan.switch(protocol.agent.decode)  # a control request from an agent: a bad line
                 await self._agent_session(chan, peer, first, bad)
             else:
+                chan.switch(protocol.control.decode)  # and an agent's message from a CLI client
                 await self._control_session(chan, peer, first, bad)
         except (ConnectionError, MessageTooLarge, PeerStalled) as err:
             log.warning("dropping %s: %s", peer.describe(), log_text(err))
@@ -147,11 +148,11 @@ class AgentServer:
                 if bad.total == 1:
                     log.warning("%s sent a bad message: %s (raw: %s); more are counted, not logged",
                                 peer.describe(), log_text(err), log_text(repr((err.raw or b"")[:80])))
+                with contextlib.suppress(ConnectionError):  # cut: a bad line never earns a large reply
+                    await chan.send(protocol.Error(error=log_text(err, MAX_ERROR_REPLY_CHARS)))
                 if over:
                     raise PeerDropped(f"{len(bad.times)} bad messages within {BAD_LINES_WINDOW_S:g} s "
                                       f"({bad.total} in all)") from err
-                with contextlib.suppress(ConnectionError):  # cut: a bad line never earns a large reply
-                    await chan.send(protocol.Error(error=log_text(err, MAX_ERROR_REPLY_CHARS)))
 
     async def _agent_session(self, chan: transport.LineChannel, peer: Peer, hello: protocol.Hello,
                              bad: BadLines) -> None:

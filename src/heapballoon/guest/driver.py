@@ -202,7 +202,7 @@ class GuestDriver:
 
     def _on_host_line(self, line: bytes) -> None:
         try:
-            msg = protocol.decode(line)
+            msg = protocol.guest.decode(line)
         except ProtocolError as err:
             log.warning("rejected message from the host: %s", err)
             return

@@ -28,7 +28,7 @@ import threading
 import time
 
 from heapballoon.errors import KernelError
-from heapballoon.linux.virtio import VirtioPorts
+from heapballoon.linux.virtio import PortFile, VirtioPorts
 from heapballoon.vm import execproto
 from heapballoon.vm.execproto import ExecError, ExecProtocolError, ExecRequest, ExecResult, Ping, Pong
 
@@ -83,58 +83,23 @@ def find_ports(wanted: tuple[str, ...], timeout_s: float = 10.0,
 
 
 class Port:
-    """A virtio-serial port: line reads that survive the host side (dis)connecting."""
+    """The exec port: lines in (:class:`heapballoon.linux.virtio.PortFile`, the one port
+    reader; an over-long line is ``None``), replies out, one whole reply at a time."""
 
     def __init__(self, path: str) -> None:
-        self.path = path
-        self.fd = os.open(path, os.O_RDWR)
+        self.file = PortFile(path, MAX_LINE)
         self.wlock = threading.Lock()
 
     def lines(self):
-        buf = b""
-        while True:
-            try:
-                chunk = os.read(self.fd, 65536)
-            except InterruptedError:
-                continue
-            if not chunk:
-                # host side not connected: drop any partial line, wait for a (re)connect
-                buf = b""
-                time.sleep(0.05)
-                continue
-            buf += chunk
-            while True:
-                nl = buf.find(b"\n")
-                if nl < 0:
-                    if len(buf) > MAX_LINE:
-                        yield None  # oversized: report once, discard until the next newline
-                        buf = b""
-                        self._skip_to_newline()
-                    break
-                line, buf = buf[:nl], buf[nl + 1:]
-                yield line
-
-    def _skip_to_newline(self) -> None:
-        while True:
-            chunk = os.read(self.fd, 65536)
-            if not chunk:
-                return
-            nl = chunk.find(b"\n")
-            if nl >= 0:
-                return  # the rest of this chunk is dropped too; the peer re-sends on error
+        return self.file.lines()
 
     def send(self, msg: execproto.Reply) -> None:
         data = execproto.encode(msg)
         with self.wlock:
-            view = memoryview(data)
-            while view:
-                try:
-                    n = os.write(self.fd, view)
-                except InterruptedError:
-                    continue
-                except OSError:
-                    return  # host went away; the reply is lost, the host side times out
-                view = view[n:]
+            try:
+                self.file.write_all(data)
+            except OSError:
+                return  # host went away; the reply is lost, the host side times out
 
 
 # ---------------------------------------------------------------------------------------------

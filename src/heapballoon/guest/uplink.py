@@ -1,23 +1,25 @@
 """The guest end of the host channel: line I/O on the virtio-serial port ``org.heapballoon.0``.
 
-Owns the port's file descriptor and two threads: a reader that hands each line to the guest
-driver's event loop (``call_soon_threadsafe``) and a writer that drains a bounded queue (a write
-blocks while no host is connected; what cannot be queued is dropped and counted). Pure standard
-library: runs in the guest.
+Owns the open port (a :class:`heapballoon.linux.virtio.PortFile`, the one port reader) and two
+threads: a reader that hands each line to the guest driver's event loop
+(``call_soon_threadsafe``) and a writer that drains a bounded queue (a write blocks while no host
+is connected; what cannot be queued is dropped and counted). Pure standard library: runs in the
+guest.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import queue
 import threading
 import time
 
 from heapballoon import protocol
+from heapballoon.linux.virtio import PortFile
 
 log = logging.getLogger("heapballoon.guest")
+NO_HOST_WAIT_S = 0.2  # no host connected: the port reads EOF; poll gently
 
 
 class Uplink:
@@ -29,7 +31,7 @@ class Uplink:
         self.path = path
         self.loop = loop
         self.on_message = on_message
-        self.fd = os.open(path, os.O_RDWR)
+        self.port = PortFile(path, protocol.MAX_LINE_BYTES)
         # A write blocks while no host is connected: a writer thread keeps the loop free, and
         # what cannot be queued is dropped (hostd pings on connect and the guest resyncs).
         self.queue: queue.Queue[bytes] = queue.Queue(self.MAX_QUEUED)
@@ -38,35 +40,25 @@ class Uplink:
         threading.Thread(target=self._write_loop, name="uplink-writer", daemon=True).start()
 
     def _read_loop(self) -> None:
-        buf = b""
         while True:
             try:
-                data = os.read(self.fd, 65536)
+                for line in self.port.lines(NO_HOST_WAIT_S):
+                    if line is None:
+                        log.warning("dropping an over-long line from the host")
+                    elif line.strip():
+                        self.loop.call_soon_threadsafe(self.on_message, line)
             except OSError as err:
                 log.error("uplink read failed: %s", err)
                 time.sleep(1)
-                continue
-            if not data:  # host side not connected: the port reads EOF; poll gently
-                time.sleep(0.2)
-                continue
-            buf += data
-            if len(buf) > protocol.MAX_LINE_BYTES and b"\n" not in buf:
-                log.warning("dropping an over-long line from the host")
-                buf = b""
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                if line.strip():
-                    self.loop.call_soon_threadsafe(self.on_message, line)
 
     def _write_loop(self) -> None:
         while True:
-            view = memoryview(self.queue.get())
-            while view:
-                try:
-                    view = view[os.write(self.fd, view):]
-                except OSError as err:
-                    log.error("uplink write failed: %s", err)
-                    time.sleep(1)
+            self.port.write_all(self.queue.get(), on_error=self._write_failed)
+
+    @staticmethod
+    def _write_failed(err: OSError) -> None:
+        log.error("uplink write failed: %s", err)
+        time.sleep(1)
 
     def send(self, msg: protocol.Message) -> None:
         try:

@@ -19,5 +19,4 @@ Layers, bottom up, one module each:
 * ``guestlimits`` what one guest may cost hostd: budgets, bad lines, faults logged once, its worker
 * ``guestsession`` the channel to each guest: handshake, pages reports, acks, KSM boost
 * ``hostd``     the daemon: scan loop, control socket, state file, the command line
-* ``scratchvm`` a throwaway guest-less QEMU for tests and the punch benchmark
 """

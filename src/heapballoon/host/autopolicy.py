@@ -123,7 +123,7 @@ def active_fraction(jvms, reading) -> float | None:
     return None
 
 
-def read_host(budget_bytes: int | None, procfs: ProcFS | None = None) -> HostObservation:
+def read_host(memory_budget_bytes: int | None, procfs: ProcFS | None = None) -> HostObservation:
     """The host's memory and memory pressure (PSI absent or unreadable: no pressure)."""
     procfs = procfs or ProcFS()
     try:
@@ -141,16 +141,16 @@ def read_host(budget_bytes: int | None, procfs: ProcFS | None = None) -> HostObs
         some_total = full_total = None
     return HostObservation(mem_total_bytes=mem.get("MemTotal", 0), mem_available_bytes=mem.get("MemAvailable", 0),
                            psi_some_avg10=some, psi_full_avg10=full, psi_some_total_us=some_total,
-                           psi_full_total_us=full_total, memory_budget_bytes=budget_bytes)
+                           psi_full_total_us=full_total, memory_budget_bytes=memory_budget_bytes)
 
 
 class AutoPolicy:
     """The policy loop of one hostd (``table``: its sessions and pins, a host.sessions.SessionTable)."""
 
-    def __init__(self, table, budget_bytes: int | None = None, policy_path: str | None = None,
+    def __init__(self, table, memory_budget_bytes: int | None = None, policy_path: str | None = None,
                  clock=time.monotonic, host_reader=read_host) -> None:
         self.table = table
-        self.budget_bytes = budget_bytes
+        self.memory_budget_bytes = memory_budget_bytes  # --memory-budget (the policy file's budget wins)
         self.policy_path = policy_path or DEFAULT_POLICY_PATH
         self.clock = clock
         self.host_reader = host_reader
@@ -182,7 +182,7 @@ class AutoPolicy:
         """``heapballoon policy explain --vms``: the last tick's reasoning."""
         d = self.decisions
         if d is None:
-            return PolicyReport("auto", "starting", self.budget_bytes, "no tick yet", self.ticks)
+            return PolicyReport("auto", "starting", self.memory_budget_bytes, "no tick yet", self.ticks)
         return PolicyReport("auto", state_text(d), d.budget_bytes,
                             explain_text(d, self.ticks) + f"\npolicy file: {self.config.source}", self.ticks)
 
@@ -220,7 +220,7 @@ class AutoPolicy:
 
     async def step(self) -> Decisions:
         readings = await self.observe()
-        d = self.decide(readings, self.host_reader(self.budget_bytes), self.clock())
+        d = self.decide(readings, self.host_reader(self.memory_budget_bytes), self.clock())
         await self.apply(d)
         log.info("%s", summary_line(d))  # one line a tick; a VM's own line only when it changes
         if d.unmet_reason:
@@ -240,7 +240,7 @@ class AutoPolicy:
 
     async def run(self) -> None:
         log.info("policy auto: budget %s, policy from %s, every %.1f s",
-                 f"{self.budget_bytes} bytes" if self.budget_bytes is not None else "from the host",
+                 f"{self.memory_budget_bytes} bytes" if self.memory_budget_bytes is not None else "from the host",
                  self.config.source, self.config.interval_s)
         while True:
             try:

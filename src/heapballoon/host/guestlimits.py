@@ -8,8 +8,9 @@ reconnections of its channel (a guest that hangs up gets no fresh budget):
   ``pages`` message handled per second (each costs the event loop some microseconds), and
   bytes of lines read per second (decoding). A guest over budget is simply not read until the
   budget has refilled: its socket fills and it waits.
-* **bad lines**: ``MAX_BAD_LINES`` within ``BAD_LINES_WINDOW_S`` drop the connection
-  (valid lines in between do not reset the count).
+* **bad lines**: counted by the one counter every socket uses (:class:`heapballoon.transport.BadLines`,
+  ``MAX_BAD_LINES`` within ``BAD_LINES_WINDOW_S`` drop the connection; valid lines in between
+  do not reset the count).
 * **logging**: a guest's faults are logged once, then counted (:meth:`GuestGuard.note`):
   at most one line per kind per ``LOG_REPEAT_S`` with how many were not logged.
 * **its own worker thread** (:attr:`GuestGuard.executor`) for the reclaim work of its reports,
@@ -24,12 +25,11 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from heapballoon.host.guestram import PAGE_BYTES
+from heapballoon.transport import BadLines
+from heapballoon.units import PAGE_BYTES
 
 log = logging.getLogger("heapballoon.hostd")
 
-MAX_BAD_LINES = 16  # this many bad lines within BAD_LINES_WINDOW_S drop the connection
-BAD_LINES_WINDOW_S = 60.0
 ADD_PAGES_PER_S = (1 << 30) // PAGE_BYTES  # pages add: 1 GiB a second verified (~25 % of a core)
 ADD_PAGES_BURST = (1 << 30) // PAGE_BYTES
 RANGES_PER_S = 65536  # ranges of pages messages handled a second (one full message)
@@ -67,7 +67,7 @@ class GuestGuard:
         self.add_pages = TokenBucket(ADD_PAGES_PER_S, ADD_PAGES_BURST, clock)
         self.ranges = TokenBucket(RANGES_PER_S, RANGES_BURST, clock)
         self.bytes_in = TokenBucket(BYTES_PER_S, BYTES_BURST, clock)
-        self._bad: collections.deque[float] = collections.deque()
+        self.bad_lines = BadLines(clock)  # kept across reconnections, as the budgets are
         self._logged: dict[str, float] = {}  # kind → when last logged
         self._unlogged: collections.Counter[str] = collections.Counter()
         self.faults = 0  # connections dropped for a fault (bad lines, oversized line, stall)
@@ -80,12 +80,8 @@ class GuestGuard:
         return self._executor
 
     def bad_line(self) -> bool:
-        """Count one bad line; True when the window holds MAX_BAD_LINES of them."""
-        now = self.clock()
-        self._bad.append(now)
-        while self._bad and self._bad[0] < now - BAD_LINES_WINDOW_S:
-            self._bad.popleft()
-        return len(self._bad) >= MAX_BAD_LINES
+        """Count one bad line; True when the connection must be dropped."""
+        return self.bad_lines.add()
 
     def note(self, kind: str, fmt: str, *args, level: int = logging.WARNING) -> None:
         """Log a guest fault of ``kind`` the first time and then at most once per LOG_REPEAT_S,

@@ -31,9 +31,9 @@ from heapballoon.errors import GuestRamError, KernelError, ReclaimError
 from heapballoon.linux.memfd import open_memfd, punch_hole
 from heapballoon.linux.procfs import ProcFS
 from heapballoon.linux.memview import MemView, data_runs, punch_holding_gil
+from heapballoon.units import PAGE_BYTES
 from heapballoon.vm.ramfile import find_guest_ram
 
-PAGE_BYTES = 4096
 CHUNK_BYTES = 1 << 20  # one read; a whole zero chunk is one memcmp
 _ZERO_PAGE = bytes(PAGE_BYTES)
 _ZERO_CHUNK = bytes(CHUNK_BYTES)

@@ -17,10 +17,9 @@ from dataclasses import replace
 from heapballoon import protocol, transport
 from heapballoon.errors import HeapballoonError, KernelError, MessageTooLarge, PeerStalled, ProtocolError
 from heapballoon.host import vmreclaim
-from heapballoon.host.guestlimits import (  # noqa: F401 - MAX_BAD_LINES: hostcontrol's too
-    BAD_LINES_WINDOW_S, MAX_BAD_LINES, RECONNECT_AFTER_FAULT_S, GuestGuard,
-)
-from heapballoon.host.guestram import PAGE_BYTES
+from heapballoon.host.guestlimits import RECONNECT_AFTER_FAULT_S, GuestGuard
+from heapballoon.transport import BAD_LINES_WINDOW_S, MAX_BAD_LINES
+from heapballoon.units import PAGE_BYTES
 from heapballoon.host.vmreclaim import MAX_BALLOON_INTERVALS
 from heapballoon.host.vmsession import VMSession
 from heapballoon.textsafe import log_text
@@ -42,7 +41,7 @@ class GuestChannel(transport.LineChannel):
     aborts the channel)."""
 
     def __init__(self, reader, writer) -> None:
-        super().__init__(reader, writer)
+        super().__init__(reader, writer, protocol.guest.decode)
         self.target_due = asyncio.Event()
         self.stalled = False
         self.bytes_in = self.bytes_paid = 0  # line bytes received; those charged to the guest's budget

@@ -4,7 +4,7 @@ This module owns the answers to control clients (docs/protocol.md, CLI ↔ hostd
 (every VM's figures, measured by hostd, with its virtio-balloon read again when older than
 ``VIRTIO_READING_MAX_AGE_S``), ``policy_explain`` and ``vm_target`` (pin a VM's target, kept
 in the state file, or ``auto`` to unpin it), and one client connection's loop (bad lines get
-an error reply; ``MAX_BAD_LINES`` in a row drop the client). It is a mixin of
+an error reply; the one bad-line counter, :class:`heapballoon.transport.BadLines`, drops the client). It is a mixin of
 :class:`heapballoon.host.hostd.HostDaemon` and declares no state of its own: the ``vms``,
 ``targets`` and ``autopolicy`` it reads and writes are declared in ``HostDaemon.__init__`` and
 owned by hostd's event loop.
@@ -19,7 +19,6 @@ from dataclasses import replace
 from heapballoon import protocol, transport
 from heapballoon.errors import HeapballoonError, MessageTooLarge, ProtocolError
 from heapballoon.host import virtioballoon, vmstatus
-from heapballoon.host.guestsession import MAX_BAD_LINES
 from heapballoon.host.vmsession import VMSession
 from heapballoon.status import HostStatus, PolicyReport
 
@@ -75,8 +74,8 @@ class ControlRequests:
         return protocol.Error(f"hostd does not handle {msg.TYPE!r} requests", getattr(msg, "id", 0))
 
     async def _control_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        ch = transport.LineChannel(reader, writer)
-        bad = 0
+        ch = transport.LineChannel(reader, writer, protocol.control.decode)
+        bad = transport.BadLines()
         try:
             while True:
                 try:
@@ -85,14 +84,12 @@ class ControlRequests:
                     log.warning("control client: %s; dropping it", err)
                     return
                 except ProtocolError as err:
-                    bad += 1
                     await ch.send(protocol.Error(str(err)))
-                    if bad >= MAX_BAD_LINES:
+                    if bad.add():
                         return
                     continue
                 if msg is None:
                     return
-                bad = 0
                 try:
                     reply = await self.control_message(msg)
                 except HeapballoonError as err:

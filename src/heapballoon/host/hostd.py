@@ -270,11 +270,6 @@ async def serve(socket_path: str, run_dir: str, batch_pages: int | None = None,
         await d.stop()
 
 
-def request(socket_path: str, msg: protocol.Message, timeout_s: float = 10.0) -> protocol.Reply:
-    """One control request to hostd (synchronous); RemoteError on an error reply."""
-    return transport.request(socket_path, msg, timeout_s, start_hint=transport.HOSTD_START_HINT)
-
-
 def main(argv: list[str] | None = None, libvirt_source=None) -> int:
     """``heapballoon hostd``. ``libvirt_source(uri, engine)``: the VMSource for ``--libvirt``
     (heapballoon.cli passes libvirt.backend's; host/ does not import libvirt/)."""
@@ -303,13 +298,9 @@ def main(argv: list[str] | None = None, libvirt_source=None) -> int:
         p.error("--libvirt works with the short engine only")
     if args.libvirt is not None and libvirt_source is None:
         raise UsageError("this hostd was started without libvirt support: run `heapballoon hostd --libvirt`")
-    budget = None
-    if args.memory_budget is not None:
-        from heapballoon.units import parse_size
+    from heapballoon.policy.config import memory_budget_option
 
-        budget = parse_size(args.memory_budget)  # UsageError: one line
-    if args.policy != "auto" and (budget is not None or args.policy_file):
-        raise UsageError("--memory-budget and --policy-file need --policy auto")
+    memory_budget_bytes = memory_budget_option(args.policy, args.memory_budget, args.policy_file)  # UsageError
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -321,7 +312,7 @@ def main(argv: list[str] | None = None, libvirt_source=None) -> int:
         try:
             await serve(transport.host_socket_path(args.socket), run_dir_path(args.run_dir), args.batch_pages,
                         engine=args.engine, pause_budget_ms=args.pause_budget_ms, metrics=args.metrics,
-                        policy=args.policy, memory_budget_bytes=budget, policy_file=args.policy_file,
+                        policy=args.policy, memory_budget_bytes=memory_budget_bytes, policy_file=args.policy_file,
                         source=libvirt_source(args.libvirt, args.engine) if args.libvirt is not None else None)
         except asyncio.CancelledError:
             log.info("hostd stopping")

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from heapballoon.errors import ReclaimError
-from heapballoon.host.guestram import PAGE_BYTES, GuestRam, PunchResult
+from heapballoon.host.guestram import GuestRam, PunchResult
+from heapballoon.units import PAGE_BYTES
 from heapballoon.qemu.layout import GuestLayout
 from heapballoon.host.pausestats import PauseSample, percentile  # noqa: F401 - percentile re-exported
 

@@ -15,7 +15,8 @@ import time
 from typing import Callable
 
 from heapballoon.errors import KernelError, ReclaimError
-from heapballoon.host.guestram import PAGE_BYTES, GuestRam, PauseWork
+from heapballoon.host.guestram import GuestRam, PauseWork
+from heapballoon.units import PAGE_BYTES
 from heapballoon.linux.memview import punch_holding_gil
 
 PUNCH_STEP_BYTES = 2 << 20  # one look for RESUME events before each punch of at most this

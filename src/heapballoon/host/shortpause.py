@@ -33,7 +33,8 @@ from typing import Iterable
 
 from heapballoon.errors import HeapballoonError, KernelError, ReclaimError
 from heapballoon.host.contdebt import ContDebt
-from heapballoon.host.guestram import PAGE_BYTES, GuestRam
+from heapballoon.host.guestram import GuestRam
+from heapballoon.units import PAGE_BYTES
 from heapballoon.qemu.layout import GuestLayout
 from heapballoon.host.pausestats import PauseSample
 from heapballoon.qemu.monitor import event_time_s

@@ -16,7 +16,7 @@ import os
 
 from heapballoon import protocol
 from heapballoon.errors import HeapballoonError, ReclaimError
-from heapballoon.host.guestram import PAGE_BYTES
+from heapballoon.units import PAGE_BYTES
 from heapballoon.qemu.layout import GuestLayout
 from heapballoon.host.reclaim import Reclaimer, ReclaimResult
 from heapballoon.host.shortpause import PauseBoost, PauseModel, ShortPauseReclaimer

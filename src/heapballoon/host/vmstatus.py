@@ -22,7 +22,7 @@ from prometheus_client import start_http_server
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
 
 from heapballoon.errors import ReclaimError, UsageError
-from heapballoon.host.guestram import PAGE_BYTES
+from heapballoon.units import PAGE_BYTES
 from heapballoon.host.ksm import guest_rss_bytes
 from heapballoon.host.pausestats import PARTS
 from heapballoon.host.virtioballoon import BalloonReading

@@ -26,8 +26,8 @@ import errno
 import os
 
 from heapballoon.errors import KernelError
+from heapballoon.units import PAGE_BYTES
 
-PAGE_BYTES = 4096
 BLOCK_BYTES = 1 << 20  # one memcmp call; the static zero block's size
 PROT_READ = 0x1
 MAP_SHARED = 0x01

@@ -33,9 +33,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from heapballoon.errors import KernelError
-from heapballoon.linux.procfs import Pid, ProcFS
+from heapballoon.linux.procfs import PAGE_SIZE, Pid, ProcFS
 
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 ENTRY_BYTES = 8
 
 PFN_MASK = (1 << 55) - 1

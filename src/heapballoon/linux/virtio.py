@@ -1,20 +1,26 @@
 """The one adapter for virtio-serial ports seen from inside a guest (``/sys/class/virtio-ports``).
 
 Owns: finding a port's device by its name (``/sys/class/virtio-ports/vportNpM/name``; our
-guest has no udev, so no ``/dev/virtio-ports/NAME`` symlinks) and creating its device node
-from ``.../dev`` (``major:minor``) when devtmpfs has not made it. Both roots are overridable,
-so unit tests run on a fixture tree. Pure standard library: runs in the guest.
+guest has no udev, so no ``/dev/virtio-ports/NAME`` symlinks), creating its device node
+from ``.../dev`` (``major:minor``) when devtmpfs has not made it, and :class:`PortFile`, the one
+line reader and writer of an open port (its raw fd): the supervisor's exec port and the guest
+driver's uplink both use it. Both roots are overridable, so unit tests run on a fixture tree.
+Pure standard library: runs in the guest.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import time
+from typing import Callable, Iterator
 
 from heapballoon.errors import KernelError
 
 SYS_ROOT = "/sys/class/virtio-ports"
 DEV_ROOT = "/dev"
+READ_BYTES = 65536
+NO_HOST_WAIT_S = 0.05  # a port reads EOF while no host is connected: look again this often
 
 
 class VirtioPorts:
@@ -68,3 +74,69 @@ class VirtioPorts:
         except (OSError, ValueError) as exc:
             raise KernelError(f"cannot create the device node {path} from {devfile}: {exc}") from exc
         return path
+
+
+class PortFile:
+    """An open virtio-serial port (``path``; any character device or FIFO in tests): lines in,
+    bytes out, surviving the host side (dis)connecting. Its reader and its writer may be two
+    threads; a write that must not interleave with another is the caller's to lock."""
+
+    def __init__(self, path: str, max_line_bytes: int) -> None:
+        self.path = path
+        self.max_line_bytes = max_line_bytes
+        self.fd = os.open(path, os.O_RDWR)  # OSError: the caller says what it was for
+
+    def lines(self, no_host_wait_s: float = NO_HOST_WAIT_S) -> Iterator[bytes | None]:
+        """Each line, without its newline; ``None`` once for a line longer than
+        ``max_line_bytes`` (the rest of it is discarded up to its newline). While no host is
+        connected the port reads EOF: a partial line is dropped and the port read again after
+        ``no_host_wait_s``. A read error (OSError) ends the iteration by raising."""
+        buf = b""
+        skipping = False
+        while True:
+            try:
+                chunk = os.read(self.fd, READ_BYTES)
+            except InterruptedError:
+                continue
+            if not chunk:
+                buf, skipping = b"", False
+                time.sleep(no_host_wait_s)
+                continue
+            buf += chunk
+            while True:
+                nl = buf.find(b"\n")
+                if skipping:
+                    if nl < 0:
+                        buf = b""
+                        break
+                    buf, skipping = buf[nl + 1:], False
+                    continue
+                if nl < 0:
+                    if len(buf) > self.max_line_bytes:
+                        yield None
+                        buf, skipping = b"", True
+                    break
+                if nl > self.max_line_bytes:
+                    yield None
+                    buf = buf[nl + 1:]
+                    continue
+                line, buf = buf[:nl], buf[nl + 1:]
+                yield line
+
+    def write_all(self, data: bytes, on_error: Callable[[OSError], None] | None = None) -> None:
+        """Write all of ``data`` (a write blocks while no host is connected). A failed write
+        raises OSError, or, given ``on_error``, calls it (it may wait) and goes on from where
+        the write stopped."""
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(self.fd, view):]
+            except InterruptedError:
+                continue
+            except OSError as err:
+                if on_error is None:
+                    raise
+                on_error(err)
+
+    def close(self) -> None:
+        os.close(self.fd)

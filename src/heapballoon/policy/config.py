@@ -163,6 +163,14 @@ _PSI = {"soft_some", "hard_full"}
 _RULE = {"match", "shares", "reservation", "limit", "pod", "container"}
 
 
+def memory_budget_option(policy: str, memory_budget: str | None, policy_file: str | None) -> int | None:
+    """``--memory-budget`` of ``heapballoon daemon`` and ``hostd``, in bytes (None: not given);
+    UsageError (one line) if it or ``--policy-file`` is given without ``--policy auto``, or bad."""
+    if policy != "auto" and (memory_budget is not None or policy_file is not None):
+        raise UsageError("--memory-budget and --policy-file need --policy auto")
+    return None if memory_budget is None else parse_size(memory_budget)
+
+
 def load(path: str | None, *, default_missing_ok: bool = True) -> PolicyConfig:
     """Read a policy file. ``None`` or a missing default file gives the defaults."""
     if path is None:

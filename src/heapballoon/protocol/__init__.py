@@ -6,8 +6,10 @@ This package owns the *shape* of every message, one module per channel, each wit
 :mod:`~heapballoon.protocol.guest` (guest driver ↔ hostd); what they share (the version, the
 limits, field checks, ``ping``/``pong``/``error``, the codec) is :mod:`~heapballoon.protocol.wire`.
 Here: every message and constant re-exported (``protocol.State``, ``protocol.MAX_RANGES`` ...),
-and :func:`decode` for a socket that carries more than one channel (the driver's socket takes
-agents and CLI clients). Transport (sockets, reconnects) lives elsewhere.
+:func:`decode_first` for the first line on the driver's socket, which carries two channels (an
+agent's ``hello`` or a CLI client's request; the session then decodes with its own channel's
+``decode``), and :func:`decode`, any channel's message, for tests and tools: no live socket
+uses it (tests/unit/test_protocol_channels.py). Transport (sockets, reconnects) lives elsewhere.
 """
 
 from __future__ import annotations
@@ -21,16 +23,17 @@ from heapballoon.protocol.wire import (ADDRESS_MODES, GCS, MAX_BALLOON_BYTES, MA
                                        Pong, encode)
 
 ALL_TYPES: dict[str, type[Message]] = {**wire.TYPES, **agent.TYPES, **control.TYPES, **guest.TYPES}
+DRIVER_SOCKET: dict[str, type[Message]] = {**wire.TYPES, agent.Hello.TYPE: agent.Hello, **control.TYPES}
 
 
-def register(cls: type[Message]) -> type[Message]:
-    """Register a message class defined elsewhere (VM-mode messages live with hostd)."""
-    ALL_TYPES[cls.TYPE] = cls
-    return cls
+def decode_first(line: bytes | str) -> Message:
+    """The first line on the driver's socket: an agent's ``hello`` or a control request."""
+    return wire.decode_with(DRIVER_SOCKET, line, "agent or control")
 
 
 def decode(line: bytes | str) -> Message:
-    """Parse one line of any channel into its message dataclass; ProtocolError (with ``raw``)."""
+    """Parse one line of any channel into its message dataclass; ProtocolError (with ``raw``).
+    For tests and tools only: every live socket decodes with its own channel's."""
     return wire.decode_with(ALL_TYPES, line)
 
 
@@ -40,5 +43,5 @@ __all__ = [
     "Message", "Error", "Ping", "Pong", "Chunk", "Event", "Hello", "State", "Target",
     "PolicyExplainRequest", "Reply", "SetTarget", "StatusRequest", "VMTarget",
     "GuestHello", "GuestStatus", "GuestTarget", "Pages", "PagesAck",
-    "decode", "encode", "register", "agent", "control", "guest", "wire",
+    "decode", "decode_first", "encode", "agent", "control", "guest", "wire",
 ]

@@ -80,4 +80,4 @@ CHANNEL = {**wire.TYPES, **TYPES}
 
 def decode(line: bytes | str) -> Message:
     """One line of this channel: its own messages and ping, pong, error; ProtocolError else."""
-    return wire.decode_with(CHANNEL, line)
+    return wire.decode_with(CHANNEL, line, "control")

@@ -12,6 +12,7 @@ from heapballoon.errors import ProtocolError
 from heapballoon.protocol import wire
 from heapballoon.protocol.wire import Message, VERSION, int_field, message, str_field
 from heapballoon.status import JvmStatus
+from heapballoon.units import PAGE_BYTES
 
 TYPES: dict[str, type[Message]] = {}  # this channel's own messages
 
@@ -43,12 +44,12 @@ class GuestHello(Message):
     """Guest driver → hostd, first message on the channel."""
 
     guest_ram_bytes: int
-    page_bytes: int = 4096
+    page_bytes: int = PAGE_BYTES
     boot_id: str = ""
 
     @classmethod
     def parse(cls, d: dict) -> GuestHello:
-        return cls(int_field(d, "guest_ram_bytes", hi=1 << 48), int_field(d, "page_bytes", 4096, lo=4096, hi=1 << 30),
+        return cls(int_field(d, "guest_ram_bytes", hi=1 << 48), int_field(d, "page_bytes", PAGE_BYTES, lo=PAGE_BYTES, hi=1 << 30),
                    str_field(d, "boot_id", ""))
 
 
@@ -124,4 +125,4 @@ CHANNEL = {**wire.TYPES, **TYPES}
 
 def decode(line: bytes | str) -> Message:
     """One line of this channel: its own messages and ping, pong, error; ProtocolError else."""
-    return wire.decode_with(CHANNEL, line)
+    return wire.decode_with(CHANNEL, line, "guest")

@@ -27,6 +27,7 @@ RECLAIM_MODES = ("direct", "ksm", "report")
 ADDRESS_MODES = ("jni", "unsafe", "none")
 
 TYPES: dict[str, type[Message]] = {}  # the messages every channel speaks
+KNOWN_TYPES: set[str] = set()  # every channel's message types (for the error a misrouted one gets)
 
 
 def message(types: dict, type_name: str):
@@ -36,6 +37,7 @@ def message(types: dict, type_name: str):
         cls = dataclass(frozen=True)(cls)
         cls.TYPE = type_name
         types[type_name] = cls
+        KNOWN_TYPES.add(type_name)
         return cls
 
     return wrap
@@ -118,9 +120,9 @@ def encode(msg: Message) -> bytes:
     return json.dumps(msg.to_dict(), separators=(",", ":")).encode() + b"\n"
 
 
-def decode_with(types: dict[str, type[Message]], line: bytes | str) -> Message:
-    """Parse one line into its message dataclass, one of ``types`` (a channel's); ProtocolError
-    (with ``raw``) if invalid."""
+def decode_with(types: dict[str, type[Message]], line: bytes | str, channel: str = "") -> Message:
+    """Parse one line into its message dataclass, one of ``types`` (the ``channel``'s);
+    ProtocolError (with ``raw``) if invalid, naming the channel when a type is not one of it."""
     raw = line
     if isinstance(line, str):
         line = line.encode()
@@ -140,7 +142,10 @@ def decode_with(types: dict[str, type[Message]], line: bytes | str) -> Message:
     kind = d.get("type")
     cls = types.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ProtocolError(f"unknown message type {kind!r}", raw[:200])
+        where = f" on the {channel} channel" if channel else ""
+        if isinstance(kind, str) and kind in KNOWN_TYPES:
+            raise ProtocolError(f"message type {kind!r} does not belong{where}", raw[:200])
+        raise ProtocolError(f"unknown message type {kind!r}{where}", raw[:200])
     try:
         return cls.parse(d)  # type: ignore[attr-defined]
     except ProtocolError as err:

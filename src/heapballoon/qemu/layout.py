@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from heapballoon.errors import ReclaimError
+from heapballoon.units import PAGE_BYTES
 
-PAGE_BYTES = 4096
 LEGACY_HOLE = (0xA0000, 0x100000)  # [start, end) never treated as RAM
 
 # "  0000000000100000-000000007fffffff (prio 0, ram): ram0 @0000000000100000"

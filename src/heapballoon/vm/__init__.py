@@ -12,8 +12,7 @@ One module per role:
 * :mod:`heapballoon.vm.image`      – the guest image, built in named stages (package).
 * :mod:`heapballoon.vm.accel`      – KVM if a guest really boots under it, else TCG.
 * :mod:`heapballoon.vm.qmp`        – one QMP command (qemu.qmp), synchronously.
-* :mod:`heapballoon.vm.cli`        – the ``image`` and ``vm`` subcommands; :mod:`heapballoon.vm.demo`
-  the VM part of ``make demo``.
+* :mod:`heapballoon.vm.cli`        – the ``image`` and ``vm`` subcommands.
 * :mod:`heapballoon.vm.qemu`       – re-exports the public functions above under their old home.
 
 Import the submodules directly; this package imports nothing.

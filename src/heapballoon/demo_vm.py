@@ -28,13 +28,9 @@ MIB = 1 << 20
 
 
 def _resident_bytes(name: str) -> int:
-    from heapballoon.vm.ramfile import open_guest_ram
+    from heapballoon.vm.ramfile import resident_bytes
 
-    fd, _size = open_guest_ram(name, writable=False)
-    try:
-        return os.fstat(fd).st_blocks * 512
-    finally:
-        os.close(fd)
+    return resident_bytes(name)
 
 
 

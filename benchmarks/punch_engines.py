@@ -1,9 +1,12 @@
-"""A throwaway QEMU with memfd guest RAM and no guest OS, for tests and benchmarks.
+"""hostd's punch engines side by side on a scratch QEMU (memfd guest RAM, no guest OS).
 
-This module owns starting and stopping such a QEMU (``-S``, TCG, ``-nodefaults``, QMP on a
-Unix socket) and the punch benchmark (:func:`reclaim_benchmark`,
-``python -m heapballoon.host.scratchvm``). Real VMs are started by heapballoon.vm; this is
-only what host tests need: a real QEMU process whose guest RAM is a real memfd.
+Fills guest pages with dirty zeros (mapped by QEMU too) and reclaims them with the batch engine
+(fixed batches) and the short engine (pre-check + time-budgeted pauses): throughput, pauses and
+their parts. Command (docs/benchmarks.md):
+
+    flock /work/heavy.lock .venv/bin/python benchmarks/punch_engines.py --rounds 3
+
+(was ``python -m heapballoon.host.scratchvm`` until issue 19 moved the scratch QEMU to tests/).
 """
 
 from __future__ import annotations
@@ -13,85 +16,16 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 
-from heapballoon.errors import VMError
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "tests"))
 
-QEMU = "qemu-system-x86_64"
-
-
-class ScratchVM:
-    """``async with ScratchVM(512 << 20) as vm:`` → ``vm.pid``, ``vm.qmp`` (connected QMPClient),
-    ``vm.dir`` (holds qmp.sock; its path is on QEMU's command line)."""
-
-    def __init__(self, memory_bytes: int, machine: str = "q35", vm_dir: str | None = None,
-                 extra_args: tuple[str, ...] = ()) -> None:
-        self.memory_bytes = memory_bytes
-        self.machine = machine
-        self._own_dir = vm_dir is None
-        self.dir = vm_dir or tempfile.mkdtemp(prefix="hb-scratchvm-")
-        self.extra_args = extra_args
-        self.proc: subprocess.Popen | None = None
-        self.qmp = None
-
-    @property
-    def qmp_path(self) -> str:
-        return os.path.join(self.dir, "qmp.sock")
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    async def start(self, timeout_s: float = 10.0) -> ScratchVM:
-        from qemu.qmp import QMPClient
-
-        if shutil.which(QEMU) is None:
-            raise VMError(f"{QEMU} is not installed")
-        os.makedirs(self.dir, exist_ok=True)
-        mib = self.memory_bytes >> 20
-        cmd = [QEMU, "-machine", f"{self.machine},memory-backend=ram0", "-accel", "tcg",
-               "-object", f"memory-backend-memfd,id=ram0,size={mib}M,share=on", "-m", f"{mib}M",
-               "-S", "-nodefaults", "-nographic", "-display", "none", "-serial", "none",
-               "-monitor", "none", "-qmp", f"unix:{self.qmp_path},server=on,wait=off", *self.extra_args]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE)
-        deadline = time.monotonic() + timeout_s
-        self.qmp = QMPClient("scratchvm")
-        while True:
-            if self.proc.poll() is not None:
-                raise VMError(f"QEMU exited with {self.proc.returncode}: "
-                              f"{self.proc.stderr.read().decode(errors='replace')[-500:]} (command {cmd})")
-            try:
-                await self.qmp.connect(self.qmp_path)
-                return self
-            except Exception as err:  # noqa: BLE001 - socket not there yet
-                if time.monotonic() > deadline:
-                    await self.stop()
-                    raise VMError(f"QEMU QMP socket {self.qmp_path} not ready in {timeout_s} s") from err
-                await asyncio.sleep(0.02)
-
-    async def stop(self) -> None:
-        if self.qmp is not None:
-            try:
-                await self.qmp.disconnect()
-            except Exception:  # noqa: BLE001
-                pass
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        if self.proc is not None and self.proc.stderr is not None:
-            self.proc.stderr.close()
-        if self._own_dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-
-    async def __aenter__(self) -> ScratchVM:
-        return await self.start()
-
-    async def __aexit__(self, *exc) -> None:
-        await self.stop()
+from scratchvm import ScratchVM  # noqa: E402 - the tests' scratch QEMU
 
 
 def _qemu_touch(vm: ScratchVM, gpa: int, size_bytes: int):
@@ -106,7 +40,8 @@ async def reclaim_benchmark(memory_bytes: int = 512 << 20, pages: int = 131072,
     """Fill ``pages`` guest pages with dirty zeros (mapped by QEMU too), reclaim them with
     ``engine`` ("batch": the first engine, fixed batches; "short": pre-check + time-budgeted
     pauses); throughput, pauses and their parts."""
-    from heapballoon.host.guestram import PAGE_BYTES, GuestRam
+    from heapballoon.host.guestram import GuestRam
+    from heapballoon.units import PAGE_BYTES
     from heapballoon.qemu.layout import GuestLayout
     from heapballoon.host.pausestats import breakdown
     from heapballoon.qemu.monitor import QMPMonitor
