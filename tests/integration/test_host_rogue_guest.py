@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from hbtest import until
+from hbtest import until, wait_for
 from heapballoon import protocol, transport
 from heapballoon.host import guestlimits, guestsession, hostd, vmreclaim
 from heapballoon.host.autopolicy import AutoPolicy
@@ -72,6 +72,11 @@ def _standin(vm_dir: str, name: str, memory_bytes: int) -> subprocess.Popen:
     """A process hostd's registry accepts as VM ``name``'s QEMU (its argv names the VM dir)."""
     os.makedirs(vm_dir)
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", vm_dir])
+    # Popen may return (vfork) before the kernel has set the new image's argv: /proc/PID/cmdline
+    # reads empty for that moment, and hostd's identity rule would refuse the VM (seen once on a
+    # loaded machine: "does not name .../run/vms/rogue on its command line", then KeyError)
+    wait_for(lambda: vm_dir.encode() in open(f"/proc/{proc.pid}/cmdline", "rb").read(), 10, 0.01,
+             what=f"the stand-in's argv naming {vm_dir}")
     paths = VMPaths.of(os.path.dirname(os.path.dirname(vm_dir)), name)
     assert str(paths.dir) == vm_dir
     VMDir(paths=paths, pid=proc.pid, memory_bytes=memory_bytes).save()  # the VM-directory contract
