@@ -30,8 +30,8 @@ import java.lang.management.ManagementFactory;
  *       with every give-back that no rise of the live set explains and that comes within
  *       {@value BackOff#RESET_MS} ms of the previous one.
  *       With region-based collectors a chunk is allocated only while the heap has a chunk plus
- *       H/2 free (Shenandoah: at least 2 H<sub>base</sub>), so inflation goes at the collector's pace instead of forcing emergency
- *       collections (which clear soft references).</li>
+ *       a margin free (Headroom.inflateMarginBytes), so inflation goes at the collector's pace instead of
+ *       forcing emergency collections (which clear soft references).</li>
  *   <li><b>Probe</b>: when the estimate is what holds the balloon below its target and no
  *       complete collection (nor growth) has happened for a while (Serial and Parallel may go minutes
  *       without one), ask for one with System.gc(), at most once per {@value ExplicitGc#PROBE_MIN_MS} ms
@@ -224,6 +224,11 @@ final class Controller {
                 after = headroom.learnFromClear();
             }
             backOff(System.currentTimeMillis(), liveBytes());
+            if ("Shenandoah".equals(stats.gc)) {
+                // Its allocation-failure degenerations recur every heap fill while the balloon is small
+                // (free-set region tails hide the trigger); a large balloon stops them: rebuild it now.
+                backOff.endHold();
+            }
             String reason = String.format("JVM cleared balloon soft references: headroom %d MiB -> %d MiB",
                     before >> 20, after >> 20);
             Log.info("soft references cleared (" + (clearedBytes >> 20) + " MiB); " + reason.substring(reason.indexOf("headroom")));
@@ -271,23 +276,6 @@ final class Controller {
                 share * 100, GC_WINDOW_MS / 1000, baseline * 100), 0);
     }
 
-    /**
-     * Region-based collectors: the heap that must stay free after a chunk is allocated. H/2 for
-     * G1 and ZGC. Shenandoah: at least twice the static headroom. Its adaptive heuristics keep
-     * their own reserves on top of free bytes, and a chunk allocated into the last H/2 failed
-     * mid-cycle on JDK 25
-     * ("Failed to allocate Shared, 8192K"): the degenerated collection that followed cleared
-     * the whole balloon, and each one raised the heuristics' penalty, which made the next
-     * cycles more eager still (GC log, matrix run).
-     */
-    private long inflateMarginBytes() {
-        long h = headroomBytes();
-        // G1: at least its to-space reserve (a balloon that took it left a young collection no room
-        // to evacuate into on JDK 21 at 100 MiB/s: the full collection after it cleared the balloon).
-        return "Shenandoah".equals(stats.gc) ? Math.max(h / 2, 2 * headroom.baseBytes())
-                : Math.max(h / 2, headroom.g1ReserveBytes());
-    }
-
     /** Grows the balloon towards {@code limit}; true when the live-set estimate stopped it. */
     private boolean inflate(long limit) {
         long chunkBytes = balloon.geometry.footprintBytes;
@@ -303,7 +291,7 @@ final class Controller {
                 blocked = true;
                 break;
             }
-            if (stats.regionBased() && stats.usedBytes() + chunkBytes + inflateMarginBytes() > stats.maxBytes()) {
+            if (stats.regionBased() && stats.usedBytes() + chunkBytes + headroom.inflateMarginBytes() > stats.maxBytes()) {
                 break; // no free regions to spare: let the collector free garbage first
             }
             byte[] array;

@@ -39,4 +39,19 @@ class HeadroomTest {
         }
         assertTrue(h.learnedBytes() <= stats.maxBytes() / 8);
     }
+
+    @Test
+    void shenandoahInflatesOnlyAboveItsTriggerZoneAndG1KeepsItsReserve() {
+        long heap = 1024 * MIB;
+        long zone = heap * 15 / 100; // ShenandoahMinFreeThreshold 10 % + ShenandoahEvacReserve 5 %
+        // H/2 above the zone where Shenandoah starts a cycle (the old margin, 2 x 64 MiB, was inside it)
+        assertEquals(zone + 32 * MIB, Headroom.inflateMarginBytes(64 * MIB, 64 * MIB, 0, zone));
+        assertTrue(Headroom.inflateMarginBytes(64 * MIB, 64 * MIB, 0, zone) > 2 * 64 * MIB);
+        // a slower cycle raises H (R x 3 x T): the margin grows with it
+        assertEquals(zone + 100 * MIB, Headroom.inflateMarginBytes(200 * MIB, 64 * MIB, 0, zone));
+        // G1: H/2, never less than its to-space reserve; ZGC: H/2
+        assertEquals(heap / 10, Headroom.inflateMarginBytes(64 * MIB, 64 * MIB, heap / 10, 0));
+        assertEquals(200 * MIB, Headroom.inflateMarginBytes(400 * MIB, 64 * MIB, heap / 10, 0));
+        assertEquals(32 * MIB, Headroom.inflateMarginBytes(64 * MIB, 64 * MIB, 0, 0));
+    }
 }
