@@ -276,6 +276,20 @@ final class Controller {
                 share * 100, GC_WINDOW_MS / 1000, baseline * 100), 0);
     }
 
+    /**
+     * Shenandoah: an empty balloon starts only in the first quarter of the heap's fill, from the
+     * live set (where a cycle leaves it) to the inflate margin. Started later, it is still small when
+     * the heap runs out, and on JDK 25 that comes before the trigger while the balloon is small: the
+     * degenerated collection clears it (docs/agent.md). An empty balloon has nothing to lose then.
+     */
+    private boolean shenandoahMayStart() {
+        if (!"Shenandoah".equals(stats.gc)) {
+            return true;
+        }
+        long live = liveBytes();
+        return stats.usedBytes() <= live + (stats.maxBytes() - headroom.inflateMarginBytes() - live) / 4;
+    }
+
     /** Grows the balloon towards {@code limit}; true when the live-set estimate stopped it. */
     private boolean inflate(long limit) {
         long chunkBytes = balloon.geometry.footprintBytes;
@@ -285,6 +299,9 @@ final class Controller {
         // Shenandoah: at most SHENANDOAH_INFLATE_BYTES_PER_TICK a tick (see the constant).
         long stopAt = "Shenandoah".equals(stats.gc) ? balloon.footprintBytes() + SHENANDOAH_INFLATE_BYTES_PER_TICK
                 : Long.MAX_VALUE;
+        if (balloon.footprintBytes() == 0 && !shenandoahMayStart()) {
+            return false;
+        }
         while (balloon.footprintBytes() + chunkBytes <= Math.min(limit, stopAt)
                 && balloon.chunkCount() < Balloon.MAX_CHUNKS && System.nanoTime() < deadline) {
             if (balloon.footprintBytes() + chunkBytes > balloonMaxBytes()) {
