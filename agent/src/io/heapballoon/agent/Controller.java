@@ -286,8 +286,7 @@ final class Controller {
         if (!"Shenandoah".equals(stats.gc)) {
             return true;
         }
-        long live = liveBytes();
-        return stats.usedBytes() <= live + (stats.maxBytes() - headroom.inflateMarginBytes() - live) / 4;
+        return Headroom.inFirstQuarterOfFill(stats.usedBytes(), liveBytes(), stats.maxBytes(), headroom.inflateMarginBytes());
     }
 
     /** Grows the balloon towards {@code limit}; true when the live-set estimate stopped it. */

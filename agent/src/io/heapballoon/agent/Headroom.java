@@ -140,6 +140,14 @@ final class Headroom {
         return inflateMarginBytes(bytes(), baseBytes(), g1ReserveBytes, shenandoahTriggerBytes);
     }
 
+    /**
+     * True while heap use is in the first quarter of its fill, from the live set (where a cycle
+     * leaves it) to the inflate margin: where an empty Shenandoah balloon may start (Controller).
+     */
+    static boolean inFirstQuarterOfFill(long usedBytes, long liveBytes, long maxBytes, long marginBytes) {
+        return usedBytes <= liveBytes + (maxBytes - marginBytes - liveBytes) / 4;
+    }
+
     static long inflateMarginBytes(long headroomBytes, long baseBytes, long g1ReserveBytes, long shenandoahTriggerBytes) {
         if (shenandoahTriggerBytes > 0) {
             return Math.max(2 * baseBytes, shenandoahTriggerBytes + headroomBytes / 2);
