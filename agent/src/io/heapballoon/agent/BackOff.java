@@ -57,6 +57,15 @@ final class BackOff {
     }
 
     /**
+     * Ends the hold at once; the ceiling stays until a newer complete collection. For a give-back
+     * whose cause recurs while the balloon is small (Shenandoah's own degenerated collections, see
+     * Controller.noteCleared): holding would leave the heap exposed to the next one.
+     */
+    synchronized void endHold() {
+        holdUntilMs = 0;
+    }
+
+    /**
      * The most the balloon may grow to now, given the driver's {@code targetBytes} and the count
      * of complete collections so far; -1 while the back-off holds.
      */

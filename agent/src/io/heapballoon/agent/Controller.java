@@ -30,8 +30,8 @@ import java.lang.management.ManagementFactory;
  *       with every give-back that no rise of the live set explains and that comes within
  *       {@value BackOff#RESET_MS} ms of the previous one.
  *       With region-based collectors a chunk is allocated only while the heap has a chunk plus
- *       H/2 free (Shenandoah: at least 2 H<sub>base</sub>), so inflation goes at the collector's pace instead of forcing emergency
- *       collections (which clear soft references).</li>
+ *       a margin free (Headroom.inflateMarginBytes), so inflation goes at the collector's pace instead of
+ *       forcing emergency collections (which clear soft references).</li>
  *   <li><b>Probe</b>: when the estimate is what holds the balloon below its target and no
  *       complete collection (nor growth) has happened for a while (Serial and Parallel may go minutes
  *       without one), ask for one with System.gc(), at most once per {@value ExplicitGc#PROBE_MIN_MS} ms
@@ -224,6 +224,11 @@ final class Controller {
                 after = headroom.learnFromClear();
             }
             backOff(System.currentTimeMillis(), liveBytes());
+            if ("Shenandoah".equals(stats.gc)) {
+                // Its allocation-failure degenerations recur every heap fill while the balloon is small
+                // (free-set region tails hide the trigger); a large balloon stops them: rebuild it now.
+                backOff.endHold();
+            }
             String reason = String.format("JVM cleared balloon soft references: headroom %d MiB -> %d MiB",
                     before >> 20, after >> 20);
             Log.info("soft references cleared (" + (clearedBytes >> 20) + " MiB); " + reason.substring(reason.indexOf("headroom")));
@@ -272,20 +277,16 @@ final class Controller {
     }
 
     /**
-     * Region-based collectors: the heap that must stay free after a chunk is allocated. H/2 for
-     * G1 and ZGC. Shenandoah: at least twice the static headroom. Its adaptive heuristics keep
-     * their own reserves on top of free bytes, and a chunk allocated into the last H/2 failed
-     * mid-cycle on JDK 25
-     * ("Failed to allocate Shared, 8192K"): the degenerated collection that followed cleared
-     * the whole balloon, and each one raised the heuristics' penalty, which made the next
-     * cycles more eager still (GC log, matrix run).
+     * Shenandoah: an empty balloon starts only in the first quarter of the heap's fill, from the
+     * live set (where a cycle leaves it) to the inflate margin. Started later, it is still small when
+     * the heap runs out, and on JDK 25 that comes before the trigger while the balloon is small: the
+     * degenerated collection clears it (docs/agent.md). An empty balloon has nothing to lose then.
      */
-    private long inflateMarginBytes() {
-        long h = headroomBytes();
-        // G1: at least its to-space reserve (a balloon that took it left a young collection no room
-        // to evacuate into on JDK 21 at 100 MiB/s: the full collection after it cleared the balloon).
-        return "Shenandoah".equals(stats.gc) ? Math.max(h / 2, 2 * headroom.baseBytes())
-                : Math.max(h / 2, headroom.g1ReserveBytes());
+    private boolean shenandoahMayStart() {
+        if (!"Shenandoah".equals(stats.gc)) {
+            return true;
+        }
+        return Headroom.inFirstQuarterOfFill(stats.usedBytes(), liveBytes(), stats.maxBytes(), headroom.inflateMarginBytes());
     }
 
     /** Grows the balloon towards {@code limit}; true when the live-set estimate stopped it. */
@@ -297,13 +298,16 @@ final class Controller {
         // Shenandoah: at most SHENANDOAH_INFLATE_BYTES_PER_TICK a tick (see the constant).
         long stopAt = "Shenandoah".equals(stats.gc) ? balloon.footprintBytes() + SHENANDOAH_INFLATE_BYTES_PER_TICK
                 : Long.MAX_VALUE;
+        if (balloon.footprintBytes() == 0 && !shenandoahMayStart()) {
+            return false;
+        }
         while (balloon.footprintBytes() + chunkBytes <= Math.min(limit, stopAt)
                 && balloon.chunkCount() < Balloon.MAX_CHUNKS && System.nanoTime() < deadline) {
             if (balloon.footprintBytes() + chunkBytes > balloonMaxBytes()) {
                 blocked = true;
                 break;
             }
-            if (stats.regionBased() && stats.usedBytes() + chunkBytes + inflateMarginBytes() > stats.maxBytes()) {
+            if (stats.regionBased() && stats.usedBytes() + chunkBytes + headroom.inflateMarginBytes() > stats.maxBytes()) {
                 break; // no free regions to spare: let the collector free garbage first
             }
             byte[] array;

@@ -59,12 +59,21 @@ final class Headroom {
     private volatile long learnedBytes;
     /** G1 keeps G1ReservePercent (10 %) of the heap free as to-space; the balloon leaves it that at least. */
     private final long g1ReserveBytes;
+    /**
+     * Shenandoah's trigger zone: it starts a cycle when its free set falls below
+     * ShenandoahMinFreeThreshold (10 %) of the heap, and that free set excludes ShenandoahEvacReserve
+     * (5 %), kept for evacuation. Heap used above C minus this is where only a running cycle saves the
+     * application's next allocation (see inflateMarginBytes).
+     */
+    private final long shenandoahTriggerBytes;
     private volatile long learnedAtMs;
 
     Headroom(HeapStats stats, Options options) {
         this.stats = stats;
         this.options = options;
         this.g1ReserveBytes = "G1".equals(stats.gc) ? stats.maxBytes() * HeapStats.vmOptionLong("G1ReservePercent", 10) / 100 : 0;
+        this.shenandoahTriggerBytes = "Shenandoah".equals(stats.gc) ? stats.maxBytes()
+                * (HeapStats.vmOptionLong("ShenandoahMinFreeThreshold", 10) + HeapStats.vmOptionLong("ShenandoahEvacReserve", 5)) / 100 : 0;
         java.lang.management.ThreadMXBean bean = ManagementFactory.getThreadMXBean();
         com.sun.management.ThreadMXBean t = bean instanceof com.sun.management.ThreadMXBean
                 ? (com.sun.management.ThreadMXBean) bean : null;
@@ -114,8 +123,36 @@ final class Headroom {
         return Math.max(Math.max(baseBytes(), needBytes()), g1ReserveBytes) + learnedBytes();
     }
 
-    long g1ReserveBytes() {
-        return g1ReserveBytes;
+    /**
+     * Region-based collectors: the heap that must stay free after a balloon chunk is allocated. G1
+     * and ZGC: H/2, and for G1 at least its to-space reserve (a balloon that took it left a young
+     * collection no room to evacuate into on JDK 21 at 100 MiB/s; the full collection after it
+     * cleared the balloon). Shenandoah: H/2 above its trigger zone, so the balloon never takes the
+     * heap to where Shenandoah starts a cycle; only the application's allocations get it there, and
+     * the cycle then has the whole zone to run in. Its free set counts the tails of partly filled
+     * regions (JDK 25: 64 KiB objects leave 65424 B of each 512 KiB region, 87 % of the free set), so
+     * free heap near the trigger may hold no empty region. The old margin (max(H/2, 2 H<sub>base</sub>),
+     * 128 MiB, inside the 154 MiB zone) let a chunk take the last empty regions; on a starved machine
+     * the application's next allocation then failed before the cycle began, and that degenerated
+     * collection ("Outside of Cycle") cleared every soft reference.
+     */
+    long inflateMarginBytes() {
+        return inflateMarginBytes(bytes(), baseBytes(), g1ReserveBytes, shenandoahTriggerBytes);
+    }
+
+    /**
+     * True while heap use is in the first quarter of its fill, from the live set (where a cycle
+     * leaves it) to the inflate margin: where an empty Shenandoah balloon may start (Controller).
+     */
+    static boolean inFirstQuarterOfFill(long usedBytes, long liveBytes, long maxBytes, long marginBytes) {
+        return usedBytes <= liveBytes + (maxBytes - marginBytes - liveBytes) / 4;
+    }
+
+    static long inflateMarginBytes(long headroomBytes, long baseBytes, long g1ReserveBytes, long shenandoahTriggerBytes) {
+        if (shenandoahTriggerBytes > 0) {
+            return Math.max(2 * baseBytes, shenandoahTriggerBytes + headroomBytes / 2);
+        }
+        return Math.max(headroomBytes / 2, g1ReserveBytes);
     }
 
     /** The learned part, halving every LEARNED_HALF_LIFE_MS: a lesson from a busy hour fades. */

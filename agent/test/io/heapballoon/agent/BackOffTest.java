@@ -65,4 +65,14 @@ class BackOffTest {
         b.gaveBack(later, 100 * MIB, 64 * MIB, TOLERANCE_BYTES, 200 * MIB, 1);
         assertEquals(500 * MIB, b.limitBytes(later + BackOff.MIN_MS, 500 * MIB, 2));
     }
+
+    @Test
+    void endingTheHoldKeepsTheCeilingUntilANewerCompleteCollection() {
+        BackOff b = new BackOff();
+        b.gaveBack(T0, 100 * MIB, 64 * MIB, TOLERANCE_BYTES, 0, 7);
+        assertEquals(-1, b.limitBytes(T0 + 1, 500 * MIB, 7));
+        b.endHold();
+        assertEquals(0, b.limitBytes(T0 + 1, 500 * MIB, 7), "no hold, but no growth before a newer complete collection");
+        assertEquals(500 * MIB, b.limitBytes(T0 + 1, 500 * MIB, 8));
+    }
 }

@@ -1,6 +1,7 @@
 package io.heapballoon.agent;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import org.junit.jupiter.api.Test;
@@ -38,5 +39,31 @@ class HeadroomTest {
             h.learnFromClear();
         }
         assertTrue(h.learnedBytes() <= stats.maxBytes() / 8);
+    }
+
+    @Test
+    void shenandoahInflatesOnlyAboveItsTriggerZoneAndG1KeepsItsReserve() {
+        long heap = 1024 * MIB;
+        long zone = heap * 15 / 100; // ShenandoahMinFreeThreshold 10 % + ShenandoahEvacReserve 5 %
+        // H/2 above the zone where Shenandoah starts a cycle (the old margin, 2 x 64 MiB, was inside it)
+        assertEquals(zone + 32 * MIB, Headroom.inflateMarginBytes(64 * MIB, 64 * MIB, 0, zone));
+        assertTrue(Headroom.inflateMarginBytes(64 * MIB, 64 * MIB, 0, zone) > 2 * 64 * MIB);
+        // a slower cycle raises H (R x 3 x T): the margin grows with it
+        assertEquals(zone + 100 * MIB, Headroom.inflateMarginBytes(200 * MIB, 64 * MIB, 0, zone));
+        // G1: H/2, never less than its to-space reserve; ZGC: H/2
+        assertEquals(heap / 10, Headroom.inflateMarginBytes(64 * MIB, 64 * MIB, heap / 10, 0));
+        assertEquals(200 * MIB, Headroom.inflateMarginBytes(400 * MIB, 64 * MIB, heap / 10, 0));
+        assertEquals(32 * MIB, Headroom.inflateMarginBytes(64 * MIB, 64 * MIB, 0, 0));
+    }
+
+    @Test
+    void anEmptyShenandoahBalloonStartsOnlyInTheFirstQuarterOfTheHeapsFill() {
+        long heap = 1024 * MIB;
+        long margin = 186 * MIB; // 154 MiB zone + H/2 of 64 MiB
+        // 200 MiB live: the fill runs from 200 to 838 MiB used; its first quarter ends at 359.5 MiB
+        assertTrue(Headroom.inFirstQuarterOfFill(209 * MIB, 200 * MIB, heap, margin), "just after a cycle");
+        assertTrue(Headroom.inFirstQuarterOfFill(359 * MIB, 200 * MIB, heap, margin));
+        assertFalse(Headroom.inFirstQuarterOfFill(360 * MIB, 200 * MIB, heap, margin));
+        assertFalse(Headroom.inFirstQuarterOfFill(813 * MIB, 200 * MIB, heap, margin), "0.5 s before the heap runs out");
     }
 }
