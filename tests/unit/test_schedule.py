@@ -26,8 +26,9 @@ def selected(marks: str) -> set[str]:
 def test_guests_and_tight_bars_run_alone_and_the_rest_does_not():
     serial = selected("serial")
     assert serial, "no test is marked serial"
-    assert {i for i in serial if i.startswith("tests/vm/")} and all(not i.startswith("tests/integration/test_status_watch")
+    assert {i for i in serial if i.startswith("tests/vm/")} and all(not i.startswith("tests/integration/test_cli_hints")
                                                               for i in serial)
+    assert "tests/integration/test_status_watch.py::test_watch_redraws_until_ctrl_c" in serial  # its module's mark
     assert "tests/integration/test_process_mode.py::test_acceptance_1g_heap_512m_target[ksm]" in serial
     assert "tests/integration/test_process_mode.py::test_acceptance_1g_heap_512m_target[direct]" not in serial
     every_vm = {i for i in selected("not serial") if i.startswith("tests/vm/")}
