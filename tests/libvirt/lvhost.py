@@ -34,6 +34,19 @@ def _answers(uri: str) -> bool:
         return False
 
 
+def _listening(path: str) -> bool:
+    """Something accepts connections on the Unix socket ``path`` (a file left by a killed
+    daemon refuses them)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(path)
+            return True
+        except OSError:
+            return False
+
+
 def _pid_alive(pidfile: str) -> int:
     try:
         pid = int(open(pidfile).read().strip())
@@ -60,7 +73,9 @@ class Libvirtd:
         with open(f"{PRIVATE_DIR}/libvirtd.conf", "w") as f:
             f.write(f'unix_sock_dir = "{PRIVATE_DIR}"\nunix_sock_rw_perms = "0700"\n'
                     'auth_unix_rw = "none"\nauth_unix_ro = "none"\n')
-        if not os.path.exists("/run/libvirt/virtlogd-sock"):  # QEMU's logs go through it
+        # QEMU's logs go through virtlogd; its socket file outlives a virtlogd killed with -9, and
+        # then every domain fails to start, so the test is whether it answers, not whether it exists
+        if not _listening("/run/libvirt/virtlogd-sock"):
             subprocess.run(["virtlogd", "-d", "-p", f"{PRIVATE_DIR}/virtlogd.pid"], check=True)
         self.start()
 
