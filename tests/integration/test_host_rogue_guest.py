@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import pytest
 
 from hbtest import until, wait_for
+from heapballoon.linux.procfs import ProcFS
 from heapballoon import protocol, transport
 from heapballoon.host import guestlimits, guestsession, hostd, vmreclaim
 from heapballoon.host.autopolicy import AutoPolicy
@@ -75,7 +76,7 @@ def _standin(vm_dir: str, name: str, memory_bytes: int) -> subprocess.Popen:
     # Popen may return (vfork) before the kernel has set the new image's argv: /proc/PID/cmdline
     # reads empty for that moment, and hostd's identity rule would refuse the VM (seen once on a
     # loaded machine: "does not name .../run/vms/rogue on its command line", then KeyError)
-    wait_for(lambda: vm_dir.encode() in open(f"/proc/{proc.pid}/cmdline", "rb").read(), 10, 0.01,
+    wait_for(lambda: vm_dir in ProcFS().cmdline(proc.pid), 10, 0.01,
              what=f"the stand-in's argv naming {vm_dir}")
     paths = VMPaths.of(os.path.dirname(os.path.dirname(vm_dir)), name)
     assert str(paths.dir) == vm_dir
