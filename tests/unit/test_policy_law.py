@@ -432,3 +432,6 @@ def test_a_growing_cgroup_is_ballooned_ahead_of_its_growth():
     assert "growing: 60.0 MiB taken ahead" in explain_text(d_grew)
     _, d_inflated = tick(PolicyConfig(), state, at(1010 * MIB, held=20 * MIB), 1.0)  # usage fell by what it holds
     assert d_inflated.groups[0].growth_bytes == 0
+    # ticks 2.5 s apart (a loaded node, a TCG guest): the horizon is three gaps, 7.5 s, not 3 s
+    _, d_slow = tick(PolicyConfig(), state, at(1080 * MIB), 2.5)  # +50 MiB in 2.5 s: 20 MiB/s
+    assert d_slow.groups[0].growth_bytes == 150 * MIB and d_slow.state in ("hard", "low")
