@@ -224,7 +224,7 @@ final class Controller {
                 after = headroom.learnFromClear();
             }
             backOff(System.currentTimeMillis(), liveBytes());
-            if ("Shenandoah".equals(stats.gc)) {
+            if (stats.shenandoah()) {
                 // Its allocation-failure degenerations recur every heap fill while the balloon is small
                 // (free-set region tails hide the trigger); a large balloon stops them: rebuild it now.
                 backOff.endHold();
@@ -283,7 +283,7 @@ final class Controller {
      * degenerated collection clears it (docs/agent.md). An empty balloon has nothing to lose then.
      */
     private boolean shenandoahMayStart() {
-        if (!"Shenandoah".equals(stats.gc)) {
+        if (!stats.shenandoah()) {
             return true;
         }
         return Headroom.inFirstQuarterOfFill(stats.usedBytes(), liveBytes(), stats.maxBytes(), headroom.inflateMarginBytes());
@@ -296,7 +296,7 @@ final class Controller {
         boolean grew = false;
         boolean blocked = false;
         // Shenandoah: at most SHENANDOAH_INFLATE_BYTES_PER_TICK a tick (see the constant).
-        long stopAt = "Shenandoah".equals(stats.gc) ? balloon.footprintBytes() + SHENANDOAH_INFLATE_BYTES_PER_TICK
+        long stopAt = stats.shenandoah() ? balloon.footprintBytes() + SHENANDOAH_INFLATE_BYTES_PER_TICK
                 : Long.MAX_VALUE;
         if (balloon.footprintBytes() == 0 && !shenandoahMayStart()) {
             return false;

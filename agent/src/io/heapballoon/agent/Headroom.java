@@ -72,7 +72,7 @@ final class Headroom {
         this.stats = stats;
         this.options = options;
         this.g1ReserveBytes = "G1".equals(stats.gc) ? stats.maxBytes() * HeapStats.vmOptionLong("G1ReservePercent", 10) / 100 : 0;
-        this.shenandoahTriggerBytes = "Shenandoah".equals(stats.gc) ? stats.maxBytes()
+        this.shenandoahTriggerBytes = stats.shenandoah() ? stats.maxBytes()
                 * (HeapStats.vmOptionLong("ShenandoahMinFreeThreshold", 10) + HeapStats.vmOptionLong("ShenandoahEvacReserve", 5)) / 100 : 0;
         java.lang.management.ThreadMXBean bean = ManagementFactory.getThreadMXBean();
         com.sun.management.ThreadMXBean t = bean instanceof com.sun.management.ThreadMXBean

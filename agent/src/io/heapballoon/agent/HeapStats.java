@@ -109,9 +109,14 @@ final class HeapStats {
         return maxBytes();
     }
 
+    /** Shenandoah: its own trigger zone, no explicit collections, its own clear (Headroom, Controller). */
+    boolean shenandoah() {
+        return "Shenandoah".equals(gc);
+    }
+
     /** G1, ZGC and Shenandoah: the balloon can use the whole heap, which fills region by region. */
     boolean regionBased() {
-        return "G1".equals(gc) || "ZGC".equals(gc) || "Shenandoah".equals(gc);
+        return "G1".equals(gc) || "ZGC".equals(gc) || shenandoah();
     }
 
     long committedBytes() {
