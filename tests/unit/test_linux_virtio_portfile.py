@@ -12,7 +12,10 @@ import threading
 
 import pytest
 
-from heapballoon.linux.virtio import PortFile
+from hypothesis import given
+from hypothesis import strategies as st
+
+from heapballoon.linux.virtio import LineSplitter, PortFile
 
 
 @pytest.fixture
@@ -57,3 +60,24 @@ def test_writes_arrive_whole(tmp_path):
     finally:
         os.close(host)
         p.close()
+
+
+@given(st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=12),
+       st.lists(st.integers(min_value=1, max_value=50), min_size=1, max_size=20))
+def test_any_chunking_gives_the_lines_and_one_none_per_over_long_line(lines, cuts):
+    """The reader's splitter (pure): however the bytes arrive, each line ≤ the limit comes out
+    whole and each longer one exactly once as None."""
+    stream = b"".join(line + b"\n" for line in lines)
+    splitter, out, i, k = LineSplitter(max_line_bytes=16), [], 0, 0
+    while i < len(stream):
+        size = cuts[k % len(cuts)]
+        out += splitter.feed(stream[i:i + size])
+        i, k = i + size, k + 1
+    assert out == [line if len(line) <= 16 else None for line in lines]
+
+
+def test_reset_drops_a_partial_line():
+    splitter = LineSplitter(max_line_bytes=16)
+    assert splitter.feed(b"half a li") == []
+    splitter.reset()  # the host went away mid-line
+    assert splitter.feed(b"ne\nwhole\n") == [b"ne", b"whole"]

@@ -76,6 +76,38 @@ class VirtioPorts:
         return path
 
 
+class LineSplitter:
+    """Bytes in, whole lines out (pure): what :meth:`PortFile.lines` does with each read. A line
+    longer than ``max_line_bytes`` comes out once as ``None`` and the rest of it, up to its
+    newline, is dropped; so at most ``max_line_bytes`` are ever buffered."""
+
+    def __init__(self, max_line_bytes: int) -> None:
+        self.max_line_bytes = max_line_bytes
+        self._buf = b""  # the partial line so far (owned here)
+        self._skipping = False  # inside an over-long line, until its newline
+
+    def reset(self) -> None:
+        """Drop the partial line (the host went away mid-line)."""
+        self._buf, self._skipping = b"", False
+
+    def feed(self, chunk: bytes) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        buf = self._buf + chunk
+        while (nl := buf.find(b"\n")) >= 0:
+            line, buf = buf[:nl], buf[nl + 1:]
+            if self._skipping:
+                self._skipping = False
+            else:
+                out.append(line if len(line) <= self.max_line_bytes else None)
+        if self._skipping:
+            buf = b""
+        elif len(buf) > self.max_line_bytes:
+            out.append(None)
+            buf, self._skipping = b"", True
+        self._buf = buf
+        return out
+
+
 class PortFile:
     """An open virtio-serial port (``path``; any character device or FIFO in tests): lines in,
     bytes out, surviving the host side (dis)connecting. Its reader and its writer may be two
@@ -91,37 +123,17 @@ class PortFile:
         ``max_line_bytes`` (the rest of it is discarded up to its newline). While no host is
         connected the port reads EOF: a partial line is dropped and the port read again after
         ``no_host_wait_s``. A read error (OSError) ends the iteration by raising."""
-        buf = b""
-        skipping = False
+        splitter = LineSplitter(self.max_line_bytes)
         while True:
             try:
                 chunk = os.read(self.fd, READ_BYTES)
             except InterruptedError:
                 continue
             if not chunk:
-                buf, skipping = b"", False
+                splitter.reset()
                 time.sleep(no_host_wait_s)
                 continue
-            buf += chunk
-            while True:
-                nl = buf.find(b"\n")
-                if skipping:
-                    if nl < 0:
-                        buf = b""
-                        break
-                    buf, skipping = buf[nl + 1:], False
-                    continue
-                if nl < 0:
-                    if len(buf) > self.max_line_bytes:
-                        yield None
-                        buf, skipping = b"", True
-                    break
-                if nl > self.max_line_bytes:
-                    yield None
-                    buf = buf[nl + 1:]
-                    continue
-                line, buf = buf[:nl], buf[nl + 1:]
-                yield line
+            yield from splitter.feed(chunk)
 
     def write_all(self, data: bytes, on_error: Callable[[OSError], None] | None = None) -> None:
         """Write all of ``data`` (a write blocks while no host is connected). A failed write
