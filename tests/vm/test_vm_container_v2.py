@@ -150,7 +150,7 @@ def test_an_idle_jvms_heap_gives_way_under_cgroup_v2_in_a_guest(vms):
     # The policy puts the container at its margin first (usage under limit − 1.75·minFree: the
     # group's state "clear"). The JVM alone starts at ~1035 MiB, already under limit − minFree, so
     # usage alone says nothing; on the host this takes a tick or two and the host tests start the
-    # sidecar at once, but under TCG ticks come 1-4 s apart and each inflation is a Serial full
+    # sidecar at once, but under TCG ticks come 1-3.5 s apart and each inflation is a Serial full
     # collection of 1 GiB (5-15 s to the margin here). A sidecar started before that raced the
     # first inflation: one CI run (2026-12-04) OOM-killed the JVM, the balloon at ~150 MiB.
     settled = re.compile(rf"^cgroup {re.escape(rec['cgroup'])}: (clear|high),", re.M)

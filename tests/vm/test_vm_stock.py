@@ -19,6 +19,8 @@ import pytest
 from hbtest import MIB, parse_app_lines, run_cli, wait_for
 
 KERNEL_ERRORS = re.compile(r"Out of memory|oom-kill|Kernel panic|BUG:|Oops|Call Trace|general protection")
+DIAGNOSE_TIMEOUT_S = 10
+STATUS_TIMEOUT_S = 20  # a status answers in ~1-3 s under TCG; a starved guest may not answer at all
 JAVA_APP = ["java", "-Xms768m", "-Xmx768m", "-XX:+AlwaysPreTouch", "-jar", "/opt/churn.jar", "--live-mib", "150",
             "--churn-mib-per-s", "50"]
 
@@ -32,22 +34,30 @@ class Stock:
     def cli(self, *args, check=True, timeout_s=300):
         return run_cli(*args, timeout_s=timeout_s, check=check)
 
-    def guest(self, name: str, *argv: str, check=True) -> str:
-        return self.cli("vm", "exec", name, "--", *argv, check=check).stdout
+    def guest(self, name: str, *argv: str, check=True, timeout_s: float = 60) -> str:
+        return self.cli("vm", "exec", name, "--timeout-s", str(timeout_s), "--", *argv, check=check).stdout
 
     def jvm(self, name: str) -> dict | None:
         """The guest driver's view of the guest's JVM (None while no driver or JVM is up)."""
-        out = self.guest(name, "python3", "-m", "heapballoon", "status", "--json", check=False)
+        out = self.guest(name, "python3", "-m", "heapballoon", "status", "--json", check=False,
+                         timeout_s=STATUS_TIMEOUT_S)
         jvms = json.loads(out).get("jvms") if out.strip() else None
         return jvms[0] if jvms else None
 
-    def driver_log(self, name: str) -> str:
-        return self.guest(name, "tail", "-n", "40", "/var/log/driver.log", check=False)
+    def driver_log(self, name: str, timeout_s: float = 60) -> str:
+        return self.guest(name, "tail", "-n", "40", "/var/log/driver.log", check=False, timeout_s=timeout_s)
 
     def diagnose(self, name: str) -> None:
-        """What the guest says, printed when a step fails."""
-        print("guest meminfo:", self.guest(name, "head", "-n", "5", "/proc/meminfo", check=False))
-        print("guest driver log:", self.driver_log(name))
+        """What the guest says, printed when a step fails. A guest starved of memory may not answer
+        (`vm exec` then gives up DIAGNOSE_TIMEOUT_S + its grace later): one unanswered question
+        and the guest is not asked again; the console is the host's file, always there."""
+        meminfo = self.cli("vm", "exec", name, "--timeout-s", str(DIAGNOSE_TIMEOUT_S), "--", "head", "-n", "5",
+                           "/proc/meminfo", check=False)
+        if meminfo.returncode == 0:
+            print("guest meminfo:", meminfo.stdout)
+            print("guest driver log:", self.driver_log(name, DIAGNOSE_TIMEOUT_S))
+        else:
+            print("the guest did not answer:", meminfo.stderr.strip()[-300:])
         print("console:", self.cli("vm", "logs", name, check=False).stdout[-2500:])
 
     def app_lines(self, name: str) -> list[dict]:
@@ -152,7 +162,8 @@ def test_qmp_balloon_takes_idle_heap_with_no_hostd_and_no_pause(vms):
         raise
     finally:
         print(stock.cli("vm", "balloon", name).stdout.strip())
-        print(stock.guest(name, "grep", "-E", "MemTotal|MemAvail|MemFree", "/proc/meminfo"))
+        print(stock.guest(name, "grep", "-E", "MemTotal|MemAvail|MemFree", "/proc/meminfo", check=False,
+                          timeout_s=DIAGNOSE_TIMEOUT_S))
     took_s = time.monotonic() - t0
     try:
         jvm = wait_for(lambda: stock.jvm(name), 120, 2.0, what="the guest driver answering status")
