@@ -36,6 +36,7 @@ def silent_guest(tmp_path, monkeypatch):
         c.close()
 
 
+@pytest.mark.timeout(60)  # the old budget (timeout + the boot allowance) would wait an hour here
 def test_a_booted_guest_that_does_not_answer_gets_the_grace_not_the_boot_allowance(silent_guest):
     silent_guest.write_text(f"[    1.0] init\n{READY_MARKER}\n{{\"checks\": 3}}\n")
     with pytest.raises(VMError) as err:
@@ -44,6 +45,7 @@ def test_a_booted_guest_that_does_not_answer_gets_the_grace_not_the_boot_allowan
                               "answer; is the guest out of memory?)")
 
 
+@pytest.mark.timeout(60)
 def test_a_booting_guest_gets_the_boot_allowance(silent_guest):
     silent_guest.write_text("[    1.0] still booting\n")
     with pytest.raises(VMError) as err:
