@@ -133,6 +133,15 @@ KNOWN_HIGH_RATE_FAILURES = {
     (25, "Shenandoah"): "JDK 25 Shenandoah degenerates on its own at 1.6 GiB/s (no agent: 26 allocation-failure "
                         "degenerated collections in 35 s), and each clears every soft reference: 5 soft_cleared "
                         "in 60 s on 2026-12-04 (16:47), with a balloon of 16 MiB and with a learned headroom of 190 MiB",
+    # The balloon's own cost, the one KNOWN_GC_COST_FAILURES names at 100 MiB/s: a 400 MiB balloon in Parallel's
+    # ~680 MiB old generation makes full collections frequent at this rate. GC CPU share 12.6 % and 13.8 % against
+    # 3.1-3.2 % without the balloon in two passing runs alone (2026-12-05); in CI 18.4 % against 3.4 % (pause p99
+    # 227 ms against 28 ms), where the agent's cost guard gave back a quarter of the balloon at 36 s and learned
+    # the headroom, so balloon_max fell to 264-272 MiB, under the issue's 300 MiB (no clear, no flap).
+    (17, "Parallel"): "issue 15, open: Parallel's full collections with a 400 MiB balloon in its old generation at "
+                      "1.6 GiB/s; when GC pauses reach the cost guard's bound (CI, 2026-12-05: 18.4 % of CPU "
+                      "against 3.4 % without the balloon) the agent gives back a quarter and balloon_max falls "
+                      "to 264-272 MiB, under 300",
 }
 
 
