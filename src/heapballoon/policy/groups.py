@@ -18,9 +18,9 @@ tmpfs, page cache, another process): free then falls between two ticks, and a ba
 for at the tick after free crossed minFree needs that tick plus a collection to inflate. So
 free is taken *ahead*: less what the group grows in ``GROWTH_HORIZON_S`` at its rate since the
 last tick, or three times the gap since the last tick when ticks come slower than that (a
-loaded node, a daemon in a TCG guest: ticks 1-3.5 s apart were seen there, and a 3 s horizon let
-a 20 MiB/s sidecar outrun the balloon). The rate is of usage + held (a balloon inflating moves bytes from one to the other,
-so it is no growth), and only a rise counts. Seen without it (tests/integration/
+loaded node, a daemon in a TCG guest: ticks 1-3.5 s apart were seen there, and a 3 s horizon
+let a 20 MiB/s sidecar outrun the balloon). The rate is of usage + held (a balloon inflating
+moves bytes from one to the other, so it is no growth), and only a rise counts. Seen without it (tests/integration/
 test_container_budget.py, a sidecar writing 20 MiB/s): a limit hit in 2 of 17 runs on a
 loaded machine, while the policy waited in the clear band for free to fall under minFree.
 
