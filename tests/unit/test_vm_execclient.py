@@ -51,3 +51,15 @@ def test_a_booting_guest_gets_the_boot_allowance(silent_guest):
     with pytest.raises(VMError) as err:
         execclient.vm_exec("g1", ["true"], timeout_s=0.2, ready_timeout_s=0.5)
     assert str(err.value) == "vm exec g1: no reply within 1s (the guest had not said it was ready: still booting?)"
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 5, 16, 1 << 16])
+def test_the_ready_marker_is_found_across_chunk_boundaries(tmp_path, chunk_bytes):
+    from heapballoon.vm.registry import console_has
+
+    info = SimpleNamespace(console_log=tmp_path / "console.log")
+    assert not console_has(info, chunk_bytes=chunk_bytes)  # no console yet
+    info.console_log.write_text("[    1.0] booting\n" + "x" * 37 + READY_MARKER + "\n" + "{}\n" * 1000)
+    assert console_has(info, chunk_bytes=chunk_bytes)
+    info.console_log.write_text("[    1.0] booting\n" + READY_MARKER[:-1] + "\n")
+    assert not console_has(info, chunk_bytes=chunk_bytes)

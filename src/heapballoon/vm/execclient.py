@@ -19,7 +19,7 @@ from pathlib import Path
 from heapballoon.errors import VMError
 from heapballoon.vm import execproto
 from heapballoon.vm.execproto import ExecError, ExecProtocolError, ExecRequest, ExecResult
-from heapballoon.vm.registry import READY_MARKER, get_vm, qemu_alive, read_console
+from heapballoon.vm.registry import console_has, get_vm, qemu_alive
 
 MAX_REPLY_BYTES = 8 << 20
 LOCK_POLL_S = 0.05
@@ -98,7 +98,7 @@ def vm_exec(name: str, argv: list[str], timeout_s: float = 60, *, stdin: str | N
     except ExecProtocolError as err:
         raise VMError(f"vm exec {name}: {err}") from err
     vm_dir = Path(info.state_dir)
-    if READY_MARKER in read_console(info):
+    if console_has(info):
         budget_s = timeout_s + BOOTED_REPLY_GRACE_S
         why = (f"{budget_s:.0f}s (the guest had booted: its supervisor did not answer; is the guest out of "
                "memory?)")

@@ -132,6 +132,24 @@ def read_console(info: VMInfo) -> str:
         return ""
 
 
+def console_has(info: VMInfo, marker: str = READY_MARKER, chunk_bytes: int = 1 << 16) -> bool:
+    """True once ``marker`` is on the VM's console, read from the start in chunks up to it: the
+    ready marker comes after the boot messages, so a guest that has printed megabytes since costs
+    a few chunks, not the whole log (``vm exec`` asks this on every call)."""
+    needle = marker.encode()
+    tail = b""
+    try:
+        with open(info.console_log, "rb") as f:
+            while chunk := f.read(chunk_bytes):
+                seen = tail + chunk
+                if needle in seen:
+                    return True
+                tail = seen[max(0, len(seen) - len(needle) + 1):]  # a marker split between two chunks
+    except OSError:
+        return False
+    return False
+
+
 def vm_logs(name: str) -> str:
     """The guest serial console so far."""
     return read_console(get_vm(name))
