@@ -23,8 +23,11 @@ MAX_LOG_CHARS = 200
 # C0 and C1 controls, DEL, the Unicode line/paragraph separators and the bidirectional
 # overrides/isolates (they reorder what a terminal shows).
 CONTROL_CHARS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-# What rich reads as a tag, exactly as rich.markup.escape finds it.
-_MARKUP = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
+# A run of backslashes before "[", and the tag that "[" may open (as rich.markup.escape finds
+# tags). Before a tag rich halves the run and an odd one escapes the tag (rich.markup.escape's
+# rule); before any other "[", rich 15 takes the last backslash as an escape and shows the rest,
+# so one more backslash keeps the run whole.
+_MARKUP = re.compile(r"(\\*)(\[(?:[a-z#/@][^[]*?])?)")
 
 
 def _escape_char(ch: str) -> str:
@@ -58,4 +61,10 @@ def display_text(s: object) -> str:
     it goes into (a trailing backslash is left as it is, so it shows as itself; followed by a
     tag of ours, it would escape that tag)."""
     text = CONTROL_CHARS.sub("?", "" if s is None else str(s))
-    return _MARKUP.sub(lambda m: f"{m.group(1)}{m.group(1)}\\{m.group(2)}", text)
+    def escaped(m: re.Match) -> str:
+        run, opened = m.group(1), m.group(2)
+        if len(opened) > 1:  # a tag
+            return f"{run}{run}\\{opened}"
+        return f"{run}\\{opened}" if run else opened
+
+    return _MARKUP.sub(escaped, text)
