@@ -109,3 +109,30 @@ def test_uncommitted_heap_is_memory_found():
     s, d = tick(cfg, s, shrunk, 1.0)
     assert d.state == "high" and d.target_bytes < 200 * MIB
     assert s.demand["a"] == 1100 * MIB  # sticky over resident + held + uncommitted: unchanged
+
+
+def test_a_jvm_not_measured_yet_gives_when_the_others_are_at_their_floors():
+    """Issue 16's consolidation run (daemon log, 2 of 3 JVMs up): the node was "clear" under its
+    budget, the first JVM at its floor, and the second, just registered, held 0 because its
+    activity was not measured yet: "155 MiB unmet" until the third JVM's pre-touch killed both.
+    In the proactive mode it gives too, after the measured ones (counted as fully active)."""
+    # the experiment's cgroup: 912 MiB, 760 MiB in use (page cache too): free 2.8 × minFree, clear
+    obs = Observations(replace(HOST, memory_budget_bytes=912 * MIB, cgroup_limit_bytes=912 * MIB,
+                               cgroup_usage_bytes=760 * MIB),
+                       (jvm("svc0", 450 * MIB, 0.0, held=186 * MIB, target=186 * MIB, reclaimable=186 * MIB,
+                            gc_cost=0.0),
+                        jvm("svc1", 450 * MIB, None, reclaimable=190 * MIB)))
+    prev = PolicyState(state="clear", targets={"svc0": {"heap": 186 * MIB}}, activity={"svc0": 0.0})
+    _, d = tick(ON, prev, obs, 0.0)
+    assert d.state == "clear" and d.constraint == "proactive"
+    assert d.by_key()["svc1"].target_bytes > 0 and "not measured" not in d.by_key()["svc1"].reason
+    assert d.by_key()["svc0"].target_bytes == 186 * MIB  # at its floor: no more
+    # off, the same node holds the new JVM at 0 until its activity is known (test_policy_law.py)
+    _, d = tick(PolicyConfig(), prev, obs, 0.0)
+    assert d.by_key()["svc1"].target_bytes == 0 and "not measured" in d.by_key()["svc1"].reason
+
+
+def test_a_jvm_not_measured_yet_gives_after_the_measured_idle_ones():
+    obs = Observations(HOST, (jvm("idle", 1100 * MIB, 0.0, gc_cost=0.0), jvm("new", 1100 * MIB, None)))
+    _, d = tick(ON, PolicyState(state="high"), obs, 0.0)
+    assert d.by_key()["idle"].target_bytes > d.by_key()["new"].target_bytes

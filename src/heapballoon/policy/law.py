@@ -70,7 +70,8 @@ The law in five steps:
    gives the next quantum; giving lowers its P_i and raises its ρ, so the others take over in
    turn (water-filling). Pinned workloads (a manual ``target``) keep their target and count
    towards want, and so do workloads whose activity is not measured yet (they hold what they
-   hold for a tick or two, rather than be guessed at and corrected); the rest is shared.
+   hold for a tick or two, rather than be guessed at and corrected; not in the proactive
+   mode, where they give counted as fully active); the rest is shared.
 
 4. **What gives?** Cheapest source first, across all workloads: first every workload's
    ``guest_free`` (free guest memory costs the guest nothing), then ``heap`` (idle heap costs
@@ -210,8 +211,14 @@ def tick(config: PolicyConfig, state: PolicyState, obs: Observations,
     # the rest, and in hard or low (a limit breached or about to be) it gives like the rest
     # too, counted as fully active: holding back there leaves the breach to the kernel
     # (reclaim, swap, OOM) for the seconds it takes to measure an allocation rate.
+    # In the proactive mode it gives too, counted as fully active (so last, by the order below,
+    # and never below its agent's floor): that mode exists to have the idle heap before the next
+    # demand, and a host starting services one after another registers each a second or two
+    # before the next one's pre-touch. Held at 0 there, the newest JVM gave nothing while the
+    # node was "clear", and the next pre-touch found 155 MiB too little (issue 16's
+    # consolidation run, docs/benchmarks.md: 1 of 2 runs held 3 services).
     waiting = [w for w in wls if w.pinned_target_bytes is None and w.key not in known
-               and node_state in ("clear", "soft")]
+               and node_state in ("clear", "soft") and not config.proactive]
     for w in waiting:
         for s in w.sources:
             alloc[(w.key, s.kind)] = min(_prev_target(state, w, s.kind), room[(w.key, s.kind)])
