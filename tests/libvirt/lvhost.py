@@ -47,6 +47,35 @@ def _listening(path: str) -> bool:
             return False
 
 
+KVM_DEV = "/dev/kvm"
+
+
+def _open_kvm_to_its_group() -> tuple[int, int] | None:
+    """A host without udev (this CI machine: a microVM) leaves /dev/kvm root:root 0600, where a
+    stock Debian host's udev rule makes it root:kvm 0660. libvirt 9.0 probes QEMU's
+    capabilities as root (KVM found) but judges KVM as its qemu user (libvirt-qemu, group kvm:
+    "not available now"), so it throws its capability cache away and probes QEMU again (~4 s)
+    on every lookup: a ``virsh define`` took 70 s, the first test 152 s (its debug log:
+    "KVM was enabled when probing '/usr/bin/qemu-system-x86_64', but it is not available
+    now"). For the tests' own libvirtd, give the device udev's group and mode; returns what to
+    restore at stop, or None when nothing was changed."""
+    import grp
+
+    try:
+        st = os.stat(KVM_DEV)
+        kvm_gid = grp.getgrnam("kvm").gr_gid
+    except (OSError, KeyError):
+        return None
+    mode = st.st_mode & 0o777
+    if st.st_gid != 0 or mode & 0o060:
+        return None
+    os.chown(KVM_DEV, -1, kvm_gid)
+    os.chmod(KVM_DEV, mode | 0o060)
+    print(f"libvirt tests: {KVM_DEV} was root:root {mode:o} (no udev): set to group kvm, mode "
+          f"{mode | 0o060:o} as udev does, while the tests' libvirtd runs")
+    return st.st_gid, mode
+
+
 def _pid_alive(pidfile: str) -> int:
     try:
         pid = int(open(pidfile).read().strip())
@@ -61,12 +90,14 @@ class Libvirtd:
 
     def __init__(self) -> None:
         self.started = False
+        self.kvm_restore: tuple[int, int] | None = None
         uri = os.environ.get("HEAPBALLOON_TEST_LIBVIRT_URI", "qemu:///system")
         if _answers(uri):
             self.uri = uri
             return
         self.uri = PRIVATE_URI
         self.started = True  # the private one is the tests' own, left running or not
+        self.kvm_restore = _open_kvm_to_its_group()
         if _answers(self.uri):
             return
         os.makedirs(PRIVATE_DIR, exist_ok=True)
@@ -105,6 +136,10 @@ class Libvirtd:
             pid = _pid_alive(f"{PRIVATE_DIR}/virtlogd.pid")  # only one the tests started
             if pid:
                 os.kill(pid, signal.SIGTERM)
+        if self.kvm_restore is not None:
+            gid, mode = self.kvm_restore
+            os.chown(KVM_DEV, -1, gid)
+            os.chmod(KVM_DEV, mode)
 
 
 def virsh(uri: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
