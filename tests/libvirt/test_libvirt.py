@@ -144,6 +144,7 @@ def test_check_names_what_is_missing_and_prepare_adds_it(lv, guest, host):
     check = host.cli("libvirt", "check", NAME, check=False)
     assert check.returncode == 1 and "not a memfd" in check.stdout and "not shared" in check.stdout
     assert "org.heapballoon.0" in check.stdout
+    assert "note: /dev/kvm" not in check.stdout  # open to libvirt's QEMU user (the fixture saw to it)
     before = virsh(lv.uri, "dumpxml", NAME).stdout
     dry = host.cli("libvirt", "prepare", NAME, "--dry-run").stdout
     assert '+    <source type="memfd" />' in dry and '+      <target type="virtio" name="org.heapballoon.0" />' in dry

@@ -48,22 +48,58 @@ def cmd_check(args) -> int:
     c, dom = _domain(args)
     try:
         config, live = _xmls(dom)
-        todo = domxml.missing(config)
         name = dom.name()
-        if todo:
-            print(f"{name}: missing:")
-            for item in todo:
-                print(f"  - {item}")
-            print(f"run `heapballoon libvirt prepare {name}` to add it")
-            return 1
-        if live is not None and domxml.missing(live):
-            print(f"{name}: the definition is ready, but the running domain was started without it: "
-                  "shut it down and start it again (a reboot inside the guest is not enough)")
-            return 1
-        print(f"{name}: ready (memfd shared guest RAM, channel {domxml.CHANNEL_PORT})")
-        return 0
     finally:
         c.close()
+    _note_kvm_closed(live or config)
+    todo = domxml.missing(config)
+    if todo:
+        print(f"{name}: missing:")
+        for item in todo:
+            print(f"  - {item}")
+        print(f"run `heapballoon libvirt prepare {name}` to add it")
+        return 1
+    if live is not None and domxml.missing(live):
+        print(f"{name}: the definition is ready, but the running domain was started without it: "
+              "shut it down and start it again (a reboot inside the guest is not enough)")
+        return 1
+    print(f"{name}: ready (memfd shared guest RAM, channel {domxml.CHANNEL_PORT})")
+    return 0
+
+
+def _note_kvm_closed(xml: str) -> None:
+    """A note when /dev/kvm is closed to libvirt's QEMU user (a host without udev): libvirt 9
+    probes QEMU as root, finds KVM, then judges it "not available now" for that user and probes
+    QEMU again on every lookup, so every define and start takes seconds to minutes."""
+    import os
+    import pwd
+
+    from heapballoon.libvirt import conn as lv
+    from heapballoon.libvirt import domxml
+    from heapballoon.linux.devices import kvm_closed_to
+
+    try:
+        uid = lv.dac_uid(domxml.facts(xml).dac_label)
+    except domxml.DomainXMLError:
+        uid = None  # the checks below say what is wrong with the XML
+    if uid is None:
+        try:
+            uid = pwd.getpwnam(QEMU_USER).pw_uid
+        except KeyError:
+            return
+    try:
+        entry = pwd.getpwuid(uid)
+        gids = os.getgrouplist(entry.pw_name, entry.pw_gid)
+    except KeyError:
+        gids = []
+    why = kvm_closed_to(uid, gids)
+    if why:
+        print(f"note: {why}, closed to libvirt's QEMU user (uid {uid}): libvirt then probes QEMU again on "
+              "every call, so defines and starts are slow; udev hosts give it group kvm, mode 0660 "
+              "(chgrp kvm /dev/kvm; chmod 0660 /dev/kvm)")
+
+
+QEMU_USER = "libvirt-qemu"  # Debian's default `user` in /etc/libvirt/qemu.conf
 
 
 def cmd_prepare(args) -> int:
