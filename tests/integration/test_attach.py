@@ -212,6 +212,9 @@ def test_connect_as_presents_the_target_credentials():
     t.start()
     try:
         sock = attach_mod._connect(path, 1, 65534, 65534, time.monotonic() + 5)
+        # The passed descriptor arrives O_NONBLOCK (the child's timeout); with no timeout of its
+        # own the socket would raise EAGAIN from recv() whenever it ran ahead of the server.
+        assert sock.gettimeout() is not None and sock.gettimeout() > 0
         assert sock.recv(5) == b"hello"  # the parent owns the connected socket
         sock.close()
         t.join(5)

@@ -301,7 +301,12 @@ def _connect_as(path: str, pid: int, euid: int, egid: int, deadline: float) -> s
         raise cls(f"cannot connect to the attach socket of PID {pid} as uid {euid}: {text}")
     for extra in fds[1:]:
         os.close(extra)
-    return socket.socket(fileno=fds[0])
+    sock = socket.socket(fileno=fds[0])
+    # The child's settimeout() left O_NONBLOCK on the shared file description, and a socket
+    # made from a descriptor keeps the flags it finds while reporting "blocking": give it the
+    # same timeout _connect's socket has, which also sets the descriptor's mode to match.
+    sock.settimeout(max(0.1, deadline - time.monotonic()))
+    return sock
 
 
 def _read_all(sock: socket.socket) -> bytes:
