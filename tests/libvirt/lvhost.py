@@ -155,8 +155,10 @@ def virsh(uri: str, *args: str, check: bool = True) -> subprocess.CompletedProce
 
 
 def domain_xml(name: str, memory_mib: int, kernel: str, initrd: str, rootdisk: str, console_log: str,
-               accel: str = "tcg") -> str:
-    """A plain domain: direct kernel boot of our image, no memfd, no heapballoon channel."""
+               accel: str = "tcg", memballoon: str = "<memballoon model='virtio'/>", devices: str = "") -> str:
+    """A plain domain: direct kernel boot of our image, no memfd, no heapballoon channel.
+
+    ``memballoon``: the balloon device's element; ``devices``: more devices (a channel)."""
     cpu = "<cpu mode='host-passthrough'/>" if accel == "kvm" else \
         "<cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model></cpu>"
     append = "console=ttyS0 quiet panic=-1 loglevel=4" + (" mitigations=off" if accel == "tcg" else "")
@@ -183,23 +185,28 @@ def domain_xml(name: str, memory_mib: int, kernel: str, initrd: str, rootdisk: s
       <source path='{console_log}'/>
       <target port='0'/>
     </serial>
-    <memballoon model='virtio'/>
+    {memballoon}{devices}
     <rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>
   </devices>
 </domain>
 """
 
 
-def guest_files(image, name: str, cmd: list[str], copies: list[tuple[str, str]]) -> dict:
+def guest_files(image, name: str, cmd: list[str], copies: list[tuple[str, str]], reclaim: str = "pfn",
+                driver_args: list[str] | None = None) -> dict:
     """Kernel, initrd (image + our cmd and copies) and root disk in a directory QEMU (user
-    libvirt-qemu) can read; the console log's path."""
+    libvirt-qemu) can read; the console log's path. ``reclaim="virtio"``: the guest driver frees
+    idle heap itself (``--reclaim direct``), as in a ``vm start --reclaim virtio`` guest."""
     from heapballoon.vm.launcher import COPIES_DIR, extra_initrd
 
     d = tempfile.mkdtemp(prefix=f"hblv-{name}-", dir="/tmp")
     os.chmod(d, 0o777)
     kernel, initrd, rootdisk = (os.path.join(d, n) for n in ("vmlinuz", "initrd.img", "rootfs.img"))
     shutil.copyfile(image.kernel_path, kernel)
-    extra = extra_initrd({"argv": cmd, "env": {}, "name": name}, copies, name, COPIES_DIR)
+    spec = {"argv": cmd, "env": {}, "name": name, "reclaim": reclaim}
+    if driver_args is not None:
+        spec["driver_args"] = driver_args
+    extra = extra_initrd(spec, copies, name, COPIES_DIR)
     with open(image.initrd_path, "rb") as src, open(initrd, "wb") as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
         dst.write(b"\0" * ((-dst.tell()) % 512) + extra)
@@ -208,3 +215,55 @@ def guest_files(image, name: str, cmd: list[str], copies: list[tuple[str, str]])
         os.chmod(p, 0o644)
     return {"dir": d, "kernel": kernel, "initrd": initrd, "rootdisk": rootdisk,
             "console_log": os.path.join(d, "console.log")}
+
+
+EXEC_CHANNEL = ("<channel type='unix'><source mode='bind'/>"
+                "<target type='virtio' name='org.heapballoon.exec'/></channel>")
+
+
+def channel_path(uri: str, name: str, port: str = "org.heapballoon.exec") -> str:
+    """The host path libvirt chose for the running domain's unix channel ``port``."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.fromstring(virsh(uri, "dumpxml", name).stdout)
+    for ch in root.iter("channel"):
+        target, source = ch.find("target"), ch.find("source")
+        if target is not None and target.get("name") == port and source is not None and source.get("path"):
+            return source.get("path")
+    raise AssertionError(f"domain {name} has no unix channel {port}")
+
+
+def guest_exec(sock_path: str, argv: list[str], timeout_s: float = 20) -> tuple[int, str]:
+    """Run ``argv`` in the guest through its exec channel (the guest supervisor's protocol, as
+    ``vm exec`` speaks it); ``(rc, stdout)``, rc -1 when the guest did not answer in time."""
+    import secrets
+    import socket
+
+    from heapballoon.vm import execproto
+
+    rid = secrets.randbits(62)
+    deadline = time.monotonic() + timeout_s + 10
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(sock_path)
+        s.sendall(execproto.encode(execproto.ExecRequest(id=rid, argv=tuple(argv), timeout_s=timeout_s)))
+        buf = b""
+        while time.monotonic() < deadline:
+            s.settimeout(max(0.1, deadline - time.monotonic()))
+            try:
+                chunk = s.recv(1 << 20)
+            except socket.timeout:
+                break
+            if not chunk:
+                break
+            buf += chunk
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                try:
+                    reply = execproto.parse_reply(line)
+                except execproto.ExecProtocolError:
+                    continue
+                if reply.id == rid and isinstance(reply, execproto.ExecResult):
+                    return reply.rc, reply.stdout
+                if reply.id == rid:
+                    raise AssertionError(f"guest exec {argv}: {reply}")
+    return -1, ""

@@ -30,6 +30,33 @@ def test_law_grows_by_the_shortfall_from_what_the_balloons_hold():
     assert LAW.step(mem(40), target_bytes=200 * MIB, balloon_bytes=200 * MIB).target_bytes == 260 * MIB
 
 
+def test_a_balloon_still_inflating_is_met_ahead_by_what_it_took_last_tick():
+    # 150 MiB of guest RAM went into the virtio-balloon (MemTotal fell) and 40 MiB remain
+    # available: short 60, and the balloon, going on, takes 150 more before the next tick
+    step = LAW.step(GuestMemory(874 * MIB, 40 * MIB, 0.0, 150 * MIB), target_bytes=0, balloon_bytes=0)
+    assert (step.target_bytes, step.reason) == (210 * MIB, "short")
+    # above the reserve, but the balloon's next 150 MiB would take it 50 below: give that now
+    step = LAW.step(GuestMemory(874 * MIB, 200 * MIB, 0.0, 150 * MIB), target_bytes=0, balloon_bytes=0)
+    assert (step.target_bytes, step.reason) == (50 * MIB, "taken")
+    # plenty left even if it goes on: hold
+    assert LAW.step(GuestMemory(874 * MIB, 300 * MIB, 0.0, 150 * MIB), 0, 0).reason == "hold"
+    # the old law's answer without the balloon's growth (a balloon with deflate-on-oom: MemTotal stays)
+    assert LAW.step(mem(40), 0, 0).target_bytes == 60 * MIB
+
+
+def test_memtotal_falling_between_ticks_is_the_balloons_growth(tmp_path):
+    from heapballoon.guest.direct import LocalPolicy
+
+    procfs = fake_proc(tmp_path, 500)
+    local = LocalPolicy(LAW, procfs)
+    assert local.guest_memory().balloon_growth_bytes == 0  # first read: nothing to compare with
+    (tmp_path / "proc" / "meminfo").write_text(f"MemTotal: {874 * 1024} kB\nMemAvailable: {40 * 1024} kB\n")
+    assert local.guest_memory().balloon_growth_bytes == 150 * MIB
+    assert local.guest_memory().balloon_growth_bytes == 0  # it stopped
+    (tmp_path / "proc" / "meminfo").write_text(f"MemTotal: {1024 * 1024} kB\nMemAvailable: {500 * 1024} kB\n")
+    assert local.guest_memory().balloon_growth_bytes == 0  # deflating is not growth
+
+
 def test_default_reserve_is_32_mib_or_3_percent_of_the_guest():
     assert LocalLaw().reserve(1 << 30) == 32 * MIB
     assert LocalLaw().reserve(16 << 30) == int((16 << 30) * 0.03)
@@ -116,8 +143,71 @@ def test_guest_driver_without_a_port_defaults_to_direct(tmp_path, monkeypatch):
     assert gd.main(["--socket", str(tmp_path / "s"), "--reserve", "128M"]) == 0
     drv = seen["driver"]
     assert drv.direct and drv.node.ticker.reclaim_pref == "direct" and drv.local.law.reserve_bytes == 128 * MIB
+    assert drv.local.law.free_idle_heap  # the default: idle heap free ahead
+    assert gd.main(["--socket", str(tmp_path / "s"), "--idle-heap", "on-demand"]) == 0
+    assert not seen["driver"].local.law.free_idle_heap
     assert gd.main(["--socket", str(tmp_path / "s"), "--uplink", "/dev/vport1p1"]) == 0
     assert not seen["driver"].direct and seen["driver"].local.law is None
     with pytest.raises(SystemExit) as exc:
         gd.main(["--reserve", "lots"])
     assert exc.value.code == 2
+
+
+def balloon_tree(tmp_path, features: str | None, device: str = "0x0005"):
+    """A /sys/bus/virtio/devices fixture: a console (0x0003) and, unless None, a balloon."""
+    root = tmp_path / "virtio"
+    (root / "virtio0").mkdir(parents=True)
+    (root / "virtio0" / "device").write_text("0x0003\n")
+    (root / "virtio0" / "features").write_text("1" * 64 + "\n")
+    if features is not None:
+        (root / "virtio3").mkdir()
+        (root / "virtio3" / "device").write_text(device + "\n")
+        (root / "virtio3" / "features").write_text(features + "\n")
+    return str(root)
+
+
+def test_balloon_features_are_read_from_the_negotiated_bit_string(tmp_path):
+    from heapballoon.linux.virtioballoon import BalloonFeatures, VirtioBalloon
+
+    # QEMU's virtio-balloon-pci,free-page-reporting=on as Linux 6.1 negotiated it: bits 1, 5, 32
+    libvirt_default = "01000100000000000000000000000000100000000000000000000000000000000"
+    assert VirtioBalloon(balloon_tree(tmp_path / "a", libvirt_default)).features() == BalloonFeatures(
+        "virtio3", deflate_on_oom=False, free_page_reporting=True)
+    ours = "0110010000000000000000000000000010000000000000000000000000000000"  # + deflate-on-oom
+    assert VirtioBalloon(balloon_tree(tmp_path / "b", ours)).features().deflate_on_oom
+    assert VirtioBalloon(balloon_tree(tmp_path / "c", None)).features() is None  # no balloon device
+    assert VirtioBalloon(str(tmp_path / "none")).features() is None  # no virtio bus at all
+    with pytest.raises(KernelError, match="not a feature bit string"):
+        VirtioBalloon(balloon_tree(tmp_path / "d", "01x")).features()
+
+
+def test_idle_heap_mode_says_what_the_balloon_can_do(tmp_path, caplog):
+    from heapballoon.guest.direct import idle_heap_mode
+    from heapballoon.linux.virtioballoon import VirtioBalloon
+
+    caplog.set_level("INFO", logger="heapballoon.guest")
+    assert idle_heap_mode("free", VirtioBalloon(balloon_tree(tmp_path / "a", "010001"))) == "free"
+    assert "deflate-on-oom off, free page reporting on; keeping the JVMs' idle heap free ahead" in caplog.text
+    caplog.clear()
+    assert idle_heap_mode("on-demand", VirtioBalloon(balloon_tree(tmp_path / "b", "010001"))) == "on-demand"
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "OOM-kill its largest process" in caplog.text
+    caplog.clear()
+    assert idle_heap_mode("on-demand", VirtioBalloon(balloon_tree(tmp_path / "c", "011000"))) == "on-demand"
+    assert [r.levelname for r in caplog.records] == ["INFO"] and "deflate-on-oom on" in caplog.text
+    caplog.clear()
+    assert idle_heap_mode("free", VirtioBalloon(balloon_tree(tmp_path / "d", None))) == "free"
+    assert "no virtio-balloon in this guest" in caplog.text
+
+
+def test_free_idle_heap_keeps_the_target_at_the_idle_heap_and_never_shrinks_below_it():
+    free = LocalLaw(reserve_bytes=100 * MIB, band_bytes=50 * MIB, free_idle_heap=True)
+    # plenty available (nothing asked yet): the idle heap is given all the same
+    step = free.step(mem(600), 0, 0, idle_bytes=450 * MIB)
+    assert (step.target_bytes, step.reason) == (450 * MIB, "idle")
+    assert LAW.step(mem(600), 0, 0, idle_bytes=450 * MIB).target_bytes == 0  # on demand: nothing asked
+    # the host gave memory back: the on-demand law would shrink to 0; the idle heap stays given
+    assert LAW.step(mem(900), 450 * MIB, 450 * MIB, idle_bytes=450 * MIB).target_bytes == 0
+    assert free.step(mem(900), 450 * MIB, 450 * MIB, idle_bytes=450 * MIB).target_bytes == 450 * MIB
+    # short beyond the idle heap: the reserve law still grows it
+    step = free.step(mem(40), 450 * MIB, 450 * MIB, idle_bytes=450 * MIB)
+    assert (step.target_bytes, step.reason) == (510 * MIB, "short")

@@ -17,13 +17,15 @@ from heapballoon.errors import KernelError
 from heapballoon.guest.locallaw import GuestMemory, LocalLaw
 from heapballoon.linux.pagereporting import PageReporting
 from heapballoon.linux.procfs import ProcFS
+from heapballoon.linux.virtioballoon import VirtioBalloon
 
 log = logging.getLogger("heapballoon.guest")
 
 
 class LocalPolicy:
     """The direct way's part of the guest driver: ``law`` None is no local law. Mutable state
-    (event loop thread): ``law_target_bytes`` (the local law's node target), ``law_reason``."""
+    (event loop thread): ``law_target_bytes`` (the local law's node target), ``law_reason``,
+    ``last_total_bytes``."""
 
     def __init__(self, law: LocalLaw | None, procfs: ProcFS, report_order: int | None = None,
                  page_reporting: PageReporting | None = None) -> None:
@@ -33,6 +35,7 @@ class LocalPolicy:
         self.page_reporting = page_reporting or PageReporting()
         self.law_target_bytes = 0
         self.law_reason = ""
+        self.last_total_bytes: int | None = None  # MemTotal at the last step (its fall: the balloon growing)
 
     def node_target(self, hand_set_bytes: int | None) -> int | None:
         """What is set by hand (``heapballoon target all``, or hostd) or, if more, the local law's."""
@@ -50,7 +53,10 @@ class LocalPolicy:
             psi = self.procfs.pressure("memory").get("some", {}).get("avg10")
         except KernelError:
             psi = None
-        return GuestMemory(info.get("MemTotal", 0), info.get("MemAvailable", 0), psi)
+        total = info.get("MemTotal", 0)
+        growth = 0 if self.last_total_bytes is None else max(0, self.last_total_bytes - total)
+        self.last_total_bytes = total
+        return GuestMemory(total, info.get("MemAvailable", 0), psi, growth)
 
     def apply_law(self, registry: Registry) -> bool:
         """One step of the local law (loop thread). True when it moved the node target."""
@@ -58,12 +64,14 @@ class LocalPolicy:
         if mem is None:
             return False
         balloon = sum(rec.state.balloon_bytes for rec in registry if rec.connected)
-        step = self.law.step(mem, self.law_target_bytes, balloon)
+        idle = sum(rec.excess_bytes for rec in registry if rec.connected)
+        step = self.law.step(mem, self.law_target_bytes, balloon, idle)
         changed = step.target_bytes != self.law_target_bytes
         if changed:
             log.info("local law (%s): node target %d MiB → %d MiB (available %d MiB of %d MiB, balloons %d MiB, "
-                     "psi some %s)", step.reason, self.law_target_bytes >> 20, step.target_bytes >> 20,
-                     mem.available_bytes >> 20, mem.total_bytes >> 20, balloon >> 20, mem.psi_some_avg10)
+                     "virtio-balloon took %d MiB since the last tick, psi some %s)", step.reason,
+                     self.law_target_bytes >> 20, step.target_bytes >> 20, mem.available_bytes >> 20,
+                     mem.total_bytes >> 20, balloon >> 20, mem.balloon_growth_bytes >> 20, mem.psi_some_avg10)
         self.law_target_bytes, self.law_reason = step.target_bytes, step.reason
         return changed
 
@@ -77,3 +85,30 @@ class LocalPolicy:
         except KernelError as err:
             log.warning("free page reporting order not set (%s): freed pages are reported in the kernel's "
                         "default blocks only", err)
+
+
+def idle_heap_mode(choice: str, balloon: VirtioBalloon | None = None) -> str:
+    """``--idle-heap`` (``free`` or ``on-demand``), with the guest's virtio-balloon probed and said.
+
+    ``free`` is the default because reacting loses on both kinds of balloon (issue 17, TCG): a
+    libvirt domain's balloon without deflate-on-oom took the last free page and the guest
+    OOM-killed the JVM 4 s after ``virsh setmem``; our guests' balloon, which deflates on OOM,
+    inflated 250 MiB in 2 s and left the guest thrashing with the JVM's balloon at 24 MiB."""
+    try:
+        feats = (balloon or VirtioBalloon()).features()
+    except KernelError as err:
+        log.warning("virtio-balloon features unreadable (%s)", err)
+        feats = None
+    if feats is None:
+        what = "no virtio-balloon in this guest (free page reporting off)"
+    else:
+        what = (f"virtio-balloon {feats.device}: deflate-on-oom {'on' if feats.deflate_on_oom else 'off'}, "
+                f"free page reporting {'on' if feats.free_page_reporting else 'off'}")
+    if choice == "free":
+        log.info("%s; keeping the JVMs' idle heap free ahead of any request (--idle-heap free)", what)
+    elif feats is not None and not feats.deflate_on_oom:
+        log.warning("%s; JVMs give idle heap only once MemAvailable falls (--idle-heap on-demand): a host asking "
+                    "for more than is free makes this guest OOM-kill its largest process", what)
+    else:
+        log.info("%s; JVMs give idle heap only once MemAvailable falls (--idle-heap on-demand)", what)
+    return choice

@@ -44,7 +44,7 @@ from heapballoon.driver.daemon import Driver
 from heapballoon.driver.registry import JVMRecord
 from heapballoon.driver.verify import MAX_VERIFY_PAGES_PER_TICK, chunk_frames
 from heapballoon.errors import KernelError, ProtocolError
-from heapballoon.guest.direct import LocalPolicy
+from heapballoon.guest.direct import LocalPolicy, idle_heap_mode
 from heapballoon.guest.locallaw import LocalLaw
 from heapballoon.linux import pagemap
 from heapballoon.guest.uplink import Uplink
@@ -378,6 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--band", type=size_arg, default=LocalLaw.band_bytes,
                    help="direct: deflate only once MemAvailable is this much above the reserve (default 64M)")
     p.add_argument("--no-local-policy", action="store_true", help="direct: targets only by hand (heapballoon target)")
+    p.add_argument("--idle-heap", choices=("free", "on-demand"), default="free",
+                   help="direct: free (default): keep the JVMs' idle heap free ahead of any request (free page "
+                        "reporting hands it to the host; a virtio-balloon finds it free); on-demand: give only what "
+                        "the reserve needs, and take it back when the host gives memory back")
     p.add_argument("--report-order", type=int, default=None, metavar="ORDER",
                    help="set the kernel's page_reporting_order (0: report freed 4 KiB pages; kernel default 9)")
     p.add_argument("--log-level", default="info")
@@ -388,10 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     reclaim = args.reclaim if args.reclaim != "auto" else ("report" if uplink else "direct")
     if uplink is None and reclaim == "report":
         log.error("virtio-serial port org.heapballoon.0 not found: running without a host uplink")
-    law = None if reclaim != "direct" or args.no_local_policy else LocalLaw(args.reserve, args.band)
+    law = None
+    if reclaim == "direct" and not args.no_local_policy:
+        law = LocalLaw(args.reserve, args.band, free_idle_heap=idle_heap_mode(args.idle_heap) == "free")
     log.info("reclaim %s, uplink %s, local policy %s", reclaim, uplink or "none",
-             f"reserve {'default' if args.reserve is None else args.reserve >> 20} MiB band {args.band >> 20} MiB"
-             if law else "off")
+             f"reserve {'default' if args.reserve is None else args.reserve >> 20} MiB band {args.band >> 20} MiB, "
+             f"idle heap {'free' if law.free_idle_heap else 'on demand'}" if law else "off")
     return serve(GuestDriver(args.socket, uplink, reclaim=reclaim, law=law, report_order=args.report_order,
                              interval_s=args.interval_s, socket_mode=args.socket_mode))
 

@@ -15,10 +15,26 @@ only 1–13 MiB available, so the law starts by freeing that much heap before an
 
 * short (``available < reserve``): grow the target to ``balloon now + shortfall`` (never
   below the current target), so the idle heap the JVMs give makes up the difference;
+* taken (the virtio-balloon grew by ``g`` since the last tick, and the same again would leave
+  less than the reserve: ``reserve - available + g > 0``): grow the target to ``balloon now +
+  reserve - available + g``. The balloon goes on at the rate it went until the host's target is
+  met, and a guest whose balloon cannot deflate on OOM (libvirt's default, Proxmox, KubeVirt, nova:
+  no ``deflate-on-oom``) OOM-kills the largest process, the JVM, once the balloon has the last
+  free page: giving only the shortfall, at most the reserve a tick, loses that race (a 1 GiB
+  TCG guest's balloon took 578 MiB in 4 s). ``g`` is the fall of MemTotal: without
+  deflate-on-oom the kernel takes ballooned pages out of MemTotal; with it, MemTotal stays and
+  ``g`` is 0 (the balloon then gives pages back at OOM instead of the kernel killing);
 * plenty (``available > reserve + band``) and no memory pressure (PSI ``some avg10`` below
   ``max_psi_some``): shrink the target by the surplus above ``reserve + band`` — the host gave
   memory back, the JVMs get their heap back;
 * in between: hold (the band keeps it from flapping).
+
+With ``free_idle_heap`` the target is never below the JVMs' idle heap (``idle_bytes``: each
+JVM's committed heap less its live data and headroom, as the agents report it): the guest keeps
+it free ahead of any request, free page reporting hands it to the host, and a virtio-balloon
+that inflates finds it free at once. The guest driver turns it on where reacting is not safe:
+a virtio-balloon without deflate-on-oom (see ``taken`` above), whose inflation outruns the
+JVMs' giving on a loaded host.
 
 Pure: no I/O; the driver reads /proc through linux/ and hands in a :class:`GuestMemory`.
 Standard library only (it runs in the guest).
@@ -42,6 +58,7 @@ class GuestMemory:
     total_bytes: int
     available_bytes: int
     psi_some_avg10: float | None = None  # None: no PSI in this kernel
+    balloon_growth_bytes: int = 0  # MemTotal's fall since the last step: the virtio-balloon inflating
 
 
 @dataclass(frozen=True)
@@ -49,7 +66,7 @@ class LawStep:
     """One decision: the new node target and why (for the log and ``status``)."""
 
     target_bytes: int
-    reason: str  # "short", "plenty", "hold", "pressure"
+    reason: str  # "short", "taken", "plenty", "hold", "pressure", "idle"
 
 
 @dataclass(frozen=True)
@@ -57,19 +74,28 @@ class LocalLaw:
     reserve_bytes: int | None = None  # None: max(32 MiB, 3 % of MemTotal)
     band_bytes: int = DEFAULT_BAND_BYTES
     max_psi_some: float = DEFAULT_MAX_PSI_SOME
+    free_idle_heap: bool = False  # the target never below the JVMs' idle heap (see the module doc)
 
     def reserve(self, total_bytes: int) -> int:
         if self.reserve_bytes is not None:
             return self.reserve_bytes
         return max(MIN_RESERVE_BYTES, int(total_bytes * RESERVE_FRACTION))
 
-    def step(self, mem: GuestMemory, target_bytes: int, balloon_bytes: int) -> LawStep:
-        """The node target after this tick, from the current target and the JVMs' balloons now."""
-        target_bytes, balloon_bytes = max(0, target_bytes), max(0, balloon_bytes)
+    def step(self, mem: GuestMemory, target_bytes: int, balloon_bytes: int, idle_bytes: int = 0) -> LawStep:
+        """The node target after this tick, from the current target, the JVMs' balloons now and
+        (with ``free_idle_heap``) their idle heap."""
+        step = self._step(mem, max(0, target_bytes), max(0, balloon_bytes))
+        floor = max(0, idle_bytes) if self.free_idle_heap else 0
+        return step if step.target_bytes >= floor else LawStep(floor, "idle")
+
+    def _step(self, mem: GuestMemory, target_bytes: int, balloon_bytes: int) -> LawStep:
         reserve = self.reserve(mem.total_bytes)
         short = reserve - mem.available_bytes
         if short > 0:
-            return LawStep(max(target_bytes, balloon_bytes + short), "short")
+            return LawStep(max(target_bytes, balloon_bytes + short + max(0, mem.balloon_growth_bytes)), "short")
+        ahead = short + max(0, mem.balloon_growth_bytes)  # what the balloon's next tick would leave short
+        if ahead > 0:
+            return LawStep(max(target_bytes, balloon_bytes + ahead), "taken")
         surplus = mem.available_bytes - reserve - self.band_bytes
         if surplus <= 0 or target_bytes == 0:
             return LawStep(target_bytes, "hold")
