@@ -163,6 +163,13 @@ def main():
         print(table_row(w, results[w]))
 
 
+def counters(rs: list[dict]) -> str:
+    """The guest's oom_kill / pswpout, or "unread" when a guest did not answer (starved)."""
+    if any(x["oom_kill"] < 0 for x in rs):
+        return "unread (the guest did not answer)"
+    return f"{max(x['oom_kill'] for x in rs)} / {max(x['pswpout'] for x in rs)}"
+
+
 def table_row(way: str, rs: list[dict]) -> str:
     times = [x["done_s"] for x in rs if x["done_s"] is not None]
     took = f"{statistics.median(times):.1f} s" if len(times) == len(rs) else f"not within {LIMIT_S} s ({len(times)}/{len(rs)})"
@@ -171,7 +178,7 @@ def table_row(way: str, rs: list[dict]) -> str:
         return f"{statistics.median(x[key] for x in rs):.0f} MiB"
 
     cells = [way, med("before_mib"), took, med("fell_mib"), med("virtio_mib"), med("balloon_mib"),
-             str(sum(x["stops"] for x in rs)), f"{max(x['oom_kill'] for x in rs)} / {max(x['pswpout'] for x in rs)}",
+             str(sum(x["stops"] for x in rs)), counters(rs),
              f"{all(x['jvm_alive'] for x in rs)}, {all(x['data_ok'] for x in rs)}"]
     return "| " + " | ".join(cells) + " |"
 

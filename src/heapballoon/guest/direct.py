@@ -112,3 +112,26 @@ def idle_heap_mode(choice: str, balloon: VirtioBalloon | None = None) -> str:
     else:
         log.info("%s; JVMs give idle heap only once MemAvailable falls (--idle-heap on-demand)", what)
     return choice
+
+
+def add_direct_arguments(p, size_arg) -> None:
+    """The guest driver's options for the direct way (``argparse`` parser ``p``)."""
+    p.add_argument("--reserve", type=size_arg, default=None,
+                   help="direct: keep at least this much guest MemAvailable, inflating JVM balloons "
+                        "(default: 32M or 3%% of guest RAM, whichever is more)")
+    p.add_argument("--band", type=size_arg, default=LocalLaw.band_bytes,
+                   help="direct, on-demand: deflate only once MemAvailable is this much above the reserve (default 64M)")
+    p.add_argument("--no-local-policy", action="store_true", help="direct: targets only by hand (heapballoon target)")
+    p.add_argument("--idle-heap", choices=("free", "on-demand"), default="free",
+                   help="direct: free (default): keep the JVMs' idle heap free ahead of any request (free page "
+                        "reporting hands it to the host; a virtio-balloon finds it free); on-demand: give only what "
+                        "the reserve needs, and take it back when the host gives memory back")
+    p.add_argument("--report-order", type=int, default=None, metavar="ORDER",
+                   help="set the kernel's page_reporting_order (0: report freed 4 KiB pages; kernel default 9)")
+
+
+def law_from_arguments(args) -> LocalLaw | None:
+    """The local law the direct way's options ask for (None: ``--no-local-policy``)."""
+    if args.no_local_policy:
+        return None
+    return LocalLaw(args.reserve, args.band, free_idle_heap=idle_heap_mode(args.idle_heap) == "free")

@@ -44,7 +44,7 @@ from heapballoon.driver.daemon import Driver
 from heapballoon.driver.registry import JVMRecord
 from heapballoon.driver.verify import MAX_VERIFY_PAGES_PER_TICK, chunk_frames
 from heapballoon.errors import KernelError, ProtocolError
-from heapballoon.guest.direct import LocalPolicy, idle_heap_mode
+from heapballoon.guest.direct import LocalPolicy, add_direct_arguments, law_from_arguments
 from heapballoon.guest.locallaw import LocalLaw
 from heapballoon.linux import pagemap
 from heapballoon.guest.uplink import Uplink
@@ -372,18 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="report: hostd reclaims balloon pages by frame number; direct: the agents free them and the "
                         "host's virtio-balloon or free page reporting takes them (no hostd). auto (default): report "
                         "if the VM has the org.heapballoon.0 port, else direct")
-    p.add_argument("--reserve", type=size_arg, default=None,
-                   help="direct: keep at least this much guest MemAvailable, inflating JVM balloons "
-                        "(default: 32M or 3%% of guest RAM, whichever is more)")
-    p.add_argument("--band", type=size_arg, default=LocalLaw.band_bytes,
-                   help="direct: deflate only once MemAvailable is this much above the reserve (default 64M)")
-    p.add_argument("--no-local-policy", action="store_true", help="direct: targets only by hand (heapballoon target)")
-    p.add_argument("--idle-heap", choices=("free", "on-demand"), default="free",
-                   help="direct: free (default): keep the JVMs' idle heap free ahead of any request (free page "
-                        "reporting hands it to the host; a virtio-balloon finds it free); on-demand: give only what "
-                        "the reserve needs, and take it back when the host gives memory back")
-    p.add_argument("--report-order", type=int, default=None, metavar="ORDER",
-                   help="set the kernel's page_reporting_order (0: report freed 4 KiB pages; kernel default 9)")
+    add_direct_arguments(p, size_arg)
     p.add_argument("--log-level", default="info")
     args = p.parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level.upper(), logging.INFO),
@@ -392,9 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     reclaim = args.reclaim if args.reclaim != "auto" else ("report" if uplink else "direct")
     if uplink is None and reclaim == "report":
         log.error("virtio-serial port org.heapballoon.0 not found: running without a host uplink")
-    law = None
-    if reclaim == "direct" and not args.no_local_policy:
-        law = LocalLaw(args.reserve, args.band, free_idle_heap=idle_heap_mode(args.idle_heap) == "free")
+    law = law_from_arguments(args) if reclaim == "direct" else None
     log.info("reclaim %s, uplink %s, local policy %s", reclaim, uplink or "none",
              f"reserve {'default' if args.reserve is None else args.reserve >> 20} MiB band {args.band >> 20} MiB, "
              f"idle heap {'free' if law.free_idle_heap else 'on demand'}" if law else "off")
