@@ -79,7 +79,13 @@ final class BackOff {
         return Math.min(targetBytes, ceilingBytes);
     }
 
-    /** The balloon grew: remember the live set and headroom; true when this re-inflation is a flap. */
+    /**
+     * The balloon grew, sized for live set {@code liveBytes} (the lowest estimate its steps saw:
+     * collections move the estimate during growth, and Serial's at 1.6 GiB/s read 201 to 235 MiB
+     * from one full collection to the next): remember it and the headroom; true when this
+     * re-inflation is a flap. Recording a higher estimate than the growth used turned a give-back
+     * the live set did force (+15 MiB past it, +32 past what the growth used) into a flap.
+     */
     synchronized boolean grew(long liveBytes, long headroomBytes) {
         boolean flap = flapCandidate;
         if (flap) {

@@ -125,9 +125,11 @@ final class Controller {
     }
 
     /** The largest balloon this JVM can hold now: C − L − H − H/4, in whole chunks. */
-    long balloonMaxBytes() {
+    long balloonMaxBytes() { return balloonMaxBytes(liveBytes()); }
+
+    private long balloonMaxBytes(long liveBytes) {
         long chunk = balloon.geometry.footprintBytes;
-        long room = stats.balloonCapacityBytes() - liveBytes() - headroomBytes() - headroomBytes() / 4;
+        long room = stats.balloonCapacityBytes() - liveBytes - headroomBytes() - headroomBytes() / 4;
         return Math.max(0, room / chunk * chunk);
     }
 
@@ -295,6 +297,7 @@ final class Controller {
         long deadline = System.nanoTime() + INFLATE_BUDGET_NS;
         boolean grew = false;
         boolean blocked = false;
+        long liveSizedForBytes = Long.MAX_VALUE; // the lowest live estimate a step allowed (BackOff.grew)
         // Shenandoah: at most SHENANDOAH_INFLATE_BYTES_PER_TICK a tick (see the constant).
         long stopAt = stats.shenandoah() ? balloon.footprintBytes() + SHENANDOAH_INFLATE_BYTES_PER_TICK
                 : Long.MAX_VALUE;
@@ -303,10 +306,12 @@ final class Controller {
         }
         while (balloon.footprintBytes() + chunkBytes <= Math.min(limit, stopAt)
                 && balloon.chunkCount() < Balloon.MAX_CHUNKS && System.nanoTime() < deadline) {
-            if (balloon.footprintBytes() + chunkBytes > balloonMaxBytes()) {
+            long liveNow = liveBytes();
+            if (balloon.footprintBytes() + chunkBytes > balloonMaxBytes(liveNow)) {
                 blocked = true;
                 break;
             }
+            liveSizedForBytes = Math.min(liveSizedForBytes, liveNow);
             if (stats.regionBased() && stats.usedBytes() + chunkBytes + headroom.inflateMarginBytes() > stats.maxBytes()) {
                 break; // no free regions to spare: let the collector free garbage first
             }
@@ -326,7 +331,7 @@ final class Controller {
         if (grew) {
             lastGrowthMs = System.currentTimeMillis();
             gcCost.restart(lastGrowthMs); // growing costs GC time once: judge only what follows
-            if (backOff.grew(liveBytes(), headroomBytes())) {
+            if (backOff.grew(Math.min(liveSizedForBytes, liveBytes()), headroomBytes())) {
                 Log.info("flap: re-inflating after a give-back that no rise of the live set explained");
             }
             out.changed();
