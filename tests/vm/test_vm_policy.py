@@ -162,11 +162,14 @@ def test_free_guest_memory_goes_first_through_virtio_balloon(vms):
         host = Host(vms.run_dir, "--policy", "auto", "--memory-budget", "200M", "--policy-file", policy_file)
         wait_for(lambda: memfd_resident_bytes(name) <= 210 * MIB, 60, 1.0,
                  what=f"host-resident ≤ 210 MiB (before {before >> 20} MiB)")
-        v = host.vm(name)
+        # hostd reads the balloon's actual size on its own cadence: the host-resident figure can fall
+        # before the status shows it (CI, 2026-12-05: resident 173 MiB, status still 512 MiB actual)
+        v = wait_for(lambda: (v := host.vm(name)) and v["virtio_actual_bytes"] <= 512 * MIB - 100 * MIB and v, 20, 1.0,
+                     what="status showing the virtio balloon's actual size 100 MiB or more under 512 MiB")
         print(f"resident {before >> 20} → {memfd_resident_bytes(name) >> 20} MiB; virtio balloon "
               f"{v['virtio_target_bytes'] >> 20} MiB, guest available {v['guest_available_bytes'] >> 20} MiB; "
               f"{v['policy_reason']}")
-        assert v["virtio_target_bytes"] >= 100 * MIB and v["virtio_actual_bytes"] <= 512 * MIB - 100 * MIB
+        assert v["virtio_target_bytes"] >= 100 * MIB
         assert v["target_bytes"] == 0 and "guest_free" in host.cli("policy", "explain", "--vms").stdout
         assert host.cli("vm", "exec", name, "--", "echo", "alive").stdout.strip() == "alive"
         assert not KERNEL_ERRORS.search(vm_logs(name))
