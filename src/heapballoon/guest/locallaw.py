@@ -32,9 +32,9 @@ only 1–13 MiB available, so the law starts by freeing that much heap before an
 With ``free_idle_heap`` the target is never below the JVMs' idle heap (``idle_bytes``: each
 JVM's committed heap less its live data and headroom, as the agents report it): the guest keeps
 it free ahead of any request, free page reporting hands it to the host, and a virtio-balloon
-that inflates finds it free at once. The guest driver turns it on where reacting is not safe:
-a virtio-balloon without deflate-on-oom (see ``taken`` above), whose inflation outruns the
-JVMs' giving on a loaded host.
+that inflates finds it free at once. It is the guest driver's default (``--idle-heap free``):
+reacting loses to a balloon that inflates faster than the JVMs give, with deflate-on-oom or
+without (guest.direct.idle_heap_mode has the figures).
 
 Pure: no I/O; the driver reads /proc through linux/ and hands in a :class:`GuestMemory`.
 Standard library only (it runs in the guest).
