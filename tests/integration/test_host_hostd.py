@@ -371,3 +371,63 @@ def test_hostd_policy_auto_meets_a_budget_through_the_guest_channel(tmp_path, ca
 
     asyncio.run(main())
     assert any(r.getMessage().startswith("policy ") for r in caplog.records)
+
+
+def test_a_virtio_vm_is_measured_from_the_host_and_never_paused(tmp_path):
+    """A ``--reclaim virtio`` VM (issue 17's third way): its guest frees heap itself, so hostd
+    refuses page numbers from it (nothing paused, nothing punched, its RAM untouched) and
+    measures it from the host: the RSS of its RAM mapping, and the guest's freed heap believed
+    only up to the guest RAM that is not resident."""
+    run_dir = str(tmp_path / "run")
+    vm_dir = os.path.join(run_dir, "vms", "vv")
+    os.makedirs(vm_dir)
+    sock = str(tmp_path / "hostd.sock")
+
+    async def main():
+        extra = ("-qmp", f"unix:{vm_dir}/qmp-hostd.sock,server=on,wait=off")
+        async with ScratchVM(RAM, vm_dir=vm_dir, extra_args=extra, firmware="halt") as vm:
+            await until(lambda: os.path.exists(os.path.join(vm_dir, "qmp-hostd.sock")), 10, what="QMP socket")
+            await asyncio.to_thread(vm.save_vm_json, "virtio")
+            guest = FakeGuest(os.path.join(vm_dir, "channel.sock"))
+            await guest.start()
+            ram = GuestRam.open(vm.pid, RAM)
+            base = (64 * M) // P
+            os.pwrite(ram.fd, bytes(1024 * P), base * P)  # 4 MiB of zero pages, resident
+            await vm.qmp.execute("cont")
+            task = asyncio.create_task(hostd.serve(sock, run_dir))
+            try:
+                peer = await guest.next_conn()
+                await peer.send(protocol.GuestHello(RAM, 4096, "boot-1"))
+                await peer.send(protocol.Pages(1, "add", ((base, 1024),), "42:1"))
+                ack = await peer.recv_type(protocol.PagesAck)
+                assert (ack.seq, ack.punched, ack.rejected) == (1, 0, 1024) and "virtio" in ack.error
+                assert ram.hole_bytes([(base * P, 1024 * P)]) == 0  # nothing punched
+                # the guest claims 200 MiB freed: believed up to what is not resident (QEMU's
+                # mapping of this idle VM's RAM holds next to nothing: the pages above were
+                # written through the file, not the mapping)
+                await peer.send(protocol.GuestStatus(8 * M, 200 * M, 0, (GUEST_JVM,)))
+                s = await hostd_vm(sock, lambda v: v["guest_balloon_bytes"] == 200 * M)
+                assert s["reclaim"] == "virtio" and s["pauses"] == 0 and s["balloon_bytes"] == 0
+                assert s["host_resident_bytes"] is not None and s["host_resident_bytes"] <= RAM - 200 * M, s
+                assert s["reclaimed_bytes"] == 200 * M
+                await peer.send(protocol.GuestStatus(8 * M, 2 * RAM, 0, (GUEST_JVM,)))  # more than it has
+                s = await hostd_vm(sock, lambda v: v["guest_balloon_bytes"] == 2 * RAM)
+                assert s["reclaimed_bytes"] <= RAM - s["host_resident_bytes"], s
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                await guest.stop()
+
+    asyncio.run(main())
+
+
+async def hostd_vm(sock: str, pred, timeout_s: float = 10.0) -> dict:
+    """VM ``vv`` in hostd's status, once ``pred`` holds for it (bounded polling)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        body = (await control(sock, protocol.StatusRequest(id=3))).body
+        v = next((v for v in body["vms"] if v["name"] == "vv"), None)
+        if v is not None and pred(v):
+            return v
+        assert time.monotonic() < deadline, v
+        await asyncio.sleep(0.1)

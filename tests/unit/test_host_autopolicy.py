@@ -42,6 +42,18 @@ def test_free_memory_above_the_reserve_is_the_cheap_source():
     assert workload_of(reading(virtio_held_bytes=30 * MIB, guest_available_bytes=None)).sources[0].reclaimable_bytes == 30 * MIB
 
 
+def test_a_virtio_vms_freed_heap_is_not_free_memory_for_its_virtio_balloon():
+    """A --reclaim virtio guest frees heap itself: that is free guest memory, already handed
+    back by free page reporting. Its virtio balloon may take only the rest above the reserve."""
+    pfn = workload_of(reading(guest_available_bytes=500 * MIB, heap_held_bytes=300 * MIB)).sources[0]
+    virtio = workload_of(reading(guest_available_bytes=500 * MIB, heap_held_bytes=300 * MIB,
+                                 reclaim="virtio")).sources[0]
+    assert pfn.reclaimable_bytes == 500 * MIB - guest_reserve_bytes(GIB)
+    assert virtio.reclaimable_bytes == 200 * MIB - guest_reserve_bytes(GIB)
+    short = workload_of(reading(guest_available_bytes=250 * MIB, heap_held_bytes=300 * MIB, reclaim="virtio"))
+    assert short.sources[0].reclaimable_bytes == 0
+
+
 def test_a_pinned_vm_gives_only_its_heap_target():
     w = workload_of(reading(pinned_bytes=300 * MIB))
     assert [s.kind for s in w.sources] == ["heap"] and w.pinned_target_bytes == 300 * MIB

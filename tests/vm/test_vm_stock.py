@@ -231,3 +231,65 @@ def test_free_page_reporting_alone_returns_the_balloon_to_the_host(vms):
     assert "the virtio-balloon holds 0 B" in stock.cli("vm", "balloon", name).stdout  # the host asked nothing
     assert qmp_status(name) == "running"
     stock.assert_app_intact(name)
+
+
+def test_hostd_drives_a_virtio_vm_and_never_pauses_it(vms):
+    """The third way, chosen per VM: hostd runs (``--policy auto``, a 640 MiB budget) and the VM
+    was started ``--reclaim virtio``. hostd measures it from the host (the RSS of its RAM
+    mapping: there is no memfd to count), sends the heap target down the channel, and the guest
+    frees that heap itself; free page reporting hands it back. The guest driver gives on demand
+    here, so nothing moves until hostd asks. Nothing is paused: no QMP STOP, no pause in
+    hostd's figures; the JVM's data stays intact."""
+    from heapballoon.agent import build
+    from heapballoon.host.ksm import guest_rss_bytes
+    from heapballoon.qemu.events import EventLog
+    from heapballoon.vm.registry import get_vm
+    from test_vm_reclaim import Host
+
+    budget_bytes = 640 * MIB
+    host = Host(vms.run_dir, "--policy", "auto", "--memory-budget", f"{budget_bytes >> 20}M")
+    stock = Stock(vms)
+    name = "third"
+    events = None
+    try:
+        vms.start(name, 1 << 30, cpus=1, reclaim="virtio", copies=[(build.demo_jar(), "/opt/churn.jar")],
+                  cmd=JAVA_APP_G1, driver_args=["--reclaim", "direct", "--report-order", "0", "--idle-heap", "on-demand"])
+        info = get_vm(name)
+        events = EventLog(info.paths.qmp_socket)  # hostd holds its own monitor socket
+        wait_for(lambda: (v := host.vm(name)) and v["jvms"] and v, 240, 2.0, what="guest JVM registered with hostd")
+        wait_for(lambda: (lines := stock.app_lines(name)) and lines[-1].get("checks", 0) >= 1, 240, 2.0,
+                 what="the guest application running and checking its data")
+
+        def under_budget():
+            v = host.vm(name)
+            rss = guest_rss_bytes(info.pid, info.memory_bytes)["rss_bytes"]  # the host's own reading
+            return v["host_resident_bytes"] is not None and max(v["host_resident_bytes"], rss) <= budget_bytes and v
+
+        t0 = time.monotonic()
+        try:
+            v = wait_for(under_budget, 180, 2.0, what=f"the VM's guest RAM resident ≤ {budget_bytes >> 20} MiB")
+        except AssertionError:
+            print(host.cli("status", "--vms").stdout, open(host.log_path).read()[-3000:])
+            stock.diagnose(name)
+            raise
+        jvm = v["jvms"][0]
+        print(f"under budget in {time.monotonic() - t0:.0f} s: resident {v['host_resident_bytes'] >> 20} MiB, heap "
+              f"target {v['target_bytes'] >> 20} MiB, JVM balloon {jvm['balloon_bytes'] >> 20} MiB, reclaimed "
+              f"{(v['reclaimed_bytes'] or 0) >> 20} MiB, virtio balloon {v['virtio_target_bytes'] >> 20} MiB: "
+              f"{v['policy_reason']}")
+        assert v["reclaim"] == "virtio" and v["target_bytes"] > 0  # hostd asked for heap
+        assert jvm["reclaim"] == "direct" and jvm["balloon_bytes"] >= 200 * MIB
+        assert v["reclaimed_bytes"] >= 200 * MIB  # the guest's word, bounded by what the host sees gone
+        assert v["pauses"] == 0 and v["balloon_bytes"] == 0  # no page numbers, nothing punched
+        text = host.cli("status", "--vms").stdout
+        print(text)
+        assert re.search(rf"^\s+{name}: guest free \S+ \S+ \+ heap", text, re.M), text
+        seen = events.stop()
+        events = None
+        assert "STOP" not in seen, seen
+        assert qmp_status(name) == "running"
+        stock.assert_app_intact(name)
+    finally:
+        if events is not None:
+            events.stop()
+        host.stop()

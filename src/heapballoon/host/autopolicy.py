@@ -67,10 +67,11 @@ class VMReading:
     virtio_held_bytes: int  # RAM − the balloon's ``actual``
     virtio_target_bytes: int  # what hostd asked the virtio balloon to hold
     heap_max_bytes: int  # the guest JVMs' balloon_max_bytes, summed
-    heap_held_bytes: int  # heap balloon pages that are holes in guest RAM
+    heap_held_bytes: int  # heap balloon pages that are holes in guest RAM (virtio VMs: vmstatus.virtio_reclaimed_bytes)
     heap_target_bytes: int
     active_fraction: float | None = None  # the guest JVMs' live / committed heap
     pinned_bytes: int | None = None  # a manual target
+    reclaim: str = "pfn"  # the VM's way: pfn, ksm or virtio (its guest frees heap itself)
 
 
 def workload_of(r: VMReading, allowed: tuple[str, ...] = ("guest_free", "heap")) -> WorkloadObservation:
@@ -86,6 +87,10 @@ def workload_of(r: VMReading, allowed: tuple[str, ...] = ("guest_free", "heap"))
         sources = (heap,)
     else:
         free = r.guest_available_bytes
+        if free is not None and r.reclaim == "virtio":
+            # heap its JVMs freed is free guest memory that free page reporting already handed
+            # back: the virtio balloon would gain the host nothing there, and the guest its margin
+            free = max(0, free - r.heap_held_bytes)
         room = r.virtio_held_bytes if free is None else max(0, r.virtio_held_bytes + free - guest_reserve_bytes(r.memory_bytes))
         room = room if "guest_free" in allowed else 0
         sources = (SourceObservation("guest_free", room, r.virtio_held_bytes, r.virtio_target_bytes), heap)
@@ -107,7 +112,7 @@ def reading_of(snap: vmstatus.VMSnapshot, pinned_bytes: int | None) -> VMReading
         heap_max_bytes=st.balloon_max_bytes or 0,
         heap_held_bytes=st.reclaimed_bytes or 0,
         heap_target_bytes=st.target_bytes, active_fraction=active_fraction(st.jvms, r),
-        pinned_bytes=pinned_bytes)
+        pinned_bytes=pinned_bytes, reclaim=st.reclaim)
 
 
 def active_fraction(jvms, reading) -> float | None:

@@ -31,6 +31,7 @@ KSM_BOOST_S = 30.0
 COALESCE_MAX_REPORTS = 16  # pages reports reclaimed together at most (the guest sends ≤ 8 MiB each)
 COALESCE_WAIT_S = 0.002  # how long to wait for one more queued report
 EDIT_SLICE = 2048  # balloon edits (~5 µs each) between two yields to the event loop
+VIRTIO_NO_PAGES = "this VM reclaims through virtio-balloon (--reclaim virtio): the host takes no page numbers"
 RECLAIM_FAILED = "reclaim failed on the host (hostd's log has the details)"  # what a guest is told
 
 
@@ -143,7 +144,7 @@ class GuestSessions:
         if isinstance(ch, GuestChannel):
             wait_s = max(wait_s, guard.bytes_in.charge(ch.bytes_in - ch.bytes_paid))
             ch.bytes_paid = ch.bytes_in
-        if vm.reclaim != "ksm" and vm.hello is not None:
+        if vm.reclaim == "pfn" and vm.hello is not None:
             ram_pages = vm.memory_bytes // PAGE_BYTES
             pages = sum(min(ram_pages, sum(c for _, c in m.ranges)) for m in msgs if m.op == "add")
             if pages:
@@ -226,6 +227,8 @@ class GuestSessions:
         return protocol.Error(f"unexpected message {msg.TYPE!r} on the guest channel")
 
     async def _pages_add(self, vm: VMSession, msg: protocol.Pages) -> protocol.PagesAck:
+        if vm.reclaim == "virtio":  # its guest frees pages itself: nothing is paused or punched
+            return protocol.PagesAck(msg.seq, rejected=sum(c for _, c in msg.ranges), error=VIRTIO_NO_PAGES)
         if vm.reclaim == "ksm":
             self._boost_ksm()
             return protocol.PagesAck(msg.seq)  # pages stay mapped for KSM to merge

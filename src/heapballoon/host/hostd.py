@@ -2,7 +2,9 @@
 
 This module owns the *daemon*: the registry of VMs (scanned from ``RUN_DIR/vms/NAME/``, as
 heapballoon.vm lays them out: ``vm.json`` with ``pid``, ``memory_bytes``, ``reclaim``
-(``pfn``: memfd RAM hostd punches; ``ksm``: private RAM left to KSM)), one guest channel per
+(``pfn``: memfd RAM hostd punches; ``ksm``: private RAM left to KSM; ``virtio``: private RAM
+its guest frees itself, handed back by free page reporting and the virtio balloon: hostd
+takes no page numbers from it and never pauses it)), one guest channel per
 VM (hostd connects to ``channel.sock`` as a client, reconnecting with backoff; the sessions are
 guestsession.py's), QMP through the VM's ``qmp-hostd.sock`` (``qmp.sock`` if absent; one short
 connection per reclaim), the control socket for the CLI (``vm_target``, ``status_request``;
@@ -24,10 +26,12 @@ Status figures, per VM (all measured by hostd, not taken from the guest):
 * ``balloon_bytes``: pages the guest reported (add) and has not taken back (remove).
 * ``reclaimed_bytes``: of those, the bytes that are holes in the RAM memfd right now — i.e.
   machine memory the host does not spend on the balloon. Pages hostd punched that the guest
-  has since touched again are not counted. (ksm VMs: the smaps ``KSM`` figure.)
+  has since touched again are not counted. (ksm VMs: the smaps ``KSM`` figure; virtio VMs:
+  what the guest says its JVMs freed, believed up to the guest RAM that is neither resident nor
+  in the virtio balloon.)
 * ``drift_pages``: balloon pages that are *not* holes (skipped non-zero, touched again, or
   not yet processed).
-* ``host_resident_bytes``: allocated blocks of the memfd (ksm VMs: Rss of the RAM mapping).
+* ``host_resident_bytes``: allocated blocks of the memfd (ksm and virtio VMs: Rss of the RAM mapping).
 * ``pause_breakdown_ms``: p50/p99/max of each pause part (``stop``, ``check``, ``punch``,
   ``cont``, ``total``; ``guest``: QEMU's STOP → RESUME timestamps) over the VM's recent
   pauses; ``pause_ms_per_gib``: all pause time over all bytes punched. Built in vmstatus.py,

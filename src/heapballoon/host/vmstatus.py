@@ -110,13 +110,15 @@ class VMSnapshot:
 
 def _measure(vm) -> tuple[int | None, int | None]:
     """(host-resident bytes, reclaimed bytes) of ``vm``, opening its RAM file if needed."""
-    if vm.reclaim == "ksm":
+    if vm.reclaim in ("ksm", "virtio"):
         try:
             smaps = guest_rss_bytes(vm.pid, vm.memory_bytes)
-            return smaps["rss_bytes"], smaps["ksm_bytes"]
         except ReclaimError as err:
             log.info("VM %s: %s", vm.name, err)
             return None, None
+        if vm.reclaim == "ksm":
+            return smaps["rss_bytes"], smaps["ksm_bytes"]
+        return smaps["rss_bytes"], virtio_reclaimed_bytes(vm, smaps["rss_bytes"])
     try:
         ram = vm.ram.current or (vm.ram.get() if vm.alive() else None)  # the VM's one owner opens it
         if ram is not None:
@@ -126,13 +128,25 @@ def _measure(vm) -> tuple[int | None, int | None]:
     return None, None
 
 
+def virtio_reclaimed_bytes(vm, rss_bytes: int) -> int | None:
+    """A ``--reclaim virtio`` VM (issue 17's third way): its guest frees balloon pages itself and
+    free page reporting hands them back, so hostd sees no page numbers. What its JVM balloons
+    freed is the guest's word, believed only up to what the host measures as gone: guest RAM
+    that is not resident and not in the virtio balloon (None before the guest said anything)."""
+    gs, r = vm.guest_status, vm.virtio
+    if gs is None:
+        return None
+    virtio_held = r.held_bytes(vm.memory_bytes) if r else 0
+    return max(0, min(gs.balloon_bytes, vm.memory_bytes - rss_bytes - virtio_held))
+
+
 def snapshot(vm, measure: bool = True) -> VMSnapshot:
     """The VM's snapshot. ``measure``: resident and reclaimed bytes counted now (opens the RAM
     file, counts holes: a worker thread's job); else the cheap view a metrics scrape takes
     (resident from an already open file, reclaimed unknown)."""
     resident, reclaimed = _measure(vm) if measure else (_resident_bytes(vm), None)
     gs, r = vm.guest_status, vm.virtio
-    drift = (vm.balloon.pages - (reclaimed or 0) // PAGE_BYTES) if vm.reclaim != "ksm" else (
+    drift = (vm.balloon.pages - (reclaimed or 0) // PAGE_BYTES) if vm.reclaim == "pfn" else (
         gs.drift_pages if gs else 0)
     p = pause_status(vm)
     p["pause_breakdown_ms"] = MappingProxyType({k: MappingProxyType(v) for k, v in p["pause_breakdown_ms"].items()})
