@@ -17,13 +17,21 @@ churning 50 MiB/s):
 * **fpr+hb order 0** — no host request: `heapballoon target all 400M` in the guest (local law
   off), free page reporting with `page_reporting_order` 0 hands every freed 4 KiB page over.
 * **fpr+hb order 9** — the same with the kernel's default order (2 MiB blocks only).
+* **pfn (hostd)** — our own host: hostd runs, the guest (`vm start --reclaim pfn`: memfd RAM)
+  reports the balloon's frame numbers, and `heapballoon target --vm NAME 400M` asks; hostd
+  pauses the VM to check and punch the pages.
 
-QEMU's RSS is sampled from the host every 0.25 s from the VM's start; its peak is the
-pre-touched guest. Reported per way: QEMU RSS under that peak just before the request and at
+The guest RAM's host-resident size (the Rss of QEMU's guest-RAM mapping in its smaps; not
+QEMU's whole RSS, which also holds TCG's translation buffer, growing when a starved guest
+re-reads its files) is sampled from the host every 0.25 s from the VM's start; its peak is the
+pre-touched guest. Reported per way: guest RAM resident under that peak just before the request and at
 the end; seconds from the request until it is 360 MiB (90 % of 400) under the peak (0 if it
 already was); the virtio-balloon at the end (QMP query-balloon); VM pauses (QMP STOP events);
-the guest's oom_kill and pswpout; whether the JVM and its data survived. The pfn way (hostd) is
-benchmarked by benchmarks/reclaim_vm.py; the demo application reports no latencies, so no p99.
+the guest's oom_kill and pswpout; whether the JVM and its data survived; the application's
+stalls from the request to the end (the demo application times every 5 ms step of its churn
+loop, its allocations and its sleep: a collection, a guest waiting for memory and a VM pause all
+show; per second it prints the p99 and the worst): the median of those per-second p99s, and the
+worst stall.
 """
 
 from __future__ import annotations
@@ -41,10 +49,10 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 
-from hbtest import run_cli, wait_for  # noqa: E402
+from hbtest import parse_app_lines, run_cli, wait_for  # noqa: E402
 
 from heapballoon.agent import build  # noqa: E402
-from heapballoon.linux.procfs import ProcFS  # noqa: E402
+from heapballoon.host.ksm import guest_rss_bytes  # noqa: E402
 
 MIB = 1 << 20
 WANT = 400 * MIB
@@ -58,6 +66,7 @@ WAYS = {
     "virtio+hb on-demand": (["--reclaim", "direct", "--report-order", "0", "--idle-heap", "on-demand"], "host"),
     "fpr+hb order 0": (["--reclaim", "direct", "--report-order", "0", "--no-local-policy"], "guest"),
     "fpr+hb order 9": (["--reclaim", "direct", "--no-local-policy"], "guest"),
+    "pfn (hostd)": (None, "hostd"),
 }
 
 
@@ -85,14 +94,15 @@ def one(way, idx, app):
 
     driver_args, ask = WAYS[way]
     name = f"s{idx}"
-    info = start_vm(name, 1 << 30, cpus=1, reclaim="virtio", copies=[(build.demo_jar(), "/opt/churn.jar")], cmd=app,
-                    driver_args=driver_args)
-    procfs, rss, done = ProcFS(), [], threading.Event()
+    hostd = start_hostd() if ask == "hostd" else None
+    info = start_vm(name, 1 << 30, cpus=1, reclaim="pfn" if hostd else "virtio",
+                    copies=[(build.demo_jar(), "/opt/churn.jar")], cmd=app, driver_args=driver_args)
+    rss, done = [], threading.Event()
 
     def sample():
         while not done.wait(0.25):
             try:
-                rss.append(procfs.rss_bytes(info.pid))
+                rss.append(guest_rss_bytes(info.pid, info.memory_bytes)["rss_bytes"])
             except Exception:  # noqa: BLE001 - QEMU gone
                 return
 
@@ -103,10 +113,13 @@ def one(way, idx, app):
         time.sleep(15)
         peak = max(rss)
         before = peak - rss[-1]
-        events = EventLog(info.paths.hostd_qmp_socket)
+        events = EventLog(info.paths.qmp_socket if hostd else info.paths.hostd_qmp_socket)
+        lines_before = len(app_lines(name))
         t0 = time.monotonic()
         if ask == "host":
             qmp_execute(info.paths.qmp_socket, "balloon", {"value": info.memory_bytes - WANT})
+        elif hostd:
+            cli("target", "--vm", name, "400M")
         else:
             guest(name, "python3", "-m", "heapballoon", "target", "all", "400M")
         done_s = None
@@ -120,6 +133,7 @@ def one(way, idx, app):
         fell = peak - rss[-1]
         stops = events.stop().count("STOP")
         actual = qmp_execute(info.paths.qmp_socket, "query-balloon").get("actual", info.memory_bytes)
+        stalls = [x for x in app_lines(name)[lines_before:] if "stall_p99_ms" in x]
         jvm = guest_jvm(name) or {}
         vmstat = dict(line.split() for line in guest(name, "cat", "/proc/vmstat").splitlines() if len(line.split()) == 2)
         logs = cli("vm", "logs", name)
@@ -127,10 +141,29 @@ def one(way, idx, app):
                 "peak_mib": peak / MIB, "virtio_mib": (info.memory_bytes - actual) / MIB, "stops": stops,
                 "balloon_mib": jvm.get("balloon_bytes", 0) / MIB, "oom_kill": int(vmstat.get("oom_kill", -1)),
                 "pswpout": int(vmstat.get("pswpout", -1)), "jvm_alive": "HEAPBALLOON-CMD-EXIT" not in logs,
-                "data_ok": '"error"' not in logs}
+                "data_ok": '"error"' not in logs,
+                "stall_p99_ms": statistics.median(x["stall_p99_ms"] for x in stalls) if stalls else None,
+                "stall_max_ms": max(x["stall_max_ms"] for x in stalls) if stalls else None}
     finally:
         done.set()
         stop_vm(name)
+        if hostd is not None:
+            hostd.terminate()
+            hostd.wait(15)
+
+
+def start_hostd() -> subprocess.Popen:
+    """hostd in the benchmark's run dir (the pfn way only), its log next to the VMs."""
+    run_dir = os.environ["HEAPBALLOON_RUN_DIR"]
+    os.environ["HEAPBALLOON_HOST_SOCKET"] = sock = os.path.join(run_dir, "hostd.sock")
+    with open(os.path.join(run_dir, "hostd.log"), "a") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "heapballoon", "hostd"], stdout=log, stderr=subprocess.STDOUT)
+    wait_for(lambda: os.path.exists(sock), 20, 0.1, what="hostd's socket")
+    return proc
+
+
+def app_lines(name: str) -> list[dict]:
+    return parse_app_lines(cli("vm", "logs", name))
 
 
 def main():
@@ -155,10 +188,10 @@ def main():
     print(f"### 400 MiB back from a guest JVM on a stock host (1 GiB guest, 1 vCPU, -Xms768m pre-touched, "
           f"{'default collector' if args.gc == 'default' else args.gc}, 150 MiB live; TCG; no hostd), "
           f"{args.rounds} round(s)\n")
-    print("| way | QEMU RSS under its peak before the request | time to 360 MiB under the peak, median | "
+    print("| way | guest RAM resident under its peak before the request | time to 360 MiB under the peak, median | "
           "under the peak at the end | virtio-balloon at the end | JVM balloon | VM pauses | "
-          "guest oom_kill / pswpout | JVM alive, data intact |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "guest oom_kill / pswpout | JVM alive, data intact | app stalls: per-second p99, median / worst |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for w in ways:
         print(table_row(w, results[w]))
 
@@ -179,8 +212,16 @@ def table_row(way: str, rs: list[dict]) -> str:
 
     cells = [way, med("before_mib"), took, med("fell_mib"), med("virtio_mib"), med("balloon_mib"),
              str(sum(x["stops"] for x in rs)), counters(rs),
-             f"{all(x['jvm_alive'] for x in rs)}, {all(x['data_ok'] for x in rs)}"]
+             f"{all(x['jvm_alive'] for x in rs)}, {all(x['data_ok'] for x in rs)}", stall_cell(rs)]
     return "| " + " | ".join(cells) + " |"
+
+
+def stall_cell(rs: list[dict]) -> str:
+    p99 = [x["stall_p99_ms"] for x in rs if x["stall_p99_ms"] is not None]
+    worst = [x["stall_max_ms"] for x in rs if x["stall_max_ms"] is not None]
+    if not p99:
+        return "no lines (the application did not report)"
+    return f"{statistics.median(p99):.1f} / {max(worst):.0f} ms"
 
 
 if __name__ == "__main__":

@@ -38,13 +38,13 @@ print(h.hexdigest())
 """
 
 
-def container_init(java: str, jar: str, cache_dir: str) -> str:
+def container_init(java: str, jar: str, cache_dir: str, java_opts: tuple[str, ...] = ()) -> str:
     """What the container's PID 1 runs (``sh -c`` inside ``unshare --pid --mount --fork
-    --mount-proc``): its own tmpfs on /tmp and ``cache_dir``, then the JVM, started without the
-    agent."""
+    --mount-proc``): its own tmpfs on /tmp and ``cache_dir``, then the JVM (``JAVA`` and
+    ``java_opts``), started without the agent."""
     return (f"mount -t tmpfs -o mode=1777 tmpfs /tmp && mkdir -p {shlex.quote(cache_dir)}"
             f" && mount -t tmpfs tmpfs {shlex.quote(cache_dir)}"
-            f" && exec {shlex.quote(java)} {' '.join(JAVA)} -jar {shlex.quote(jar)} {' '.join(APP)}")
+            f" && exec {shlex.quote(java)} {' '.join([*JAVA, *java_opts])} -jar {shlex.quote(jar)} {' '.join(APP)}")
 
 
 @dataclass(frozen=True)

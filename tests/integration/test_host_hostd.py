@@ -4,6 +4,7 @@ the CLI control socket, hostile guest input and a hostd restart."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -80,6 +81,19 @@ class Peer:
                 return msg
 
 
+@contextlib.asynccontextmanager
+async def registered_vm(vm_dir: str, reclaim: str = "pfn", devices: tuple[str, ...] = (), **kw):
+    """A ScratchVM as hostd finds one in ``vm_dir``: a QMP socket of hostd's own, ``vm.json`` as
+    the launcher writes it, and a FakeGuest serving its channel. Yields ``(vm, guest)``."""
+    extra = ("-qmp", f"unix:{vm_dir}/qmp-hostd.sock,server=on,wait=off", *devices)
+    async with ScratchVM(RAM, vm_dir=vm_dir, extra_args=extra, **kw) as vm:
+        await until(lambda: os.path.exists(os.path.join(vm_dir, "qmp-hostd.sock")), 10, what="QMP socket")
+        await asyncio.to_thread(vm.save_vm_json, reclaim)
+        guest = FakeGuest(os.path.join(vm_dir, "channel.sock"))
+        await guest.start()
+        yield vm, guest
+
+
 async def control(sock: str, msg) -> protocol.Reply:
     return await asyncio.to_thread(transport.request, sock, msg)
 
@@ -112,12 +126,7 @@ def test_hostd_with_fake_guest(tmp_path, caplog, engine):
     sock = str(tmp_path / "hostd.sock")
 
     async def main():
-        extra = ("-qmp", f"unix:{vm_dir}/qmp-hostd.sock,server=on,wait=off")
-        async with ScratchVM(RAM, vm_dir=vm_dir, extra_args=extra) as vm:
-            await until(lambda: os.path.exists(os.path.join(vm_dir, "qmp-hostd.sock")), 10, what="QMP socket")
-            await asyncio.to_thread(vm.save_vm_json)  # vm.json as the launcher writes it
-            guest = FakeGuest(os.path.join(vm_dir, "channel.sock"))
-            await guest.start()
+        async with registered_vm(vm_dir) as (vm, guest):
             ram = GuestRam.open(vm.pid, RAM)
             base = (64 * M) // P
             os.pwrite(ram.fd, bytes(1024 * P), base * P)  # ram0 offset == gpa below 2 GiB
@@ -299,13 +308,8 @@ def test_hostd_policy_auto_meets_a_budget_through_the_guest_channel(tmp_path, ca
     sock = str(tmp_path / "hostd.sock")
 
     async def main():
-        extra = ("-qmp", f"unix:{vm_dir}/qmp-hostd.sock,server=on,wait=off",
-                 "-device", "virtio-balloon-pci,id=balloon0,deflate-on-oom=on")
-        async with ScratchVM(RAM, vm_dir=vm_dir, extra_args=extra) as vm:
-            await until(lambda: os.path.exists(os.path.join(vm_dir, "qmp-hostd.sock")), 10, what="QMP socket")
-            await asyncio.to_thread(vm.save_vm_json)  # vm.json as the launcher writes it
-            guest = FakeGuest(os.path.join(vm_dir, "channel.sock"))
-            await guest.start()
+        balloon = ("-device", "virtio-balloon-pci,id=balloon0,deflate-on-oom=on")
+        async with registered_vm(vm_dir, devices=balloon) as (vm, guest):
             with GuestRam.open(vm.pid, RAM) as ram:  # 96 MiB of guest data, resident on the host
                 os.pwrite(ram.fd, b"\x01" * (96 * M), 64 * M)
             port = _free_port()
@@ -384,12 +388,7 @@ def test_a_virtio_vm_is_measured_from_the_host_and_never_paused(tmp_path):
     sock = str(tmp_path / "hostd.sock")
 
     async def main():
-        extra = ("-qmp", f"unix:{vm_dir}/qmp-hostd.sock,server=on,wait=off")
-        async with ScratchVM(RAM, vm_dir=vm_dir, extra_args=extra, firmware="halt") as vm:
-            await until(lambda: os.path.exists(os.path.join(vm_dir, "qmp-hostd.sock")), 10, what="QMP socket")
-            await asyncio.to_thread(vm.save_vm_json, "virtio")
-            guest = FakeGuest(os.path.join(vm_dir, "channel.sock"))
-            await guest.start()
+        async with registered_vm(vm_dir, "virtio", firmware="halt") as (vm, guest):
             ram = GuestRam.open(vm.pid, RAM)
             base = (64 * M) // P
             os.pwrite(ram.fd, bytes(1024 * P), base * P)  # 4 MiB of zero pages, resident

@@ -181,21 +181,21 @@ def test_balloon_features_are_read_from_the_negotiated_bit_string(tmp_path):
         VirtioBalloon(balloon_tree(tmp_path / "d", "01x")).features()
 
 
-def test_idle_heap_mode_says_what_the_balloon_can_do(tmp_path, caplog):
-    from heapballoon.guest.direct import idle_heap_mode
+def test_announce_idle_heap_mode_says_what_the_balloon_can_do(tmp_path, caplog):
+    from heapballoon.guest.direct import announce_idle_heap_mode
     from heapballoon.linux.virtioballoon import VirtioBalloon
 
     caplog.set_level("INFO", logger="heapballoon.guest")
-    assert idle_heap_mode("free", VirtioBalloon(balloon_tree(tmp_path / "a", "010001"))) == "free"
+    assert announce_idle_heap_mode("free", VirtioBalloon(balloon_tree(tmp_path / "a", "010001"))) == "free"
     assert "deflate-on-oom off, free page reporting on; keeping the JVMs' idle heap free ahead" in caplog.text
     caplog.clear()
-    assert idle_heap_mode("on-demand", VirtioBalloon(balloon_tree(tmp_path / "b", "010001"))) == "on-demand"
+    assert announce_idle_heap_mode("on-demand", VirtioBalloon(balloon_tree(tmp_path / "b", "010001"))) == "on-demand"
     assert [r.levelname for r in caplog.records] == ["WARNING"] and "OOM-kill its largest process" in caplog.text
     caplog.clear()
-    assert idle_heap_mode("on-demand", VirtioBalloon(balloon_tree(tmp_path / "c", "011000"))) == "on-demand"
+    assert announce_idle_heap_mode("on-demand", VirtioBalloon(balloon_tree(tmp_path / "c", "011000"))) == "on-demand"
     assert [r.levelname for r in caplog.records] == ["INFO"] and "deflate-on-oom on" in caplog.text
     caplog.clear()
-    assert idle_heap_mode("free", VirtioBalloon(balloon_tree(tmp_path / "d", None))) == "free"
+    assert announce_idle_heap_mode("free", VirtioBalloon(balloon_tree(tmp_path / "d", None))) == "free"
     assert "no virtio-balloon in this guest" in caplog.text
 
 

@@ -238,8 +238,9 @@ def test_hostd_drives_a_virtio_vm_and_never_pauses_it(vms):
     was started ``--reclaim virtio``. hostd measures it from the host (the RSS of its RAM
     mapping: there is no memfd to count), sends the heap target down the channel, and the guest
     frees that heap itself; free page reporting hands it back. The guest driver gives on demand
-    here, so nothing moves until hostd asks. Nothing is paused: no QMP STOP, no pause in
-    hostd's figures; the JVM's data stays intact."""
+    here, so nothing moves until hostd asks, and when the host gives the memory back (a
+    target of 0) the JVM's balloon deflates within 30 s. Nothing is paused: no QMP STOP, no
+    pause in hostd's figures; the JVM's data stays intact."""
     from heapballoon.agent import build
     from heapballoon.host.ksm import guest_rss_bytes
     from heapballoon.qemu.events import EventLog
@@ -284,6 +285,14 @@ def test_hostd_drives_a_virtio_vm_and_never_pauses_it(vms):
         text = host.cli("status", "--vms").stdout
         print(text)
         assert re.search(rf"^\s+{name}: guest free \S+ \S+ \+ heap", text, re.M), text
+
+        # the host gives it all back (a manual target of 0 pins the VM): the JVM's balloon,
+        # inflated on demand, deflates within 30 s
+        host.cli("target", "--vm", name, "0")
+        t1 = time.monotonic()
+        back = wait_for(lambda: (j := (host.vm(name)["jvms"] or [{}])[0]).get("balloon_bytes", 1 << 40) <= 32 * MIB
+                        and j, 30, 1.0, what="the JVM's balloon deflated after the host gave memory back")
+        print(f"given back: the JVM's balloon {back['balloon_bytes'] >> 20} MiB {time.monotonic() - t1:.0f} s later")
         seen = events.stop()
         events = None
         assert "STOP" not in seen, seen

@@ -87,8 +87,10 @@ class LocalPolicy:
                         "default blocks only", err)
 
 
-def idle_heap_mode(choice: str, balloon: VirtioBalloon | None = None) -> str:
-    """``--idle-heap`` (``free`` or ``on-demand``), with the guest's virtio-balloon probed and said.
+def announce_idle_heap_mode(choice: str, balloon: VirtioBalloon | None = None) -> str:
+    """Logs what the guest's virtio-balloon can do and what ``--idle-heap`` (``free`` or
+    ``on-demand``) does with it (a warning for on-demand without deflate-on-oom); returns the
+    choice unchanged.
 
     ``free`` is the default because reacting loses on both kinds of balloon (issue 17, TCG): a
     libvirt domain's balloon without deflate-on-oom took the last free page and the guest
@@ -134,4 +136,4 @@ def law_from_arguments(args) -> LocalLaw | None:
     """The local law the direct way's options ask for (None: ``--no-local-policy``)."""
     if args.no_local_policy:
         return None
-    return LocalLaw(args.reserve, args.band, free_idle_heap=idle_heap_mode(args.idle_heap) == "free")
+    return LocalLaw(args.reserve, args.band, free_idle_heap=announce_idle_heap_mode(args.idle_heap) == "free")

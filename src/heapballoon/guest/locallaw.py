@@ -34,7 +34,7 @@ JVM's committed heap less its live data and headroom, as the agents report it): 
 it free ahead of any request, free page reporting hands it to the host, and a virtio-balloon
 that inflates finds it free at once. It is the guest driver's default (``--idle-heap free``):
 reacting loses to a balloon that inflates faster than the JVMs give, with deflate-on-oom or
-without (guest.direct.idle_heap_mode has the figures).
+without (guest.direct.announce_idle_heap_mode has the figures).
 
 Pure: no I/O; the driver reads /proc through linux/ and hands in a :class:`GuestMemory`.
 Standard library only (it runs in the guest).

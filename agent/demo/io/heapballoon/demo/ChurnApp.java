@@ -14,7 +14,8 @@ import java.util.List;
  * java ChurnApp --live-mib N --churn-mib-per-s M [--check-interval-s 1] [--spike-mib S]
  *                [--rotate-mib-per-s R] [--gc-interval-s G]
  * stdin:  "live N" (grow/shrink the live set), "check" (verify now), "gc" (System.gc()), "quit"
- * stdout: one JSON line per second {"live_mib":..,"checks":..,"errors":..,"allocated_mib":..};
+ * stdout: one JSON line per second {"live_mib":..,"checks":..,"errors":..,"allocated_mib":..,
+ *         "stall_p99_ms":..,"stall_max_ms":..};
  *         {"error":"corrupt",...} on a mismatch; {"error":"oom"} and exit 3 on OutOfMemoryError.
  * </pre>
  *
@@ -34,6 +35,11 @@ public final class ChurnApp {
     private volatile int wantedLiveMib;
     private volatile boolean checkRequested;
     private volatile boolean quit;
+    /** Stalls of the last second, µs (main thread only): how late each 5 ms step of the churn
+     *  loop was, its allocations plus its sleep. A collection, a guest that waits for memory or
+     *  a paused VM all show here, as a request's latency would. */
+    private final long[] stallsUs = new long[2048];
+    private int stallCount;
     /** Sink for garbage so the JIT cannot elide the allocations. */
     static volatile Object sink;
 
@@ -170,6 +176,7 @@ public final class ChurnApp {
                 churnedBytes += 64 << 10;
                 allocatedBytes += 64 << 10;
             }
+            long stallNs = System.nanoTime() - now;
             if (checkRequested || now >= nextCheckNs) {
                 checkRequested = false;
                 verify();
@@ -186,7 +193,9 @@ public final class ChurnApp {
                 report();
                 nextReportNs = now + 1_000_000_000L;
             }
+            long slept = System.nanoTime();
             Thread.sleep(5);
+            stall(stallNs + Math.max(0, System.nanoTime() - slept - 5_000_000L));
         }
         report();
     }
@@ -222,10 +231,22 @@ public final class ChurnApp {
         }
     }
 
+    private void stall(long ns) {
+        if (stallCount < stallsUs.length) {
+            stallsUs[stallCount++] = ns / 1000;
+        }
+    }
+
     private void report() {
+        long[] s = java.util.Arrays.copyOf(stallsUs, stallCount);
+        stallCount = 0;
+        java.util.Arrays.sort(s);
+        String p99 = s.length == 0 ? "0" : String.format(java.util.Locale.ROOT, "%.1f", s[(int) Math.ceil(s.length * 0.99) - 1] / 1000.0);
+        String max = s.length == 0 ? "0" : String.format(java.util.Locale.ROOT, "%.1f", s[s.length - 1] / 1000.0);
         synchronized (lock) {
             System.out.println("{\"live_mib\":" + blocks.size() + ",\"checks\":" + checks + ",\"errors\":" + errors
-                    + ",\"allocated_mib\":" + (allocatedBytes >> 20) + "}");
+                    + ",\"allocated_mib\":" + (allocatedBytes >> 20) + ",\"stall_p99_ms\":" + p99
+                    + ",\"stall_max_ms\":" + max + "}");
         }
         System.out.flush();
     }
