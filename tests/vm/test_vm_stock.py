@@ -4,7 +4,8 @@ direct path) and the host's own virtio-balloon, or free page reporting, takes th
 Real QEMU guests (TCG here) started with ``vm start --reclaim virtio`` (private RAM,
 ``virtio-balloon-pci,free-page-reporting=on``), a real JVM with the agent, the guest driver with
 its local law and no hostd anywhere. The host side is only QMP, as OpenStack or Proxmox would
-drive it; what the host gains is QEMU's resident memory, read from the host's /proc.
+drive it; what the host gains is QEMU's resident memory, read from the host's /proc. The last
+test adds hostd: the same kind of VM as the third way beside pfn and ksm (docs/vm.md).
 """
 
 from __future__ import annotations
