@@ -59,12 +59,12 @@ done
 echo {LIMIT_BYTES} > {SCOPE}/memory.max
 """
 BACKGROUND = "setsid sh -c {} </dev/null >/dev/null 2>&1 &"
-# G1 named: the JVM's own pick here (a 1150 MiB limit) is Serial, whose balloon chunks are born
-# in the young generation and copied into the old one by the full collections that inflating
-# brings on; the copies rewrite pages the balloon had freed, the container's usage jumps by up to
-# that much for the length of a collection (+246 MiB in 2 s in a CI run on 2026-12-05, the group
-# at its margin during the write: OOM kill). G1's chunks are humongous and never move. Serial in
-# a container: the host tests (native speed) and docs/containers.md, Known limits.
+# G1 named: the JVM's own pick here (a 1150 MiB limit) is Serial, whose full collections, which
+# inflating brings on, move the balloon's chunks; the copies rewrite pages the balloon had freed,
+# and the container's usage jumps by that much for the length of a collection (+246 MiB in 2 s in
+# a CI run on 2026-12-05, the group at its margin during the write: OOM kill; 130-145 MiB at every
+# step on the host, docs/agent.md). G1's chunks are humongous and never move. Serial in a
+# container: the host tests (native speed) and docs/containers.md, Known limits.
 JAVA_OPTS = ("-XX:+UseG1GC",)
 CONTAINER = (f"echo $$ > {SCOPE}/cgroup.procs && unset JAVA_TOOL_OPTIONS && "
              f"exec unshare -p -m -f --mount-proc sh -c "
