@@ -159,3 +159,38 @@ def test_pressure_gives_memory_back(jvms, artifacts, driver):
     latencies = [e.latency_ms for e in driver.events if e.kind == "pressure_release" and "live" in e.reason]
     print(f"pressure releases: {len(latencies)}, latency_ms max {max(latencies, default=-1)}")
     assert not driver.bad_lines, driver.bad_lines
+
+
+def test_jdk_tools_run_quietly_and_a_module_graph_without_unsafe_is_named(java, artifacts, driver):
+    """Where ``JAVA_TOOL_OPTIONS`` carries the agent for every JVM (our guest images, a service's
+    drop-in), the JDK's own tools load it too: ``jcmd`` lists JVMs with no agent line in its output
+    (it printed "setup failed ... NoClassDefFoundError: sun/misc/Unsafe"). A JVM whose module graph
+    lacks jdk.unsupported gets one line that names the module and the option that adds it."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    agent_jar, _native, demo_jar = artifacts
+    jcmd = Path(os.path.realpath(java)).parent / "jcmd"
+    if not jcmd.exists():
+        pytest.skip(f"no jcmd beside {java}")
+    env = dict(os.environ, JAVA_TOOL_OPTIONS=f"-javaagent:{agent_jar}=socket={driver.path}")
+    out = subprocess.run([str(jcmd), "-l"], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "Picked up JAVA_TOOL_OPTIONS" in out.stdout + out.stderr  # the tool did load the option
+    assert "sun.tools.jcmd.JCmd" in out.stdout
+    assert "[heapballoon-agent]" not in out.stdout + out.stderr
+
+    err_path = driver.path.parent / "limited.err"
+    with open(err_path, "w") as err:
+        limited = subprocess.Popen(
+            [java, "--limit-modules", "java.base,java.instrument,java.management,jdk.management",
+             f"-javaagent:{agent_jar}=socket={driver.path}", "-jar", str(demo_jar), "--live-mib", "1",
+             "--churn-mib-per-s", "1"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err, text=True)
+    try:
+        wait_for(lambda: "[heapballoon-agent]" in err_path.read_text(), 30, 0.1, what="the agent's line")
+    finally:
+        limited.communicate("quit\n", timeout=30)
+    lines = [line for line in err_path.read_text().splitlines() if line.startswith("[heapballoon-agent]")]
+    assert lines == ["[heapballoon-agent] WARNING agent inactive: module jdk.unsupported (sun.misc.Unsafe) is not in "
+                     "this JVM's module graph; start java with --add-modules jdk.unsupported"], err_path.read_text()

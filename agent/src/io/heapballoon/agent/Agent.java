@@ -29,8 +29,24 @@ public final class Agent {
         start(args);
     }
 
+    /**
+     * The JDK tool this JVM runs ({@code jcmd}, {@code jps}, {@code jstack}, {@code jar}, ...: its main
+     * module is one of the JDK's {@code jdk.*} modules), or null. {@code JAVA_TOOL_OPTIONS} reaches
+     * those JVMs too, where our guest images and services set it for every JVM; a tool is nobody's
+     * heap to reclaim, and its module graph lacks {@code jdk.unsupported}, so the agent would only
+     * print a warning into the tool's output.
+     */
+    static String jdkTool(String mainModule) {
+        return mainModule != null && mainModule.startsWith("jdk.") ? mainModule : null;
+    }
+
     static void start(String args) {
         try {
+            String tool = jdkTool(System.getProperty("jdk.module.main"));
+            if (tool != null) {
+                Log.debug("not started in the JDK's own tool " + tool);
+                return;
+            }
             if (!STARTED.compareAndSet(false, true)) {
                 Log.info("already running in this JVM; ignoring a second start");
                 return;
