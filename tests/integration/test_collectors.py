@@ -86,9 +86,11 @@ def check_window(out: scenario.Outcome, gc: str, why: str) -> None:
 # (non-strict: still run and reported); every other check of the pair stays an assertion. Issue 15
 # stays open until this is empty.
 KNOWN_GC_COST_FAILURES = {
-    # Parallel's old generation holds the live set and the balloon; full collections (PS MarkSweep) then
-    # run often and slide the chunks. jdk21-Parallel, 2026-12-04: +7.9 points in CI, +8.9 and +6.5 points
-    # alone, the last on the code before this round's changes (it passed in the previous landing CI).
+    # Parallel's old generation holds the live set and the balloon; past ~300 MiB of balloon its free space is
+    # under Parallel's own padded promotion estimate, so every collection is a full one from then on (plain
+    # Java does the same: benchmarks/parallel_all_full.py), and the fully compacting ones slide the chunks
+    # over small dead objects below them, 1.1-1.4 s each (docs/agent.md, "What is not covered").
+    # jdk21-Parallel: +7.9 points in CI (2026-12-04), +8.9 and +6.5 alone; +5.7 alone on 2026-12-05.
     "Parallel": "issue 15, open: Parallel's full collections with the balloon in its old generation cost "
                 "more than 5 points of GC CPU share at 100 MiB/s",
 }
