@@ -393,7 +393,11 @@ def test_a_virtio_vm_is_measured_from_the_host_and_never_paused(tmp_path):
             base = (64 * M) // P
             os.pwrite(ram.fd, bytes(1024 * P), base * P)  # 4 MiB of zero pages, resident
             await vm.qmp.execute("cont")
-            task = asyncio.create_task(hostd.serve(sock, run_dir))
+            from prometheus_client import CollectorRegistry
+
+            port = _free_port()
+            task = asyncio.create_task(hostd.serve(sock, run_dir, metrics=f"127.0.0.1:{port}",
+                                                   metrics_registry=CollectorRegistry()))
             try:
                 peer = await guest.next_conn()
                 await peer.send(protocol.GuestHello(RAM, 4096, "boot-1"))
@@ -412,6 +416,11 @@ def test_a_virtio_vm_is_measured_from_the_host_and_never_paused(tmp_path):
                 await peer.send(protocol.GuestStatus(8 * M, 2 * RAM, 0, (GUEST_JVM,)))  # more than it has
                 s = await hostd_vm(sock, lambda v: v["guest_balloon_bytes"] == 2 * RAM)
                 assert s["reclaimed_bytes"] <= RAM - s["host_resident_bytes"], s
+                # the metrics' cheap view measures it too (it read nothing for a VM without a RAM memfd)
+                text = await asyncio.to_thread(_scrape, port)
+                line = next((x for x in text.splitlines() if x.startswith('heapballoon_vm_host_resident_bytes{vm="vv"}')),
+                            None)
+                assert line is not None and 0 <= float(line.split()[-1]) <= RAM, text[-2000:]
             finally:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

@@ -209,7 +209,14 @@ class HostdCollector:
 
 
 def _resident_bytes(vm) -> int | None:
-    """Host-resident guest RAM without opening anything new (a scrape does no reclaim work)."""
+    """Host-resident guest RAM without opening anything new (a scrape does no reclaim work). A
+    ``ksm`` or ``virtio`` VM has no RAM file of ours: the Rss of QEMU's RAM mapping (smaps, read
+    only), as the measured path reads it."""
+    if vm.reclaim in ("ksm", "virtio"):
+        try:
+            return guest_rss_bytes(vm.pid, vm.memory_bytes)["rss_bytes"]
+        except ReclaimError:
+            return None
     if vm.guest_ram is None:
         return None
     try:
@@ -221,7 +228,8 @@ def _resident_bytes(vm) -> int | None:
 def vm_memory_metrics(snaps):
     """Per VM: host-resident RAM, the guest's free/available memory and the virtio balloon."""
     gauges = {key: GaugeMetricFamily(f"heapballoon_vm_{key}", doc, labels=["vm"]) for key, doc in (
-        ("host_resident_bytes", "Guest RAM resident on the host (allocated blocks of the RAM memfd)"),
+        ("host_resident_bytes", "Guest RAM resident on the host (allocated blocks of the RAM memfd; for ksm and virtio "
+                                "VMs the Rss of QEMU's RAM mapping)"),
         ("guest_free_bytes", "Free guest memory (virtio-balloon statistics)"),
         ("guest_available_bytes", "Available guest memory (virtio-balloon statistics)"),
         ("virtio_actual_bytes", "Guest RAM the virtio balloon leaves the guest"),
