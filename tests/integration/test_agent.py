@@ -9,7 +9,10 @@ must equal the chunk's len.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -166,10 +169,6 @@ def test_jdk_tools_run_quietly_and_a_module_graph_without_unsafe_is_named(java, 
     drop-in), the JDK's own tools load it too: ``jcmd`` lists JVMs with no agent line in its output
     (it printed "setup failed ... NoClassDefFoundError: sun/misc/Unsafe"). A JVM whose module graph
     lacks jdk.unsupported gets one line that names the module and the option that adds it."""
-    import os
-    import subprocess
-    from pathlib import Path
-
     agent_jar, _native, demo_jar = artifacts
     jcmd = Path(os.path.realpath(java)).parent / "jcmd"
     if not jcmd.exists():

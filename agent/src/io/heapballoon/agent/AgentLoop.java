@@ -30,16 +30,13 @@ final class AgentLoop implements Runnable {
     public void run() {
         try {
             setUp();
-        } catch (NoClassDefFoundError e) {
-            if (!String.valueOf(e.getMessage()).contains("sun/misc/Unsafe")) {
-                Log.warn("setup failed; agent inactive", e);
-                return;
-            }
-            Log.warn("agent inactive: module jdk.unsupported (sun.misc.Unsafe) is not in this JVM's module graph; "
-                    + "start java with --add-modules jdk.unsupported", null);
-            return;
         } catch (Throwable t) {
-            Log.warn("setup failed; agent inactive", t);
+            if (t instanceof NoClassDefFoundError && String.valueOf(t.getMessage()).contains("sun/misc/Unsafe")) {
+                Log.warn("agent inactive: module jdk.unsupported (sun.misc.Unsafe) is not in this JVM's module graph; "
+                        + "start java with --add-modules jdk.unsupported", null);
+            } else {
+                Log.warn("setup failed; agent inactive", t);
+            }
             return;
         }
         long backoffMs = BACKOFF_MIN_MS;
