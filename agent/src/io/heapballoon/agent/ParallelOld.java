@@ -1,0 +1,192 @@
+package io.heapballoon.agent;
+
+import java.io.IOException;
+import java.lang.management.ManagementFactory;
+import java.lang.management.MemoryPoolMXBean;
+import java.lang.management.MemoryUsage;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.channels.FileChannel;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Path;
+import java.nio.file.Paths;
+import java.nio.file.StandardOpenOption;
+
+/**
+ * Owns what Parallel (PS) needs from a balloon in its old generation, apart from the law's H.
+ *
+ * <p>Before each young collection PS compares its <em>padded promotion estimate</em> (the
+ * average bytes a young collection promoted, plus {@code PromotedPadding} (3) deviations) with
+ * the old generation's free space; when the estimate is larger it runs a full collection
+ * instead. Only young collections update the estimate, so once a balloon leaves less free space
+ * than that, every collection is a full one from then on (benchmarks/parallel_all_full.py). Two
+ * rules follow:
+ * <ul>
+ *   <li>{@link #reserveBytes}: the balloon leaves the old generation that estimate free, plus
+ *       one chunk.</li>
+ *   <li>Chunks never reach the old generation through a young collection, which would count them
+ *       as promoted (8 MiB chunks raised the estimate from ~125 to ~180 MiB). A tick allocates
+ *       at most what eden has free ({@link #edenRoomBytes}), and {@link #place} then asks
+ *       for a full collection, which moves them into the old generation and is not counted.</li>
+ * </ul>
+ * The estimate: the accurate path is the JVM's own counter {@code sun.gc.policy.avgPromotedPaddedAvg},
+ * read from its perf-data file (/tmp/hsperfdata_USER/PID, mapped once). Without it
+ * (-XX:-UsePerfData, -XX:+PerfDisableSharedMem) the agent computes the same average from the
+ * young collections it sees (which miss those before it started), and says so once in the log.
+ * Agent thread, except {@link #young} (GC-notification thread).
+ */
+final class ParallelOld {
+    static final String COUNTER = "sun.gc.policy.avgPromotedPaddedAvg";
+    /** hsperfdata prologue: magic, byte order at byte 4, entry offset and count at bytes 24 and 28. */
+    static final int MAGIC = 0xcafec0c0;
+
+    private final boolean parallel;
+    private final MemoryPoolMXBean eden;
+    /** The mapped perf-data file and the offset of the counter's value; null when unreadable. */
+    private final ByteBuffer perf;
+    private final int valueOffset;
+    private final double weight;
+    private final double padding;
+    // The fallback estimate (GC-notification thread writes, agent thread reads).
+    private double average;
+    private double deviation;
+    private long samples;
+
+    ParallelOld(HeapStats stats) {
+        this(stats.gc);
+    }
+
+    ParallelOld(String gc) {
+        parallel = "Parallel".equals(gc);
+        weight = HeapStats.vmOptionLong("AdaptiveSizePolicyWeight", 10) / 100.0;
+        padding = HeapStats.vmOptionLong("PromotedPadding", 3);
+        MemoryPoolMXBean edenPool = null;
+        for (MemoryPoolMXBean pool : ManagementFactory.getMemoryPoolMXBeans()) {
+            if (pool.getName().equals("PS Eden Space")) {
+                edenPool = pool;
+            }
+        }
+        eden = edenPool;
+        ByteBuffer buffer = null;
+        int offset = -1;
+        if (parallel) {
+            Path file = Paths.get("/tmp", "hsperfdata_" + System.getProperty("user.name"),
+                    Long.toString(ProcessHandle.current().pid()));
+            try (FileChannel channel = FileChannel.open(file, StandardOpenOption.READ)) {
+                buffer = channel.map(FileChannel.MapMode.READ_ONLY, 0, channel.size());
+                offset = findLong(buffer, COUNTER);
+            } catch (IOException | RuntimeException e) {
+                offset = -1;
+            }
+            if (offset < 0) {
+                Log.info("Parallel's promotion estimate is not readable from " + file + " (-XX:-UsePerfData?): "
+                        + "using the agent's own, from the young collections it sees");
+            }
+        }
+        perf = offset >= 0 ? buffer : null;
+        valueOffset = offset;
+    }
+
+    /**
+     * The offset of the value of the long counter {@code name} in a perf-data buffer, -1 if absent.
+     * Each entry: length, name offset, vector length (ints), type, flags, units, variability
+     * (bytes), data offset (int); names are NUL-terminated ASCII.
+     */
+    static int findLong(ByteBuffer perf, String name) {
+        ByteBuffer b = perf.duplicate();
+        if (b.capacity() < 32 || b.order(ByteOrder.BIG_ENDIAN).getInt(0) != MAGIC) {
+            return -1;
+        }
+        b.order(b.get(4) == 1 ? ByteOrder.LITTLE_ENDIAN : ByteOrder.BIG_ENDIAN);
+        byte[] wanted = (name + "\0").getBytes(StandardCharsets.US_ASCII);
+        int entry = b.getInt(24);
+        for (int i = b.getInt(28); i > 0 && entry > 0 && entry + 20 <= b.capacity(); i--) {
+            int length = b.getInt(entry);
+            int nameAt = entry + b.getInt(entry + 4);
+            boolean match = b.getInt(entry + 8) == 0 && b.get(entry + 12) == 'J' && nameAt + wanted.length <= b.capacity();
+            for (int k = 0; match && k < wanted.length; k++) {
+                match = b.get(nameAt + k) == wanted[k];
+            }
+            if (match) {
+                return entry + b.getInt(entry + 16);
+            }
+            if (length <= 0) {
+                return -1;
+            }
+            entry += length;
+        }
+        return -1;
+    }
+
+    boolean active() {
+        return parallel;
+    }
+
+    /** PS's padded promotion estimate in bytes (its counter, else the agent's own); 0 if not Parallel. */
+    long estimateBytes() {
+        if (!parallel) {
+            return 0;
+        }
+        if (perf != null) {
+            ByteBuffer b = perf.duplicate().order(perf.get(4) == 1 ? ByteOrder.LITTLE_ENDIAN : ByteOrder.BIG_ENDIAN);
+            return Math.max(0, b.getLong(valueOffset));
+        }
+        return fallbackEstimateBytes();
+    }
+
+    /** The agent's own padded average of the promotions it saw. */
+    synchronized long fallbackEstimateBytes() {
+        return (long) (average + padding * deviation);
+    }
+
+    /** The old-generation space a balloon must leave free: the estimate plus one chunk; 0 if not Parallel. */
+    long reserveBytes(long chunkBytes) {
+        return parallel ? estimateBytes() + chunkBytes : 0;
+    }
+
+    /**
+     * How much a tick may allocate: eden's free space less {@code marginBytes} (what the
+     * application allocates meanwhile), so no young collection runs before {@link #place}.
+     * Unlimited if not Parallel.
+     */
+    long edenRoomBytes(long marginBytes) {
+        if (!parallel || eden == null) {
+            return Long.MAX_VALUE;
+        }
+        MemoryUsage u = eden.getUsage();
+        return Math.max(0, u.getCommitted() - u.getUsed() - marginBytes);
+    }
+
+    /**
+     * True when a growth of {@code growthBytes} is too small to be worth its placing collection:
+     * while this reserve, not the law's ({@code lawReserveBytes}: H + H/4), bounds the balloon,
+     * growth under a sixteenth of the largest balloon waits. The estimate decays a little with
+     * every young collection, and growing by a chunk each time cost 16 full collections in 20 s.
+     * Always false elsewhere.
+     */
+    boolean tooSmallToPlace(long growthBytes, long maxBytes, long chunkBytes, long lawReserveBytes) {
+        return parallel && reserveBytes(chunkBytes) > lawReserveBytes && growthBytes < Math.max(chunkBytes, maxBytes / 16);
+    }
+
+    /** The balloon grew this tick: a full collection moves the new chunks into the old generation now. */
+    void place() {
+        if (parallel) {
+            long t0 = System.nanoTime();
+            System.gc();
+            Log.debug("placing collection took " + (System.nanoTime() - t0) / 1_000_000 + " ms");
+        }
+    }
+
+    /**
+     * GC-notification thread: a young collection promoted {@code bytes}; the fallback estimate
+     * follows PS's own (AdaptivePaddedAverage: the first samples weigh 1/n until that is below
+     * the weight).
+     */
+    synchronized void young(long bytes) {
+        double x = Math.max(0, bytes);
+        samples++;
+        double w = Math.max(weight, 1.0 / samples);
+        average = (1 - w) * average + w * x;
+        deviation = (1 - w) * deviation + w * Math.abs(x - average);
+    }
+}
