@@ -22,7 +22,7 @@ import java.lang.management.ManagementFactory;
  *       balloon by more than {@value GcCost#EXTRA_SHARE}, for {@value GcCost#SUSTAIN_MS} ms without a break (10
  *       points: a tenth of the application's time; a balloon that costs more is not worth its
  *       memory), a quarter of the balloon is given back.</li>
- *   <li><b>Inflate</b> while L + B + chunk + H + H/4 &le; C (the H/4 is hysteresis), and never
+ *   <li><b>Inflate</b> while B + chunk &le; balloonMaxBytes (the H/4 there is hysteresis), and never
  *       during a back-off. After a give-back the balloon may not grow past its new size until
  *       a complete collection <em>after</em> the give-back shows a live set that leaves room;
  *       the back-off ({@value BackOff#MIN_MS} ms) doubles, up to {@value BackOff#MAX_MS} ms,
@@ -61,7 +61,7 @@ final class Controller {
     /** Uptime minus GcInfo time, an upper bound (GC-notification thread only). */
     private long gcClockOffsetMs = Long.MAX_VALUE;
     /** The balloon at the last collection (GC-notification thread only). */
-    private long balloonAtLastYoungBytes;
+    private long balloonAtLastGcBytes;
 
     /** The driver's target and reclaim mode (written by the agent thread, read by both). */
     private volatile long targetBytes;
@@ -149,12 +149,12 @@ final class Controller {
             long promoted = LiveSet.old(after) - LiveSet.old(before);
             long footprint = balloon.footprintBytes();
             if (!stats.regionBased()) {
-                promoted -= Math.max(0, footprint - balloonAtLastYoungBytes); // new chunks, promoted from eden
+                promoted -= Math.max(0, footprint - balloonAtLastGcBytes); // new chunks, promoted from eden
             }
             headroom.promoted(promoted);
             parallelOld.young(promoted);
         }
-        balloonAtLastYoungBytes = balloon.footprintBytes(); // any collection moved the chunks it saw out of eden
+        balloonAtLastGcBytes = balloon.footprintBytes(); // any collection moved the chunks it saw out of eden
         if (bean.endsWith("Cycles")) {
             headroom.cycle(info.getGcInfo().getDuration());
         } else {
