@@ -105,6 +105,9 @@ def test_balloon_holds_on_every_collector(daemons, apps, jdk, gc):
     assert out.gave_way, why
     assert out.reinflate_s is not None and out.reinflate_s <= scenario.REINFLATE_WITHIN_S, why
     assert out.data_errors == 0, why
+    # Parallel's estimate comes from the JVM's own perf data (the accurate path), not the agent's fallback.
+    assert (s.get("promotion_reserve_bytes", 0) > 0) == (gc == "Parallel"), why
+    assert "promotion estimate is not readable" not in j.stderr(), why
     # Parallel meets it by keeping its promotion estimate free and placing chunks with a full
     # collection (docs/agent.md, "Parallel: its promotion estimate"): before, +5.2 to +8.9 points.
     assert s["gc_cpu_share"] - s["gc_cpu_share_no_balloon"] <= 0.05, why
