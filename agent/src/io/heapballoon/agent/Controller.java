@@ -290,10 +290,8 @@ final class Controller {
         // most what eden has free, less a chunk and 100 ms of the application's allocation (ParallelOld).
         long stopAt = stats.shenandoah() ? balloon.footprintBytes() + Headroom.SHENANDOAH_INFLATE_BYTES_PER_TICK : Long.MAX_VALUE;
         long edenRoom = parallelOld.edenRoomBytes(chunkBytes + (long) headroom.allocBytesPerS() / 10);
-        long maxBytes = Math.min(limit, balloonMaxBytes(liveBytes()));
-        if (balloon.footprintBytes() == 0 && !shenandoahMayStart()
-                || parallelOld.tooSmallToPlace(maxBytes - balloon.footprintBytes(), maxBytes, chunkBytes,
-                        headroomBytes() + headroomBytes() / 4)) {
+        if (balloon.footprintBytes() == 0 && !shenandoahMayStart() || parallelOld.tooSmallToPlace(balloon.footprintBytes(),
+                balloonMaxBytes(liveBytes()), limit, chunkBytes, headroomBytes() + headroomBytes() / 4)) {
             return false;
         }
         while (balloon.footprintBytes() + chunkBytes <= Math.min(limit, stopAt)
@@ -338,6 +336,7 @@ final class Controller {
         }
         if (grew && parallelOld.active()) {
             parallelOld.place(); // before a young collection counts the new chunks as promoted
+            balloon.refreshAddresses(); // now, not when the notification comes: the next state must be true
             balloon.releasePending(); // after the move: resident pages moved cheaply
         } else if (grew && !stats.regionBased()) {
             explicit.grew();

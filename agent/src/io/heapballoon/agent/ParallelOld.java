@@ -158,14 +158,15 @@ final class ParallelOld {
     }
 
     /**
-     * True when a growth of {@code growthBytes} is too small to be worth its placing collection:
-     * while this reserve, not the law's ({@code lawReserveBytes}: H + H/4), bounds the balloon,
-     * growth under a sixteenth of the largest balloon waits. The estimate decays a little with
-     * every young collection, and growing by a chunk each time cost 16 full collections in 20 s.
-     * Always false elsewhere.
+     * True when growing from {@code balloonBytes} to {@code maxBytes} is too small to be worth its
+     * placing collection: while this reserve bounds the balloon (not the target's {@code limitBytes},
+     * nor the law's {@code lawReserveBytes}, H + H/4), growth under a sixteenth of the largest
+     * balloon waits. The estimate decays a little with every young collection, and growing by a
+     * chunk each time cost 16 full collections in 20 s. Always false elsewhere.
      */
-    boolean tooSmallToPlace(long growthBytes, long maxBytes, long chunkBytes, long lawReserveBytes) {
-        return parallel && reserveBytes(chunkBytes) > lawReserveBytes && growthBytes < Math.max(chunkBytes, maxBytes / 16);
+    boolean tooSmallToPlace(long balloonBytes, long maxBytes, long limitBytes, long chunkBytes, long lawReserveBytes) {
+        return parallel && maxBytes < limitBytes && reserveBytes(chunkBytes) > lawReserveBytes
+                && maxBytes - balloonBytes < Math.max(chunkBytes, maxBytes / 16);
     }
 
     /** The balloon grew this tick: a full collection moves the new chunks into the old generation now. */

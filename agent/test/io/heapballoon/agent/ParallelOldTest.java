@@ -1,6 +1,7 @@
 package io.heapballoon.agent;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.nio.ByteBuffer;
@@ -83,6 +84,19 @@ class ParallelOldTest {
             ps.young(0);
         }
         assertTrue(ps.fallbackEstimateBytes() < 1L << 20, "decays with quiet young collections");
+    }
+
+    @Test
+    void smallGrowthWaitsOnlyWhileTheEstimateBinds() {
+        ParallelOld ps = new ParallelOld("Parallel"); // in JUnit's (not Parallel) JVM: the fallback estimate
+        ps.young(150L << 20);
+        long mib = 1L << 20;
+        assertEquals(158 * mib, ps.reserveBytes(8 * mib));
+        assertTrue(ps.tooSmallToPlace(376 * mib, 400 * mib, 512 * mib, 8 * mib, 80 * mib), "24 MiB < 400/16");
+        assertFalse(ps.tooSmallToPlace(368 * mib, 400 * mib, 512 * mib, 8 * mib, 80 * mib), "32 MiB is worth it");
+        assertFalse(ps.tooSmallToPlace(248 * mib, 400 * mib, 256 * mib, 8 * mib, 80 * mib), "the target binds");
+        assertFalse(ps.tooSmallToPlace(376 * mib, 400 * mib, 512 * mib, 8 * mib, 200 * mib), "H + H/4 binds");
+        assertFalse(new ParallelOld("Serial").tooSmallToPlace(376 * mib, 400 * mib, 512 * mib, 8 * mib, 80 * mib));
     }
 
     @Test
