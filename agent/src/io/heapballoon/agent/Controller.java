@@ -16,21 +16,17 @@ import java.lang.management.ManagementFactory;
  * H the headroom:
  * <ul>
  *   <li><b>Give back</b> when a complete collection shows L + B + H &gt; C: shrink to C − H − L.
- *       A young collection never triggers it: when the old generation fills with garbage the
- *       collector cleans up, and the balloon stays. Second rule, GC cost: when the share of
+ *       A young collection triggers it only on Parallel, and only for a burst (ParallelOld.burst):
+ *       all of it. Old garbage is the collector's to clean up. Second rule, GC cost: when the share of
  *       wall time spent in GC pauses over {@value #GC_WINDOW_MS} ms exceeds what it was without a
  *       balloon by more than {@value GcCost#EXTRA_SHARE}, for {@value GcCost#SUSTAIN_MS} ms without a break (10
  *       points: a tenth of the application's time; a balloon that costs more is not worth its
  *       memory), a quarter of the balloon is given back.</li>
- *   <li><b>Inflate</b> while B + chunk &le; balloonMaxBytes (the H/4 there is hysteresis), and never
- *       during a back-off. After a give-back the balloon may not grow past its new size until
- *       a complete collection <em>after</em> the give-back shows a live set that leaves room;
- *       the back-off ({@value BackOff#MIN_MS} ms) doubles, up to {@value BackOff#MAX_MS} ms,
- *       with every give-back that no rise of the live set explains and that comes within
- *       {@value BackOff#RESET_MS} ms of the previous one.
- *       With region-based collectors a chunk is allocated only while the heap has a chunk plus
- *       a margin free (Headroom.inflateMarginBytes), so inflation goes at the collector's pace instead of
- *       forcing emergency collections (which clear soft references).</li>
+ *   <li><b>Inflate</b> while B + chunk &le; balloonMaxBytes (the H/4 there is hysteresis), never
+ *       during a back-off, nor past the give-back's size until a later complete collection shows
+ *       room (BackOff). Region-based collectors: only while the heap has a chunk plus a margin
+ *       free (Headroom.inflateMarginBytes), at the collector's pace, forcing no emergency
+ *       collections (which clear soft references).</li>
  *   <li><b>Probe</b> and <b>settle</b> (Serial): ExplicitGc. <b>Place</b> (Parallel): ParallelOld.</li>
  *   <li><b>Flaps</b>: a give-back whose trigger shows no rise of the live set since the balloon
  *       last grew, followed by re-inflation, is counted as a flap.</li>
@@ -96,9 +92,7 @@ final class Controller {
     }
 
     /** H: the driver's (or the static) headroom, or what the allocation rate needs (Headroom). */
-    long headroomBytes() {
-        return headroom.bytes();
-    }
+    long headroomBytes() { return headroom.bytes(); }
 
     /** The application's live bytes: the estimate, or heap used less the balloon before any GC. */
     long liveBytes() {
@@ -152,6 +146,11 @@ final class Controller {
                 promoted -= Math.max(0, footprint - balloonAtLastGcBytes); // new chunks, promoted from eden
             }
             headroom.promoted(promoted);
+            String burst = parallelOld.burst(bean, promoted, stats.balloonCapacityBytes() - LiveSet.old(after),
+                    balloon.geometry.footprintBytes, headroom.promoBytesPerS());
+            if (footprint > 0 && burst != null) {
+                giveBack(0, burst, gcEndMs, liveBytes());
+            }
             parallelOld.young(promoted);
         }
         balloonAtLastGcBytes = balloon.footprintBytes(); // any collection moved the chunks it saw out of eden
@@ -192,13 +191,17 @@ final class Controller {
         long capacity = stats.balloonCapacityBytes();
         long headroom = headroomBytes();
         if (footprint > 0 && liveBytes + footprint + headroom > capacity) {
-            long released = balloon.shrinkTo(Math.max(0, capacity - headroom - liveBytes));
-            long now = System.currentTimeMillis();
-            backOff(now, liveBytes);
-            out.event("pressure_release", released, String.format("%s: live %d MiB + balloon %d MiB + headroom %d MiB > %d MiB",
-                    source, liveBytes >> 20, footprint >> 20, headroom >> 20, capacity >> 20),
-                    Math.max(0, now - gcEndMs));
+            giveBack(capacity - headroom - liveBytes, String.format("%s: live %d MiB + balloon %d MiB + headroom %d MiB > %d MiB",
+                    source, liveBytes >> 20, footprint >> 20, headroom >> 20, capacity >> 20), gcEndMs, liveBytes);
         }
+    }
+
+    /** GC-notification thread: shrink to {@code limitBytes} now, back off, say why ({@code pressure_release}). */
+    private void giveBack(long limitBytes, String reason, long gcEndMs, long liveBytes) {
+        long released = balloon.shrinkTo(Math.max(0, limitBytes));
+        long now = System.currentTimeMillis();
+        backOff(now, liveBytes);
+        out.event("pressure_release", released, reason, Math.max(0, now - gcEndMs));
     }
 
     /**
@@ -219,8 +222,7 @@ final class Controller {
                 // (free-set region tails hide the trigger); a large balloon stops them: rebuild it now.
                 backOff.endHold();
             }
-            String reason = String.format("JVM cleared balloon soft references: headroom %d MiB -> %d MiB",
-                    before >> 20, after >> 20);
+            String reason = String.format("JVM cleared balloon soft references: headroom %d MiB -> %d MiB", before >> 20, after >> 20);
             Log.info("soft references cleared (" + (clearedBytes >> 20) + " MiB); " + reason.substring(reason.indexOf("headroom")));
             out.event("soft_cleared", clearedBytes, reason, 0);
         }

@@ -169,6 +169,30 @@ final class ParallelOld {
                 && maxBytes - balloonBytes < Math.max(chunkBytes, maxBytes / 16);
     }
 
+    /** A promotion this many times the average is a burst: the application's live set is growing fast. */
+    static final int BURST_FACTOR = 4;
+
+    /**
+     * GC-notification thread, before {@link #young}: why, when a young collection promoted a burst
+     * ({@value #BURST_FACTOR} × the usual and more than a chunk; the usual is the larger of the average
+     * promotion and a second of the peak promotion rate {@code promoPeakBytesPerS} (Headroom's P): at
+     * 1.6 GiB/s, where the live set turns over, P is 100-280 MiB/s, and a rule on the average alone
+     * dropped the balloon five times a minute) and left the old generation less than
+     * twice that free, so the next one may not fit. Parallel then fails the promotion, and the full
+     * collections that follow come back to back: each slides the chunks over what died below them (~1 s
+     * for 400 MiB), the notification that would give the balloon back waits, and five such in a row
+     * end in "GC overhead limit exceeded" (JDK 17, CI, a 200 → 700 MiB live set in under a second).
+     * Null otherwise.
+     */
+    synchronized String burst(String collection, long promotedBytes, long oldFreeBytes, long chunkBytes,
+                              double promoPeakBytesPerS) {
+        double norm = Math.max(average, promoPeakBytesPerS); // per collection, or a second of the peak rate
+        boolean burst = parallel && samples > 0 && promotedBytes > chunkBytes && promotedBytes > BURST_FACTOR * norm
+                && oldFreeBytes < 2 * promotedBytes;
+        return burst ? String.format("%s promoted %d MiB (%d MiB usual), %d MiB left free: the live set is growing",
+                collection, promotedBytes >> 20, (long) norm >> 20, oldFreeBytes >> 20) : null;
+    }
+
     /** The balloon grew this tick: a full collection moves the new chunks into the old generation now. */
     void place() {
         if (parallel) {

@@ -100,6 +100,28 @@ class ParallelOldTest {
     }
 
     @Test
+    void aBurstOfPromotionIntoAFullOldGenerationIsNamed() {
+        long mib = 1L << 20;
+        ParallelOld ps = new ParallelOld("Parallel");
+        assertEquals(null, ps.burst("PS Scavenge", 43 * mib, 62 * mib, 8 * mib, 2 * mib), "no average yet");
+        for (int i = 0; i < 20; i++) {
+            ps.young(2 * mib);
+        }
+        String why = ps.burst("PS Scavenge", 43 * mib, 62 * mib, 8 * mib, 2 * mib); // the JDK 21 grow phase's numbers
+        assertTrue(why != null && why.contains("promoted 43 MiB") && why.contains("62 MiB left free"), why);
+        assertEquals(null, ps.burst("PS Scavenge", 43 * mib, 90 * mib, 8 * mib, 2 * mib), "room for another");
+        assertEquals(null, ps.burst("PS Scavenge", 6 * mib, 2 * mib, 8 * mib, 0), "under a chunk");
+        for (int i = 0; i < 40; i++) {
+            ps.young(16 * mib); // 1.6 GiB/s: the live set turns over
+        }
+        assertEquals(null, ps.burst("PS Scavenge", 43 * mib, 62 * mib, 8 * mib, 2 * mib), "under 4 x the average");
+        ParallelOld busy = new ParallelOld("Parallel");
+        busy.young(2 * mib);
+        assertEquals(null, busy.burst("PS Scavenge", 80 * mib, 20 * mib, 8 * mib, 150 * mib), "under 4 s of the peak rate");
+        assertEquals(null, new ParallelOld("G1").burst("G1 Young Generation", 430 * mib, 0, 8 * mib, 0));
+    }
+
+    @Test
     void otherCollectorsReserveNothingAndAllocateFreely() {
         ParallelOld g1 = new ParallelOld("G1");
         assertEquals(0, g1.reserveBytes(8L << 20));
