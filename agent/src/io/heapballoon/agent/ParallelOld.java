@@ -180,8 +180,8 @@ final class ParallelOld {
      * dropped the balloon five times a minute) and left the old generation less than
      * twice that free, so the next one may not fit. Parallel then fails the promotion, and the full
      * collections that follow come back to back: each slides the chunks over what died below them (~1 s
-     * for 400 MiB), the notification that would give the balloon back waits, and five such in a row
-     * end in "GC overhead limit exceeded" (JDK 17, CI, a 200 → 700 MiB live set in under a second).
+     * for 400 MiB), the notification that would give the balloon back waits, and the JVM may throw
+     * OutOfMemoryError (JDK 17, CI, a 200 → 700 MiB live set in under a second: likely the GC overhead limit).
      * Null otherwise.
      */
     synchronized String burst(String collection, long promotedBytes, long oldFreeBytes, long chunkBytes,
