@@ -72,7 +72,7 @@ def require_host(command: str) -> None:
 # ---------------------------------------------------------------------- process mode
 
 def cmd_run(args) -> int:
-    from heapballoon.agent import build
+    from heapballoon.agent import build, launch
     from heapballoon.errors import KernelError
     from heapballoon.linux import prctl
 
@@ -85,14 +85,11 @@ def cmd_run(args) -> int:
         raise UsageError(f"command not found: {cmd[0]}")
     agent_arg = build.javaagent_arg(transport.socket_path(args.socket), args.name)
     env = dict(os.environ)
-    # The agent's JNI library is a restricted method call on JDK 24+ (JEP 472): allow it, so the
-    # JVM prints no warning. JDK 17 to 23 accept the option silently.
-    native_access = "--enable-native-access=ALL-UNNAMED"
     if os.path.basename(cmd[0]) == "java":
-        cmd[1:1] = [native_access, agent_arg]
-    else:  # a wrapper script: every JVM it starts picks the agent up
+        cmd[1:1] = [*launch.java_options(cmd, env), agent_arg]
+    else:  # a wrapper script: every JVM it starts picks the agent up (its JDK is unknown here)
         env["JAVA_TOOL_OPTIONS"] = (env.get("JAVA_TOOL_OPTIONS", "") + " " + agent_arg).strip()
-        env["JDK_JAVA_OPTIONS"] = (env.get("JDK_JAVA_OPTIONS", "") + " " + native_access).strip()
+        env["JDK_JAVA_OPTIONS"] = (env.get("JDK_JAVA_OPTIONS", "") + " " + launch.NATIVE_ACCESS).strip()
     if args.ksm_merge:
         try:
             prctl.set_memory_merge(True)  # inherited through exec: KSM may merge the JVM's pages
@@ -277,7 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     driver_cli.add_commands(sub, with_socket)
 
-    r = with_socket(sub.add_parser("run", help="run a command with the agent loaded into its JVMs"))
+    r = with_socket(sub.add_parser("run", help="run a command with the agent loaded into its JVMs",
+                                   description="Run a command with the agent loaded into its JVMs. A java command "
+                                               "with -XX:+UseParallelGC also gets Parallel's compaction options "
+                                               "(docs/agent.md, Parallel) unless it sets them."))
     r.add_argument("--name", help="name shown in status (default: the main class)")
     r.add_argument("--no-ksm-merge", dest="ksm_merge", action="store_false",
                    help="do not enable KSM merging (PR_SET_MEMORY_MERGE) for the process")

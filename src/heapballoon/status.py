@@ -129,6 +129,7 @@ class JvmStatus:
     soft_cleared: int = 0
     headroom_bytes: int = 0
     alloc_bytes_per_s: int = 0
+    promotion_reserve_bytes: int = 0  # Parallel: old-generation space its promotion estimate needs
     gc_cpu_share: float = -1.0
     gc_cpu_share_no_balloon: float = -1.0
     pause_p99_ms: int = -1

@@ -81,7 +81,9 @@ def test_other_collectors_inflate_verify_deflate(daemons, apps, gc):
     wait_for(lambda: j.last().get("allocated_mib", 0) >= 400, 30, 0.2, what="the start-up spike")
     assert s["gc"] == {"Z": "ZGC"}.get(gc, gc)
     run_cli("target", j.pid, "192M", sock=d.sock, check=True)
-    s = wait_for(lambda: (s := d.jvm(j.pid)) and s["reclaimed_bytes"] >= 160 * MIB and s, 30, 0.25,
+    # Parallel: the spike left its padded promotion estimate at ~150 MiB of this 341 MiB old generation,
+    # and the balloon leaves that free (docs/agent.md), growing as young collections lower it: ~25 s alone.
+    s = wait_for(lambda: (s := d.jvm(j.pid)) and s["reclaimed_bytes"] >= 160 * MIB and s, 60, 0.25,
                  what=f"reclaim under {gc}")
     assert s["balloon_bytes"] >= 160 * MIB
     # A full GC may move the balloon (Parallel, Serial): the daemon still verifies it.

@@ -18,6 +18,7 @@ JVM_GAUGES = (
     ("balloon_max_bytes", "The largest balloon the JVM can hold now"),
     ("headroom_bytes", "Free heap the balloon leaves the collector (follows the allocation rate)"),
     ("alloc_bytes_per_s", "Allocation rate the headroom follows (a decaying peak)"),
+    ("promotion_reserve_bytes", "Parallel: old-generation space its padded promotion estimate needs free (0 elsewhere)"),
     ("target_bytes", "Balloon target"),
     ("balloon_bytes", "Balloon held in the heap"),
     ("reclaimed_bytes", "Balloon memory verified reclaimed through pagemap"),

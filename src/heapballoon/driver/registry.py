@@ -83,6 +83,7 @@ class JVMRecord:
             cgroup=self.cgroup, container_id=ident.container_id, pod_uid=ident.pod_uid,
             container=self.container, pod=self.pod,
             soft_cleared=s.soft_cleared, headroom_bytes=s.headroom_bytes, alloc_bytes_per_s=s.alloc_bytes_per_s,
+            promotion_reserve_bytes=s.promotion_reserve_bytes,
             gc_cpu_share=_share(s.gc_cpu_permille), gc_cpu_share_no_balloon=_share(s.gc_cpu_permille_no_balloon),
             pause_p99_ms=s.pause_p99_ms, pause_p99_ms_no_balloon=s.pause_p99_ms_no_balloon,
         )

@@ -58,6 +58,8 @@ class State(Message):
     soft_cleared: int = 0
     headroom_bytes: int = 0
     alloc_bytes_per_s: int = 0
+    # Parallel only: the old-generation space its promotion estimate needs (docs/agent.md).
+    promotion_reserve_bytes: int = 0
     gc_cpu_permille: int = -1
     gc_cpu_permille_no_balloon: int = -1
     pause_p99_ms: int = -1
@@ -93,6 +95,7 @@ class State(Message):
             soft_cleared=int_field(d, "soft_cleared", 0),
             headroom_bytes=int_field(d, "headroom_bytes", 0),
             alloc_bytes_per_s=int_field(d, "alloc_bytes_per_s", 0),
+            promotion_reserve_bytes=int_field(d, "promotion_reserve_bytes", 0),
             **{k: int_field(d, k, -1, lo=-1, hi=1 << 40) for k in GC_COST_FIELDS},
         )
 

@@ -178,6 +178,7 @@ final class AgentLoop implements Runnable {
         s.softCleared = controller.softCleared();
         s.headroomBytes = controller.headroomBytes();
         s.allocBytesPerS = (long) controller.headroom.allocBytesPerS();
+        s.promotionReserveBytes = controller.parallelOld.reserveBytes(controller.balloon.geometry.footprintBytes);
         s.gcCpuPermille = controller.profile.gcCpuPermille(true);
         s.gcCpuPermilleNoBalloon = controller.profile.gcCpuPermille(false);
         s.pauseP99Ms = controller.profile.pauseP99Ms(true);

@@ -87,9 +87,17 @@ final class Balloon {
 
     /** Adds a freshly allocated zeroed array as the newest chunk. */
     synchronized void add(byte[] array) {
+        add(array, true);
+    }
+
+    /**
+     * Adds a chunk; {@code releaseNow} false leaves its pages to {@link #releasePending} (Parallel:
+     * a chunk in eden is moved at once, and a released one costs a page fault per page to move).
+     */
+    synchronized void add(byte[] array, boolean releaseNow) {
         Chunk c = new Chunk(nextId++, array, queue, geometry.footprintBytes, uptimeMs.getAsLong());
         c.addr = addresses.payloadAddress(array, 0);
-        if (direct) {
+        if (direct && releaseNow) {
             releasePages(c, array);
         }
         chunks.add(c);
@@ -204,14 +212,22 @@ final class Balloon {
         boolean was = direct;
         direct = on && addresses.canRelease();
         if (direct && !was) {
-            for (Chunk c : chunks) {
-                byte[] array = c.get();
-                if (array != null && !c.released) {
-                    releasePages(c, array);
-                }
-            }
-            epoch++;
+            releasePending();
         }
+    }
+
+    /** With direct release on, releases every chunk not yet released. */
+    synchronized void releasePending() {
+        if (!direct) {
+            return;
+        }
+        for (Chunk c : chunks) {
+            byte[] array = c.get();
+            if (array != null && !c.released) {
+                releasePages(c, array);
+            }
+        }
+        epoch++;
     }
 
     private void releasePages(Chunk c, byte[] array) {

@@ -16,29 +16,18 @@ import java.lang.management.ManagementFactory;
  * H the headroom:
  * <ul>
  *   <li><b>Give back</b> when a complete collection shows L + B + H &gt; C: shrink to C − H − L.
- *       A young collection never triggers it: when the old generation fills with garbage the
- *       collector cleans up, and the balloon stays. Second rule, GC cost: when the share of
- *       wall time spent in GC pauses over {@value #GC_WINDOW_MS} ms exceeds what it was without
- *       a balloon by more than {@value GcCost#EXTRA_SHARE}, for {@value GcCost#SUSTAIN_MS} ms without a
- *       break (10 percentage points: a tenth of the
- *       application's time; a balloon that costs more than that is not worth its memory), a
- *       quarter of the balloon is given back.</li>
- *   <li><b>Inflate</b> while L + B + chunk + H + H/4 &le; C (the H/4 is hysteresis), and never
- *       during a back-off. After a give-back the balloon may not grow past its new size until
- *       a complete collection <em>after</em> the give-back shows a live set that leaves room;
- *       the back-off ({@value BackOff#MIN_MS} ms) doubles, up to {@value BackOff#MAX_MS} ms,
- *       with every give-back that no rise of the live set explains and that comes within
- *       {@value BackOff#RESET_MS} ms of the previous one.
- *       With region-based collectors a chunk is allocated only while the heap has a chunk plus
- *       a margin free (Headroom.inflateMarginBytes), so inflation goes at the collector's pace instead of
- *       forcing emergency collections (which clear soft references).</li>
- *   <li><b>Probe</b>: when the estimate is what holds the balloon below its target and no
- *       complete collection (nor growth) has happened for a while (Serial and Parallel may go minutes
- *       without one), ask for one with System.gc(), at most once per {@value ExplicitGc#PROBE_MIN_MS} ms
- *       and never more often than keeps its pauses under 2% of wall time.</li>
- *   <li><b>Settle</b> (Serial, Parallel): when growth stops, {@value ExplicitGc#SETTLE_COLLECTIONS}
- *       explicit collections, one a tick, so full compaction moves the new chunks now rather
- *       than at some later collection.</li>
+ *       A young collection triggers it only on Parallel, and only for a burst (ParallelOld.burst):
+ *       all of it. Old garbage is the collector's to clean up. Second rule, GC cost: when the share of
+ *       wall time spent in GC pauses over {@value #GC_WINDOW_MS} ms exceeds what it was without a
+ *       balloon by more than {@value GcCost#EXTRA_SHARE}, for {@value GcCost#SUSTAIN_MS} ms without a break (10
+ *       points: a tenth of the application's time; a balloon that costs more is not worth its
+ *       memory), a quarter of the balloon is given back.</li>
+ *   <li><b>Inflate</b> while B + chunk &le; balloonMaxBytes (the H/4 there is hysteresis), never
+ *       during a back-off, nor past the give-back's size until a later complete collection shows
+ *       room (BackOff). Region-based collectors: only while the heap has a chunk plus a margin
+ *       free (Headroom.inflateMarginBytes), at the collector's pace, forcing no emergency
+ *       collections (which clear soft references).</li>
+ *   <li><b>Probe</b> and <b>settle</b> (Serial): ExplicitGc. <b>Place</b> (Parallel): ParallelOld.</li>
  *   <li><b>Flaps</b>: a give-back whose trigger shows no rise of the live set since the balloon
  *       last grew, followed by re-inflation, is counted as a flap.</li>
  * </ul>
@@ -50,14 +39,6 @@ final class Controller {
     /** After the balloon grew, collections that move its chunks are still the growth's cost. */
     static final long SETTLE_MS = 30_000;
     static final long INFLATE_BUDGET_NS = 30_000_000L;
-    /**
-     * Shenandoah's heuristics start a cycle from the free heap and the allocation rate they saw:
-     * a balloon that took 79 MiB in one tick at 1.6 GiB/s (JDK 25) emptied the heap faster than
-     * any trigger could follow, the application's next allocation failed, and the degenerated
-     * collection cleared every soft reference. 8 MiB a tick (160 MiB/s, 512 MiB in ~3 s) is a
-     * tenth of such an application's own rate.
-     */
-    static final long SHENANDOAH_INFLATE_BYTES_PER_TICK = 8L << 20;
 
     final HeapStats stats;
     final Balloon balloon;
@@ -65,6 +46,8 @@ final class Controller {
     final GcCost gcCost;
     final Headroom headroom;
     final GcProfile profile = new GcProfile();
+    /** Parallel: the old-generation space its promotion estimate needs, and where new chunks go. */
+    final ParallelOld parallelOld;
     private final ExplicitGc explicit;
     private final BackOff backOff = new BackOff();
     /** Events and the changed flag for the driver (both threads write; the agent thread sends). */
@@ -73,8 +56,8 @@ final class Controller {
     private final long jvmStartMs = runtime.getStartTime();
     /** Uptime minus GcInfo time, an upper bound (GC-notification thread only). */
     private long gcClockOffsetMs = Long.MAX_VALUE;
-    /** The balloon at the last young collection (GC-notification thread only). */
-    private long balloonAtLastYoungBytes;
+    /** The balloon at the last collection (the GC-notification thread writes, the agent thread reads). */
+    private volatile long balloonAtLastGcBytes;
 
     /** The driver's target and reclaim mode (written by the agent thread, read by both). */
     private volatile long targetBytes;
@@ -93,19 +76,14 @@ final class Controller {
         this.explicit = new ExplicitGc(stats.gc);
         this.live = new LiveSet(stats.gc, stats.hasG1ConcurrentBean(), stats.regionBytes);
         this.gcCost = new GcCost(stats, GC_WINDOW_MS);
+        this.parallelOld = new ParallelOld(stats);
     }
 
-    long targetBytes() {
-        return targetBytes;
-    }
+    long targetBytes() { return targetBytes; }
 
-    long flaps() {
-        return backOff.flaps();
-    }
+    long flaps() { return backOff.flaps(); }
 
-    long softCleared() {
-        return softCleared;
-    }
+    long softCleared() { return softCleared; }
 
     /** The reclaim mode in effect: "direct" needs native release, else it falls back to "ksm". */
     String reclaim() {
@@ -114,9 +92,7 @@ final class Controller {
     }
 
     /** H: the driver's (or the static) headroom, or what the allocation rate needs (Headroom). */
-    long headroomBytes() {
-        return headroom.bytes();
-    }
+    long headroomBytes() { return headroom.bytes(); }
 
     /** The application's live bytes: the estimate, or heap used less the balloon before any GC. */
     long liveBytes() {
@@ -124,12 +100,16 @@ final class Controller {
         return estimate >= 0 ? estimate : Math.max(0, stats.usedBytes() - balloon.footprintBytes());
     }
 
-    /** The largest balloon this JVM can hold now: C − L − H − H/4, in whole chunks. */
+    /**
+     * The largest balloon this JVM can hold now, in whole chunks: C − L − max(H + H/4, R), R being
+     * what Parallel's promotion estimate needs free in its old generation (ParallelOld; 0 elsewhere).
+     */
     long balloonMaxBytes() { return balloonMaxBytes(liveBytes()); }
 
     private long balloonMaxBytes(long liveBytes) {
         long chunk = balloon.geometry.footprintBytes;
-        long room = stats.balloonCapacityBytes() - liveBytes - headroomBytes() - headroomBytes() / 4;
+        long h = headroomBytes();
+        long room = stats.balloonCapacityBytes() - liveBytes - Math.max(h + h / 4, parallelOld.reserveBytes(chunk));
         return Math.max(0, room / chunk * chunk);
     }
 
@@ -148,6 +128,7 @@ final class Controller {
         long headroomBytes = headroomBytes();
         // A rise of the live set, or of the headroom the allocation rate needs, explains a give-back.
         long tolerance = Math.max(headroomBytes / 4, balloon.geometry.footprintBytes);
+        explicit.changed();
         backOff.gaveBack(now, liveBytes, headroomBytes, tolerance, balloon.footprintBytes(), live.completeCount());
     }
 
@@ -162,11 +143,17 @@ final class Controller {
             long promoted = LiveSet.old(after) - LiveSet.old(before);
             long footprint = balloon.footprintBytes();
             if (!stats.regionBased()) {
-                promoted -= Math.max(0, footprint - balloonAtLastYoungBytes); // new chunks, promoted from eden
+                promoted -= Math.max(0, footprint - balloonAtLastGcBytes); // new chunks, promoted from eden
             }
-            balloonAtLastYoungBytes = footprint;
             headroom.promoted(promoted);
+            String burst = parallelOld.burst(bean, promoted, stats.balloonCapacityBytes() - LiveSet.old(after),
+                    balloon.geometry.footprintBytes, headroom.promoBytesPerS());
+            if (footprint > 0 && burst != null) {
+                giveBack(0, burst, gcEndMs, liveBytes());
+            }
+            parallelOld.young(promoted);
         }
+        balloonAtLastGcBytes = balloon.footprintBytes(); // any collection moved the chunks it saw out of eden
         if (bean.endsWith("Cycles")) {
             headroom.cycle(info.getGcInfo().getDuration());
         } else {
@@ -204,13 +191,17 @@ final class Controller {
         long capacity = stats.balloonCapacityBytes();
         long headroom = headroomBytes();
         if (footprint > 0 && liveBytes + footprint + headroom > capacity) {
-            long released = balloon.shrinkTo(Math.max(0, capacity - headroom - liveBytes));
-            long now = System.currentTimeMillis();
-            backOff(now, liveBytes);
-            out.event("pressure_release", released, String.format("%s: live %d MiB + balloon %d MiB + headroom %d MiB > %d MiB",
-                    source, liveBytes >> 20, footprint >> 20, headroom >> 20, capacity >> 20),
-                    Math.max(0, now - gcEndMs));
+            giveBack(capacity - headroom - liveBytes, String.format("%s: live %d MiB + balloon %d MiB + headroom %d MiB > %d MiB",
+                    source, liveBytes >> 20, footprint >> 20, headroom >> 20, capacity >> 20), gcEndMs, liveBytes);
         }
+    }
+
+    /** GC-notification thread: shrink to {@code limitBytes} now, back off, say why ({@code pressure_release}). */
+    private void giveBack(long limitBytes, String reason, long gcEndMs, long liveBytes) {
+        long released = balloon.shrinkTo(Math.max(0, limitBytes));
+        long now = System.currentTimeMillis();
+        backOff(now, liveBytes);
+        out.event("pressure_release", released, reason, Math.max(0, now - gcEndMs));
     }
 
     /**
@@ -231,8 +222,7 @@ final class Controller {
                 // (free-set region tails hide the trigger); a large balloon stops them: rebuild it now.
                 backOff.endHold();
             }
-            String reason = String.format("JVM cleared balloon soft references: headroom %d MiB -> %d MiB",
-                    before >> 20, after >> 20);
+            String reason = String.format("JVM cleared balloon soft references: headroom %d MiB -> %d MiB", before >> 20, after >> 20);
             Log.info("soft references cleared (" + (clearedBytes >> 20) + " MiB); " + reason.substring(reason.indexOf("headroom")));
             out.event("soft_cleared", clearedBytes, reason, 0);
         }
@@ -298,20 +288,26 @@ final class Controller {
         boolean grew = false;
         boolean blocked = false;
         long liveSizedForBytes = Long.MAX_VALUE; // the lowest live estimate a step allowed (BackOff.grew)
-        // Shenandoah: at most SHENANDOAH_INFLATE_BYTES_PER_TICK a tick (see the constant).
-        long stopAt = stats.shenandoah() ? balloon.footprintBytes() + SHENANDOAH_INFLATE_BYTES_PER_TICK
-                : Long.MAX_VALUE;
-        if (balloon.footprintBytes() == 0 && !shenandoahMayStart()) {
+        // A tick's growth: Shenandoah at most SHENANDOAH_INFLATE_BYTES_PER_TICK (see the constant); Parallel at
+        // most what eden has free, less a chunk and 100 ms of the application's allocation (ParallelOld).
+        long stopAt = stats.shenandoah() ? balloon.footprintBytes() + Headroom.SHENANDOAH_INFLATE_BYTES_PER_TICK : Long.MAX_VALUE;
+        long edenRoom = parallelOld.edenRoomBytes(chunkBytes + (long) headroom.allocBytesPerS() / 10);
+        if (balloon.footprintBytes() == 0 && !shenandoahMayStart() || parallelOld.tooSmallToPlace(balloon.footprintBytes(),
+                balloonMaxBytes(liveBytes()), limit, chunkBytes, headroomBytes() + headroomBytes() / 4)) {
             return false;
         }
+        parallelOld.takeFirstFullCompactions(balloon.footprintBytes() + chunkBytes <= Math.min(limit, stopAt));
         while (balloon.footprintBytes() + chunkBytes <= Math.min(limit, stopAt)
                 && balloon.chunkCount() < Balloon.MAX_CHUNKS && System.nanoTime() < deadline) {
             long liveNow = liveBytes();
             if (balloon.footprintBytes() + chunkBytes > balloonMaxBytes(liveNow)) {
-                blocked = true;
+                blocked = headroomBytes() + headroomBytes() / 4 >= parallelOld.reserveBytes(chunkBytes); // else no probe helps
                 break;
             }
             liveSizedForBytes = Math.min(liveSizedForBytes, liveNow);
+            if ((edenRoom -= chunkBytes) < 0) {
+                break;
+            }
             if (stats.regionBased() && stats.usedBytes() + chunkBytes + headroom.inflateMarginBytes() > stats.maxBytes()) {
                 break; // no free regions to spare: let the collector free garbage first
             }
@@ -325,10 +321,11 @@ final class Controller {
                 out.event("oom_avoided", dropped, "OutOfMemoryError while inflating", 0);
                 return false;
             }
-            balloon.add(array);
+            balloon.add(array, !parallelOld.active());
             grew = true;
         }
         if (grew) {
+            explicit.changed();
             lastGrowthMs = System.currentTimeMillis();
             gcCost.restart(lastGrowthMs); // growing costs GC time once: judge only what follows
             if (backOff.grew(Math.min(liveSizedForBytes, liveBytes()), headroomBytes())) {
@@ -340,7 +337,9 @@ final class Controller {
             inflating = false;
             out.event("inflate_done", 0, "", 0);
         }
-        if (grew && !stats.regionBased()) {
+        if (grew && parallelOld.active()) {
+            parallelOld.grew(balloon, balloon.footprintBytes() - balloonAtLastGcBytes);
+        } else if (grew && !stats.regionBased()) {
             explicit.grew();
         } else if (!grew) {
             explicit.settleIfDue();

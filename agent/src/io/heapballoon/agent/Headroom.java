@@ -41,6 +41,14 @@ final class Headroom {
     static final int CYCLES_KEPT = 9;
     static final long FULL_INTERVAL_MS = 250;
     static final long LEARNED_HALF_LIFE_MS = 600_000;
+    /**
+     * Shenandoah's heuristics start a cycle from the free heap and the allocation rate they saw:
+     * a balloon that took 79 MiB in one tick at 1.6 GiB/s (JDK 25) emptied the heap faster than
+     * any trigger could follow, the application's next allocation failed, and the degenerated
+     * collection cleared every soft reference. 8 MiB a tick (160 MiB/s, 512 MiB in ~3 s) is a
+     * tenth of such an application's own rate.
+     */
+    static final long SHENANDOAH_INFLATE_BYTES_PER_TICK = 8L << 20;
 
     private final HeapStats stats;
     private final Options options;

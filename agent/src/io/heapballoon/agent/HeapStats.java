@@ -84,6 +84,16 @@ final class HeapStats {
         }
     }
 
+    /** A boolean -XX option, or dflt where this JVM has no such option (e.g. one removed in a later JDK). */
+    static boolean vmOptionBoolean(String name, boolean dflt) {
+        try {
+            HotSpotDiagnosticMXBean hs = ManagementFactory.getPlatformMXBean(HotSpotDiagnosticMXBean.class);
+            return Boolean.parseBoolean(hs.getVMOption(name).getValue());
+        } catch (RuntimeException e) {
+            return dflt;
+        }
+    }
+
     long maxBytes() {
         long max = memory.getHeapMemoryUsage().getMax();
         return max > 0 ? max : Runtime.getRuntime().maxMemory();

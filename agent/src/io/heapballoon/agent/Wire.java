@@ -107,6 +107,8 @@ final class Wire {
         long softCleared;
         long headroomBytes;
         long allocBytesPerS;
+        /** Parallel: the old-generation space its promotion estimate needs (ParallelOld); 0 elsewhere. */
+        long promotionReserveBytes;
         /** GC threads' CPU over the JVM's, in permille, and the pause p99; -1: not measured yet. */
         long gcCpuPermille = -1;
         long gcCpuPermilleNoBalloon = -1;
@@ -166,6 +168,7 @@ final class Wire {
         putIf(obj, "soft_cleared", s.softCleared, 0);
         putIf(obj, "headroom_bytes", s.headroomBytes, 0);
         putIf(obj, "alloc_bytes_per_s", s.allocBytesPerS, 0);
+        putIf(obj, "promotion_reserve_bytes", s.promotionReserveBytes, 0);
         putIf(obj, "gc_cpu_permille", s.gcCpuPermille, -1);
         putIf(obj, "gc_cpu_permille_no_balloon", s.gcCpuPermilleNoBalloon, -1);
         putIf(obj, "pause_p99_ms", s.pauseP99Ms, -1);
