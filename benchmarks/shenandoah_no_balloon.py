@@ -13,7 +13,7 @@ and whatever headroom it leaves. This runs the scenario's high-rate JVM (1 GiB p
   (no concurrent cycle had been started in time),
 * concurrent cycles that completed.
 
-    .venv/bin/python benchmarks/shenandoah_no_balloon.py [--jdks 17,21,25] [--seconds 40]
+    .venv/bin/python benchmarks/shenandoah_no_balloon.py [--jdks 17,21,25] [--seconds 40] [--java-opts=...]
 
 Needs `make jdks` for JDK 21 and 25. One JVM at a time.
 """
@@ -39,9 +39,9 @@ CHURN_MIB_PER_S = 1500
 ROTATE_MIB_PER_S = 100
 
 
-def run_one(jdk: int, seconds: float, workdir: Path) -> dict:
+def run_one(jdk: int, seconds: float, workdir: Path, java_opts: list[str] = ()) -> dict:
     log = workdir / f"gc-{jdk}.log"
-    cmd = [jdks.java(jdk), "-Xms1g", "-Xmx1g", "-XX:+UseShenandoahGC", "-XX:+AlwaysPreTouch", f"-Xlog:gc:file={log}",
+    cmd = [jdks.java(jdk), *java_opts, "-Xms1g", "-Xmx1g", "-XX:+UseShenandoahGC", "-XX:+AlwaysPreTouch", f"-Xlog:gc:file={log}",
            "-jar", str(build.demo_jar()), "--live-mib", "200", "--churn-mib-per-s", str(CHURN_MIB_PER_S),
            "--spike-mib", "0", "--rotate-mib-per-s", str(ROTATE_MIB_PER_S)]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -76,6 +76,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--jdks", default="17,21,25", type=_jdk_list, help="comma-separated JDK majors")
     p.add_argument("--seconds", type=float, default=40.0)
+    p.add_argument("--java-opts", default="", help="more JVM options, space-separated "
+                   "(e.g. -XX:ShenandoahMinFreeThreshold=20)")
     args = p.parse_args()
     wanted = args.jdks
     for jdk in wanted:
@@ -83,11 +85,12 @@ def main() -> int:
             print(f"error: {jdks.missing(jdk)}", file=sys.stderr)
             return 2
     work = Path(tempfile.mkdtemp(prefix="hb-shen-"))
-    print(f"Shenandoah, no agent, {CHURN_MIB_PER_S + ROTATE_MIB_PER_S} MiB/s, {args.seconds:.0f} s per JDK\n")
+    print(f"Shenandoah {args.java_opts}, no agent, {CHURN_MIB_PER_S + ROTATE_MIB_PER_S} MiB/s, "
+          f"{args.seconds:.0f} s per JDK\n")
     print("| JDK | java -version | allocation failures | degenerated (outside of cycle) | concurrent cycles |")
     print("|---|---|---|---|---|")
     for jdk in wanted:
-        r = run_one(jdk, args.seconds, work)
+        r = run_one(jdk, args.seconds, work, args.java_opts.split())
         print(f"| {jdk} | {r['version']} | {r['failures']} | {r['degenerated']} ({r['outside']}) | {r['cycles']} |",
               flush=True)
     return 0
