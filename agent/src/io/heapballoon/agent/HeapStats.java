@@ -75,23 +75,27 @@ final class HeapStats {
         return Long.highestOneBit(Math.max(1, Math.min(max, Math.max(min, heapBytes / target))));
     }
 
-    static long vmOptionLong(String name, long dflt) {
+    /** A -XX option's value as text, or null where this JVM has no such option (e.g. one removed in a later JDK). */
+    private static String vmOption(String name) {
         try {
-            HotSpotDiagnosticMXBean hs = ManagementFactory.getPlatformMXBean(HotSpotDiagnosticMXBean.class);
-            return Long.parseLong(hs.getVMOption(name).getValue());
+            return ManagementFactory.getPlatformMXBean(HotSpotDiagnosticMXBean.class).getVMOption(name).getValue();
         } catch (RuntimeException e) {
+            return null;
+        }
+    }
+
+    static long vmOptionLong(String name, long dflt) {
+        String value = vmOption(name);
+        try {
+            return value != null ? Long.parseLong(value) : dflt;
+        } catch (NumberFormatException e) {
             return dflt;
         }
     }
 
-    /** A boolean -XX option, or dflt where this JVM has no such option (e.g. one removed in a later JDK). */
     static boolean vmOptionBoolean(String name, boolean dflt) {
-        try {
-            HotSpotDiagnosticMXBean hs = ManagementFactory.getPlatformMXBean(HotSpotDiagnosticMXBean.class);
-            return Boolean.parseBoolean(hs.getVMOption(name).getValue());
-        } catch (RuntimeException e) {
-            return dflt;
-        }
+        String value = vmOption(name);
+        return value != null ? Boolean.parseBoolean(value) : dflt;
     }
 
     long maxBytes() {

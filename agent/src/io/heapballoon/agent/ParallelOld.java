@@ -65,28 +65,10 @@ final class ParallelOld {
         parallel = "Parallel".equals(gc);
         weight = HeapStats.vmOptionLong("AdaptiveSizePolicyWeight", 10) / 100.0;
         padding = HeapStats.vmOptionLong("PromotedPadding", 3);
-        MemoryPoolMXBean edenPool = null;
-        MemoryPoolMXBean oldPool = null;
-        for (MemoryPoolMXBean pool : ManagementFactory.getMemoryPoolMXBeans()) {
-            if (pool.getName().equals("PS Eden Space")) {
-                edenPool = pool;
-            } else if (pool.getName().equals("PS Old Gen")) {
-                oldPool = pool;
-            }
-        }
-        eden = edenPool;
-        old = oldPool;
-        GarbageCollectorMXBean young = null;
-        GarbageCollectorMXBean markSweep = null;
-        for (GarbageCollectorMXBean bean : ManagementFactory.getGarbageCollectorMXBeans()) {
-            if (bean.getName().equals("PS Scavenge")) {
-                young = bean;
-            } else if (bean.getName().equals("PS MarkSweep")) {
-                markSweep = bean;
-            }
-        }
-        scavenge = young;
-        full = markSweep;
+        eden = named(ManagementFactory.getMemoryPoolMXBeans(), MemoryPoolMXBean::getName, "PS Eden Space");
+        old = named(ManagementFactory.getMemoryPoolMXBeans(), MemoryPoolMXBean::getName, "PS Old Gen");
+        scavenge = named(ManagementFactory.getGarbageCollectorMXBeans(), GarbageCollectorMXBean::getName, "PS Scavenge");
+        full = named(ManagementFactory.getGarbageCollectorMXBeans(), GarbageCollectorMXBean::getName, "PS MarkSweep");
         ByteBuffer buffer = null;
         int offset = -1;
         if (parallel) {
@@ -122,6 +104,16 @@ final class ParallelOld {
         }
         perf = offset >= 0 ? buffer : null;
         valueOffset = offset;
+    }
+
+    /** The bean whose name is {@code wanted}, or null (not Parallel). */
+    private static <T> T named(java.util.List<T> beans, java.util.function.Function<T, String> name, String wanted) {
+        for (T bean : beans) {
+            if (name.apply(bean).equals(wanted)) {
+                return bean;
+            }
+        }
+        return null;
     }
 
     /**
