@@ -59,7 +59,8 @@ def machine(exclusive: bool):
 
 
 def _why(out: scenario.Outcome, d, j) -> str:
-    return (f"\nallocation {out.alloc_mib_per_s} MiB/s, re-inflated in {out.reinflate_s} s\n{out.table()}\nnotes: {out.notes}\nstatus: {out.final_status}"
+    return (f"\nallocation {out.alloc_mib_per_s} MiB/s, re-inflated in {out.reinflate_s} s\n{out.table()}"
+            f"\nnotes: {out.notes}\nstatus: {out.final_status}"
             f"\n--- daemon log tail ---\n{d.log()[-2500:]}\n--- JVM stderr ---\n{j.stderr()[-2500:]}")
 
 

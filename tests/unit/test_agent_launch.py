@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,19 @@ def test_java_major_is_none_without_a_release_file_or_java(tmp_path):
     assert launch.java_major(str(tmp_path / "nowhere" / "java")) is None
 
 
-def test_parallel_on_jdk17_gets_both_options(tmp_path):
+def test_java_major_reads_no_device_fifo_or_huge_file(tmp_path):
+    java = fake_jdk(tmp_path / "jdk", None)
+    (tmp_path / "jdk" / "release").symlink_to("/dev/zero")
+    assert launch.java_major(java) is None
+    (tmp_path / "jdk" / "release").unlink()
+    os.mkfifo(tmp_path / "jdk" / "release")  # no writer: opening it would block
+    assert launch.java_major(java) is None
+    (tmp_path / "jdk" / "release").unlink()
+    (tmp_path / "jdk" / "release").write_text("X" * (1 << 20) + '\nJAVA_VERSION="17.0.15"\n')
+    assert launch.java_major(java) is None  # past the first 64 KiB: not read
+
+
+def test_parallel_on_jdk17_gets_all_three_options(tmp_path):
     java = fake_jdk(tmp_path / "jdk", "17.0.15")
     assert launch.java_options([java, "-XX:+UseParallelGC", "-jar", "app.jar"], {}) == [
         launch.NATIVE_ACCESS, launch.NO_SCAVENGE_BEFORE_FULL, launch.NO_MAX_COMPACTION_ON_SYSTEM_GC,

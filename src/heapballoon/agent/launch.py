@@ -29,6 +29,7 @@ NO_MAX_COMPACTION_ON_SYSTEM_GC = "-XX:-UseMaximumCompactionOnSystemGC"
 # share 14.8 % against 3.1 % without the balloon; with 100: 9.5 %, pause p99 89 ms against 834). The
 # last-ditch collection before an OutOfMemoryError still compacts fully. JDK 17, 21 and 25 accept it.
 MAX_COMPACTION_INTERVAL = "-XX:HeapMaximumCompactionInterval=100"
+RELEASE_MAX_BYTES = 64 << 10  # a JDK's release file is ~1-2 KiB
 
 
 def java_major(java: str) -> int | None:
@@ -39,7 +40,10 @@ def java_major(java: str) -> int | None:
         return None
     release = Path(os.path.realpath(found)).parent.parent / "release"
     try:
-        text = release.read_text(errors="replace")
+        if not release.is_file():  # a FIFO or /dev/zero planted there would block or never end
+            return None
+        with release.open("rb") as f:
+            text = f.read(RELEASE_MAX_BYTES).decode(errors="replace")
     except OSError:
         return None
     m = re.search(r'^JAVA_VERSION="(?:1\.)?(\d+)', text, re.MULTILINE)

@@ -296,8 +296,9 @@ final class Controller {
                 balloonMaxBytes(liveBytes()), limit, chunkBytes, headroomBytes() + headroomBytes() / 4)) {
             return false;
         }
-        parallelOld.takeFirstFullCompactions(balloon.footprintBytes() + chunkBytes <= Math.min(limit, stopAt));
-        while (balloon.footprintBytes() + chunkBytes <= Math.min(limit, stopAt)
+        long upToBytes = Math.min(limit, stopAt);
+        parallelOld.takeFirstFullCompactions(balloon.footprintBytes() + chunkBytes <= upToBytes);
+        while (balloon.footprintBytes() + chunkBytes <= upToBytes
                 && balloon.chunkCount() < Balloon.MAX_CHUNKS && System.nanoTime() < deadline) {
             long liveNow = liveBytes();
             if (balloon.footprintBytes() + chunkBytes > balloonMaxBytes(liveNow)) {

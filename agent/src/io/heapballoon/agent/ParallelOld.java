@@ -25,10 +25,11 @@ import java.nio.file.StandardOpenOption;
  * <ul>
  *   <li>{@link #reserveBytes}: the balloon leaves the old generation that estimate free, plus
  *       one chunk.</li>
- *   <li>Chunks never reach the old generation through a young collection, which would count them
- *       as promoted (8 MiB chunks raised the estimate from ~125 to ~180 MiB). A tick allocates
- *       at most what eden has free ({@link #edenRoomBytes}), and {@link #place} then asks
- *       for a full collection, which moves them into the old generation and is not counted.</li>
+ *   <li>Many chunks never reach the old generation through a young collection, which would count
+ *       them as promoted (8 MiB chunks raised the estimate from ~125 to ~180 MiB). A tick allocates
+ *       at most what eden has free ({@link #edenRoomBytes}), and {@link #grew} then asks for a
+ *       full collection, which moves them into the old generation and is not counted, unless the
+ *       next young collection can absorb them ({@link #mustPlace}).</li>
  * </ul>
  * The estimate: the accurate path is the JVM's own counter {@code sun.gc.policy.avgPromotedPaddedAvg},
  * read from its perf-data file (/tmp/hsperfdata_USER/PID, mapped once). Without it
@@ -81,7 +82,7 @@ final class ParallelOld {
                 offset = -1;
             }
             // JDK 17 to 22 scavenge before every full collection of Parallel (ScavengeBeforeFullGC, on by default,
-            // removed in 23): that young collection promotes the chunks place() means to move, and counts them
+            // removed in 23): that young collection promotes the chunks a placing collection means to move, and counts them
             // (36 chunks of 8 MiB raised the estimate from 0 to 106 MiB on JDK 17; with the option off, 0).
             // heapballoon run turns it off; an attached agent cannot, and says what it costs.
             if (HeapStats.vmOptionBoolean("ScavengeBeforeFullGC", false)) {
@@ -175,7 +176,7 @@ final class ParallelOld {
 
     /**
      * How much a tick may allocate: eden's free space less {@code marginBytes} (what the
-     * application allocates meanwhile), so no young collection runs before {@link #place}.
+     * application allocates meanwhile), so no young collection runs before {@link #grew} places them.
      * Unlimited if not Parallel.
      */
     long edenRoomBytes(long marginBytes) {
@@ -225,8 +226,8 @@ final class ParallelOld {
     /**
      * True when the chunks allocated since the last collection ({@code pendingBytes}) are too many to
      * leave to the next young collection, which would promote them and count them in PS's estimate;
-     * {@link #place} must move them now. A young collection that promotes S moves PS's average by
-     * w (S − average) and its deviation by up to w |S − average|, so the padded estimate rises by up
+     * a placing collection ({@link #grew}) must move them now. A young collection that promotes S
+     * moves PS's average by w (S − average) and its deviation by up to w |S − average|, so the padded estimate rises by up
      * to (1 + padding) w S, where w is the weight, or 1/n for the n-th young collection while that is
      * more. Left to that collection only while the estimate after it, with the application's usual
      * promotion (the estimate again) on top, stays within the old generation's free space after it:
@@ -287,20 +288,14 @@ final class ParallelOld {
      */
     void grew(Balloon balloon, long pendingBytes) {
         if (mustPlace(pendingBytes, oldFreeBytes(), youngCollections())) {
-            place();
+            long t0 = System.nanoTime();
+            System.gc(); // a placing collection: the new chunks move into the old generation, uncounted
+            Log.debug("placing collection took " + (System.nanoTime() - t0) / 1_000_000 + " ms");
             balloon.refreshAddresses(); // now, not when the notification comes: the next state must be true
         }
         balloon.releasePending();
     }
 
-    /** A full collection moves the new chunks into the old generation now, before a young one counts them. */
-    void place() {
-        if (parallel) {
-            long t0 = System.nanoTime();
-            System.gc();
-            Log.debug("placing collection took " + (System.nanoTime() - t0) / 1_000_000 + " ms");
-        }
-    }
 
     /**
      * GC-notification thread: a young collection promoted {@code bytes}; the fallback estimate
